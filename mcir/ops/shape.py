@@ -1,0 +1,129 @@
+"""Data-movement ops: reshape, permute, slicing, broadcasting, concatenation, padding.
+
+The frontend maps torch's many view ops onto these few: view, flatten, unflatten,
+squeeze and unsqueeze become ``reshape``; transpose becomes ``permute``; contiguous
+and clone disappear (values have no memory layout in the IR).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mcir.errors import McirError
+from mcir.ops.registry import Attr, defop, norm_axis, numel
+from mcir.types import TensorType
+
+
+def _reshape_infer(types: list[TensorType], shape) -> TensorType:
+    x = types[0]
+    if any(d < 0 for d in shape):
+        raise McirError(f"reshape target {list(shape)} must be fully static (no -1); the frontend resolves -1")
+    if numel(tuple(shape)) != x.numel:
+        raise McirError(f"cannot reshape {x} ({x.numel} elements) to {list(shape)} ({numel(tuple(shape))} elements)")
+    return TensorType(tuple(shape), x.dtype)
+
+
+@defop("reshape", attrs={"shape": Attr("ints", doc="the new static shape")}, infer=_reshape_infer, traits={"view"})
+def reshape(x, shape):
+    """y = x with a new shape, same elements in row-major order"""
+    return np.reshape(x, shape)
+
+
+def _permute_infer(types: list[TensorType], dims) -> TensorType:
+    x = types[0]
+    if sorted(d % max(x.rank, 1) for d in dims) != list(range(x.rank)) or len(dims) != x.rank:
+        raise McirError(f"permute dims {list(dims)} are not a permutation of the {x.rank} axes of {x}")
+    return TensorType(tuple(x.shape[d] for d in dims), x.dtype)
+
+
+@defop("permute", attrs={"dims": Attr("ints", doc="y axis i is x axis dims[i]")}, infer=_permute_infer)
+def permute(x, dims):
+    """y = x with its axes reordered: y.shape[i] = x.shape[dims[i]]"""
+    return np.ascontiguousarray(np.transpose(x, dims))
+
+
+def _slice_infer(types: list[TensorType], axis, start, end, step) -> TensorType:
+    x = types[0]
+    ax = norm_axis(axis, x.rank)
+    if step < 1:
+        raise McirError(f"slice step must be >= 1, got {step}")
+    n = len(range(*slice(start, end, step).indices(x.shape[ax])))
+    return TensorType(x.shape[:ax] + (n,) + x.shape[ax + 1:], x.dtype)
+
+
+@defop("slice", attrs={"axis": Attr("int"), "start": Attr("int", 0), "end": Attr("int", 2**63 - 1),
+                       "step": Attr("int", 1)}, infer=_slice_infer)
+def slice_(x, axis, start=0, end=2**63 - 1, step=1):
+    """y = x[..., start:end:step, ...] along axis (Python slice semantics, clamped)"""
+    idx = [slice(None)] * np.ndim(x)
+    idx[axis] = slice(start, end, step)
+    return np.ascontiguousarray(np.asarray(x)[tuple(idx)])
+
+
+def _select_infer(types: list[TensorType], axis, index) -> TensorType:
+    x = types[0]
+    ax = norm_axis(axis, x.rank)
+    if not -x.shape[ax] <= index < x.shape[ax]:
+        raise McirError(f"select index {index} out of range for axis {axis} of size {x.shape[ax]}")
+    return TensorType(x.shape[:ax] + x.shape[ax + 1:], x.dtype)
+
+
+@defop("select", attrs={"axis": Attr("int"), "index": Attr("int")}, infer=_select_infer)
+def select(x, axis, index):
+    """y = x[..., index, ...] along axis; the axis disappears"""
+    return np.ascontiguousarray(np.take(x, index, axis=axis))
+
+
+def _expand_infer(types: list[TensorType], shape) -> TensorType:
+    x = types[0]
+    shape = tuple(shape)
+    if len(shape) < x.rank:
+        raise McirError(f"cannot expand {x} to the lower rank {list(shape)}")
+    for d_in, d_out in zip(x.shape[::-1], shape[::-1]):
+        if d_in != d_out and d_in != 1:
+            raise McirError(f"cannot expand {x} to {list(shape)}: only size-1 axes broadcast")
+    return TensorType(shape, x.dtype)
+
+
+@defop("expand", attrs={"shape": Attr("ints", doc="the broadcast shape")}, infer=_expand_infer)
+def expand(x, shape):
+    """y = x broadcast to shape (size-1 axes repeat)"""
+    return np.ascontiguousarray(np.broadcast_to(x, shape))
+
+
+def _concat_infer(types: list[TensorType], axis) -> TensorType:
+    first = types[0]
+    ax = norm_axis(axis, first.rank)
+    for t in types[1:]:
+        if t.rank != first.rank or t.dtype != first.dtype or any(
+                a != b for i, (a, b) in enumerate(zip(t.shape, first.shape)) if i != ax):
+            raise McirError(f"concat operands {first} and {t} differ outside axis {axis}")
+    total = sum(t.shape[ax] for t in types)
+    return TensorType(first.shape[:ax] + (total,) + first.shape[ax + 1:], first.dtype)
+
+
+@defop("concat", operands="inputs*", attrs={"axis": Attr("int", 0)}, infer=_concat_infer)
+def concat(*inputs, axis=0):
+    """y = the inputs joined along axis"""
+    return np.concatenate(inputs, axis=axis)
+
+
+def _pad_infer(types: list[TensorType], pads, value) -> TensorType:
+    x = types[0]
+    if len(pads) != 2 * x.rank:
+        raise McirError(f"pad needs {2 * x.rank} values (before, after per axis), got {list(pads)}")
+    shape = tuple(d + pads[2 * i] + pads[2 * i + 1] for i, d in enumerate(x.shape))
+    if any(d < 0 for d in shape):
+        raise McirError(f"pads {list(pads)} cut {x} below zero size")
+    return TensorType(shape, x.dtype)
+
+
+@defop("pad", attrs={"pads": Attr("ints", doc="(before, after) for each axis, negative crops"),
+                     "value": Attr("float", 0.0, "fill value")}, infer=_pad_infer)
+def pad(x, pads, value=0.0):
+    """y = x with constant padding (before, after) on every axis"""
+    x = np.asarray(x)
+    grow = [(max(pads[2 * i], 0), max(pads[2 * i + 1], 0)) for i in range(x.ndim)]
+    y = np.pad(x, grow, constant_values=value)
+    crop = tuple(slice(max(-pads[2 * i], 0), y.shape[i] - max(-pads[2 * i + 1], 0)) for i in range(x.ndim))
+    return np.ascontiguousarray(y[crop])

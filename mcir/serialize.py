@@ -1,0 +1,104 @@
+"""Saving and loading graphs: a folder holding ``graph.mcir`` (text) and
+``weights.safetensors`` (every constant not printed inline).
+
+A constant's primary array is stored under the value's name; extra components of an
+encoded constant (per-axis scales, packed bits) under ``name::component``. Loading
+never unpickles anything. Writes go to a temporary folder renamed into place, so an
+interrupted save leaves no half-written model.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import safetensors.numpy
+
+from mcir.errors import McirError
+from mcir.ir import Graph, _freeze_data
+from mcir.parser import parse_file
+from mcir.printer import is_inline, print_graph
+
+GRAPH_FILE = "graph.mcir"
+WEIGHTS_FILE = "weights.safetensors"
+
+
+def _key(name: str, component: str) -> str:
+    return name if component == "data" else f"{name}::{component}"
+
+
+def weights_of(graph: Graph) -> dict[str, np.ndarray]:
+    """The arrays ``save`` writes to the weights file, by key."""
+    out: dict[str, np.ndarray] = {}
+    for op in graph.constants():
+        if op.data is None:
+            raise McirError(f"cannot save: constant %{op.result.name} has no data")
+        if is_inline(op):
+            continue
+        parts = op.data if isinstance(op.data, dict) else {"data": op.data}
+        for comp, arr in parts.items():
+            out[_key(op.result.name, comp)] = np.ascontiguousarray(arr)
+    return out
+
+
+def save(graph: Graph, path: str | Path) -> Path:
+    """Write ``graph`` to the folder ``path`` (created or replaced atomically)."""
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        (tmp / GRAPH_FILE).write_text(print_graph(graph))
+        safetensors.numpy.save_file(weights_of(graph), str(tmp / WEIGHTS_FILE),
+                                    metadata={"format": "mcir", "graph": graph.name})
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def load(path: str | Path) -> Graph:
+    """Read a folder written by ``save`` (or a bare ``.mcir`` file whose constants are all inline)."""
+    src = Path(path)
+    if src.is_file():
+        graph_file, weights_file = src, src.with_name(WEIGHTS_FILE)
+    else:
+        graph_file, weights_file = src / GRAPH_FILE, src / WEIGHTS_FILE
+    if not graph_file.exists():
+        raise McirError(f"{src}: no {GRAPH_FILE} found; expected a folder written by mcir.save or a .mcir file")
+    graph = parse_file(graph_file, verify=False)
+    missing = [op for op in graph.constants() if op.data is None]
+    if missing:
+        if not weights_file.exists():
+            raise McirError(f"{graph_file}: {len(missing)} constant(s) need weights but {weights_file} does not exist")
+        try:
+            weights = safetensors.numpy.load_file(str(weights_file))
+        except Exception as e:  # safetensors raises its own error types for corrupt files
+            raise McirError(f"{weights_file}: cannot read weights ({e}); the file is corrupt or not safetensors") from None
+        for op in missing:
+            t = op.result.type
+            comps = t.encoding.components(t) if t.encoding is not None and t.encoding.needs_components else {"data": None}
+            parts = {}
+            for comp in comps:
+                key = _key(op.result.name, comp)
+                if key not in weights:
+                    raise McirError(f"{weights_file}: no tensor '{key}' for constant %{op.result.name}: {t}")
+                parts[comp] = weights[key]
+            try:
+                op.data = _freeze_data(parts, t)
+            except McirError as e:
+                raise McirError(f"{weights_file}: tensor for %{op.result.name}: {e}") from None
+    from mcir.verifier import verify
+
+    return verify(graph)

@@ -1,0 +1,71 @@
+"""The graph verifier: the invariants every pass must keep.
+
+* SSA: every value is defined once, before its uses; names are unique.
+* Use lists agree with operands (no dangling uses of erased ops).
+* Every op is registered, its attributes are valid, and the type inferred from its
+  operands equals its declared (logical) type.
+* Constants with data match their types; outputs are values of the graph.
+"""
+
+from __future__ import annotations
+
+from mcir.errors import McirError, VerifyError
+from mcir.ir import Graph, _freeze_data
+from mcir.ops import registry
+
+
+def verify(graph: Graph) -> Graph:
+    """Check ``graph``; raise VerifyError naming the first broken op. Returns the graph."""
+    defined: set[int] = set()
+    names: set[str] = set()
+
+    def define(v, where: str) -> None:
+        if v.name in names:
+            raise VerifyError(f"@{graph.name}: value %{v.name} is defined twice ({where})")
+        names.add(v.name)
+        defined.add(id(v))
+
+    for v in graph.inputs:
+        if v.producer is not None:
+            raise VerifyError(f"@{graph.name}: graph input %{v.name} has a producer")
+        define(v, "graph input")
+    for op in graph.ops:
+        where = op.where()
+        if op.graph is not graph:
+            raise VerifyError(f"@{graph.name}: {where} does not belong to this graph")
+        for i, v in enumerate(op.operands):
+            if id(v) not in defined:
+                raise VerifyError(f"@{graph.name}: {where} uses %{v.name} before it is defined (or after it was erased)")
+            if (op, i) not in v.uses:
+                raise VerifyError(f"@{graph.name}: {where}: the use list of %{v.name} misses operand {i}")
+        try:
+            opdef = registry.get(op.name)
+        except McirError as e:
+            raise VerifyError(f"@{graph.name}: {where}: {e}") from None
+        if op.name == "const":
+            if op.data is not None:
+                try:
+                    _freeze_data(op.data, op.result.type)
+                except McirError as e:
+                    raise VerifyError(f"@{graph.name}: {where}: {e}") from None
+        else:
+            try:
+                attrs = opdef.complete_attrs(dict(op.attrs), where)
+                inferred = opdef.infer_type([v.type for v in op.operands], attrs, where)
+            except McirError as e:
+                raise VerifyError(f"@{graph.name}: {e}") from None
+            if inferred != op.result.type.logical:
+                raise VerifyError(f"@{graph.name}: {where} is declared {op.result.type} "
+                                  f"but its operands give {inferred}")
+        if op.result.producer is not op:
+            raise VerifyError(f"@{graph.name}: {where}: result producer link is broken")
+        define(op.result, where)
+        for user, idx in op.result.uses:
+            if user.graph is not graph or user.operands[idx] is not op.result:
+                raise VerifyError(f"@{graph.name}: {where}: stale use by {user.where()}")
+    for v in graph.outputs:
+        if id(v) not in defined:
+            raise VerifyError(f"@{graph.name}: output %{v.name} is not a value of the graph")
+    if not graph.outputs:
+        raise VerifyError(f"@{graph.name}: the graph returns nothing")
+    return graph
