@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import re
+import shutil
 import struct
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -99,7 +102,7 @@ class Library:
             name = names[0]
         self.name = name
         try:
-            self._dll = ctypes.CDLL(str(self.path.resolve()))
+            self._dll = _dlopen_fresh(self.path)
             fn = getattr(self._dll, f"mcir_{name}_run")
         except (OSError, AttributeError) as e:
             raise RuntimeCallError(f"cannot load model '{name}' from {self.path}: {e}") from None
@@ -218,6 +221,27 @@ class Library:
         ins = ", ".join(str(d) for d in self.inputs)
         outs = ", ".join(str(d) for d in self.outputs)
         return f"<mcir.Library '{self.name}' ({ins}) -> ({outs}) from {self.path}>"
+
+
+def _dlopen_fresh(path: Path) -> ctypes.CDLL:
+    """dlopen ``path`` even if a library of the same name was loaded before.
+
+    The dynamic loader returns the already loaded object for a known file name, so a
+    library recompiled in place would silently keep running the old code. Opening a
+    uniquely named hard link (removed right after) loads the file's current contents.
+    """
+    path = path.resolve()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".so", dir=path.parent)
+    os.close(fd)
+    os.unlink(tmp)
+    try:
+        try:
+            os.link(path, tmp)
+        except OSError:
+            shutil.copyfile(path, tmp)
+        return ctypes.CDLL(tmp)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def load(path: str | Path, name: str | None = None) -> Library:

@@ -107,7 +107,7 @@ class KernelGen:
 
 
 _REGISTRY: dict[str, list[KernelGen]] = {}
-_MODULES = ("elementwise",)
+_MODULES = ("elementwise", "gemm_f32")
 
 
 def kernel(op: str, operands: tuple[str, ...] | None = None, *, pack: PackFn | None = None,
@@ -124,9 +124,9 @@ def kernel(op: str, operands: tuple[str, ...] | None = None, *, pack: PackFn | N
 
 
 def _load() -> None:
-    if not _REGISTRY:
-        for name in _MODULES:
-            importlib.import_module(f"mcir.codegen.kernels.{name}")
+    # the generator modules register themselves on import
+    for name in _MODULES:
+        importlib.import_module(f"mcir.codegen.kernels.{name}")
 
 
 def signature(t: TensorType) -> str:
