@@ -6,7 +6,8 @@ by ``MCIR_ABI_V1`` so that headers of several models can be included in one prog
 
 from __future__ import annotations
 
-from mcir.codegen.lowering import ABI_VERSION, DTYPE_CODES, ERROR_NAMES, Lowered
+from mcir.codegen.abi import ABI_VERSION, DTYPE_CODES, ERROR_NAMES
+from mcir.codegen.lowering import Lowered
 
 _COMMON = """\
 #ifndef MCIR_ABI_V1

@@ -25,6 +25,17 @@ import llvmlite.ir as ir
 import numpy as np
 
 from mcir.codegen import kernels
+from mcir.codegen.abi import (
+    ABI_VERSION,
+    DTYPE_CODES,
+    ERR_NULL_ARGUMENT,
+    ERR_NULL_TENSOR,
+    ERR_WORKSPACE_ALIGNMENT,
+    OK,
+    QUANT_NONE,
+    QUANT_PER_AXIS,
+    QUANT_PER_TENSOR,
+)
 from mcir.codegen.emit import I8, I32, I64, PTR, Emitter, i64
 from mcir.codegen.kernels import KernelContext, KernelGen
 from mcir.codegen.kernels.elementwise import fusable_epilogue
@@ -33,24 +44,6 @@ from mcir.codegen.target import Target
 from mcir.errors import CodegenError
 from mcir.ir import Graph, Op, Value
 from mcir.verifier import verify
-
-ABI_VERSION = 1
-
-# return codes of mcir_NAME_run (docs/abi.md)
-OK = 0
-ERR_NULL_ARGUMENT = 1
-ERR_NULL_TENSOR = 2
-ERR_WORKSPACE_ALIGNMENT = 3
-ERR_INDEX_OUT_OF_RANGE = 4
-ERROR_NAMES = {
-    ERR_NULL_ARGUMENT: "MCIR_ERR_NULL_ARGUMENT: the inputs, outputs or workspace pointer is NULL",
-    ERR_NULL_TENSOR: "MCIR_ERR_NULL_TENSOR: an input or output tensor pointer is NULL",
-    ERR_WORKSPACE_ALIGNMENT: "MCIR_ERR_WORKSPACE_ALIGNMENT: the workspace is not 64-byte aligned",
-    ERR_INDEX_OUT_OF_RANGE: "MCIR_ERR_INDEX_OUT_OF_RANGE: an embedding/gather index is outside its table",
-}
-
-DTYPE_CODES = {"f32": 1, "f16": 2, "bf16": 3, "i64": 4, "i32": 5, "i16": 6, "i8": 7, "u8": 8, "bool": 9}
-QUANT_NONE, QUANT_PER_TENSOR, QUANT_PER_AXIS = 0, 1, 2
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
