@@ -107,7 +107,7 @@ class KernelGen:
 
 
 _REGISTRY: dict[str, list[KernelGen]] = {}
-_MODULES = ("elementwise", "gemm_f32", "movement", "norm", "reduce")
+_MODULES = ("elementwise", "gemm_f32", "movement", "norm", "reduce", "conv", "pool", "attention")
 
 
 def kernel(op: str, operands: tuple[str, ...] | None = None, *, pack: PackFn | None = None,
