@@ -32,20 +32,44 @@ EXIT_INTERNAL_ERROR = 1
 
 # -- loading models -----------------------------------------------------------------------
 
+
 def _add_model_args(p: argparse.ArgumentParser, input_specs: bool = True) -> None:
     p.add_argument("model", help="model file (.pt, .pth, .pt2), saved mcir folder, or .mcir file")
     if input_specs:
-        p.add_argument("--input", "-i", action="append", default=[], metavar="NAME=SHAPE:DTYPE",
-                       help="example input spec for torch models, e.g. x=1x3x32x32:f32 (repeatable)")
+        p.add_argument(
+            "--input",
+            "-i",
+            action="append",
+            default=[],
+            metavar="NAME=SHAPE:DTYPE",
+            help="example input spec for torch models, e.g. x=1x3x32x32:f32 (repeatable)",
+        )
     else:
-        p.add_argument("--input", "-i", dest="input_files", action="append", default=[], metavar="FILE.npy",
-                       help="input array, one per model input in order (repeatable)")
-    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                   help="allow classes from this module when unpickling a full model (and import it)")
-    p.add_argument("--model-def", metavar="MODULE:FACTORY",
-                   help="build the model with this factory, then load a state dict from MODEL")
-    p.add_argument("--trust", action="store_true",
-                   help="allow loading files that can run code (.pt2 archives, arbitrary pickles)")
+        p.add_argument(
+            "--input",
+            "-i",
+            dest="input_files",
+            action="append",
+            default=[],
+            metavar="FILE.npy",
+            help="input array, one per model input in order (repeatable)",
+        )
+    p.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="allow classes from this module when unpickling a full model (and import it)",
+    )
+    p.add_argument(
+        "--model-def",
+        metavar="MODULE:FACTORY",
+        help="build the model with this factory, then load a state dict from MODEL",
+    )
+    p.add_argument(
+        "--trust", action="store_true", help="allow loading files that can run code (.pt2 archives, arbitrary pickles)"
+    )
     p.add_argument("--tracer", choices=("export", "fx"), default="export", help="torch tracer (default: export)")
 
 
@@ -64,8 +88,9 @@ def load_graph(args: argparse.Namespace):
         return mcir.load(path)
     from mcir.frontend.model_file import load_model
 
-    model, example = load_model(path, imports=tuple(args.imports), model_def=args.model_def, trust=args.trust,
-                                inputs=tuple(args.input))
+    model, example = load_model(
+        path, imports=tuple(args.imports), model_def=args.model_def, trust=args.trust, inputs=tuple(args.input)
+    )
     name = _c_identifier(path.stem)
     return mcir.trace(model, example, tracer=args.tracer, name=name)
 
@@ -79,14 +104,27 @@ def _c_identifier(text: str) -> str:
 
 # -- pipelines ----------------------------------------------------------------------------
 
+
 def _add_pipeline_args(p: argparse.ArgumentParser, required: bool = False) -> None:
-    p.add_argument("--passes", "-p", default="" if not required else None, required=required, metavar="PIPELINE",
-                   help="pass pipeline, e.g. 'fold,prune(sparsity=0.8),quant8' (quote it in shells)")
+    p.add_argument(
+        "--passes",
+        "-p",
+        default="" if not required else None,
+        required=required,
+        metavar="PIPELINE",
+        help="pass pipeline, e.g. 'fold,prune(sparsity=0.8),quant8' (quote it in shells)",
+    )
     p.add_argument("--print-ir-after-all", action="store_true", help="print the IR after every pass (stderr)")
-    p.add_argument("--print-ir-after", action="append", default=[], metavar="PASS",
-                   help="print the IR after the named pass (repeatable)")
-    p.add_argument("--no-verify-each", dest="verify_each", action="store_false",
-                   help="do not verify the graph after every pass")
+    p.add_argument(
+        "--print-ir-after",
+        action="append",
+        default=[],
+        metavar="PASS",
+        help="print the IR after the named pass (repeatable)",
+    )
+    p.add_argument(
+        "--no-verify-each", dest="verify_each", action="store_false", help="do not verify the graph after every pass"
+    )
     p.add_argument("--calibration", metavar="FILE", help="calibration inputs (.npz) for quantisation passes")
 
 
@@ -117,8 +155,10 @@ def load_calibration(path: str, graph) -> list[tuple[np.ndarray, ...]]:
         if col.shape == shape:
             col = col[None]
         if col.shape[1:] != shape:
-            raise McirError(f"calibration array for input %{v.name} has shape {list(col.shape)}; expected "
-                            f"[samples, {', '.join(map(str, shape))}]")
+            raise McirError(
+                f"calibration array for input %{v.name} has shape {list(col.shape)}; expected "
+                f"[samples, {', '.join(map(str, shape))}]"
+            )
     count = min(len(c) for c in columns)
     for i in range(count):
         batches.append(tuple(check_input(v, c[i]) for v, c in zip(graph.inputs, columns)))
@@ -133,9 +173,17 @@ def _run_pipeline(graph, args: argparse.Namespace, sample_inputs=None):
         context["calibration"] = load_calibration(args.calibration, graph)
     if not args.passes:
         return graph
-    return mcir.run_passes(graph, args.passes, verify_each=args.verify_each,
-                           print_ir_after_all=args.print_ir_after_all, print_ir_after=args.print_ir_after,
-                           sample_inputs=sample_inputs, out=sys.stderr, progress=False, **context)
+    return mcir.run_passes(
+        graph,
+        args.passes,
+        verify_each=args.verify_each,
+        print_ir_after_all=args.print_ir_after_all,
+        print_ir_after=args.print_ir_after,
+        sample_inputs=sample_inputs,
+        out=sys.stderr,
+        progress=False,
+        **context,
+    )
 
 
 def _print_report(graph) -> None:
@@ -145,6 +193,7 @@ def _print_report(graph) -> None:
 
 
 # -- commands -----------------------------------------------------------------------------
+
 
 def cmd_dump(args: argparse.Namespace) -> int:
     import mcir
@@ -168,8 +217,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         graph = mcir.load(path)
     else:
         graph = mcir.parse_file(path)  # verifies; constants may lack data here
-    print(f"{path}: ok ({sum(1 for _ in graph.compute_ops())} ops, {len(graph.inputs)} inputs, "
-          f"{len(graph.outputs)} outputs)")
+    print(
+        f"{path}: ok ({sum(1 for _ in graph.compute_ops())} ops, {len(graph.inputs)} inputs, "
+        f"{len(graph.outputs)} outputs)"
+    )
     return 0
 
 
@@ -281,8 +332,11 @@ def cmd_passes(args: argparse.Namespace) -> int:
         print(f"    {cls.summary()}")
         for spec in options_of(cls):
             default = spec.default
-            text = format_attr(default) if isinstance(default, bool | int | float | str | tuple) or default is None \
+            text = (
+                format_attr(default)
+                if isinstance(default, bool | int | float | str | tuple) or default is None
                 else str(default)
+            )
             print(f"    {spec.name:<16} {spec.type_name:<20} = {text:<10} {spec.doc}")
         print()
     return 0
@@ -316,6 +370,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 # -- argument parsing -----------------------------------------------------------------------
+
 
 def build_parser() -> argparse.ArgumentParser:
     import mcir

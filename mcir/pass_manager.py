@@ -66,8 +66,11 @@ class Pass:
         return (inspect.getdoc(cls) or "").split("\n")[0]
 
     def __str__(self) -> str:
-        opts = [f"{f.name}={_format_option(getattr(self, f.name))}" for f in dataclasses.fields(self)
-                if getattr(self, f.name) != f.default]
+        opts = [
+            f"{f.name}={_format_option(getattr(self, f.name))}"
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != f.default
+        ]
         return self.name + (f"({','.join(opts)})" if opts else "")
 
 
@@ -97,6 +100,7 @@ class PassContext:
 
 
 # -- option types ---------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class OptionSpec:
@@ -257,6 +261,13 @@ def as_pass_class(obj: Any, ref: str) -> type[Pass]:
     raise McirError(f"'{ref}' is a {type(obj).__name__}, not a pass (a Pass subclass, a function or a RuleSet)")
 
 
+def as_pass(obj: Any) -> Pass:
+    """A Pass instance from a Pass, a Pass class, a ``@mcir.pass_`` function or a RuleSet."""
+    if isinstance(obj, Pass):
+        return obj
+    return as_pass_class(obj, getattr(obj, "name", None) or getattr(obj, "__name__", "pass"))()
+
+
 def pass_names() -> list[str]:
     return sorted(set(BUILTIN) | set(ALIASES) | set(_loaded) | set(_entry_points()))
 
@@ -305,13 +316,21 @@ def _instantiate(item: PipelineItem, text: str) -> Pass:
     for key, ov in item.options.items():
         if key not in specs:
             valid = ", ".join(specs) or "none"
-            raise pipeline_error(text, f"unknown option '{key}' for pass '{item.ref}'; valid options: {valid}",
-                                 ov.column - len(key) - 1, len(key))
+            raise pipeline_error(
+                text,
+                f"unknown option '{key}' for pass '{item.ref}'; valid options: {valid}",
+                ov.column - len(key) - 1,
+                len(key),
+            )
         try:
             kwargs[key] = coerce(ov.value, specs[key].type)
         except ValueError as e:
-            raise pipeline_error(text, f"option '{key}' of pass '{item.ref}' {e} (got {ov.text or ov.value!r})",
-                                 ov.column, len(ov.text) or 1) from None
+            raise pipeline_error(
+                text,
+                f"option '{key}' of pass '{item.ref}' {e} (got {ov.text or repr(ov.value)})",
+                ov.column,
+                len(ov.text) or 1,
+            ) from None
     try:
         return cls(**kwargs)
     except McirError as e:  # __post_init__ validation of option combinations
@@ -319,6 +338,7 @@ def _instantiate(item: PipelineItem, text: str) -> Pass:
 
 
 # -- function passes and rule-set passes -----------------------------------------------
+
 
 def pass_(fn: Any = None, *, name: str | None = None, preserves: str = "exact") -> Any:
     """Decorator turning ``fn(graph, ctx, *, opt: type = default, ...)`` into a pass.
@@ -344,8 +364,12 @@ def pass_(fn: Any = None, *, name: str | None = None, preserves: str = "exact") 
 
         pass_name = name or f.__name__
         cls = dataclasses.make_dataclass(
-            _class_name(pass_name), fields, bases=(Pass,), frozen=True,
-            namespace={"name": pass_name, "preserves": preserves, "apply": apply, "__doc__": f.__doc__})
+            _class_name(pass_name),
+            fields,
+            bases=(Pass,),
+            frozen=True,
+            namespace={"name": pass_name, "preserves": preserves, "apply": apply, "__doc__": f.__doc__},
+        )
         f.__mcir_pass__ = cls
         return f
 
@@ -360,9 +384,17 @@ def rules_pass(rules: Any, *, name: str, preserves: str = "exact", doc: str | No
         apply_rules(graph, rules)
 
     return dataclasses.make_dataclass(
-        _class_name(name), [], bases=(Pass,), frozen=True,
-        namespace={"name": name, "preserves": preserves, "apply": apply,
-                   "__doc__": doc or f"Apply the rule set '{getattr(rules, 'name', name)}' to a fixpoint."})
+        _class_name(name),
+        [],
+        bases=(Pass,),
+        frozen=True,
+        namespace={
+            "name": name,
+            "preserves": preserves,
+            "apply": apply,
+            "__doc__": doc or f"Apply the rule set '{getattr(rules, 'name', name)}' to a fixpoint.",
+        },
+    )
 
 
 def _class_name(name: str) -> str:
@@ -370,6 +402,7 @@ def _class_name(name: str) -> str:
 
 
 # -- running pipelines -------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class GraphStats:
@@ -422,11 +455,19 @@ class PipelineReport:
         head = ["pass", "time", "ops", "params", "weights", "MACs"] + (["max |Δ|", "SQNR"] if with_err else [])
         body = []
         for r in self.rows:
-            row = [r.name, "-" if r.name == "(input)" else human_seconds(r.seconds), str(r.stats.ops),
-                   human_count(r.stats.params), human_bytes(r.stats.weight_bytes), human_count(r.stats.macs)]
+            row = [
+                r.name,
+                "-" if r.name == "(input)" else human_seconds(r.seconds),
+                str(r.stats.ops),
+                human_count(r.stats.params),
+                human_bytes(r.stats.weight_bytes),
+                human_count(r.stats.macs),
+            ]
             if with_err:
-                row += ["-" if r.max_abs_err is None else f"{r.max_abs_err:.3g}",
-                        "-" if r.sqnr_db is None else ("inf" if r.sqnr_db == float("inf") else f"{r.sqnr_db:.1f} dB")]
+                row += [
+                    "-" if r.max_abs_err is None else f"{r.max_abs_err:.3g}",
+                    "-" if r.sqnr_db is None else ("inf" if r.sqnr_db == float("inf") else f"{r.sqnr_db:.1f} dB"),
+                ]
             body.append(row)
         text = format_table(head, body, align="lrrrrrrr")
         if self.warnings:
@@ -449,10 +490,18 @@ def compare_outputs(reference: list[np.ndarray], got: list[np.ndarray]) -> tuple
     return err, sqnr
 
 
-def run_passes(graph: Graph, pipeline: str | list[Pass], *, verify_each: bool = True,
-               print_ir_after_all: bool = False, print_ir_after: tuple[str, ...] | list[str] = (),
-               sample_inputs: list[tuple[np.ndarray, ...]] | None = None, out: TextIO | None = None,
-               progress: bool = False, **context: Any) -> Graph:
+def run_passes(
+    graph: Graph,
+    pipeline: str | list[Pass],
+    *,
+    verify_each: bool = True,
+    print_ir_after_all: bool = False,
+    print_ir_after: tuple[str, ...] | list[str] = (),
+    sample_inputs: list[tuple[np.ndarray, ...]] | None = None,
+    out: TextIO | None = None,
+    progress: bool = False,
+    **context: Any,
+) -> Graph:
     """Run a pipeline on a copy of ``graph`` and return the result.
 
     ``context`` is visible to passes (``calibration=[(x,), ...]`` for quantisation).
@@ -462,8 +511,11 @@ def run_passes(graph: Graph, pipeline: str | list[Pass], *, verify_each: bool = 
     from mcir.interp import interpret
     from mcir.verifier import verify
 
-    text = pipeline if isinstance(pipeline, str) else ",".join(str(p) for p in pipeline)
-    passes = build_pipeline(pipeline) if isinstance(pipeline, str) else list(pipeline)
+    if isinstance(pipeline, str):
+        passes = build_pipeline(pipeline)
+    else:  # a list mixing Pass objects, pass classes, @pass_ functions, RuleSets and pipeline strings
+        passes = [q for p in pipeline for q in (build_pipeline(p) if isinstance(p, str) else [as_pass(p)])]
+    text = pipeline if isinstance(pipeline, str) else ",".join(str(p) for p in passes)
     known = {p.name for p in passes}
     for name in print_ir_after:
         if name not in known:
@@ -472,8 +524,9 @@ def run_passes(graph: Graph, pipeline: str | list[Pass], *, verify_each: bool = 
     ctx = PassContext(data=dict(context))
     report = PipelineReport(text)
     refs = [interpret(graph, *x) for x in sample_inputs] if sample_inputs else None
-    report.rows.append(PassRecord("(input)", 0.0, GraphStats.of(g), 0.0 if refs else None,
-                                  float("inf") if refs else None))
+    report.rows.append(
+        PassRecord("(input)", 0.0, GraphStats.of(g), 0.0 if refs else None, float("inf") if refs else None)
+    )
     stream = out or sys.stderr
     for i, p in enumerate(passes):
         if progress:
@@ -505,6 +558,17 @@ def run_passes(graph: Graph, pipeline: str | list[Pass], *, verify_each: bool = 
 
 
 __all__ = [
-    "ALIASES", "BUILTIN", "GraphStats", "Pass", "PassContext", "PipelineReport", "build_pipeline", "option",
-    "pass_", "register_pass", "rules_pass", "run_passes", "ParseError",
+    "ALIASES",
+    "BUILTIN",
+    "GraphStats",
+    "ParseError",
+    "Pass",
+    "PassContext",
+    "PipelineReport",
+    "build_pipeline",
+    "option",
+    "pass_",
+    "register_pass",
+    "rules_pass",
+    "run_passes",
 ]

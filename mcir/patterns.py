@@ -78,9 +78,17 @@ def constant_array(value: Value) -> np.ndarray:
 class Pat:
     """A pattern over values (see the module docstring)."""
 
-    def __init__(self, op: str | Iterable[str] | None = None, *operands: Pat, name: str | None = None,
-                 attrs: dict[str, Any] | None = None, where: Callable[[Match], bool] | None = None,
-                 single_use: bool = False, commutative: bool = False, any_operands: bool = False) -> None:
+    def __init__(
+        self,
+        op: str | Iterable[str] | None = None,
+        *operands: Pat,
+        name: str | None = None,
+        attrs: dict[str, Any] | None = None,
+        where: Callable[[Match], bool] | None = None,
+        single_use: bool = False,
+        commutative: bool = False,
+        any_operands: bool = False,
+    ) -> None:
         self.ops = None if op is None else frozenset([op] if isinstance(op, str) else op)
         self.operands = operands
         self.name = name
@@ -100,8 +108,9 @@ class Pat:
         return p
 
     @staticmethod
-    def const(name: str | None = None, value: float | None = None,
-              where: Callable[[np.ndarray], bool] | None = None) -> Pat:
+    def const(
+        name: str | None = None, value: float | None = None, where: Callable[[np.ndarray], bool] | None = None
+    ) -> Pat:
         """A constant with data; ``value`` requires every element to equal it."""
         p = Pat(name=name)
         p.kind = "const"
@@ -239,8 +248,14 @@ class RuleSet:
         return len(self.rules)
 
 
-def apply_rules(graph: Graph, rules: RuleSet | Iterable[RewritePattern], *, max_rewrites: int | None = None,
-                dce: bool = True, rewriter: Rewriter | None = None) -> int:
+def apply_rules(
+    graph: Graph,
+    rules: RuleSet | Iterable[RewritePattern],
+    *,
+    max_rewrites: int | None = None,
+    dce: bool = True,
+    rewriter: Rewriter | None = None,
+) -> int:
     """Apply ``rules`` greedily until none matches; returns the number of rewrites.
 
     Ops are visited in program order; any op touched by a rewrite (inserted, modified,
@@ -295,7 +310,8 @@ def apply_rules(graph: Graph, rules: RuleSet | Iterable[RewritePattern], *, max_
                     if count > cap:
                         raise McirError(
                             f"rule set '{ruleset.name}' did not reach a fixpoint after {cap} rewrites; "
-                            f"last rules applied: {'; '.join(history)}. Two rules probably undo each other.")
+                            f"last rules applied: {'; '.join(history)}. Two rules probably undo each other."
+                        )
                     break
     finally:
         rw.listeners.remove(listener)

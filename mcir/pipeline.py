@@ -125,7 +125,7 @@ def parse_pipeline(text: str) -> list[PipelineItem]:
                     raise pipeline_error(text, f"option '{key}' given twice", key.column, len(key))
                 meta = val.meta
                 column = key.column if meta.empty else meta.column
-                raw = "" if meta.empty else text[meta.start_pos:meta.end_pos]
+                raw = "" if meta.empty else text[meta.start_pos : meta.end_pos]
                 options[str(key)] = OptionValue(_value(val), column, raw)
         items.append(PipelineItem(str(ref_tok), options, ref_tok.column))
     return items

@@ -12,7 +12,6 @@ change affects. The methods keep SSA use lists and graph outputs right::
 from __future__ import annotations
 
 import weakref
-
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -38,28 +37,54 @@ class Rewriter:
             listener(event, op)
 
     # -- creating ops ------------------------------------------------------------------
-    def insert_at(self, index: int, name: str, operands: list[Value] | tuple[Value, ...] = (),
-                  attrs: Mapping[str, Any] | None = None, *, type: TensorType | None = None,
-                  result: str | None = None, loc: Location | None = None) -> Value:
+    def insert_at(
+        self,
+        index: int,
+        name: str,
+        operands: list[Value] | tuple[Value, ...] = (),
+        attrs: Mapping[str, Any] | None = None,
+        *,
+        type: TensorType | None = None,
+        result: str | None = None,
+        loc: Location | None = None,
+    ) -> Value:
         """Create an op of kind ``name`` at position ``index``; its type is inferred unless given."""
         value = self.graph.add(name, operands, attrs, result=result, type=type, loc=loc, index=index)
         self._fresh.add(value)
         self._notify("insert", value.producer)
         return value
 
-    def insert_before(self, anchor: Op, name: str, operands: list[Value] | tuple[Value, ...] = (),
-                      attrs: Mapping[str, Any] | None = None, *, type: TensorType | None = None,
-                      result: str | None = None, loc: Location | None = None) -> Value:
+    def insert_before(
+        self,
+        anchor: Op,
+        name: str,
+        operands: list[Value] | tuple[Value, ...] = (),
+        attrs: Mapping[str, Any] | None = None,
+        *,
+        type: TensorType | None = None,
+        result: str | None = None,
+        loc: Location | None = None,
+    ) -> Value:
         """Create an op just before ``anchor`` (inheriting its location unless ``loc`` is given)."""
-        return self.insert_at(self.graph.index(anchor), name, operands, attrs, type=type, result=result,
-                              loc=loc or anchor.loc)
+        return self.insert_at(
+            self.graph.index(anchor), name, operands, attrs, type=type, result=result, loc=loc or anchor.loc
+        )
 
-    def insert_after(self, anchor: Op, name: str, operands: list[Value] | tuple[Value, ...] = (),
-                     attrs: Mapping[str, Any] | None = None, *, type: TensorType | None = None,
-                     result: str | None = None, loc: Location | None = None) -> Value:
+    def insert_after(
+        self,
+        anchor: Op,
+        name: str,
+        operands: list[Value] | tuple[Value, ...] = (),
+        attrs: Mapping[str, Any] | None = None,
+        *,
+        type: TensorType | None = None,
+        result: str | None = None,
+        loc: Location | None = None,
+    ) -> Value:
         """Create an op just after ``anchor``."""
-        return self.insert_at(self.graph.index(anchor) + 1, name, operands, attrs, type=type, result=result,
-                              loc=loc or anchor.loc)
+        return self.insert_at(
+            self.graph.index(anchor) + 1, name, operands, attrs, type=type, result=result, loc=loc or anchor.loc
+        )
 
     def const(self, name: str, data: Any, type: TensorType | None = None, *, loc: Location | None = None) -> Value:
         """Insert a constant (among the graph's constants, before every compute op)."""
@@ -79,8 +104,9 @@ class Rewriter:
         if old is new:
             return
         if old.type.logical != new.type.logical:
-            raise McirError(f"cannot replace %{old.name}: {old.type} by %{new.name}: {new.type}: "
-                            "their logical types differ")
+            raise McirError(
+                f"cannot replace %{old.name}: {old.type} by %{new.name}: {new.type}: their logical types differ"
+            )
         for op, index in list(old.uses):
             op.set_operand(index, new)
             self._notify("modify", op)

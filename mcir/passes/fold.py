@@ -57,40 +57,43 @@ def _merge_reshapes(m: Match, rw: Rewriter):
     return rw.insert_before(m.root, "reshape", [m.x], {"shape": m.root.attrs["shape"]})
 
 
-NOOPS = RuleSet("fold.noops", [
-    # dropout(x) -> x   (inference semantics)
-    (Pat("dropout", X), lambda m, rw: m.x),
-    # reshape(x) -> x   when the shape is unchanged
-    (Pat("reshape", X, where=_same_type_as_x), lambda m, rw: m.x),
-    # reshape(reshape(x)) -> reshape(x)
-    (Pat("reshape", Pat("reshape", X, name="inner")), _merge_reshapes),
-    # permute(x) -> x   when dims are the identity
-    (Pat("permute", X, where=_identity_perm), lambda m, rw: m.x),
-    # permute(permute(x)) -> permute(x) with composed dims
-    (Pat("permute", Pat("permute", X, name="inner")), _compose_permutes),
-    # expand(x) -> x   when the shape is unchanged
-    (Pat("expand", X, where=_same_type_as_x), lambda m, rw: m.x),
-    # cast(x) -> x   when the dtype is unchanged
-    (Pat("cast", X, where=_same_type_as_x), lambda m, rw: m.x),
-    # slice(x) -> x   when it keeps the whole axis
-    (Pat("slice", X, where=_whole_slice), lambda m, rw: m.x),
-    # concat(x) -> x   with a single operand
-    (Pat("concat", X), lambda m, rw: m.x),
-    # x * 1 -> x,  1 * x -> x
-    (Pat("mul", X, Pat.const(value=1), commutative=True, where=_same_type_as_x), lambda m, rw: m.x),
-    # x + 0 -> x,  0 + x -> x
-    (Pat("add", X, Pat.const(value=0), commutative=True, where=_same_type_as_x), lambda m, rw: m.x),
-    # x - 0 -> x
-    (Pat("sub", X, Pat.const(value=0), where=_same_type_as_x), lambda m, rw: m.x),
-    # x / 1 -> x
-    (Pat("div", X, Pat.const(value=1), where=_same_type_as_x), lambda m, rw: m.x),
-    # neg(neg(x)) -> x
-    (Pat("neg", Pat("neg", X)), lambda m, rw: m.x),
-    # relu(relu(x)) -> relu(x)
-    (Pat("relu", Pat("relu", X, name="inner")), lambda m, rw: m["inner"]),
-    # dequantize(quantize(x)) stays (it rounds); quantize(dequantize(q)) -> q   with the same encoding
-    (Pat("quantize", Pat("dequantize", X), where=_same_type_as_x), lambda m, rw: m.x),
-])
+NOOPS = RuleSet(
+    "fold.noops",
+    [
+        # dropout(x) -> x   (inference semantics)
+        (Pat("dropout", X), lambda m, rw: m.x),
+        # reshape(x) -> x   when the shape is unchanged
+        (Pat("reshape", X, where=_same_type_as_x), lambda m, rw: m.x),
+        # reshape(reshape(x)) -> reshape(x)
+        (Pat("reshape", Pat("reshape", X, name="inner")), _merge_reshapes),
+        # permute(x) -> x   when dims are the identity
+        (Pat("permute", X, where=_identity_perm), lambda m, rw: m.x),
+        # permute(permute(x)) -> permute(x) with composed dims
+        (Pat("permute", Pat("permute", X, name="inner")), _compose_permutes),
+        # expand(x) -> x   when the shape is unchanged
+        (Pat("expand", X, where=_same_type_as_x), lambda m, rw: m.x),
+        # cast(x) -> x   when the dtype is unchanged
+        (Pat("cast", X, where=_same_type_as_x), lambda m, rw: m.x),
+        # slice(x) -> x   when it keeps the whole axis
+        (Pat("slice", X, where=_whole_slice), lambda m, rw: m.x),
+        # concat(x) -> x   with a single operand
+        (Pat("concat", X), lambda m, rw: m.x),
+        # x * 1 -> x,  1 * x -> x
+        (Pat("mul", X, Pat.const(value=1), commutative=True, where=_same_type_as_x), lambda m, rw: m.x),
+        # x + 0 -> x,  0 + x -> x
+        (Pat("add", X, Pat.const(value=0), commutative=True, where=_same_type_as_x), lambda m, rw: m.x),
+        # x - 0 -> x
+        (Pat("sub", X, Pat.const(value=0), where=_same_type_as_x), lambda m, rw: m.x),
+        # x / 1 -> x
+        (Pat("div", X, Pat.const(value=1), where=_same_type_as_x), lambda m, rw: m.x),
+        # neg(neg(x)) -> x
+        (Pat("neg", Pat("neg", X)), lambda m, rw: m.x),
+        # relu(relu(x)) -> relu(x)
+        (Pat("relu", Pat("relu", X, name="inner")), lambda m, rw: m["inner"]),
+        # dequantize(quantize(x)) stays (it rounds); quantize(dequantize(q)) -> q   with the same encoding
+        (Pat("quantize", Pat("dequantize", X), where=_same_type_as_x), lambda m, rw: m.x),
+    ],
+)
 
 
 def _float_const(v) -> bool:
@@ -125,8 +128,11 @@ class FoldBatchNorm(RewritePattern):
         bias0 = constant_array(b).astype(np.float64) if b is not None else 0.0
         new_b = ((bias0 - mean) * scale + beta).astype(np.float32)
         w_val = self._reuse_or_new(rw, w, new_w, w.name)
-        b_val = self._reuse_or_new(rw, b, new_b, _bias_name(w.name)) if b is not None else \
-            rw.const(_bias_name(w.name), new_b)
+        b_val = (
+            self._reuse_or_new(rw, b, new_b, _bias_name(w.name))
+            if b is not None
+            else rw.const(_bias_name(w.name), new_b)
+        )
         new = rw.insert_before(op, layer.name, [layer.operands[0], w_val, b_val], layer.attrs, loc=layer.loc)
         rw.replace_op(op, new)
         return True
