@@ -194,10 +194,14 @@ def coerce(value: Any, tp: Any) -> Any:
 #: built-in passes: name -> "module:Class" (imported on first use)
 BUILTIN: dict[str, str] = {
     "fold": "mcir.passes.fold:Fold",
+    "quantize": "mcir.passes.quantize:Quantize",
+    "quant_fusion": "mcir.passes.quant_fusion:QuantFusion",
 }
 
 #: aliases: name -> (pass name, preset options)
-ALIASES: dict[str, tuple[str, dict[str, Any]]] = {}
+ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "quant8": ("quantize", {"bits": 8}),
+}
 
 _loaded: dict[str, type[Pass]] = {}
 

@@ -280,9 +280,13 @@ def apply_rules(
 
     def listener(event: str, op: Op) -> None:
         if event == "erase":
+            # the operands lost a use: their producers may be dead now, and rules guarded by
+            # single_use may match at their remaining users
             for v in op.operands:
                 if v.producer is not None:
                     push(v.producer)
+                for user in v.users:
+                    push(user)
             return
         push(op)
         for user in op.result.users:
