@@ -5,6 +5,7 @@ The public API::
     g = mcir.trace(model, example_inputs)          # torch.export (default) or tracer="fx"
     print(g)                                       # textual IR; mcir.parse(text) reads it back
     ys = mcir.interpret(g, x)                      # numpy reference interpreter
+    g2 = mcir.run_passes(g, "fold,quant8", calibration=batches)
     mcir.save(g, "out/model"); g = mcir.load("out/model")
 """
 
@@ -16,6 +17,9 @@ from mcir.errors import McirError, ParseError, UnsupportedError, VerifyError
 from mcir.interp import Interpreter, interpret
 from mcir.ir import Graph, Location, Op, Value
 from mcir.parser import parse, parse_file
+from mcir.pass_manager import Pass, PassContext, option, pass_, run_passes
+from mcir.patterns import Match, Pat, RewritePattern, RuleSet, apply_rules
+from mcir.rewriter import Rewriter
 from mcir.serialize import load, save
 from mcir.types import TensorType, tensor
 from mcir.verifier import verify
@@ -35,6 +39,33 @@ def trace(module: Any, example_inputs: Any, tracer: str = "export", name: str | 
 
 
 __all__ = [
-    "Graph", "Interpreter", "Location", "McirError", "Op", "ParseError", "TensorType", "UnsupportedError",
-    "Value", "VerifyError", "interpret", "load", "parse", "parse_file", "save", "tensor", "trace", "verify",
+    "Graph",
+    "Interpreter",
+    "Location",
+    "Match",
+    "McirError",
+    "Op",
+    "ParseError",
+    "Pass",
+    "PassContext",
+    "Pat",
+    "RewritePattern",
+    "Rewriter",
+    "RuleSet",
+    "TensorType",
+    "UnsupportedError",
+    "Value",
+    "VerifyError",
+    "apply_rules",
+    "interpret",
+    "load",
+    "option",
+    "parse",
+    "parse_file",
+    "pass_",
+    "run_passes",
+    "save",
+    "tensor",
+    "trace",
+    "verify",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import ml_dtypes  # numpy has no bfloat16; ml_dtypes provides it
 import numpy as np
 
 from mcir.errors import McirError
@@ -60,8 +61,6 @@ b1 = DType("b1", 1, "packed")  # binary {-1, +1}, one bit per element
 t2 = DType("t2", 2, "packed")  # ternary {-1, 0, +1}, two bit-planes
 
 ALL: dict[str, DType] = {d.name: d for d in (f32, f16, bf16, i64, i32, i16, i8, u8, boolean, b1, t2)}
-
-import ml_dtypes  # numpy has no bfloat16; ml_dtypes (a dependency of onnx) provides it
 
 _NUMPY = {
     "f32": np.dtype(np.float32),

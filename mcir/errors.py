@@ -17,8 +17,9 @@ class McirError(Exception):
 class ParseError(McirError):
     """Malformed textual IR or pipeline string; the message has line:column."""
 
-    def __init__(self, message: str, *, line: int | None = None, column: int | None = None,
-                 source: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, line: int | None = None, column: int | None = None, source: str | None = None
+    ) -> None:
         where = ""
         if source is not None or line is not None:
             where = f"{source or '<string>'}"

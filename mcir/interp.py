@@ -44,8 +44,10 @@ class Interpreter:
         """Stored result of ``op`` given its operands' stored values."""
         if op.name == "const":
             if op.data is None:
-                raise McirError(f"constant %{op.result.name} has no data: load the graph with its weights "
-                                "(mcir.load) or attach them before running")
+                raise McirError(
+                    f"constant %{op.result.name} has no data: load the graph with its weights "
+                    "(mcir.load) or attach them before running"
+                )
             return op.data
         logical = [v.type.decode(a) for v, a in zip(op.operands, args)]
         out = np.asarray(registry.get(op.name).reference(*logical, **op.attrs))
@@ -77,10 +79,14 @@ def check_input(v: Value, x: Any) -> np.ndarray:
     if arr.shape != t.shape:
         raise McirError(f"input %{v.name} must have shape {list(t.shape)}, got {list(arr.shape)}")
     if arr.dtype != want:
-        if arr.dtype.kind == want.kind == "f" or (arr.dtype.kind in "iu" and want.kind in "iu"
-                                                 and np.can_cast(arr.dtype, want, "same_kind")
-                                                 and arr.size and arr.min() >= np.iinfo(want).min
-                                                 and arr.max() <= np.iinfo(want).max):
+        if arr.dtype.kind == want.kind == "f" or (
+            arr.dtype.kind in "iu"
+            and want.kind in "iu"
+            and np.can_cast(arr.dtype, want, "same_kind")
+            and arr.size
+            and arr.min() >= np.iinfo(want).min
+            and arr.max() <= np.iinfo(want).max
+        ):
             return arr.astype(want)
         raise McirError(f"input %{v.name} must be {t.dtype} ({want}), got {arr.dtype}")
     return arr

@@ -40,7 +40,7 @@ class Location:
 class Value:
     """An SSA value: a name, a type, its producing op (None for graph inputs) and its uses."""
 
-    __slots__ = ("name", "type", "producer", "uses", "__weakref__")
+    __slots__ = ("__weakref__", "name", "producer", "type", "uses")
 
     def __init__(self, name: str, type: TensorType, producer: Op | None = None) -> None:
         self.name = name
@@ -72,7 +72,9 @@ def freeze_attr(value: Any) -> Any:
         return value.item()
     if isinstance(value, bool | int | float | str) or value is None:
         return value
-    raise McirError(f"attribute value {value!r} of type {type(value).__name__} is not int, float, bool, str, None or a list of them")
+    raise McirError(
+        f"attribute value {value!r} of type {type(value).__name__} is not int, float, bool, str, None or a list of them"
+    )
 
 
 class Op:
@@ -82,11 +84,19 @@ class Op:
     the model source; ``data`` holds a ``const`` op's stored tensor.
     """
 
-    __slots__ = ("name", "operands", "attrs", "result", "meta", "loc", "data", "graph", "__weakref__")
+    __slots__ = ("__weakref__", "attrs", "data", "graph", "loc", "meta", "name", "operands", "result")
 
-    def __init__(self, name: str, operands: list[Value] | tuple[Value, ...], attrs: Mapping[str, Any],
-                 result_name: str, result_type: TensorType, *, loc: Location | None = None,
-                 data: Any = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        operands: list[Value] | tuple[Value, ...],
+        attrs: Mapping[str, Any],
+        result_name: str,
+        result_type: TensorType,
+        *,
+        loc: Location | None = None,
+        data: Any = None,
+    ) -> None:
         self.name = name
         self.operands: tuple[Value, ...] = tuple(operands)
         self.attrs: dict[str, Any] = {k: freeze_attr(v) for k, v in attrs.items()}
@@ -209,9 +219,17 @@ class Graph:
                 return i
         raise McirError(f"{op.where()} is not in graph @{self.name}")
 
-    def add(self, name: str, operands: list[Value] | tuple[Value, ...] = (), attrs: Mapping[str, Any] | None = None,
-            *, result: str | None = None, type: TensorType | None = None, loc: Location | None = None,
-            index: int | None = None) -> Value:
+    def add(
+        self,
+        name: str,
+        operands: list[Value] | tuple[Value, ...] = (),
+        attrs: Mapping[str, Any] | None = None,
+        *,
+        result: str | None = None,
+        type: TensorType | None = None,
+        loc: Location | None = None,
+        index: int | None = None,
+    ) -> Value:
         """Create an op of registered kind ``name``, infer its type unless given, insert it.
 
         Returns the op's result value.
@@ -226,8 +244,15 @@ class Graph:
         self.insert(op, index)
         return op.result
 
-    def const(self, name: str, data: Any, type: TensorType | None = None, *, index: int | None = None,
-              loc: Location | None = None) -> Value:
+    def const(
+        self,
+        name: str,
+        data: Any,
+        type: TensorType | None = None,
+        *,
+        index: int | None = None,
+        loc: Location | None = None,
+    ) -> Value:
         """Insert a ``const`` op holding ``data`` (a numpy array, or a dict of components)."""
         from mcir import dtypes
 
@@ -269,8 +294,15 @@ class Graph:
         for v in self.inputs:
             mapping[id(v)] = g.add_input(v.name, v.type)
         for op in self.ops:
-            new = Op(op.name, [mapping[id(v)] for v in op.operands], op.attrs, op.result.name, op.result.type,
-                     loc=op.loc, data=op.data)
+            new = Op(
+                op.name,
+                [mapping[id(v)] for v in op.operands],
+                op.attrs,
+                op.result.name,
+                op.result.type,
+                loc=op.loc,
+                data=op.data,
+            )
             new.meta = dict(op.meta)
             g.insert(new)
             mapping[id(op.result)] = new.result

@@ -23,12 +23,34 @@ from mcir.types import ENCODINGS, TensorType
 
 # what the user would type, for "expected ..." messages
 _TERMINAL_TEXT = {
-    "VALUE": "a value name like %x", "GLOBAL": "a graph name like @main", "NAME": "a name",
-    "INT": "an integer", "FLOAT": "a number", "STRING": "a quoted string", "LPAR": "'('", "RPAR": "')'",
-    "LSQB": "'['", "RSQB": "']'", "LBRACE": "'{'", "RBRACE": "'}'", "COMMA": "','", "COLON": "':'",
-    "EQUAL": "'='", "MORETHAN": "'>'", "LESSTHAN": "'<'", "__ANON_0": "'->'", "HASH": "'#'",
-    "RETURN": "'return'", "CONST": "'const'", "GRAPH": "'graph'", "DENSE": "'dense'", "LOC": "'loc'",
-    "TRUE": "'true'", "FALSE": "'false'", "NONE": "'none'", "$END": "end of input",
+    "VALUE": "a value name like %x",
+    "GLOBAL": "a graph name like @main",
+    "NAME": "a name",
+    "INT": "an integer",
+    "FLOAT": "a number",
+    "STRING": "a quoted string",
+    "LPAR": "'('",
+    "RPAR": "')'",
+    "LSQB": "'['",
+    "RSQB": "']'",
+    "LBRACE": "'{'",
+    "RBRACE": "'}'",
+    "COMMA": "','",
+    "COLON": "':'",
+    "EQUAL": "'='",
+    "MORETHAN": "'>'",
+    "LESSTHAN": "'<'",
+    "__ANON_0": "'->'",
+    "HASH": "'#'",
+    "RETURN": "'return'",
+    "CONST": "'const'",
+    "GRAPH": "'graph'",
+    "DENSE": "'dense'",
+    "LOC": "'loc'",
+    "TRUE": "'true'",
+    "FALSE": "'false'",
+    "NONE": "'none'",
+    "$END": "end of input",
 }
 
 
@@ -54,16 +76,28 @@ def parse(text: str, *, source: str | None = None, verify: bool = True) -> Graph
     try:
         tree = _lark().parse(text)
     except lark.exceptions.UnexpectedCharacters as e:
-        bad = text[e.pos_in_stream:e.pos_in_stream + 1] if e.pos_in_stream is not None else "?"
-        raise ParseError(f"unexpected character {bad!r}; expected {_expected(set(e.allowed or ()))}",
-                         line=e.line, column=e.column, source=source) from None
+        bad = text[e.pos_in_stream : e.pos_in_stream + 1] if e.pos_in_stream is not None else "?"
+        raise ParseError(
+            f"unexpected character {bad!r}; expected {_expected(set(e.allowed or ()))}",
+            line=e.line,
+            column=e.column,
+            source=source,
+        ) from None
     except lark.exceptions.UnexpectedToken as e:
         tok = "end of input" if e.token.type == "$END" else repr(str(e.token))
-        raise ParseError(f"unexpected {tok}; expected {_expected(set(e.expected or ()))}",
-                         line=e.line, column=e.column, source=source) from None
+        raise ParseError(
+            f"unexpected {tok}; expected {_expected(set(e.expected or ()))}",
+            line=e.line,
+            column=e.column,
+            source=source,
+        ) from None
     except lark.exceptions.UnexpectedEOF as e:
-        raise ParseError(f"unexpected end of input; expected {_expected(set(e.expected or ()))}",
-                         line=e.line if e.line > 0 else text.count("\n") + 1, column=e.column, source=source) from None
+        raise ParseError(
+            f"unexpected end of input; expected {_expected(set(e.expected or ()))}",
+            line=e.line if e.line > 0 else text.count("\n") + 1,
+            column=e.column,
+            source=source,
+        ) from None
     graph = _Builder(source).build(tree.children[0])
     if verify:
         from mcir.verifier import verify as _verify

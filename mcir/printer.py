@@ -67,8 +67,11 @@ def _format_element(x: Any, kind: str) -> str:
         if not math.isfinite(f):
             return format_float(f)
         # shortest decimal that round-trips at the array's own precision (f32: "0.1")
-        text = np.format_float_positional(x, unique=True, trim="0") if abs(f) >= 1e-4 and abs(f) < 1e16 or f == 0 \
+        text = (
+            np.format_float_positional(x, unique=True, trim="0")
+            if (abs(f) >= 1e-4 and abs(f) < 1e16) or f == 0
             else np.format_float_scientific(x, unique=True, trim="-")
+        )
         if "." not in text and "e" not in text and "n" not in text:
             text += ".0"
         return text
@@ -78,8 +81,7 @@ def _format_element(x: Any, kind: str) -> str:
 def is_inline(op: Op) -> bool:
     """Whether a const op is printed with its data (small, unencoded, data present)."""
     t = op.result.type
-    return (op.data is not None and t.numel <= INLINE_LIMIT and
-            (t.encoding is None or not t.encoding.needs_components))
+    return op.data is not None and t.numel <= INLINE_LIMIT and (t.encoding is None or not t.encoding.needs_components)
 
 
 def format_dense(arr: np.ndarray) -> str:
@@ -100,9 +102,13 @@ def format_op(op: Op) -> str:
         args = ", ".join(f"%{v.name}" for v in op.operands)
         body = f"{op.name}({args})"
         opdef = registry.get(op.name)
-        shown = {k: v for k, v in op.attrs.items()
-                 if k not in opdef.attrs or opdef.attrs[k].default is registry.REQUIRED
-                 or not _attr_equal(v, opdef.attrs[k].default)}
+        shown = {
+            k: v
+            for k, v in op.attrs.items()
+            if k not in opdef.attrs
+            or opdef.attrs[k].default is registry.REQUIRED
+            or not _attr_equal(v, opdef.attrs[k].default)
+        }
         if shown:
             body += " {" + ", ".join(f"{k}={format_attr(v)}" for k, v in shown.items()) + "}"
     text = f"{res}{body} : {op.result.type}"

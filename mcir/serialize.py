@@ -51,8 +51,9 @@ def save(graph: Graph, path: str | Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         (tmp / GRAPH_FILE).write_text(print_graph(graph))
-        safetensors.numpy.save_file(weights_of(graph), str(tmp / WEIGHTS_FILE),
-                                    metadata={"format": "mcir", "graph": graph.name})
+        safetensors.numpy.save_file(
+            weights_of(graph), str(tmp / WEIGHTS_FILE), metadata={"format": "mcir", "graph": graph.name}
+        )
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old")
             if old.exists():
@@ -85,10 +86,14 @@ def load(path: str | Path) -> Graph:
         try:
             weights = safetensors.numpy.load_file(str(weights_file))
         except Exception as e:  # safetensors raises its own error types for corrupt files
-            raise McirError(f"{weights_file}: cannot read weights ({e}); the file is corrupt or not safetensors") from None
+            raise McirError(
+                f"{weights_file}: cannot read weights ({e}); the file is corrupt or not safetensors"
+            ) from None
         for op in missing:
             t = op.result.type
-            comps = t.encoding.components(t) if t.encoding is not None and t.encoding.needs_components else {"data": None}
+            comps = (
+                t.encoding.components(t) if t.encoding is not None and t.encoding.needs_components else {"data": None}
+            )
             parts = {}
             for comp in comps:
                 key = _key(op.result.name, comp)

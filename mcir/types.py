@@ -30,6 +30,7 @@ from mcir import dtypes
 from mcir.dtypes import DType
 from mcir.errors import McirError
 
+
 class Encoding:
     """How a tensor's logical f32 values are stored. Subclasses are frozen dataclasses."""
 
@@ -226,7 +227,9 @@ class TensorType:
         return text
 
 
-def tensor(shape: tuple[int, ...] | list[int], dtype: DType | str = "f32", encoding: Encoding | None = None) -> TensorType:
+def tensor(
+    shape: tuple[int, ...] | list[int], dtype: DType | str = "f32", encoding: Encoding | None = None
+) -> TensorType:
     """Shorthand: ``tensor([1, 784])`` is ``f32[1,784]``."""
     if isinstance(dtype, str):
         dtype = dtypes.by_name(dtype)

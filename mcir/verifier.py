@@ -35,7 +35,9 @@ def verify(graph: Graph) -> Graph:
             raise VerifyError(f"@{graph.name}: {where} does not belong to this graph")
         for i, v in enumerate(op.operands):
             if id(v) not in defined:
-                raise VerifyError(f"@{graph.name}: {where} uses %{v.name} before it is defined (or after it was erased)")
+                raise VerifyError(
+                    f"@{graph.name}: {where} uses %{v.name} before it is defined (or after it was erased)"
+                )
             if (op, i) not in v.uses:
                 raise VerifyError(f"@{graph.name}: {where}: the use list of %{v.name} misses operand {i}")
         try:
@@ -55,8 +57,9 @@ def verify(graph: Graph) -> Graph:
             except McirError as e:
                 raise VerifyError(f"@{graph.name}: {e}") from None
             if inferred != op.result.type.logical:
-                raise VerifyError(f"@{graph.name}: {where} is declared {op.result.type} "
-                                  f"but its operands give {inferred}")
+                raise VerifyError(
+                    f"@{graph.name}: {where} is declared {op.result.type} but its operands give {inferred}"
+                )
         if op.result.producer is not op:
             raise VerifyError(f"@{graph.name}: {where}: result producer link is broken")
         define(op.result, where)

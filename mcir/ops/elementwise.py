@@ -44,14 +44,21 @@ def erf64(x: np.ndarray) -> np.ndarray:
 
 # -- activations -------------------------------------------------------------------
 
+
 @defop("relu", traits=EW)
 def relu(x):
     """y = max(x, 0)"""
     return np.maximum(x, np.zeros((), np.asarray(x).dtype))
 
 
-@defop("clamp", attrs={"min": Attr("float?", None, "lower bound, none for -inf"),
-                       "max": Attr("float?", None, "upper bound, none for +inf")}, traits=EW)
+@defop(
+    "clamp",
+    attrs={
+        "min": Attr("float?", None, "lower bound, none for -inf"),
+        "max": Attr("float?", None, "upper bound, none for +inf"),
+    },
+    traits=EW,
+)
 def clamp(x, min=None, max=None):
     """y = min(max(x, min), max); relu6 is clamp{min=0, max=6}, hardtanh is clamp{min=-1, max=1}"""
     lo = -np.inf if min is None else min
@@ -91,8 +98,12 @@ def hardsigmoid(x):
     return _like(np.clip(_f(x) + 3.0, 0.0, 6.0) / 6.0, x)
 
 
-@defop("gelu", attrs={"approximate": Attr("str", "none", "'none' (exact, erf) or 'tanh'")},
-       infer=lambda t, approximate: _gelu_infer(t, approximate), traits=EW)
+@defop(
+    "gelu",
+    attrs={"approximate": Attr("str", "none", "'none' (exact, erf) or 'tanh'")},
+    infer=lambda t, approximate: _gelu_infer(t, approximate),
+    traits=EW,
+)
 def gelu(x, approximate="none"):
     """exact: y = x/2 (1 + erf(x/sqrt 2)); tanh: y = x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))"""
     xf = _f(x)
@@ -167,14 +178,19 @@ def dropout(x, p=0.5):
     return x
 
 
-@defop("cast", attrs={"dtype": Attr("dtype", doc="target element type")},
-       infer=lambda t, dtype: TensorType(t[0].shape, dtypes.by_name(dtype)), traits=EW)
+@defop(
+    "cast",
+    attrs={"dtype": Attr("dtype", doc="target element type")},
+    infer=lambda t, dtype: TensorType(t[0].shape, dtypes.by_name(dtype)),
+    traits=EW,
+)
 def cast(x, dtype):
     """y = x converted to dtype (float -> int truncates toward zero, like torch)"""
     return np.asarray(x).astype(dtypes.by_name(dtype).np)
 
 
 # -- binary arithmetic with broadcasting ----------------------------------------
+
 
 def _binary_infer(types: list[TensorType], **_: Any) -> TensorType:
     a, b = types

@@ -32,6 +32,7 @@ def _need_float(t: TensorType, what: str) -> None:
 
 # -- linear algebra ----------------------------------------------------------------
 
+
 def _linear_infer(types: list[TensorType]) -> TensorType:
     x, w = types[0], types[1]
     _need_float(x, "input")
@@ -44,8 +45,7 @@ def _linear_infer(types: list[TensorType]) -> TensorType:
     return TensorType(x.shape[:-1] + (w.shape[0],), x.dtype)
 
 
-@defop("linear", operands="x, weight, bias?", infer=_linear_infer,
-       macs=lambda t, r: numel(r.shape) * t[1].shape[1])
+@defop("linear", operands="x, weight, bias?", infer=_linear_infer, macs=lambda t, r: numel(r.shape) * t[1].shape[1])
 def linear(x, weight, bias=None):
     """y = x @ weight^T + bias; x [..., K], weight [N, K], bias [N] -> y [..., N]"""
     y = np.asarray(x, np.float64) @ np.asarray(weight, np.float64).T
@@ -72,14 +72,14 @@ def _matmul_infer(types: list[TensorType]) -> TensorType:
     return TensorType(batch + rows + cols, a.dtype)
 
 
-@defop("matmul", operands="a, b", infer=_matmul_infer,
-       macs=lambda t, r: numel(r.shape) * t[0].shape[-1])
+@defop("matmul", operands="a, b", infer=_matmul_infer, macs=lambda t, r: numel(r.shape) * t[0].shape[-1])
 def matmul(a, b):
     """y = a @ b with batch broadcasting (numpy/torch matmul semantics)"""
     return _out32(np.matmul(np.asarray(a, np.float64), np.asarray(b, np.float64)))
 
 
 # -- convolution -------------------------------------------------------------------
+
 
 def _pair(v: tuple[int, ...], name: str) -> tuple[int, int]:
     if len(v) != 2:
@@ -134,13 +134,18 @@ def _windows(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int
     return win[:, :, : (oh - 1) * sh + 1 : sh, : (ow - 1) * sw + 1 : sw, ::dh, ::dw]
 
 
-@defop("conv2d", operands="x, weight, bias?", attrs=_CONV_ATTRS, infer=_conv_infer,
-       macs=lambda t, r, **a: numel(r.shape) * numel(t[1].shape[1:]))
+@defop(
+    "conv2d",
+    operands="x, weight, bias?",
+    attrs=_CONV_ATTRS,
+    infer=_conv_infer,
+    macs=lambda t, r, **a: numel(r.shape) * numel(t[1].shape[1:]),
+)
 def conv2d(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
     """2-D cross-correlation (torch.nn.Conv2d): x [N, C, H, W], weight [O, C/groups, kh, kw]"""
     x = np.asarray(x, np.float64)
     w = np.asarray(weight, np.float64)
-    n, c, h, wd = x.shape
+    _, _, h, wd = x.shape
     o, cg, kh, kw = w.shape
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     oh, ow = conv_out(h, kh, sh, ph, dh), conv_out(wd, kw, sw, pw, dw)
@@ -149,8 +154,8 @@ def conv2d(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
     og = o // groups
     outs = []
     for g in range(groups):
-        wg = w[g * og:(g + 1) * og]
-        xg = win[:, g * cg:(g + 1) * cg]
+        wg = w[g * og : (g + 1) * og]
+        xg = win[:, g * cg : (g + 1) * cg]
         outs.append(np.einsum("ncxyij,ocij->noxy", xg, wg, optimize=True))
     y = np.concatenate(outs, axis=1)
     if bias is not None:
@@ -159,6 +164,7 @@ def conv2d(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
 
 
 # -- normalisation -------------------------------------------------------------------
+
 
 def _bn_infer(types: list[TensorType], eps) -> TensorType:
     x = types[0]
@@ -185,16 +191,19 @@ def _ln_infer(types: list[TensorType], dims, eps) -> TensorType:
     _need_float(x, "input")
     if not 1 <= dims <= x.rank:
         raise McirError(f"layer_norm dims={dims} must be between 1 and the input rank {x.rank}")
-    norm_shape = x.shape[x.rank - dims:]
+    norm_shape = x.shape[x.rank - dims :]
     for t in types[1:]:
         if t.shape != norm_shape:
             raise McirError(f"layer_norm weight/bias must be {list(norm_shape)}, got {t}")
     return x
 
 
-@defop("layer_norm", operands="x, weight?, bias?",
-       attrs={"dims": Attr("int", 1, "number of trailing dimensions normalised"), "eps": Attr("float", 1e-5)},
-       infer=_ln_infer)
+@defop(
+    "layer_norm",
+    operands="x, weight?, bias?",
+    attrs={"dims": Attr("int", 1, "number of trailing dimensions normalised"), "eps": Attr("float", 1e-5)},
+    infer=_ln_infer,
+)
 def layer_norm(x, weight=None, bias=None, dims=1, eps=1e-5):
     """y = (x - mean) / sqrt(var + eps) * weight + bias over the last `dims` dimensions"""
     xf = np.asarray(x, np.float64)
@@ -247,8 +256,9 @@ def _pool_infer(types: list[TensorType], kernel, stride, padding, dilation, ceil
     _need_float(x, "input")
     if x.rank != 4:
         raise McirError(f"pooling input must be 4-D [N, C, H, W], got {x}")
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (_pair(v, n) for v, n in ((kernel, "kernel"), (stride, "stride"),
-                                                                      (padding, "padding"), (dilation, "dilation")))
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (
+        _pair(v, n) for v, n in ((kernel, "kernel"), (stride, "stride"), (padding, "padding"), (dilation, "dilation"))
+    )
     if min(kh, kw, sh, sw, dh, dw) < 1 or min(ph, pw) < 0:
         raise McirError(f"invalid pooling window kernel={list(kernel)} stride={list(stride)} padding={list(padding)}")
     if ph > kh // 2 or pw > kw // 2:
@@ -261,7 +271,7 @@ def _pool_infer(types: list[TensorType], kernel, stride, padding, dilation, ceil
 
 
 def _pool_pad(x: np.ndarray, k, s, p, d, ceil_mode, fill: float) -> tuple[np.ndarray, int, int]:
-    n, c, h, w = x.shape
+    _, _, h, w = x.shape
     oh = conv_out(h, k[0], s[0], p[0], d[0], ceil_mode)
     ow = conv_out(w, k[1], s[1], p[1], d[1], ceil_mode)
     need_h = (oh - 1) * s[0] + d[0] * (k[0] - 1) + 1
@@ -296,7 +306,7 @@ def _avg_infer(types: list[TensorType], kernel, stride, padding, ceil_mode, coun
 def avg_pool2d(x, kernel, stride, padding=(0, 0), ceil_mode=False, count_include_pad=True, divisor=None):
     """y = mean over each window (torch.nn.AvgPool2d semantics incl. ceil_mode and count_include_pad)"""
     xf = np.asarray(x, np.float64)
-    n, c, h, w = xf.shape
+    _, _, h, w = xf.shape
     xp, oh, ow = _pool_pad(xf, kernel, stride, padding, (1, 1), ceil_mode, 0.0)
     win = _windows(xp, kernel[0], kernel[1], stride[0], stride[1], 1, 1, oh, ow)
     total = win.sum(axis=(-2, -1))
@@ -307,7 +317,7 @@ def avg_pool2d(x, kernel, stride, padding=(0, 0), ceil_mode=False, count_include
     if count_include_pad:
         ones[:, :, : h + 2 * padding[0], : w + 2 * padding[1]] = 1
     else:
-        ones[:, :, padding[0]: padding[0] + h, padding[1]: padding[1] + w] = 1
+        ones[:, :, padding[0] : padding[0] + h, padding[1] : padding[1] + w] = 1
     cnt = _windows(ones, kernel[0], kernel[1], stride[0], stride[1], 1, 1, oh, ow).sum(axis=(-2, -1))
     return _out32(total / cnt)
 
@@ -328,8 +338,7 @@ def adaptive_bounds(size: int, out: int) -> list[tuple[int, int]]:
     return [((i * size) // out, -(-((i + 1) * size) // out)) for i in range(out)]
 
 
-@defop("adaptive_avg_pool2d", attrs={"output_size": Attr("ints", doc="(h, w) of the output")},
-       infer=_adaptive_infer)
+@defop("adaptive_avg_pool2d", attrs={"output_size": Attr("ints", doc="(h, w) of the output")}, infer=_adaptive_infer)
 def adaptive_avg_pool2d(x, output_size):
     """y[i, j] = mean of the adaptive window (i, j) (torch.nn.AdaptiveAvgPool2d)"""
     xf = np.asarray(x, np.float64)
@@ -343,6 +352,7 @@ def adaptive_avg_pool2d(x, output_size):
 
 
 # -- embedding and attention -----------------------------------------------------------
+
 
 def _embedding_infer(types: list[TensorType]) -> TensorType:
     idx, w = types
@@ -385,11 +395,16 @@ def _sdpa_infer(types: list[TensorType], is_causal, scale) -> TensorType:
     return TensorType(batch + (q.shape[-2], v.shape[-1]), q.dtype)
 
 
-@defop("scaled_dot_product_attention", operands="q, k, v, mask?",
-       attrs={"is_causal": Attr("bool", False, "mask out future positions"),
-              "scale": Attr("float?", None, "score scale, none for 1/sqrt(head size)")},
-       infer=_sdpa_infer,
-       macs=lambda t, r, **a: numel(r.shape[:-1]) * t[1].shape[-2] * (t[0].shape[-1] + r.shape[-1]))
+@defop(
+    "scaled_dot_product_attention",
+    operands="q, k, v, mask?",
+    attrs={
+        "is_causal": Attr("bool", False, "mask out future positions"),
+        "scale": Attr("float?", None, "score scale, none for 1/sqrt(head size)"),
+    },
+    infer=_sdpa_infer,
+    macs=lambda t, r, **a: numel(r.shape[:-1]) * t[1].shape[-2] * (t[0].shape[-1] + r.shape[-1]),
+)
 def scaled_dot_product_attention(q, k, v, mask=None, is_causal=False, scale=None):
     """y = softmax(q @ k^T * scale + mask) @ v; a bool mask keeps positions where it is true"""
     qf, kf, vf = (np.asarray(a, np.float64) for a in (q, k, v))
@@ -411,11 +426,15 @@ def scaled_dot_product_attention(q, k, v, mask=None, is_causal=False, scale=None
 
 # -- reductions ---------------------------------------------------------------------
 
+
 def _reduce_infer(types: list[TensorType], axes, keepdim) -> TensorType:
     x = types[0]
     norm = sorted({norm_axis(a, x.rank) for a in axes}) if axes else list(range(x.rank))
-    shape = tuple(1 if i in norm else d for i, d in enumerate(x.shape)) if keepdim else tuple(
-        d for i, d in enumerate(x.shape) if i not in norm)
+    shape = (
+        tuple(1 if i in norm else d for i, d in enumerate(x.shape))
+        if keepdim
+        else tuple(d for i, d in enumerate(x.shape) if i not in norm)
+    )
     return TensorType(shape, x.dtype)
 
 

@@ -60,9 +60,12 @@ class Attr:
             "bool": lambda v: isinstance(v, bool),
             "str": lambda v: isinstance(v, str),
             "dtype": lambda v: isinstance(v, str),
-            "ints": lambda v: isinstance(v, list | tuple) and all(isinstance(x, int) and not isinstance(x, bool) for x in v),
-            "floats": lambda v: isinstance(v, list | tuple)
-            and all(isinstance(x, int | float) and not isinstance(x, bool) for x in v),
+            "ints": lambda v: (
+                isinstance(v, list | tuple) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+            ),
+            "floats": lambda v: (
+                isinstance(v, list | tuple) and all(isinstance(x, int | float) and not isinstance(x, bool) for x in v)
+            ),
         }[kind]
         if not ok(value):
             raise McirError(f"{where}: expected {kind}, got {value!r}")
@@ -145,9 +148,14 @@ class OpDef:
 _REGISTRY: dict[str, OpDef] = {}
 
 
-def defop(name: str, operands: str = "x", attrs: dict[str, Attr] | None = None,
-          infer: Callable[..., TensorType] | None = None, traits: set[str] | tuple[str, ...] = (),
-          macs: Callable[..., int] | None = None) -> Callable[[Callable[..., np.ndarray]], Callable[..., np.ndarray]]:
+def defop(
+    name: str,
+    operands: str = "x",
+    attrs: dict[str, Attr] | None = None,
+    infer: Callable[..., TensorType] | None = None,
+    traits: set[str] | tuple[str, ...] = (),
+    macs: Callable[..., int] | None = None,
+) -> Callable[[Callable[..., np.ndarray]], Callable[..., np.ndarray]]:
     """Decorator registering the decorated numpy function as the reference of op ``name``.
 
     Without ``infer``, the result has the type of the first operand (elementwise ops).
@@ -201,6 +209,7 @@ def _load() -> None:
 
 
 # -- shared inference rules ------------------------------------------------------
+
 
 def same_as_first(types: list[TensorType], **_: Any) -> TensorType:
     return types[0]

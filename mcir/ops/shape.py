@@ -48,11 +48,14 @@ def _slice_infer(types: list[TensorType], axis, start, end, step) -> TensorType:
     if step < 1:
         raise McirError(f"slice step must be >= 1, got {step}")
     n = len(range(*slice(start, end, step).indices(x.shape[ax])))
-    return TensorType(x.shape[:ax] + (n,) + x.shape[ax + 1:], x.dtype)
+    return TensorType(x.shape[:ax] + (n,) + x.shape[ax + 1 :], x.dtype)
 
 
-@defop("slice", attrs={"axis": Attr("int"), "start": Attr("int", 0), "end": Attr("int", 2**63 - 1),
-                       "step": Attr("int", 1)}, infer=_slice_infer)
+@defop(
+    "slice",
+    attrs={"axis": Attr("int"), "start": Attr("int", 0), "end": Attr("int", 2**63 - 1), "step": Attr("int", 1)},
+    infer=_slice_infer,
+)
 def slice_(x, axis, start=0, end=2**63 - 1, step=1):
     """y = x[..., start:end:step, ...] along axis (Python slice semantics, clamped)"""
     idx = [slice(None)] * np.ndim(x)
@@ -65,7 +68,7 @@ def _select_infer(types: list[TensorType], axis, index) -> TensorType:
     ax = norm_axis(axis, x.rank)
     if not -x.shape[ax] <= index < x.shape[ax]:
         raise McirError(f"select index {index} out of range for axis {axis} of size {x.shape[ax]}")
-    return TensorType(x.shape[:ax] + x.shape[ax + 1:], x.dtype)
+    return TensorType(x.shape[:ax] + x.shape[ax + 1 :], x.dtype)
 
 
 @defop("select", attrs={"axis": Attr("int"), "index": Attr("int")}, infer=_select_infer)
@@ -95,11 +98,14 @@ def _concat_infer(types: list[TensorType], axis) -> TensorType:
     first = types[0]
     ax = norm_axis(axis, first.rank)
     for t in types[1:]:
-        if t.rank != first.rank or t.dtype != first.dtype or any(
-                a != b for i, (a, b) in enumerate(zip(t.shape, first.shape)) if i != ax):
+        if (
+            t.rank != first.rank
+            or t.dtype != first.dtype
+            or any(a != b for i, (a, b) in enumerate(zip(t.shape, first.shape)) if i != ax)
+        ):
             raise McirError(f"concat operands {first} and {t} differ outside axis {axis}")
     total = sum(t.shape[ax] for t in types)
-    return TensorType(first.shape[:ax] + (total,) + first.shape[ax + 1:], first.dtype)
+    return TensorType(first.shape[:ax] + (total,) + first.shape[ax + 1 :], first.dtype)
 
 
 @defop("concat", operands="inputs*", attrs={"axis": Attr("int", 0)}, infer=_concat_infer)
@@ -118,8 +124,14 @@ def _pad_infer(types: list[TensorType], pads, value) -> TensorType:
     return TensorType(shape, x.dtype)
 
 
-@defop("pad", attrs={"pads": Attr("ints", doc="(before, after) for each axis, negative crops"),
-                     "value": Attr("float", 0.0, "fill value")}, infer=_pad_infer)
+@defop(
+    "pad",
+    attrs={
+        "pads": Attr("ints", doc="(before, after) for each axis, negative crops"),
+        "value": Attr("float", 0.0, "fill value"),
+    },
+    infer=_pad_infer,
+)
 def pad(x, pads, value=0.0):
     """y = x with constant padding (before, after) on every axis"""
     x = np.asarray(x)

@@ -1,0 +1,446 @@
+"""The ``mcir`` command line.
+
+::
+
+    mcir dump model.pt --input x=1x784 [--passes fold] [--print-ir-after-all] [-o out/]
+    mcir verify graph.mcir
+    mcir run model.pt|out/|graph.mcir|lib.so --input x.npy
+    mcir opt in.mcir|in/ --passes 'fold,my_passes.py:fuse_gelu' -o out/
+    mcir compile model.pt --passes 'prune,quant8' -o build/mlp
+    mcir bench build/mlp.so
+    mcir passes | mcir ops
+
+User errors (bad files, options, shapes) print one ``mcir: error: ...`` line and exit
+with status 2; an unexpected internal error prints its traceback and exits with 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mcir.errors import McirError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 1
+
+
+# -- loading models -----------------------------------------------------------------------
+
+
+def _add_model_args(p: argparse.ArgumentParser, input_specs: bool = True) -> None:
+    p.add_argument("model", help="model file (.pt, .pth, .pt2), saved mcir folder, or .mcir file")
+    if input_specs:
+        p.add_argument(
+            "--input",
+            "-i",
+            action="append",
+            default=[],
+            metavar="NAME=SHAPE:DTYPE",
+            help="example input spec for torch models, e.g. x=1x3x32x32:f32 (repeatable)",
+        )
+    else:
+        p.add_argument(
+            "--input",
+            "-i",
+            dest="input_files",
+            action="append",
+            default=[],
+            metavar="FILE.npy",
+            help="input array, one per model input in order (repeatable)",
+        )
+    p.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="allow classes from this module when unpickling a full model (and import it)",
+    )
+    p.add_argument(
+        "--model-def",
+        metavar="MODULE:FACTORY",
+        help="build the model with this factory, then load a state dict from MODEL",
+    )
+    p.add_argument(
+        "--trust", action="store_true", help="allow loading files that can run code (.pt2 archives, arbitrary pickles)"
+    )
+    p.add_argument("--tracer", choices=("export", "fx"), default="export", help="torch tracer (default: export)")
+
+
+def _is_mcir(path: Path) -> bool:
+    return path.suffix == ".mcir" or (path.is_dir() and (path / "graph.mcir").exists())
+
+
+def load_graph(args: argparse.Namespace):
+    """The graph named by a command's MODEL argument (a saved graph, or a traced torch model)."""
+    import mcir
+
+    path = Path(args.model)
+    if not path.exists():
+        raise McirError(f"{path}: no such file or folder")
+    if _is_mcir(path):
+        return mcir.load(path)
+    from mcir.frontend.model_file import load_model
+
+    model, example = load_model(
+        path, imports=tuple(args.imports), model_def=args.model_def, trust=args.trust, inputs=tuple(args.input)
+    )
+    name = _c_identifier(path.stem)
+    return mcir.trace(model, example, tracer=args.tracer, name=name)
+
+
+def _c_identifier(text: str) -> str:
+    import re
+
+    ident = re.sub(r"\W", "_", text)
+    return ident if ident and not ident[0].isdigit() else f"m_{ident}"
+
+
+# -- pipelines ----------------------------------------------------------------------------
+
+
+def _add_pipeline_args(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument(
+        "--passes",
+        "-p",
+        default="" if not required else None,
+        required=required,
+        metavar="PIPELINE",
+        help="pass pipeline, e.g. 'fold,prune(sparsity=0.8),quant8' (quote it in shells)",
+    )
+    p.add_argument("--print-ir-after-all", action="store_true", help="print the IR after every pass (stderr)")
+    p.add_argument(
+        "--print-ir-after",
+        action="append",
+        default=[],
+        metavar="PASS",
+        help="print the IR after the named pass (repeatable)",
+    )
+    p.add_argument(
+        "--no-verify-each", dest="verify_each", action="store_false", help="do not verify the graph after every pass"
+    )
+    p.add_argument("--calibration", metavar="FILE", help="calibration inputs (.npz) for quantisation passes")
+
+
+def load_calibration(path: str, graph) -> list[tuple[np.ndarray, ...]]:
+    """Calibration batches from an ``.npz``: one array per graph input (by input name, or the only
+    array for a one-input graph), whose first axis indexes samples shaped like the input."""
+    from mcir.interp import check_input
+
+    p = Path(path)
+    try:
+        data = np.load(p, allow_pickle=False)
+    except FileNotFoundError:
+        raise McirError(f"calibration file {p} does not exist") from None
+    except (ValueError, OSError) as e:
+        raise McirError(f"calibration file {p} is not a readable .npz/.npy file ({e})") from None
+    arrays = {"": data} if isinstance(data, np.ndarray) else {k: data[k] for k in data.files}
+    names = [v.name for v in graph.inputs]
+    if len(arrays) == 1 and len(names) == 1:
+        columns = [next(iter(arrays.values()))]
+    else:
+        missing = [n for n in names if n not in arrays]
+        if missing:
+            raise McirError(f"calibration file {p} has arrays {sorted(arrays)}, but the graph inputs are {names}")
+        columns = [arrays[n] for n in names]
+    batches = []
+    for v, col in zip(graph.inputs, columns):
+        shape = v.type.shape
+        if col.shape == shape:
+            col = col[None]
+        if col.shape[1:] != shape:
+            raise McirError(
+                f"calibration array for input %{v.name} has shape {list(col.shape)}; expected "
+                f"[samples, {', '.join(map(str, shape))}]"
+            )
+    count = min(len(c) for c in columns)
+    for i in range(count):
+        batches.append(tuple(check_input(v, c[i]) for v, c in zip(graph.inputs, columns)))
+    return batches
+
+
+def _run_pipeline(graph, args: argparse.Namespace, sample_inputs=None):
+    import mcir
+
+    context: dict[str, Any] = {}
+    if getattr(args, "calibration", None):
+        context["calibration"] = load_calibration(args.calibration, graph)
+    if not args.passes:
+        return graph
+    return mcir.run_passes(
+        graph,
+        args.passes,
+        verify_each=args.verify_each,
+        print_ir_after_all=args.print_ir_after_all,
+        print_ir_after=args.print_ir_after,
+        sample_inputs=sample_inputs,
+        out=sys.stderr,
+        progress=False,
+        **context,
+    )
+
+
+def _print_report(graph) -> None:
+    report = graph.meta.get("report")
+    if report is not None:
+        print(report.table(), file=sys.stderr)
+
+
+# -- commands -----------------------------------------------------------------------------
+
+
+def cmd_dump(args: argparse.Namespace) -> int:
+    import mcir
+
+    graph = _run_pipeline(load_graph(args), args)
+    if args.output:
+        mcir.save(graph, args.output)
+        print(f"wrote {args.output}/graph.mcir and weights.safetensors", file=sys.stderr)
+    else:
+        sys.stdout.write(str(graph))
+    if args.passes:
+        _print_report(graph)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    import mcir
+
+    path = Path(args.file)
+    if path.is_dir() or path.suffix != ".mcir":
+        graph = mcir.load(path)
+    else:
+        graph = mcir.parse_file(path)  # verifies; constants may lack data here
+    print(
+        f"{path}: ok ({sum(1 for _ in graph.compute_ops())} ops, {len(graph.inputs)} inputs, "
+        f"{len(graph.outputs)} outputs)"
+    )
+    return 0
+
+
+def _read_inputs(specs: list[str], names: list[str]) -> list[np.ndarray]:
+    if len(specs) != len(names):
+        raise McirError(f"the model takes {len(names)} input(s) ({', '.join(names)}); give one --input FILE.npy each")
+    out = []
+    for spec in specs:
+        path = spec.split("=", 1)[1] if "=" in spec and not Path(spec).exists() else spec
+        try:
+            out.append(np.load(path, allow_pickle=False))
+        except FileNotFoundError:
+            raise McirError(f"input file {path} does not exist") from None
+        except (ValueError, OSError) as e:
+            raise McirError(f"input file {path} is not a .npy array ({e})") from None
+    return out
+
+
+def _write_outputs(outputs: list[np.ndarray], path: str | None) -> None:
+    if path:
+        np.savez(path, *outputs)
+        print(f"wrote {len(outputs)} output(s) to {path}", file=sys.stderr)
+        return
+    with np.printoptions(precision=6, suppress=True, threshold=64):
+        for i, y in enumerate(outputs):
+            print(f"output {i}: {y.dtype}{list(y.shape)}")
+            print(y)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import mcir
+
+    path = Path(args.model)
+    if path.suffix in (".so", ".dylib", ".dll"):
+        from mcir.runtime import Library
+
+        lib = Library(path)
+        xs = _read_inputs(args.input_files, [d.name for d in lib.inputs])
+        _write_outputs(lib(*xs), args.output)
+        return 0
+    # a torch model is traced with the shapes of the given arrays
+    arrays = [np.load(f, allow_pickle=False) for f in args.input_files if Path(f).exists()]
+    args.input = [f"{'x'.join(map(str, a.shape))}:{_dtype_name(a)}" for a in arrays]
+    graph = load_graph(args)
+    xs = _read_inputs(args.input_files, [v.name for v in graph.inputs])
+    _write_outputs([np.asarray(y) for y in mcir.interpret(graph, *xs)], args.output)
+    return 0
+
+
+def _dtype_name(a: np.ndarray) -> str:
+    from mcir import dtypes
+
+    return dtypes.from_numpy(a.dtype).name
+
+
+def cmd_opt(args: argparse.Namespace) -> int:
+    import mcir
+
+    graph = _run_pipeline(mcir.load(args.input_path), args)
+    out = Path(args.output)
+    if out.suffix == ".mcir":
+        if any(op.data is not None and not _inline(op) for op in graph.constants()):
+            mcir.save(graph, out.with_suffix(""))
+            print(f"wrote {out.with_suffix('')}/ (the graph has weights; a folder keeps them)", file=sys.stderr)
+        else:
+            _atomic_write_text(out, str(graph))
+    else:
+        mcir.save(graph, out)
+    _print_report(graph)
+    return 0
+
+
+def _inline(op) -> bool:
+    from mcir.printer import is_inline
+
+    return is_inline(op)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cmd_passes(args: argparse.Namespace) -> int:
+    from mcir.pass_manager import ALIASES, get_pass, options_of, pass_names
+    from mcir.printer import format_attr
+
+    for name in pass_names():
+        try:
+            cls, preset = get_pass(name)
+        except McirError as e:
+            print(f"{name}: cannot load ({e})")
+            continue
+        if name in ALIASES:
+            opts = ",".join(f"{k}={format_attr(v)}" for k, v in preset.items())
+            print(f"{name}\n    = {cls.name}({opts})\n")
+            continue
+        print(f"{name}  [{cls.preserves}]")
+        print(f"    {cls.summary()}")
+        for spec in options_of(cls):
+            default = spec.default
+            text = (
+                format_attr(default)
+                if isinstance(default, bool | int | float | str | tuple) or default is None
+                else str(default)
+            )
+            print(f"    {spec.name:<16} {spec.type_name:<20} = {text:<10} {spec.doc}")
+        print()
+    return 0
+
+
+def cmd_ops(args: argparse.Namespace) -> int:
+    from mcir.ops import all_ops
+
+    for name, d in sorted(all_ops().items()):
+        operands = ", ".join(d.operands)
+        attrs = ", ".join(f"{k}: {a.kind}" for k, a in d.attrs.items())
+        print(f"{name}({operands})" + (f" {{{attrs}}}" if attrs else ""))
+        if d.doc:
+            print(f"    {d.doc.splitlines()[0]}")
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from mcir.compile_driver import compile_model
+
+    graph = load_graph(args)
+    compile_model(graph, args)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from mcir.compile_driver import bench_library
+
+    bench_library(args)
+    return 0
+
+
+# -- argument parsing -----------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import mcir
+
+    parser = argparse.ArgumentParser(prog="mcir", description="mcir: compress PyTorch models into native libraries")
+    parser.add_argument("--version", action="version", version=f"mcir {mcir.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("dump", help="trace a model and print its IR (optionally after passes)")
+    _add_model_args(p)
+    _add_pipeline_args(p)
+    p.add_argument("-o", "--output", metavar="DIR", help="save graph.mcir + weights.safetensors to DIR")
+    p.set_defaults(fn=cmd_dump)
+
+    p = sub.add_parser("verify", help="parse and verify an IR file or saved folder")
+    p.add_argument("file")
+    p.set_defaults(fn=cmd_verify)
+
+    p = sub.add_parser("run", help="run a model, saved graph or compiled library on .npy inputs")
+    _add_model_args(p, input_specs=False)
+    p.set_defaults(fn=cmd_run)
+    p.add_argument("-o", "--output", metavar="FILE.npz", help="write outputs to an .npz instead of printing")
+
+    p = sub.add_parser("opt", help="run passes on an IR file or folder: IR in, IR out")
+    p.add_argument("input_path", metavar="IN")
+    _add_pipeline_args(p, required=True)
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder (or .mcir file)")
+    p.set_defaults(fn=cmd_opt)
+
+    p = sub.add_parser("compile", help="compile a model to a native library (.so, .o, .h) and print a report")
+    _add_model_args(p)
+    _add_pipeline_args(p)
+    p.add_argument("-o", "--output", required=True, metavar="PATH", help="output path without suffix: build/mlp")
+    p.add_argument("--target", default="native", help="native, x86-64-v2, x86-64-v3, x86-64-v4 (default: native)")
+    p.add_argument("--triple", help="cross-compile for an LLVM triple (e.g. aarch64-linux-gnu): .o + .h only")
+    p.add_argument("--name", help="C symbol prefix (default: the output file's stem)")
+    p.set_defaults(fn=cmd_compile)
+
+    p = sub.add_parser("bench", help="time a compiled library (median latency with spread)")
+    p.add_argument("library", metavar="LIB.so")
+    p.add_argument("--runs", type=int, default=200, help="timed runs (default 200)")
+    p.add_argument("--warmup", type=int, default=20, help="untimed warm-up runs (default 20)")
+    p.set_defaults(fn=cmd_bench)
+
+    p = sub.add_parser("passes", help="list passes with their options")
+    p.set_defaults(fn=cmd_passes)
+
+    p = sub.add_parser("ops", help="list IR ops")
+    p.set_defaults(fn=cmd_ops)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args)
+    except McirError as e:
+        print(f"mcir: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("mcir: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception:
+        traceback.print_exc()
+        print("mcir: internal error (a bug in mcir; please report it with the traceback above)", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Fusion rules keeping consecutive int8 layers integer (used by quantize; exact).
+
+Each rule leaves the interpreter's results unchanged: quantisation q(v) = clamp(round(v/s) + z)
+is monotonic, so it commutes with data movement and max; a u8 range starting at 0 already
+saturates like ReLU; and "compute in float, then quantize" is what an int8 layer with a
+quantised result type means.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from mcir.ir import Graph, Op
+from mcir.patterns import Match, Pat, RuleSet
+from mcir.rewriter import Rewriter
+from mcir.types import Quant
+
+#: ops with int8 kernels that can write u8 results directly (requantisation in the epilogue)
+FUSABLE = frozenset({"linear", "conv2d", "matmul", "add", "avg_pool2d", "adaptive_avg_pool2d", "mean"})
+#: data movement and max: they commute with quantisation
+MOVES = frozenset({"reshape", "permute", "slice", "select", "max_pool2d"})
+
+X = Pat.var("x")
+Y = Pat.var("y")
+
+
+def _per_tensor(t) -> bool:
+    return isinstance(t.encoding, Quant) and t.encoding.axis is None
+
+
+def _int8_operands(op: Op) -> bool:
+    """Activations are per-tensor quantised; weights/biases (operands 1, 2 of linear/conv2d) are quantised."""
+    if op.name in ("linear", "conv2d"):
+        acts, params = op.operands[:1], op.operands[1:]
+        return _per_tensor(acts[0].type) and all(isinstance(p.type.encoding, Quant) for p in params)
+    return all(_per_tensor(v.type) for v in op.operands)
+
+
+def _u8_range(m: Match) -> tuple[float, float]:
+    enc = m.root.result.type.encoding
+    return enc.scale * (0 - enc.zero_point), enc.scale * (255 - enc.zero_point)
+
+
+def _relu_subsumed(m: Match) -> bool:
+    return _u8_range(m)[0] >= 0.0
+
+
+def _clamp_subsumed(m: Match) -> bool:
+    lo, hi = _u8_range(m)
+    attrs = m.op("c").attrs
+    return (attrs["min"] is None or lo >= attrs["min"]) and (attrs["max"] is None or hi <= attrs["max"])
+
+
+def _requantize_in_kernel(m: Match, rw: Rewriter):
+    # the layer's only use is this quantize: give the layer the quantised type (it keeps its name)
+    layer = m.op("layer")
+    rw.set_type(layer.result, m.root.result.type)
+    return layer.result
+
+
+def _quantize(m: Match, rw: Rewriter, source):
+    return rw.insert_before(m.root, "quantize", [source], type=m.root.result.type)
+
+
+def _move_first(m: Match, rw: Rewriter):
+    move = m.op("move")
+    t = m.root.result.type
+    q = rw.insert_before(
+        move, "quantize", [m.y], type=type(t)(m.y.type.shape, t.dtype, t.encoding), result=f"{m.y.name}.q"
+    )
+    if len(move.result.uses) == 1:  # only this quantize reads it: move the op to u8 in place (keeps its name)
+        rw.set_operand(move, 0, q)
+        rw.set_type(move.result, t)
+        return move.result
+    return rw.insert_before(m.root, move.name, [q], move.attrs, type=t, loc=move.loc)
+
+
+FUSION = RuleSet(
+    "quant_fusion",
+    [
+        # quantize(layer(...): f32) -> layer(...): u8   (requantisation in the int8 kernel's epilogue)
+        (
+            Pat(
+                "quantize",
+                Pat(
+                    FUSABLE,
+                    name="layer",
+                    any_operands=True,
+                    single_use=True,
+                    where=lambda m: _int8_operands(m.op("layer")),
+                ),
+            ),
+            _requantize_in_kernel,
+        ),
+        # quantize(relu(y)) -> quantize(y)   when the u8 range starts at 0 (saturation is the ReLU)
+        (Pat("quantize", Pat("relu", Y), where=_relu_subsumed), lambda m, rw: _quantize(m, rw, m.y)),
+        # quantize(clamp(y, lo, hi)) -> quantize(y)   when the u8 range lies inside [lo, hi] (ReLU6)
+        (Pat("quantize", Pat("clamp", Y, name="c"), where=_clamp_subsumed), lambda m, rw: _quantize(m, rw, m.y)),
+        # quantize(move(y)) -> move(quantize(y))   for reshape/permute/slice/select/max_pool2d
+        (Pat("quantize", Pat(MOVES, Y, name="move")), _move_first),
+        # quantize(x) -> x   when x already has the quantised type
+        (Pat("quantize", X, where=lambda m: m.x.type == m.root.result.type), lambda m, rw: m.x),
+        # quantize(dequantize(q)) -> q   with the same type
+        (Pat("quantize", Pat("dequantize", X), where=lambda m: m.x.type == m.root.result.type), lambda m, rw: m.x),
+    ],
+)
+
+
+def remaining_conversions(graph: Graph) -> list[str]:
+    """Human notes on float<->int8 conversions left in a quantised graph, and why."""
+    notes = []
+    sources: Counter[str] = Counter()
+    for op in graph.compute_ops():
+        if op.name == "quantize" and op.operands[0].type.encoding is None:
+            src = op.operands[0].producer
+            sources["graph inputs" if src is None else f"{src.name}"] += 1
+    if sources:
+        total = sum(sources.values())
+        detail = ", ".join(f"{k} x{n}" if n > 1 else k for k, n in sorted(sources.items()))
+        notes.append(f"{total} quantize op(s) remain, after: {detail}")
+    float_out: Counter[str] = Counter()
+    for op in graph.compute_ops():
+        if op.name in FUSABLE and op.result.type.encoding is None and _int8_operands(op):
+            if any(v is op.result for v in graph.outputs):
+                float_out["graph outputs"] += 1
+            for user in op.result.users:
+                if user.name != "quantize":
+                    float_out[user.name] += 1
+    if float_out:
+        detail = ", ".join(f"{k} x{n}" if n > 1 else k for k, n in sorted(float_out.items()))
+        notes.append(f"int8 layers write f32 where float consumers read them: {detail}")
+    return notes
+
+
+def _make_pass():
+    from mcir.pass_manager import rules_pass
+
+    return rules_pass(
+        FUSION,
+        name="quant_fusion",
+        preserves="exact",
+        doc="Keep int8 layers integer: fuse requantisation, ReLU/clamp and data movement into u8.",
+    )
+
+
+QuantFusion = _make_pass()
