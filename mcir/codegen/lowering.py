@@ -105,6 +105,7 @@ class _Builder:
         self.size_t = ir.IntType(target.pointer_bits)
         self.globals: dict[tuple[int, str], ir.GlobalVariable] = {}
         self.weight_bytes = 0
+        self.blobs: dict[str, bytes] = {}
         self._copy_fn: ir.Function | None = None
 
     # -- constants ---------------------------------------------------------------------
@@ -114,7 +115,9 @@ class _Builder:
         gv.linkage = "internal"
         gv.global_constant = True
         gv.align = ALIGN
-        gv.initializer = ir.Constant(arr, bytearray(data or b"\0"))
+        # the bytes are spliced into the text later (_finish_ir): llvmlite escapes byte by byte
+        gv.initializer = ir.Constant(arr, None)
+        self.blobs[gv.name] = data or b"\0"
         self.weight_bytes += len(data)
         return gv
 
@@ -309,7 +312,7 @@ def lower(graph: Graph, target: Target, name: str, pipeline: str = "") -> Lowere
         "kernels": len([s for s in mp.steps if s.op is not None]),
     }
     bld.getter(f"mcir_{name}_metadata", PTR, bld.cstring(json.dumps(metadata, sort_keys=True), "metadata"))
-    text = _finish_ir(str(bld.module))
+    text = _finish_ir(str(bld.module), bld.blobs)
     try:
         mod = llvm.parse_assembly(text)
         mod.verify()
@@ -319,10 +322,19 @@ def lower(graph: Graph, target: Target, name: str, pipeline: str = "") -> Lowere
     return Lowered(mod, name, mp.workspace_size, bld.weight_bytes, metadata, graph, text)
 
 
-def _finish_ir(text: str) -> str:
-    """Add the function attributes llvmlite cannot spell."""
+def _finish_ir(text: str, blobs: dict[str, bytes]) -> str:
+    """Add what llvmlite cannot spell (fast): function attributes and weight bytes."""
     # "no-builtins": loops stay loops instead of becoming memcpy/memset calls (freestanding object)
-    return re.sub(r"^(define [^\n]*?)(\s*)$", r'\1 "no-builtins"\2', text, flags=re.M)
+    text = re.sub(r"^(define [^\n]*?)(\s*)$", r'\1 "no-builtins"\2', text, flags=re.M)
+
+    def blob(m: re.Match) -> str:
+        data = blobs[m.group(1)]
+        return f'{m.group(0)[: -len("zeroinitializer")]}c"\\{data.hex(chr(92))}"'
+
+    names = "|".join(re.escape(n) for n in blobs)
+    if not names:
+        return text
+    return re.sub(rf'^@"({names})" = internal constant \[\d+ x i8\] zeroinitializer', blob, text, flags=re.M)
 
 
 def optimize(mod: llvm.ModuleRef, tm: llvm.TargetMachine) -> None:

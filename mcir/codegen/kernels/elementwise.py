@@ -316,7 +316,7 @@ def _unary_gen(k: KernelContext) -> None:
 
 for _name in _FLOAT_UNARY:
     kernel(_name, ("f32",))(_unary_gen)
-for _name in ("relu", "clamp", "neg", "abs", "dropout"):
+for _name in ("relu", "clamp", "neg", "abs"):
     kernel(_name, ("f32|int",))(_unary_gen)
 
 
