@@ -128,13 +128,17 @@ def _int_unary(op: Op, dt: DType) -> Unary | None:
         return em.b.select(em.b.icmp_signed(">", x, zero) if signed else em.b.icmp_unsigned(">", x, zero), x, zero)
 
     def clamp(em: Emitter, x: ir.Value) -> ir.Value:
+        import numpy as np
+
+        info = np.iinfo(dt.np)
         lo, hi = op.attrs.get("min"), op.attrs.get("max")
         cmp = em.b.icmp_signed if signed else em.b.icmp_unsigned
-        if lo is not None:
-            c = _c(x, math.ceil(lo))
+        # bounds outside the dtype's range are no-ops (a negative min on an unsigned tensor)
+        if lo is not None and math.ceil(lo) > info.min:
+            c = _c(x, min(math.ceil(lo), int(info.max)))
             x = em.b.select(cmp("<", x, c), c, x)
-        if hi is not None:
-            c = _c(x, math.floor(hi))
+        if hi is not None and math.floor(hi) < info.max:
+            c = _c(x, max(math.floor(hi), int(info.min)))
             x = em.b.select(cmp(">", x, c), c, x)
         return x
 

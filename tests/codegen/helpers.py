@@ -1,0 +1,63 @@
+"""Shared helpers of the codegen tests: compile a graph, run it natively and compare it
+with the reference interpreter.
+
+Tolerance (the backend's numerical contract for f32): for every float output,
+``max |native - reference| <= RTOL * max |reference|`` (relative to the largest
+magnitude of the tensor, so near-zero elements of a well-scaled tensor do not make
+the test flaky), NaNs in the same places; integer and bool outputs are exactly equal.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+
+import mcir
+from mcir.codegen import compile as compile_graph
+from mcir.ir import Graph
+
+RTOL = 1e-5
+_counter = itertools.count()
+
+
+def build(graph: Graph, tmp_path: Path, **kwargs):
+    """Compile ``graph`` into ``tmp_path`` under a fresh name and return the loaded library."""
+    return compile_graph(graph, tmp_path / f"{graph.name}_{next(_counter)}", **kwargs)
+
+
+def assert_close(native: np.ndarray, ref: np.ndarray, rtol: float = RTOL, what: str = "output") -> float:
+    """Check ``native`` against ``ref`` under the contract above; returns the relative error."""
+    ref = np.asarray(ref)
+    assert native.shape == ref.shape, f"{what}: shape {native.shape} != {ref.shape}"
+    assert native.dtype == ref.dtype, f"{what}: dtype {native.dtype} != {ref.dtype}"
+    if ref.dtype.kind != "f":
+        np.testing.assert_array_equal(native, ref, err_msg=what)
+        return 0.0
+    nan_n, nan_r = np.isnan(native), np.isnan(ref)
+    np.testing.assert_array_equal(nan_n, nan_r, err_msg=f"{what}: NaN positions differ")
+    inf_r = np.isinf(ref)
+    np.testing.assert_array_equal(native[inf_r], ref[inf_r], err_msg=f"{what}: infinities differ")
+    ok = ~(nan_r | inf_r)
+    if not ok.any():
+        return 0.0
+    scale = max(float(np.abs(ref[ok]).max()), 1e-30)
+    err = float(np.abs(native[ok].astype(np.float64) - ref[ok]).max()) / scale
+    assert err <= rtol, f"{what}: relative error {err:.3g} > {rtol:g} (max |ref| {scale:.3g})"
+    return err
+
+
+def check_native(graph: Graph, tmp_path: Path, *inputs: np.ndarray, rtol: float = RTOL, **kwargs) -> list:
+    """Compile, run on ``inputs``, compare every output with the interpreter; return native outputs."""
+    mcir.verify(graph)
+    lib = build(graph, tmp_path, **kwargs)
+    native = lib(*inputs)
+    refs = mcir.interpret(graph, *inputs)
+    for v, n, r in zip(graph.outputs, native, refs):
+        assert_close(n, r, rtol, what=f"%{v.name}")
+    return native
+
+
+def randn(rng: np.random.Generator, *shape: int, scale: float = 1.0) -> np.ndarray:
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
