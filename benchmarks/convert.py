@@ -47,8 +47,11 @@ def _sequential(g: Graph, model: nn.Sequential, x: Value) -> Value:
         elif isinstance(m, nn.ReLU):
             x = g.add("relu", [x])
         elif isinstance(m, nn.Conv2d):
-            x = g.add("conv2d", [x, _w(g, f"{i}.weight", m.weight), _w(g, f"{i}.bias", m.bias)],
-                      {"stride": list(m.stride), "padding": list(m.padding)})
+            x = g.add(
+                "conv2d",
+                [x, _w(g, f"{i}.weight", m.weight), _w(g, f"{i}.bias", m.bias)],
+                {"stride": list(m.stride), "padding": list(m.padding)},
+            )
         elif isinstance(m, nn.MaxPool2d):
             k = m.kernel_size if isinstance(m.kernel_size, int) else m.kernel_size[0]
             s = m.stride if isinstance(m.stride, int) else m.stride[0]
@@ -68,8 +71,10 @@ def _encoder(g: Graph, enc: nn.TransformerEncoder, x: Value) -> Value:
         h = attn.num_heads
         d = e // h
         p = f"layers.{i}."
-        qkv = g.add("linear", [x, _w(g, p + "in_proj_weight", attn.in_proj_weight),
-                               _w(g, p + "in_proj_bias", attn.in_proj_bias)])
+        qkv = g.add(
+            "linear",
+            [x, _w(g, p + "in_proj_weight", attn.in_proj_weight), _w(g, p + "in_proj_bias", attn.in_proj_bias)],
+        )
         heads = []
         for j in range(3):
             part = g.add("slice", [qkv], {"axis": 2, "start": j * e, "end": (j + 1) * e})
@@ -77,15 +82,35 @@ def _encoder(g: Graph, enc: nn.TransformerEncoder, x: Value) -> Value:
             heads.append(g.add("permute", [part], {"dims": [0, 2, 1, 3]}))
         a = g.add("scaled_dot_product_attention", heads)
         a = g.add("reshape", [g.add("permute", [a], {"dims": [0, 2, 1, 3]})], {"shape": [b, s, e]})
-        a = g.add("linear", [a, _w(g, p + "out_proj.weight", attn.out_proj.weight),
-                             _w(g, p + "out_proj.bias", attn.out_proj.bias)])
-        x = g.add("layer_norm", [g.add("add", [x, a]), _w(g, p + "norm1.weight", layer.norm1.weight),
-                                 _w(g, p + "norm1.bias", layer.norm1.bias)], {"eps": layer.norm1.eps})
-        f = g.add("linear", [x, _w(g, p + "linear1.weight", layer.linear1.weight),
-                             _w(g, p + "linear1.bias", layer.linear1.bias)])
+        a = g.add(
+            "linear",
+            [a, _w(g, p + "out_proj.weight", attn.out_proj.weight), _w(g, p + "out_proj.bias", attn.out_proj.bias)],
+        )
+        x = g.add(
+            "layer_norm",
+            [
+                g.add("add", [x, a]),
+                _w(g, p + "norm1.weight", layer.norm1.weight),
+                _w(g, p + "norm1.bias", layer.norm1.bias),
+            ],
+            {"eps": layer.norm1.eps},
+        )
+        f = g.add(
+            "linear",
+            [x, _w(g, p + "linear1.weight", layer.linear1.weight), _w(g, p + "linear1.bias", layer.linear1.bias)],
+        )
         f = g.add("relu", [f])
-        f = g.add("linear", [f, _w(g, p + "linear2.weight", layer.linear2.weight),
-                             _w(g, p + "linear2.bias", layer.linear2.bias)])
-        x = g.add("layer_norm", [g.add("add", [x, f]), _w(g, p + "norm2.weight", layer.norm2.weight),
-                                 _w(g, p + "norm2.bias", layer.norm2.bias)], {"eps": layer.norm2.eps})
+        f = g.add(
+            "linear",
+            [f, _w(g, p + "linear2.weight", layer.linear2.weight), _w(g, p + "linear2.bias", layer.linear2.bias)],
+        )
+        x = g.add(
+            "layer_norm",
+            [
+                g.add("add", [x, f]),
+                _w(g, p + "norm2.weight", layer.norm2.weight),
+                _w(g, p + "norm2.bias", layer.norm2.bias),
+            ],
+            {"eps": layer.norm2.eps},
+        )
     return x

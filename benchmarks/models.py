@@ -31,8 +31,7 @@ def encoder() -> nn.Module:
 
 
 def example(name: str, batch: int) -> torch.Tensor:
-    shapes = {"mlp": (batch, 784), "linear4096": (batch, 4096), "cnn": (batch, 3, 32, 32),
-              "encoder": (batch, 128, 256)}
+    shapes = {"mlp": (batch, 784), "linear4096": (batch, 4096), "cnn": (batch, 3, 32, 32), "encoder": (batch, 128, 256)}
     return torch.randn(*shapes[name])
 
 

@@ -7,6 +7,7 @@ over rounds of the mean time of ``inner`` back-to-back calls.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import statistics
@@ -21,10 +22,9 @@ def single_thread() -> None:
     import torch
 
     torch.set_num_threads(1)
-    try:
+    # only allowed before the first inter-op parallel work; harmless to skip after that
+    with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(1)
-    except RuntimeError:  # only allowed before the first inter-op parallel work; harmless then
-        pass
 
 
 def calibrate(fn: Callable[[], object], target_s: float = 0.02) -> int:
@@ -36,8 +36,9 @@ def calibrate(fn: Callable[[], object], target_s: float = 0.02) -> int:
     return max(1, int(target_s / once))
 
 
-def interleaved(fns: dict[str, Callable[[], object]], rounds: int = 15, target_s: float = 0.02,
-                warmup: int = 3) -> dict[str, float]:
+def interleaved(
+    fns: dict[str, Callable[[], object]], rounds: int = 15, target_s: float = 0.02, warmup: int = 3
+) -> dict[str, float]:
     """Median seconds per call of each function, measured in interleaved rounds."""
     for fn in fns.values():
         for _ in range(warmup):
@@ -70,8 +71,10 @@ def machine_description() -> str:
     import onnxruntime
     import torch
 
-    return (f"{cpu}, {os.cpu_count()} cores visible, Python {platform.python_version()}, torch {torch.__version__}, "
-            f"onnxruntime {onnxruntime.__version__}, llvmlite {llvmlite.__version__}, numpy {numpy.__version__}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores visible, Python {platform.python_version()}, torch {torch.__version__}, "
+        f"onnxruntime {onnxruntime.__version__}, llvmlite {llvmlite.__version__}, numpy {numpy.__version__}"
+    )
 
 
 def fmt_time(s: float) -> str:

@@ -41,9 +41,17 @@ WORKSPACE_ALIGN = 64
 
 
 class _Desc(ctypes.Structure):
-    _fields_ = [("name", ctypes.c_char_p), ("shape", ctypes.POINTER(ctypes.c_int64)), ("dtype", ctypes.c_int32),
-                ("rank", ctypes.c_int32), ("nbytes", ctypes.c_int64), ("quant", ctypes.c_int32),
-                ("zero_point", ctypes.c_int32), ("scale", ctypes.c_float), ("reserved", ctypes.c_int32)]
+    _fields_ = [
+        ("name", ctypes.c_char_p),
+        ("shape", ctypes.POINTER(ctypes.c_int64)),
+        ("dtype", ctypes.c_int32),
+        ("rank", ctypes.c_int32),
+        ("nbytes", ctypes.c_int64),
+        ("quant", ctypes.c_int32),
+        ("zero_point", ctypes.c_int32),
+        ("scale", ctypes.c_float),
+        ("reserved", ctypes.c_int32),
+    ]
 
 
 @dataclass(frozen=True)
@@ -69,7 +77,7 @@ def library_names(path: str | Path) -> list[str]:
     if data[:4] != b"\x7fELF" or data[4] != 2:
         return []
     end = "<" if data[5] == 1 else ">"
-    shoff, = struct.unpack_from(end + "Q", data, 0x28)
+    (shoff,) = struct.unpack_from(end + "Q", data, 0x28)
     shentsize, shnum = struct.unpack_from(end + "HH", data, 0x3A)
     sections = [struct.unpack_from(end + "IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
     names = []
@@ -78,9 +86,9 @@ def library_names(path: str | Path) -> list[str]:
             continue
         strtab = sections[sh[6]]
         for off in range(sh[4], sh[4] + sh[5], 24):
-            name_off, = struct.unpack_from(end + "I", data, off)
+            (name_off,) = struct.unpack_from(end + "I", data, off)
             start = strtab[4] + name_off
-            name = data[start:data.index(b"\0", start)].decode()
+            name = data[start : data.index(b"\0", start)].decode()
             m = re.fullmatch(r"mcir_(\w+)_run", name)
             if m:
                 names.append(m.group(1))
@@ -109,7 +117,7 @@ class Library:
         fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
         fn.restype = ctypes.c_int
         self._run = fn
-        sym = lambda s, res: self._sym(f"mcir_{name}_{s}", res)  # noqa: E731
+        sym = lambda s, res: self._sym(f"mcir_{name}_{s}", res)
         self.workspace_size = int(sym("workspace_size", ctypes.c_size_t)())
         self.metadata: dict[str, Any] = json.loads(sym("metadata", ctypes.c_char_p)().decode())
         self.inputs = self._descs(sym("inputs", ctypes.POINTER(_Desc))(), sym("num_inputs", ctypes.c_int32)())
@@ -129,8 +137,17 @@ class Library:
             d = table[i]
             if d.dtype not in DTYPES:
                 raise RuntimeCallError(f"tensor {d.name.decode()} has dtype code {d.dtype}, unknown to this runtime")
-            out.append(TensorDesc(d.name.decode(), np.dtype(DTYPES[d.dtype]), tuple(d.shape[k] for k in range(d.rank)),
-                                  int(d.nbytes), int(d.quant), float(d.scale), int(d.zero_point)))
+            out.append(
+                TensorDesc(
+                    d.name.decode(),
+                    np.dtype(DTYPES[d.dtype]),
+                    tuple(d.shape[k] for k in range(d.rank)),
+                    int(d.nbytes),
+                    int(d.quant),
+                    float(d.scale),
+                    int(d.zero_point),
+                )
+            )
         return out
 
     # -- facts for reports and benchmarks ------------------------------------------------
@@ -151,7 +168,7 @@ class Library:
         if ws is None:
             raw = np.zeros(self.workspace_size + WORKSPACE_ALIGN, np.uint8)
             skip = (-raw.ctypes.data) % WORKSPACE_ALIGN
-            ws = raw[skip:skip + self.workspace_size]
+            ws = raw[skip : skip + self.workspace_size]
             self._local.ws = ws
             self._local.raw = raw
         return ws
@@ -165,14 +182,18 @@ class Library:
             if not isinstance(a, np.ndarray):
                 a = np.asarray(a)
             if a.shape != d.shape:
-                raise RuntimeCallError(f"{what} '{d.name}' of model '{self.name}' must have shape {list(d.shape)}, "
-                                       f"got {list(a.shape)}")
+                raise RuntimeCallError(
+                    f"{what} '{d.name}' of model '{self.name}' must have shape {list(d.shape)}, got {list(a.shape)}"
+                )
             if a.dtype != d.dtype:
-                raise RuntimeCallError(f"{what} '{d.name}' of model '{self.name}' must be {d.dtype}, got {a.dtype}; "
-                                       f"convert it with .astype(np.{d.dtype})")
+                raise RuntimeCallError(
+                    f"{what} '{d.name}' of model '{self.name}' must be {d.dtype}, got {a.dtype}; "
+                    f"convert it with .astype(np.{d.dtype})"
+                )
             if not a.flags.c_contiguous:
-                raise RuntimeCallError(f"{what} '{d.name}' of model '{self.name}' must be C-contiguous; "
-                                       "pass np.ascontiguousarray(x)")
+                raise RuntimeCallError(
+                    f"{what} '{d.name}' of model '{self.name}' must be C-contiguous; pass np.ascontiguousarray(x)"
+                )
             if what == "output" and not a.flags.writeable:
                 raise RuntimeCallError(f"output '{d.name}' of model '{self.name}' is read-only")
             out.append(a)

@@ -42,8 +42,14 @@ def default_name(path: str | Path) -> str:
     return "m" + name if name[0].isdigit() else name
 
 
-def compile(graph: Graph, path: str | Path, target: str = "native", name: str | None = None,
-            triple: str | None = None, pipeline: str = "") -> Any:
+def compile(
+    graph: Graph,
+    path: str | Path,
+    target: str = "native",
+    name: str | None = None,
+    triple: str | None = None,
+    pipeline: str = "",
+) -> Any:
     """Compile ``graph`` to ``PATH.o``, ``PATH.so`` and ``PATH.h``; return the loaded library.
 
     ``path`` is the output stem (``"build/mlp"``); ``name`` (default: the stem) prefixes the C

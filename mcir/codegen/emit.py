@@ -46,8 +46,9 @@ def storage_type(dt: DType) -> ir.Type:
     try:
         return _STORAGE[dt.name]
     except KeyError:
-        raise CodegenError(f"dtype {dt} has no native storage in mcir's backend yet (supported: "
-                           f"{', '.join(_STORAGE)})") from None
+        raise CodegenError(
+            f"dtype {dt} has no native storage in mcir's backend yet (supported: {', '.join(_STORAGE)})"
+        ) from None
 
 
 def is_signed(dt: DType) -> bool:
@@ -115,8 +116,9 @@ class Emitter:
         """Load the first ``lanes`` lanes of a vector, zeros elsewhere (no read past the end)."""
         mask = ir.Constant(ir.VectorType(I1, ty.count), [ir.Constant(I1, int(i < lanes)) for i in range(ty.count)])
         fn = self.intrinsic("llvm.masked.load", [ty, PTR], ty, [PTR, I32, mask.type, ty])
-        return self.b.call(fn, [self.gep(ptr, index, ty.element), ir.Constant(I32, _align(ty.element)), mask,
-                                const(ty, 0.0)])
+        return self.b.call(
+            fn, [self.gep(ptr, index, ty.element), ir.Constant(I32, _align(ty.element)), mask, const(ty, 0.0)]
+        )
 
     # -- arithmetic ---------------------------------------------------------------------
     def intrinsic(self, name: str, overloads: Sequence[ir.Type], ret: ir.Type, args: Sequence[ir.Type]) -> ir.Function:
@@ -145,7 +147,9 @@ class Emitter:
             return x
         vt = ir.VectorType(x.type, lanes)
         v = self.b.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(I32, 0))
-        return self.b.shuffle_vector(v, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(I32, lanes), [0] * lanes))
+        return self.b.shuffle_vector(
+            v, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(I32, lanes), [0] * lanes)
+        )
 
     def hsum(self, v: ir.Value) -> ir.Value:
         """Horizontal sum of a float vector (any order)."""
@@ -164,15 +168,17 @@ class Emitter:
 
     # -- control flow -------------------------------------------------------------------
     @contextmanager
-    def loop(self, count: int | ir.Value, name: str = "i", start: int | ir.Value = 0,
-             step: int = 1) -> Iterator[ir.Value]:
+    def loop(
+        self, count: int | ir.Value, name: str = "i", start: int | ir.Value = 0, step: int = 1
+    ) -> Iterator[ir.Value]:
         """``for (i = start; i < count; i += step)`` with an i64 counter."""
         with self.loop_carried(count, [], name=name, start=start, step=step) as lp:
             yield lp.index
             lp.next([])
 
-    def loop_carried(self, count: int | ir.Value, init: Sequence[ir.Value], name: str = "i",
-                     start: int | ir.Value = 0, step: int = 1) -> CarriedLoop:
+    def loop_carried(
+        self, count: int | ir.Value, init: Sequence[ir.Value], name: str = "i", start: int | ir.Value = 0, step: int = 1
+    ) -> CarriedLoop:
         """A counted loop whose body updates values carried to the next iteration.
 
         Usage::
@@ -258,4 +264,3 @@ def _mangle(t: ir.Type) -> str:
     if isinstance(t, ir.IntType):
         return f"i{t.width}"
     raise CodegenError(f"internal error: cannot mangle intrinsic type {t}")
-

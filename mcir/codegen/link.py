@@ -64,8 +64,10 @@ def link_shared(obj: Path, so: Path) -> Path:
     found = find_linker()
     if found is None:
         tried = ", ".join(x for x in (os.environ.get("MCIR_LINKER"), os.environ.get("CC"), "cc", "ld") if x)
-        raise CodegenError(f"no linker found (tried {tried}); the object file {obj} was written: link it with "
-                           f"`cc -shared -nostdlib -o {so.name} {obj.name}`, or set MCIR_LINKER to a linker")
+        raise CodegenError(
+            f"no linker found (tried {tried}); the object file {obj} was written: link it with "
+            f"`cc -shared -nostdlib -o {so.name} {obj.name}`, or set MCIR_LINKER to a linker"
+        )
     cmd, is_ld = found
     fd, tmp = tempfile.mkstemp(prefix=f".{so.name}.", suffix=".tmp", dir=so.parent)
     os.close(fd)
@@ -73,8 +75,9 @@ def link_shared(obj: Path, so: Path) -> Path:
     try:
         proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
-            raise CodegenError(f"linking {so} failed ({shlex.join(args)}):\n{proc.stderr.strip()}\n"
-                               f"the object file {obj} was kept")
+            raise CodegenError(
+                f"linking {so} failed ({shlex.join(args)}):\n{proc.stderr.strip()}\nthe object file {obj} was kept"
+            )
         os.chmod(tmp, 0o755)
         os.replace(tmp, so)
     finally:

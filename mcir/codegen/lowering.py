@@ -51,8 +51,9 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 def c_name(name: str) -> str:
     """Check that ``name`` can prefix C symbols (``mcir_NAME_run``)."""
     if not _IDENT.match(name):
-        raise CodegenError(f"library name '{name}' is not a C identifier; use letters, digits and '_' "
-                           "(pass name='...' to compile)")
+        raise CodegenError(
+            f"library name '{name}' is not a C identifier; use letters, digits and '_' (pass name='...' to compile)"
+        )
     return name
 
 
@@ -131,8 +132,10 @@ class _Builder:
         if packed is None:
             key = "raw"
             if isinstance(data, dict):
-                raise CodegenError(f"{step_op.where() if step_op else 'a copy'} reads constant %{root.name} of "
-                                   f"encoded type {root.type} but its kernel does not decode that encoding")
+                raise CodegenError(
+                    f"{step_op.where() if step_op else 'a copy'} reads constant %{root.name} of "
+                    f"encoded type {root.type} but its kernel does not decode that encoding"
+                )
             payload = np.ascontiguousarray(data)
         else:
             key, payload = packed
@@ -162,8 +165,9 @@ class _Builder:
                     x = f(em, x)
                 return x
 
-        ctx = KernelContext(em, op, self.target, list(fn.args[:n]), fn.args[n],
-                            fn.args[n + 1] if step.scratch_bytes else None, epilogue)
+        ctx = KernelContext(
+            em, op, self.target, list(fn.args[:n]), fn.args[n], fn.args[n + 1] if step.scratch_bytes else None, epilogue
+        )
         gen.emit(ctx)
         if not builder.block.is_terminated:
             builder.ret(ir.Constant(I32, OK))
@@ -264,11 +268,22 @@ class _Builder:
                     quant, zp, scale = QUANT_PER_TENSOR, enc.zero_point, enc.scale
                 else:
                     quant = QUANT_PER_AXIS
-            entries.append(ir.Constant(desc_t, [
-                self.cstring(v.name, f"{which}.name{k}"), shape,
-                ir.Constant(I32, DTYPE_CODES[t.dtype.name]), ir.Constant(I32, t.rank),
-                ir.Constant(I64, t.nbytes), ir.Constant(I32, quant), ir.Constant(I32, zp),
-                ir.Constant(ir.FloatType(), scale), ir.Constant(I32, 0)]))
+            entries.append(
+                ir.Constant(
+                    desc_t,
+                    [
+                        self.cstring(v.name, f"{which}.name{k}"),
+                        shape,
+                        ir.Constant(I32, DTYPE_CODES[t.dtype.name]),
+                        ir.Constant(I32, t.rank),
+                        ir.Constant(I64, t.nbytes),
+                        ir.Constant(I32, quant),
+                        ir.Constant(I32, zp),
+                        ir.Constant(ir.FloatType(), scale),
+                        ir.Constant(I32, 0),
+                    ],
+                )
+            )
         arr_t = ir.ArrayType(desc_t, max(len(entries), 1))
         table = ir.GlobalVariable(self.module, arr_t, f"{which}.table")
         table.linkage = "internal"

@@ -101,8 +101,7 @@ class Target:
         except RuntimeError as e:
             raise CodegenError(f"LLVM cannot generate code for triple '{self.triple}': {e}") from None
         # pic + default code model: static/large links with DT_TEXTREL, static/small fails to link
-        return tgt.create_target_machine(cpu=self.cpu, features=self.features, opt=3, reloc="pic",
-                                         codemodel="default")
+        return tgt.create_target_machine(cpu=self.cpu, features=self.features, opt=3, reloc="pic", codemodel="default")
 
 
 @functools.cache
@@ -127,20 +126,26 @@ def resolve(target: str = "native", triple: str | None = None) -> Target:
     host = llvm.get_process_triple()
     if triple is not None and triple != host:
         if target not in ("native", "generic"):
-            raise CodegenError(f"target '{target}' names an x86-64 CPU level; with triple='{triple}' use "
-                               "target='native' (the triple's generic CPU)")
+            raise CodegenError(
+                f"target '{target}' names an x86-64 CPU level; with triple='{triple}' use "
+                "target='native' (the triple's generic CPU)"
+            )
         try:
             tgt = llvm.Target.from_triple(triple)
         except RuntimeError:
-            raise CodegenError(f"unsupported triple '{triple}': LLVM has no backend for it; "
-                               "use e.g. 'x86_64-linux-gnu' or 'aarch64-linux-gnu'") from None
+            raise CodegenError(
+                f"unsupported triple '{triple}': LLVM has no backend for it; "
+                "use e.g. 'x86_64-linux-gnu' or 'aarch64-linux-gnu'"
+            ) from None
         del tgt  # only checked for existence; Target.machine() builds the real one
         arch = triple.split("-", 1)[0]
         features = "+neon" if arch in ("aarch64", "arm64") else ""
         return Target(triple, triple, "generic", features, native=False)
     if target not in TARGETS:
-        raise CodegenError(f"unknown target '{target}'; valid targets: {', '.join(TARGETS)} "
-                           "(or pass triple='...' for another architecture)")
+        raise CodegenError(
+            f"unknown target '{target}'; valid targets: {', '.join(TARGETS)} "
+            "(or pass triple='...' for another architecture)"
+        )
     if target == "native":
         return Target("native", host, llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten(), native=True)
     if not host.startswith(("x86_64", "amd64")):

@@ -15,13 +15,32 @@ from mcir.types import Quant, TensorType, tensor
 from .helpers import check_native, randn
 
 FLOAT_UNARY = [
-    ("relu", {}), ("clamp", {"min": -0.5, "max": 0.75}), ("clamp", {"min": 0.0}), ("sigmoid", {}), ("tanh", {}),
-    ("silu", {}), ("hardswish", {}), ("hardsigmoid", {}), ("gelu", {}), ("gelu", {"approximate": "tanh"}),
-    ("exp", {}), ("neg", {}), ("abs", {}), ("erf", {}), ("pow", {"exponent": 2.0}), ("pow", {"exponent": 3.0}),
+    ("relu", {}),
+    ("clamp", {"min": -0.5, "max": 0.75}),
+    ("clamp", {"min": 0.0}),
+    ("sigmoid", {}),
+    ("tanh", {}),
+    ("silu", {}),
+    ("hardswish", {}),
+    ("hardsigmoid", {}),
+    ("gelu", {}),
+    ("gelu", {"approximate": "tanh"}),
+    ("exp", {}),
+    ("neg", {}),
+    ("abs", {}),
+    ("erf", {}),
+    ("pow", {"exponent": 2.0}),
+    ("pow", {"exponent": 3.0}),
     ("pow", {"exponent": -1.0}),
 ]
-POSITIVE_UNARY = [("log", {}), ("sqrt", {}), ("rsqrt", {}), ("pow", {"exponent": 0.5}), ("pow", {"exponent": 1.7}),
-                  ("pow", {"exponent": -2.5})]
+POSITIVE_UNARY = [
+    ("log", {}),
+    ("sqrt", {}),
+    ("rsqrt", {}),
+    ("pow", {"exponent": 0.5}),
+    ("pow", {"exponent": 1.7}),
+    ("pow", {"exponent": -2.5}),
+]
 
 
 def test_every_float_unary_op_in_one_library(tmp_path, rng):
@@ -59,7 +78,7 @@ def _shapes_broadcasting():
 
         def operand():
             keep = draw(st.integers(0, rank))
-            dims = out[rank - keep:]
+            dims = out[rank - keep :]
             return tuple(d if draw(st.booleans()) else 1 for d in dims)
 
         return operand(), operand()
@@ -124,9 +143,13 @@ def test_casts_between_all_dtypes(tmp_path):
                 continue  # out-of-range float -> small int is undefined in numpy and C alike
             outs.append(g.add("cast", [src], {"dtype": dst}))
     g.set_outputs(outs)
-    check_native(g, tmp_path, np.array([-2.7, -1.0, -0.5, 0.0, 0.4, 1.5, 3.9, 100.2], np.float32),
-                 np.array([-300, -129, -1, 0, 1, 127, 255, 70000], np.int64),
-                 np.array([0, 1, 1, 0, 1, 0, 0, 1], bool))
+    check_native(
+        g,
+        tmp_path,
+        np.array([-2.7, -1.0, -0.5, 0.0, 0.4, 1.5, 3.9, 100.2], np.float32),
+        np.array([-300, -129, -1, 0, 1, 127, 255, 70000], np.int64),
+        np.array([0, 1, 1, 0, 1, 0, 0, 1], bool),
+    )
 
 
 @pytest.mark.parametrize(("dt", "scale", "zp"), [("u8", 0.05, 128), ("i8", 0.02, -3), ("i32", 0.001, 0)])

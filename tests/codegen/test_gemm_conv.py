@@ -30,8 +30,13 @@ def linear_graph(rng, lead: tuple[int, ...], n: int, k: int, bias: bool = True, 
 
 
 @settings(max_examples=15)
-@given(m=st.integers(1, 40), n=st.integers(1, 150), k=st.integers(1, 300), bias=st.booleans(),
-       act=st.sampled_from([None, "relu", "gelu", "tanh"]))
+@given(
+    m=st.integers(1, 40),
+    n=st.integers(1, 150),
+    k=st.integers(1, 300),
+    bias=st.booleans(),
+    act=st.sampled_from([None, "relu", "gelu", "tanh"]),
+)
 def test_linear_random_shapes(tmp_path_factory, m, n, k, bias, act):
     rng = np.random.default_rng(m * 1000 + n)
     g = linear_graph(rng, (m,), n, k, bias, act)
@@ -62,12 +67,22 @@ def test_shared_weight_is_stored_once(tmp_path, rng):
     lib = build(g, tmp_path)
     assert lib.weight_bytes == 64 * 64 * 4  # one packed copy for both uses
     xs = randn(rng, 2, 64)
-    np.testing.assert_allclose(lib(xs)[0], (xs @ g.value("w").producer.data.T) @ g.value("w").producer.data.T,
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        lib(xs)[0], (xs @ g.value("w").producer.data.T) @ g.value("w").producer.data.T, rtol=1e-4, atol=1e-4
+    )
 
 
-@pytest.mark.parametrize(("a", "b"), [((3, 4, 5), (5, 6)), ((2, 3, 4, 5), (2, 1, 5, 7)), ((4,), (4, 3)),
-                                      ((3, 4), (4,)), ((2, 33, 70), (2, 70, 45)), ((1, 8, 16), (3, 16, 9))])
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ((3, 4, 5), (5, 6)),
+        ((2, 3, 4, 5), (2, 1, 5, 7)),
+        ((4,), (4, 3)),
+        ((3, 4), (4,)),
+        ((2, 33, 70), (2, 70, 45)),
+        ((1, 8, 16), (3, 16, 9)),
+    ],
+)
 def test_matmul_broadcasting(tmp_path, rng, a, b):
     g = Graph("mm")
     x, y = g.add_input("a", tensor(a)), g.add_input("b", tensor(b))
@@ -109,23 +124,35 @@ def test_conv2d_random_attributes(tmp_path_factory, case):
     check_native(g, tmp_path_factory.mktemp("conv"), randn(rng, *xs))
 
 
-@pytest.mark.parametrize(("xs", "ws", "attrs"), [
-    ((1, 3, 32, 32), (32, 3, 3, 3), {"padding": [1, 1]}),
-    ((2, 64, 16, 16), (128, 64, 3, 3), {"padding": [1, 1]}),
-    ((1, 16, 9, 9), (16, 1, 3, 3), {"padding": [1, 1], "groups": 16}),
-    ((1, 8, 10, 10), (24, 8, 1, 1), {}),
-])
+@pytest.mark.parametrize(
+    ("xs", "ws", "attrs"),
+    [
+        ((1, 3, 32, 32), (32, 3, 3, 3), {"padding": [1, 1]}),
+        ((2, 64, 16, 16), (128, 64, 3, 3), {"padding": [1, 1]}),
+        ((1, 16, 9, 9), (16, 1, 3, 3), {"padding": [1, 1], "groups": 16}),
+        ((1, 8, 10, 10), (24, 8, 1, 1), {}),
+    ],
+)
 def test_conv2d_model_shapes(tmp_path, rng, xs, ws, attrs):
     g = Graph("convm")
     x = g.add_input("x", tensor(xs))
-    g.set_outputs([g.add("conv2d", [x, g.const("w", randn(rng, *ws, scale=0.2)), g.const("b", randn(rng, ws[0]))],
-                         attrs)])
+    g.set_outputs(
+        [g.add("conv2d", [x, g.const("w", randn(rng, *ws, scale=0.2)), g.const("b", randn(rng, ws[0]))], attrs)]
+    )
     check_native(g, tmp_path, randn(rng, *xs))
 
 
 @settings(max_examples=12)
-@given(kind=st.sampled_from(["max_pool2d", "avg_pool2d"]), k=st.integers(1, 3), s=st.integers(1, 3),
-       p=st.integers(0, 1), ceil=st.booleans(), incl=st.booleans(), h=st.integers(3, 11), w=st.integers(3, 11))
+@given(
+    kind=st.sampled_from(["max_pool2d", "avg_pool2d"]),
+    k=st.integers(1, 3),
+    s=st.integers(1, 3),
+    p=st.integers(0, 1),
+    ceil=st.booleans(),
+    incl=st.booleans(),
+    h=st.integers(3, 11),
+    w=st.integers(3, 11),
+)
 def test_pooling_random_attributes(tmp_path_factory, kind, k, s, p, ceil, incl, h, w):
     p = min(p, k // 2)
     attrs = {"kernel": [k, k + 1 if w > k + 1 else k], "stride": [s, s], "padding": [p, p], "ceil_mode": ceil}
@@ -143,7 +170,11 @@ def test_pooling_random_attributes(tmp_path_factory, kind, k, s, p, ceil, incl, 
 def test_avg_pool_divisor_and_adaptive(tmp_path, rng):
     g = Graph("apool")
     x = g.add_input("x", tensor([2, 3, 10, 7]))
-    g.set_outputs([g.add("avg_pool2d", [x], {"kernel": [2, 2], "stride": [2, 2], "divisor": 3}),
-                   g.add("adaptive_avg_pool2d", [x], {"output_size": [3, 4]}),
-                   g.add("adaptive_avg_pool2d", [x], {"output_size": [1, 1]})])
+    g.set_outputs(
+        [
+            g.add("avg_pool2d", [x], {"kernel": [2, 2], "stride": [2, 2], "divisor": 3}),
+            g.add("adaptive_avg_pool2d", [x], {"output_size": [3, 4]}),
+            g.add("adaptive_avg_pool2d", [x], {"output_size": [1, 1]}),
+        ]
+    )
     check_native(g, tmp_path, randn(rng, 2, 3, 10, 7))

@@ -20,8 +20,7 @@ def approx(tmp_path_factory):
     g = Graph("approx")
     x = g.add_input("x", tensor([N]))
     p = g.add_input("p", tensor([N]))
-    g.set_outputs([g.add("exp", [x]), g.add("tanh", [x]), g.add("sigmoid", [x]), g.add("erf", [x]),
-                   g.add("log", [p])])
+    g.set_outputs([g.add("exp", [x]), g.add("tanh", [x]), g.add("sigmoid", [x]), g.add("erf", [x]), g.add("log", [p])])
     lib = build(g, tmp_path_factory.mktemp("approx"))
 
     def run(xs: np.ndarray, ps: np.ndarray | None = None):
@@ -49,11 +48,14 @@ def test_log_error(approx):
     assert err.max() < 2e-7, err.max()
 
 
-@pytest.mark.parametrize(("name", "ref", "bound"), [
-    ("tanh", np.tanh, 2e-7),
-    ("sigmoid", lambda x: 1 / (1 + np.exp(-x)), 2e-7),
-    ("erf", erf64, 6e-7),
-])
+@pytest.mark.parametrize(
+    ("name", "ref", "bound"),
+    [
+        ("tanh", np.tanh, 2e-7),
+        ("sigmoid", lambda x: 1 / (1 + np.exp(-x)), 2e-7),
+        ("erf", erf64, 6e-7),
+    ],
+)
 def test_bounded_functions_absolute_error(approx, name, ref, bound):
     xs, _, out = approx(np.linspace(-12, 12, N))
     err = np.abs(out[name] - ref(xs.astype(np.float64)))

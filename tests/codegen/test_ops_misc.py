@@ -54,9 +54,17 @@ def test_reductions_random_axes(tmp_path_factory, shape, data):
     x = g.add_input("x", tensor(shape))
     xi = g.add_input("xi", tensor(shape, "i32"))
     attrs = {"axes": axes, "keepdim": keep}
-    g.set_outputs([g.add("sum", [x], attrs), g.add("mean", [x], attrs), g.add("amax", [x], attrs),
-                   g.add("sum", [xi], attrs), g.add("amax", [xi], attrs),
-                   g.add("argmax", [x], {"axis": axis, "keepdim": keep}), g.add("argmax", [xi], {"axis": axis})])
+    g.set_outputs(
+        [
+            g.add("sum", [x], attrs),
+            g.add("mean", [x], attrs),
+            g.add("amax", [x], attrs),
+            g.add("sum", [xi], attrs),
+            g.add("amax", [xi], attrs),
+            g.add("argmax", [x], {"axis": axis, "keepdim": keep}),
+            g.add("argmax", [xi], {"axis": axis}),
+        ]
+    )
     check_native(g, tmp_path_factory.mktemp("red"), randn(rng, *shape), rng.integers(-5, 5, shape).astype(np.int32))
 
 
@@ -77,12 +85,13 @@ def test_softmax_and_log_softmax(tmp_path, rng, shape, axis):
     check_native(g, tmp_path, xs)
 
 
-@pytest.mark.parametrize(("shape", "dims", "affine"), [((5, 33), 1, 2), ((4, 256), 1, 2), ((2, 3, 4, 5), 2, 1),
-                                                       ((3, 16), 1, 0)])
+@pytest.mark.parametrize(
+    ("shape", "dims", "affine"), [((5, 33), 1, 2), ((4, 256), 1, 2), ((2, 3, 4, 5), 2, 1), ((3, 16), 1, 0)]
+)
 def test_layer_norm(tmp_path, rng, shape, dims, affine):
     g = Graph("ln")
     x = g.add_input("x", tensor(shape))
-    norm = shape[len(shape) - dims:]
+    norm = shape[len(shape) - dims :]
     params = [g.const(n, randn(rng, *norm)) for n in ("w", "b")[:affine]]
     g.set_outputs([g.add("layer_norm", [x, *params], {"dims": dims, "eps": 1e-5})])
     check_native(g, tmp_path, randn(rng, *shape, scale=3.0) + np.float32(2.0))
@@ -104,13 +113,16 @@ def test_embedding(tmp_path, rng, idx_dtype):
     check_native(g, tmp_path, rng.integers(0, 11, (2, 5)).astype(np.int64 if idx_dtype == "i64" else np.int32))
 
 
-@pytest.mark.parametrize(("q", "k", "v", "mask", "attrs"), [
-    ((2, 4, 128, 64), (2, 4, 128, 64), (2, 4, 128, 64), None, {}),
-    ((3, 7, 5), (3, 9, 5), (3, 9, 6), None, {"is_causal": True}),
-    ((2, 3, 7, 5), (2, 3, 9, 5), (2, 3, 9, 6), ((7, 9), "bool"), {"scale": 0.3}),
-    ((2, 3, 7, 5), (2, 3, 9, 5), (2, 3, 9, 6), ((2, 1, 7, 9), "f32"), {}),
-    ((1, 2, 4, 8), (1, 2, 4, 8), (1, 2, 4, 8), ((1, 1, 1, 4), "bool"), {}),
-])
+@pytest.mark.parametrize(
+    ("q", "k", "v", "mask", "attrs"),
+    [
+        ((2, 4, 128, 64), (2, 4, 128, 64), (2, 4, 128, 64), None, {}),
+        ((3, 7, 5), (3, 9, 5), (3, 9, 6), None, {"is_causal": True}),
+        ((2, 3, 7, 5), (2, 3, 9, 5), (2, 3, 9, 6), ((7, 9), "bool"), {"scale": 0.3}),
+        ((2, 3, 7, 5), (2, 3, 9, 5), (2, 3, 9, 6), ((2, 1, 7, 9), "f32"), {}),
+        ((1, 2, 4, 8), (1, 2, 4, 8), (1, 2, 4, 8), ((1, 1, 1, 4), "bool"), {}),
+    ],
+)
 def test_scaled_dot_product_attention(tmp_path, rng, q, k, v, mask, attrs):
     g = Graph("sdpa")
     ins = [g.add_input(n, tensor(s)) for n, s in zip("qkv", (q, k, v))]

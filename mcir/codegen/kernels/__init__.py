@@ -110,14 +110,21 @@ _REGISTRY: dict[str, list[KernelGen]] = {}
 _MODULES = ("elementwise", "gemm_f32", "movement", "norm", "reduce", "conv", "pool", "attention")
 
 
-def kernel(op: str, operands: tuple[str, ...] | None = None, *, pack: PackFn | None = None,
-           scratch: Callable[[Op, Target], int] | None = None, epilogue: bool = False,
-           can_fail: bool = False) -> Callable[[Callable[[KernelContext], None]], Callable[[KernelContext], None]]:
+def kernel(
+    op: str,
+    operands: tuple[str, ...] | None = None,
+    *,
+    pack: PackFn | None = None,
+    scratch: Callable[[Op, Target], int] | None = None,
+    epilogue: bool = False,
+    can_fail: bool = False,
+) -> Callable[[Callable[[KernelContext], None]], Callable[[KernelContext], None]]:
     """Decorator: register the decorated function as the generator of ``op`` for ``operands``."""
 
     def deco(fn: Callable[[KernelContext], None]) -> Callable[[KernelContext], None]:
-        _REGISTRY.setdefault(op, []).append(KernelGen(op, operands, fn, pack, scratch, epilogue, can_fail,
-                                                      (fn.__doc__ or "").strip()))
+        _REGISTRY.setdefault(op, []).append(
+            KernelGen(op, operands, fn, pack, scratch, epilogue, can_fail, (fn.__doc__ or "").strip())
+        )
         return fn
 
     return deco
@@ -163,8 +170,10 @@ def lookup(op: Op) -> KernelGen:
     got = ", ".join(signature(t) for t in types) or "no operands"
     have = [f"({', '.join(g.operands)})" if g.operands else "(any)" for g in _REGISTRY.get(op.name, ())]
     hint = f"kernels exist for operands {'; '.join(have)}" if have else "no kernel exists for this op yet"
-    raise CodegenError(f"no native kernel for {op.where()} with operands ({got}): {hint}. Convert the graph "
-                       "(e.g. dequantize the weights) or run it with mcir.interpret")
+    raise CodegenError(
+        f"no native kernel for {op.where()} with operands ({got}): {hint}. Convert the graph "
+        "(e.g. dequantize the weights) or run it with mcir.interpret"
+    )
 
 
 def registered() -> dict[str, list[KernelGen]]:

@@ -31,7 +31,7 @@ def _dims(op: Op):
 
 def _layout(op: Op, target: Target) -> tuple[int, int, int, int]:
     """Byte offsets of (packed k^T, scores, packed v) in the scratch, and its size."""
-    batch, L, S, E, Ev = _dims(op)
+    _, L, S, E, Ev = _dims(op)
     t1 = choose_tiling(L, S, E, target)
     t2 = choose_tiling(L, Ev, S, target)
     kb = align_up(packed_b_bytes(E, S, t1.nr))
@@ -47,7 +47,7 @@ def _scratch(op: Op, target: Target) -> int:
 def _batch_strides(shape: tuple[int, ...], batch: tuple[int, ...], mat: int) -> list[int]:
     own = shape[: len(shape) - mat]
     full = (1,) * (len(batch) - len(own)) + tuple(own)
-    step = math.prod(shape[len(shape) - mat:])
+    step = math.prod(shape[len(shape) - mat :])
     out = [0] * len(batch)
     for d in range(len(batch) - 1, -1, -1):
         out[d] = 0 if full[d] == 1 else step
@@ -91,8 +91,11 @@ def _sdpa(k: KernelContext) -> None:
         qp, kp, vp = (em.gep(a, o, F32) for a, o in zip(k.args[:3], offs))
         # scores = q @ k^T * scale
         emit_pack_b(em, kp, 1, E, E, S, t1.nr, kpack)
-        emit_gemm(em, GemmArgs(L, S, E, qp, E, 1, kpack, scores, S,
-                               epilogue=lambda em, v: em.b.fmul(v, const(v.type, scale))), t1)
+        emit_gemm(
+            em,
+            GemmArgs(L, S, E, qp, E, 1, kpack, scores, S, epilogue=lambda em, v: em.b.fmul(v, const(v.type, scale))),
+            t1,
+        )
         with em.loop(L, name="qi") as qi:
             row = em.gep(scores, b.mul(qi, i64(S)), F32)
             if causal or mask_t is not None:

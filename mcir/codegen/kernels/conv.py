@@ -27,8 +27,25 @@ def _geometry(op: Op) -> dict[str, int]:
     o, cg, kh, kw = op.operands[1].type.shape
     (sh, sw), (ph, pw), (dh, dw) = op.attrs["stride"], op.attrs["padding"], op.attrs["dilation"]
     oh, ow = conv_out(h, kh, sh, ph, dh), conv_out(w, kw, sw, pw, dw)
-    return dict(n=n, c=c, h=h, w=w, o=o, cg=cg, kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw, dh=dh, dw=dw, oh=oh, ow=ow,
-                groups=op.attrs["groups"])
+    return dict(
+        n=n,
+        c=c,
+        h=h,
+        w=w,
+        o=o,
+        cg=cg,
+        kh=kh,
+        kw=kw,
+        sh=sh,
+        sw=sw,
+        ph=ph,
+        pw=pw,
+        dh=dh,
+        dw=dw,
+        oh=oh,
+        ow=ow,
+        groups=op.attrs["groups"],
+    )
 
 
 def _tiling(op: Op, target: Target):
@@ -74,8 +91,13 @@ def _conv_gemm(k: KernelContext) -> None:
     with em.loop(g["n"], name="img") as n:
         emit_im2col(em, em.gep(k.args[0], b.mul(n, i64(g["c"] * g["h"] * g["w"])), F32), g, t.nr, k.scratch)
         out = em.gep(k.out, b.mul(n, i64(g["o"] * pix)), F32)
-        emit_gemm(em, GemmArgs(g["o"], pix, ck, k.args[1], ck, 1, k.scratch, out, pix, bias, bias_per_row=True,
-                               epilogue=k.epilogue), t)
+        emit_gemm(
+            em,
+            GemmArgs(
+                g["o"], pix, ck, k.args[1], ck, 1, k.scratch, out, pix, bias, bias_per_row=True, epilogue=k.epilogue
+            ),
+            t,
+        )
 
 
 def _conv_direct(k: KernelContext) -> None:
@@ -101,8 +123,9 @@ def _conv_direct(k: KernelContext) -> None:
                     row_ok = b.and_(b.icmp_signed(">=", iy, i64(0)), b.icmp_signed("<", iy, i64(g["h"])))
                     for j in range(g["kw"]):
                         ix = b.add(b.mul(ox, i64(g["sw"])), i64(j * g["dw"] - g["pw"]))
-                        ok = b.and_(row_ok, b.and_(b.icmp_signed(">=", ix, i64(0)),
-                                                   b.icmp_signed("<", ix, i64(g["w"]))))
+                        ok = b.and_(
+                            row_ok, b.and_(b.icmp_signed(">=", ix, i64(0)), b.icmp_signed("<", ix, i64(g["w"])))
+                        )
                         v = em.load(x, b.select(ok, b.add(plane, b.add(b.mul(iy, i64(g["w"])), ix)), i64(0)), F32)
                         wv = em.load(w, b.add(wrow, i64(i * g["kw"] + j)), F32)
                         acc = em.fma(b.select(ok, v, const(F32, 0.0)), wv, acc)

@@ -90,10 +90,12 @@ def float_unary(op: Op) -> Unary | None:
         "sigmoid": lambda: math_approx.sigmoid,
         "tanh": lambda: math_approx.tanh,
         "silu": lambda: lambda em, x: em.b.fmul(x, math_approx.sigmoid(em, x)),
-        "hardswish": lambda: lambda em, x: em.b.fmul(
-            x, em.b.fmul(_clamp(0.0, 6.0)(em, em.b.fadd(x, _c(x, 3.0))), _c(x, 1.0 / 6.0))),
-        "hardsigmoid": lambda: lambda em, x: em.b.fmul(
-            _clamp(0.0, 6.0)(em, em.b.fadd(x, _c(x, 3.0))), _c(x, 1.0 / 6.0)),
+        "hardswish": lambda: (
+            lambda em, x: em.b.fmul(x, em.b.fmul(_clamp(0.0, 6.0)(em, em.b.fadd(x, _c(x, 3.0))), _c(x, 1.0 / 6.0)))
+        ),
+        "hardsigmoid": lambda: (
+            lambda em, x: em.b.fmul(_clamp(0.0, 6.0)(em, em.b.fadd(x, _c(x, 3.0))), _c(x, 1.0 / 6.0))
+        ),
         "gelu": lambda: _gelu(a.get("approximate", "none")),
         "exp": lambda: math_approx.exp,
         "log": lambda: math_approx.log,
@@ -119,6 +121,7 @@ def fusable_epilogue(op: Op) -> Unary | None:
 
 
 # -- integer and mixed ops --------------------------------------------------------------
+
 
 def _int_unary(op: Op, dt: DType) -> Unary | None:
     signed = is_signed(dt)
@@ -180,8 +183,10 @@ def _int_floordiv(em: Emitter, a: ir.Value, d: ir.Value) -> ir.Value:
     """numpy floor_divide: rounds toward -inf; x // 0 is 0 (numpy's result) instead of a trap."""
     b = em.b
     zero, one = _c(a, 0), _c(a, 1)
-    bad = b.or_(b.icmp_signed("==", d, zero),
-                b.and_(b.icmp_signed("==", d, _c(a, -1)), b.icmp_signed("==", a, _c(a, -(1 << (a.type.width - 1))))))
+    bad = b.or_(
+        b.icmp_signed("==", d, zero),
+        b.and_(b.icmp_signed("==", d, _c(a, -1)), b.icmp_signed("==", a, _c(a, -(1 << (a.type.width - 1))))),
+    )
     safe = b.select(bad, one, d)
     q = b.sdiv(a, safe)
     r = b.srem(a, safe)
@@ -252,6 +257,7 @@ def store_logical(em: Emitter, value: ir.Value, ptr: ir.Value, index: ir.Value, 
 
 # -- the broadcasting loop nest -------------------------------------------------------
 
+
 def _strides(shape: tuple[int, ...]) -> list[int]:
     out, acc = [], 1
     for d in reversed(shape):
@@ -285,8 +291,9 @@ def broadcast_plan(out_shape: tuple[int, ...], shapes: list[tuple[int, ...]]) ->
     return sizes, [[m[1][k] for m in merged] for k in range(len(shapes))]
 
 
-def emit_broadcast(k: KernelContext, dtypes_in: list[DType], body: Callable[[list[ir.Value]], ir.Value],
-                   out_dtype: DType) -> None:
+def emit_broadcast(
+    k: KernelContext, dtypes_in: list[DType], body: Callable[[list[ir.Value]], ir.Value], out_dtype: DType
+) -> None:
     """Loop over the result, load each operand (broadcast), store ``body(values)``."""
     em = k.em
     shapes = [t.shape for t in k.operand_types]
@@ -299,16 +306,30 @@ def emit_broadcast(k: KernelContext, dtypes_in: list[DType], body: Callable[[lis
             store_logical(em, body(vals), k.out, offsets[-1], out_dtype)
             return
         with em.loop(sizes[d], name=f"d{d}") as i:
-            level(d + 1, [off if st[d] == 0 else em.b.add(off, em.b.mul(i, i64(st[d])))
-                          for off, st in zip(offsets, strides)])
+            level(
+                d + 1,
+                [off if st[d] == 0 else em.b.add(off, em.b.mul(i, i64(st[d]))) for off, st in zip(offsets, strides)],
+            )
 
     level(0, [i64(0)] * (len(shapes) + 1))
 
 
 # -- generators --------------------------------------------------------------------------
 
-_FLOAT_UNARY = ("sigmoid", "tanh", "silu", "hardswish", "hardsigmoid", "gelu", "exp", "log", "sqrt", "rsqrt",
-                "erf", "pow")
+_FLOAT_UNARY = (
+    "sigmoid",
+    "tanh",
+    "silu",
+    "hardswish",
+    "hardsigmoid",
+    "gelu",
+    "exp",
+    "log",
+    "sqrt",
+    "rsqrt",
+    "erf",
+    "pow",
+)
 
 
 def _unary_gen(k: KernelContext) -> None:
@@ -355,8 +376,11 @@ def where(k: KernelContext) -> None:
 def _logical_gen(k: KernelContext) -> None:
     """Boolean not/and/or."""
     b = k.em.b
-    fns = {"logical_not": lambda v: b.not_(v[0]), "logical_and": lambda v: b.and_(v[0], v[1]),
-           "logical_or": lambda v: b.or_(v[0], v[1])}
+    fns = {
+        "logical_not": lambda v: b.not_(v[0]),
+        "logical_and": lambda v: b.and_(v[0], v[1]),
+        "logical_or": lambda v: b.or_(v[0], v[1]),
+    }
     emit_broadcast(k, [t.dtype for t in k.operand_types], fns[k.op.name], k.result_type.dtype)
 
 
@@ -373,6 +397,7 @@ def cast(k: KernelContext) -> None:
 
 
 # -- per-tensor affine quantisation: the encoding is in the result/operand type ----------------
+
 
 def _per_tensor(t: TensorType) -> Quant | None:
     enc = t.encoding
@@ -414,8 +439,10 @@ def dequantize(k: KernelContext) -> None:
     if q is None:
         from mcir.errors import CodegenError
 
-        raise CodegenError(f"{k.op.where()}: native dequantize needs a per-tensor #quant operand, got {t}; "
-                           "per-axis constants are decoded at compile time by the kernels that use them")
+        raise CodegenError(
+            f"{k.op.where()}: native dequantize needs a per-tensor #quant operand, got {t}; "
+            "per-axis constants are decoded at compile time by the kernels that use them"
+        )
     em = k.em
 
     def body(v: list[ir.Value]) -> ir.Value:

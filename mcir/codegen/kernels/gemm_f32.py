@@ -181,8 +181,20 @@ def _k_chunks(k: int, kc: int) -> list[int]:
     return [kc] * (n - 1) + [k - (n - 1) * kc]
 
 
-def _tile(em: Emitter, g: GemmArgs, t: Tiling, row: ir.Value, mr: int, panel: ir.Value, nv: int, last_lanes: int,
-          kstart: ir.Value, klen: int, first: bool, last: bool) -> None:
+def _tile(
+    em: Emitter,
+    g: GemmArgs,
+    t: Tiling,
+    row: ir.Value,
+    mr: int,
+    panel: ir.Value,
+    nv: int,
+    last_lanes: int,
+    kstart: ir.Value,
+    klen: int,
+    first: bool,
+    last: bool,
+) -> None:
     """One MR x (nv vectors) tile of C over K range [kstart, kstart + klen)."""
     b = em.b
     vt = vec(F32, t.lanes)
@@ -193,8 +205,7 @@ def _tile(em: Emitter, g: GemmArgs, t: Tiling, row: ir.Value, mr: int, panel: ir
     ku = min(t.ku, max(1, klen))
 
     def step(kk: ir.Value, accs: list[ir.Value]) -> list[ir.Value]:
-        bv = [em.load(b_pan, b.add(b.mul(kk, i64(t.nr)), i64(j * t.lanes)), vt, align=4 * t.lanes)
-              for j in range(nv)]
+        bv = [em.load(b_pan, b.add(b.mul(kk, i64(t.nr)), i64(j * t.lanes)), vt, align=4 * t.lanes) for j in range(nv)]
         out = list(accs)
         a_k = b.add(a_k0, b.mul(kk, i64(g.a_cs)))
         for r in range(mr):
@@ -211,9 +222,9 @@ def _tile(em: Emitter, g: GemmArgs, t: Tiling, row: ir.Value, mr: int, panel: ir
             flat = list(lp.values)
             new = []
             for u in range(ku):
-                new += step(b.add(lp.index, i64(u)), flat[u * n_acc:(u + 1) * n_acc])
+                new += step(b.add(lp.index, i64(u)), flat[u * n_acc : (u + 1) * n_acc])
             lp.next(new)
-        sets = [list(lp.results[u * n_acc:(u + 1) * n_acc]) for u in range(ku)]
+        sets = [list(lp.results[u * n_acc : (u + 1) * n_acc]) for u in range(ku)]
     for kk in range(k_main, klen):
         sets[0] = step(i64(kk), sets[0])
     acc = sets[0]
@@ -236,8 +247,9 @@ def _tile(em: Emitter, g: GemmArgs, t: Tiling, row: ir.Value, mr: int, panel: ir
                         bias = em.splat(em.load(g.bias, b.add(row, i64(r)), F32), t.lanes)
                     else:
                         boff = b.add(col0, i64(j * t.lanes))
-                        bias = em.load(g.bias, boff, vt) if lanes == t.lanes else em.masked_load(g.bias, boff, vt,
-                                                                                                 lanes)
+                        bias = (
+                            em.load(g.bias, boff, vt) if lanes == t.lanes else em.masked_load(g.bias, boff, vt, lanes)
+                        )
                     v = b.fadd(v, bias)
                 if g.epilogue is not None:
                     v = g.epilogue(em, v)
@@ -249,6 +261,7 @@ def _tile(em: Emitter, g: GemmArgs, t: Tiling, row: ir.Value, mr: int, panel: ir
 
 # -- linear -------------------------------------------------------------------------------
 
+
 def _linear_dims(op: Op) -> tuple[int, int, int]:
     x, w = op.operands[0].type, op.operands[1].type
     n, k = w.shape
@@ -258,7 +271,7 @@ def _linear_dims(op: Op) -> tuple[int, int, int]:
 def _pack_linear(op: Op, index: int, data, target: Target):
     if index != 1:
         return None
-    m, n, k = _linear_dims(op)
+    _, n, k = _linear_dims(op)
     nv, lanes = panel_width(n, target)
     w = np.asarray(data, np.float32).reshape(n, k)
     return f"gemm_b_t:{nv * lanes}", pack_b(w.T, nv * lanes)
@@ -267,7 +280,7 @@ def _pack_linear(op: Op, index: int, data, target: Target):
 def _linear_scratch(op: Op, target: Target) -> int:
     if view_root(op.operands[1]).is_constant:
         return 0
-    m, n, k = _linear_dims(op)
+    _, n, k = _linear_dims(op)
     nv, lanes = panel_width(n, target)
     return packed_b_bytes(k, n, nv * lanes)
 
@@ -286,6 +299,7 @@ def linear(k: KernelContext) -> None:
 
 
 # -- matmul ---------------------------------------------------------------------------------
+
 
 def _bstrides(shape: tuple[int, ...], batch: tuple[int, ...]) -> list[int]:
     """Element strides of an operand's batch axes against the broadcast batch shape."""
@@ -318,7 +332,7 @@ def _b_is_shared(op: Op) -> bool:
 def _pack_matmul(op: Op, index: int, data, target: Target):
     if index != 1 or not _b_is_shared(op):
         return None
-    batch, m, n, k = _matmul_dims(op)
+    _, _, n, k = _matmul_dims(op)
     nv, lanes = panel_width(n, target)
     return f"gemm_b:{nv * lanes}", pack_b(np.asarray(data, np.float32).reshape(k, n), nv * lanes)
 
@@ -326,8 +340,9 @@ def _pack_matmul(op: Op, index: int, data, target: Target):
 def _matmul_scratch(op: Op, target: Target) -> int:
     if view_root(op.operands[1]).is_constant and _b_is_shared(op):
         return 0
-    batch, m, n, k = _matmul_dims(op)
-    return packed_b_bytes(k, n, panel_width(n, target)[0] * panel_width(n, target)[1])
+    _, _, n, k = _matmul_dims(op)
+    nv, lanes = panel_width(n, target)
+    return packed_b_bytes(k, n, nv * lanes)
 
 
 @kernel("matmul", ("f32", "f32"), pack=_pack_matmul, scratch=_matmul_scratch, epilogue=True)
@@ -347,8 +362,22 @@ def matmul(k: KernelContext) -> None:
             if pack:
                 emit_pack_b(em, em.gep(k.args[1], b_off, F32), b_rs, 1, kk, n, t.nr, k.scratch)
             packed = k.scratch
-        emit_gemm(em, GemmArgs(m, n, kk, em.gep(k.args[0], a_off, F32), kk, 1, packed,
-                               em.gep(k.out, c_off, F32), n, epilogue=k.epilogue), t)
+        emit_gemm(
+            em,
+            GemmArgs(
+                m,
+                n,
+                kk,
+                em.gep(k.args[0], a_off, F32),
+                kk,
+                1,
+                packed,
+                em.gep(k.out, c_off, F32),
+                n,
+                epilogue=k.epilogue,
+            ),
+            t,
+        )
 
     if not batch:
         one(i64(0), i64(0), i64(0), True)

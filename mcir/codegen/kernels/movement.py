@@ -12,10 +12,10 @@ import math
 
 import llvmlite.ir as ir
 
+from mcir.codegen.abi import ERR_INDEX_OUT_OF_RANGE
 from mcir.codegen.emit import I1, Emitter, i64, storage_type
 from mcir.codegen.kernels import KernelContext, kernel
 from mcir.codegen.kernels.elementwise import cast_value, load_logical
-from mcir.codegen.abi import ERR_INDEX_OUT_OF_RANGE
 from mcir.dtypes import DType
 from mcir.ops.registry import norm_axis
 
@@ -28,8 +28,17 @@ def strides_of(shape: tuple[int, ...]) -> list[int]:
     return out[::-1]
 
 
-def strided_copy(em: Emitter, elem: ir.Type, src: ir.Value, src_off: int, src_strides: list[int], dst: ir.Value,
-                 dst_off: int, dst_strides: list[int], shape: tuple[int, ...]) -> None:
+def strided_copy(
+    em: Emitter,
+    elem: ir.Type,
+    src: ir.Value,
+    src_off: int,
+    src_strides: list[int],
+    dst: ir.Value,
+    dst_off: int,
+    dst_strides: list[int],
+    shape: tuple[int, ...],
+) -> None:
     """dst[dst_off + sum i_d*dst_strides[d]] = src[src_off + sum i_d*src_strides[d]] over ``shape``."""
     dims = [(n, s, d) for n, s, d in zip(shape, src_strides, dst_strides) if n != 1]
     merged: list[tuple[int, int, int]] = []
@@ -89,7 +98,7 @@ def select(k: KernelContext) -> None:
     index = k.op.attrs["index"] % x.shape[ax]
     xs = strides_of(x.shape)
     out = k.result_type.shape
-    strided_copy(k.em, _elem(k), k.args[0], index * xs[ax], xs[:ax] + xs[ax + 1:], k.out, 0, strides_of(out), out)
+    strided_copy(k.em, _elem(k), k.args[0], index * xs[ax], xs[:ax] + xs[ax + 1 :], k.out, 0, strides_of(out), out)
 
 
 @kernel("expand", ("any",))

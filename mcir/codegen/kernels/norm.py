@@ -15,14 +15,14 @@ import llvmlite.ir as ir
 from mcir.codegen.emit import F32, REASSOC, Emitter, const, i64
 from mcir.codegen.kernels import KernelContext, kernel, math_approx
 from mcir.codegen.kernels.rows import map_row, reduce_row
+from mcir.codegen.target import Target
 from mcir.ir import Op
 from mcir.ops.registry import norm_axis
-from mcir.codegen.target import Target
 
 
 def _split(shape: tuple[int, ...], axis: int) -> tuple[int, int, int]:
     """(outer, n, inner) sizes around ``axis``."""
-    return math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:])
+    return math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1 :])
 
 
 def softmax_row(em: Emitter, src: ir.Value, dst: ir.Value, n: int, lanes: int, log: bool) -> None:
@@ -100,7 +100,7 @@ def layer_norm(k: KernelContext) -> None:
     em, b = k.em, k.em.b
     t = k.operand_types[0]
     dims, eps = k.op.attrs["dims"], k.op.attrs["eps"]
-    d = math.prod(t.shape[t.rank - dims:])
+    d = math.prod(t.shape[t.rank - dims :])
     rows = t.numel // max(d, 1)
     lanes = k.target.f32_lanes
     w = k.args[1] if len(k.args) > 1 else None

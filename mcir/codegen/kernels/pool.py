@@ -103,8 +103,7 @@ def adaptive_avg_pool2d(k: KernelContext) -> None:
             with em.loop_carried(y1, [const(F32, 0.0)], name="wy", start=y0) as ly:
                 row = b.add(src, b.mul(ly.index, i64(w)))
                 with em.loop_carried(x1, [ly.values[0]], name="wx", start=x0) as lx:
-                    lx.next([b.fadd(lx.values[0], em.load(k.args[0], b.add(row, lx.index), F32),
-                                    flags=("reassoc",))])
+                    lx.next([b.fadd(lx.values[0], em.load(k.args[0], b.add(row, lx.index), F32), flags=("reassoc",))])
                 ly.next([lx.results[0]])
             cnt = b.sitofp(b.mul(b.sub(y1, y0), b.sub(x1, x0)), F32)
             em.store(b.fdiv(ly.results[0], cnt), k.out, b.add(dst, b.add(b.mul(oy, i64(ow)), ox)))

@@ -110,7 +110,7 @@ def argmax(k: KernelContext) -> None:
         outer *= d
     n = x.shape[ax]
     inner = 1
-    for d in x.shape[ax + 1:]:
+    for d in x.shape[ax + 1 :]:
         inner *= d
     ety = storage_type(x.dtype)
     with em.loop(outer, name="o") as o, em.loop(inner, name="i") as i:
@@ -120,8 +120,10 @@ def argmax(k: KernelContext) -> None:
             best, bi = lp.values
             v = em.load(k.args[0], b.add(base, b.mul(lp.index, i64(inner))), ety)
             if x.dtype.is_float:
-                better = b.or_(b.fcmp_ordered(">", v, best),
-                               b.and_(b.fcmp_unordered("uno", v, v), b.fcmp_ordered("ord", best, best)))
+                better = b.or_(
+                    b.fcmp_ordered(">", v, best),
+                    b.and_(b.fcmp_unordered("uno", v, v), b.fcmp_ordered("ord", best, best)),
+                )
             else:
                 better = (b.icmp_signed if is_signed(x.dtype) else b.icmp_unsigned)(">", v, best)
             lp.next([b.select(better, v, best), b.select(better, lp.index, bi)])

@@ -23,14 +23,20 @@ def _tail_mask(lanes: int, valid: int) -> ir.Constant:
 def masked_load(em: Emitter, ptr: ir.Value, index: ir.Value, lanes: int, valid: int, fill: float) -> ir.Value:
     """Load ``valid`` lanes from ``ptr[index]``; the other lanes are ``fill``."""
     vt = vec(F32, lanes)
-    fn = em.intrinsic("llvm.masked.load", [vt, ir.PointerType()], vt,
-                      [ir.PointerType(), ir.IntType(32), ir.VectorType(ir.IntType(1), lanes), vt])
-    return em.b.call(fn, [em.gep(ptr, index, F32), ir.Constant(ir.IntType(32), 4), _tail_mask(lanes, valid),
-                          const(vt, fill)])
+    fn = em.intrinsic(
+        "llvm.masked.load",
+        [vt, ir.PointerType()],
+        vt,
+        [ir.PointerType(), ir.IntType(32), ir.VectorType(ir.IntType(1), lanes), vt],
+    )
+    return em.b.call(
+        fn, [em.gep(ptr, index, F32), ir.Constant(ir.IntType(32), 4), _tail_mask(lanes, valid), const(vt, fill)]
+    )
 
 
-def reduce_row(em: Emitter, ptr: ir.Value, n: int, lanes: int, kind: str,
-               fn: Callable[[ir.Value], ir.Value] | None = None) -> ir.Value:
+def reduce_row(
+    em: Emitter, ptr: ir.Value, n: int, lanes: int, kind: str, fn: Callable[[ir.Value], ir.Value] | None = None
+) -> ir.Value:
     """max or sum over ``fn(row[i])`` for i < n (``fn`` maps a vector; default identity)."""
     b = em.b
     vt = vec(F32, lanes)
@@ -60,8 +66,9 @@ def reduce_row(em: Emitter, ptr: ir.Value, n: int, lanes: int, kind: str,
     return b.call(red, [const(F32, -0.0), acc], fastmath=REASSOC)
 
 
-def map_row(em: Emitter, src: ir.Value, dst: ir.Value, n: int, lanes: int,
-            fn: Callable[[ir.Value, ir.Value], ir.Value]) -> None:
+def map_row(
+    em: Emitter, src: ir.Value, dst: ir.Value, n: int, lanes: int, fn: Callable[[ir.Value, ir.Value], ir.Value]
+) -> None:
     """dst[i] = fn(src[i] vector, i64 index of its first lane) for i < n."""
     b = em.b
     vt = vec(F32, lanes)
