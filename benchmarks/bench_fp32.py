@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from timing import fmt_time, interleaved, machine_description, single_thread  # noqa: E402
+from timing import fmt_time, interleaved, machine_description, single_thread
 
 single_thread()
 
@@ -61,21 +61,34 @@ def bench(name: str, batch: int, build: Path, rounds: int) -> dict:
         ref = model(x).numpy()
         run_mcir()
         err = float(np.abs(y - ref).max() / np.abs(ref).max())
-        times = interleaved({"mcir": run_mcir, "torch": lambda: model(x), "ort": lambda: sess.run(None, feed)},
-                            rounds=rounds)
-    return {"model": name, "batch": batch, **times, "compile_s": compile_s, "err": err,
-            "lib_bytes": lib.file_size}
+        times = interleaved(
+            {"mcir": run_mcir, "torch": lambda: model(x), "ort": lambda: sess.run(None, feed)}, rounds=rounds
+        )
+    return {"model": name, "batch": batch, **times, "compile_s": compile_s, "err": err, "lib_bytes": lib.file_size}
 
 
 def table(rows: list[dict], markdown: bool) -> str:
     head = ["model", "batch", "mcir", "torch eager", "ORT", "vs torch", "vs ORT", "compile", "max rel err"]
-    body = [[r["model"], str(r["batch"]), fmt_time(r["mcir"]), fmt_time(r["torch"]), fmt_time(r["ort"]),
-             f"{r['torch'] / r['mcir']:.2f}x", f"{r['ort'] / r['mcir']:.2f}x", f"{r['compile_s']:.1f} s",
-             f"{r['err']:.1e}"] for r in rows]
+    body = [
+        [
+            r["model"],
+            str(r["batch"]),
+            fmt_time(r["mcir"]),
+            fmt_time(r["torch"]),
+            fmt_time(r["ort"]),
+            f"{r['torch'] / r['mcir']:.2f}x",
+            f"{r['ort'] / r['mcir']:.2f}x",
+            f"{r['compile_s']:.1f} s",
+            f"{r['err']:.1e}",
+        ]
+        for r in rows
+    ]
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
     if markdown:
-        lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |",
-                 "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+        lines = [
+            "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |",
+            "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+        ]
         lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(b, widths)) + " |" for b in body]
     else:
         lines = ["  ".join(h.rjust(w) for h, w in zip(head, widths))]

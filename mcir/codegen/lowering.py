@@ -103,8 +103,15 @@ def kernel_key(step: Step, gen: KernelGen) -> tuple:
     op = step.op
     operands = tuple((str(v.type), view_root(v).is_constant) for v in op.operands)
     epilogue = tuple((e.name, tuple(sorted(e.attrs.items())), str(e.result.type)) for e in step.epilogue)
-    return (gen.name, op.name, operands, tuple(sorted(op.attrs.items())), str(op.result.type), epilogue,
-            step.scratch_bytes)
+    return (
+        gen.name,
+        op.name,
+        operands,
+        tuple(sorted(op.attrs.items())),
+        str(op.result.type),
+        epilogue,
+        step.scratch_bytes,
+    )
 
 
 class _Builder:
