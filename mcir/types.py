@@ -234,3 +234,7 @@ def tensor(
     if isinstance(dtype, str):
         dtype = dtypes.by_name(dtype)
     return TensorType(tuple(shape), dtype, encoding)
+
+
+# the bit-packed encodings register themselves (they need the classes above)
+from mcir import packed  # noqa: E402, F401
