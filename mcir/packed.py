@@ -92,7 +92,7 @@ class Binary(_Packed):
         return {"bits": (dtypes.u64, (n, words(k))), "alpha": (dtypes.f32, (n,))}
 
     def decode(self, t: TensorType, stored: Any) -> np.ndarray:
-        n, k = self.slices(t)
+        _, k = self.slices(t)
         signs = np.where(unpack_bits(stored["bits"], k), np.float32(1), np.float32(-1))
         return (signs * np.asarray(stored["alpha"], np.float32)[:, None]).reshape(t.shape)
 
@@ -119,7 +119,7 @@ class Ternary(_Packed):
         return {"nonzero": (dtypes.u64, (n, w)), "sign": (dtypes.u64, (n, w)), "alpha": (dtypes.f32, (n,))}
 
     def decode(self, t: TensorType, stored: Any) -> np.ndarray:
-        n, k = self.slices(t)
+        _, k = self.slices(t)
         nonzero = unpack_bits(stored["nonzero"], k)
         negative = unpack_bits(stored["sign"], k)
         values = np.where(nonzero, np.where(negative, np.float32(-1), np.float32(1)), np.float32(0))
