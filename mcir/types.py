@@ -237,4 +237,7 @@ def tensor(
 
 
 # the bit-packed encodings register themselves (they need the classes above)
-from mcir import packed  # noqa: E402, F401
+from mcir import (
+    packed,  # noqa: F401
+    sparse,  # noqa: F401
+)
