@@ -236,8 +236,5 @@ def tensor(
     return TensorType(tuple(shape), dtype, encoding)
 
 
-# the bit-packed encodings register themselves (they need the classes above)
-from mcir import (
-    packed,  # noqa: F401
-    sparse,  # noqa: F401
-)
+# the packed and sparse encodings register themselves (they need the classes above)
+from mcir import packed, sparse  # noqa: E402, F401, I001
