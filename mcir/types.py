@@ -237,4 +237,4 @@ def tensor(
 
 
 # the packed and sparse encodings register themselves (they need the classes above)
-from mcir import packed, sparse  # noqa: E402, F401, I001
+from mcir import packed, sparse  # noqa: E402, F401
