@@ -29,25 +29,52 @@ from mcir.ir import Value
 
 
 def lookup(cx: Converter, node: fx.Node) -> Handler | None:
-    """The handler for what ``node`` calls, or None when mcir does not support it."""
+    """The handler for what ``node`` calls, or None when mcir does not support it.
+
+    An in-place variant (``aten.masked_fill_``, ``x.add_(y)``) uses the handler of its
+    functional op; ``mutates`` tells the converter to rebind the mutated tensor.
+    """
     t = node.target
     if node.op == "call_function":
-        if isinstance(t, torch._ops.OpOverload):
-            return ATEN.get(t.overloadpacket)
-        if isinstance(t, torch._ops.OpOverloadPacket):
-            return ATEN.get(t)
+        if isinstance(t, torch._ops.OpOverload | torch._ops.OpOverloadPacket):
+            packet = t.overloadpacket if isinstance(t, torch._ops.OpOverload) else t
+            name = _inplace_base(packet.__name__)
+            return ATEN.get(getattr(aten, name, None)) if name else ATEN.get(packet)
+        name = _inplace_base(getattr(t, "__name__", ""))
+        if name and getattr(torch, name, None) in FUNCTIONS:  # torch.relu_
+            return FUNCTIONS[getattr(torch, name)]
         try:
             return FUNCTIONS.get(t)
         except TypeError:  # an unhashable callable
             return None
     if node.op == "call_method":
-        return METHODS.get(str(t))
+        return METHODS.get(_inplace_base(str(t)) or str(t))
     if node.op == "call_module":
         mod = cx.source.root.get_submodule(str(t))
         adapter = MODULES.get(type(mod))
         if adapter is None:
             return None
         return lambda cx, a: adapter(cx, mod, str(t), a)
+    return None
+
+
+def mutates(cx: Converter, node: fx.Node) -> bool:
+    """Whether ``node`` overwrites its first argument (``x.add_(y)``, ``F.relu(x, inplace=True)``)."""
+    t = node.target
+    if node.op == "call_module":
+        return bool(getattr(cx.source.root.get_submodule(str(t)), "inplace", False))
+    if node.kwargs.get("inplace", False):
+        return True
+    if isinstance(t, torch._ops.OpOverload):
+        return _inplace_base(t.overloadpacket.__name__) is not None
+    name = str(t) if node.op == "call_method" else getattr(t, "__name__", "")
+    return _inplace_base(name) is not None
+
+
+def _inplace_base(name: str) -> str | None:
+    """``add`` for the in-place name ``add_``; None for other names (``__and__``, ``relu``)."""
+    if name.endswith("_") and not name.endswith("__") and len(name) > 1:
+        return name[:-1]
     return None
 
 

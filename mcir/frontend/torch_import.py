@@ -93,6 +93,15 @@ class Folded:
 
 
 @dataclass
+class Unavailable:
+    """A result of a torch op that mcir does not compute (pooling indices, saved batch statistics).
+
+    Handlers return it in place of that result; only using it is an error."""
+
+    what: str
+
+
+@dataclass
 class TracedModel:
     """An fx graph plus what the converter needs to read it."""
 
@@ -159,7 +168,7 @@ def _symbolic_trace(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -
     tracer = fx.Tracer()
     tracer.record_stack_traces = True  # gives each node the user's source line
     try:
-        graph = tracer.trace(module)
+        graph = tracer.trace(module, concrete_args=_defaults_beyond(module, len(inputs)))
     except McirError:
         raise
     except Exception as e:
@@ -173,16 +182,18 @@ def _symbolic_trace(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -
         ) from None
     gm = fx.GraphModule(tracer.root, graph)
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
-    if len(placeholders) != len(inputs):
+    # parameters after the example inputs were fixed to their defaults (concrete_args); their
+    # placeholders remain, holding the default as their argument
+    fixed = placeholders[len(inputs) :]
+    if len(placeholders) < len(inputs) or any(not p.args for p in fixed):
         raise McirError(
             f"{type(module).__name__}.forward takes {len(placeholders)} input(s) "
             f"({', '.join(str(p.target) for p in placeholders)}), got {len(inputs)} example input(s)"
         )
     with torch.no_grad():
-        _Propagate(gm).run(*inputs)
-    return TracedModel(
-        graph, "fx", module, [str(p.target).lstrip("*") for p in placeholders], {}, lambda node: [node.args[0]]
-    )
+        _Propagate(gm).run(*inputs, *[p.args[0] for p in fixed])
+    names = [str(p.target).lstrip("*") for p in placeholders[: len(inputs)]]
+    return TracedModel(graph, "fx", module, names, {}, lambda node: [node.args[0]])
 
 
 class _Propagate(fx.Interpreter):
@@ -198,6 +209,16 @@ class _Propagate(fx.Interpreter):
             result, lambda v: torch.empty(v.shape, dtype=v.dtype, device="meta") if isinstance(v, torch.Tensor) else v
         )
         return result
+
+
+def _defaults_beyond(module: torch.nn.Module, count: int) -> dict[str, Any] | None:
+    """Default values of the ``forward`` parameters after the first ``count`` (not given as example inputs)."""
+    try:
+        params = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    rest = {p.name: p.default for p in params[count:] if p.default is not p.empty}
+    return rest or None
 
 
 def _forward_names(module: torch.nn.Module, count: int) -> list[str] | None:
@@ -318,7 +339,9 @@ class Converter:
                 if node.name in self.source.params:
                     self.env[node] = self.source.params[node.name]
                     continue
-                self.env[node] = self._add_input(node, next(inputs))
+                name = next(inputs, None)
+                # a parameter fixed to its default (fx concrete_args) has it as its argument
+                self.env[node] = self._add_input(node, name) if name is not None else node.args[0]
             elif node.op == "get_attr":
                 self.env[node] = self.param(str(node.target), _get_attr(self.source.root, str(node.target)))
             elif node.op in ("call_function", "call_method", "call_module"):
@@ -360,6 +383,8 @@ class Converter:
                 what = f"tensor '{name}'"
                 self._consts[key] = self.graph.const(self.graph.fresh_name(name), to_numpy(x.tensor, what))
             return self._consts[key]
+        if isinstance(x, Unavailable):
+            raise UnsupportedError(f"{self.describe()} uses {x.what}, which mcir does not compute")
         if isinstance(x, bool | int | float):
             if dtype is None:
                 raise McirError(f"internal error: no dtype for the scalar {x!r} in {self.describe()}")

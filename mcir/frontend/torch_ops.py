@@ -25,7 +25,7 @@ import torch.fx as fx
 
 from mcir import dtypes
 from mcir.errors import McirError, UnsupportedError
-from mcir.frontend.torch_import import Converter, Folded, Param, mcir_dtype, target_name, torch_dtype
+from mcir.frontend.torch_import import Converter, Folded, Param, Unavailable, mcir_dtype, target_name, torch_dtype
 from mcir.ir import Value
 
 aten = torch.ops.aten
@@ -94,6 +94,9 @@ def convert(cx: Converter, node: fx.Node, args: tuple[Any, ...], kwargs: dict[st
             raise
         raise type(e)(f"{cx.describe()}: {e}") from None
     _check(cx, node, result)
+    if torch_calls.mutates(cx, node) and node.args and isinstance(node.args[0], fx.Node):
+        # later uses of the overwritten tensor must see the new value
+        cx.env[node.args[0]] = result
     return result
 
 
@@ -213,10 +216,11 @@ def reshape_to(cx: Converter, v: Value, shape: tuple[int, ...]) -> Value:
 
 
 def with_extras(cx: Converter, y: Value, count: int) -> Any:
-    """``y`` alone, or ``(y, None, ...)`` when torch's op returns extra results (indices, statistics)
-    that mcir does not compute; using one of those is reported by ``getitem``."""
+    """``y`` alone, or ``(y, Unavailable, ...)`` when torch's op returns extra results (indices,
+    statistics) that mcir does not compute; only using one of those is an error."""
     val = cx.node.meta.get("val")
-    return (y,) + (None,) * (count - 1) if isinstance(val, tuple | list) else y
+    extra = Unavailable(f"an extra result of {target_name(cx.node, cx.source.root)} (indices or statistics)")
+    return (y,) + (extra,) * (count - 1) if isinstance(val, tuple | list) else y
 
 
 def float_input(cx: Converter, a: Args) -> Value:
@@ -411,8 +415,8 @@ def _logical(op: str) -> Handler:
 
 
 ATEN[aten.logical_not] = ATEN[aten.bitwise_not] = _logical("logical_not")
-ATEN[aten.logical_and] = ATEN[aten.bitwise_and] = _logical("logical_and")
-ATEN[aten.logical_or] = ATEN[aten.bitwise_or] = _logical("logical_or")
+ATEN[aten.logical_and] = ATEN[aten.bitwise_and] = ATEN[aten.__and__] = _logical("logical_and")
+ATEN[aten.logical_or] = ATEN[aten.bitwise_or] = ATEN[aten.__or__] = _logical("logical_or")
 
 
 @on(aten.where)
@@ -918,10 +922,7 @@ def pad(cx, a):
 def getitem(cx, a):
     obj, index = a(0, "self"), a(1, "index")
     if isinstance(obj, tuple | list):
-        item = obj[index]
-        if item is None:
-            raise UnsupportedError(f"result {index} of this op (e.g. indices or saved statistics) is not supported")
-        return item
+        return obj[index]
     return index_tensor(cx, cx.tensor(obj), index)
 
 

@@ -3,12 +3,12 @@ and the graph survives printing, parsing, saving and loading."""
 
 from __future__ import annotations
 
+import models
 import numpy as np
 import pytest
 import torch
 
 import mcir
-import models
 
 RTOL = 1e-5  # max |mcir - torch| relative to max |torch output|
 
@@ -28,7 +28,7 @@ def traced(request):
 
 
 def test_export_matches_torch(traced):
-    name, model, inputs, graph = traced
+    _, model, inputs, graph = traced
     assert rel_error(model, graph, inputs) <= RTOL
 
 
@@ -60,8 +60,13 @@ def test_names_inputs_after_forward_and_weights_after_module_paths():
     assert [v.name for v in graph.inputs] == ["tokens"]
     assert graph.inputs[0].type == mcir.tensor([2, 12], "i64")
     consts = {op.result.name for op in graph.constants()}
-    assert {"embed.weight", "encoder.layers.0.linear1.weight", "encoder.layers.1.self_attn.in_proj_weight",
-            "encoder.layers.1.norm2.bias", "head.weight"} <= consts
+    assert {
+        "embed.weight",
+        "encoder.layers.0.linear1.weight",
+        "encoder.layers.1.self_attn.in_proj_weight",
+        "encoder.layers.1.norm2.bias",
+        "head.weight",
+    } <= consts
     # every parameter is one constant with its data, unchanged
     for path, p in model.named_parameters():
         np.testing.assert_array_equal(graph.value(path).producer.data, p.detach().numpy())
