@@ -23,9 +23,13 @@ they keep their names for the compression passes.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
+import logging
 import os
 import re
+import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -116,12 +120,21 @@ class TracedModel:
 def _export(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> TracedModel:
     from torch.export.graph_signature import InputKind, OutputKind
 
+    # on failure torch prints the partial graph to stderr and logs a warning; our error replaces both
+    captured = io.StringIO()
+    shapes_log = logging.getLogger("torch.fx.experimental.symbolic_shapes")
+    level = shapes_log.level
     try:
-        ep = torch.export.export(module, inputs, strict=False)
+        shapes_log.setLevel(logging.ERROR)
+        with contextlib.redirect_stderr(captured):
+            ep = torch.export.export(module, inputs, strict=False)
     except McirError:
         raise
     except Exception as e:
         raise UnsupportedError(_export_failure(module, e)) from None
+    finally:
+        shapes_log.setLevel(level)
+    sys.stderr.write(captured.getvalue())  # warnings of a successful export stay visible
     sig = ep.graph_signature
     params: dict[str, Param] = {}
     names: list[str] = []
@@ -432,11 +445,16 @@ def target_name(node: fx.Node, root: torch.nn.Module) -> str:
         return f"Tensor.{t}"
     if node.op == "call_module":
         mod = _get_attr(root, str(t))
-        return f"{type(mod).__module__}.{type(mod).__qualname__}".replace("torch.nn.modules.", "torch.nn.")
+        cls = type(mod)
+        return (
+            f"torch.nn.{cls.__qualname__}"
+            if cls.__module__.startswith("torch.nn.")
+            else f"{cls.__module__}.{cls.__qualname__}"
+        )
     if isinstance(t, torch._ops.OpOverload | torch._ops.OpOverloadPacket):
         return str(t)
     mod = getattr(t, "__module__", None) or ""
-    qual = getattr(t, "__qualname__", None) or getattr(t, "__name__", None) or str(t)
+    qual = getattr(t, "__name__", None) or str(t)
     if mod in ("_operator", "operator"):
         mod = "operator"
     elif mod.startswith("torch._C._nn") or mod.startswith("torch.nn.functional"):

@@ -83,10 +83,13 @@ def convert(cx: Converter, node: fx.Node, args: tuple[Any, ...], kwargs: dict[st
     if _foldable(args, kwargs):
         return _fold(cx, node, args, kwargs)
     if handler is None:
-        raise UnsupportedError(
-            f"{cx.describe()} is not supported by mcir. Rewrite the model around it, "
-            "or add a handler to mcir/frontend/torch_ops.py."
-        )
+        hint = "Rewrite the model around it, or add a handler to mcir/frontend/torch_ops.py."
+        if node.op == "call_module":
+            hint = (
+                "symbolic_trace keeps torch.nn modules whole and mcir maps only the common ones; "
+                "tracer='export' (the default) traces inside modules."
+            )
+        raise UnsupportedError(f"{cx.describe()} is not supported by mcir. {hint}")
     try:
         result = handler(cx, Args(args, kwargs))
     except McirError as e:
@@ -100,26 +103,31 @@ def convert(cx: Converter, node: fx.Node, args: tuple[Any, ...], kwargs: dict[st
     return result
 
 
+_RANDOM = {
+    "rand",
+    "randn",
+    "randint",
+    "randperm",
+    "rand_like",
+    "randn_like",
+    "randint_like",
+    "normal",
+    "uniform",
+    "bernoulli",
+    "multinomial",
+    "exponential",
+    "poisson",
+}
+
+
 def _is_random(node: fx.Node) -> bool:
+    """Whether the node samples random numbers (a constant from trace time would be wrong)."""
     t = node.target
     if isinstance(t, torch._ops.OpOverload):
-        return torch.Tag.nondeterministic_seeded in t.tags
-    name = t if isinstance(t, str) else getattr(t, "__name__", "")
-    return name in {
-        "rand",
-        "randn",
-        "randint",
-        "rand_like",
-        "randn_like",
-        "randint_like",
-        "normal",
-        "bernoulli",
-        "multinomial",
-        "randperm",
-        "normal_",
-        "uniform_",
-        "bernoulli_",
-    }
+        name = t.overloadpacket.__name__
+    else:
+        name = t if isinstance(t, str) else getattr(t, "__name__", "")
+    return name.rstrip("_") in _RANDOM
 
 
 def _leaves(x: Any) -> list[Any]:
@@ -132,7 +140,7 @@ def _leaves(x: Any) -> list[Any]:
 
 def _foldable(args: Any, kwargs: Any) -> bool:
     """True when nothing in the arguments depends on a graph input or names a parameter."""
-    return not any(isinstance(x, Value | Param) for x in _leaves((args, kwargs)))
+    return not any(isinstance(x, Value | Param | Unavailable) for x in _leaves((args, kwargs)))
 
 
 def _fold(cx: Converter, node: fx.Node, args: Any, kwargs: Any) -> Any:
