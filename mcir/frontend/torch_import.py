@@ -57,8 +57,13 @@ def trace(module: torch.nn.Module, example_inputs: Any, tracer: str = "export", 
     The module's training flag is restored afterwards. Raises ``UnsupportedError`` naming
     the torch op, module path and source line of anything mcir cannot express.
     """
+    if isinstance(module, torch.export.ExportedProgram):  # e.g. loaded from a .pt2 archive
+        graph = Converter(_from_program(module, torch.nn.Module(), None), _graph_name(name or "main")).run()
+        return verify(graph)
     if not isinstance(module, torch.nn.Module):
-        raise McirError(f"mcir.trace needs a torch.nn.Module, got {type(module).__name__}")
+        raise McirError(
+            f"mcir.trace needs a torch.nn.Module or torch.export.ExportedProgram, got {type(module).__name__}"
+        )
     if tracer not in TRACERS:
         raise McirError(f"unknown tracer '{tracer}'; use one of: {', '.join(TRACERS)}")
     inputs = example_inputs if isinstance(example_inputs, tuple | list) else (example_inputs,)
@@ -118,8 +123,6 @@ class TracedModel:
 
 
 def _export(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> TracedModel:
-    from torch.export.graph_signature import InputKind, OutputKind
-
     # on failure torch prints the partial graph to stderr and logs a warning; our error replaces both
     captured = io.StringIO()
     shapes_log = logging.getLogger("torch.fx.experimental.symbolic_shapes")
@@ -135,6 +138,13 @@ def _export(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> Traced
     finally:
         shapes_log.setLevel(level)
     sys.stderr.write(captured.getvalue())  # warnings of a successful export stay visible
+    return _from_program(ep, module, _forward_names(module))
+
+
+def _from_program(ep: torch.export.ExportedProgram, root: torch.nn.Module, forward: list[str] | None) -> TracedModel:
+    """What the converter needs from an exported program; user inputs take ``forward``'s parameter names."""
+    from torch.export.graph_signature import InputKind, OutputKind
+
     sig = ep.graph_signature
     params: dict[str, Param] = {}
     names: list[str] = []
@@ -150,10 +160,9 @@ def _export(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> Traced
                 "which mcir cannot import; try tracer='fx'"
             )
     user_outputs = [i for i, spec in enumerate(sig.output_specs) if spec.kind == OutputKind.USER_OUTPUT]
-    forward_names = _forward_names(module, len(names))
-    return TracedModel(
-        ep.graph, "export", module, forward_names or names, params, lambda node: [node.args[0][i] for i in user_outputs]
-    )
+    if forward is not None and len(forward) >= len(names):
+        names = forward[: len(names)]
+    return TracedModel(ep.graph, "export", root, names, params, lambda node: [node.args[0][i] for i in user_outputs])
 
 
 def _export_failure(module: torch.nn.Module, e: Exception) -> str:
@@ -234,14 +243,13 @@ def _defaults_beyond(module: torch.nn.Module, count: int) -> dict[str, Any] | No
     return rest or None
 
 
-def _forward_names(module: torch.nn.Module, count: int) -> list[str] | None:
-    """The names of ``forward``'s first ``count`` positional parameters, if it has that many."""
+def _forward_names(module: torch.nn.Module) -> list[str] | None:
+    """The names of ``forward``'s positional parameters."""
     try:
         params = list(inspect.signature(module.forward).parameters.values())
     except (TypeError, ValueError):
         return None
-    names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return names[:count] if len(names) >= count else None
+    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
 def _graph_name(name: str) -> str:
