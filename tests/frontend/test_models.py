@@ -90,3 +90,12 @@ def test_trace_restores_training_mode_and_uses_eval_semantics():
     assert [op.attrs["p"] for op in graph.ops if op.name == "dropout"] == [0.1] * 6
     model.eval()
     assert rel_error(model, graph, inputs) <= RTOL
+
+
+@pytest.mark.parametrize("name", sorted(models.BENCHMARKS))
+def test_benchmark_models_trace_and_match_torch(name):
+    model, inputs = models.build(name, benchmark=True)
+    graph = mcir.trace(model, inputs)
+    assert rel_error(model, graph, inputs) <= RTOL
+    if name != "encoder":  # symbolic_trace keeps nn.TransformerEncoder whole
+        assert str(mcir.trace(model, inputs, tracer="fx")) == str(graph)
