@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mcir.errors import UnsupportedError
-from mcir.frontend import torch_ops as ops
+from mcir.frontend import aten_elementwise, aten_nn, aten_shape  # noqa: F401 (importing them fills ATEN)
 from mcir.frontend.torch_import import Converter, Param, torch_dtype
 from mcir.frontend.torch_ops import ATEN, Args, Handler, aten
 from mcir.ir import Value
@@ -139,7 +139,7 @@ def on_function(*fns: Callable[..., Any]) -> Callable[[Handler], Handler]:
     return deco
 
 
-FUNCTIONS[operator.getitem] = ops.getitem
+FUNCTIONS[operator.getitem] = aten_shape.getitem
 
 
 @on_function(F.embedding)
@@ -155,7 +155,7 @@ def f_batch_norm(cx, a):
     # F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
     if a(5, "training", False):
         raise UnsupportedError("F.batch_norm(training=True) normalises with batch statistics; not inference")
-    return ops.emit_batch_norm(
+    return aten_nn.emit_batch_norm(
         cx,
         a(0, "input"),
         a(3, "weight", None),
@@ -344,7 +344,7 @@ def m_conv2d(cx, mod, path, a):
 
 @on_module(nn.BatchNorm1d, nn.BatchNorm2d)
 def m_batch_norm(cx, mod, path, a):
-    return ops.emit_batch_norm(
+    return aten_nn.emit_batch_norm(
         cx,
         a(0, "input"),
         param(cx, mod, path, "weight"),

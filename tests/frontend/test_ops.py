@@ -181,6 +181,10 @@ CASES = [
     Case("transpose", lambda m, x: x.transpose(1, 2), (X3,), ("permute",)),
     Case("permute", lambda m, x: x.permute(2, 0, 1), (X3,), ("permute",)),
     Case("t", lambda m, x: x.t(), (X2,), ("permute",)),
+    Case(
+        "torch_permute_transpose", lambda m, x: torch.permute(torch.transpose(x, 0, 2), (1, 0, 2)), (X3,), ("permute",)
+    ),
+    Case("torch_argmin", lambda m, x: torch.argmin(x, dim=1), (X2,), ("argmax",)),
     Case("slice", lambda m, x: x[:, 1:5:2] + x[:, -2:], (X2,), ("slice",)),
     Case("select_and_ellipsis", lambda m, x: x[:, 0] * x[..., 1, :2].sum(), (X3,), ("select",)),
     # export unsqueezes twice, fx reshapes once
