@@ -99,3 +99,35 @@ def test_benchmark_models_trace_and_match_torch(name):
     assert rel_error(model, graph, inputs) <= RTOL
     if name != "encoder":  # symbolic_trace keeps nn.TransformerEncoder whole
         assert str(mcir.trace(model, inputs, tracer="fx")) == str(graph)
+
+
+class SharedAndBuffers(torch.nn.Module):
+    """A layer used twice, a non-persistent buffer, a plain tensor attribute and in-place ops."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 4)
+        self.act = torch.nn.ReLU(inplace=True)
+        self.register_buffer("scale", torch.full((4,), 2.0), persistent=False)
+        self.offset = torch.tensor([1.0, 2.0, 3.0, 4.0])
+
+    def forward(self, x):
+        h = self.fc(x).clone()
+        h.mul_(3.0)
+        y = self.act(h)  # overwrites h
+        return self.fc(h + y) * self.scale + self.offset
+
+
+@pytest.mark.parametrize("tracer", ["export", "fx"])
+def test_shared_layers_buffers_attributes_and_inplace_ops(tracer):
+    torch.manual_seed(0)
+    model = SharedAndBuffers().eval()
+    inputs = (torch.randn(2, 4),)
+    graph = mcir.trace(model, inputs, tracer=tracer)
+    assert rel_error(model, graph, inputs) <= RTOL
+    assert [op.result.name for op in graph.constants() if op.result.type.rank] == [
+        "fc.weight",
+        "fc.bias",
+        "scale",
+        "offset",
+    ]  # the shared layer's weights are one constant each
