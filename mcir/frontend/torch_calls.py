@@ -376,3 +376,19 @@ def m_embedding(cx, mod, path, a):
     if mod.max_norm is not None:
         raise UnsupportedError("nn.Embedding with max_norm renormalises the table in place; not supported")
     return ATEN[aten.embedding](cx, Args([param(cx, mod, path, "weight"), a(0, "input")]))
+
+
+def supported() -> dict[str, list[str]]:
+    """What the frontend maps, by kind: aten ops, torch functions, tensor methods, nn modules."""
+    from mcir.frontend.torch_import import target_name
+
+    def fn_name(fn: Any) -> str:
+        node = fx.Graph().create_node("call_function", fn)
+        return target_name(node, nn.Module())
+
+    return {
+        "aten": sorted(str(p) for p in ATEN if isinstance(p, torch._ops.OpOverloadPacket)),
+        "functions": sorted({fn_name(f) for f in FUNCTIONS}),
+        "methods": sorted(f"Tensor.{m}" for m in METHODS),
+        "modules": sorted(f"torch.nn.{cls.__name__}" for cls in MODULES),
+    }

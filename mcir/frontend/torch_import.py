@@ -9,8 +9,9 @@ Two tracers produce a ``torch.fx`` graph, one converter turns it into mcir:
   (``call_module`` for ``nn.Linear``, ``F.relu``, ``operator.add``, ``x.view``...);
   running it once on the example inputs gives every node's shape.
 
-Both land in the same IR, op for op: the op table in ``mcir.frontend.torch_ops`` maps
-aten ops, and maps the torch-level calls onto the same handlers. Naming is
+Both land in the same IR, op for op: ``mcir.frontend.torch_ops`` drives the op table
+(handlers for aten ops in ``aten_elementwise``, ``aten_nn``, ``aten_shape``) and
+``torch_calls`` maps the torch-level calls of symbolic tracing onto the same handlers. Naming is
 tracer-independent too: graph inputs take the ``forward`` parameter names, weights
 their module path (``enc.layers.0.linear1.weight``), op results the mcir op kind
 (``%linear_2``); constants are created at their first use. Every op carries a

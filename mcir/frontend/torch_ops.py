@@ -85,7 +85,7 @@ def convert(cx: Converter, node: fx.Node, args: tuple[Any, ...], kwargs: dict[st
     if _foldable(args, kwargs):
         return _fold(cx, node, args, kwargs)
     if handler is None:
-        hint = "Rewrite the model around it, or add a handler to mcir/frontend/torch_ops.py."
+        hint = "Rewrite the model around it, or add a handler (mcir/frontend/aten_*.py)."
         if node.op == "call_module":
             hint = (
                 "symbolic_trace keeps torch.nn modules whole and mcir maps only the common ones; "

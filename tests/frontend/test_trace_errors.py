@@ -91,3 +91,13 @@ def test_using_an_uncomputed_extra_result_is_an_error():
 
     with pytest.raises(mcir.UnsupportedError, match="which mcir does not compute"):
         mcir.trace(WithIndices(), torch.randn(1, 1, 4, 4))
+
+
+def test_supported_table_lists_what_the_frontend_maps():
+    from mcir.frontend.torch_calls import supported
+
+    table = supported()
+    assert {"aten.linear", "aten.conv2d", "aten.scaled_dot_product_attention"} <= set(table["aten"])
+    assert {"torch.flatten", "operator.add", "torch.nn.functional.relu"} <= set(table["functions"])
+    assert {"Tensor.view", "Tensor.size"} <= set(table["methods"])
+    assert {"torch.nn.Linear", "torch.nn.BatchNorm2d"} <= set(table["modules"])
