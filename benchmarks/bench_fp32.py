@@ -3,9 +3,10 @@
     python benchmarks/bench_fp32.py                 # all models, batch 1 and 32
     python benchmarks/bench_fp32.py --models mlp cnn --batches 1 --markdown
 
-Single thread everywhere (torch.set_num_threads(1), ORT intra/inter-op threads 1); the
-three contenders run interleaved in the same process and each figure is a median (see
-timing.py). Ratios > 1 mean mcir is faster. mcir's outputs are checked against torch.
+Graphs come from ``mcir.trace`` (torch.export). Single thread everywhere
+(torch.set_num_threads(1), ORT intra/inter-op threads 1); the three contenders run
+interleaved in the same process and each figure is a median (see timing.py). Ratios > 1
+mean mcir is faster. mcir's outputs are checked against torch.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ single_thread()
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
-from convert import to_graph  # noqa: E402
 from models import MODELS, example  # noqa: E402
 
+import mcir  # noqa: E402
 from mcir.codegen import compile as compile_graph  # noqa: E402
 
 
@@ -48,8 +49,8 @@ def bench(name: str, batch: int, build: Path, rounds: int) -> dict:
     torch.manual_seed(0)
     model = MODELS[name]().eval()
     x = example(name, batch)
+    graph = mcir.trace(model, (x,), tracer="export", name=name)
     t0 = time.perf_counter()
-    graph = to_graph(model, x, name)
     lib = compile_graph(graph, build / f"{name}_b{batch}")
     compile_s = time.perf_counter() - t0
     xn = x.numpy()
