@@ -137,9 +137,13 @@ class Emitter:
         return self.b.call(self.intrinsic(f"llvm.{name}", [x.type], x.type, [x.type, x.type]), [x, y])
 
     def fma(self, a: ir.Value, b: ir.Value, c: ir.Value) -> ir.Value:
-        """a * b + c with one rounding."""
+        """a * b + c: one fused instruction where the CPU has FMA, else a multiply and an add.
+
+        ``llvm.fmuladd``, not ``llvm.fma``: on a CPU without FMA (x86-64-v2, generic ARM) the
+        latter becomes a call to libm's ``fmaf``, and the object must stay freestanding.
+        """
         t = a.type
-        return self.b.call(self.intrinsic("llvm.fma", [t], t, [t, t, t]), [a, b, c])
+        return self.b.call(self.intrinsic("llvm.fmuladd", [t], t, [t, t, t]), [a, b, c])
 
     def splat(self, x: ir.Value, lanes: int) -> ir.Value:
         """A vector with ``x`` in every lane."""

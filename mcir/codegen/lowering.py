@@ -253,8 +253,9 @@ class _Builder:
             fail_if(b.icmp_unsigned("==", ws, null), ERR_NULL_ARGUMENT)
             low = b.and_(b.ptrtoint(ws, I64), i64(ALIGN - 1))
             fail_if(b.icmp_unsigned("!=", low, i64(0)), ERR_WORKSPACE_ALIGNMENT)
-        in_ptrs = [em.load(inputs, i, PTR, align=8) for i in range(len(self.graph.inputs))]
-        out_ptrs = [em.load(outputs, j, PTR, align=8) for j in range(len(self.graph.outputs))]
+        palign = self.target.pointer_bits // 8
+        in_ptrs = [em.load(inputs, i, PTR, align=palign) for i in range(len(self.graph.inputs))]
+        out_ptrs = [em.load(outputs, j, PTR, align=palign) for j in range(len(self.graph.outputs))]
         for p in in_ptrs + out_ptrs:
             fail_if(b.icmp_unsigned("==", p, null), ERR_NULL_TENSOR)
 
@@ -356,6 +357,11 @@ def lower(graph: Graph, target: Target, name: str, pipeline: str = "") -> Lowere
     gens = {id(s): g for s, g in pairs}
     bld = _Builder(graph, target, name, pipeline)
     bld.run_function(mp, gens)
+    if "windows" in target.triple or "msvc" in target.triple:
+        # MSVC objects that use floating point reference _fltused (normally from the CRT)
+        fltused = ir.GlobalVariable(bld.module, I32, "_fltused")
+        fltused.initializer = ir.Constant(I32, 0x9875)
+        fltused.linkage = "weak"
     bld.getter(f"mcir_{name}_workspace_size", bld.size_t, ir.Constant(bld.size_t, mp.workspace_size))
     bld.descriptors("inputs", graph.inputs)
     bld.descriptors("outputs", graph.outputs)

@@ -139,7 +139,9 @@ def resolve(target: str = "native", triple: str | None = None) -> Target:
             ) from None
         del tgt  # only checked for existence; Target.machine() builds the real one
         arch = triple.split("-", 1)[0]
-        features = "+neon" if arch in ("aarch64", "arm64") else ""
+        # the baseline each Linux distribution assumes: with no FPU features LLVM would call
+        # soft-float helpers (__addsf3...) from libgcc, and the object must stay freestanding
+        features = {"aarch64": "+neon", "arm64": "+neon", "riscv64": "+m,+a,+f,+d,+c"}.get(arch, "")
         return Target(triple, triple, "generic", features, native=False)
     if target not in TARGETS:
         raise CodegenError(

@@ -16,6 +16,7 @@ from mcir.types import tensor
 
 from .helpers import build, check_native, randn
 
+
 def _runnable_targets() -> list[str]:
     out = ["native"]
     for level in ("x86-64-v2", "x86-64-v3", "x86-64-v4"):
