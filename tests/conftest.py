@@ -50,10 +50,3 @@ def digits():
         "batch_graph": batch,
         "batch_calibration": calibration,
     }
-
-
-def accuracy(graph, x: np.ndarray, y: np.ndarray) -> float:
-    """Top-1 accuracy of a graph whose input is the whole of ``x``."""
-    import mcir
-
-    return float(np.mean(np.argmax(mcir.interpret(graph, x)[0], axis=1) == y))

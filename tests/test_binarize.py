@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import accuracy
+from metrics import accuracy
 
 import mcir
 from mcir import dtypes

@@ -7,15 +7,10 @@ from __future__ import annotations
 import models
 import numpy as np
 import pytest
-from conftest import accuracy
+from metrics import accuracy, sqnr_db
 
 import mcir
 from mcir.pass_manager import GraphStats
-
-
-def _sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
-    ref, got = np.asarray(ref, np.float64), np.asarray(got, np.float64)
-    return 10 * np.log10(np.sum(ref**2) / np.sum((ref - got) ** 2))
 
 
 def test_digits_mlp_static_quant8_loses_at_most_half_a_point(digits):
@@ -61,7 +56,7 @@ def test_cnn_and_encoder_sqnr_at_least_30_db(name):
     assert any(op.name == "linear" and str(op.operands[1].type.dtype) == "i8" for op in g8.compute_ops())
     ref = mcir.interpret(g, *xs[0])[0]
     got = mcir.interpret(g8, *xs[0])[0]
-    assert _sqnr_db(ref, got) >= 30.0
+    assert sqnr_db(ref, got) >= 30.0
 
 
 def test_cnn_integer_path_runs_through_pool_residual_and_flatten():
@@ -80,7 +75,7 @@ def test_calibration_methods_and_weight_granularities(digits, method, weights):
     calib = [(digits["x_train"][i : i + 1],) for i in range(32)]
     g8 = mcir.run_passes(digits["graph"], f"quant8(calibration={method},weights={weights})", calibration=calib)
     x = digits["x_test"][:1]
-    assert _sqnr_db(mcir.interpret(digits["graph"], x)[0], mcir.interpret(g8, x)[0]) >= 25.0
+    assert sqnr_db(mcir.interpret(digits["graph"], x)[0], mcir.interpret(g8, x)[0]) >= 25.0
 
 
 def test_skip_keeps_matching_layers_in_float(digits):
