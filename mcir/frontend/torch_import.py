@@ -84,8 +84,17 @@ def trace(module: torch.nn.Module, example_inputs: Any, tracer: str = "export", 
 
 
 #: ops that are "the" computation of the module they come from: named after its path
-_LAYER_OPS = ("linear", "conv2d", "batch_norm", "layer_norm", "embedding", "scaled_dot_product_attention",
-              "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d")
+_LAYER_OPS = (
+    "linear",
+    "conv2d",
+    "batch_norm",
+    "layer_norm",
+    "embedding",
+    "scaled_dot_product_attention",
+    "max_pool2d",
+    "avg_pool2d",
+    "adaptive_avg_pool2d",
+)
 
 
 def name_layers_by_module(graph: Graph) -> None:
