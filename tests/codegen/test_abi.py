@@ -148,6 +148,12 @@ def test_runtime_errors_name_the_input(lib):
         lib(x, np.array([0, -1, 1], np.int64))
 
 
+def test_example_inputs_fit_the_model(lib):
+    xs = lib.example_inputs()
+    assert [(a.shape, a.dtype) for a in xs] == [(d.shape, d.dtype) for d in lib.inputs]
+    assert all(np.isfinite(y).all() for y in lib(*xs))
+
+
 def test_run_into_and_bind_reuse_buffers(lib):
     x, ids = inputs()
     expect = lib(x, ids)
