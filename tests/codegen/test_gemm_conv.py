@@ -42,7 +42,7 @@ def linear_graph(rng, lead: tuple[int, ...], n: int, k: int, bias: bool = True, 
     return g
 
 
-@settings(max_examples=15)
+@settings(max_examples=10)
 @given(
     m=st.integers(1, 40),
     n=st.integers(1, 150),
