@@ -115,12 +115,12 @@ class Emitter:
     def masked_load(
         self, ptr: ir.Value, index: ir.Value | int, ty: ir.VectorType, lanes: int, fill: float = 0.0
     ) -> ir.Value:
-        """Load the first ``lanes`` lanes of a vector, ``fill`` elsewhere (no read past the end)."""
+        """Load the first ``lanes`` lanes of a vector (float or integer), ``fill`` elsewhere (no read past
+        the end)."""
         mask = ir.Constant(ir.VectorType(I1, ty.count), [ir.Constant(I1, int(i < lanes)) for i in range(ty.count)])
         fn = self.intrinsic("llvm.masked.load", [ty, PTR], ty, [PTR, I32, mask.type, ty])
-        return self.b.call(
-            fn, [self.gep(ptr, index, ty.element), ir.Constant(I32, _align(ty.element)), mask, const(ty, fill)]
-        )
+        passthru = ir.Constant(ty, None) if fill == 0 else const(ty, fill)  # None: zeros of any element type
+        return self.b.call(fn, [self.gep(ptr, index, ty.element), ir.Constant(I32, _align(ty.element)), mask, passthru])
 
     # -- arithmetic ---------------------------------------------------------------------
     def intrinsic(self, name: str, overloads: Sequence[ir.Type], ret: ir.Type, args: Sequence[ir.Type]) -> ir.Function:

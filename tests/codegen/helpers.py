@@ -22,6 +22,21 @@ RTOL = 1e-5
 _counter = itertools.count()
 
 
+def runnable_targets() -> list[str]:
+    """``native`` and the x86-64 levels this machine can run."""
+    from mcir.codegen.target import host_supports, resolve
+    from mcir.errors import CodegenError
+
+    out = ["native"]
+    for level in ("x86-64-v2", "x86-64-v3", "x86-64-v4"):
+        try:
+            if host_supports(resolve(level)):
+                out.append(level)
+        except CodegenError:  # not an x86-64 machine
+            pass
+    return out
+
+
 def build(graph: Graph, tmp_path: Path, **kwargs):
     """Compile ``graph`` into ``tmp_path`` under a fresh name and return the loaded library."""
     return compile_graph(graph, tmp_path / f"{graph.name}_{next(_counter)}", **kwargs)

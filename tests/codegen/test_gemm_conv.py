@@ -9,26 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcir.codegen.target import host_supports, resolve
-from mcir.errors import CodegenError
 from mcir.ir import Graph
 from mcir.types import tensor
 
-from .helpers import build, check_native, randn
+from .helpers import build, check_native, randn, runnable_targets
 
-
-def _runnable_targets() -> list[str]:
-    out = ["native"]
-    for level in ("x86-64-v2", "x86-64-v3", "x86-64-v4"):
-        try:
-            if host_supports(resolve(level)):
-                out.append(level)
-        except CodegenError:  # not an x86-64 machine
-            pass
-    return out
-
-
-TARGETS = _runnable_targets()
+TARGETS = runnable_targets()
 
 
 def linear_graph(rng, lead: tuple[int, ...], n: int, k: int, bias: bool = True, act: str | None = "relu") -> Graph:
