@@ -62,7 +62,7 @@ def test_run_and_opt_on_a_saved_graph(capsys, state_dict, tmp_path):
     run(capsys, "dump", state_dict, "--model-def", FACTORY, "--input", "x=1x64", "-o", tmp_path / "m")
     x = np.random.default_rng(0).random((1, 64), dtype=np.float32)
     np.save(tmp_path / "x.npy", x)
-    code, out, _ = run(capsys, "run", tmp_path / "m", "--input", tmp_path / "x.npy", "-o", tmp_path / "y.npz")
+    code, _, _ = run(capsys, "run", tmp_path / "m", "--input", tmp_path / "x.npy", "-o", tmp_path / "y.npz")
     assert code == 0
     want = mcir.interpret(mcir.load(tmp_path / "m"), x)[0]
     np.testing.assert_array_equal(np.load(tmp_path / "y.npz")["arr_0"], want)
