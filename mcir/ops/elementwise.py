@@ -39,7 +39,8 @@ _erf = np.frompyfunc(math.erf, 1, 1)
 
 def erf64(x: np.ndarray) -> np.ndarray:
     """The error function in float64 (exact to double rounding, via math.erf)."""
-    return _erf(np.asarray(x, np.float64)).astype(np.float64)
+    # frompyfunc returns a bare Python float for a 0-d input, hence asarray rather than .astype
+    return np.asarray(_erf(np.asarray(x, np.float64)), np.float64)
 
 
 # -- activations -------------------------------------------------------------------
