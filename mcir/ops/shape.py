@@ -3,6 +3,9 @@
 The frontend maps torch's many view ops onto these few: view, flatten, unflatten,
 squeeze and unsqueeze become ``reshape``; transpose becomes ``permute``; contiguous
 and clone disappear (values have no memory layout in the IR).
+
+References return ``np.asarray(y, order="C")``: ``np.ascontiguousarray`` would turn a
+rank-0 result into shape [1].
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ def _permute_infer(types: list[TensorType], dims) -> TensorType:
 @defop("permute", attrs={"dims": Attr("ints", doc="y axis i is x axis dims[i]")}, infer=_permute_infer)
 def permute(x, dims):
     """y = x with its axes reordered: y.shape[i] = x.shape[dims[i]]"""
-    return np.ascontiguousarray(np.transpose(x, dims))
+    return np.asarray(np.transpose(x, dims), order="C")
 
 
 def _slice_infer(types: list[TensorType], axis, start, end, step) -> TensorType:
@@ -57,7 +60,7 @@ def slice_(x, axis, start=0, end=2**63 - 1, step=1):
     """y = x[..., start:end:step, ...] along axis (Python slice semantics, clamped)"""
     idx = [slice(None)] * np.ndim(x)
     idx[axis] = slice(start, end, step)
-    return np.ascontiguousarray(np.asarray(x)[tuple(idx)])
+    return np.asarray(np.asarray(x)[tuple(idx)], order="C")
 
 
 def _select_infer(types: list[TensorType], axis, index) -> TensorType:
@@ -71,7 +74,7 @@ def _select_infer(types: list[TensorType], axis, index) -> TensorType:
 @defop("select", attrs={"axis": Attr("int"), "index": Attr("int")}, infer=_select_infer)
 def select(x, axis, index):
     """y = x[..., index, ...] along axis; the axis disappears"""
-    return np.ascontiguousarray(np.take(x, index, axis=axis))
+    return np.asarray(np.take(x, index, axis=axis), order="C")
 
 
 def _expand_infer(types: list[TensorType], shape) -> TensorType:
@@ -88,7 +91,7 @@ def _expand_infer(types: list[TensorType], shape) -> TensorType:
 @defop("expand", attrs={"shape": Attr("ints", doc="the broadcast shape")}, infer=_expand_infer)
 def expand(x, shape):
     """y = x broadcast to shape (size-1 axes repeat)"""
-    return np.ascontiguousarray(np.broadcast_to(x, shape))
+    return np.asarray(np.broadcast_to(x, shape), order="C")
 
 
 def _concat_infer(types: list[TensorType], axis) -> TensorType:
@@ -126,4 +129,4 @@ def pad(x, pads, value=0.0):
     grow = [(max(pads[2 * i], 0), max(pads[2 * i + 1], 0)) for i in range(x.ndim)]
     y = np.pad(x, grow, constant_values=value)
     crop = tuple(slice(max(-pads[2 * i], 0), y.shape[i] - max(-pads[2 * i + 1], 0)) for i in range(x.ndim))
-    return np.ascontiguousarray(y[crop])
+    return np.asarray(y[crop], order="C")
