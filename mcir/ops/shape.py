@@ -34,7 +34,8 @@ def reshape(x, shape):
 
 def _permute_infer(types: list[TensorType], dims) -> TensorType:
     x = types[0]
-    if sorted(d % max(x.rank, 1) for d in dims) != list(range(x.rank)) or len(dims) != x.rank:
+    in_range = all(-x.rank <= d < x.rank for d in dims)
+    if len(dims) != x.rank or not in_range or sorted(d % x.rank for d in dims) != list(range(x.rank)):
         raise McirError(f"permute dims {list(dims)} are not a permutation of the {x.rank} axes of {x}")
     return TensorType(tuple(x.shape[d] for d in dims), x.dtype)
 
@@ -47,6 +48,8 @@ def permute(x, dims):
 
 def _slice_infer(types: list[TensorType], axis, start, end, step) -> TensorType:
     x = types[0]
+    if x.rank == 0:
+        raise McirError(f"cannot slice the rank-0 tensor {x}")
     ax = norm_axis(axis, x.rank)
     if step < 1:
         raise McirError(f"slice step must be >= 1, got {step}")
@@ -65,6 +68,8 @@ def slice_(x, axis, start=0, end=2**63 - 1, step=1):
 
 def _select_infer(types: list[TensorType], axis, index) -> TensorType:
     x = types[0]
+    if x.rank == 0:
+        raise McirError(f"cannot select from the rank-0 tensor {x}")
     ax = norm_axis(axis, x.rank)
     if not -x.shape[ax] <= index < x.shape[ax]:
         raise McirError(f"select index {index} out of range for axis {axis} of size {x.shape[ax]}")
@@ -96,6 +101,8 @@ def expand(x, shape):
 
 def _concat_infer(types: list[TensorType], axis) -> TensorType:
     first = types[0]
+    if first.rank == 0:
+        raise McirError(f"cannot concatenate rank-0 tensors like {first}; reshape them to [1] first")
     ax = norm_axis(axis, first.rank)
     for t in types[1:]:
         if t.rank != first.rank or t.dtype != first.dtype or any(
