@@ -411,9 +411,20 @@ def scaled_dot_product_attention(q, k, v, mask=None, is_causal=False, scale=None
 
 # -- reductions ---------------------------------------------------------------------
 
+def reduced_axes(x: TensorType, axes) -> list[int]:
+    """The non-negative axes a reduction over ``axes`` (empty: all) removes; McirError on repeats."""
+    norm = [norm_axis(a, x.rank) for a in axes]
+    for i, a in enumerate(norm):
+        if a in norm[:i]:
+            raise McirError(f"axis {a} is reduced twice (axes {list(axes)} of {x})")
+    if x.rank == 0:
+        return []  # torch lets a scalar be reduced over axis 0 or -1: there is nothing to remove
+    return sorted(norm) if axes else list(range(x.rank))
+
+
 def _reduce_infer(types: list[TensorType], axes, keepdim) -> TensorType:
     x = types[0]
-    norm = sorted({norm_axis(a, x.rank) for a in axes}) if axes else list(range(x.rank))
+    norm = reduced_axes(x, axes)
     shape = tuple(1 if i in norm else d for i, d in enumerate(x.shape)) if keepdim else tuple(
         d for i, d in enumerate(x.shape) if i not in norm)
     return TensorType(shape, x.dtype)
@@ -423,10 +434,27 @@ _REDUCE_ATTRS = {"axes": Attr("ints", (), "axes to reduce, empty for all"), "kee
 
 
 def _axes(x: np.ndarray, axes) -> tuple[int, ...] | None:
-    return tuple(axes) if axes else None
+    # a rank-0 tensor accepts axis 0 or -1 (like torch), numpy only axis=None
+    return tuple(axes) if axes and np.ndim(x) > 0 else None
 
 
-@defop("mean", attrs=_REDUCE_ATTRS, infer=_reduce_infer)
+def _mean_infer(types: list[TensorType], axes, keepdim) -> TensorType:
+    _need_float(types[0], "mean input")  # like torch: the mean of integers has no integer type
+    return _reduce_infer(types, axes, keepdim)
+
+
+def _nonempty(x: TensorType, axes: list[int], what: str) -> None:
+    for a in axes:
+        if x.shape[a] == 0:
+            raise McirError(f"{what} over the zero-size axis {a} of {x} is undefined")
+
+
+def _amax_infer(types: list[TensorType], axes, keepdim) -> TensorType:
+    _nonempty(types[0], reduced_axes(types[0], axes), "amax")
+    return _reduce_infer(types, axes, keepdim)
+
+
+@defop("mean", attrs=_REDUCE_ATTRS, infer=_mean_infer)
 def mean(x, axes=(), keepdim=False):
     """y = mean of x over axes"""
     return np.asarray(np.mean(np.asarray(x, np.float64), axis=_axes(x, axes), keepdims=keepdim), np.asarray(x).dtype)
@@ -440,13 +468,14 @@ def sum_(x, axes=(), keepdim=False):
     return np.asarray(np.sum(x, axis=_axes(x, axes), keepdims=keepdim, dtype=acc), x.dtype)
 
 
-@defop("amax", attrs=_REDUCE_ATTRS, infer=_reduce_infer)
+@defop("amax", attrs=_REDUCE_ATTRS, infer=_amax_infer)
 def amax(x, axes=(), keepdim=False):
     """y = max of x over axes"""
     return np.max(x, axis=_axes(x, axes), keepdims=keepdim)
 
 
 def _argmax_infer(types: list[TensorType], axis, keepdim) -> TensorType:
+    _nonempty(types[0], reduced_axes(types[0], (axis,)), "argmax")
     return TensorType(_reduce_infer(types, (axis,), keepdim).shape, dtypes.i64)
 
 
