@@ -391,7 +391,7 @@ def _sdpa_infer(types: list[TensorType], is_causal, scale) -> TensorType:
        infer=_sdpa_infer,
        macs=lambda t, r, **a: numel(r.shape[:-1]) * t[1].shape[-2] * (t[0].shape[-1] + r.shape[-1]))
 def scaled_dot_product_attention(q, k, v, mask=None, is_causal=False, scale=None):
-    """y = softmax(q @ k^T * scale + mask) @ v; a bool mask keeps positions where it is true"""
+    """y = softmax(q @ k^T * scale + mask) @ v; a bool mask keeps positions where true; a fully masked row gives 0"""
     qf, kf, vf = (np.asarray(a, np.float64) for a in (q, k, v))
     s = (1.0 / math.sqrt(qf.shape[-1])) if scale is None else scale
     scores = np.matmul(qf, np.swapaxes(kf, -1, -2)) * s
@@ -405,7 +405,9 @@ def scaled_dot_product_attention(q, k, v, mask=None, is_causal=False, scale=None
     mx = np.where(np.isfinite(mx), mx, 0.0)
     e = np.exp(scores - mx)
     with np.errstate(invalid="ignore"):
-        p = e / e.sum(axis=-1, keepdims=True)  # a fully masked row gives nan, like torch
+        p = e / e.sum(axis=-1, keepdims=True)
+    # a fully masked row attends to nothing: zeros, as torch gives (its _safe_softmax), not 0/0 = nan
+    p = np.where(np.all(scores == -np.inf, axis=-1, keepdims=True), 0.0, p)
     return _out32(np.matmul(p, vf))
 
 
