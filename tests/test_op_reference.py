@@ -1018,6 +1018,9 @@ REJECTED = [
     ("cast", [f32(3)], {"dtype": "f8"}, "unknown dtype 'f8'"),
     ("clamp", [f32(3)], {"min": "zero"}, "expected float"),
     ("relu", [f32(3), f32(3)], {}, "takes (x), got 2 operand"),
+    ("neg", [tensor([3], "bool")], {}, "needs numeric operands, got bool"),
+    ("sub", [tensor([3], "bool"), tensor([3], "bool")], {}, "needs numeric operands, got bool"),
+    ("div", [tensor([3], "bool"), tensor([3], "bool")], {}, "needs numeric operands, got bool"),
     # neural network
     ("linear", [f32(2, 4), f32(3, 5)], {}, "has 4 features but weight"),
     ("linear", [f32(2, 4), f32(3, 4), f32(4)], {}, "bias must be [3]"),
