@@ -146,8 +146,16 @@ class _Builder:
     def loc(self, node: lark.Tree | None) -> Location:
         if node is None:
             return Location()
-        module, source = (json.loads(str(t)) for t in node.children)
+        module, source = (self.string(t) for t in node.children)
         return Location(module, source)
+
+    def string(self, tok: lark.Token) -> str:
+        """The text of a STRING token; the grammar admits any backslash pair, JSON fewer."""
+        try:
+            return json.loads(str(tok))
+        except json.JSONDecodeError as e:
+            why = f"{e.msg.removesuffix(' at')} at offset {e.pos}"
+            raise self.error(tok, f"malformed string {str(tok)[:40]!r}: {why}; strings use JSON escapes") from None
 
     def op(self, node: lark.Tree) -> None:
         ch = node.children
@@ -233,7 +241,7 @@ class _Builder:
         if kind == "none":
             return None
         if kind == "string":
-            return json.loads(str(node.children[0]))
+            return self.string(node.children[0])
         if kind == "list":
             return [self.value(c) for c in node.children if c is not None]
         raise self.error(node, f"unexpected value {kind}")
