@@ -32,6 +32,9 @@ _TERMINAL_TEXT = {
 }
 
 
+MAX_LIST_DEPTH = 32
+
+
 @lru_cache(maxsize=1)
 def _lark() -> lark.Lark:
     grammar = (Path(__file__).parent / "grammar.lark").read_text()
@@ -192,7 +195,7 @@ class _Builder:
     def type(self, node: lark.Tree) -> TensorType:
         dtype_tok, *rest = node.children
         enc_node = rest[-1] if rest and isinstance(rest[-1], lark.Tree) else None
-        dims = [int(d) for d in rest if isinstance(d, lark.Token)]
+        dims = [self.integer(d) for d in rest if isinstance(d, lark.Token)]
         try:
             dtype = dtypes.by_name(str(dtype_tok))
         except McirError as e:
@@ -228,10 +231,16 @@ class _Builder:
         key, value = node.children
         return str(key), self.value(value)
 
-    def value(self, node: Any) -> Any:
+    def integer(self, tok: lark.Token) -> int:
+        try:
+            return int(tok)
+        except ValueError:  # beyond sys.get_int_max_str_digits() (4300 by default)
+            raise self.error(tok, f"integer {str(tok)[:12]}... has too many digits ({len(tok)})") from None
+
+    def value(self, node: Any, depth: int = 0) -> Any:
         kind = node.data
         if kind == "int":
-            return int(node.children[0])
+            return self.integer(node.children[0])
         if kind == "float":
             return float(node.children[0])
         if kind == "true":
@@ -243,7 +252,9 @@ class _Builder:
         if kind == "string":
             return self.string(node.children[0])
         if kind == "list":
-            return [self.value(c) for c in node.children if c is not None]
+            if depth >= MAX_LIST_DEPTH:  # the recursion below would hit Python's limit
+                raise self.error(node, f"lists nested deeper than {MAX_LIST_DEPTH} levels")
+            return [self.value(c, depth + 1) for c in node.children if c is not None]
         raise self.error(node, f"unexpected value {kind}")
 
     def dense(self, node: lark.Tree, t: TensorType) -> np.ndarray:
