@@ -126,6 +126,8 @@ class _Builder:
             if tok is None:
                 continue
             outs.append(self.use(tok))
+        if not outs:  # the verifier would say so too, but without a position
+            raise self.error(ret, "the graph returns nothing; return at least one value")
         g.set_outputs(outs)
         declared = [self.type(t) for t in out_types]
         if declared != [v.type for v in outs]:
@@ -166,6 +168,9 @@ class _Builder:
             res_tok, dense, ty, loc = ch
             name = self.define(res_tok)
             t = self.type(ty)
+            if dense is not None and t.encoding is not None and t.encoding.needs_components:
+                parts = ", ".join(t.encoding.components(t))
+                raise self.error(dense, f"a constant of type {t} cannot be inline: its {parts} are in the weights file")
             data = self.dense(dense, t) if dense is not None else None
             op = Op("const", (), {}, name, t, loc=self.loc(loc), data=data)
             self.graph.insert(op)
