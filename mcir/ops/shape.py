@@ -133,6 +133,8 @@ def _pad_infer(types: list[TensorType], pads, value) -> TensorType:
 def pad(x, pads, value=0.0):
     """y = x with constant padding (before, after) on every axis"""
     x = np.asarray(x)
+    if x.ndim == 0:  # no axis to pad (np.pad rejects 0-d arrays)
+        return x.copy()
     grow = [(max(pads[2 * i], 0), max(pads[2 * i + 1], 0)) for i in range(x.ndim)]
     y = np.pad(x, grow, constant_values=value)
     crop = tuple(slice(max(-pads[2 * i], 0), y.shape[i] - max(-pads[2 * i + 1], 0)) for i in range(x.ndim))
