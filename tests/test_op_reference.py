@@ -1072,6 +1072,8 @@ REJECTED = [
     ("concat", [f32(), f32()], {}, "rank-0"),
     ("pad", [f32(2, 3)], {"pads": (1, 1)}, "needs 4 values"),
     ("pad", [f32(2, 3)], {"pads": (0, 0, -2, -2)}, "below zero size"),
+    ("pad", [tensor([2], "i8")], {"pads": (1, 0), "value": 128.0}, "does not fit the integer dtype i8"),
+    ("pad", [tensor([2], "u8")], {"pads": (1, 0), "value": float("nan")}, "does not fit the integer dtype u8"),
     # quant
     ("const", [], {}, "build constants with Graph.const"),
 ]

@@ -10,6 +10,8 @@ rank-0 result into shape [1].
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from mcir.errors import McirError
@@ -125,6 +127,10 @@ def _pad_infer(types: list[TensorType], pads, value) -> TensorType:
     shape = tuple(d + pads[2 * i] + pads[2 * i + 1] for i, d in enumerate(x.shape))
     if any(d < 0 for d in shape):
         raise McirError(f"pads {list(pads)} cut {x} below zero size")
+    if x.dtype.is_integer:  # like torch: the fill value must be representable (numpy raises otherwise)
+        info = np.iinfo(x.dtype.np)
+        if not (math.isfinite(value) and info.min <= value <= info.max):
+            raise McirError(f"pad value {value} does not fit the integer dtype {x.dtype} of {x}")
     return TensorType(shape, x.dtype)
 
 
