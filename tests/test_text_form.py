@@ -65,13 +65,22 @@ def test_built_graph_prints_parses_and_interprets_identically(tmp_path):
         ("graph @a(%x: f32[2]) -> (f32[2]) {\n  %y = relu(%x) : f32[3]\n  return %y\n}", "2:19", "declared f32[3]"),
         ("graph @a(%x: f32[2]) -> (f32[2]) {\n  %y = relu(%x) : q7[2]\n  return %y\n}", "2:19", "unknown dtype 'q7'"),
         ("graph @a(%x: f32[2]) -> (f32[2]) {\n  %y = softmax(%x) {axis=3} : f32[2]\n  return %y\n}", "2:8", "axis 3"),
-        ("graph @a(%x: f32[2]) -> (f32[2]) {\n  %y = relu(%x) {foo=1} : f32[2]\n  return %y\n}", "2:8",
-         "unknown attribute foo"),
+        (
+            "graph @a(%x: f32[2]) -> (f32[2]) {\n  %y = relu(%x) {foo=1} : f32[2]\n  return %y\n}",
+            "2:8",
+            "unknown attribute foo",
+        ),
         ("graph @a(%x: f32[2]) -> (f32[2]) {\n  %y = relu(%x) : f32[2]\n  return %y\n", "3:10", "end of input"),
-        ("graph @a(%x: f32[2]) -> (f32[2]) {\n  %y = relu(%x) : f32[2]\n  %y = relu(%x) : f32[2]\n  return %y\n}",
-         "3:3", "defined twice"),
-        ("graph @a(%x: f32[2]) -> (f32[2]) {\n  %y = relu(%x) : u8[2] #quant<scale=-1.0>\n  return %y\n}", "2:19",
-         "positive"),
+        (
+            "graph @a(%x: f32[2]) -> (f32[2]) {\n  %y = relu(%x) : f32[2]\n  %y = relu(%x) : f32[2]\n  return %y\n}",
+            "3:3",
+            "defined twice",
+        ),
+        (
+            "graph @a(%x: f32[2]) -> (f32[2]) {\n  %y = relu(%x) : u8[2] #quant<scale=-1.0>\n  return %y\n}",
+            "2:19",
+            "positive",
+        ),
     ],
 )
 def test_parse_errors_name_line_column_and_cause(text, where, message):
@@ -85,7 +94,7 @@ def test_verify_catches_broken_graphs():
     g = mcir.parse(SAMPLE)
     h = g.value("h")
     h.type = tensor([2, 5])  # simulate a pass that forgot to update a type
-    with pytest.raises(mcir.VerifyError, match="declared f32\\[2,5\\]|operands give"):
+    with pytest.raises(mcir.VerifyError, match=r"declared f32\[2,5\]|operands give"):
         mcir.verify(g)
 
 
