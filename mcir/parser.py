@@ -118,7 +118,7 @@ class _Builder:
             name = str(tok)[1:]
             if g.has_value(name):
                 raise self.error(tok, f"value %{name} is defined twice")
-            g.add_input(name, self.type(ty))
+            g.add_input(name, self.computed_type(ty))
         for node in ops:
             self.op(node)
         outs = []
@@ -186,7 +186,7 @@ class _Builder:
         operands = [self.use(t) for t in operand_toks if t is not None]
         where = f"op '{kind}' (%{name})"
         attrs = self.attrs(attrs_node) if attrs_node is not None else {}
-        t = self.type(ty)
+        t = self.computed_type(ty)
         try:
             attrs = opdef.complete_attrs(attrs, where)
             inferred = opdef.infer_type([v.type for v in operands], attrs, where)
@@ -196,6 +196,13 @@ class _Builder:
             raise self.error(ty, f"{where} is declared {t} but its operands give {inferred}")
         op = Op(kind, operands, attrs, name, t, loc=self.loc(loc))
         self.graph.insert(op)
+
+    def computed_type(self, node: lark.Tree) -> TensorType:
+        """The type of a graph input or op result: encodings with components are for constants only."""
+        t = self.type(node)
+        if t.encoding is not None and t.encoding.needs_components:
+            raise self.error(node, f"only a constant can have the type {t} (its components live in the weights file)")
+        return t
 
     def type(self, node: lark.Tree) -> TensorType:
         dtype_tok, *rest = node.children

@@ -629,6 +629,20 @@ def test_parser_meets_each_fragment_anywhere_with_a_positioned_mcir_error(fragme
             assert POSITION.match(str(e)), f"no file:line:col in {type(e).__name__}: {e}"
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "graph @g(%x: i8[2] #quant<axis=0>) -> (f32[2]) {\n  %y = relu(%x) : f32[2]\n  return %y\n}\n",
+        "graph @g(%x: f32[2]) -> (i8[2] #quant<axis=0>) {\n  %q = quantize(%x) : i8[2] #quant<axis=0>\n  return %q\n}",
+    ],
+    ids=["input", "op-result"],
+)
+def test_only_constants_may_have_per_axis_quantised_types(text):
+    # the scales of a per-axis type are constant data: an input or a computed value cannot carry them
+    with pytest.raises(mcir.ParseError, match="only a constant can have the type i8"):
+        mcir.parse(text, source="fuzz.mcir")
+
+
 def test_float_attribute_printing_keeps_the_sign_of_zero():
     g = Graph("g")
     x = g.add_input("x", TensorType((2,), dtypes.f32))
