@@ -1091,3 +1091,27 @@ def test_quantized_operands_are_inferred_as_their_f32_values():
     q = TensorType((2, 3), dtypes.u8, Quant(scale=0.1, zero_point=3))
     assert infer("relu", [q]) == f32(2, 3)
     assert infer("add", [q, f32(1, 3)]) == f32(2, 3)
+
+
+@pytest.mark.parametrize(
+    ("make_type", "message"),
+    [
+        (lambda: TensorType((2,), dtypes.f32, Quant(scale=0.1)), "needs an integer dtype"),
+        (lambda: TensorType((2,), dtypes.u8, Quant(scale=0.0)), "positive finite"),
+        (lambda: TensorType((2,), dtypes.u8, Quant(scale=0.1, zero_point=-1)), "outside the range of u8"),
+        (lambda: TensorType((2,), dtypes.i8, Quant(axis=1)), "axis 1 out of range"),
+    ],
+    ids=["float-dtype", "zero-scale", "zero-point-range", "axis-range"],
+)
+def test_quantised_types_reject_bad_parameters(make_type, message):
+    with pytest.raises(mcir.McirError, match=message):
+        make_type()
+
+
+def test_quantize_result_must_quantise_the_operand_values():
+    # quantize's result type is given, not inferred: the verifier checks it against the operand
+    g = Graph("bad")
+    x = g.add_input("x", tensor([2, 3], "i32"))
+    g.set_outputs([g.add("quantize", [x], type=TensorType((2, 3), dtypes.u8, Quant(scale=0.1)))])
+    with pytest.raises(mcir.VerifyError, match=r"op 'quantize' .* operands give i32\[2,3\]"):
+        mcir.verify(g)
