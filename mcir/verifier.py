@@ -4,14 +4,22 @@
 * Use lists agree with operands (no dangling uses of erased ops).
 * Every op is registered, its attributes are valid, and the type inferred from its
   operands equals its declared (logical) type.
-* Constants with data match their types; outputs are values of the graph.
+* Constants with data match their types; only constants have encodings with components
+  (per-axis scales, packed bits); outputs are values of the graph.
 """
 
 from __future__ import annotations
 
 from mcir.errors import McirError, VerifyError
-from mcir.ir import Graph, _freeze_data
+from mcir.ir import Graph, Value, _freeze_data
 from mcir.ops import registry
+
+
+def _only_constants_have_components(graph: Graph, v: Value, where: str) -> None:
+    # the interpreter holds such values as dicts of arrays, which only constant data provides
+    t = v.type
+    if t.encoding is not None and t.encoding.needs_components:
+        raise VerifyError(f"@{graph.name}: {where}: %{v.name} has type {t}, which only constants can have")
 
 
 def verify(graph: Graph) -> Graph:
@@ -28,6 +36,7 @@ def verify(graph: Graph) -> Graph:
     for v in graph.inputs:
         if v.producer is not None:
             raise VerifyError(f"@{graph.name}: graph input %{v.name} has a producer")
+        _only_constants_have_components(graph, v, "graph input")
         define(v, "graph input")
     for op in graph.ops:
         where = op.where()
@@ -51,6 +60,7 @@ def verify(graph: Graph) -> Graph:
                 except McirError as e:
                     raise VerifyError(f"@{graph.name}: {where}: {e}") from None
         else:
+            _only_constants_have_components(graph, op.result, where)
             try:
                 attrs = opdef.complete_attrs(dict(op.attrs), where)
                 inferred = opdef.infer_type([v.type for v in op.operands], attrs, where)
