@@ -152,7 +152,7 @@ class _Builder:
             name = str(tok)[1:]
             if g.has_value(name):
                 raise self.error(tok, f"value %{name} is defined twice")
-            g.add_input(name, self.computed_type(ty))
+            g.add_input(name, self.computed_type(ty, graph_input=True))
         for node in ops:
             self.op(node)
         outs = []
@@ -231,10 +231,11 @@ class _Builder:
         op = Op(kind, operands, attrs, name, t, loc=self.loc(loc))
         self.graph.insert(op)
 
-    def computed_type(self, node: lark.Tree) -> TensorType:
-        """The type of a graph input or op result: encodings with components are for constants only."""
+    def computed_type(self, node: lark.Tree, graph_input: bool = False) -> TensorType:
+        """The type of a graph input or op result: encodings with components are for constants only,
+        except those an op computes at run time (binary activations), and never for inputs."""
         t = self.type(node)
-        if t.encoding is not None and t.encoding.needs_components:
+        if t.encoding is not None and t.encoding.needs_components and (graph_input or not t.encoding.computed):
             raise self.error(node, f"only a constant can have the type {t} (its components live in the weights file)")
         return t
 

@@ -35,8 +35,12 @@ class Encoding:
     """How a tensor's logical f32 values are stored. Subclasses are frozen dataclasses."""
 
     name: ClassVar[str]
-    #: True when decoding needs arrays beyond the primary data (only constants may have it)
+    #: True when decoding needs arrays beyond the primary data (per-axis scales, packed bits)
     needs_components: ClassVar[bool] = False
+    #: True when an op may produce values of this encoding at run time (``encode`` computes the
+    #: components from the data, e.g. the per-sample scale of binary activations); otherwise
+    #: an encoding with components is for constants only
+    computed: ClassVar[bool] = False
 
     def params(self) -> dict[str, Any]:
         """Parameters printed in ``#name<k=v, ...>``, in a fixed order."""

@@ -15,10 +15,11 @@ from mcir.ir import Graph, Value, _freeze_data
 from mcir.ops import registry
 
 
-def _only_constants_have_components(graph: Graph, v: Value, where: str) -> None:
-    # the interpreter holds such values as dicts of arrays, which only constant data provides
+def _only_constants_have_components(graph: Graph, v: Value, where: str, computed_ok: bool = False) -> None:
+    # such values are dicts of arrays: constants have them as data; an op can compute them only
+    # for encodings whose components follow from the values (Encoding.computed); inputs never
     t = v.type
-    if t.encoding is not None and t.encoding.needs_components:
+    if t.encoding is not None and t.encoding.needs_components and not (computed_ok and t.encoding.computed):
         raise VerifyError(f"@{graph.name}: {where}: %{v.name} has type {t}, which only constants can have")
 
 
@@ -60,7 +61,7 @@ def verify(graph: Graph) -> Graph:
                 except McirError as e:
                     raise VerifyError(f"@{graph.name}: {where}: {e}") from None
         else:
-            _only_constants_have_components(graph, op.result, where)
+            _only_constants_have_components(graph, op.result, where, computed_ok=True)
             try:
                 attrs = opdef.complete_attrs(dict(op.attrs), where)
                 inferred = opdef.infer_type([v.type for v in op.operands], attrs, where)
