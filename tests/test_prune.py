@@ -263,3 +263,35 @@ def test_digits_sparse_int8_bytes(digits):
     assert ratio < 0.16
     # quantising the sparse layers costs (almost) nothing on top of pruning them
     assert accuracy(out, x_test, y_test) >= accuracy(pruned, x_test, y_test) - 0.01
+
+
+# -- prune, then quant8 ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "pipeline, expect",
+    [
+        ("prune(sparsity=0.9,skip=none),quant8", "i8[64,64] #csr<"),  # 10 % density: sparse int8 pays
+        ("prune(sparsity=0.75,skip=none),quant8", "i8[64,64] #quant<axis=0>"),  # #csr f32 pays, i8 does not
+        ("prune(pattern=1:4,skip=none),quant8", "i8[64,64] #nm<n=1, m=4>"),
+        ("prune(pattern=2:4,skip=none),quant8", "i8[64,64] #quant<axis=0>"),  # a u8 index per int8 value
+    ],
+)
+def test_quant8_keeps_sparse_weights_sparse_when_it_pays(pipeline, expect):
+    rng = np.random.default_rng(6)
+    g = linear_graph(rng.standard_normal((64, 64)))
+    pruned = mcir.run_passes(g, pipeline.split(",quant8")[0])
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    out = mcir.run_passes(pruned, "quant8", calibration=[(x,)])
+    w = next(op for op in out.compute_ops() if op.name == "linear").operands[1]
+    assert str(w.type).startswith(expect)
+    want = constant_array_of(pruned, "w")
+    got = w.type.decode(w.producer.data)
+    assert ((got != 0) <= (want != 0)).all()  # zeros stay zeros
+    half_step = np.abs(want).max(axis=1, keepdims=True) / 254  # int8 rounding, per-row scale
+    assert (np.abs(got - want) <= half_step + 1e-7).all()
+
+
+def constant_array_of(g: mcir.Graph, name: str) -> np.ndarray:
+    v = g.value(name)
+    return v.type.decode(v.producer.data)
