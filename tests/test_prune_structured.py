@@ -86,6 +86,14 @@ def test_cnn_channels_half(cnn):
     assert w["fc.weight"] == (10, 256)  # the flatten maps each channel to a block of 16 columns
     dw = next(op for op in pruned.compute_ops() if op.loc.module == "depthwise.0")
     assert dw.attrs["groups"] == 8
+    report = pruned.meta["prune"][0]
+    assert report.groups == [
+        "stem.0, block.conv2: 8 of 16 channels removed",
+        "block.conv1.0: 8 of 16 channels removed",
+        "pointwise: 16 of 32 channels removed",
+    ]
+    assert report.total_before[0] == before.params and report.total_after[0] == after.params
+    assert "group stem.0, block.conv2: 8 of 16 channels removed" in report.table()
 
 
 def test_cnn_groups(cnn):

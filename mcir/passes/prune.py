@@ -135,13 +135,19 @@ class Prune(Pass):
 
     def apply(self, graph: Graph, ctx: PassContext) -> None:
         before, total_before = _stats(graph), _totals(graph)
+        groups: list[str] = []
         if self.granularity == "weight":
             notes = _Unstructured(self, graph).run()
         else:
             plan = plan_structured(graph, self)
             shrink(graph, plan.deps, plan.removed)
             notes = plan.notes
-        report = PruneReport(str(self), _rows(before, _stats(graph)), notes, total_before, _totals(graph))
+            what = "heads" if self.granularity == "head" else "channels"
+            groups = [
+                f"{plan.deps.groups[gi].name}: {removed} of {total} {what} removed"
+                for gi, (removed, total) in plan.per_group.items()
+            ]
+        report = PruneReport(str(self), _rows(before, _stats(graph)), notes, total_before, _totals(graph), groups)
         graph.meta["prune"] = [*graph.meta.get("prune", []), report]
         for note in notes:
             ctx.warn(f"prune: {note}")
@@ -453,6 +459,7 @@ class PruneReport:
     notes: list[str]
     total_before: tuple[int, int, int]  # params, bytes, MACs
     total_after: tuple[int, int, int]
+    groups: list[str] = field(default_factory=list)  # structured: "<group>: k of n channels removed"
 
     def table(self) -> str:
         """An aligned per-layer table: sparsity, storage, params, bytes and MACs before -> after."""
@@ -490,6 +497,8 @@ class PruneReport:
             ]
         )
         text = f"{self.pipeline}\n" + format_table(head, body, align="llrlrrr")
+        if self.groups:
+            text += "\n" + "\n".join(f"group {g}" for g in self.groups)
         if self.notes:
             text += "\n" + "\n".join(f"note: {n}" for n in self.notes)
         return text
