@@ -306,7 +306,7 @@ class StructuredPlan:
     per_group: dict[int, tuple[int, int]] = field(default_factory=dict)  # group index -> (removed, total)
 
 
-def channel_importance(deps: Dependencies, group: Group, norm: str) -> np.ndarray:
+def channel_importance(group: Group, norm: str) -> np.ndarray:
     """Importance of each channel of ``group``: l1/l2 norm of its producer weights, summed over the group."""
     atom_score: dict[int, float] = {}
     for s in group.seeds:
@@ -334,7 +334,7 @@ def plan_structured(graph: Graph, opts: Prune) -> StructuredPlan:
             g.blocked.append(f"it has a single {what[:-1]}")
     live = [g for g in deps.groups if not g.blocked]
     channel_index = {ch: i for i, ch in enumerate(deps.channels)}
-    scores = {g.index: channel_importance(deps, g, opts.importance) for g in live}
+    scores = {g.index: channel_importance(g, opts.importance) for g in live}
     removals = _choose(live, scores, opts)
     for g in live:
         chosen = removals.get(g.index, [])
