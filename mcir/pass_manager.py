@@ -202,6 +202,7 @@ BUILTIN: dict[str, str] = {
     "ternarize": "mcir.passes.binarize:Ternarize",
     "lowrank": "mcir.passes.lowrank:LowRank",
     "share": "mcir.passes.share:Share",
+    "prune": "mcir.passes.prune:Prune",
 }
 
 #: aliases: name -> (pass name, preset options)
