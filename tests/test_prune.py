@@ -144,6 +144,8 @@ def test_report_rows_and_effective_macs():
     assert row.before.macs == 2 * 64 * 64 and row.after.macs == 2 * 64 * 64 * row.after.nonzero // 4096
     assert row.sparsity == pytest.approx(0.9, abs=1e-3)
     assert row.after.bytes == g.value("w").type.nbytes < row.before.bytes
+    stats = GraphStats.of(g)  # the pipeline table counts sparse layers the same way
+    assert report.total_after == (stats.params, stats.weight_bytes, stats.macs)
     text = report.table()
     assert "prune(sparsity=0.9,skip=none)" in text and "90.0%" in text and "f32 #csr<nnz=410>" in text
 

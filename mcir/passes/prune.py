@@ -508,6 +508,15 @@ def _storage_name(t: TensorType) -> str:
     return f"{t.dtype} {t.encoding}" if t.encoding is not None else f"{t.dtype} dense"
 
 
+def _stored(t: TensorType) -> int:
+    """Elements a tensor stores (sparse weights: only their values), as GraphStats counts parameters."""
+    if isinstance(t.encoding, Csr):
+        return t.encoding.nnz
+    if isinstance(t.encoding, NMEncoding):
+        return t.numel * t.encoding.n // t.encoding.m
+    return t.numel
+
+
 def _effective_macs(op: Op) -> int:
     from mcir.ops import registry
 
@@ -538,7 +547,7 @@ def _stats(graph: Graph) -> dict[int, tuple[Op, LayerStats]]:
             LayerStats(
                 _layer_name(op),
                 op.name,
-                sum(v.type.numel for v in consts),
+                sum(_stored(v.type) for v in consts),
                 sum(v.type.nbytes for v in consts),
                 macs,
                 sum(v.type.numel for v in mats),
@@ -564,4 +573,4 @@ def _totals(graph: Graph) -> tuple[int, int, int]:
     """(parameters, weight bytes, effective MACs) of the whole graph."""
     consts = [op.result.type for op in graph.constants()]
     macs = sum(_effective_macs(op) for op in graph.compute_ops())
-    return sum(t.numel for t in consts), sum(t.nbytes for t in consts), macs
+    return sum(_stored(t) for t in consts), sum(t.nbytes for t in consts), macs
