@@ -1,0 +1,433 @@
+"""Sparse f32 kernels: ``linear`` and 1x1 ``conv2d`` with ``#csr`` / ``#nm`` f32 weights.
+
+``y = x @ W^T + b`` where W keeps only its non-zeros. The IR's storage is repacked at
+compile time (``sparse_pack``) into the layout the kernel streams:
+
+* **batch-1 GEMV on AVX-512** (``window`` layout): 64 rows at a time share one window
+  of 32 columns of x (two vector loads); per 16 rows, one index vector (u8 offsets into
+  the window), one ``vpermi2ps`` that brings each lane its x, one FMA. At 90 % sparsity
+  the weight stream is ~0.9 bytes per dense weight (dense f32: 4) and a window serves
+  about 40 non-zeros, so the kernel runs 3-4x faster than the dense GEMV it replaces
+  (measurements in ``mcir.passes.sparse_cost`` and ``docs/benchmarks.md``).
+* **batched** (``rows`` layout, CSR): x is transposed into scratch, ``x^T[K][M]``, and
+  each non-zero ``W[n, k]`` is broadcast against row k of x^T, so one load of the weight
+  serves every column of the batch (two FMAs per non-zero for 32 columns); the
+  ``y^T[N][M]`` result is transposed back in 16 x 16 register tiles. A 1x1 convolution
+  is exactly this product with x^T = the image itself (``[C][H*W]``) and y^T = the
+  output image, so it needs no transposes. Targets without AVX-512 also use this kernel
+  for batch 1 (correct everywhere, tuned for AVX-512 only).
+
+Other convolutions with sparse weights raise a CodegenError. Results match the
+interpreter within the backend's f32 contract (sums in a different order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import llvmlite.ir as ir
+
+from mcir.codegen.emit import F32, I8, I32, I64, Emitter, const, i64, vec
+from mcir.codegen.kernels import KernelContext, kernel
+from mcir.codegen.kernels import sparse_pack as sp
+from mcir.codegen.memory_plan import align_up
+from mcir.codegen.target import Target
+from mcir.errors import CodegenError
+from mcir.ir import Op
+
+SPARSE_F32 = "f32#csr|f32#nm"
+
+#: batch size from which the batched kernel beats one GEMV per row of x (measured, see sparse_cost)
+BATCH_MIN = 4
+
+
+@dataclass(frozen=True)
+class WindowShape:
+    """Geometry of the ``window`` GEMV on a target: lanes per vector, window width, rows blocks per window."""
+
+    lanes: int
+    width: int
+    group: int
+
+    @property
+    def rows(self) -> int:
+        return self.lanes * self.group
+
+    @property
+    def key(self) -> str:
+        return f"window{self.lanes}x{self.width}x{self.group}"
+
+
+def window_shape(target: Target) -> WindowShape | None:
+    """The window GEMV needs a two-table permute of f32 (``vpermi2ps``, AVX-512F); None elsewhere."""
+    if target.is_x86 and target.vector_bits == 512 and target.has("avx512f"):
+        return WindowShape(16, 32, 4)
+    return None
+
+
+def lanes_of(target: Target) -> int:
+    """f32 lanes the batched kernels vectorise over (a power of two)."""
+    return max(4, target.f32_lanes)
+
+
+# -- shapes of the two ops --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Product:
+    """One sparse product ``Y^T[N][M] = W[N][K] @ X^T[K][M]``, repeated ``images`` times.
+
+    ``linear``: images 1, X = x viewed as [M, K]. ``conv2d`` 1x1: one product per image with
+    M = H*W pixels, X^T = the image [C][H*W] and Y^T = the output image [O][H*W].
+    """
+
+    m: int
+    n: int
+    k: int
+    images: int
+    conv: bool
+
+
+def product(op: Op) -> Product:
+    """The product an op computes; CodegenError for convolutions that are not 1x1 pointwise."""
+    w = op.operands[1].type
+    n, k = sp.rows_of(w)
+    if op.name == "linear":
+        return Product(op.operands[0].type.numel // max(k, 1), n, k, 1, False)
+    a = op.attrs
+    if (
+        w.shape[2:] != (1, 1)
+        or tuple(a.get("stride", (1, 1))) != (1, 1)
+        or tuple(a.get("padding", (0, 0))) != (0, 0)
+        or a.get("groups", 1) != 1
+    ):
+        raise CodegenError(
+            f"no native kernel for {op.where()}: sparse convolution weights are supported for 1x1 kernels "
+            f"with stride 1, no padding and groups=1 (got kernel {list(w.shape[2:])}, "
+            f"stride {list(a.get('stride', (1, 1)))}, padding {list(a.get('padding', (0, 0)))}, "
+            f"groups {a.get('groups', 1)}); prune it with storage=dense or run it with mcir.interpret"
+        )
+    x = op.operands[0].type
+    return Product(x.shape[2] * x.shape[3], n, k, x.shape[0], True)
+
+
+def uses_window(p: Product, target: Target) -> bool:
+    return not p.conv and p.m < BATCH_MIN and window_shape(target) is not None
+
+
+# -- compile-time packing and scratch ---------------------------------------------------------------
+
+
+def _pack_f32(op: Op, index: int, data, target: Target):
+    if index != 1:
+        return None
+    p = product(op)
+    w = sp.dense_f32(op.operands[1].type, data)
+    shape = window_shape(target)
+    if uses_window(p, target):
+        return shape.key, sp.pack_window(w, shape.lanes, shape.width, shape.group)
+    return "rows", sp.pack_rows(w)
+
+
+def _scratch_f32(op: Op, target: Target) -> int:
+    p = product(op)
+    if uses_window(p, target):
+        return align_up((p.k + window_shape(target).width) * 4)
+    if p.conv:
+        return 0
+    mpad = _round(p.m, lanes_of(target))
+    return align_up(p.k * mpad * 4) + align_up(p.n * mpad * 4)
+
+
+def _round(m: int, lanes: int) -> int:
+    return max(lanes, -(-m // lanes) * lanes)
+
+
+# -- emission helpers (shared with sparse_i8) ----------------------------------------------------------
+
+
+def field(em: Emitter, blob: ir.Value, i: int) -> ir.Value:
+    """Header field ``i`` of a packed layout (i64)."""
+    return em.load(blob, i, I64, align=8)
+
+
+def part_ptr(em: Emitter, blob: ir.Value, i: int) -> ir.Value:
+    """Pointer to the part whose byte offset is header field ``i``."""
+    return em.byte_offset(blob, field(em, blob, i))
+
+
+def tiles(em: Emitter, count: int, size: int, body: Callable[[ir.Value, int], None], name: str) -> None:
+    """``body(start, width)`` for consecutive tiles of ``size`` covering ``range(count)``: a loop over
+    the full tiles, then the partial last one (its width is static, so edges get static masks)."""
+    full, rest = divmod(count, size)
+    if full == 1:
+        body(i64(0), size)
+    elif full > 1:
+        with em.loop(full, name=name) as t:
+            body(em.b.mul(t, i64(size)), size)
+    if rest:
+        body(i64(full * size), rest)
+
+
+def load_part(em: Emitter, ptr: ir.Value, index: ir.Value, ty: ir.VectorType, lanes: int) -> ir.Value:
+    """A vector load of ``lanes`` valid lanes (zeros beyond): full or masked."""
+    return em.load(ptr, index, ty) if lanes >= ty.count else em.masked_load(ptr, index, ty, lanes)
+
+
+def store_part(em: Emitter, v: ir.Value, ptr: ir.Value, index: ir.Value, lanes: int) -> None:
+    if lanes >= v.type.count:
+        em.store(v, ptr, index)
+    else:
+        em.masked_store(v, ptr, index, lanes)
+
+
+def transpose(em: Emitter, rows: list[ir.Value]) -> list[ir.Value]:
+    """Transpose an L x L tile held as L vectors (L a power of two): log2(L) rounds of two-input
+    shuffles that swap the off-diagonal b x b blocks (b = L/2, ..., 1)."""
+    n = len(rows)
+    rows = list(rows)
+    half = n // 2
+    while half:
+        lo = [k if not k & half else n + k - half for k in range(n)]
+        hi = [k + half if not k & half else n + k for k in range(n)]
+        for i in range(n):
+            if i & half:
+                continue
+            a, c = rows[i], rows[i + half]
+            rows[i] = em.b.shuffle_vector(a, c, ir.Constant(ir.VectorType(I32, n), lo))
+            rows[i + half] = em.b.shuffle_vector(a, c, ir.Constant(ir.VectorType(I32, n), hi))
+        half //= 2
+    return rows
+
+
+def copy_padded(em: Emitter, src: ir.Value, dst: ir.Value, count: int, pad: int, elem: ir.Type, lanes: int) -> None:
+    """``dst[0:count] = src[0:count]``, ``dst[count:count+pad] = 0`` (vector loop, masked edge)."""
+    vt = vec(elem, lanes)
+
+    def body(start: ir.Value, width: int) -> None:
+        store_part(em, load_part(em, src, start, vt, width), dst, start, width)
+
+    tiles(em, count, lanes, body, "cp")
+    zero = ir.Constant(vt, None)
+
+    def zeros(start: ir.Value, width: int) -> None:
+        store_part(em, zero, dst, em.b.add(start, i64(count)), width)
+
+    tiles(em, pad, lanes, zeros, "cz")
+
+
+def transpose_in(
+    em: Emitter, src: ir.Value, rows: int, cols: int, dst: ir.Value, ld: int, lanes: int, load_row=None
+) -> None:
+    """``dst[c * ld + r] = src[r * cols + c]`` for a row-major [rows][cols] source, in L x L tiles.
+
+    ``dst`` rows are ``ld >= round_up(rows, L)`` wide; lanes past ``rows`` are zero. ``load_row(em,
+    ptr, index, lanes)`` loads ``lanes`` source elements as an f32-or-i32 vector of L lanes.
+    """
+    vt = vec(F32, lanes)
+    load_row = load_row or (lambda em, p, i, n: load_part(em, p, i, vt, n))
+
+    def tile(r0: ir.Value, nr: int) -> None:
+        def inner(c0: ir.Value, nc: int) -> None:
+            b = em.b
+            block = []
+            for i in range(lanes):
+                if i < nr:
+                    block.append(load_row(em, src, b.add(b.mul(b.add(r0, i64(i)), i64(cols)), c0), nc))
+                else:
+                    block.append(None)
+            zero = ir.Constant(next(v for v in block if v is not None).type, None)
+            out = transpose(em, [v if v is not None else zero for v in block])
+            for j in range(nc):
+                em.store(out[j], dst, b.add(b.mul(b.add(c0, i64(j)), i64(ld)), r0))
+
+        tiles(em, cols, lanes, inner, "tc")
+
+    tiles(em, rows, lanes, tile, "tr")
+
+
+# -- the batched product (rows layout) -----------------------------------------------------------------
+
+
+def emit_rows_product(
+    em: Emitter,
+    blob: ir.Value,
+    n: int,
+    xt: ir.Value,
+    ldx: int,
+    yt: ir.Value,
+    ldy: int,
+    m: int,
+    lanes: int,
+    bias: ir.Value | None,
+    epilogue: Callable[[Emitter, ir.Value], ir.Value] | None,
+) -> None:
+    """``yt[r*ldy + c] = epilogue(sum_e vals[e] * xt[cols[e]*ldx + c] + bias[r])`` for c < m."""
+    b = em.b
+    rowptr = part_ptr(em, blob, 0)
+    cols = part_ptr(em, blob, 1)
+    vals = part_ptr(em, blob, 2)
+    vt = vec(F32, lanes)
+    chunk = 2 * lanes  # columns of one register tile: 2 vectors x 2 accumulator sets
+
+    def columns(c0: ir.Value, width: int) -> None:
+        nv = -(-width // lanes)
+        widths = [min(lanes, width - j * lanes) for j in range(nv)]
+        with em.loop(n, name="row") as r:
+            e0 = b.sext(em.load(rowptr, r, I32), I64)
+            e1 = b.sext(em.load(rowptr, b.add(r, i64(1)), I32), I64)
+            zero = const(vt, 0.0)
+            with em.loop_carried(e1, [zero] * (2 * nv), name="e", start=e0) as lp:
+                accs = list(lp.values)
+                e = lp.index
+                v = em.splat(em.load(vals, e, F32), lanes)
+                row = b.add(b.mul(b.sext(em.load(cols, e, I32), I64), i64(ldx)), c0)
+                new = [
+                    em.fma(v, load_part(em, xt, b.add(row, i64(j * lanes)), vt, widths[j]), accs[j]) for j in range(nv)
+                ]
+                # two accumulator sets, swapped every non-zero: twice the FMAs in flight
+                lp.next(accs[nv:] + new)
+            acc = lp.results
+            out = b.add(b.mul(r, i64(ldy)), c0)
+            for j in range(nv):
+                y = b.fadd(acc[j], acc[nv + j], flags=("reassoc", "contract"))
+                if bias is not None:
+                    y = b.fadd(y, em.splat(em.load(bias, r, F32), lanes))
+                if epilogue is not None:
+                    y = epilogue(em, y)
+                store_part(em, y, yt, b.add(out, i64(j * lanes)), widths[j])
+
+    tiles(em, m, chunk, columns, "mc")
+
+
+# -- the window GEMV -------------------------------------------------------------------------------------
+
+
+def emit_window_gemv(
+    em: Emitter,
+    blob: ir.Value,
+    shape: WindowShape,
+    n: int,
+    xs: ir.Value,
+    y: ir.Value,
+    bias: ir.Value | None,
+    epilogue: Callable[[Emitter, ir.Value], ir.Value] | None,
+) -> None:
+    """``y[0:n] = epilogue(W @ xs + bias)`` from a window blob; ``xs`` holds x followed by zeros."""
+    b = em.b
+    lanes, group = shape.lanes, shape.group
+    vt, it, bt = vec(F32, lanes), vec(I32, lanes), vec(I8, lanes)
+    wins = part_ptr(em, blob, 1)
+    starts = part_ptr(em, blob, 2)
+    index = part_ptr(em, blob, 3)
+    vals = part_ptr(em, blob, 4)
+    permute = em.intrinsic("llvm.x86.avx512.vpermi2var.ps.512", [], vt, [vt, it, vt])
+    nacc = 2  # accumulators per 16 rows, rotated every window: covers the FMA latency
+
+    def one_group(g: ir.Value, valid: int) -> None:
+        w0 = em.load(wins, g, I64, align=8)
+        w1 = em.load(wins, b.add(g, i64(1)), I64, align=8)
+        zero = const(vt, 0.0)
+        with em.loop_carried(w1, [zero] * (group * nacc), name="w", start=w0) as lp:
+            accs = list(lp.values)
+            w = lp.index
+            c = b.sext(em.load(starts, w, I32), I64)
+            lo = em.load(xs, c, vt)
+            hi = em.load(xs, b.add(c, i64(lanes)), vt)
+            base = b.mul(w, i64(shape.rows))
+            nxt = []
+            for s in range(group):
+                off = b.add(base, i64(s * lanes))
+                iv = b.zext(em.load(index, off, bt, align=1), it)
+                xv = b.call(permute, [lo, iv, hi])
+                a = accs[s * nacc : (s + 1) * nacc]
+                nxt += a[1:] + [em.fma(em.load(vals, off, vt, align=64), xv, a[0])]
+            lp.next(nxt)
+        acc = lp.results
+        for s in range(group):
+            live = min(lanes, valid - s * lanes)
+            if live <= 0:
+                break
+            v = acc[s * nacc]
+            for extra in acc[s * nacc + 1 : (s + 1) * nacc]:
+                v = b.fadd(v, extra, flags=("reassoc", "contract"))
+            row = b.add(b.mul(g, i64(shape.rows)), i64(s * lanes))
+            if bias is not None:
+                v = b.fadd(v, load_part(em, bias, row, vt, live))
+            if epilogue is not None:
+                v = epilogue(em, v)
+            store_part(em, v, y, row, live)
+
+    full, rest = divmod(n, shape.rows)
+    if full:
+        with em.loop(full, name="grp") as g:
+            one_group(g, shape.rows)
+    if rest:
+        one_group(i64(full), rest)
+
+
+# -- the generators ---------------------------------------------------------------------------------------
+
+
+def _sparse_f32(k: KernelContext) -> None:
+    em, b = k.em, k.em.b
+    p = product(k.op)
+    bias = k.args[2] if len(k.args) > 2 else None
+    x, w, out = k.args[0], k.args[1], k.out
+    shape = window_shape(k.target)
+    if uses_window(p, k.target):
+        xs = k.scratch
+        for r in range(p.m):
+            copy_padded(em, em.gep(x, i64(r * p.k), F32), xs, p.k, shape.width, F32, shape.lanes)
+            emit_window_gemv(em, w, shape, p.n, xs, em.gep(out, i64(r * p.n), F32), bias, k.epilogue)
+        return
+    lanes = lanes_of(k.target)
+    if p.conv:
+        hw = p.m
+        with em.loop(p.images, name="img") as img:
+            xi = em.gep(x, b.mul(img, i64(p.k * hw)), F32)
+            yi = em.gep(out, b.mul(img, i64(p.n * hw)), F32)
+            emit_rows_product(em, w, p.n, xi, hw, yi, hw, hw, lanes, bias, k.epilogue)
+        return
+    mpad = _round(p.m, lanes)
+    xt = k.scratch
+    yt = em.byte_offset(k.scratch, align_up(p.k * mpad * 4))
+    transpose_in(em, x, p.m, p.k, xt, mpad, lanes)
+    emit_rows_product(em, w, p.n, xt, mpad, yt, mpad, p.m, lanes, bias, k.epilogue)
+    vt = vec(F32, lanes)
+
+    def store(v: ir.Value, index: ir.Value, live: int) -> None:
+        store_part(em, v, out, index, live)
+
+    # y[M][N] from yt[N][mpad]: tiles over m (rows of y) and n
+    def m_tile(m0: ir.Value, nm: int) -> None:
+        def n_tile(n0: ir.Value, nn: int) -> None:
+            block = [
+                em.load(yt, b.add(b.mul(b.add(n0, i64(i)), i64(mpad)), m0), vt) if i < nn else ir.Constant(vt, None)
+                for i in range(lanes)
+            ]
+            cols = transpose(em, block)
+            for j in range(nm):
+                store(cols[j], b.add(b.mul(b.add(m0, i64(j)), i64(p.n)), n0), nn)
+
+        tiles(em, p.n, lanes, n_tile, "tn")
+
+    tiles(em, p.m, lanes, m_tile, "tm")
+
+
+def _doc(fn: Callable[[KernelContext], None], text: str) -> Callable[[KernelContext], None]:
+    def gen(k: KernelContext) -> None:
+        fn(k)
+
+    gen.__name__ = fn.__name__ + "_" + text.split()[0]
+    gen.__doc__ = text
+    return gen
+
+
+kernel("linear", ("f32", SPARSE_F32, "f32"), pack=_pack_f32, scratch=_scratch_f32, epilogue=True)(
+    _doc(_sparse_f32, "linear y = x @ W^T + b with a #csr/#nm f32 weight: window GEMV (batch 1) or batched CSR")
+)
+kernel("conv2d", ("f32", SPARSE_F32, "f32"), pack=_pack_f32, scratch=_scratch_f32, epilogue=True)(
+    _doc(_sparse_f32, "conv2d 1x1 with a #csr/#nm f32 weight: one batched sparse product per image")
+)
