@@ -107,7 +107,7 @@ class KernelGen:
 
 
 _REGISTRY: dict[str, list[KernelGen]] = {}
-_MODULES = ("elementwise", "gemm_f32", "movement", "norm", "reduce", "conv", "pool", "attention")
+_MODULES = ("elementwise", "gemm_f32", "movement", "norm", "reduce", "conv", "pool", "attention", "sparse")
 
 
 def kernel(
