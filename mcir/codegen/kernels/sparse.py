@@ -247,6 +247,29 @@ def transpose_in(
     tiles(em, rows, lanes, tile, "tr")
 
 
+def transpose_out(
+    em: Emitter, yt: ir.Value, ld: int, m: int, n: int, lanes: int, store: Callable[[ir.Value, ir.Value, int], None]
+) -> None:
+    """``y[M][N]`` from ``yt[N][ld]`` (f32) in L x L tiles: ``store(vector, index, live)`` writes
+    ``y[r][c0 : c0 + live]`` (index = r * N + c0) for every row r of every tile."""
+    b = em.b
+    vt = vec(F32, lanes)
+
+    def m_tile(m0: ir.Value, nm: int) -> None:
+        def n_tile(n0: ir.Value, nn: int) -> None:
+            block = [
+                em.load(yt, b.add(b.mul(b.add(n0, i64(i)), i64(ld)), m0), vt) if i < nn else ir.Constant(vt, None)
+                for i in range(lanes)
+            ]
+            cols = transpose(em, block)
+            for j in range(nm):
+                store(cols[j], b.add(b.mul(b.add(m0, i64(j)), i64(n)), n0), nn)
+
+        tiles(em, n, lanes, n_tile, "tn")
+
+    tiles(em, m, lanes, m_tile, "tm")
+
+
 # -- the batched product (rows layout) -----------------------------------------------------------------
 
 
@@ -395,25 +418,7 @@ def _sparse_f32(k: KernelContext) -> None:
     yt = em.byte_offset(k.scratch, align_up(p.k * mpad * 4))
     transpose_in(em, x, p.m, p.k, xt, mpad, lanes)
     emit_rows_product(em, w, p.n, xt, mpad, yt, mpad, p.m, lanes, bias, k.epilogue)
-    vt = vec(F32, lanes)
-
-    def store(v: ir.Value, index: ir.Value, live: int) -> None:
-        store_part(em, v, out, index, live)
-
-    # y[M][N] from yt[N][mpad]: tiles over m (rows of y) and n
-    def m_tile(m0: ir.Value, nm: int) -> None:
-        def n_tile(n0: ir.Value, nn: int) -> None:
-            block = [
-                em.load(yt, b.add(b.mul(b.add(n0, i64(i)), i64(mpad)), m0), vt) if i < nn else ir.Constant(vt, None)
-                for i in range(lanes)
-            ]
-            cols = transpose(em, block)
-            for j in range(nm):
-                store(cols[j], b.add(b.mul(b.add(m0, i64(j)), i64(p.n)), n0), nn)
-
-        tiles(em, p.n, lanes, n_tile, "tn")
-
-    tiles(em, p.m, lanes, m_tile, "tm")
+    transpose_out(em, yt, mpad, p.m, p.n, lanes, lambda v, index, live: store_part(em, v, out, index, live))
 
 
 def _doc(fn: Callable[[KernelContext], None], text: str) -> Callable[[KernelContext], None]:
