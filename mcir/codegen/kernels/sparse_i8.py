@@ -1,0 +1,404 @@
+"""Sparse int8 kernels: ``linear`` and 1x1 ``conv2d`` with ``#csr`` / ``#nm`` int8 weights
+(per-row scales, from ``prune,quant8``) on u8 activations.
+
+``acc[n] = sum_k q_w[n, k] * q_x[k] + offset[n]``, ``y = float(acc) * mult[n] (+ fbias[n])``,
+then the result type: f32 (with a fused activation) or requantised
+``clamp(rint(y / s_y) + z_y)``. ``offset = q_b - z_x * sum_k q_w`` folds the integer bias
+and the zero point of x at compile time; ``mult = s_x * s_w[n]`` is the bias's own scale,
+so the sum is exact in int32 and results match the interpreter within 1 LSB (u8) / the f32
+contract. The weights use the compact ``gap`` layout (``sparse_pack``: 13 bits per entry,
+about 1.75 bytes per non-zero at 90 % sparsity) on every path:
+
+* **batch 1 on AVX-512 VBMI + VNNI**: a slot gives 16 rows 4 entries each. ``vpermb`` +
+  ``vpmultishiftqb`` unpack the 5-bit gaps; two byte shifts and adds turn them into
+  positions relative to the slot's window start R, all in bytes; two ``vpermi2b`` on the
+  256 bytes of x at R fetch the 64 activations and one ``vpdpbusd`` multiplies and sums
+  them into the 16 row accumulators. About 20 vector instructions per 64 entries, no
+  gathers (``vpgatherdd`` costs ~25 cycles on this CPU class).
+* **everything else** (a batch of rows, 1x1 convolutions, other targets): each row's
+  entries are decoded once into (x row, value) pairs in scratch, then every non-zero
+  multiplies a vector of the batch (x transposed to ``x^T[K][M]`` u8; a 1x1 convolution's
+  image already is) with int32 multiply-adds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+
+import llvmlite.ir as ir
+import numpy as np
+
+from mcir import dtypes
+from mcir.codegen.emit import F32, I8, I16, I32, I64, Emitter, const, i64, storage_type, vec
+from mcir.codegen.kernels import KernelContext, kernel, math_approx
+from mcir.codegen.kernels import sparse_pack as sp
+from mcir.codegen.kernels.sparse import (
+    BATCH_MIN,
+    Product,
+    copy_padded,
+    field,
+    load_part,
+    part_ptr,
+    product,
+    store_part,
+    tiles,
+    transpose_in,
+    transpose_out,
+)
+from mcir.codegen.memory_plan import align_up, view_root
+from mcir.codegen.target import Target
+from mcir.errors import CodegenError
+from mcir.ir import Op
+from mcir.types import Quant
+
+SPARSE_I8 = "i8#csr|i8#nm"
+V64 = ir.VectorType(I8, 64)
+V16I32 = ir.VectorType(I32, 16)
+
+
+def _x_quant(op: Op) -> Quant:
+    enc = op.operands[0].type.encoding
+    if not isinstance(enc, Quant) or enc.axis is not None:
+        raise CodegenError(f"{op.where()}: sparse int8 kernels need a per-tensor quantised u8 input")
+    return enc
+
+
+def _result_quant(op: Op) -> Quant | None:
+    t = op.result.type
+    if t.encoding is None and t.dtype == dtypes.f32:
+        return None
+    if isinstance(t.encoding, Quant) and t.encoding.axis is None and t.dtype in (dtypes.u8, dtypes.i8):
+        return t.encoding
+    raise CodegenError(f"{op.where()}: sparse int8 kernels write f32 or per-tensor quantised u8/i8 results, not {t}")
+
+
+def vector_gemv(target: Target) -> bool:
+    """The batch-1 kernel needs byte permutes (VBMI), vpmultishiftqb (VBMI) and vpdpbusd (VNNI)."""
+    return (
+        target.is_x86
+        and target.vector_bits == 512
+        and all(target.has(f) for f in ("avx512bw", "avx512vbmi", "avx512vnni"))
+    )
+
+
+def _uses_vector(p: Product, target: Target) -> bool:
+    return not p.conv and p.m < BATCH_MIN and vector_gemv(target)
+
+
+def lanes_of(target: Target) -> int:
+    """int32 lanes of the batched kernel."""
+    return max(4, target.vector_bits // 32)
+
+
+# -- compile time: per-row constants and the gap layout ----------------------------------------------
+
+
+def row_constants(op: Op, q: np.ndarray, w_scale: np.ndarray, bias) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(offset i32, mult f32, fbias f32) per output row; see the module docstring."""
+    xq = _x_quant(op)
+    # the same f32 product quantize() gives the bias scale, so an int bias folds exactly
+    mult = (np.float32(xq.scale) * np.asarray(w_scale, np.float32)).astype(np.float32)
+    offset = -int(xq.zero_point) * q.astype(np.int64).sum(axis=1)
+    fbias = np.zeros(q.shape[0], np.float32)
+    if bias is not None:
+        bt = op.operands[2].type
+        if isinstance(bt.encoding, Quant) and bt.dtype == dtypes.i32 and bt.encoding.axis is not None:
+            scale = np.asarray(bias["scale"], np.float32)
+            if np.array_equal(scale.view(np.uint32), mult.view(np.uint32)):
+                offset = offset + np.asarray(bias["data"], np.int64)
+            else:
+                fbias = np.asarray(bt.decode(bias), np.float32).reshape(-1)
+        else:
+            fbias = np.asarray(bt.decode(bias), np.float32).reshape(-1)
+    worst = 255 * np.abs(q.astype(np.int64)).sum(axis=1) + np.abs(offset)
+    if worst.size and worst.max() >= 2**31:
+        raise CodegenError(f"{op.where()}: int32 accumulators could overflow (rows of {q.shape[1]} int8 weights)")
+    return offset.astype(np.int32), mult, fbias
+
+
+def _bias_data(op: Op):
+    if len(op.operands) < 3:
+        return None
+    b = view_root(op.operands[2])
+    if not b.is_constant or b.producer.data is None:
+        raise CodegenError(f"{op.where()}: the bias of a sparse int8 layer must be a constant")
+    return b.producer.data
+
+
+def _pack_i8(op: Op, index: int, data, target: Target):
+    if index == 2:
+        return "folded", np.zeros(0, np.uint8)  # lives in the weight's per-row constants
+    if index != 1:
+        return None
+    q, w_scale = sp.dense_int8(op.operands[1].type, data)
+    offset, mult, fbias = row_constants(op, q, w_scale, _bias_data(op))
+    blob = sp.pack_gap(q, offset, mult, fbias)
+    # the same weight with another input scale or bias needs its own constants
+    digest = hashlib.sha1(offset.tobytes() + mult.tobytes() + fbias.tobytes()).hexdigest()[:16]
+    return f"gap:{digest}", blob
+
+
+def _scratch_i8(op: Op, target: Target) -> int:
+    p = product(op)
+    if _uses_vector(p, target):
+        return align_up(p.k + sp.GAP_WINDOW + 64)
+    lanes = lanes_of(target)
+    decoded = align_up((p.k + 1) * 8)  # one row's entries: x row (i32) and value (i32)
+    if p.conv:
+        return decoded
+    mpad = max(lanes, -(-p.m // lanes) * lanes)
+    return decoded + align_up(p.k * mpad) + align_up(p.n * mpad * 4)
+
+
+# -- emission -------------------------------------------------------------------------------------------
+
+
+class _Rows:
+    """Pointers to the per-row parts of a gap blob and the ``y = float(acc + offset) * mult + fbias`` step."""
+
+    def __init__(self, em: Emitter, blob: ir.Value) -> None:
+        self.em = em
+        self.blocks_slots = part_ptr(em, blob, 2)
+        self.deltas = part_ptr(em, blob, 3)
+        self.gaps = part_ptr(em, blob, 4)
+        self.vals = part_ptr(em, blob, 5)
+        self.perm = part_ptr(em, blob, 6)
+        self.offset = part_ptr(em, blob, 7)
+        self.mult = part_ptr(em, blob, 8)
+        # without a float bias its part is empty (but followed by 64 zero bytes): never add it
+        self.has_fbias = em.b.icmp_signed("!=", field(em, blob, 1), i64(0))
+        self.fbias = part_ptr(em, blob, 9)
+
+    def slots(self, block: ir.Value) -> tuple[ir.Value, ir.Value]:
+        b = self.em.b
+        s0 = b.sext(self.em.load(self.blocks_slots, block, I32), I64)
+        s1 = b.sext(self.em.load(self.blocks_slots, b.add(block, i64(1)), I32), I64)
+        return s0, s1
+
+    def _fbias(self, row: ir.Value, ty: ir.Type) -> ir.Value:
+        b = self.em.b
+        return b.select(
+            self.has_fbias, self.em.load(self.fbias, b.select(self.has_fbias, row, i64(0)), ty), const(ty, 0)
+        )
+
+    def finish_lanes(self, acc: ir.Value, row: ir.Value) -> ir.Value:
+        """Float results of a 16-lane accumulator holding sorted rows ``row .. row + 15``."""
+        em, b = self.em, self.em.b
+        ft = vec(F32, acc.type.count)
+        y = b.sitofp(b.add(acc, em.load(self.offset, row, acc.type)), ft)
+        return b.fadd(b.fmul(y, em.load(self.mult, row, ft)), self._fbias(row, ft))
+
+    def finish_row(self, acc: ir.Value, row: ir.Value) -> ir.Value:
+        """Float results of an accumulator holding batch columns of sorted row ``row``."""
+        em, b = self.em, self.em.b
+        lanes = acc.type.count
+        ft = vec(F32, lanes)
+        y = b.sitofp(b.add(acc, em.splat(em.load(self.offset, row, I32), lanes)), ft)
+        y = b.fmul(y, em.splat(em.load(self.mult, row, F32), lanes))
+        return b.fadd(y, em.splat(self._fbias(row, F32), lanes))
+
+
+def encode(em: Emitter, x: ir.Value, q: Quant, dtype) -> ir.Value:
+    """``clamp(rint(x / s) + z)`` into the integer storage of ``dtype`` (as the quantize kernel does)."""
+    b = em.b
+    info = np.iinfo(dtype.np)
+    t = x.type
+    y = b.fdiv(x, const(t, q.scale))  # a division, as the reference: bit-equal results
+    r = b.fadd(math_approx.rint(em, y), const(t, float(q.zero_point)))
+    big = b.fcmp_ordered(">=", em.call_unary("fabs", y), const(t, 4194304.0))  # beyond the rint trick
+    r = b.select(big, b.fadd(y, const(t, float(q.zero_point))), r)
+    r = em.fmin(em.fmax(r, const(t, float(info.min))), const(t, float(info.max)))
+    r = b.select(b.fcmp_unordered("uno", r, r), const(t, 0.0), r)
+    # through i32: fptosi straight to i8 is poison for 128..255 (u8)
+    return b.trunc(b.fptosi(r, vec(I32, t.count)), vec(storage_type(dtype), t.count))
+
+
+def _output(k: KernelContext) -> Callable[[ir.Value], ir.Value]:
+    """Float result vector -> what the result type stores (after the fused epilogue)."""
+    rq = _result_quant(k.op)
+    if rq is None:
+        return k.apply_epilogue
+    dt = k.result_type.dtype
+    return lambda y: encode(k.em, y, rq, dt)
+
+
+def _emit_vector_gemv(k: KernelContext, rows: _Rows, n: int, xs: ir.Value, y: ir.Value) -> None:
+    """The batch-1 VBMI + VNNI kernel over all blocks of 16 sorted rows (module docstring)."""
+    em, b = k.em, k.em.b
+    # bit offset of gap field i within its qword
+    shifts = ir.Constant(V64, [ir.Constant(I8, 5 * (i % 8)) for i in range(64)])
+    mshift = em.intrinsic("llvm.x86.avx512.pmultishift.qb.512", [], V64, [V64, V64])
+    permi2b = em.intrinsic("llvm.x86.avx512.vpermi2var.qi.512", [], V64, [V64, V64, V64])
+    dot = em.intrinsic("llvm.x86.avx512.vpdpbusd.512", [], V16I32, [V16I32, V64, V64])
+    i32x = ir.VectorType(I32, 64)
+    # 40 bytes of gaps -> 8 bytes per qword (5 used): byte 8q+i takes byte 5q+i
+    spread = ir.Constant(i32x, [5 * (i // 8) + min(i % 8, 4) for i in range(64)])
+    last = ir.Constant(i32x, [4 * (i // 4) + 3 for i in range(64)])  # byte 4j+3 to the whole lane j
+    store = _output(k)
+
+    def block(blk: ir.Value, valid: int) -> None:
+        s0, s1 = rows.slots(blk)
+        init = [ir.Constant(V16I32, None), const(V64, -1), i64(0)]  # positions start at -1, R at 0
+        with em.loop_carried(s1, init, name="s", start=s0) as lp:
+            acc, base, r = lp.values
+            s = lp.index
+            d = b.zext(em.load(rows.deltas, s, I8), I64)
+            r = b.add(r, d)
+            raw = em.load(rows.gaps, b.mul(s, i64(sp.GAP_SLOT_BYTES)), V64, align=1)
+            g = b.call(mshift, [shifts, b.shuffle_vector(raw, ir.Constant(V64, None), spread)])
+            g = b.and_(g, const(V64, sp.GAP_MAX))
+            # prefix sums of the 4 gaps of each row (bytes; at most 4 * 31, no carries)
+            g = b.add(g, b.bitcast(b.shl(b.bitcast(g, V16I32), const(V16I32, 8)), V64))
+            g = b.add(g, b.bitcast(b.shl(b.bitcast(g, V16I32), const(V16I32, 16)), V64))
+            rel = b.add(b.sub(base, em.splat(b.trunc(d, I8), 64)), g)
+            window = em.byte_offset(xs, r)
+            tables = [em.load(window, 64 * i, V64, align=1) for i in range(4)]
+            lo = b.call(permi2b, [tables[0], rel, tables[1]])
+            hi = b.call(permi2b, [tables[2], rel, tables[3]])
+            xv = b.select(b.icmp_signed("<", rel, const(V64, 0)), hi, lo)  # bit 7: the upper 128 bytes
+            w = em.load(rows.vals, b.mul(s, i64(64)), V64, align=64)
+            lp.next([b.call(dot, [acc, xv, w]), b.shuffle_vector(rel, ir.Constant(V64, None), last), r])
+        row = b.mul(blk, i64(sp.GAP_LANES))
+        out = store(rows.finish_lanes(lp.results[0], row))
+        for lane in range(valid):
+            n_idx = b.zext(em.load(rows.perm, b.add(row, i64(lane)), I16), I64)
+            em.store(b.extract_element(out, ir.Constant(I32, lane)), y, n_idx)
+
+    full, rest = divmod(n, sp.GAP_LANES)
+    if full:
+        with em.loop(full, name="blk") as blk:
+            block(blk, sp.GAP_LANES)
+    if rest:
+        block(i64(full), rest)
+
+
+def _emit_batched(
+    k: KernelContext,
+    rows: _Rows,
+    n: int,
+    xt: ir.Value,
+    ldx: int,
+    m: int,
+    decoded: ir.Value,
+    lanes: int,
+    store: Callable[[ir.Value, ir.Value, ir.Value, int], None],
+) -> None:
+    """For every sorted row: decode its entries into ``decoded`` (x row, value) pairs, then
+    ``store(y_vector, original_row, c0, live)`` for the columns ``c0 ..`` of ``xt[K][ldx]`` (u8)."""
+    em, b = k.em, k.em.b
+    vt = vec(I32, lanes)
+    bt = vec(I8, lanes)
+    chunk = 2 * lanes
+
+    def one_row(blk: ir.Value, lane: ir.Value) -> None:
+        s0, s1 = rows.slots(blk)
+        # pass 1: the row's non-zeros as (x row, value), compacted branch-free: a zero entry
+        # (escape, stall, padding) is written and then overwritten by the next one
+        with em.loop_carried(s1, [i64(-1), i64(0)], name="s", start=s0) as lp:
+            cur, cnt = lp.values
+            s = lp.index
+            gaps = em.gep(rows.gaps, b.mul(s, i64(sp.GAP_SLOT_BYTES)), I8)
+            for t in range(sp.GAP_PER_LANE):
+                f = b.add(b.mul(lane, i64(sp.GAP_PER_LANE)), i64(t))
+                bit = b.mul(f, i64(sp.GAP_BITS))
+                pair = b.zext(em.load(em.gep(gaps, b.lshr(bit, i64(3)), I8), 0, I16, align=1), I64)
+                gap = b.and_(b.lshr(pair, b.and_(bit, i64(7))), i64(sp.GAP_MAX))
+                cur = b.add(cur, gap)
+                v = b.sext(em.load(rows.vals, b.add(b.mul(s, i64(64)), f), I8), I32)
+                slot = em.gep(decoded, b.mul(cnt, i64(2)), I32)
+                em.store(b.trunc(cur, I32), slot, 0)
+                em.store(v, slot, 1)
+                cnt = b.add(cnt, b.zext(b.icmp_signed("!=", v, ir.Constant(I32, 0)), I64))
+            lp.next([cur, cnt])
+        count = lp.results[1]
+        row = b.add(b.mul(blk, i64(sp.GAP_LANES)), lane)
+        orig = b.zext(em.load(rows.perm, row, I16), I64)
+
+        def columns(c0: ir.Value, width: int) -> None:
+            nv = -(-width // lanes)
+            widths = [min(lanes, width - j * lanes) for j in range(nv)]
+            zero = ir.Constant(vt, None)
+            with em.loop_carried(count, [zero] * nv, name="e") as le:
+                pair = em.gep(decoded, b.mul(le.index, i64(2)), I32)
+                xrow = b.add(b.mul(b.sext(em.load(pair, 0, I32), I64), i64(ldx)), c0)
+                v = em.splat(em.load(pair, 1, I32), lanes)
+                new = []
+                for j, acc in enumerate(le.values):
+                    xv = b.zext(load_part(em, xt, b.add(xrow, i64(j * lanes)), bt, widths[j]), vt)
+                    new.append(b.add(acc, b.mul(xv, v)))
+                le.next(new)
+            for j, acc in enumerate(le.results):
+                store(rows.finish_row(acc, row), orig, b.add(c0, i64(j * lanes)), widths[j])
+
+        tiles(em, m, chunk, columns, "mc")
+
+    def block(blk: ir.Value, valid: int) -> None:
+        with em.loop(valid, name="lane") as lane:
+            one_row(blk, lane)
+
+    full, rest = divmod(n, sp.GAP_LANES)
+    if full:
+        with em.loop(full, name="blk") as blk:
+            block(blk, sp.GAP_LANES)
+    if rest:
+        block(i64(full), rest)
+
+
+def _sparse_i8(k: KernelContext) -> None:
+    em, b = k.em, k.em.b
+    p = product(k.op)
+    _x_quant(k.op)
+    _result_quant(k.op)
+    x, out = k.args[0], k.out
+    rows = _Rows(em, k.args[1])
+    out_dt = k.result_type.dtype
+    out_ty = storage_type(out_dt)
+    if _uses_vector(p, k.target):
+        xs = k.scratch
+        for r in range(p.m):
+            copy_padded(em, em.gep(x, i64(r * p.k), I8), xs, p.k, sp.GAP_WINDOW + 64, I8, 64)
+            _emit_vector_gemv(k, rows, p.n, xs, em.gep(out, i64(r * p.n), out_ty))
+        return
+    lanes = lanes_of(k.target)
+    decoded = k.scratch
+    finish = _output(k)
+    if p.conv:
+        hw = p.m
+        with em.loop(p.images, name="img") as img:
+            xi = em.gep(x, b.mul(img, i64(p.k * hw)), I8)
+            yi = em.gep(out, b.mul(img, i64(p.n * hw)), out_ty)
+
+            def store_image(y: ir.Value, orig: ir.Value, c0: ir.Value, live: int, yi=yi) -> None:
+                store_part(em, finish(y), yi, b.add(b.mul(orig, i64(hw)), c0), live)
+
+            _emit_batched(k, rows, p.n, xi, hw, hw, decoded, lanes, store_image)
+        return
+    mpad = max(lanes, -(-p.m // lanes) * lanes)
+    xt = em.byte_offset(k.scratch, align_up((p.k + 1) * 8))
+    yt = em.byte_offset(xt, align_up(p.k * mpad))
+    transpose_in(em, x, p.m, p.k, xt, mpad, lanes, lambda em, ptr, i, live: load_part(em, ptr, i, vec(I8, lanes), live))
+
+    def store_t(y: ir.Value, orig: ir.Value, c0: ir.Value, live: int) -> None:
+        store_part(em, y, yt, b.add(b.mul(orig, i64(mpad)), c0), live)
+
+    _emit_batched(k, rows, p.n, xt, mpad, p.m, decoded, lanes, store_t)
+    transpose_out(em, yt, mpad, p.m, p.n, lanes, lambda y, i, live: store_part(em, finish(y), out, i, live))
+
+
+def _gen(text: str) -> Callable[[KernelContext], None]:
+    def gen(k: KernelContext) -> None:
+        _sparse_i8(k)
+
+    gen.__name__ = f"sparse_i8_{text.split()[0]}"
+    gen.__doc__ = text
+    return gen
+
+
+_BIAS = "i32#quant|f32"
+kernel("linear", ("u8#quant", SPARSE_I8, _BIAS), pack=_pack_i8, scratch=_scratch_i8, epilogue=True)(
+    _gen("linear with a #csr/#nm int8 weight on u8 activations: compact gap layout, VBMI+VNNI at batch 1")
+)
+kernel("conv2d", ("u8#quant", SPARSE_I8, _BIAS), pack=_pack_i8, scratch=_scratch_i8, epilogue=True)(
+    _gen("conv2d 1x1 with a #csr/#nm int8 weight on u8 activations: batched sparse product per image")
+)
