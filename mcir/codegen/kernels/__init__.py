@@ -107,7 +107,7 @@ class KernelGen:
 
 
 _REGISTRY: dict[str, list[KernelGen]] = {}
-_MODULES = ("elementwise", "gemm_f32", "movement", "norm", "reduce", "conv", "pool", "attention", "sparse")
+_MODULES = ("elementwise", "gemm_f32", "movement", "norm", "reduce", "conv", "pool", "attention", "sparse", "sparse_i8")
 
 
 def kernel(
