@@ -193,3 +193,11 @@ def test_runtime_bias_is_refused(tmp_path):
     g.set_outputs([g.add("linear", [x, w, b])])
     with pytest.raises(CodegenError, match="bias of a sparse int8 layer must be a constant"):
         build(g, tmp_path)
+
+
+@pytest.mark.parametrize(("m", "n"), [(4, 17), (17, 33), (1, 1)])
+def test_single_lane_tails_of_u8_results(tmp_path, m, n):
+    """One-lane edge stores of u8 vectors (an LLVM 22 masked-store miscompile wrote 4 bytes)."""
+    rng = np.random.default_rng(m + n)
+    g = _graph(rng, (m, 3), pruned(rng, n, 3, 0.5), "csr", "int", "u8", None)
+    check_int8(g, tmp_path, rng.integers(0, 256, (m, 3)).astype(np.uint8))

@@ -176,8 +176,13 @@ def load_part(em: Emitter, ptr: ir.Value, index: ir.Value, ty: ir.VectorType, la
 
 
 def store_part(em: Emitter, v: ir.Value, ptr: ir.Value, index: ir.Value, lanes: int) -> None:
+    """Store the first ``lanes`` lanes of ``v``: full, masked, or a single scalar."""
     if lanes >= v.type.count:
         em.store(v, ptr, index)
+    elif lanes == 1:
+        # LLVM 22 miscompiles a one-lane llvm.masked.store of a truncated vector (it stores the
+        # untruncated i32 lane: 4 bytes for a u8 result), so store the scalar
+        em.store(em.b.extract_element(v, ir.Constant(I32, 0)), ptr, index)
     else:
         em.masked_store(v, ptr, index, lanes)
 
