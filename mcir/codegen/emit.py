@@ -113,11 +113,11 @@ class Emitter:
         self.b.call(fn, [value, self.gep(ptr, index, ty.element), ir.Constant(I32, _align(ty.element)), mask])
 
     def masked_load(self, ptr: ir.Value, index: ir.Value | int, ty: ir.VectorType, lanes: int) -> ir.Value:
-        """Load the first ``lanes`` lanes of a vector, zeros elsewhere (no read past the end)."""
+        """Load the first ``lanes`` lanes of a vector (float or integer), zeros elsewhere (no read past the end)."""
         mask = ir.Constant(ir.VectorType(I1, ty.count), [ir.Constant(I1, int(i < lanes)) for i in range(ty.count)])
         fn = self.intrinsic("llvm.masked.load", [ty, PTR], ty, [PTR, I32, mask.type, ty])
         return self.b.call(
-            fn, [self.gep(ptr, index, ty.element), ir.Constant(I32, _align(ty.element)), mask, const(ty, 0.0)]
+            fn, [self.gep(ptr, index, ty.element), ir.Constant(I32, _align(ty.element)), mask, ir.Constant(ty, None)]
         )
 
     # -- arithmetic ---------------------------------------------------------------------
