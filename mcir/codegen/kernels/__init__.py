@@ -115,6 +115,7 @@ class KernelGen:
 
 _REGISTRY: dict[str, list[KernelGen]] = {}
 _MODULES = ("elementwise", "gemm_f32", "movement", "norm", "reduce", "conv", "pool", "attention")
+_MODULES += ("binary", "binary_conv")  # bit-packed weights: XNOR/popcount and sign-select
 
 
 def kernel(
