@@ -102,10 +102,16 @@ def test_padding_contributes_zero_not_minus_beta(tmp_path, rng, weights):
     assert_ulps(native, mcir.interpret(g, xs)[0], 1)
 
 
-def test_xnor_conv_wide_channels_and_fused_relu(tmp_path, rng):
-    """More than 64 channels per tap (two words), K % 64 != 0, several pixel panels."""
-    geo = dict(n=1, c=130, h=11, w=13, o=37, kh=3, kw=3, stride=[1, 1], padding=[1, 1], dilation=[1, 1], groups=1)
+@pytest.mark.parametrize(
+    ("c", "k", "h"),
+    [
+        (130, 3, 11),  # > 64 channels per tap (3 words), K % 64 != 0, several pixel panels
+        (130, 5, 6),  # 25 taps x 3 words: the im2col ORs into memory instead of registers
+    ],
+)
+def test_xnor_conv_wide_channels_and_fused_relu(tmp_path, rng, c, k, h):
+    geo = dict(n=1, c=c, h=h, w=h + 2, o=37, kh=k, kw=k, stride=[1, 1], padding=[1, 1], dilation=[1, 1], groups=1)
     g = conv_graph(rng, geo, "binary", act_binary=True, bias=True, act="relu")
-    xs = randn(rng, 1, 130, 11, 13)
+    xs = randn(rng, 1, c, h, h + 2)
     (native,) = build(g, tmp_path)(xs)
     assert_ulps(native, mcir.interpret(g, xs)[0], 1)

@@ -3,18 +3,22 @@ GEMM for float activations.
 
 **Binary activations** (``b1 #binary`` input, binary or ternary weights): per image,
 the input bits (IR layout: one slice per image, bit ``(c·H + y)·W + x``) are transposed
-into the scratch as ``xt[group][y][x][CW]`` words, CW = ceil(channels per group / 64):
-the channels of one pixel side by side, zero past the group's channels. The weights
-are re-packed at compile time to the same tap-major order, ``[group][panel][tap][CW]
-[planes][NR]`` (NR output channels per panel, as in the linear popcount kernel), so one
-tap of one pixel is CW words of x against CW·NR words of weights and
+into scratch as ``xt[group][CW][y·W + x]``: the bits of up to 64 channels of one pixel in
+one word, CW = ceil(channels per group / 64). A *bit im2col* then writes, per output
+pixel, its K = kh·kw·cg bits in tap-major order (i, j, c) back to back, a mask with ones
+where the tap lies inside the image, and the number of valid bits, in panels of NR
+pixels. The weights are re-packed at compile time to the same K order (``RowPanels`` of
+MR output channels: no padding between taps, so they stay ~1/32 of f32). A popcount
+GEMM with pixels in the vector lanes and weight words broadcast gives, per (o, pixel),
 
-    Σ_k s_w s_x over valid taps = cg·(valid taps) - 2·popcount(w XOR x)      (binary)
-    Σ_k t_w s_x over valid taps = 2·popcount(nz & (sign XOR x)) - popcount(nz)  (ternary)
+    Σ s_w s_x = valid - 2·popcount((w XOR x) AND m)                        (binary)
+    Σ t_w s_x = 2·popcount(nz AND m AND (sign XOR x)) - popcount(nz AND m)   (ternary)
+
+and the outputs of MR channels x NR pixels are contiguous NCHW stores.
 
 A tap outside the image is *zero padding* in the reference (it pads the decoded
-input with 0.0), so it must contribute 0, not ±β: its words are masked out of the
-popcounts and it is not counted as valid. The float epilogue is the linear kernel's:
+input with 0.0), so it must contribute 0, not ±β: the mask removes its bits from the
+popcounts and from the valid count. The float epilogue is the linear kernel's:
 ``(α_o·β_n)·S + b_o`` in double, rounded once.
 
 **Float activations** (binary or ternary weights): a convolution is compute bound and a
@@ -150,11 +154,16 @@ class ConvPlan:
     def group_bytes(self) -> int:
         return align_up(self.weights.nbytes)
 
+    @property
+    def hw_padded(self) -> int:
+        """Pixels per plane of the transposed input, rounded up to 64 (whole source words)."""
+        return align_up(self.g.h * self.g.w, 64)
+
     def scratch_parts(self) -> list[int]:
         """Bytes of: transposed input bits, im2col bits, im2col masks, valid bits per pixel."""
         g = self.g
         cols = self.col_panels * (self.wk + 1) * self.nr * 8
-        return [g.groups * g.h * g.w * g.cw * 8, cols, cols, self.col_panels * self.nr * 8]
+        return [g.groups * g.cw * self.hw_padded * 8, cols, cols, self.col_panels * self.nr * 8]
 
 
 def conv_plan(op: Op, target: Target) -> ConvPlan:
@@ -194,62 +203,138 @@ def _xnor_scratch(op: Op, target: Target) -> int:
     return sum(align_up(n) for n in conv_plan(op, target).scratch_parts())
 
 
-def emit_transpose(em: Emitter, src: ir.Value, g: Geometry, dst: ir.Value) -> None:
-    """One image's bits, (c, y, x) order -> xt[group][y][x][CW] words (channels of a pixel together)."""
+def emit_transpose(em: Emitter, src: ir.Value, g: Geometry, plan: ConvPlan, dst: ir.Value) -> None:
+    """One image's bits, (c, y, x) order, to ``xt[group][CW][pixel]``: for each pixel, the
+    bits of up to 64 channels of its group in one word.
+
+    Per channel, 64 pixels at a time: one (funnel-shifted) source word is spread over 8
+    vectors of 8 lanes (lane p gets bit p) and ORed into the channel's word position.
+    """
     b = em.b
-    hw = g.h * g.w
-    last_bits = g.cg - 64 * (g.cw - 1)
-    with em.loop(g.groups, name="tg") as grp, em.loop(hw, name="tp") as p:
-        out = b.mul(b.add(b.mul(grp, i64(hw)), p), i64(g.cw))
-        for wd in range(g.cw):
-            c0 = b.add(b.mul(grp, i64(g.cg)), i64(64 * wd))
-            nbits = 64 if wd < g.cw - 1 else last_bits
-            with em.loop_carried(nbits, [i64(0)], name="tc") as lp:
-                bit = b.add(b.mul(b.add(c0, lp.index), i64(hw)), p)
-                word = em.load(src, b.lshr(bit, i64(6)), I64)
-                one = b.and_(b.lshr(word, b.and_(bit, i64(63))), i64(1))
-                lp.next([b.or_(lp.values[0], b.shl(one, lp.index))])
-            em.store(lp.results[0], dst, b.add(out, i64(wd)))
+    hw, hwp = g.h * g.w, plan.hw_padded
+    vt = ir.VectorType(I64, 8)
+    total = g.c * hw  # bits in the image
+    last_word = words(total) - 1
+    with em.loop(g.groups * g.cw * hwp, name="tz") as i:
+        em.store(i64(0), dst, i)
+    fshr = em.intrinsic("llvm.fshr", [I64], I64, [I64, I64, I64])
+    chunks, tail = divmod(hw, 64)
+    with em.loop(g.c, name="tc") as c:
+        cl = b.urem(c, i64(g.cg))
+        plane = b.mul(b.add(b.mul(b.udiv(c, i64(g.cg)), i64(g.cw)), b.lshr(cl, i64(6))), i64(hwp))
+        bit = b.and_(cl, i64(63))
+
+        def chunk(q: ir.Value, valid: int) -> None:
+            start = b.add(b.mul(c, i64(hw)), b.mul(q, i64(64)))
+            w0 = b.lshr(start, i64(6))
+            w1 = b.add(w0, i64(1))
+            w1 = b.select(b.icmp_unsigned("<=", w1, i64(last_word)), w1, w0)  # stay inside the image
+            word = b.call(fshr, [em.load(src, w1, I64), em.load(src, w0, I64), b.and_(start, i64(63))])
+            if valid < 64:
+                word = b.and_(word, i64(tail_mask(valid)))  # the rest belongs to the next channel
+            spread = em.splat(word, 8)
+            base = b.add(plane, b.mul(q, i64(64)))
+            for j in range(8):
+                lane_bits = b.and_(
+                    b.lshr(spread, ir.Constant(vt, [ir.Constant(I64, 8 * j + ln) for ln in range(8)])), const(vt, 1)
+                )
+                at = b.add(base, i64(8 * j))
+                em.store(b.or_(em.load(dst, at, vt), b.shl(lane_bits, em.splat(bit, 8))), dst, at)
+
+        if chunks:
+            with em.loop(chunks, name="tq") as q:
+                chunk(q, 64)
+        if tail:
+            chunk(i64(chunks), tail)
 
 
 def emit_bit_im2col(em: Emitter, plan: ConvPlan, xt: ir.Value, cols: ir.Value, masks: ir.Value, kv: ir.Value) -> None:
     """Columns of one group: per output pixel, its taps' channel bits back to back (tap-major,
     K = taps·cg bits), the matching mask (ones where the tap is inside the image) and the
-    number of valid bits. Pixels are laid out in panels of NR lanes; padding pixels stay zero."""
+    number of valid bits, in panels of NR pixels (lanes of padding pixels are never stored).
+
+    Small kernels (taps·CW <= 64) build each pixel's row in registers with static shifts;
+    larger ones OR the taps into zeroed memory."""
+    g = plan.g
+    if g.taps * g.cw <= 64:
+        _im2col_registers(em, plan, xt, cols, masks, kv)
+    else:
+        _im2col_memory(em, plan, xt, cols, masks, kv)
+
+
+def _tap_inside(em: Emitter, g: Geometry, oy: ir.Value, ox: ir.Value, i, j) -> tuple[ir.Value, ir.Value]:
+    """(inside the image, pixel index clamped to 0 when outside) of tap (i, j) for output (oy, ox)."""
+    b = em.b
+    iy = b.add(
+        b.mul(oy, i64(g.sh)), b.sub(b.mul(i, i64(g.dh)), i64(g.ph)) if isinstance(i, ir.Value) else i64(i * g.dh - g.ph)
+    )
+    ix = b.add(
+        b.mul(ox, i64(g.sw)), b.sub(b.mul(j, i64(g.dw)), i64(g.pw)) if isinstance(j, ir.Value) else i64(j * g.dw - g.pw)
+    )
+    ok = b.and_(
+        b.and_(b.icmp_signed(">=", iy, i64(0)), b.icmp_signed("<", iy, i64(g.h))),
+        b.and_(b.icmp_signed(">=", ix, i64(0)), b.icmp_signed("<", ix, i64(g.w))),
+    )
+    return ok, b.select(ok, b.add(b.mul(iy, i64(g.w)), ix), i64(0))
+
+
+def _im2col_registers(em: Emitter, plan: ConvPlan, xt: ir.Value, cols: ir.Value, masks: ir.Value, kv: ir.Value) -> None:
     b = em.b
     g = plan.g
-    stride = plan.wk + 1  # words per pixel row, with the spill word
+    stride = plan.wk + 1
+    last_bits = g.cg - 64 * (g.cw - 1)
+    with em.loop(g.oh, name="cy") as oy, em.loop(g.ow, name="cx") as ox:
+        p = b.add(b.mul(oy, i64(g.ow)), ox)
+        row0 = b.add(b.mul(b.udiv(p, i64(plan.nr)), i64(stride * plan.nr)), b.urem(p, i64(plan.nr)))
+        xw = [i64(0)] * plan.wk
+        mw = [i64(0)] * plan.wk
+        valid = i64(0)
+        for t in range(g.taps):
+            ok, pix = _tap_inside(em, g, oy, ox, t // g.kw, t % g.kw)
+            for wd in range(g.cw):
+                v = b.select(ok, em.load(xt, b.add(pix, i64(wd * plan.hw_padded)), I64), i64(0))
+                m = b.select(ok, i64(tail_mask(64 if wd < g.cw - 1 else last_bits)), i64(0))
+                idx, lo = divmod(t * g.cg + 64 * wd, 64)
+                xw[idx] = b.or_(xw[idx], b.shl(v, i64(lo)))
+                mw[idx] = b.or_(mw[idx], b.shl(m, i64(lo)))
+                if lo and idx + 1 < plan.wk:  # the bits that spill into the next word
+                    xw[idx + 1] = b.or_(xw[idx + 1], b.lshr(v, i64(64 - lo)))
+                    mw[idx + 1] = b.or_(mw[idx + 1], b.lshr(m, i64(64 - lo)))
+            valid = b.add(valid, b.zext(ok, I64))
+        for w in range(plan.wk):
+            at = b.add(row0, i64(w * plan.nr))
+            em.store(xw[w], cols, at)
+            em.store(mw[w], masks, at)
+        em.store(b.mul(valid, i64(g.cg)), kv, p)
+
+
+def _im2col_memory(em: Emitter, plan: ConvPlan, xt: ir.Value, cols: ir.Value, masks: ir.Value, kv: ir.Value) -> None:
+    b = em.b
+    g = plan.g
+    stride = plan.wk + 1  # words per pixel row, with a spill word
     total = plan.col_panels * stride * plan.nr
     with em.loop(total, name="cz") as i:  # zero: the rows are built with ORs
         em.store(i64(0), cols, i)
         em.store(i64(0), masks, i)
-    with em.loop(plan.col_panels * plan.nr, name="kz") as i:
-        em.store(i64(0), kv, i)
     last_bits = g.cg - 64 * (g.cw - 1)
     with em.loop(g.oh, name="cy") as oy, em.loop(g.ow, name="cx") as ox:
         p = b.add(b.mul(oy, i64(g.ow)), ox)
         row0 = b.add(b.mul(b.udiv(p, i64(plan.nr)), i64(stride * plan.nr)), b.urem(p, i64(plan.nr)))
         with em.loop_carried(g.taps, [i64(0)], name="ct") as lp:
             t = lp.index
-            i, j = b.udiv(t, i64(g.kw)), b.urem(t, i64(g.kw))
-            iy = b.add(b.mul(oy, i64(g.sh)), b.sub(b.mul(i, i64(g.dh)), i64(g.ph)))
-            ix = b.add(b.mul(ox, i64(g.sw)), b.sub(b.mul(j, i64(g.dw)), i64(g.pw)))
-            ok = b.and_(
-                b.and_(b.icmp_signed(">=", iy, i64(0)), b.icmp_signed("<", iy, i64(g.h))),
-                b.and_(b.icmp_signed(">=", ix, i64(0)), b.icmp_signed("<", ix, i64(g.w))),
-            )
+            ok, pix = _tap_inside(em, g, oy, ox, b.udiv(t, i64(g.kw)), b.urem(t, i64(g.kw)))
             with b.if_then(ok):
-                src = b.mul(b.add(b.mul(iy, i64(g.w)), ix), i64(g.cw))
                 for wd in range(g.cw):
                     nbits = 64 if wd < g.cw - 1 else last_bits
                     off = b.add(b.mul(t, i64(g.cg)), i64(64 * wd))  # first bit of these channels in the row
                     at = b.add(row0, b.mul(b.lshr(off, i64(6)), i64(plan.nr)))
                     lo = b.and_(off, i64(63))
-                    for dst, v in ((cols, em.load(xt, b.add(src, i64(wd)), I64)), (masks, i64(tail_mask(nbits)))):
-                        # bits [lo, 64) of word `at`, the rest (if any) low in the next word; v >> (64 - lo)
-                        # is written (v >> 1) >> (63 - lo) so that lo = 0 never shifts by 64
-                        spill = b.lshr(b.lshr(v, i64(1)), b.sub(i64(63), lo))
-                        em.store(b.or_(em.load(dst, at, I64), b.shl(v, lo)), dst, at)
+                    v = em.load(xt, b.add(pix, i64(wd * plan.hw_padded)), I64)
+                    for dst, val in ((cols, v), (masks, i64(tail_mask(nbits)))):
+                        # bits [lo, 64) of word `at`, the rest (if any) low in the next word; val >> (64 - lo)
+                        # is written (val >> 1) >> (63 - lo) so that lo = 0 never shifts by 64
+                        spill = b.lshr(b.lshr(val, i64(1)), b.sub(i64(63), lo))
+                        em.store(b.or_(em.load(dst, at, I64), b.shl(val, lo)), dst, at)
                         nxt = b.add(at, i64(plan.nr))
                         em.store(b.or_(em.load(dst, nxt, I64), spill), dst, nxt)
             lp.next([b.add(lp.values[0], b.zext(ok, I64))])
@@ -354,10 +439,10 @@ def _xnor_conv(k: KernelContext) -> None:
 
     c_full, c_tail = divmod(pix, plan.nr)
     with em.loop(g.n, name="img") as n:
-        emit_transpose(em, em.gep(x, b.mul(n, i64(sample_words)), I64), g, xt)
+        emit_transpose(em, em.gep(x, b.mul(n, i64(sample_words)), I64), g, plan, xt)
         bd = b.fpext(em.load(beta, n, F32), F64)
         with em.loop(g.groups, name="grp") as grp:
-            plane = em.gep(xt, b.mul(grp, i64(g.h * g.w * g.cw)), I64)
+            plane = em.gep(xt, b.mul(grp, i64(g.cw * plan.hw_padded)), I64)
             emit_bit_im2col(em, plan, plane, cols, masks, kv)
 
             def pixels(c_panel, nv: int, last_lanes: int, n=n, grp=grp, bd=bd) -> None:
