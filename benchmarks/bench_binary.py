@@ -134,6 +134,34 @@ def _render(head: list[str], body: list[list[str]], markdown: bool) -> str:
     return "\n".join(lines)
 
 
+# -- weight bytes per layer ---------------------------------------------------------------------
+
+
+def sizes_table(models: list[str], markdown: bool) -> str:
+    """Bytes of each binarised weight as embedded in the library (bits, tail words, α) vs f32."""
+    import re
+
+    from mcir.codegen.lowering import lower
+    from mcir.codegen.target import resolve
+
+    body = []
+    for name in models:
+        torch.manual_seed(0)
+        model = MODELS[name]().eval()
+        x = example(name, 1)
+        g = mcir.run_passes(mcir.trace(model, (x,), name=name), "binarize(activations=binary, skip=none)")
+        text = lower(g, resolve("native"), name).ir_text
+        sizes = dict(re.findall(r'^@"w\.([^"]+)" = internal constant \[(\d+) x i8\]', text, flags=re.M))
+        for op in g.compute_ops():
+            w = op.operands[1] if op.name in ("linear", "conv2d") else None
+            if w is None or w.type.encoding is None:
+                continue
+            packed, fp32 = int(sizes[w.name]), 4 * w.type.numel
+            shape = "x".join(str(d) for d in w.type.shape)
+            body.append([name, f"{w.name} [{shape}]", human_bytes(fp32), human_bytes(packed), f"1/{fp32 / packed:.1f}"])
+    return _render(["model", "binarised weight", "f32 bytes", "in the library", "ratio"], body, markdown)
+
+
 # -- digits accuracy ---------------------------------------------------------------------------
 
 ACCURACY_PIPELINES = [
@@ -181,6 +209,8 @@ def main() -> None:
                 rows += bench(name, batch, args.build, args.rounds)
                 print(f"  {name} batch {batch}: done", file=sys.stderr, flush=True)
         print(latency_table(rows, args.markdown))
+        print()
+        print(sizes_table(args.models, args.markdown))
         print()
     print(digits_accuracy(args.build, args.markdown))
 

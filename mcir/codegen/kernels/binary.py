@@ -16,11 +16,14 @@
 * ternary weights x float activations: add x where positive, subtract where negative.
 
 The popcount kernels are a register-blocked "GEMM" like the fp32 one: weights are
-re-packed at compile time into panels of NR = nv·lanes output rows, ``[N/NR][W][NR]``
-u64 words (ternary: ``[N/NR][W][2][NR]``, the two planes of one word side by side), so
-a micro-tile streams them linearly and keeps ``mr x nv`` vectors of 64-bit counts in
-registers. ``llvm.ctpop`` on a u64 vector becomes ``vpopcntq`` where AVX512-VPOPCNTDQ
-exists and LLVM's portable nibble-table popcount elsewhere.
+re-packed at compile time into panels of NR = nv·lanes output rows (``RowPanels``:
+``[N/NR][W][planes][NR]`` u64, the planes of one word side by side, the last partial
+word of each row stored as u16/u32, no padding rows), so a micro-tile streams them
+linearly and keeps ``mr x nv`` vectors of 64-bit counts in registers; batch 1 splits K
+over two accumulator sets instead. ``llvm.ctpop`` on a u64 vector becomes ``vpopcntq``
+where AVX512-VPOPCNTDQ exists and LLVM's portable nibble-table popcount elsewhere.
+The sign-select kernel streams panels of 8 rows and loads each 16-bit lane mask
+straight from them (``kmovw k, m16``), one merge-masked ``vaddps`` per 16 weights.
 
 Float epilogue, in double: ``(α_n·β_m)·S`` with S the exact integer sum, ``+ b_n``,
 rounded once to f32. The interpreter computes the same sum of ±α·β products in float64,
