@@ -13,10 +13,12 @@ window taps unrolled, the output row the vectorised inner loop.
 from __future__ import annotations
 
 import llvmlite.ir as ir
+import numpy as np
 
 from mcir.codegen.emit import F32, Emitter, const, i64
 from mcir.codegen.kernels import KernelContext, kernel
-from mcir.codegen.kernels.gemm_f32 import GemmArgs, choose_tiling, emit_gemm, packed_b_bytes
+from mcir.codegen.kernels.gemm_f32 import GemmArgs, choose_tiling, emit_gemm, pack_a, packed_b_bytes
+from mcir.codegen.memory_plan import view_root
 from mcir.codegen.target import Target
 from mcir.ir import Op
 from mcir.ops.nn import conv_out
@@ -134,8 +136,18 @@ def _im2col_general(em: Emitter, x: ir.Value, g: dict[str, int], nr: int, dst: i
                 em.store(b.select(ok, v, zero), dst, off)
 
 
+def _pack_weights(op: Op, index: int, data, target: Target):
+    """Weights of a groups=1 convolution as A row panels of the GEMM's MR."""
+    if index != 1 or op.attrs["groups"] != 1:
+        return None
+    o = op.operands[1].type.shape[0]
+    mr = _tiling(op, target).mr
+    return f"conv_a:{mr}", pack_a(np.asarray(data, np.float32).reshape(o, -1), mr)
+
+
 def _conv_gemm(k: KernelContext) -> None:
     em, b = k.em, k.em.b
+    packed = view_root(k.op.operands[1]).is_constant
     g = _geometry(k.op)
     t = _tiling(k.op, k.target)
     ck = g["c"] * g["kh"] * g["kw"]
@@ -147,7 +159,19 @@ def _conv_gemm(k: KernelContext) -> None:
         emit_gemm(
             em,
             GemmArgs(
-                g["o"], pix, ck, k.args[1], ck, 1, k.scratch, out, pix, bias, bias_per_row=True, epilogue=k.epilogue
+                g["o"],
+                pix,
+                ck,
+                k.args[1],
+                ck,
+                1,
+                k.scratch,
+                out,
+                pix,
+                bias,
+                bias_per_row=True,
+                epilogue=k.epilogue,
+                a_packed=packed,
             ),
             t,
         )
@@ -195,5 +219,5 @@ def _conv(k: KernelContext) -> None:
         _conv_direct(k)
 
 
-kernel("conv2d", ("f32", "f32", "f32"), scratch=_scratch, epilogue=True)(_conv)
-kernel("conv2d", ("f32", "f32"), scratch=_scratch, epilogue=True)(_conv)
+kernel("conv2d", ("f32", "f32", "f32"), pack=_pack_weights, scratch=_scratch, epilogue=True)(_conv)
+kernel("conv2d", ("f32", "f32"), pack=_pack_weights, scratch=_scratch, epilogue=True)(_conv)
