@@ -10,7 +10,9 @@ input: PyTorch fp32 eager, mcir fp32, mcir int8 (``quantize``, if the int8 kerne
 in this checkout), mcir binary weights x float activations (``binarize(skip=none)``) and
 mcir binary weights x binary activations, XNOR + popcount
 (``binarize(activations=binary, skip=none)``; for the lone Linear without the mean
-centring, which is a model-level accuracy device). Ratios > 1 mean faster than torch.
+centring, which is a model-level accuracy device). Latencies are medians over rounds;
+ratios are medians of the per-round ratios (pairs timed back to back, timing.py).
+Ratios > 1 mean faster.
 
 "weights" is the bytes of the layer weights as embedded in the library (packed bits,
 their scales, biases); "native err" compares each library with the mcir interpreter
@@ -28,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from timing import fmt_time, interleaved, machine_description, single_thread
+from timing import fmt_time, interleaved, machine_description, median, paired_ratio, single_thread
 
 single_thread()
 
@@ -95,11 +97,12 @@ def bench(model_name: str, batch: int, build: Path, rounds: int) -> list[dict]:
             }
         )
     with torch.inference_mode():
-        times = interleaved(fns, rounds=rounds)
+        samples = interleaved(fns, rounds=rounds)
     for r in rows:
-        r["time"] = times[r["who"]]
-        r["vs_torch"] = times["torch fp32"] / r["time"]
-        r["vs_fp32"] = times["mcir fp32"] / r["time"] if "mcir fp32" in times else float("nan")
+        mine = samples[r["who"]]
+        r["time"] = median(mine)
+        r["vs_torch"] = paired_ratio(samples["torch fp32"], mine)
+        r["vs_fp32"] = paired_ratio(samples["mcir fp32"], mine) if "mcir fp32" in samples else float("nan")
     return rows
 
 

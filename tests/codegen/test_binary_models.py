@@ -151,14 +151,12 @@ def test_binary_activations_with_float_weights_have_no_kernel(tmp_path, rng):
         build(g, tmp_path)
 
 
-def test_ternary_activations_have_no_quantize_kernel(tmp_path):
-    from mcir.packed import Ternary
-
+def test_binary_activations_into_a_float_conv_have_no_kernel(tmp_path, rng):
     g = Graph("nok")
-    x = g.add_input("x", tensor([1, 32]))
-    q = g.add("quantize", [x], type=TensorType((1, 32), dtypes.t2, Ternary(0)))
-    g.set_outputs([g.add("dequantize", [q], type=tensor([1, 32]))])
-    with pytest.raises(CodegenError, match="quantize"):
+    x = g.add_input("x", tensor([1, 3, 5, 5]))
+    w = g.const("w", randn(rng, 4, 3, 3, 3))
+    g.set_outputs([g.add("conv2d", [binarize_input(g, x), w], result="conv")])
+    with pytest.raises(CodegenError, match=r"op 'conv2d' \(%conv\) with operands \(b1#binary, f32\)"):
         build(g, tmp_path)
 
 

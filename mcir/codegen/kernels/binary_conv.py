@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import llvmlite.ir as ir
 import numpy as np
 
+from mcir import dtypes
 from mcir.codegen.emit import F32, F64, I64, Emitter, const, i64
 from mcir.codegen.kernels import KernelContext, kernel
 from mcir.codegen.kernels.binary import (
@@ -58,9 +59,10 @@ from mcir.codegen.kernels.binary import (
 from mcir.codegen.kernels.conv import _conv, _scratch
 from mcir.codegen.memory_plan import align_up
 from mcir.codegen.target import Target
-from mcir.ir import Op
+from mcir.ir import Op, Value
 from mcir.ops.nn import conv_out
 from mcir.packed import pack_bits, unpack_bits, words
+from mcir.types import TensorType
 
 
 @dataclass(frozen=True)
@@ -473,8 +475,21 @@ def _decoded_bytes(op: Op) -> int:
     return align_up(op.operands[1].type.numel * 4)
 
 
+def _as_float_conv(op: Op) -> Op:
+    """The same convolution with an f32 weight computed at run time (the decoded one).
+
+    A detached op (never inserted in the graph, so no use lists change): the fp32 kernel
+    reads its weight row-major from a pointer, as it does for any run-time weight,
+    instead of expecting its own compile-time packing of a constant.
+    """
+    w = op.operands[1]
+    decoded = Value(f"{w.name}.decoded", TensorType(w.type.shape, dtypes.f32))
+    operands = [op.operands[0], decoded, *op.operands[2:]]
+    return Op(op.name, operands, op.attrs, op.result.name, op.result.type, loc=op.loc)
+
+
 def _decode_scratch(op: Op, target: Target) -> int:
-    return _decoded_bytes(op) + _scratch(op, target)
+    return _decoded_bytes(op) + _scratch(_as_float_conv(op), target)
 
 
 def _decode_conv(k: KernelContext) -> None:
@@ -484,9 +499,10 @@ def _decode_conv(k: KernelContext) -> None:
     o, per = slices(w)
     planes = 1 if w.type.dtype.name == "b1" else 2
     emit_decode(k.em, k.args[1], o, per, planes, k.scratch)
-    rest = _scratch(k.op, k.target)
+    float_op = _as_float_conv(k.op)
+    rest = _scratch(float_op, k.target)
     inner = k.em.byte_offset(k.scratch, _decoded_bytes(k.op)) if rest else None
-    _conv(dataclasses.replace(k, args=[k.args[0], k.scratch, *k.args[2:]], scratch=inner))
+    _conv(dataclasses.replace(k, op=float_op, args=[k.args[0], k.scratch, *k.args[2:]], scratch=inner))
 
 
 for _w in ("b1#binary", "t2#ternary"):
