@@ -178,3 +178,18 @@ def test_views_that_regroup_binary_scales_are_refused(tmp_path):
     g.set_outputs([g.add("dequantize", [r], type=tensor([4, 32]))])
     with pytest.raises(CodegenError, match="regroups its per-slice scales"):
         build(g, tmp_path)
+
+
+def test_a_binary_graph_output_is_a_clear_error(tmp_path):
+    g = Graph("out")
+    x = g.add_input("x", tensor([2, 70]))
+    g.set_outputs([binarize_input(g, x)])
+    with pytest.raises(CodegenError, match=r"graph output %\S+ has type b1\[2,70\] #binary<axis=0>.*dequantize it"):
+        build(g, tmp_path)
+
+
+def test_cross_compiles_to_aarch64_with_neon_popcount(rng):
+    """The popcount kernels are target independent: on aarch64 llvm.ctpop becomes NEON cnt + uaddlp."""
+    target = resolve("native", "aarch64-linux-gnu")
+    asm = target.machine().emit_assembly(lower(mixed_graph(rng), target, "arm").module)
+    assert "cnt\tv" in asm and "uaddlp" in asm
