@@ -193,3 +193,12 @@ def test_cross_compiles_to_aarch64_with_neon_popcount(rng):
     target = resolve("native", "aarch64-linux-gnu")
     asm = target.machine().emit_assembly(lower(mixed_graph(rng), target, "arm").module)
     assert "cnt\tv" in asm and "uaddlp" in asm
+
+
+def test_rank_one_binary_input_is_refused(tmp_path, rng):
+    """b1[K] #binary<axis=0> has a β per element: not an XNOR product (and lossless anyway)."""
+    g = Graph("r1")
+    x = g.add_input("x", tensor([32]))
+    g.set_outputs([g.add("linear", [binarize_input(g, x), packed_weight(g, rng, (4, 32), "binary")])])
+    with pytest.raises(CodegenError, match="one scale per element"):
+        build(g, tmp_path)

@@ -404,6 +404,12 @@ def _xnor_linear(k: KernelContext) -> None:
     lay = xnor_layout(k.op, k.target)
     rp = lay.panels
     rows = bit_rows(k.op.operands[0], lay.k)
+    if rows.slice_bits % lay.k:
+        # a rank-1 x: each element is its own slice with its own β, no common scale to factor out
+        raise CodegenError(
+            f"{k.op.where()}: binary input {k.operand_types[0]} has one scale per element (a slice along axis "
+            "0 of a rank-1 tensor), so the product is no XNOR sum; give the input a leading batch axis"
+        )
     m = rows.m
     t = xnor_tiling(m, lay, k.target)
     x = k.args[0]
