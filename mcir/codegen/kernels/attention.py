@@ -1,0 +1,127 @@
+"""Scaled dot-product attention: ``softmax(q @ k^T * scale + mask) @ v`` per batch index.
+
+For each (batch, head): pack ``k^T`` into GEMM panels (a transposing pack), one GEMM
+for the scores with the scale fused into its store, the mask / causal mask and the
+softmax on each score row (in the scratch, never written to memory the caller sees),
+pack ``v``, and one GEMM into the output. The L x S score matrix lives in the op's
+scratch, which the memory plan overlaps with buffers that are dead at this point.
+"""
+
+from __future__ import annotations
+
+import math
+
+import llvmlite.ir as ir
+
+from mcir.codegen.emit import F32, I8, Emitter, const, i64
+from mcir.codegen.kernels import KernelContext, kernel
+from mcir.codegen.kernels.gemm_f32 import GemmArgs, choose_tiling, emit_gemm, emit_pack_b, packed_b_bytes
+from mcir.codegen.kernels.norm import softmax_row
+from mcir.codegen.memory_plan import align_up
+from mcir.codegen.target import Target
+from mcir.ir import Op
+from mcir.ops.registry import broadcast_shapes
+
+
+def _dims(op: Op):
+    q, k, v = (o.type.shape for o in op.operands[:3])
+    batch = op.result.type.shape[:-2]
+    return batch, q[-2], k[-2], q[-1], v[-1]
+
+
+def _layout(op: Op, target: Target) -> tuple[int, int, int, int]:
+    """Byte offsets of (packed k^T, scores, packed v) in the scratch, and its size."""
+    _, L, S, E, Ev = _dims(op)
+    t1 = choose_tiling(L, S, E, target)
+    t2 = choose_tiling(L, Ev, S, target)
+    kb = align_up(packed_b_bytes(E, S, t1.nr))
+    sb = align_up(L * S * 4)
+    vb = align_up(packed_b_bytes(S, Ev, t2.nr))
+    return 0, kb, kb + sb, kb + sb + vb
+
+
+def _scratch(op: Op, target: Target) -> int:
+    return _layout(op, target)[3]
+
+
+def _batch_strides(shape: tuple[int, ...], batch: tuple[int, ...], mat: int) -> list[int]:
+    own = shape[: len(shape) - mat]
+    full = (1,) * (len(batch) - len(own)) + tuple(own)
+    step = math.prod(shape[len(shape) - mat :])
+    out = [0] * len(batch)
+    for d in range(len(batch) - 1, -1, -1):
+        out[d] = 0 if full[d] == 1 else step
+        step *= full[d]
+    return out
+
+
+def _sdpa(k: KernelContext) -> None:
+    """Attention per batch index with GEMM micro-kernels and a vectorised row softmax."""
+    em, b = k.em, k.em.b
+    op = k.op
+    batch, L, S, E, Ev = _dims(op)
+    scale = op.attrs["scale"] if op.attrs["scale"] is not None else 1.0 / math.sqrt(E)
+    causal = op.attrs["is_causal"]
+    lanes = k.target.f32_lanes
+    t1 = choose_tiling(L, S, E, k.target)
+    t2 = choose_tiling(L, Ev, S, k.target)
+    ko, so, vo, _ = _layout(op, k.target)
+    kpack, scores, vpack = (em.byte_offset(k.scratch, o) for o in (ko, so, vo))
+    shapes = [o.type.shape for o in op.operands]
+    strides = [_batch_strides(s, batch, 2) for s in shapes[:3]]
+    mask_t = op.operands[3].type if len(op.operands) > 3 else None
+    if mask_t is not None:
+        full = broadcast_shapes(mask_t.shape, batch + (L, S))
+        mshape = (1,) * (len(full) - mask_t.rank) + mask_t.shape
+        mst, acc = [0] * len(full), 1
+        for d in range(len(full) - 1, -1, -1):
+            mst[d] = 0 if mshape[d] == 1 else acc
+            acc *= mshape[d]
+    total = math.prod(batch)
+    with em.loop(total, name="bh") as bi:
+        offs = [i64(0)] * 3
+        moff = i64(0)
+        rem = bi
+        for d in range(len(batch) - 1, -1, -1):
+            idx = b.urem(rem, i64(batch[d]))
+            rem = b.udiv(rem, i64(batch[d]))
+            offs = [b.add(o, b.mul(idx, i64(st[d]))) for o, st in zip(offs, strides)]
+            if mask_t is not None:
+                moff = b.add(moff, b.mul(idx, i64(mst[d])))
+        qp, kp, vp = (em.gep(a, o, F32) for a, o in zip(k.args[:3], offs))
+        # scores = q @ k^T * scale
+        emit_pack_b(em, kp, 1, E, E, S, t1.nr, kpack)
+        emit_gemm(
+            em,
+            GemmArgs(L, S, E, qp, E, 1, kpack, scores, S, epilogue=lambda em, v: em.b.fmul(v, const(v.type, scale))),
+            t1,
+        )
+        with em.loop(L, name="qi") as qi:
+            row = em.gep(scores, b.mul(qi, i64(S)), F32)
+            if causal or mask_t is not None:
+                _mask_row(k, em, row, qi, S, causal, mask_t, moff, mst if mask_t is not None else None)
+            softmax_row(em, row, row, S, lanes, log=False)
+        emit_pack_b(em, vp, Ev, 1, S, Ev, t2.nr, vpack)
+        emit_gemm(em, GemmArgs(L, Ev, S, scores, S, 1, vpack, em.gep(k.out, b.mul(bi, i64(L * Ev)), F32), Ev), t2)
+
+
+def _mask_row(k: KernelContext, em: Emitter, row: ir.Value, qi: ir.Value, S: int, causal: bool, mask_t, moff, mst):
+    """Apply the causal mask and/or the given (bool or additive) mask to one score row."""
+    b = em.b
+    ninf = const(F32, float("-inf"))
+    with em.loop(S, name="kj") as j:
+        s = em.load(row, j, F32)
+        if causal:
+            s = b.select(b.icmp_signed(">", j, qi), ninf, s)
+        if mask_t is not None:
+            off = b.add(moff, b.add(b.mul(qi, i64(mst[-2])), b.mul(j, i64(mst[-1]))))
+            if mask_t.dtype.name == "bool":
+                keep = b.icmp_unsigned("!=", em.load(k.args[3], off, I8), ir.Constant(I8, 0))
+                s = b.select(keep, s, ninf)
+            else:
+                s = b.fadd(s, em.load(k.args[3], off, F32))
+        em.store(s, row, j)
+
+
+kernel("scaled_dot_product_attention", ("f32", "f32", "f32", "bool|f32"), scratch=_scratch)(_sdpa)
+kernel("scaled_dot_product_attention", ("f32", "f32", "f32"), scratch=_scratch)(_sdpa)

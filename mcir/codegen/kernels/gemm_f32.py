@@ -1,0 +1,418 @@
+"""fp32 GEMM/GEMV: a register-blocked micro-kernel over pre-packed B panels.
+
+``C[M,N] = A[M,K] @ B[K,N] (+ bias) (then a fused activation)``
+
+* B is packed in panels of ``NR = nv * lanes`` columns: ``[ceil(N/NR)][K][NR]``, zero
+  padded, so the micro-kernel streams it with aligned full-vector loads. Constant
+  weights are packed at compile time (``linear``'s ``[N,K]`` weight is transposed in
+  the process); a runtime B (``matmul`` of activations, attention) is packed into the
+  op's scratch.
+* The micro-kernel keeps an ``MR x nv`` tile of C in vector registers (6 x 4 zmm on
+  AVX-512: 24 accumulators, 4 B loads and 6 A broadcasts per 24 FMAs); batch-1 GEMV
+  (M = 1) instead splits K over ``ku`` accumulator sets to hide the FMA latency, and is
+  bound by the weight stream, which the panel layout makes one linear read.
+* Cache blocking: K in chunks of ``KC`` (a panel chunk stays in L1/L2 while it is
+  reused by every row tile), rows in blocks of ``MC`` (an A block stays in L2 while every
+  panel passes over it). Edges are static: the last rows use a smaller MR, the last
+  panel masked stores.
+
+A is addressed with strides (``A[m,k] = a[m*a_rs + k*a_cs]``), or, when it is a
+constant (convolution weights), pre-packed in row panels ``[ceil(M/MR)][K][MR]`` so
+the MR broadcasts of one k come from one cache line (``pack_a``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import llvmlite.ir as ir
+import numpy as np
+
+from mcir.codegen.emit import F32, Emitter, const, i64, vec
+from mcir.codegen.kernels import KernelContext, kernel
+from mcir.codegen.memory_plan import view_root
+from mcir.codegen.target import Target
+from mcir.ir import Op
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """Register and cache blocking of one GEMM, chosen from its shape and the target."""
+
+    mr: int  # rows of C per micro-tile
+    nv: int  # vectors of C per micro-tile row
+    lanes: int  # f32 lanes per vector
+    ku: int  # independent accumulator sets along K (latency hiding when mr is small)
+    kc: int  # K chunk
+    mc: int  # rows per cache block
+
+    @property
+    def nr(self) -> int:
+        return self.nv * self.lanes
+
+
+def panel_width(n: int, target: Target) -> tuple[int, int]:
+    """(nv, lanes) of the B panels for N columns: depends on N and the target only, so a
+    weight shared by several ops is packed once."""
+    lanes = target.f32_lanes
+    nv_max = 4 if target.vector_registers >= 32 else 2
+    return max(1, min(nv_max, math.ceil(n / lanes))), lanes
+
+
+def choose_tiling(m: int, n: int, k: int, target: Target) -> Tiling:
+    """Blocking for an M x N x K product on ``target``."""
+    nv, lanes = panel_width(n, target)
+    regs = target.vector_registers
+    budget = regs - nv - 2  # accumulators that fit beside the B vectors and an A broadcast
+    if m == 1:
+        mr, ku = 1, max(1, min(4, budget // nv))
+        ku = min(ku, 2) if nv >= 4 else ku
+    else:
+        mr = max(1, min(m, budget // nv, 8))
+        ku = 1
+        if m < 8 * mr:
+            # few row tiles: a ragged last tile costs a lot, so prefer a row count that divides M
+            # (4 x 4 zmm still keeps 16 FMAs in flight, enough to cover the FMA latency)
+            lowest = min(mr, max(3, mr // 2))
+            mr = min(range(mr, lowest - 1, -1), key=lambda r: (-(-m // r) * r - m, -r))
+    nr = nv * lanes
+    if m <= mr or k * nr * 4 <= 128 * 1024:
+        kc = k  # no reuse of B (GEMV) or the whole panel already fits in L2 comfortably
+    else:
+        kc = 256
+    mc = max(mr, (256 * 1024 // (kc * 4)) // mr * mr)
+    m_main = m - m % mr
+    if m_main * kc * 4 <= 512 * 1024:
+        mc = max(m_main, mr)
+    return Tiling(mr, nv, lanes, ku, kc, mc)
+
+
+def pack_b(b_kn: np.ndarray, nr: int) -> np.ndarray:
+    """``B[K,N]`` as zero-padded panels ``[ceil(N/NR)][K][NR]``."""
+    k, n = b_kn.shape
+    p = math.ceil(n / nr)
+    padded = np.zeros((k, p * nr), np.float32)
+    padded[:, :n] = b_kn
+    return np.ascontiguousarray(padded.reshape(k, p, nr).transpose(1, 0, 2))
+
+
+def pack_a(a_mk: np.ndarray, mr: int) -> np.ndarray:
+    """``A[M,K]`` as zero-padded row panels ``[ceil(M/MR)][K][MR]``."""
+    m, k = a_mk.shape
+    p = math.ceil(m / mr)
+    padded = np.zeros((p * mr, k), np.float32)
+    padded[:m] = a_mk
+    return np.ascontiguousarray(padded.reshape(p, mr, k).transpose(0, 2, 1))
+
+
+def packed_b_bytes(k: int, n: int, nr: int) -> int:
+    return math.ceil(n / nr) * k * nr * 4
+
+
+def emit_pack_b(em: Emitter, src: ir.Value, b_rs: int, b_cs: int, k: int, n: int, nr: int, dst: ir.Value) -> None:
+    """Runtime packing of ``B[k, n] = src[k*b_rs + n*b_cs]`` into panels at ``dst``."""
+    b = em.b
+    p_full, tail = divmod(n, nr)
+    zero = const(F32, 0.0)
+    with em.loop(p_full + (1 if tail else 0), name="pp") as p:
+        pan = b.mul(p, i64(k * nr))
+        with em.loop(k, name="pk") as kk:
+            row = b.add(pan, b.mul(kk, i64(nr)))
+            srow = b.add(b.mul(kk, i64(b_rs)), b.mul(p, i64(nr * b_cs)))
+            with em.loop(nr, name="pj") as j:
+                col = b.add(b.mul(p, i64(nr)), j)
+                inside = b.icmp_signed("<", col, i64(n))
+                # clamp the column so the load stays inside B; the select zeroes the padding
+                safe = b.select(inside, b.add(srow, b.mul(j, i64(b_cs))), i64(0))
+                v = em.load(src, safe, F32)
+                em.store(b.select(inside, v, zero), dst, b.add(row, j))
+
+
+@dataclass
+class GemmArgs:
+    """One product ``C = A @ B (+ bias)``: pointers, strides and the fused epilogue."""
+
+    m: int
+    n: int
+    k: int
+    a: ir.Value
+    a_rs: int
+    a_cs: int
+    b_packed: ir.Value
+    c: ir.Value
+    c_rs: int
+    bias: ir.Value | None = None
+    bias_per_row: bool = False  # conv: one bias per output channel (a row of C)
+    a_packed: bool = False  # A in row panels of the tiling's MR (see pack_a)
+    epilogue: object = None  # Callable[[Emitter, ir.Value], ir.Value] | None
+
+
+def emit_gemm(em: Emitter, g: GemmArgs, t: Tiling) -> None:
+    """Emit the blocked loops and micro-tiles of one GEMM."""
+    b = em.b
+    p_full, n_tail = divmod(g.n, t.nr)
+    m_main = g.m - g.m % t.mr
+    m_tail = g.m % t.mr
+    chunks = _k_chunks(g.k, t.kc)
+
+    def panels(rows: ir.Value, mr: int, kstart: ir.Value, klen: int, first: bool, last: bool) -> None:
+        """All panels for the rows tile at ``rows`` over one K chunk."""
+        if p_full:
+            with em.loop(p_full, name="p") as p:
+                _tile(em, g, t, rows, mr, p, t.nv, t.lanes, kstart, klen, first, last)
+        if n_tail:
+            nv_t = math.ceil(n_tail / t.lanes)
+            _tile(em, g, t, rows, mr, i64(p_full), nv_t, n_tail - (nv_t - 1) * t.lanes, kstart, klen, first, last)
+
+    def chunk_passes(body) -> None:
+        """body(kstart, klen, first, last) for every K chunk: static first/last, a loop between."""
+        if len(chunks) == 1:
+            body(i64(0), chunks[0], True, True)
+            return
+        body(i64(0), chunks[0], True, False)
+        if len(chunks) > 2:
+            with em.loop(len(chunks) - 1, name="kb", start=1) as kb:
+                body(b.mul(kb, i64(t.kc)), t.kc, False, False)
+        body(i64((len(chunks) - 1) * t.kc), chunks[-1], False, True)
+
+    if m_main:
+        nblocks = math.ceil(m_main / t.mc)
+        with em.loop(nblocks, name="mb") as mb:
+            r0 = b.mul(mb, i64(t.mc))
+            r1 = b.add(r0, i64(t.mc))
+            r1 = b.select(b.icmp_signed("<", r1, i64(m_main)), r1, i64(m_main))
+
+            def block(kstart, klen, first, last, r0=r0, r1=r1):
+                with em.loop(r1, name="r", start=r0, step=t.mr) as row:
+                    panels(row, t.mr, kstart, klen, first, last)
+
+            chunk_passes(block)
+    if m_tail:
+        chunk_passes(lambda ks, kl, f, la: panels(i64(m_main), m_tail, ks, kl, f, la))
+
+
+def _k_chunks(k: int, kc: int) -> list[int]:
+    n = max(1, math.ceil(k / kc))
+    return [kc] * (n - 1) + [k - (n - 1) * kc]
+
+
+def _tile(
+    em: Emitter,
+    g: GemmArgs,
+    t: Tiling,
+    row: ir.Value,
+    mr: int,
+    panel: ir.Value,
+    nv: int,
+    last_lanes: int,
+    kstart: ir.Value,
+    klen: int,
+    first: bool,
+    last: bool,
+) -> None:
+    """One MR x (nv vectors) tile of C over K range [kstart, kstart + klen)."""
+    b = em.b
+    vt = vec(F32, t.lanes)
+    zero = const(vt, 0.0)
+    if g.a_packed:  # panel of the tile: A[row + r, k] at a[row * K + k * MR + r]
+        a_row = em.gep(g.a, b.mul(row, i64(g.k)), F32)
+        a_rs, a_cs = 1, t.mr
+    else:
+        a_row = em.gep(g.a, b.mul(row, i64(g.a_rs)), F32)
+        a_rs, a_cs = g.a_rs, g.a_cs
+    b_pan = em.gep(g.b_packed, b.add(b.mul(panel, i64(g.k * t.nr)), b.mul(kstart, i64(t.nr))), F32)
+    a_k0 = b.mul(kstart, i64(a_cs))
+    ku = min(t.ku, max(1, klen))
+
+    def step(kk: ir.Value, accs: list[ir.Value]) -> list[ir.Value]:
+        bv = [em.load(b_pan, b.add(b.mul(kk, i64(t.nr)), i64(j * t.lanes)), vt, align=4 * t.lanes) for j in range(nv)]
+        out = list(accs)
+        a_k = b.add(a_k0, b.mul(kk, i64(a_cs)))
+        for r in range(mr):
+            av = em.splat(em.load(a_row, b.add(a_k, i64(r * a_rs)), F32), t.lanes)
+            for j in range(nv):
+                out[r * nv + j] = em.fma(av, bv[j], accs[r * nv + j])
+        return out
+
+    n_acc = mr * nv
+    k_main = klen - klen % ku
+    sets = [[zero] * n_acc for _ in range(ku)]
+    if k_main:
+        with em.loop_carried(k_main, [a for s in sets for a in s], name="k", step=ku) as lp:
+            flat = list(lp.values)
+            new = []
+            for u in range(ku):
+                new += step(b.add(lp.index, i64(u)), flat[u * n_acc : (u + 1) * n_acc])
+            lp.next(new)
+        sets = [list(lp.results[u * n_acc : (u + 1) * n_acc]) for u in range(ku)]
+    for kk in range(k_main, klen):
+        sets[0] = step(i64(kk), sets[0])
+    acc = sets[0]
+    for s in sets[1:]:
+        acc = [b.fadd(x, y, flags=("reassoc", "contract")) for x, y in zip(acc, s)]
+
+    col0 = b.mul(panel, i64(t.nr))
+    for r in range(mr):
+        c_off = b.add(b.mul(b.add(row, i64(r)), i64(g.c_rs)), col0)
+        for j in range(nv):
+            lanes = t.lanes if j < nv - 1 else last_lanes
+            off = b.add(c_off, i64(j * t.lanes))
+            v = acc[r * nv + j]
+            if not first:
+                prev = em.load(g.c, off, vt) if lanes == t.lanes else em.masked_load(g.c, off, vt, lanes)
+                v = b.fadd(v, prev)
+            if last:
+                if g.bias is not None:
+                    if g.bias_per_row:
+                        bias = em.splat(em.load(g.bias, b.add(row, i64(r)), F32), t.lanes)
+                    else:
+                        boff = b.add(col0, i64(j * t.lanes))
+                        bias = (
+                            em.load(g.bias, boff, vt) if lanes == t.lanes else em.masked_load(g.bias, boff, vt, lanes)
+                        )
+                    v = b.fadd(v, bias)
+                if g.epilogue is not None:
+                    v = g.epilogue(em, v)
+            if lanes == t.lanes:
+                em.store(v, g.c, off)
+            else:
+                em.masked_store(v, g.c, off, lanes)
+
+
+# -- linear -------------------------------------------------------------------------------
+
+
+def _linear_dims(op: Op) -> tuple[int, int, int]:
+    x, w = op.operands[0].type, op.operands[1].type
+    n, k = w.shape
+    return x.numel // k, n, k
+
+
+def _pack_linear(op: Op, index: int, data, target: Target):
+    if index != 1:
+        return None
+    _, n, k = _linear_dims(op)
+    nv, lanes = panel_width(n, target)
+    w = np.asarray(data, np.float32).reshape(n, k)
+    return f"gemm_b_t:{nv * lanes}", pack_b(w.T, nv * lanes)
+
+
+def _linear_scratch(op: Op, target: Target) -> int:
+    if view_root(op.operands[1]).is_constant:
+        return 0
+    _, n, k = _linear_dims(op)
+    nv, lanes = panel_width(n, target)
+    return packed_b_bytes(k, n, nv * lanes)
+
+
+@kernel("linear", ("f32", "f32", "f32"), pack=_pack_linear, scratch=_linear_scratch, epilogue=True)
+def linear(k: KernelContext) -> None:
+    """y = x @ W^T + b: W pre-packed into panels at compile time (or at run time if not constant)."""
+    m, n, kk = _linear_dims(k.op)
+    t = choose_tiling(m, n, kk, k.target)
+    w = k.args[1]
+    if not view_root(k.op.operands[1]).is_constant:
+        emit_pack_b(k.em, w, 1, kk, kk, n, t.nr, k.scratch)  # B[k, n] = W[n, k]
+        w = k.scratch
+    bias = k.args[2] if len(k.args) > 2 else None
+    emit_gemm(k.em, GemmArgs(m, n, kk, k.args[0], kk, 1, w, k.out, n, bias, epilogue=k.epilogue), t)
+
+
+# -- matmul ---------------------------------------------------------------------------------
+
+
+def _bstrides(shape: tuple[int, ...], batch: tuple[int, ...]) -> list[int]:
+    """Element strides of an operand's batch axes against the broadcast batch shape."""
+    mat = shape[-2:] if len(shape) >= 2 else shape
+    own = shape[: len(shape) - len(mat)]
+    full = (1,) * (len(batch) - len(own)) + tuple(own)
+    step = math.prod(mat)
+    out = [0] * len(batch)
+    for d in range(len(batch) - 1, -1, -1):
+        out[d] = 0 if full[d] == 1 else step
+        step *= full[d]
+    return out
+
+
+def _matmul_dims(op: Op) -> tuple[tuple[int, ...], int, int, int]:
+    a, b = op.operands[0].type.shape, op.operands[1].type.shape
+    out = op.result.type.shape
+    m = a[-2] if len(a) >= 2 else 1
+    k = a[-1]
+    n = b[-1] if len(b) >= 2 else 1
+    batch = out[: len(out) - (len(a) >= 2) - (len(b) >= 2)]
+    return batch, m, n, k
+
+
+def _b_is_shared(op: Op) -> bool:
+    batch, *_ = _matmul_dims(op)
+    return not any(_bstrides(op.operands[1].type.shape, batch))
+
+
+def _pack_matmul(op: Op, index: int, data, target: Target):
+    if index != 1 or not _b_is_shared(op):
+        return None
+    _, _, n, k = _matmul_dims(op)
+    nv, lanes = panel_width(n, target)
+    return f"gemm_b:{nv * lanes}", pack_b(np.asarray(data, np.float32).reshape(k, n), nv * lanes)
+
+
+def _matmul_scratch(op: Op, target: Target) -> int:
+    if view_root(op.operands[1]).is_constant and _b_is_shared(op):
+        return 0
+    _, _, n, k = _matmul_dims(op)
+    nv, lanes = panel_width(n, target)
+    return packed_b_bytes(k, n, nv * lanes)
+
+
+@kernel("matmul", ("f32", "f32"), pack=_pack_matmul, scratch=_matmul_scratch, epilogue=True)
+def matmul(k: KernelContext) -> None:
+    """y = a @ b with batch broadcasting: one GEMM per batch index, B packed once when shared."""
+    em, b = k.em, k.em.b
+    batch, m, n, kk = _matmul_dims(k.op)
+    t = choose_tiling(m, n, kk, k.target)
+    sa = _bstrides(k.op.operands[0].type.shape, batch)
+    sb = _bstrides(k.op.operands[1].type.shape, batch)
+    b_const = view_root(k.op.operands[1]).is_constant and not any(sb)
+    b_rs = n if len(k.op.operands[1].type.shape) >= 2 else 1
+
+    def one(a_off: ir.Value, b_off: ir.Value, c_off: ir.Value, pack: bool) -> None:
+        packed = k.args[1]
+        if not b_const:
+            if pack:
+                emit_pack_b(em, em.gep(k.args[1], b_off, F32), b_rs, 1, kk, n, t.nr, k.scratch)
+            packed = k.scratch
+        emit_gemm(
+            em,
+            GemmArgs(
+                m,
+                n,
+                kk,
+                em.gep(k.args[0], a_off, F32),
+                kk,
+                1,
+                packed,
+                em.gep(k.out, c_off, F32),
+                n,
+                epilogue=k.epilogue,
+            ),
+            t,
+        )
+
+    if not batch:
+        one(i64(0), i64(0), i64(0), True)
+        return
+    if not b_const and not any(sb):
+        emit_pack_b(em, k.args[1], b_rs, 1, kk, n, t.nr, k.scratch)
+    # one flat loop over the batch; each operand's offset from the unravelled index
+    total = math.prod(batch)
+    with em.loop(total, name="bt") as i:
+        a_off, b_off = i64(0), i64(0)
+        rem = i
+        for d in range(len(batch) - 1, -1, -1):
+            idx = b.urem(rem, i64(batch[d])) if d else rem
+            rem = b.udiv(rem, i64(batch[d])) if d else rem
+            a_off = b.add(a_off, b.mul(idx, i64(sa[d])))
+            b_off = b.add(b_off, b.mul(idx, i64(sb[d])))
+        one(a_off, b_off, b.mul(i, i64(m * n)), bool(any(sb)))

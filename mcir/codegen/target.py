@@ -1,0 +1,165 @@
+"""Code generation targets: which machine the emitted object runs on.
+
+A ``Target`` names an LLVM triple, a CPU and its features, and derives the facts the
+kernel generators specialise on: how many f32 lanes a vector register holds, how many
+vector registers there are, and whether instructions such as AVX-512 VNNI exist.
+
+``target="native"`` (the default) is the host CPU with its exact feature set;
+``"x86-64-v2"``, ``"x86-64-v3"`` and ``"x86-64-v4"`` are the psABI micro-architecture
+levels (SSE4.2, AVX2+FMA, AVX-512) for shipping one library to many x86 machines.
+Any other LLVM triple (``triple="aarch64-linux-gnu"``) is a cross target: mcir emits
+the ``.o`` and ``.h`` and the user links with their own toolchain.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+
+import llvmlite.binding as llvm
+
+from mcir.errors import CodegenError
+
+X86_LEVELS = ("x86-64-v2", "x86-64-v3", "x86-64-v4")
+TARGETS = ("native", *X86_LEVELS)
+
+
+@functools.cache
+def _init_llvm() -> None:
+    # llvm.initialize() is gone in llvmlite 0.45+; targets and printers still need it
+    llvm.initialize_all_targets()
+    llvm.initialize_all_asmprinters()
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+
+
+@dataclass(frozen=True)
+class Target:
+    """A resolved code generation target."""
+
+    name: str  # "native", "x86-64-v3", or the cross triple
+    triple: str
+    cpu: str
+    features: str  # LLVM feature string, "+avx2,+fma,..." (empty: the CPU's defaults)
+    native: bool  # runs on this machine: mcir links and loads the library
+
+    @property
+    def arch(self) -> str:
+        return self.triple.split("-", 1)[0]
+
+    @property
+    def is_x86(self) -> bool:
+        return self.arch in ("x86_64", "amd64")
+
+    def has(self, feature: str) -> bool:
+        """Whether the target has an LLVM feature (``"avx512f"``, ``"avx512vnni"``, ``"neon"``...)."""
+        return feature in _feature_set(self)
+
+    @property
+    def vector_bits(self) -> int:
+        """Width of the vector registers the kernels are tiled for."""
+        if self.is_x86:
+            if self.has("avx512f") and not self.has("prefer-256-bit"):
+                return 512
+            if self.has("avx2") or self.has("avx"):
+                return 256
+            return 128
+        if self.arch in ("aarch64", "arm64"):
+            return 128
+        return 128
+
+    @property
+    def pointer_bits(self) -> int:
+        """Width of a pointer and of ``size_t`` on the target (from LLVM's data layout)."""
+        layout = str(self.machine().target_data)
+        m = re.search(r"(?:^|-)p:(\d+)", layout)
+        return int(m.group(1)) if m else 64
+
+    @property
+    def f32_lanes(self) -> int:
+        return self.vector_bits // 32
+
+    @property
+    def vector_registers(self) -> int:
+        """Architectural vector registers (the budget for GEMM accumulators)."""
+        if self.is_x86:
+            return 32 if self.has("avx512f") else 16
+        if self.arch in ("aarch64", "arm64"):
+            return 32
+        return 16
+
+    def describe(self) -> str:
+        """One line for the metadata string and reports."""
+        return f"{self.name} ({self.triple}, cpu {self.cpu})"
+
+    def machine(self) -> llvm.TargetMachine:
+        """An LLVM target machine for position-independent shared-library code at O3."""
+        _init_llvm()
+        try:
+            tgt = llvm.Target.from_triple(self.triple)
+        except RuntimeError as e:
+            raise CodegenError(f"LLVM cannot generate code for triple '{self.triple}': {e}") from None
+        # pic + default code model: static/large links with DT_TEXTREL, static/small fails to link
+        return tgt.create_target_machine(cpu=self.cpu, features=self.features, opt=3, reloc="pic", codemodel="default")
+
+
+@functools.cache
+def _feature_set(target: Target) -> frozenset[str]:
+    if target.native:
+        if target.name == "native":
+            return frozenset(k for k, v in llvm.get_host_cpu_features().items() if v)
+        return frozenset(_LEVEL_FEATURES[target.name])
+    return frozenset(f[1:] for f in target.features.split(",") if f.startswith("+"))
+
+
+# the features of each x86-64 psABI level that matter to the kernel generators
+_V2 = ("sse3", "ssse3", "sse4.1", "sse4.2", "popcnt", "cx16")
+_V3 = (*_V2, "avx", "avx2", "fma", "f16c", "bmi", "bmi2", "lzcnt", "movbe")
+_V4 = (*_V3, "avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl")
+_LEVEL_FEATURES = {"x86-64-v2": _V2, "x86-64-v3": _V3, "x86-64-v4": _V4}
+
+
+def resolve(target: str = "native", triple: str | None = None) -> Target:
+    """The ``Target`` for a target name and optional cross triple; CodegenError if unsupported."""
+    _init_llvm()
+    host = llvm.get_process_triple()
+    if triple is not None and triple != host:
+        if target not in ("native", "generic"):
+            raise CodegenError(
+                f"target '{target}' names an x86-64 CPU level; with triple='{triple}' use "
+                "target='native' (the triple's generic CPU)"
+            )
+        try:
+            tgt = llvm.Target.from_triple(triple)
+        except RuntimeError:
+            raise CodegenError(
+                f"unsupported triple '{triple}': LLVM has no backend for it; "
+                "use e.g. 'x86_64-linux-gnu' or 'aarch64-linux-gnu'"
+            ) from None
+        del tgt  # only checked for existence; Target.machine() builds the real one
+        arch = triple.split("-", 1)[0]
+        # the baseline each Linux distribution assumes: with no FPU features LLVM would call
+        # soft-float helpers (__addsf3...) from libgcc, and the object must stay freestanding
+        features = {"aarch64": "+neon", "arm64": "+neon", "riscv64": "+m,+a,+f,+d,+c"}.get(arch, "")
+        return Target(triple, triple, "generic", features, native=False)
+    if target not in TARGETS:
+        raise CodegenError(
+            f"unknown target '{target}'; valid targets: {', '.join(TARGETS)} "
+            "(or pass triple='...' for another architecture)"
+        )
+    if target == "native":
+        return Target("native", host, llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten(), native=True)
+    if not host.startswith(("x86_64", "amd64")):
+        raise CodegenError(f"target '{target}' is an x86-64 level but this machine is {host}")
+    return Target(target, host, target, "", native=True)
+
+
+def host_supports(target: Target) -> bool:
+    """Whether this machine can run code built for ``target`` (for the x86-64 levels)."""
+    if target.name == "native":
+        return True
+    if not target.native:
+        return False
+    host = frozenset(k for k, v in llvm.get_host_cpu_features().items() if v)
+    return all(f in host for f in _LEVEL_FEATURES[target.name] if f != "cx16")

@@ -1,0 +1,287 @@
+"""Loading and running compiled mcir libraries from Python (ctypes, no llvmlite needed).
+
+    lib = mcir.runtime.Library("build/mlp.so")
+    (y,) = lib(x)                          # checks x, allocates y, one native call
+    lib.run_into([x], [y])                 # reuse output buffers
+    call = lib.bind([x], [y]); call()      # pre-marshalled: the cheapest call, for benchmarks
+
+A library describes itself (``docs/abi.md``): ``lib.inputs`` / ``lib.outputs`` come from its
+descriptor tables, ``lib.metadata`` from its JSON metadata string. Each thread gets its
+own 64-byte aligned workspace, so one ``Library`` may be called from several threads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import re
+import shutil
+import struct
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mcir.errors import RuntimeCallError
+
+# the ABI's codes (mirrors mcir.codegen.lowering, which this module must not import: no llvmlite here)
+DTYPES = {1: "float32", 2: "float16", 4: "int64", 5: "int32", 6: "int16", 7: "int8", 8: "uint8", 9: "bool"}
+ERRORS = {
+    1: "MCIR_ERR_NULL_ARGUMENT: the inputs, outputs or workspace pointer is NULL",
+    2: "MCIR_ERR_NULL_TENSOR: an input or output tensor pointer is NULL",
+    3: "MCIR_ERR_WORKSPACE_ALIGNMENT: the workspace is not 64-byte aligned",
+    4: "MCIR_ERR_INDEX_OUT_OF_RANGE: an embedding/gather index is outside its table",
+}
+WORKSPACE_ALIGN = 64
+
+
+class _Desc(ctypes.Structure):
+    _fields_ = [
+        ("name", ctypes.c_char_p),
+        ("shape", ctypes.POINTER(ctypes.c_int64)),
+        ("dtype", ctypes.c_int32),
+        ("rank", ctypes.c_int32),
+        ("nbytes", ctypes.c_int64),
+        ("quant", ctypes.c_int32),
+        ("zero_point", ctypes.c_int32),
+        ("scale", ctypes.c_float),
+        ("reserved", ctypes.c_int32),
+    ]
+
+
+@dataclass(frozen=True)
+class TensorDesc:
+    """One input or output of a library: name, numpy dtype, shape and quantisation."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    nbytes: int
+    quant: int  # 0 none, 1 per tensor, 2 per axis
+    scale: float
+    zero_point: int
+
+    def __str__(self) -> str:
+        q = f" quant(scale={self.scale}, zero_point={self.zero_point})" if self.quant == 1 else ""
+        return f"{self.name}: {self.dtype}{list(self.shape)}{q}"
+
+
+def library_names(path: str | Path) -> list[str]:
+    """The model names a shared library exports (``mcir_NAME_run`` symbols), read from its ELF."""
+    data = Path(path).read_bytes()
+    if data[:4] != b"\x7fELF" or data[4] != 2:
+        return []
+    end = "<" if data[5] == 1 else ">"
+    (shoff,) = struct.unpack_from(end + "Q", data, 0x28)
+    shentsize, shnum = struct.unpack_from(end + "HH", data, 0x3A)
+    sections = [struct.unpack_from(end + "IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    names = []
+    for sh in sections:
+        if sh[1] != 11:  # SHT_DYNSYM
+            continue
+        strtab = sections[sh[6]]
+        for off in range(sh[4], sh[4] + sh[5], 24):
+            (name_off,) = struct.unpack_from(end + "I", data, off)
+            start = strtab[4] + name_off
+            name = data[start : data.index(b"\0", start)].decode()
+            m = re.fullmatch(r"mcir_(\w+)_run", name)
+            if m:
+                names.append(m.group(1))
+    return sorted(names)
+
+
+class Library:
+    """A loaded mcir library: call it with numpy arrays, get numpy arrays back."""
+
+    def __init__(self, path: str | Path, name: str | None = None) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise RuntimeCallError(f"no library at {self.path}: compile one with mcir.compile(graph, path)")
+        if name is None:
+            names = library_names(self.path)
+            if len(names) != 1:
+                found = ", ".join(names) or "none"
+                raise RuntimeCallError(f"{self.path} exports models {found}; pass name='...' to choose one")
+            name = names[0]
+        self.name = name
+        try:
+            self._dll = _dlopen_fresh(self.path)
+            fn = getattr(self._dll, f"mcir_{name}_run")
+        except (OSError, AttributeError) as e:
+            raise RuntimeCallError(f"cannot load model '{name}' from {self.path}: {e}") from None
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+        fn.restype = ctypes.c_int
+        self._run = fn
+        sym = lambda s, res: self._sym(f"mcir_{name}_{s}", res)
+        self.workspace_size = int(sym("workspace_size", ctypes.c_size_t)())
+        self.metadata: dict[str, Any] = json.loads(sym("metadata", ctypes.c_char_p)().decode())
+        self.inputs = self._descs(sym("inputs", ctypes.POINTER(_Desc))(), sym("num_inputs", ctypes.c_int32)())
+        self.outputs = self._descs(sym("outputs", ctypes.POINTER(_Desc))(), sym("num_outputs", ctypes.c_int32)())
+        self._local = threading.local()
+
+    def _sym(self, symbol: str, restype: Any) -> Callable[[], Any]:
+        fn = getattr(self._dll, symbol)
+        fn.argtypes = []
+        fn.restype = restype
+        return fn
+
+    @staticmethod
+    def _descs(table: Any, count: int) -> list[TensorDesc]:
+        out = []
+        for i in range(count):
+            d = table[i]
+            if d.dtype not in DTYPES:
+                raise RuntimeCallError(f"tensor {d.name.decode()} has dtype code {d.dtype}, unknown to this runtime")
+            out.append(
+                TensorDesc(
+                    d.name.decode(),
+                    np.dtype(DTYPES[d.dtype]),
+                    tuple(d.shape[k] for k in range(d.rank)),
+                    int(d.nbytes),
+                    int(d.quant),
+                    float(d.scale),
+                    int(d.zero_point),
+                )
+            )
+        return out
+
+    # -- facts for reports and benchmarks ------------------------------------------------
+    @property
+    def file_size(self) -> int:
+        """Bytes of the shared library file."""
+        return self.path.stat().st_size
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of constants (pre-packed weights) embedded in the library."""
+        return int(self.metadata.get("weight_bytes", 0))
+
+    def example_inputs(self, seed: int = 0) -> list[np.ndarray]:
+        """Inputs of the right shapes and dtypes (for timing): floats ~ N(0, 1), integers and bools 0.
+
+        Zeros keep embedding indices in range; feed real data to check numbers.
+        """
+        rng = np.random.default_rng(seed)
+        out = []
+        for d in self.inputs:
+            if d.dtype.kind == "f":
+                out.append(rng.standard_normal(d.shape).astype(d.dtype))
+            else:
+                out.append(np.zeros(d.shape, d.dtype))
+        return out
+
+    # -- running ----------------------------------------------------------------------------
+    def workspace(self) -> np.ndarray:
+        """This thread's workspace: ``workspace_size`` bytes at a 64-byte aligned address."""
+        ws = getattr(self._local, "ws", None)
+        if ws is None:
+            raw = np.zeros(self.workspace_size + WORKSPACE_ALIGN, np.uint8)
+            skip = (-raw.ctypes.data) % WORKSPACE_ALIGN
+            ws = raw[skip : skip + self.workspace_size]
+            self._local.ws = ws
+            self._local.raw = raw
+        return ws
+
+    def _check(self, arrays: Sequence[Any], descs: list[TensorDesc], what: str) -> list[np.ndarray]:
+        if len(arrays) != len(descs):
+            names = ", ".join(str(d) for d in descs)
+            raise RuntimeCallError(f"model '{self.name}' takes {len(descs)} {what}(s) ({names}), got {len(arrays)}")
+        out = []
+        for a, d in zip(arrays, descs):
+            if not isinstance(a, np.ndarray):
+                a = np.asarray(a)
+            if a.shape != d.shape:
+                raise RuntimeCallError(
+                    f"{what} '{d.name}' of model '{self.name}' must have shape {list(d.shape)}, got {list(a.shape)}"
+                )
+            if a.dtype != d.dtype:
+                raise RuntimeCallError(
+                    f"{what} '{d.name}' of model '{self.name}' must be {d.dtype}, got {a.dtype}; "
+                    f"convert it with .astype(np.{d.dtype})"
+                )
+            if not a.flags.c_contiguous:
+                raise RuntimeCallError(
+                    f"{what} '{d.name}' of model '{self.name}' must be C-contiguous; pass np.ascontiguousarray(x)"
+                )
+            if what == "output" and not a.flags.writeable:
+                raise RuntimeCallError(f"output '{d.name}' of model '{self.name}' is read-only")
+            out.append(a)
+        return out
+
+    def bind(self, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> Callable[[], None]:
+        """Check buffers once and return a zero-argument function that runs the model on them.
+
+        The arrays must stay alive and unmoved while the function is used; each call is one
+        native call plus a status check (the cheapest way to call, for benchmarks).
+        """
+        ins = self._check(inputs, self.inputs, "input")
+        outs = self._check(outputs, self.outputs, "output")
+        in_ptrs = (ctypes.c_void_p * max(len(ins), 1))(*[a.ctypes.data for a in ins])
+        out_ptrs = (ctypes.c_void_p * max(len(outs), 1))(*[a.ctypes.data for a in outs])
+        ws = self.workspace()
+        ws_ptr = ctypes.c_void_p(ws.ctypes.data if self.workspace_size else None)
+        run = self._run
+        keep = (ins, outs, ws)
+
+        def call() -> None:
+            status = run(in_ptrs, out_ptrs, ws_ptr)
+            if status:
+                self._raise(status)
+
+        call.buffers = keep  # type: ignore[attr-defined]  # the buffers live as long as the closure
+        return call
+
+    def run_into(self, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> None:
+        """Run on ``inputs``, writing into the caller's ``outputs`` arrays (checked)."""
+        self.bind(inputs, outputs)()
+
+    def run(self, *inputs: np.ndarray) -> list[np.ndarray]:
+        """Run on ``inputs`` and return freshly allocated outputs."""
+        outs = [np.empty(d.shape, d.dtype) for d in self.outputs]
+        self.run_into(list(inputs), outs)
+        return outs
+
+    __call__ = run
+
+    def _raise(self, status: int) -> None:
+        text = ERRORS.get(status, f"unknown error code {status}")
+        raise RuntimeCallError(f"model '{self.name}' ({self.path}) returned error {status}: {text}")
+
+    def __repr__(self) -> str:
+        ins = ", ".join(str(d) for d in self.inputs)
+        outs = ", ".join(str(d) for d in self.outputs)
+        return f"<mcir.Library '{self.name}' ({ins}) -> ({outs}) from {self.path}>"
+
+
+def _dlopen_fresh(path: Path) -> ctypes.CDLL:
+    """dlopen ``path`` even if a library of the same name was loaded before.
+
+    The dynamic loader returns the already loaded object for a known file name, so a
+    library recompiled in place would silently keep running the old code. Opening a
+    uniquely named hard link (removed right after) loads the file's current contents.
+    """
+    path = path.resolve()
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".so", dir=path.parent)
+    except OSError:  # a read-only directory (an installed library): it is not being rebuilt
+        return ctypes.CDLL(str(path))
+    os.close(fd)
+    os.unlink(tmp)
+    try:
+        try:
+            os.link(path, tmp)
+        except OSError:
+            shutil.copyfile(path, tmp)
+        return ctypes.CDLL(tmp)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def load(path: str | Path, name: str | None = None) -> Library:
+    """Load a compiled library; ``name`` is needed only when the file holds several models."""
+    return Library(path, name)
