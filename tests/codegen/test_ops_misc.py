@@ -64,8 +64,6 @@ def test_reductions_random_axes(tmp_path_factory, shape, data):
             g.add("amax", [xi], attrs),
             g.add("argmax", [x], {"axis": axis, "keepdim": keep}),
             g.add("argmax", [xi], {"axis": axis}),
-            g.add("mean", [xi], attrs),
-            g.add("mean", [x8], attrs),
             g.add("sum", [x8], attrs),
         ]
     )
@@ -147,7 +145,7 @@ def test_scaled_dot_product_attention(tmp_path, rng, q, k, v, mask, attrs):
     check_native(g, tmp_path, *data)
 
 
-def test_fully_masked_attention_row_is_nan_like_the_reference(tmp_path, rng):
+def test_fully_masked_attention_row_is_zero_like_the_reference(tmp_path, rng):
     g = Graph("sdpa_nan")
     ins = [g.add_input(n, tensor([1, 3, 4])) for n in "qkv"] + [g.add_input("m", tensor([3, 3], "bool"))]
     g.set_outputs([g.add("scaled_dot_product_attention", ins)])
