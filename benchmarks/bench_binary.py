@@ -52,6 +52,7 @@ CONTENDERS = {
 
 
 def pipeline_for(model: str, name: str) -> str:
+    """The pass pipeline of a contender on a model."""
     if model == "linear4096" and name == "XNOR":
         return "binarize(activations=binary, skip=none, center=false)"
     return CONTENDERS[name]
@@ -111,6 +112,7 @@ def _params(model: torch.nn.Module) -> int:
 
 
 def latency_table(rows: list[dict], markdown: bool) -> str:
+    """The latency rows as an aligned text or markdown table."""
     head = ["model", "batch", "contender", "latency", "vs torch", "vs mcir fp32", "weights", ".so", "native err"]
     body = [
         [
@@ -196,6 +198,7 @@ def digits_accuracy(build: Path, markdown: bool) -> str:
 
 
 def main() -> None:
+    """Command line entry point (see the module docstring)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["linear4096", "mlp"], choices=list(MODELS))
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 32])

@@ -85,6 +85,7 @@ def check_packed_operand(op: Op, v: Value) -> None:
 
 
 def need_constant_weight(k: KernelContext) -> None:
+    """CodegenError unless the packed weight (operand 1) is a constant, re-packable at compile time."""
     if not view_root(k.op.operands[1]).is_constant:
         raise CodegenError(
             f"{k.op.where()}: packed {k.operand_types[1]} weights must be constants (they are re-packed "
@@ -106,6 +107,7 @@ def as_mask(em: Emitter, word: ir.Value, lo: int, lanes: int) -> ir.Value:
 
 
 def to_double(em: Emitter, v: ir.Value) -> ir.Value:
+    """f32 scalar or vector widened to f64 (the epilogues compute in double)."""
     t = v.type
     lanes = t.count if isinstance(t, ir.VectorType) else 1
     return em.b.fpext(v, vec(F64, lanes))
@@ -186,6 +188,7 @@ class BitRows:
 
 
 def bit_rows(x: Value, k: int) -> BitRows:
+    """How the rows of K elements of binary activation ``x`` sit in its slices."""
     n, per = slices(x)
     return BitRows(x.type.numel // k, k, n, per)
 
@@ -321,6 +324,7 @@ class RowPanels:
         return em.b.add(em.b.mul(panel, i64(self.planes * self.nr)), i64(plane * rows + row))
 
     def pack(self, planes: list[np.ndarray], alpha: np.ndarray, extra: np.ndarray | None = None) -> np.ndarray:
+        """The blob: ``planes`` ([N, W] u64 each, IR order), ``alpha`` [N] and ``extra`` [N] in this layout."""
         n, nr, wf = self.n, self.nr, self.wf
         full = np.stack([np.asarray(p, np.uint64).reshape(n, -1) for p in planes])  # [planes, N, W]
         a_parts, b_parts = [], []
@@ -362,6 +366,7 @@ class XnorLayout:
 
 
 def xnor_layout(op: Op, target: Target) -> XnorLayout:
+    """Panel layout of a popcount linear's weight (depends on its shape, kind and the target only)."""
     n, k = op.operands[1].type.shape
     lanes = u64_lanes(target)
     planes = 1 if op.operands[1].type.dtype.name == "b1" else 2
@@ -383,11 +388,14 @@ def _xnor_scratch(op: Op, target: Target) -> int:
 
 @dataclass(frozen=True)
 class XnorTiling:
+    """Register blocking of the popcount micro-kernel."""
+
     mr: int  # activation rows per micro-tile
     ku: int  # independent accumulator sets along K (hide the popcount/add latency)
 
 
 def xnor_tiling(m: int, lay: XnorLayout, target: Target) -> XnorTiling:
+    """Rows per tile and K splits for M activation rows, within the target's vector registers."""
     regs = target.vector_registers
     budget = regs - lay.nv * lay.planes - 3
     if m == 1:
@@ -553,6 +561,7 @@ class SelectLayout:
 
 
 def select_layout(op: Op, target: Target) -> SelectLayout:
+    """Panel layout of a sign-select linear's weight: 8 rows per panel with 32 vector registers, else 4."""
     n, k = op.operands[1].type.shape
     r = 8 if target.vector_registers >= 32 else 4
     planes = 1 if op.operands[1].type.dtype.name == "b1" else 2

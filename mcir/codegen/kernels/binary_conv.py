@@ -102,6 +102,7 @@ class Geometry:
 
 
 def geometry(op: Op) -> Geometry:
+    """The shapes and attributes of conv2d ``op``."""
     n, c, h, w = op.operands[0].type.shape
     o, cg, kh, kw = op.operands[1].type.shape
     (sh, sw), (ph, pw), (dh, dw) = op.attrs["stride"], op.attrs["padding"], op.attrs["dilation"]
@@ -169,6 +170,7 @@ class ConvPlan:
 
 
 def conv_plan(op: Op, target: Target) -> ConvPlan:
+    """Blocking of popcount convolution ``op`` on ``target`` (pixel vectors and channel rows per tile)."""
     g = geometry(op)
     lanes = u64_lanes(target)
     planes = 1 if op.operands[1].type.dtype.name == "b1" else 2
