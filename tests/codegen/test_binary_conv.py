@@ -115,3 +115,24 @@ def test_xnor_conv_wide_channels_and_fused_relu(tmp_path, rng, c, k, h):
     xs = randn(rng, 1, c, h, h + 2)
     (native,) = build(g, tmp_path)(xs)
     assert_ulps(native, mcir.interpret(g, xs)[0], 1)
+
+
+@settings(max_examples=200)
+@given(
+    size=st.integers(1, 12),
+    k=st.integers(1, 4),
+    stride=st.integers(1, 3),
+    pad=st.integers(0, 3),
+    dil=st.integers(1, 3),
+)
+def test_interior_outputs_are_exactly_those_with_every_tap_inside(size, k, stride, pad, dil):
+    """The bit im2col skips bounds tests and masks on the interior range: it must be exact."""
+    from mcir.codegen.kernels.binary_conv import interior
+    from mcir.ops.nn import conv_out
+
+    n_out = conv_out(size, k, stride, pad, dil)
+    if n_out < 1:
+        return
+    lo, hi = interior(n_out, size, k, stride, pad, dil)
+    inside = [all(0 <= o * stride - pad + t * dil < size for t in range(k)) for o in range(n_out)]
+    assert inside == [lo <= o < hi for o in range(n_out)]

@@ -282,19 +282,36 @@ def _tap_inside(em: Emitter, g: Geometry, oy: ir.Value, ox: ir.Value, i, j) -> t
     return ok, b.select(ok, b.add(b.mul(iy, i64(g.w)), ix), i64(0))
 
 
+def interior(n_out: int, size: int, k: int, stride: int, pad: int, dil: int) -> tuple[int, int]:
+    """[lo, hi): the outputs along one axis whose every tap lies inside the image."""
+    lo = min(n_out, -(-pad // stride))
+    hi = (size - 1 + pad - (k - 1) * dil) // stride + 1
+    return lo, max(lo, min(hi, n_out))
+
+
 def _im2col_registers(em: Emitter, plan: ConvPlan, xt: ir.Value, cols: ir.Value, masks: ir.Value, kv: ir.Value) -> None:
     b = em.b
     g = plan.g
     stride = plan.wk + 1
     last_bits = g.cg - 64 * (g.cw - 1)
-    with em.loop(g.oh, name="cy") as oy, em.loop(g.ow, name="cx") as ox:
+    true = ir.Constant(ir.IntType(1), 1)
+
+    def pixel(oy: ir.Value, ox: ir.Value, checked: bool) -> None:
+        """One pixel's row; unchecked pixels are interior: every tap is inside, the mask is
+        all ones (constants LLVM folds) and no tap needs a bounds test."""
         p = b.add(b.mul(oy, i64(g.ow)), ox)
         row0 = b.add(b.mul(b.udiv(p, i64(plan.nr)), i64(stride * plan.nr)), b.urem(p, i64(plan.nr)))
         xw = [i64(0)] * plan.wk
         mw = [i64(0)] * plan.wk
         valid = i64(0)
         for t in range(g.taps):
-            ok, pix = _tap_inside(em, g, oy, ox, t // g.kw, t % g.kw)
+            i, j = divmod(t, g.kw)
+            if checked:
+                ok, pix = _tap_inside(em, g, oy, ox, i, j)
+            else:
+                iy = b.add(b.mul(oy, i64(g.sh)), i64(i * g.dh - g.ph))
+                ix = b.add(b.mul(ox, i64(g.sw)), i64(j * g.dw - g.pw))
+                ok, pix = true, b.add(b.mul(iy, i64(g.w)), ix)
             for wd in range(g.cw):
                 v = b.select(ok, em.load(xt, b.add(pix, i64(wd * plan.hw_padded)), I64), i64(0))
                 m = b.select(ok, i64(tail_mask(64 if wd < g.cw - 1 else last_bits)), i64(0))
@@ -310,6 +327,18 @@ def _im2col_registers(em: Emitter, plan: ConvPlan, xt: ir.Value, cols: ir.Value,
             em.store(xw[w], cols, at)
             em.store(mw[w], masks, at)
         em.store(b.mul(valid, i64(g.cg)), kv, p)
+
+    y_lo, y_hi = interior(g.oh, g.h, g.kh, g.sh, g.ph, g.dh)
+    x_lo, x_hi = interior(g.ow, g.w, g.kw, g.sw, g.pw, g.dw)
+
+    def spans(lo: int, hi: int, n: int) -> list[tuple[int, int, bool]]:
+        return [(a, c, chk) for a, c, chk in ((0, lo, True), (lo, hi, False), (hi, n, True)) if c > a]
+
+    for y0, y1, y_checked in spans(y_lo, y_hi, g.oh):
+        with em.loop(y1, name="cy", start=y0) as oy:
+            for x0, x1, x_checked in spans(x_lo, x_hi, g.ow):
+                with em.loop(x1, name="cx", start=x0) as ox:
+                    pixel(oy, ox, y_checked or x_checked)
 
 
 def _im2col_memory(em: Emitter, plan: ConvPlan, xt: ir.Value, cols: ir.Value, masks: ir.Value, kv: ir.Value) -> None:
