@@ -16,12 +16,18 @@ codebook...), and without one lowering fails with a CodegenError naming the op.
 
 An entry may also constrain the *result* type (``result="b1#binary"``): ``quantize``
 has one f32 operand whatever it produces, so its kernels differ by result only.
-Entries with a result pattern are tried before those without.
+
+Every module in this package is imported when the registry is first used, so a new
+kernel file registers itself: nothing else changes. Within an op, entries with a result
+pattern are tried first, then the others, each group in module-name order, then
+definition order; the first whose patterns match wins.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -114,8 +120,6 @@ class KernelGen:
 
 
 _REGISTRY: dict[str, list[KernelGen]] = {}
-_MODULES = ("elementwise", "gemm_f32", "movement", "norm", "reduce", "conv", "pool", "attention")
-_MODULES += ("binary", "binary_conv")  # bit-packed weights: XNOR/popcount and sign-select
 
 
 def kernel(
@@ -140,10 +144,12 @@ def kernel(
     return deco
 
 
+@functools.cache
 def _load() -> None:
-    # the generator modules register themselves on import
-    for name in _MODULES:
-        importlib.import_module(f"mcir.codegen.kernels.{name}")
+    # every module of this package registers its generators on import: a new kernel file
+    # (gemm_i8.py, xnor.py, ...) plugs in without touching the registry or the lowering
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        importlib.import_module(f"{__name__}.{info.name}")
 
 
 def signature(t: TensorType) -> str:
