@@ -12,16 +12,39 @@ in ``dtype`` (f32 or i8) instead of a dense array holding zeros. It pays when bo
    ``#nm`` stores one u8 index per kept value, so 2:4 pays in f32 (2.5 vs 4 bytes per
    weight) but not in i8 (1 vs 1);
 2. **it is fast enough**: the density ``nnz / (rows·cols)`` is at most ``MAX_DENSITY[kind,
-   dtype]``. A sparse kernel does an index load and a gather per non-zero where the dense
-   one streams contiguous vectors, so it needs far fewer non-zeros to win. The starting
-   values follow published CPU measurements: sparse inference kernels beat dense ones from
-   roughly 70-80 % sparsity on (Elsen et al., "Fast Sparse ConvNets", CVPR 2020, 1x1
-   convolutions; Gale et al., "Sparse GPU Kernels for Deep Learning", SC 2020, make the
-   same point for GEMM), and int8 dense kernels (VNNI) are about 4x faster than f32 ones
-   while the sparse gather gains little from int8, which halves the break-even density.
+   dtype]``, the density up to which mcir's sparse kernel beats the dense kernel of the same
+   dtype (``mcir/codegen/kernels/sparse.py``, ``sparse_i8.py``). The limits come from
+   ``benchmarks/bench_sparse.py --only sweep`` (one Linear, random unstructured or N:M
+   pattern, AMD Zen 4 with AVX-512 VBMI/VNNI, one thread, interleaved medians; full table in
+   ``docs/benchmarks.md``, "Sparse"). Speed-up of the sparse kernel over the dense one:
 
-These thresholds are placeholders until mcir's own sparse kernels are measured
-(``benchmarks/``): change ``MAX_DENSITY`` and nothing else.
+   ====================  =======  ===========  ===========  ===========  ==========
+   kernel, batch         shape    density 5 %  10 %         20 %         30 %
+   ====================  =======  ===========  ===========  ===========  ==========
+   f32 #csr, batch 1     256²     3.4x         2.7x         2.1x         1.7x
+   f32 #csr, batch 1     4096²    20.7x        12.3x        5.5x         2.9x
+   f32 #csr, batch 32    1024²    9.5x         5.2x         2.5x         1.5x
+   f32 #csr, batch 32    4096²    10.0x        4.4x         2.0x         1.4x
+   i8 #csr, batch 1      256²     1.3x         1.07x        0.81x        0.63x
+   i8 #csr, batch 1      1024²    2.5x         1.7x         0.95x        0.66x
+   i8 #csr, batch 1      4096²    3.3x         2.1x         1.13x        0.76x
+   i8 #csr, batch 32     1024²    1.3x         0.79x        0.41x        0.27x
+   ====================  =======  ===========  ===========  ===========  ==========
+
+   f32 N:M (density n/m), batch 1 / batch 32: 2:4 1.4-1.9x / 0.74-1.3x, 1:4 2.3-5.4x /
+   1.7-2.5x; int8 N:M: 1:4 0.72-0.91x / 0.33x, 1:8 1.03-1.8x / 0.65x.
+
+   So: **f32 #csr up to 30 %** (at least 1.7x at batch 1 and 1.3x at batch 32 on every
+   shape; dense wins from about 40 % at batch 32 and 70 % at batch 1); **f32 #nm up to 50 %**,
+   i.e. 2:4 (1.4-1.9x at batch 1; at batch 32 on large layers it is 0.74-0.8x, accepted:
+   batch-1 inference is the case N:M pruning targets); **int8 #csr up to 15 %** (break-even
+   with the VNNI dense kernel is 15-20 % at batch 1; at batch 32 the int8 sparse kernel only
+   wins below ~7 %); **int8 #nm up to 12.5 %**, i.e. 1:8 (1:4 is slower than dense int8).
+   The rule sees no batch size: its limits favour batch-1 inference, where pruning pays
+   most; the int8 limit also keeps 90 %-sparse layers sparse, which issue #6 needs for size
+   (the library stores int8 #csr in ~1.8 bytes per non-zero, ``sparse_pack``).
+
+Only ``MAX_DENSITY`` comes from measurement; re-measure when a kernel changes.
 """
 
 from __future__ import annotations
@@ -32,12 +55,12 @@ from mcir import dtypes
 from mcir.dtypes import DType
 from mcir.errors import McirError
 
-#: highest density (non-zeros / elements) at which the sparse kernel is expected to be faster
+#: highest density (non-zeros / elements) at which the sparse kernel is measured faster (docstring)
 MAX_DENSITY: dict[tuple[str, str], float] = {
     ("csr", "f32"): 0.30,
     ("csr", "i8"): 0.15,
     ("nm", "f32"): 0.50,
-    ("nm", "i8"): 0.50,
+    ("nm", "i8"): 0.125,
 }
 
 
