@@ -201,3 +201,18 @@ def test_single_lane_tails_of_u8_results(tmp_path, m, n):
     rng = np.random.default_rng(m + n)
     g = _graph(rng, (m, 3), pruned(rng, n, 3, 0.5), "csr", "int", "u8", None)
     check_int8(g, tmp_path, rng.integers(0, 256, (m, 3)).astype(np.uint8))
+
+
+@pytest.mark.parametrize(("m", "target"), [(5, "native"), (1, TARGETS[-1])])
+def test_batched_sums_are_exact(tmp_path, m, target):
+    """Rows of 6000 products near 255 x 127 whose partial sums pass 2^25 while the total is
+    small: the batched kernel sums in f32 runs that stay exact integers, so the result is."""
+    w = np.zeros((2, 6100), np.float32)
+    w[:, :3000], w[:, 3000:6000] = 1.0, -1.0
+    w[1, 6000:] = 0.5
+    g = Graph("exact")
+    x = g.add_input("x", TensorType((m, 6100), dtypes.u8, Quant(scale=X_SCALE, zero_point=X_ZERO)))
+    g.set_outputs([g.add("linear", [x, sparse_const(g, "w", w, "csr", dtypes.i8)])])
+    xs = np.random.default_rng(2).integers(200, 256, (m, 6100)).astype(np.uint8)
+    out = build(g, tmp_path, target=target)(xs)[0]
+    assert_close(out, mcir.interpret(g, xs)[0])  # an inexact f32 sum is off by ~1e-4 here

@@ -16,9 +16,10 @@ about 1.75 bytes per non-zero at 90 % sparsity) on every path:
   them into the 16 row accumulators. About 20 vector instructions per 64 entries, no
   gathers (``vpgatherdd`` costs ~25 cycles on this CPU class).
 * **everything else** (a batch of rows, 1x1 convolutions, other targets): each row's
-  entries are decoded once into (x row, value) pairs in scratch, then every non-zero
-  multiplies a vector of the batch (x transposed to ``x^T[K][M]`` u8; a 1x1 convolution's
-  image already is) with int32 multiply-adds.
+  entries are decoded once into (x row, value) pairs in scratch, then every non-zero is
+  broadcast against a row of ``x^T[K][M]`` (x transposed, or a 1x1 convolution's image,
+  converted to f32) with FMAs; runs of 512 products sum exactly in f32 (integers below
+  2^24) before they join the int32 accumulator.
 """
 
 from __future__ import annotations
@@ -144,11 +145,10 @@ def _scratch_i8(op: Op, target: Target) -> int:
     if _uses_vector(p, target):
         return align_up(p.k + sp.GAP_WINDOW + 64)
     lanes = lanes_of(target)
-    decoded = align_up((p.k + 1) * 8)  # one row's entries: x row (i32) and value (i32)
-    if p.conv:
-        return decoded
+    decoded = align_up((p.k + 1) * 8)  # one row's entries: x^T row offset (i32) and value (f32)
     mpad = max(lanes, -(-p.m // lanes) * lanes)
-    return decoded + align_up(p.k * mpad) + align_up(p.n * mpad * 4)
+    xt = align_up(p.k * mpad * 4)  # x^T as f32
+    return decoded + xt + (0 if p.conv else align_up(p.n * mpad * 4))
 
 
 # -- emission -------------------------------------------------------------------------------------------
@@ -273,6 +273,11 @@ def _emit_vector_gemv(k: KernelContext, rows: _Rows, n: int, xs: ir.Value, y: ir
         block(i64(full), rest)
 
 
+#: entries summed in f32 before moving to the int32 accumulator: products of u8 and i8 are at
+#: most 255 * 127, so 512 of them stay below 2^24 and every f32 partial sum is an exact integer
+EXACT_RUN = 512
+
+
 def _emit_batched(
     k: KernelContext,
     rows: _Rows,
@@ -285,10 +290,15 @@ def _emit_batched(
     store: Callable[[ir.Value, ir.Value, ir.Value, int], None],
 ) -> None:
     """For every sorted row: decode its entries into ``decoded`` (x row, value) pairs, then
-    ``store(y_vector, original_row, c0, live)`` for the columns ``c0 ..`` of ``xt[K][ldx]`` (u8)."""
+    ``store(y_vector, original_row, c0, live)`` for the columns ``c0 ..`` of ``xt[K][ldx]``.
+
+    ``xt`` holds the u8 inputs as f32: the multiply-adds run on the FMA units (two per
+    non-zero for 32 columns, like the f32 kernel), in runs of ``EXACT_RUN`` entries whose
+    sums are exact integers, each run then added to an int32 accumulator.
+    """
     em, b = k.em, k.em.b
-    vt = vec(I32, lanes)
-    bt = vec(I8, lanes)
+    vt = vec(F32, lanes)
+    it = vec(I32, lanes)
     chunk = 2 * lanes
 
     def one_row(blk: ir.Value, lane: ir.Value) -> None:
@@ -305,11 +315,11 @@ def _emit_batched(
                 pair = b.zext(em.load(em.gep(gaps, b.lshr(bit, i64(3)), I8), 0, I16, align=1), I64)
                 gap = b.and_(b.lshr(pair, b.and_(bit, i64(7))), i64(sp.GAP_MAX))
                 cur = b.add(cur, gap)
-                v = b.sext(em.load(rows.vals, b.add(b.mul(s, i64(64)), f), I8), I32)
+                v = em.load(rows.vals, b.add(b.mul(s, i64(64)), f), I8)
                 slot = em.gep(decoded, b.mul(cnt, i64(2)), I32)
-                em.store(b.trunc(cur, I32), slot, 0)
-                em.store(v, slot, 1)
-                cnt = b.add(cnt, b.zext(b.icmp_signed("!=", v, ir.Constant(I32, 0)), I64))
+                em.store(b.trunc(b.mul(cur, i64(ldx)), I32), slot, 0)  # offset of the x^T row
+                em.store(b.sitofp(v, F32), slot, 1)
+                cnt = b.add(cnt, b.zext(b.icmp_signed("!=", v, ir.Constant(I8, 0)), I64))
             lp.next([cur, cnt])
         count = lp.results[1]
         row = b.add(b.mul(blk, i64(sp.GAP_LANES)), lane)
@@ -318,17 +328,26 @@ def _emit_batched(
         def columns(c0: ir.Value, width: int) -> None:
             nv = -(-width // lanes)
             widths = [min(lanes, width - j * lanes) for j in range(nv)]
-            zero = ir.Constant(vt, None)
-            with em.loop_carried(count, [zero] * nv, name="e") as le:
-                pair = em.gep(decoded, b.mul(le.index, i64(2)), I32)
-                xrow = b.add(b.mul(b.sext(em.load(pair, 0, I32), I64), i64(ldx)), c0)
-                v = em.splat(em.load(pair, 1, I32), lanes)
-                new = []
-                for j, acc in enumerate(le.values):
-                    xv = b.zext(load_part(em, xt, b.add(xrow, i64(j * lanes)), bt, widths[j]), vt)
-                    new.append(b.add(acc, b.mul(xv, v)))
-                le.next(new)
-            for j, acc in enumerate(le.results):
+            runs = b.udiv(b.add(count, i64(EXACT_RUN - 1)), i64(EXACT_RUN))
+            with em.loop_carried(runs, [ir.Constant(it, None)] * nv, name="run") as lr:
+                e0 = b.mul(lr.index, i64(EXACT_RUN))
+                e1 = b.add(e0, i64(EXACT_RUN))
+                e1 = b.select(b.icmp_signed("<", e1, count), e1, count)
+                zero = const(vt, 0.0)
+                with em.loop_carried(e1, [zero] * (2 * nv), name="e", start=e0) as le:
+                    accs = list(le.values)
+                    pair = em.gep(decoded, b.mul(le.index, i64(2)), I32)
+                    xrow = b.add(b.sext(em.load(pair, 0, I32), I64), c0)
+                    v = em.splat(em.load(pair, 1, F32), lanes)
+                    new = [
+                        em.fma(v, load_part(em, xt, b.add(xrow, i64(j * lanes)), vt, widths[j]), accs[j])
+                        for j in range(nv)
+                    ]
+                    le.next(accs[nv:] + new)  # two accumulator sets: more FMAs in flight
+                sums = le.results
+                exact = [b.fptosi(b.fadd(sums[j], sums[nv + j]), it) for j in range(nv)]
+                lr.next([b.add(a, e) for a, e in zip(lr.values, exact)])
+            for j, acc in enumerate(lr.results):
                 store(rows.finish_row(acc, row), orig, b.add(c0, i64(j * lanes)), widths[j])
 
         tiles(em, m, chunk, columns, "mc")
@@ -343,6 +362,15 @@ def _emit_batched(
             block(blk, sp.GAP_LANES)
     if rest:
         block(i64(full), rest)
+
+
+def _u8_as_f32(em: Emitter, lanes: int):
+    """``load_row`` for transpose_in: u8 lanes loaded and converted to f32."""
+
+    def load(em: Emitter, ptr: ir.Value, index: ir.Value, live: int) -> ir.Value:
+        return em.b.uitofp(load_part(em, ptr, index, vec(I8, lanes), live), vec(F32, lanes))
+
+    return load
 
 
 def _sparse_i8(k: KernelContext) -> None:
@@ -363,21 +391,32 @@ def _sparse_i8(k: KernelContext) -> None:
     lanes = lanes_of(k.target)
     decoded = k.scratch
     finish = _output(k)
+    mpad = max(lanes, -(-p.m // lanes) * lanes)
+    xt = em.byte_offset(k.scratch, align_up((p.k + 1) * 8))
     if p.conv:
         hw = p.m
         with em.loop(p.images, name="img") as img:
             xi = em.gep(x, b.mul(img, i64(p.k * hw)), I8)
             yi = em.gep(out, b.mul(img, i64(p.n * hw)), out_ty)
+            # the image [C][H*W] is x^T already: only converted to f32 (rows padded to mpad)
+            load = _u8_as_f32(em, lanes)
+
+            def convert(r0: ir.Value, nr: int, xi=xi) -> None:
+                def cols(c0: ir.Value, nc: int) -> None:
+                    v = load(em, xi, b.add(b.mul(r0, i64(hw)), c0), nc)
+                    em.store(v, xt, b.add(b.mul(r0, i64(mpad)), c0))
+
+                tiles(em, hw, lanes, cols, "cc")
+
+            tiles(em, p.k, 1, convert, "cr")
 
             def store_image(y: ir.Value, orig: ir.Value, c0: ir.Value, live: int, yi=yi) -> None:
                 store_part(em, finish(y), yi, b.add(b.mul(orig, i64(hw)), c0), live)
 
-            _emit_batched(k, rows, p.n, xi, hw, hw, decoded, lanes, store_image)
+            _emit_batched(k, rows, p.n, xt, mpad, hw, decoded, lanes, store_image)
         return
-    mpad = max(lanes, -(-p.m // lanes) * lanes)
-    xt = em.byte_offset(k.scratch, align_up((p.k + 1) * 8))
-    yt = em.byte_offset(xt, align_up(p.k * mpad))
-    transpose_in(em, x, p.m, p.k, xt, mpad, lanes, lambda em, ptr, i, live: load_part(em, ptr, i, vec(I8, lanes), live))
+    yt = em.byte_offset(xt, align_up(p.k * mpad * 4))
+    transpose_in(em, x, p.m, p.k, xt, mpad, lanes, _u8_as_f32(em, lanes))
 
     def store_t(y: ir.Value, orig: ir.Value, c0: ir.Value, live: int) -> None:
         store_part(em, y, yt, b.add(b.mul(orig, i64(mpad)), c0), live)
