@@ -83,6 +83,11 @@ def vector_gemv(target: Target) -> bool:
     )
 
 
+def vector_decode(target: Target) -> bool:
+    """Slots can be decoded with VBMI byte shuffles (the batched kernel's fast path)."""
+    return target.is_x86 and target.vector_bits == 512 and target.has("avx512bw") and target.has("avx512vbmi")
+
+
 def _uses_vector(p: Product, target: Target) -> bool:
     return not p.conv and p.m < BATCH_MIN and vector_gemv(target)
 
@@ -145,7 +150,8 @@ def _scratch_i8(op: Op, target: Target) -> int:
     if _uses_vector(p, target):
         return align_up(p.k + sp.GAP_WINDOW + 64)
     lanes = lanes_of(target)
-    decoded = align_up((p.k + 1) * 8)  # one row's entries: x^T row offset (i32) and value (f32)
+    # one row's decoded entries (x^T row offset i32, value f32), or one slot's and a 16 x 32 tile
+    decoded = max(align_up((p.k + 1) * 8), 2560)
     mpad = max(lanes, -(-p.m // lanes) * lanes)
     xt = align_up(p.k * mpad * 4)  # x^T as f32
     return decoded + xt + (0 if p.conv else align_up(p.n * mpad * 4))
@@ -223,42 +229,64 @@ def _output(k: KernelContext) -> Callable[[ir.Value], ir.Value]:
     return lambda y: encode(k.em, y, rq, dt)
 
 
+class _SlotDecoder:
+    """The VBMI decode of one slot: byte positions of its 64 entries relative to the window start.
+
+    ``rel`` byte ``4j + t`` is the position of row j's entry t minus R (modulo 256: exact for
+    every non-zero entry); the carried state is the bytes ``base`` (each row's last position
+    minus R) and R itself.
+    """
+
+    def __init__(self, em: Emitter, rows: _Rows) -> None:
+        self.em, self.rows = em, rows
+        # bit offset of gap field i within its qword
+        self.shifts = ir.Constant(V64, [ir.Constant(I8, 5 * (i % 8)) for i in range(64)])
+        self.mshift = em.intrinsic("llvm.x86.avx512.pmultishift.qb.512", [], V64, [V64, V64])
+        idx = ir.VectorType(I32, 64)
+        # 40 bytes of gaps -> 8 bytes per qword (5 used): byte 8q+i takes byte 5q+i
+        self.spread = ir.Constant(idx, [5 * (i // 8) + min(i % 8, 4) for i in range(64)])
+        self.last = ir.Constant(idx, [4 * (i // 4) + 3 for i in range(64)])  # byte 4j+3 to all of lane j
+
+    @staticmethod
+    def start() -> list[ir.Value]:
+        return [const(V64, -1), i64(0)]  # positions start at -1, R at 0
+
+    def decode(self, s: ir.Value, base: ir.Value, r: ir.Value) -> tuple[ir.Value, ir.Value, ir.Value]:
+        """(rel, next base, R) of slot ``s``."""
+        em, b = self.em, self.em.b
+        d = b.zext(em.load(self.rows.deltas, s, I8), I64)
+        r = b.add(r, d)
+        raw = em.load(self.rows.gaps, b.mul(s, i64(sp.GAP_SLOT_BYTES)), V64, align=1)
+        g = b.call(self.mshift, [self.shifts, b.shuffle_vector(raw, ir.Constant(V64, None), self.spread)])
+        g = b.and_(g, const(V64, sp.GAP_MAX))
+        # prefix sums of the 4 gaps of each row (bytes; at most 4 * 31, no carries)
+        g = b.add(g, b.bitcast(b.shl(b.bitcast(g, V16I32), const(V16I32, 8)), V64))
+        g = b.add(g, b.bitcast(b.shl(b.bitcast(g, V16I32), const(V16I32, 16)), V64))
+        rel = b.add(b.sub(base, em.splat(b.trunc(d, I8), 64)), g)
+        return rel, b.shuffle_vector(rel, ir.Constant(V64, None), self.last), r
+
+
 def _emit_vector_gemv(k: KernelContext, rows: _Rows, n: int, xs: ir.Value, y: ir.Value) -> None:
     """The batch-1 VBMI + VNNI kernel over all blocks of 16 sorted rows (module docstring)."""
     em, b = k.em, k.em.b
-    # bit offset of gap field i within its qword
-    shifts = ir.Constant(V64, [ir.Constant(I8, 5 * (i % 8)) for i in range(64)])
-    mshift = em.intrinsic("llvm.x86.avx512.pmultishift.qb.512", [], V64, [V64, V64])
     permi2b = em.intrinsic("llvm.x86.avx512.vpermi2var.qi.512", [], V64, [V64, V64, V64])
     dot = em.intrinsic("llvm.x86.avx512.vpdpbusd.512", [], V16I32, [V16I32, V64, V64])
-    i32x = ir.VectorType(I32, 64)
-    # 40 bytes of gaps -> 8 bytes per qword (5 used): byte 8q+i takes byte 5q+i
-    spread = ir.Constant(i32x, [5 * (i // 8) + min(i % 8, 4) for i in range(64)])
-    last = ir.Constant(i32x, [4 * (i // 4) + 3 for i in range(64)])  # byte 4j+3 to the whole lane j
+    dec = _SlotDecoder(em, rows)
     store = _output(k)
 
     def block(blk: ir.Value, valid: int) -> None:
         s0, s1 = rows.slots(blk)
-        init = [ir.Constant(V16I32, None), const(V64, -1), i64(0)]  # positions start at -1, R at 0
-        with em.loop_carried(s1, init, name="s", start=s0) as lp:
+        with em.loop_carried(s1, [ir.Constant(V16I32, None), *dec.start()], name="s", start=s0) as lp:
             acc, base, r = lp.values
             s = lp.index
-            d = b.zext(em.load(rows.deltas, s, I8), I64)
-            r = b.add(r, d)
-            raw = em.load(rows.gaps, b.mul(s, i64(sp.GAP_SLOT_BYTES)), V64, align=1)
-            g = b.call(mshift, [shifts, b.shuffle_vector(raw, ir.Constant(V64, None), spread)])
-            g = b.and_(g, const(V64, sp.GAP_MAX))
-            # prefix sums of the 4 gaps of each row (bytes; at most 4 * 31, no carries)
-            g = b.add(g, b.bitcast(b.shl(b.bitcast(g, V16I32), const(V16I32, 8)), V64))
-            g = b.add(g, b.bitcast(b.shl(b.bitcast(g, V16I32), const(V16I32, 16)), V64))
-            rel = b.add(b.sub(base, em.splat(b.trunc(d, I8), 64)), g)
+            rel, base, r = dec.decode(s, base, r)
             window = em.byte_offset(xs, r)
             tables = [em.load(window, 64 * i, V64, align=1) for i in range(4)]
             lo = b.call(permi2b, [tables[0], rel, tables[1]])
             hi = b.call(permi2b, [tables[2], rel, tables[3]])
             xv = b.select(b.icmp_signed("<", rel, const(V64, 0)), hi, lo)  # bit 7: the upper 128 bytes
             w = em.load(rows.vals, b.mul(s, i64(64)), V64, align=64)
-            lp.next([b.call(dot, [acc, xv, w]), b.shuffle_vector(rel, ir.Constant(V64, None), last), r])
+            lp.next([b.call(dot, [acc, xv, w]), base, r])
         row = b.mul(blk, i64(sp.GAP_LANES))
         out = store(rows.finish_lanes(lp.results[0], row))
         for lane in range(valid):
@@ -269,6 +297,103 @@ def _emit_vector_gemv(k: KernelContext, rows: _Rows, n: int, xs: ir.Value, y: ir
     if full:
         with em.loop(full, name="blk") as blk:
             block(blk, sp.GAP_LANES)
+    if rest:
+        block(i64(full), rest)
+
+
+#: slots summed in f32 per run of the slot-major batched kernel: 4 entries of a row per slot,
+#: 512 products of u8 x i8 (each < 2^15) per row stay exact integers below 2^24
+RUN_SLOTS = 128
+
+
+def _emit_batched_slots(
+    k: KernelContext,
+    rows: _Rows,
+    n: int,
+    xt: ir.Value,
+    ldx: int,
+    kdim: int,
+    m: int,
+    buf: ir.Value,
+    store: Callable[[ir.Value, ir.Value, ir.Value, int], None],
+) -> None:
+    """Batched product with VBMI decoding: slots are decoded 64 entries at a time and each
+    entry's value is broadcast against its x^T row into f32 accumulators, 16 of them: 16 rows x
+    16 batch columns, or 8 rows x 32 columns (one offset and value load then serve two vectors).
+    Sums run exactly for ``RUN_SLOTS`` slots, then join int32 totals in ``buf`` (64-byte aligned
+    scratch: one slot's offsets and values, then a 16 x 32 int32 tile)."""
+    em, b = k.em, k.em.b
+    lanes = 16
+    vt, it = vec(F32, lanes), vec(I32, lanes)
+    bt16 = ir.VectorType(I8, 16)
+    dec = _SlotDecoder(em, rows)
+    offs, vals, tile = buf, em.byte_offset(buf, 256), em.byte_offset(buf, 512)
+    block_rows = sp.GAP_LANES
+
+    def block(blk: ir.Value, valid: int) -> None:
+        s0, s1 = rows.slots(blk)
+        row0 = b.mul(blk, i64(block_rows))
+
+        def chunk(c0: ir.Value, width: int) -> None:
+            nv = -(-width // lanes)
+            widths = [min(lanes, width - v * lanes) for v in range(nv)]
+            per_pass = block_rows // nv
+            for h in range(0, min(valid, block_rows), per_pass):
+                pass_rows = range(h, min(h + per_pass, valid))
+                for j in pass_rows:
+                    for v in range(nv):
+                        em.store(ir.Constant(it, None), tile, (j * 2 + v) * lanes)
+                runs = b.udiv(b.add(b.sub(s1, s0), i64(RUN_SLOTS - 1)), i64(RUN_SLOTS))
+                with em.loop_carried(runs, dec.start(), name="run") as lr:
+                    rs = b.add(s0, b.mul(lr.index, i64(RUN_SLOTS)))
+                    re = b.add(rs, i64(RUN_SLOTS))
+                    re = b.select(b.icmp_signed("<", re, s1), re, s1)
+                    nacc = len(pass_rows) * nv
+                    init = [const(vt, 0.0)] * nacc + list(lr.values)
+                    with em.loop_carried(re, init, name="s", start=rs) as lp:
+                        accs, (base, r) = list(lp.values[:nacc]), lp.values[nacc:]
+                        s = lp.index
+                        rel, base, r = dec.decode(s, base, r)
+                        for q in range(4):  # entries of rows 4q..4q+3, 16 per vector
+                            if not any(4 * q <= j < 4 * q + 4 for j in pass_rows):
+                                continue
+                            sel = ir.Constant(it, list(range(16 * q, 16 * q + 16)))
+                            pos = b.add(
+                                b.zext(b.shuffle_vector(rel, ir.Constant(V64, None), sel), it),
+                                em.splat(b.trunc(r, I32), lanes),
+                            )
+                            # entries of value 0 (escapes, stalls, padding) may point past the end: clamp
+                            pos = b.select(b.icmp_unsigned("<", pos, const(it, kdim - 1)), pos, const(it, kdim - 1))
+                            em.store(b.mul(pos, const(it, ldx)), offs, 16 * q)
+                            w = em.load(rows.vals, b.add(b.mul(s, i64(64)), i64(16 * q)), bt16, align=16)
+                            em.store(b.sitofp(w, vt), vals, 16 * q)
+                        for a, j in enumerate(pass_rows):
+                            for t in range(sp.GAP_PER_LANE):
+                                e = sp.GAP_PER_LANE * j + t
+                                off = b.add(b.sext(em.load(offs, e, I32), I64), c0)
+                                val = em.splat(em.load(vals, e, F32), lanes)
+                                for v in range(nv):
+                                    xv = load_part(em, xt, b.add(off, i64(v * lanes)), vt, widths[v])
+                                    accs[a * nv + v] = em.fma(val, xv, accs[a * nv + v])
+                        lp.next(accs + [base, r])
+                    for a, j in enumerate(pass_rows):
+                        for v in range(nv):
+                            at = (j * 2 + v) * lanes
+                            em.store(b.add(em.load(tile, at, it), b.fptosi(lp.results[a * nv + v], it)), tile, at)
+                    lr.next(list(lp.results[nacc:]))
+                for j in pass_rows:
+                    row = b.add(row0, i64(j))
+                    orig = b.zext(em.load(rows.perm, row, I16), I64)
+                    for v in range(nv):
+                        acc = em.load(tile, (j * 2 + v) * lanes, it)
+                        store(rows.finish_row(acc, row), orig, b.add(c0, i64(v * lanes)), widths[v])
+
+        tiles(em, m, 2 * lanes, chunk, "mc")
+
+    full, rest = divmod(n, block_rows)
+    if full:
+        with em.loop(full, name="blk") as blk:
+            block(blk, block_rows)
     if rest:
         block(i64(full), rest)
 
@@ -392,7 +517,14 @@ def _sparse_i8(k: KernelContext) -> None:
     decoded = k.scratch
     finish = _output(k)
     mpad = max(lanes, -(-p.m // lanes) * lanes)
-    xt = em.byte_offset(k.scratch, align_up((p.k + 1) * 8))
+    xt = em.byte_offset(k.scratch, max(align_up((p.k + 1) * 8), 2560))
+
+    def batched(xt: ir.Value, m: int, store) -> None:
+        if vector_decode(k.target):
+            _emit_batched_slots(k, rows, p.n, xt, mpad, p.k, m, decoded, store)
+        else:
+            _emit_batched(k, rows, p.n, xt, mpad, m, decoded, lanes, store)
+
     if p.conv:
         hw = p.m
         with em.loop(p.images, name="img") as img:
@@ -413,7 +545,7 @@ def _sparse_i8(k: KernelContext) -> None:
             def store_image(y: ir.Value, orig: ir.Value, c0: ir.Value, live: int, yi=yi) -> None:
                 store_part(em, finish(y), yi, b.add(b.mul(orig, i64(hw)), c0), live)
 
-            _emit_batched(k, rows, p.n, xt, mpad, hw, decoded, lanes, store_image)
+            batched(xt, hw, store_image)
         return
     yt = em.byte_offset(xt, align_up(p.k * mpad * 4))
     transpose_in(em, x, p.m, p.k, xt, mpad, lanes, _u8_as_f32(em, lanes))
@@ -421,7 +553,7 @@ def _sparse_i8(k: KernelContext) -> None:
     def store_t(y: ir.Value, orig: ir.Value, c0: ir.Value, live: int) -> None:
         store_part(em, y, yt, b.add(b.mul(orig, i64(mpad)), c0), live)
 
-    _emit_batched(k, rows, p.n, xt, mpad, p.m, decoded, lanes, store_t)
+    batched(xt, p.m, store_t)
     transpose_out(em, yt, mpad, p.m, p.n, lanes, lambda y, i, live: store_part(em, finish(y), out, i, live))
 
 
