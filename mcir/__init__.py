@@ -38,6 +38,13 @@ def trace(module: Any, example_inputs: Any, tracer: str = "export", name: str | 
     return _trace(module, example_inputs, tracer=tracer, name=name)
 
 
+def replace_pattern(graph: Graph, pattern: Any, replacement: Any, example_inputs: Any = None) -> int:
+    """Replace every match of the torch function ``pattern`` by ``replacement``; see ``mcir.replace``."""
+    from mcir.replace import replace_pattern as _replace
+
+    return _replace(graph, pattern, replacement, example_inputs)
+
+
 __all__ = [
     "Graph",
     "Interpreter",
@@ -63,6 +70,7 @@ __all__ = [
     "parse",
     "parse_file",
     "pass_",
+    "replace_pattern",
     "run_passes",
     "save",
     "tensor",

@@ -56,11 +56,13 @@ i32 = DType("i32", 32, "int")
 i16 = DType("i16", 16, "int")
 i8 = DType("i8", 8, "int")
 u8 = DType("u8", 8, "uint")
+u32 = DType("u32", 32, "uint")  # storage of packed encodings
+u64 = DType("u64", 64, "uint")
 boolean = DType("bool", 8, "bool")
 b1 = DType("b1", 1, "packed")  # binary {-1, +1}, one bit per element
 t2 = DType("t2", 2, "packed")  # ternary {-1, 0, +1}, two bit-planes
 
-ALL: dict[str, DType] = {d.name: d for d in (f32, f16, bf16, i64, i32, i16, i8, u8, boolean, b1, t2)}
+ALL: dict[str, DType] = {d.name: d for d in (f32, f16, bf16, i64, i32, i16, i8, u8, u32, u64, boolean, b1, t2)}
 
 _NUMPY = {
     "f32": np.dtype(np.float32),
@@ -71,6 +73,8 @@ _NUMPY = {
     "i16": np.dtype(np.int16),
     "i8": np.dtype(np.int8),
     "u8": np.dtype(np.uint8),
+    "u32": np.dtype(np.uint32),
+    "u64": np.dtype(np.uint64),
     "bool": np.dtype(np.bool_),
 }
 

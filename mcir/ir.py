@@ -323,7 +323,7 @@ def _freeze_data(data: Any, type: TensorType) -> Any:
     if type.encoding is None or not type.encoding.needs_components:
         if isinstance(data, dict):
             data = data["data"]
-        arr = np.ascontiguousarray(data)
+        arr = np.asarray(data, order="C")  # ascontiguousarray would make 0-d arrays 1-d
         if arr.shape != type.shape or arr.dtype != type.dtype.np:
             raise McirError(f"constant data {arr.dtype}{list(arr.shape)} does not match its type {type}")
         arr.flags.writeable = False
@@ -334,7 +334,7 @@ def _freeze_data(data: Any, type: TensorType) -> Any:
         raise McirError(f"constant of type {type} needs components {sorted(spec)}, got {got}")
     out = {}
     for key, (dt, shape) in spec.items():
-        arr = np.ascontiguousarray(data[key])
+        arr = np.asarray(data[key], order="C")
         if arr.shape != tuple(shape) or arr.dtype != dt.np:
             raise McirError(f"component '{key}' is {arr.dtype}{list(arr.shape)}, expected {dt}{list(shape)} for {type}")
         arr.flags.writeable = False

@@ -179,6 +179,8 @@ def coerce(value: Any, tp: Any) -> Any:
     if tp is str:
         if isinstance(value, str):
             return value
+        if value is None:  # the bare word `none` is a string where a string is expected
+            return "none"
         if isinstance(value, int | float) and not isinstance(value, bool):
             return str(value)
         raise ValueError("must be a string")
@@ -196,6 +198,8 @@ BUILTIN: dict[str, str] = {
     "fold": "mcir.passes.fold:Fold",
     "quantize": "mcir.passes.quantize:Quantize",
     "quant_fusion": "mcir.passes.quant_fusion:QuantFusion",
+    "binarize": "mcir.passes.binarize:Binarize",
+    "ternarize": "mcir.passes.binarize:Ternarize",
 }
 
 #: aliases: name -> (pass name, preset options)

@@ -234,3 +234,7 @@ def tensor(
     if isinstance(dtype, str):
         dtype = dtypes.by_name(dtype)
     return TensorType(tuple(shape), dtype, encoding)
+
+
+# the packed and sparse encodings register themselves (they need the classes above)
+from mcir import packed, sparse  # noqa: E402, F401

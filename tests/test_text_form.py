@@ -110,3 +110,17 @@ def test_interpreter_checks_inputs():
         mcir.interpret(g, np.zeros((3, 8), np.float32))
     with pytest.raises(mcir.McirError, match="no data"):
         mcir.interpret(g, np.zeros((2, 8), np.float32))
+
+
+def test_scalar_constants_keep_rank_zero():
+    text = """\
+graph @a(%x: f32[2]) -> (f32[2]) {
+  %s = const dense<[2.0]> : f32[]
+  %y = mul(%x, %s) : f32[2]
+  return %y
+}
+"""
+    g = mcir.parse(text)
+    assert g.value("s").producer.data.shape == ()
+    assert str(g) == text
+    np.testing.assert_array_equal(mcir.interpret(g, np.array([1.0, 3.0], np.float32))[0], [2.0, 6.0])
