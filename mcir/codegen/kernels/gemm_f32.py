@@ -70,6 +70,11 @@ def choose_tiling(m: int, n: int, k: int, target: Target) -> Tiling:
     else:
         mr = max(1, min(m, budget // nv, 8))
         ku = 1
+        if m < 8 * mr:
+            # few row tiles: a ragged last tile costs a lot, so prefer a row count that divides M
+            # (4 x 4 zmm still keeps 16 FMAs in flight, enough to cover the FMA latency)
+            lowest = min(mr, max(3, mr // 2))
+            mr = min(range(mr, lowest - 1, -1), key=lambda r: (-(-m // r) * r - m, -r))
     nr = nv * lanes
     if m <= mr or k * nr * 4 <= 128 * 1024:
         kc = k  # no reuse of B (GEMV) or the whole panel already fits in L2 comfortably

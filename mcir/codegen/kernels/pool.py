@@ -40,6 +40,8 @@ def _pool(k: KernelContext) -> None:
     dh, dw = a.get("dilation", (1, 1))
     is_max = k.op.name == "max_pool2d"
     fill = const(F32, float("-inf") if is_max else 0.0)
+    # every window inside the image (no padding, no ceil_mode overhang): no masking at all
+    inside = ph == pw == 0 and (oh - 1) * sh + (kh - 1) * dh < h and (ow - 1) * sw + (kw - 1) * dw < w
     if not is_max:
         # torch's divisor per output position: separable in rows and columns
         def counts(size: int, out: int, kk: int, s: int, p: int) -> list[int]:
@@ -65,13 +67,18 @@ def _pool(k: KernelContext) -> None:
                 row_ok = _in_range(em, iy, h)
                 for j in range(kw):
                     ix = b.add(b.mul(ox, i64(sw)), i64(j * dw - pw))
-                    ok = b.and_(row_ok, _in_range(em, ix, w))
-                    v = em.load(k.args[0], b.select(ok, b.add(src, b.add(b.mul(iy, i64(w)), ix)), i64(0)), F32)
-                    v = b.select(ok, v, fill)
+                    at = b.add(src, b.add(b.mul(iy, i64(w)), ix))
+                    if inside:
+                        v = em.load(k.args[0], at, F32)
+                    else:
+                        ok = b.and_(row_ok, _in_range(em, ix, w))
+                        v = b.select(ok, em.load(k.args[0], b.select(ok, at, i64(0)), F32), fill)
                     acc = em.fmax(acc, v) if is_max else b.fadd(acc, v)
             if not is_max:
                 if a["divisor"] is not None:
                     div = const(F32, float(a["divisor"]))
+                elif inside:
+                    div = const(F32, float(kh * kw))
                 else:
                     cnt = b.mul(em.load(rt, oy, I64), em.load(ct, ox, I64))
                     div = b.sitofp(cnt, F32)
