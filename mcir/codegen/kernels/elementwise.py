@@ -426,7 +426,11 @@ def quantize(k: KernelContext) -> None:
         r = b.select(big, b.fadd(x, _c(x, float(q.zero_point))), r)
         r = em.fmin(em.fmax(r, _c(r, float(info.min))), _c(r, float(info.max)))
         r = b.select(b.fcmp_unordered("uno", r, r), _c(r, 0.0), r)
-        return b.fptosi(r, storage_type(t.dtype))
+        # convert through a wider integer: fptosi straight to i8 is poison for 128..255 (u8)
+        ty = storage_type(t.dtype)
+        wide = ir.IntType(32 if ty.width <= 16 else 64)
+        v = b.fptosi(r, wide)
+        return b.trunc(v, ty) if ty.width < wide.width else v
 
     emit_broadcast(k, [k.operand_types[0].dtype], body, t.dtype)
 
