@@ -1,0 +1,541 @@
+"""INT8 GEMM/GEMV: u8 x s8 -> s32 register-blocked micro-kernels over pre-packed panels,
+with the zero-point correction, the bias and the requantisation fused.
+
+``C[M,N] = requant( offset[n] + sum_k A[m,k] * B[k,n] )``
+
+* **Dot instruction** (``DotIsa``, from the target): AVX-512 VNNI ``vpdpbusd`` (one
+  int32 lane sums 4 consecutive u8 x s8 products: 64 MACs per zmm instruction; 256-bit
+  with AVX-VNNI or AVX512VL), else ``vpmaddwd`` on operands widened to int16 (one lane
+  sums 2 products; exact: |u8 x s8| + |u8 x s8| < 2^31, unlike ``vpmaddubsw`` whose int16
+  sums saturate), else a portable vector multiply-add on int32 (non-x86 triples).
+  LLVM never produces ``vpdpbusd`` from a scalar loop, hence the explicit intrinsics.
+* **B panels** ``[ceil(N/NR)][ceil(K/G)][NR][G]`` (G = products per int32 lane, NR =
+  nv vectors of L int32 lanes), zero padded: one vector load per (K group, vector) in
+  exactly the order the micro-kernel streams them. Weights are packed at compile time;
+  im2col (``conv_i8``) writes activations straight into this layout at run time.
+* **A** is read in place, one G-byte group per row broadcast to every lane (a partial
+  last group of a row is assembled byte by byte so no load crosses the end of the row).
+* **Micro-tile** ``mr x nv`` accumulators (4 x 4 zmm for a batch GEMM), panels outer,
+  row tiles inner so a panel is reused from cache by every row tile; batch-1 GEMV
+  splits K over ``ku`` accumulator sets to cover the instruction latency and is bound
+  by the weight stream, which the panel layout makes one linear read.
+* **Zero points and bias** are folded at compile time into one int32 per output
+  channel, ``offset = bias - z_x * sum_k w[n,k]``, which initialises the accumulators:
+  ``sum_k (x - z_x) w = sum_k x w - z_x sum_k w`` exactly.
+* **Requantisation** (u8/i8 results) in fixed point: ``M = s_x s_w[n] / s_y`` is stored as
+  ``M0 * 2^-shift`` with ``M0`` a 31-bit integer, and
+  ``q = clamp(((acc * M0 + 2^(shift-1)) >> shift) + z_y)`` in 64-bit arithmetic: rounding
+  half away from zero upward (half-up), versus the interpreter's round-half-to-even on
+  float values, so results agree within 1 LSB (exactly, except at ties and float
+  rounding of the reference). f32 results are ``float(acc) * (s_x s_w[n])``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import llvmlite.ir as ir
+import numpy as np
+
+from mcir.codegen.emit import F32, I8, I16, I32, I64, Emitter, const, i64
+from mcir.codegen.kernels import KernelContext, kernel
+from mcir.codegen.memory_plan import ALIGN, align_up, view_root
+from mcir.codegen.target import Target
+from mcir.errors import CodegenError
+from mcir.ir import Op
+from mcir.types import Quant, TensorType
+
+# -- the dot-product instruction of a target ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DotIsa:
+    """How one instruction accumulates int8 products into int32 lanes."""
+
+    kind: str  # "vnni" (vpdpbusd), "madd" (vpmaddwd on int16), "generic" (int32 multiply-add)
+    lanes: int  # int32 lanes per accumulator vector
+    group: int  # consecutive K elements summed into one lane per instruction
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}{self.lanes}x{self.group}"
+
+
+def dot_isa(target: Target, a_signed: bool = False, b_signed: bool = True) -> DotIsa:
+    """The best dot instruction of ``target`` for A/B operands of the given signedness.
+
+    VNNI multiplies an unsigned byte by a signed one, so it needs exactly one signed
+    operand; u8 x u8 (or s8 x s8) products use the int16 path.
+    """
+    mixed = a_signed != b_signed
+    if target.is_x86:
+        bits = target.vector_bits
+        if mixed and bits == 512 and target.has("avx512vnni"):
+            return DotIsa("vnni", 16, 4)
+        if mixed and bits >= 256 and (target.has("avxvnni") or (target.has("avx512vnni") and target.has("avx512vl"))):
+            return DotIsa("vnni", 8, 4)
+        if bits == 512 and target.has("avx512bw"):
+            return DotIsa("madd", 16, 2)
+        if bits >= 256 and target.has("avx2"):
+            return DotIsa("madd", 8, 2)
+        return DotIsa("madd", 4, 2)  # SSE2 is part of x86-64
+    return DotIsa("generic", max(4, target.vector_bits // 32), 1)
+
+
+def _vnni_fn(em: Emitter, lanes: int) -> ir.Function:
+    acc = ir.VectorType(I32, lanes)
+    byt = ir.VectorType(I8, 4 * lanes)
+    name = "llvm.x86.avx512.vpdpbusd.512" if lanes == 16 else "llvm.x86.avx512.vpdpbusd.256"
+    fn = em.module.globals.get(name)
+    if fn is None:
+        fn = ir.Function(em.module, ir.FunctionType(acc, [acc, byt, byt]), name)
+    return fn
+
+
+def _madd_fn(em: Emitter, lanes: int) -> ir.Function:
+    names = {16: "llvm.x86.avx512.pmaddw.d.512", 8: "llvm.x86.avx2.pmadd.wd", 4: "llvm.x86.sse2.pmadd.wd"}
+    name = names[lanes]
+    fn = em.module.globals.get(name)
+    if fn is None:
+        half = ir.VectorType(I16, 2 * lanes)
+        fn = ir.Function(em.module, ir.FunctionType(ir.VectorType(I32, lanes), [half, half]), name)
+    return fn
+
+
+# -- tiling -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IntTiling:
+    """Register blocking of one int8 GEMM."""
+
+    mr: int  # rows of C per micro-tile
+    nv: int  # accumulator vectors per micro-tile row
+    ku: int  # independent accumulator sets along K (batch-1 latency hiding)
+    isa: DotIsa
+
+    @property
+    def nr(self) -> int:
+        return self.nv * self.isa.lanes
+
+
+def _registers(target: Target) -> int:
+    return target.vector_registers
+
+
+def panel_vectors(n: int, isa: DotIsa, target: Target) -> int:
+    """Vectors per B panel for N columns (depends on N and the target only)."""
+    nv_max = 4 if _registers(target) >= 32 else 2
+    return max(1, min(nv_max, math.ceil(n / isa.lanes)))
+
+
+def choose_tiling(m: int, n: int, isa: DotIsa, target: Target) -> IntTiling:
+    """Blocking for an M x N int8 product on ``target``."""
+    nv = panel_vectors(n, isa, target)
+    # accumulators that fit beside the B vectors (widened copies for madd), one A broadcast and a temporary
+    budget = _registers(target) - nv * (2 if isa.kind == "madd" else 1) - 2
+    if m == 1:
+        return IntTiling(1, nv, max(1, min(4, 8 // nv)), isa)
+    mr = max(1, min(m, budget // nv, 8))
+    if m < 8 * mr:
+        # few row tiles: prefer a row count dividing M (a ragged last tile is a whole extra pass)
+        lowest = min(mr, max(3, mr // 2))
+        mr = min(range(mr, lowest - 1, -1), key=lambda r: (-(-m // r) * r - m, -r))
+    return IntTiling(mr, nv, 1, isa)
+
+
+# -- packing ------------------------------------------------------------------------------------
+
+
+def pack_panels(w_nk: np.ndarray, nr: int, group: int) -> np.ndarray:
+    """``W[N,K]`` (row n = output column n of C) as zero-padded panels ``[ceil(N/NR)][ceil(K/G)][NR][G]``."""
+    n, k = w_nk.shape
+    p, kg = math.ceil(n / nr), math.ceil(k / group)
+    padded = np.zeros((p * nr, kg * group), w_nk.dtype)
+    padded[:n, :k] = w_nk
+    return np.ascontiguousarray(padded.reshape(p, nr, kg, group).transpose(0, 2, 1, 3))
+
+
+def panel_bytes(n: int, k: int, nr: int, group: int) -> int:
+    return math.ceil(n / nr) * math.ceil(k / group) * nr * group
+
+
+def fixed_point(multiplier: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``M ≈ M0 * 2^-shift`` per channel: M0 in [2^30, 2^31), shift in [1, 62] (M0 = 0 for M < 2^-32)."""
+    m = np.asarray(multiplier, np.float64)
+    if np.any(~np.isfinite(m)) or np.any(m < 0) or np.any(m >= 2.0**30):
+        raise CodegenError(f"requantisation multiplier out of range (need 0 <= M < 2^30): {m.max():g}")
+    frac, exp = np.frexp(m)  # m = frac * 2^exp, frac in [0.5, 1)
+    m0 = np.rint(frac * 2.0**31).astype(np.int64)
+    carry = m0 == 2**31
+    m0[carry] //= 2
+    exp = exp + carry
+    shift = 31 - exp
+    tiny = shift > 62  # |acc * M| < 0.5 for any int32 acc: the result is the zero point
+    m0[tiny] = 0
+    shift[tiny] = 1
+    return m0.astype(np.int32), shift.astype(np.int32)
+
+
+@dataclass(frozen=True)
+class Requant:
+    """What the epilogue does with an int32 accumulator of one output channel."""
+
+    out: str  # "f32", "u8" or "i8"
+    zero_point: int = 0
+    lo: int = 0
+    hi: int = 0
+
+
+def result_requant(op: Op) -> Requant:
+    """The epilogue for ``op``'s result type: f32, or a per-tensor quantised u8/i8."""
+    t = op.result.type
+    if t.encoding is None and t.dtype.name == "f32":
+        return Requant("f32")
+    enc = t.encoding
+    if isinstance(enc, Quant) and enc.axis is None and t.dtype.name in ("u8", "i8"):
+        info = np.iinfo(t.dtype.np)
+        return Requant(t.dtype.name, enc.zero_point, int(info.min), int(info.max))
+    raise CodegenError(
+        f"{op.where()}: int8 kernels write f32 or per-tensor quantised u8/i8 results, not {t}; "
+        "quantise the result per tensor (the quant8 pass does) or dequantize it"
+    )
+
+
+def activation_quant(op: Op, index: int = 0) -> Quant:
+    """The per-tensor quantisation of activation operand ``index``; CodegenError otherwise."""
+    t = op.operands[index].type
+    enc = t.encoding
+    if not isinstance(enc, Quant) or enc.axis is not None:
+        raise CodegenError(f"{op.where()}: int8 kernels need per-tensor quantised activations, got {t}")
+    return enc
+
+
+def weight_data(op: Op, index: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 data reshaped [N, -1], f32 scale per output channel N) of a quantised constant weight."""
+    v = op.operands[index]
+    root = view_root(v)
+    if not root.is_constant or root.producer.data is None:
+        raise CodegenError(f"{op.where()}: int8 weights must be constants with data (got %{v.name})")
+    t = v.type
+    enc = t.encoding
+    if not isinstance(enc, Quant) or t.dtype.name != "i8" or enc.zero_point != 0:
+        raise CodegenError(f"{op.where()}: int8 weights must be symmetric i8 #quant (zero point 0), got {t}")
+    stored = root.producer.data
+    data = np.asarray(stored["data"] if isinstance(stored, dict) else stored).reshape(t.shape)
+    n = t.shape[0]
+    if enc.axis is None:
+        scale = np.full(n, enc.scale, np.float32)
+    elif enc.axis % t.rank == 0:
+        scale = np.asarray(stored["scale"], np.float32).reshape(n)
+    else:
+        raise CodegenError(f"{op.where()}: int8 weights quantised along axis {enc.axis}; kernels need axis 0")
+    return data.reshape(n, -1).astype(np.int8), scale
+
+
+def bias_accumulator(op: Op, index: int, acc_scale: np.ndarray) -> np.ndarray:
+    """The bias operand in accumulator units (int64 per output channel; zeros without a bias).
+
+    The quant8 pass stores int32 biases already in the accumulator scale ``s_x s_w[n]``;
+    any other bias (f32, or int32 at another scale) is rounded to that scale.
+    """
+    n = acc_scale.shape[0]
+    if len(op.operands) <= index:
+        return np.zeros(n, np.int64)
+    v = op.operands[index]
+    root = view_root(v)
+    if not root.is_constant or root.producer.data is None:
+        raise CodegenError(f"{op.where()}: the bias of an int8 layer must be a constant (got %{v.name})")
+    t: TensorType = v.type
+    stored = root.producer.data
+    enc = t.encoding
+    if isinstance(enc, Quant) and t.dtype.name == "i32" and enc.zero_point == 0:
+        q = np.asarray(stored["data"] if isinstance(stored, dict) else stored, np.int64).reshape(n)
+        sb = np.asarray(enc.scales(t, stored), np.float64).reshape(-1)
+        sb = np.broadcast_to(sb, (n,))
+        ratio = sb / acc_scale.astype(np.float64)
+        if np.all(np.abs(ratio - 1.0) <= 1e-6):
+            return q
+        return np.rint(q * ratio).astype(np.int64)
+    real = np.asarray(t.decode(stored), np.float64).reshape(n)
+    return np.rint(real / acc_scale.astype(np.float64)).astype(np.int64)
+
+
+def channel_table(offset: np.ndarray, acc_scale: np.ndarray, rq: Requant, out_scale: float, count: int) -> np.ndarray:
+    """Per-output-channel epilogue table, three int32 arrays of ``count`` (zero padded) bytes-packed:
+    ``offset``, then ``scale`` (f32 bits) and zeros for f32 results, or ``M0`` and ``shift``."""
+    n = offset.shape[0]
+    if np.any(offset > 2**31 - 1) or np.any(offset < -(2**31)):
+        raise CodegenError("int8 layer: bias plus zero-point correction does not fit in int32")
+    tab = np.zeros((3, count), np.int32)
+    tab[0, :n] = offset
+    if rq.out == "f32":
+        tab[1, :n] = acc_scale.astype(np.float32).view(np.int32)
+    else:
+        m0, shift = fixed_point(acc_scale.astype(np.float64) / out_scale)
+        tab[1, :n], tab[2, :n] = m0, shift
+        tab[2, n:] = 1
+    return tab.reshape(-1)
+
+
+def blob(*parts: np.ndarray) -> np.ndarray:
+    """Concatenate arrays as bytes, each part starting 64-byte aligned."""
+    out = bytearray()
+    for p in parts:
+        out += b"\0" * (align_up(len(out), ALIGN) - len(out))
+        out += np.ascontiguousarray(p).tobytes()
+    return np.frombuffer(bytes(out), np.uint8)
+
+
+def digest(*parts: np.ndarray) -> str:
+    h = hashlib.sha1()
+    for p in parts:
+        h.update(np.ascontiguousarray(p).tobytes())
+    return h.hexdigest()[:12]
+
+
+# -- the GEMM --------------------------------------------------------------------------------
+
+
+@dataclass
+class IntGemm:
+    """One product ``C = epilogue(table.offset + A @ B)``: pointers, strides, signedness, epilogue.
+
+    A rows are ``a_rs`` bytes apart; with ``a_kpad`` every row holds whole G-byte groups
+    (zero padded past K), else the last partial group is read byte by byte. The channel
+    table (see ``channel_table``) is indexed by column, or by row when ``per_row``.
+    """
+
+    m: int
+    n: int
+    k: int
+    a: ir.Value
+    a_rs: int
+    a_signed: bool
+    b_packed: ir.Value
+    b_signed: bool
+    c: ir.Value
+    c_rs: int  # elements between rows of C
+    table: ir.Value
+    table_count: int
+    rq: Requant
+    per_row: bool = False
+    a_kpad: bool = False
+    epilogue: Callable[[Emitter, ir.Value], ir.Value] | None = None
+
+
+def emit_gemm(em: Emitter, g: IntGemm, t: IntTiling) -> None:
+    """Panels outer, row tiles inner; static edge tiles for the last rows and columns."""
+    lanes = t.isa.lanes
+    p_full, n_tail = divmod(g.n, t.nr)
+    m_main = g.m - g.m % t.mr
+    m_tail = g.m % t.mr
+
+    def rows(panel: ir.Value, nv: int, last: int) -> None:
+        if m_main:
+            with em.loop(m_main, name="r", step=t.mr) as row:
+                _tile(em, g, t, row, t.mr, panel, nv, last)
+        if m_tail:
+            _tile(em, g, t, i64(m_main), m_tail, panel, nv, last)
+
+    if p_full:
+        with em.loop(p_full, name="p") as p:
+            rows(p, t.nv, lanes)
+    if n_tail:
+        nv_t = math.ceil(n_tail / lanes)
+        rows(i64(p_full), nv_t, n_tail - (nv_t - 1) * lanes)
+
+
+def _tile(em: Emitter, g: IntGemm, t: IntTiling, row: ir.Value, mr: int, panel: ir.Value, nv: int, last: int) -> None:
+    """One ``mr x nv``-vector tile of C over all of K."""
+    b = em.b
+    isa = t.isa
+    lanes, group = isa.lanes, isa.group
+    vi32 = ir.VectorType(I32, lanes)
+    kg_total = math.ceil(g.k / group)
+    full = kg_total if g.a_kpad else g.k // group
+    b_pan = em.byte_offset(g.b_packed, b.mul(panel, i64(kg_total * t.nr * group)))
+    a_row = em.byte_offset(g.a, b.mul(row, i64(g.a_rs)))
+    col0 = b.mul(panel, i64(t.nr))
+    tab_off = [em.byte_offset(g.table, 4 * g.table_count * i) for i in range(3)]
+
+    def chan_vec(arr: int, r: int, j: int, ty: ir.Type) -> ir.Value:
+        """A table entry for row r / vector j of the tile: per column a vector, per row a splat."""
+        if g.per_row:
+            return em.splat(em.load(tab_off[arr], b.add(row, i64(r)), ty), lanes)
+        return em.load(tab_off[arr], b.add(col0, i64(j * lanes)), ir.VectorType(ty, lanes), align=4)
+
+    n_acc = mr * nv
+    init = [chan_vec(0, r, j, I32) for r in range(mr) for j in range(nv)]
+    zero = const(vi32, 0)
+
+    def load_b(kg: ir.Value, j: int) -> ir.Value:
+        off = b.add(b.mul(kg, i64(t.nr * group)), i64(j * lanes * group))
+        width = lanes * group
+        v = em.load(b_pan, off, ir.VectorType(I8, width), align=min(ALIGN, width))
+        if isa.kind == "madd":
+            return _ext(b, v, ir.VectorType(I16, width), g.b_signed)
+        if isa.kind == "generic":
+            return _ext(b, v, vi32, g.b_signed)
+        return v
+
+    def load_a(r: int, kg: ir.Value | None, tail: int = 0) -> ir.Value:
+        """Row r's K group ``kg`` broadcast to every lane, in the form the dot instruction takes."""
+        base = b.add(i64(r * g.a_rs), b.mul(kg, i64(group)) if kg is not None else i64(full * group))
+        if tail:  # the last, partial group of the row: assemble it from single bytes
+            word = ir.Constant(I32, 0)
+            for i in range(tail):
+                byte = em.load(a_row, b.add(base, i64(i)), I8)
+                if isa.kind == "madd":
+                    byte = b.zext(_ext(b, byte, I16, g.a_signed), I32)
+                    word = b.or_(word, b.shl(byte, ir.Constant(I32, 16 * i)))
+                else:
+                    word = b.or_(word, b.shl(b.zext(byte, I32), ir.Constant(I32, 8 * i)))
+            raw = word
+        elif group == 4:
+            raw = b.load(em.byte_offset(a_row, base), typ=I32, align=1)
+        elif group == 2:
+            pair = b.load(em.byte_offset(a_row, base), typ=ir.VectorType(I8, 2), align=1)
+            raw = b.bitcast(_ext(b, pair, ir.VectorType(I16, 2), g.a_signed), I32)
+        else:
+            raw = _ext(b, em.load(a_row, base, I8), I32, g.a_signed)
+        v = em.splat(raw, lanes)
+        if isa.kind == "vnni":
+            return b.bitcast(v, ir.VectorType(I8, 4 * lanes))
+        if isa.kind == "madd":
+            return b.bitcast(v, ir.VectorType(I16, 2 * lanes))
+        return v
+
+    def dot(acc: ir.Value, av: ir.Value, bv: ir.Value) -> ir.Value:
+        if isa.kind == "vnni":
+            u, s = (bv, av) if g.a_signed else (av, bv)
+            return b.call(_vnni_fn(em, lanes), [acc, u, s])
+        if isa.kind == "madd":
+            return b.add(acc, b.call(_madd_fn(em, lanes), [av, bv]))
+        return b.add(acc, b.mul(av, bv))
+
+    def step(kg: ir.Value | None, accs: list[ir.Value], tail: int = 0) -> list[ir.Value]:
+        bv = [load_b(kg if kg is not None else i64(full), j) for j in range(nv)]
+        out = list(accs)
+        for r in range(mr):
+            av = load_a(r, kg, tail)
+            for j in range(nv):
+                out[r * nv + j] = dot(accs[r * nv + j], av, bv[j])
+        return out
+
+    ku = min(t.ku, max(1, full))
+    k_main = full - full % ku
+    sets = [list(init)] + [[zero] * n_acc for _ in range(ku - 1)]
+    if k_main:
+        with em.loop_carried(k_main, [a for s in sets for a in s], name="k", step=ku) as lp:
+            flat = list(lp.values)
+            new: list[ir.Value] = []
+            for u in range(ku):
+                new += step(b.add(lp.index, i64(u)), flat[u * n_acc : (u + 1) * n_acc])
+            lp.next(new)
+        sets = [list(lp.results[u * n_acc : (u + 1) * n_acc]) for u in range(ku)]
+    for kk in range(k_main, full):
+        sets[0] = step(i64(kk), sets[0])
+    if full < kg_total:
+        sets[0] = step(None, sets[0], tail=g.k - full * group)
+    acc = sets[0]
+    for s in sets[1:]:
+        acc = [b.add(x, y) for x, y in zip(acc, s)]
+
+    for r in range(mr):
+        c_off = b.add(b.mul(b.add(row, i64(r)), i64(g.c_rs)), col0)
+        for j in range(nv):
+            valid = lanes if j < nv - 1 else last
+            off = b.add(c_off, i64(j * lanes))
+            v = acc[r * nv + j]
+            if g.rq.out == "f32":
+                y = b.fmul(b.sitofp(v, ir.VectorType(F32, lanes)), chan_vec(1, r, j, F32))
+                if g.epilogue is not None:
+                    y = g.epilogue(em, y)
+            else:
+                y = requantize(em, v, chan_vec(1, r, j, I32), chan_vec(2, r, j, I32), g.rq)
+            if valid == lanes:
+                em.store(y, g.c, off)
+            else:
+                em.masked_store(y, g.c, off, valid)
+
+
+def _ext(b: ir.IRBuilder, v: ir.Value, ty: ir.Type, signed: bool) -> ir.Value:
+    return b.sext(v, ty) if signed else b.zext(v, ty)
+
+
+def requantize(em: Emitter, acc: ir.Value, m0: ir.Value, shift: ir.Value, rq: Requant) -> ir.Value:
+    """``clamp(((acc * m0 + 2^(shift-1)) >> shift) + zero_point, lo, hi)`` as i8 (scalar or lanes; see module doc)."""
+    b = em.b
+    v64, v32, v8 = (_like(acc.type, t) for t in (I64, I32, I8))
+    prod = b.mul(b.sext(acc, v64), b.sext(m0, v64))
+    sh = b.zext(shift, v64)
+    rnd = b.shl(const(v64, 1), b.sub(sh, const(v64, 1)))
+    y = b.ashr(b.add(prod, rnd), sh)
+    # clamp in 64 bits (a large multiplier can push y past int32), then add the zero point
+    lo, hi = const(v64, rq.lo - rq.zero_point), const(v64, rq.hi - rq.zero_point)
+    y = b.select(b.icmp_signed("<", y, lo), lo, y)
+    y = b.select(b.icmp_signed(">", y, hi), hi, y)
+    return b.trunc(b.add(b.trunc(y, v32), const(v32, rq.zero_point)), v8)
+
+
+def _like(ty: ir.Type, elem: ir.Type) -> ir.Type:
+    """``elem``, as a vector with as many lanes as ``ty`` if ``ty`` is a vector."""
+    return ir.VectorType(elem, ty.count) if isinstance(ty, ir.VectorType) else elem
+
+
+# -- linear -------------------------------------------------------------------------------------
+
+
+def _linear_dims(op: Op) -> tuple[int, int, int]:
+    x, w = op.operands[0].type, op.operands[1].type
+    n, k = w.shape
+    return x.numel // k, n, k
+
+
+def _linear_plan(op: Op, target: Target) -> IntTiling:
+    m, n, _ = _linear_dims(op)
+    return choose_tiling(m, n, dot_isa(target, a_signed=False, b_signed=True), target)
+
+
+def linear_constants(op: Op, target: Target) -> tuple[str, np.ndarray]:
+    """The packed weight blob of an int8 linear: panels, then the channel table."""
+    _, n, _ = _linear_dims(op)
+    t = _linear_plan(op, target)
+    xq = activation_quant(op)
+    rq = result_requant(op)
+    w, sw = weight_data(op)
+    acc_scale = (np.float64(xq.scale) * sw.astype(np.float64)).astype(np.float32)
+    offset = bias_accumulator(op, 2, acc_scale) - np.int64(xq.zero_point) * w.astype(np.int64).sum(axis=1)
+    out_scale = op.result.type.encoding.scale if rq.out != "f32" else 1.0
+    count = math.ceil(n / t.nr) * t.nr
+    panels = pack_panels(w, t.nr, t.isa.group)
+    table = channel_table(offset, acc_scale, rq, out_scale, count)
+    return f"i8gemm:{t.isa.key}:nr{t.nr}:{digest(table)}", blob(panels, table)
+
+
+def _pack_linear(op: Op, index: int, data, target: Target):
+    if index == 1:
+        return linear_constants(op, target)
+    if index == 2:
+        return "folded", np.zeros(0, np.uint8)  # the bias lives in the weight blob's channel table
+    return None
+
+
+def _linear_i8(k: KernelContext) -> None:
+    """y = x @ W^T + b on u8 activations and int8 weights (VNNI / int16 / portable dot)."""
+    m, n, kk = _linear_dims(k.op)
+    t = _linear_plan(k.op, k.target)
+    rq = result_requant(k.op)
+    activation_quant(k.op)
+    count = math.ceil(n / t.nr) * t.nr
+    table = k.em.byte_offset(k.args[1], align_up(panel_bytes(n, kk, t.nr, t.isa.group), ALIGN))
+    gemm = IntGemm(m, n, kk, k.args[0], kk, False, k.args[1], True, k.out, n, table, count, rq, epilogue=k.epilogue)
+    emit_gemm(k.em, gemm, t)
+
+
+kernel("linear", ("u8#quant", "i8#quant", "i32#quant|f32"), pack=_pack_linear, epilogue=True)(_linear_i8)
+kernel("linear", ("u8#quant", "i8#quant"), pack=_pack_linear, epilogue=True)(_linear_i8)
