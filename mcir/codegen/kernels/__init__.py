@@ -108,6 +108,7 @@ class KernelGen:
 
 _REGISTRY: dict[str, list[KernelGen]] = {}
 _MODULES = ("elementwise", "gemm_f32", "movement", "norm", "reduce", "conv", "pool", "attention")
+_INT8_MODULES = ("gemm_i8", "conv_i8", "quant")  # u8/i8 #quant operands (INT8 path)
 
 
 def kernel(
@@ -132,7 +133,7 @@ def kernel(
 
 def _load() -> None:
     # the generator modules register themselves on import
-    for name in _MODULES:
+    for name in _MODULES + _INT8_MODULES:
         importlib.import_module(f"mcir.codegen.kernels.{name}")
 
 
