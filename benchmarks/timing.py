@@ -1,8 +1,9 @@
 """Timing helper shared by the benchmark scripts: interleaved rounds, medians, one thread.
 
 Every contender runs once per round, in turn, so slow drifts of a shared machine (other
-processes, frequency changes) hit all of them alike; the reported figure is the median
-over rounds of the mean time of ``inner`` back-to-back calls.
+processes, frequency changes) hit all of them alike. A sample is the mean time of
+``inner`` back-to-back calls (about 20 ms); latencies are medians over rounds and ratios
+are medians of the per-round ratios (``paired_ratio``).
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ def calibrate(fn: Callable[[], object], target_s: float = 0.02) -> int:
 
 def interleaved(
     fns: dict[str, Callable[[], object]], rounds: int = 15, target_s: float = 0.02, warmup: int = 3
-) -> dict[str, float]:
-    """Median seconds per call of each function, measured in interleaved rounds."""
+) -> dict[str, list[float]]:
+    """Seconds per call of each function in each of ``rounds`` interleaved rounds."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -52,7 +53,20 @@ def interleaved(
             for _ in range(n):
                 fn()
             samples[name].append((time.perf_counter() - t) / n)
-    return {name: statistics.median(s) for name, s in samples.items()}
+    return samples
+
+
+def median(samples: list[float]) -> float:
+    return statistics.median(samples)
+
+
+def paired_ratio(slow: list[float], fast: list[float]) -> float:
+    """Median over rounds of slow/fast measured in the same round.
+
+    Both were timed back to back, so a burst of load from other processes on a shared
+    machine affects a pair alike and mostly cancels in the ratio.
+    """
+    return statistics.median(s / f for s, f in zip(slow, fast))
 
 
 def machine_description() -> str:

@@ -200,6 +200,8 @@ BUILTIN: dict[str, str] = {
     "quant_fusion": "mcir.passes.quant_fusion:QuantFusion",
     "binarize": "mcir.passes.binarize:Binarize",
     "ternarize": "mcir.passes.binarize:Ternarize",
+    "lowrank": "mcir.passes.lowrank:LowRank",
+    "share": "mcir.passes.share:Share",
 }
 
 #: aliases: name -> (pass name, preset options)

@@ -94,13 +94,20 @@ def parse_pipeline(text: str) -> list[PipelineItem]:
     """Parse a pipeline string; ParseError with a caret at the problem otherwise."""
     if not text.strip():
         return []
-    depth = 0
+    depth, quote, opened = 0, "", 0
     for i, ch in enumerate(text, 1):
-        depth += {"(": 1, ")": -1, "[": 1, "]": -1}.get(ch, 0)
-        if depth < 0:
-            raise pipeline_error(text, f"unbalanced '{ch}': nothing to close", i)
+        if quote:  # brackets inside quoted strings (regexes) do not count
+            quote = "" if ch == quote else quote
+            continue
+        if ch in "'\"":
+            quote = ch
+        elif ch in "([":
+            depth, opened = depth + 1, i
+        elif ch in ")]":
+            depth -= 1
+            if depth < 0:
+                raise pipeline_error(text, f"unbalanced '{ch}': nothing to close", i)
     if depth > 0:
-        opened = max(i for i, ch in enumerate(text, 1) if ch in "([")
         raise pipeline_error(text, "unbalanced parentheses: a '(' or '[' is never closed", opened)
     try:
         tree = _lark().parse(text)

@@ -161,6 +161,20 @@ class Library:
         """Bytes of constants (pre-packed weights) embedded in the library."""
         return int(self.metadata.get("weight_bytes", 0))
 
+    def example_inputs(self, seed: int = 0) -> list[np.ndarray]:
+        """Inputs of the right shapes and dtypes (for timing): floats ~ N(0, 1), integers and bools 0.
+
+        Zeros keep embedding indices in range; feed real data to check numbers.
+        """
+        rng = np.random.default_rng(seed)
+        out = []
+        for d in self.inputs:
+            if d.dtype.kind == "f":
+                out.append(rng.standard_normal(d.shape).astype(d.dtype))
+            else:
+                out.append(np.zeros(d.shape, d.dtype))
+        return out
+
     # -- running ----------------------------------------------------------------------------
     def workspace(self) -> np.ndarray:
         """This thread's workspace: ``workspace_size`` bytes at a 64-byte aligned address."""

@@ -112,13 +112,15 @@ class Emitter:
         fn = self.intrinsic("llvm.masked.store", [ty, PTR], VOID, [ty, PTR, I32, mask.type])
         self.b.call(fn, [value, self.gep(ptr, index, ty.element), ir.Constant(I32, _align(ty.element)), mask])
 
-    def masked_load(self, ptr: ir.Value, index: ir.Value | int, ty: ir.VectorType, lanes: int) -> ir.Value:
-        """Load the first ``lanes`` lanes of a vector, zeros elsewhere (no read past the end)."""
+    def masked_load(
+        self, ptr: ir.Value, index: ir.Value | int, ty: ir.VectorType, lanes: int, fill: float = 0.0
+    ) -> ir.Value:
+        """Load the first ``lanes`` lanes of a vector (float or integer), ``fill`` elsewhere (no read past
+        the end)."""
         mask = ir.Constant(ir.VectorType(I1, ty.count), [ir.Constant(I1, int(i < lanes)) for i in range(ty.count)])
         fn = self.intrinsic("llvm.masked.load", [ty, PTR], ty, [PTR, I32, mask.type, ty])
-        return self.b.call(
-            fn, [self.gep(ptr, index, ty.element), ir.Constant(I32, _align(ty.element)), mask, const(ty, 0.0)]
-        )
+        passthru = ir.Constant(ty, None) if fill == 0 else const(ty, fill)  # None: zeros of any element type
+        return self.b.call(fn, [self.gep(ptr, index, ty.element), ir.Constant(I32, _align(ty.element)), mask, passthru])
 
     # -- arithmetic ---------------------------------------------------------------------
     def intrinsic(self, name: str, overloads: Sequence[ir.Type], ret: ir.Type, args: Sequence[ir.Type]) -> ir.Function:
@@ -137,9 +139,13 @@ class Emitter:
         return self.b.call(self.intrinsic(f"llvm.{name}", [x.type], x.type, [x.type, x.type]), [x, y])
 
     def fma(self, a: ir.Value, b: ir.Value, c: ir.Value) -> ir.Value:
-        """a * b + c with one rounding."""
+        """a * b + c: one fused instruction where the CPU has FMA, else a multiply and an add.
+
+        ``llvm.fmuladd``, not ``llvm.fma``: on a CPU without FMA (x86-64-v2, generic ARM) the
+        latter becomes a call to libm's ``fmaf``, and the object must stay freestanding.
+        """
         t = a.type
-        return self.b.call(self.intrinsic("llvm.fma", [t], t, [t, t, t]), [a, b, c])
+        return self.b.call(self.intrinsic("llvm.fmuladd", [t], t, [t, t, t]), [a, b, c])
 
     def splat(self, x: ir.Value, lanes: int) -> ir.Value:
         """A vector with ``x`` in every lane."""

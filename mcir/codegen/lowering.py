@@ -39,7 +39,7 @@ from mcir.codegen.abi import (
 from mcir.codegen.emit import I8, I32, I64, PTR, Emitter, i64
 from mcir.codegen.kernels import KernelContext, KernelGen
 from mcir.codegen.kernels.elementwise import fusable_epilogue
-from mcir.codegen.memory_plan import ALIGN, VIEW_OPS, MemoryPlan, Step, plan, view_root
+from mcir.codegen.memory_plan import ALIGN, MemoryPlan, Step, plan, view_offset, view_root, view_source
 from mcir.codegen.target import Target
 from mcir.errors import CodegenError
 from mcir.ir import Graph, Op, Value
@@ -76,7 +76,7 @@ def build_steps(graph: Graph, target: Target) -> list[tuple[Step, KernelGen]]:
     absorbed: set[int] = set()
     steps: list[tuple[Step, KernelGen]] = []
     for op in graph.compute_ops():
-        if id(op) in absorbed or op.name in VIEW_OPS:
+        if id(op) in absorbed or view_source(op.result) is not None:
             continue
         gen = kernels.lookup(op)
         step = Step(op, op.result)
@@ -93,6 +93,27 @@ def build_steps(graph: Graph, target: Target) -> list[tuple[Step, KernelGen]]:
     return steps
 
 
+def kernel_key(step: Step, gen: KernelGen) -> tuple:
+    """Steps with equal keys run the same kernel function (on different buffers).
+
+    A generator sees only types, attributes, which operands are constants (packed at
+    compile time) and the fused epilogue, so those make the key. The 4 identical layers of
+    an encoder then share one set of kernels: 4x less code to optimise and to cache.
+    """
+    op = step.op
+    operands = tuple((str(v.type), view_root(v).is_constant) for v in op.operands)
+    epilogue = tuple((e.name, tuple(sorted(e.attrs.items())), str(e.result.type)) for e in step.epilogue)
+    return (
+        gen.name,
+        op.name,
+        operands,
+        tuple(sorted(op.attrs.items())),
+        str(op.result.type),
+        epilogue,
+        step.scratch_bytes,
+    )
+
+
 class _Builder:
     def __init__(self, graph: Graph, target: Target, name: str, pipeline: str) -> None:
         self.graph = graph
@@ -107,6 +128,7 @@ class _Builder:
         self.globals: dict[tuple[int, str], ir.GlobalVariable] = {}
         self.weight_bytes = 0
         self.blobs: dict[str, bytes] = {}
+        self.kernels: dict[tuple, ir.Function] = {}
         self._copy_fn: ir.Function | None = None
 
     # -- constants ---------------------------------------------------------------------
@@ -122,27 +144,44 @@ class _Builder:
         self.weight_bytes += len(data)
         return gv
 
-    def constant(self, v: Value, step_op: Op | None, index: int, gen: KernelGen | None) -> ir.GlobalVariable:
-        """The global holding constant ``v`` (a view of a const) as operand ``index`` of ``step_op``."""
+    def constant(self, v: Value, step_op: Op | None, index: int, gen: KernelGen | None) -> ir.Value:
+        """Pointer to constant ``v`` (a const or a view of one) as operand ``index`` of ``step_op``.
+
+        Raw constants are stored once per const and views point into them; a kernel with a
+        pack hook gets its own layout, stored once per (const, view, layout).
+        """
         root = view_root(v)
+        offset = view_offset(v)
         data = root.producer.data
         if data is None:
             raise CodegenError(f"constant %{root.name} has no data: load the graph with its weights (mcir.load)")
-        packed = gen.pack(step_op, index, data, self.target) if gen is not None and gen.pack else None
-        if packed is None:
-            key = "raw"
-            if isinstance(data, dict):
+        if isinstance(data, dict):
+            if gen is None or gen.pack is None or v is not root:
                 raise CodegenError(
                     f"{step_op.where() if step_op else 'a copy'} reads constant %{root.name} of "
                     f"encoded type {root.type} but its kernel does not decode that encoding"
                 )
-            payload = np.ascontiguousarray(data)
+            view = data
         else:
-            key, payload = packed
-        gkey = (id(root), key)
+            flat = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+            view = flat[offset : offset + v.type.nbytes].view(data.dtype).reshape(v.type.shape)
+        packed = gen.pack(step_op, index, view, self.target) if gen is not None and gen.pack else None
+        if packed is None:
+            gkey = (id(root), "raw")
+            if gkey not in self.globals:
+                self.globals[gkey] = self._global_bytes(np.ascontiguousarray(data).tobytes(), root.name)
+            return self.em_offset(self.globals[gkey], offset)
+        key, payload = packed
+        gkey = (id(root), f"{key}@{offset}:{v.type.shape}")
         if gkey not in self.globals:
             self.globals[gkey] = self._global_bytes(np.ascontiguousarray(payload).tobytes(), root.name)
         return self.globals[gkey]
+
+    def em_offset(self, gv: ir.GlobalVariable, offset: int) -> ir.Value:
+        """A constant pointer ``offset`` bytes into a global."""
+        if offset == 0:
+            return gv
+        return gv.gep([ir.Constant(I64, 0), ir.Constant(I64, offset)])
 
     # -- kernels -------------------------------------------------------------------------
     def kernel_function(self, s: int, step: Step, gen: KernelGen) -> ir.Function:
@@ -152,6 +191,9 @@ class _Builder:
         fn = ir.Function(self.module, fnty, f"k{s}_{op.name}")
         fn.linkage = "internal"
         fn.attributes.add("nounwind")
+        # one call per kernel costs nothing; inlining them all into mcir_NAME_run would make one
+        # huge function on which LLVM's function passes (GVN, vectoriser) grow superlinearly
+        fn.attributes.add("noinline")
         for a in fn.args:
             a.add_attribute("noalias")
         builder = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -211,20 +253,22 @@ class _Builder:
             fail_if(b.icmp_unsigned("==", ws, null), ERR_NULL_ARGUMENT)
             low = b.and_(b.ptrtoint(ws, I64), i64(ALIGN - 1))
             fail_if(b.icmp_unsigned("!=", low, i64(0)), ERR_WORKSPACE_ALIGNMENT)
-        in_ptrs = [em.load(inputs, i, PTR, align=8) for i in range(len(self.graph.inputs))]
-        out_ptrs = [em.load(outputs, j, PTR, align=8) for j in range(len(self.graph.outputs))]
+        palign = self.target.pointer_bits // 8
+        in_ptrs = [em.load(inputs, i, PTR, align=palign) for i in range(len(self.graph.inputs))]
+        out_ptrs = [em.load(outputs, j, PTR, align=palign) for j in range(len(self.graph.outputs))]
         for p in in_ptrs + out_ptrs:
             fail_if(b.icmp_unsigned("==", p, null), ERR_NULL_TENSOR)
 
         def where(v: Value, step_op: Op | None = None, index: int = 0, gen: KernelGen | None = None) -> ir.Value:
             s = mp.of(v)
+            off = view_offset(v)
             if s.kind == "input":
-                return in_ptrs[s.index]
+                return em.byte_offset(in_ptrs[s.index], off)
             if s.kind == "output":
-                return out_ptrs[s.index]
+                return em.byte_offset(out_ptrs[s.index], off)
             if s.kind == "const":
                 return self.constant(v, step_op, index, gen)
-            return em.byte_offset(ws, s.index)
+            return em.byte_offset(ws, s.index + off)
 
         for s, step in enumerate(mp.steps):
             if step.op is None:  # copy into an output buffer
@@ -232,7 +276,10 @@ class _Builder:
                 b.call(self.copy_function(), [out_ptrs[step.out_index], src, i64(step.result.type.nbytes)])
                 continue
             gen = gens[id(step)]
-            kfn = self.kernel_function(s, step, gen)
+            key = kernel_key(step, gen)
+            kfn = self.kernels.get(key)
+            if kfn is None:
+                kfn = self.kernels[key] = self.kernel_function(s, step, gen)
             args = [where(v, step.op, i, gen) for i, v in enumerate(step.op.operands)]
             args.append(where(step.result))
             args.append(em.byte_offset(ws, step.scratch_offset) if step.scratch_bytes else null)
@@ -310,6 +357,11 @@ def lower(graph: Graph, target: Target, name: str, pipeline: str = "") -> Lowere
     gens = {id(s): g for s, g in pairs}
     bld = _Builder(graph, target, name, pipeline)
     bld.run_function(mp, gens)
+    if "windows" in target.triple or "msvc" in target.triple:
+        # MSVC objects that use floating point reference _fltused (normally from the CRT)
+        fltused = ir.GlobalVariable(bld.module, I32, "_fltused")
+        fltused.initializer = ir.Constant(I32, 0x9875)
+        fltused.linkage = "weak"
     bld.getter(f"mcir_{name}_workspace_size", bld.size_t, ir.Constant(bld.size_t, mp.workspace_size))
     bld.descriptors("inputs", graph.inputs)
     bld.descriptors("outputs", graph.outputs)

@@ -1,11 +1,15 @@
 """Where every value lives at run time, and how big the workspace is.
 
 Storage kinds: a graph input (the caller's pointer), a constant (an internal global),
-a graph output (the caller's output buffer), or a slice of the workspace. View ops
-(``reshape``, ``dropout``) never copy: their result is the same bytes as their operand,
-so values joined by views form one *group* with one storage. An output group holds its
-output's buffer, so the last kernel writes straight into the caller's memory; a copy is
-only planned where an output is also an input, a constant or another output.
+a graph output (the caller's output buffer), or a slice of the workspace.
+
+Views never copy: ``reshape`` and ``dropout`` always give the same bytes as their
+operand; a ``permute`` that only moves size-1 axes does too; a ``select`` or unit-step
+``slice`` whose preceding axes all have size 1 is a contiguous block at a byte offset
+(the q/k/v split of attention). Values joined by views form one *group* with one
+storage, each member at its offset. An output group holds its output's buffer, so the
+last kernel writes straight into the caller's memory; a copy is only planned where an
+output is also an input, a constant, another output, or a part of a bigger buffer.
 
 Workspace buffers are placed by liveness: a group is live from the step that writes it
 to the last step that reads any of its members, and groups whose live ranges do not
@@ -66,14 +70,53 @@ class MemoryPlan:
     steps: list[Step]
 
     def of(self, v: Value) -> Storage:
+        """The storage of ``v``'s group (add ``view_offset(v)`` for ``v`` itself)."""
         return self.storage[id(v)]
 
 
+def view_source(v: Value) -> tuple[Value, int] | None:
+    """(operand, byte offset) when ``v`` is a view of its producer's operand, else None."""
+    op = v.producer
+    if op is None or not op.operands:
+        return None
+    x = op.operands[0]
+    if op.name in VIEW_OPS:
+        return x, 0
+    if x.type.encoding is not None:
+        return None
+    shape = x.type.shape
+    if op.name == "permute":
+        moved = [d % len(shape) for d in op.attrs["dims"] if shape[d % len(shape)] != 1]
+        return (x, 0) if moved == sorted(moved) else None
+    if op.name in ("select", "slice"):
+        axis = op.attrs["axis"] % len(shape)
+        if any(d != 1 for d in shape[:axis]):
+            return None
+        if op.name == "select":
+            start = op.attrs["index"] % shape[axis]
+        else:
+            start, stop, step = slice(op.attrs["start"], op.attrs["end"], op.attrs["step"]).indices(shape[axis])
+            if step != 1 and len(range(start, stop, step)) > 1:
+                return None
+        inner = x.type.nbytes // max(shape[axis], 1)
+        return x, start * inner
+    return None
+
+
 def view_root(v: Value) -> Value:
-    """The value whose storage ``v`` shares through view ops."""
-    while v.producer is not None and v.producer.name in VIEW_OPS:
-        v = v.producer.operands[0]
+    """The value whose storage ``v`` shares through views."""
+    while (src := view_source(v)) is not None:
+        v = src[0]
     return v
+
+
+def view_offset(v: Value) -> int:
+    """Byte offset of ``v`` inside the storage of ``view_root(v)``."""
+    offset = 0
+    while (src := view_source(v)) is not None:
+        v, off = src
+        offset += off
+    return offset
 
 
 def plan(graph: Graph, steps: list[Step]) -> MemoryPlan:
@@ -96,7 +139,8 @@ def plan(graph: Graph, steps: list[Step]) -> MemoryPlan:
     copies: list[Step] = []
     for j, v in enumerate(graph.outputs):
         root = view_root(v)
-        if id(root) in storage:
+        whole = view_offset(v) == 0 and v.type.nbytes == root.type.nbytes
+        if id(root) in storage or not whole:
             copies.append(Step(None, v, source=v, out_index=j))
             continue
         assign(root, Storage("output", j, v.type.nbytes))

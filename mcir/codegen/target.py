@@ -116,7 +116,7 @@ def _feature_set(target: Target) -> frozenset[str]:
 # the features of each x86-64 psABI level that matter to the kernel generators
 _V2 = ("sse3", "ssse3", "sse4.1", "sse4.2", "popcnt", "cx16")
 _V3 = (*_V2, "avx", "avx2", "fma", "f16c", "bmi", "bmi2", "lzcnt", "movbe")
-_V4 = (*_V3, "avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl", "evex512")
+_V4 = (*_V3, "avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl")
 _LEVEL_FEATURES = {"x86-64-v2": _V2, "x86-64-v3": _V3, "x86-64-v4": _V4}
 
 
@@ -139,7 +139,9 @@ def resolve(target: str = "native", triple: str | None = None) -> Target:
             ) from None
         del tgt  # only checked for existence; Target.machine() builds the real one
         arch = triple.split("-", 1)[0]
-        features = "+neon" if arch in ("aarch64", "arm64") else ""
+        # the baseline each Linux distribution assumes: with no FPU features LLVM would call
+        # soft-float helpers (__addsf3...) from libgcc, and the object must stay freestanding
+        features = {"aarch64": "+neon", "arm64": "+neon", "riscv64": "+m,+a,+f,+d,+c"}.get(arch, "")
         return Target(triple, triple, "generic", features, native=False)
     if target not in TARGETS:
         raise CodegenError(

@@ -83,6 +83,29 @@ def trace(module: torch.nn.Module, example_inputs: Any, tracer: str = "export", 
     return verify(graph)
 
 
+#: ops that are "the" computation of the module they come from: named after its path
+_LAYER_OPS = (
+    "linear",
+    "conv2d",
+    "batch_norm",
+    "layer_norm",
+    "embedding",
+    "scaled_dot_product_attention",
+    "max_pool2d",
+    "avg_pool2d",
+    "adaptive_avg_pool2d",
+)
+
+
+def name_layers_by_module(graph: Graph) -> None:
+    """Rename layer results after their module path (``%fc1 = linear(...)``, ``%enc.layers.0.norm1``)
+    so dumps read like the model; ops without a module keep their op-kind names. Both
+    tracers see the same module paths, so names stay tracer-independent."""
+    for op in graph.compute_ops():
+        if op.name in _LAYER_OPS and op.loc.module and not graph.has_value(op.loc.module):
+            graph.rename(op.result, op.loc.module)
+
+
 # -- what a tracer hands to the converter ----------------------------------------------
 
 
@@ -373,6 +396,7 @@ class Converter:
             elif node.op == "output":
                 outs = [fx.node.map_arg(o, lambda n: self.env[n]) for o in self.source.output_nodes(node)]
                 self.graph.set_outputs([self.tensor(o) for o in _flatten(outs)])
+        name_layers_by_module(self.graph)
         return self.graph
 
     def _add_input(self, node: fx.Node, name: str) -> Value:

@@ -180,17 +180,20 @@ class ConstantFold(RewritePattern):
         return True
 
 
+def constant_digest(op: Op) -> str:
+    """A hash of a const op's stored data (all components), for finding identical constants."""
+    parts = op.data if isinstance(op.data, dict) else {"data": op.data}
+    digest = hashlib.blake2b(digest_size=16)
+    for k in sorted(parts):
+        digest.update(k.encode())
+        digest.update(np.ascontiguousarray(parts[k]).tobytes())
+    return digest.hexdigest()
+
+
 def _cse_key(op: Op) -> Any:
     t = op.result.type
     if op.name == "const":
-        if op.data is None:
-            return None
-        parts = op.data if isinstance(op.data, dict) else {"data": op.data}
-        digest = hashlib.blake2b(digest_size=16)
-        for k in sorted(parts):
-            digest.update(k.encode())
-            digest.update(np.ascontiguousarray(parts[k]).tobytes())
-        return ("const", str(t), digest.hexdigest())
+        return None if op.data is None else ("const", str(t), constant_digest(op))
     return (op.name, tuple(id(v) for v in op.operands), tuple(sorted(op.attrs.items())), str(t))
 
 

@@ -91,7 +91,7 @@ class Quantize(Pass):
                 f"quantize: no calibration data given; calibrated on {self.samples} random batches "
                 "(pass calibration=... or --calibration FILE for representative ranges)"
             )
-        stats = observe(graph, [tuple(b) for b in batches], histograms=self.calibration != "minmax")
+        stats = observe(graph, check_batches(graph, batches), histograms=self.calibration != "minmax")
         ranges = {name: choose_range(s, self.calibration) for name, s in stats.items()}
         _Quantizer(graph, self, ranges).run()
         if self.fuse:
@@ -99,6 +99,25 @@ class Quantize(Pass):
         notes = remaining_conversions(graph)
         if notes:
             ctx.warn("quantize: " + "; ".join(notes))
+
+
+def check_batches(graph: Graph, batches) -> list[tuple[np.ndarray, ...]]:
+    """Calibration batches as tuples of arrays matching the graph inputs; McirError naming the bad one."""
+    from mcir.interp import check_input
+
+    out = []
+    for i, batch in enumerate(batches):
+        arrays = tuple(batch) if isinstance(batch, tuple | list) else (batch,)
+        if len(arrays) != len(graph.inputs):
+            raise McirError(
+                f"calibration batch {i} has {len(arrays)} arrays; the graph takes "
+                f"{len(graph.inputs)} input(s) ({', '.join('%' + v.name for v in graph.inputs)})"
+            )
+        try:
+            out.append(tuple(check_input(v, np.asarray(a)) for v, a in zip(graph.inputs, arrays)))
+        except McirError as e:
+            raise McirError(f"calibration batch {i}: {e}") from None
+    return out
 
 
 def random_batches(graph: Graph, count: int, seed: int = 0) -> list[tuple[np.ndarray, ...]]:

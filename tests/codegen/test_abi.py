@@ -20,7 +20,7 @@ from mcir.ir import Graph
 from mcir.runtime import DTYPES, ERRORS, Library, library_names
 from mcir.types import Quant, TensorType, tensor
 
-from .helpers import randn
+from .helpers import randn, undefined_symbols
 
 
 def small_graph(name: str = "small", scale: float = 1.0) -> Graph:
@@ -148,6 +148,12 @@ def test_runtime_errors_name_the_input(lib):
         lib(x, np.array([0, -1, 1], np.int64))
 
 
+def test_example_inputs_fit_the_model(lib):
+    xs = lib.example_inputs()
+    assert [(a.shape, a.dtype) for a in xs] == [(d.shape, d.dtype) for d in lib.inputs]
+    assert all(np.isfinite(y).all() for y in lib(*xs))
+
+
 def test_run_into_and_bind_reuse_buffers(lib):
     x, ids = inputs()
     expect = lib(x, ids)
@@ -231,6 +237,29 @@ def test_linker_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("MCIR_LINKER", shutil.which("ld"))
     lib = compile_graph(small_graph(), tmp_path / "withld")
     np.testing.assert_allclose(lib(*inputs())[0].sum(axis=1), [1.0, 1.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("target", "triple"),
+    [
+        ("native", None),
+        ("x86-64-v2", None),
+        ("native", "aarch64-linux-gnu"),
+        ("native", "armv7-linux-gnueabihf"),
+        ("native", "riscv64-unknown-linux-gnu"),
+    ],
+)
+def test_objects_are_freestanding_on_every_target(tmp_path, target, triple):
+    """No libc, libm or libgcc references (fmaf, soft-float helpers, memcpy) on any target."""
+    g = small_graph()
+    x = g.outputs[0]
+    g.set_outputs([*g.outputs, g.add("gelu", [x]), g.add("exp", [x]), g.add("log", [g.add("sigmoid", [x])])])
+    try:
+        arts = compile_graph(g, tmp_path / "free", target=target, triple=triple)
+    except CodegenError as e:  # x86-64-v2 on a non-x86 machine
+        pytest.skip(str(e))
+    obj = arts.path.with_suffix(".o") if isinstance(arts, Library) else arts.object_path
+    assert undefined_symbols(obj) <= {"_GLOBAL_OFFSET_TABLE_"}
 
 
 def test_cross_target_emits_object_and_header_only(tmp_path):

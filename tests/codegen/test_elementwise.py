@@ -12,7 +12,7 @@ from mcir import dtypes
 from mcir.ir import Graph
 from mcir.types import Quant, TensorType, tensor
 
-from .helpers import check_native, randn
+from .helpers import check_native, randn, runnable_targets
 
 FLOAT_UNARY = [
     ("relu", {}),
@@ -152,8 +152,9 @@ def test_casts_between_all_dtypes(tmp_path):
     )
 
 
+@pytest.mark.parametrize("target", runnable_targets())
 @pytest.mark.parametrize(("dt", "scale", "zp"), [("u8", 0.05, 128), ("i8", 0.02, -3), ("i32", 0.001, 0)])
-def test_quantize_dequantize_per_tensor(tmp_path, dt, scale, zp):
+def test_quantize_dequantize_per_tensor(tmp_path, dt, scale, zp, target):
     rng = np.random.default_rng(3)
     g = Graph("q")
     x = g.add_input("x", tensor([3, 50]))
@@ -162,4 +163,4 @@ def test_quantize_dequantize_per_tensor(tmp_path, dt, scale, zp):
     g.set_outputs([q, g.add("dequantize", [q], type=tensor([3, 50]))])
     xs = randn(rng, 3, 50, scale=4.0)
     xs[0, :4] = [1e6, -1e6, np.float32(scale * 2.5), np.float32(scale * 3.5)]  # saturation, ties to even
-    check_native(g, tmp_path, xs)
+    check_native(g, tmp_path, xs, target=target)

@@ -9,13 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcir.codegen.target import host_supports, resolve
 from mcir.ir import Graph
 from mcir.types import tensor
 
-from .helpers import build, check_native, randn
+from .helpers import build, check_native, randn, runnable_targets
 
-TARGETS = [t for t in ("native", "x86-64-v2", "x86-64-v3", "x86-64-v4") if host_supports(resolve(t))]
+TARGETS = runnable_targets()
 
 
 def linear_graph(rng, lead: tuple[int, ...], n: int, k: int, bias: bool = True, act: str | None = "relu") -> Graph:
@@ -29,7 +28,7 @@ def linear_graph(rng, lead: tuple[int, ...], n: int, k: int, bias: bool = True, 
     return g
 
 
-@settings(max_examples=15)
+@settings(max_examples=10)
 @given(
     m=st.integers(1, 40),
     n=st.integers(1, 150),

@@ -134,3 +134,22 @@ def test_workspace_is_reused_and_views_do_not_copy(rng):
     r = next(op for op in g.compute_ops() if op.name == "reshape")
     assert mp.of(r.result) == mp.of(r.operands[0])
     assert all(s.op is not r for s in steps)
+
+
+def test_offset_views_of_inputs_constants_and_intermediates(tmp_path, rng):
+    """select/slice of leading blocks and permutes of size-1 axes are views at byte offsets."""
+    from mcir.codegen.lowering import build_steps
+    from mcir.codegen.target import resolve
+
+    g = Graph("views")
+    x = g.add_input("x", tensor([1, 3, 4, 8]))
+    c = g.const("c", randn(rng, 3, 5, 8))
+    h = g.add("relu", [x])
+    parts = [g.add("select", [h], {"axis": 1, "index": i}) for i in range(3)]  # [1,4,8] blocks of h
+    wq = g.add("select", [c], {"axis": 0, "index": 2})  # a constant weight [5,8] inside c
+    y = g.add("linear", [parts[1], wq])
+    t = g.add("permute", [g.add("slice", [x], {"axis": 1, "start": 1, "end": 3})], {"dims": [1, 0, 2, 3]})
+    g.set_outputs([y, parts[2], t, g.add("add", [parts[0], parts[2]]), g.add("select", [c], {"axis": 0, "index": 1})])
+    steps = [s for s, _ in build_steps(g, resolve("native"))]
+    assert {s.op.name for s in steps} == {"relu", "linear", "add"}  # no kernel for any view
+    check_native(g, tmp_path, randn(rng, 1, 3, 4, 8))

@@ -53,6 +53,7 @@ def test_reductions_random_axes(tmp_path_factory, shape, data):
     g = Graph("red")
     x = g.add_input("x", tensor(shape))
     xi = g.add_input("xi", tensor(shape, "i32"))
+    x8 = g.add_input("x8", tensor(shape, "i8"))
     attrs = {"axes": axes, "keepdim": keep}
     g.set_outputs(
         [
@@ -63,9 +64,18 @@ def test_reductions_random_axes(tmp_path_factory, shape, data):
             g.add("amax", [xi], attrs),
             g.add("argmax", [x], {"axis": axis, "keepdim": keep}),
             g.add("argmax", [xi], {"axis": axis}),
+            g.add("mean", [xi], attrs),
+            g.add("mean", [x8], attrs),
+            g.add("sum", [x8], attrs),
         ]
     )
-    check_native(g, tmp_path_factory.mktemp("red"), randn(rng, *shape), rng.integers(-5, 5, shape).astype(np.int32))
+    check_native(
+        g,
+        tmp_path_factory.mktemp("red"),
+        randn(rng, *shape),
+        rng.integers(-5, 5, shape).astype(np.int32),
+        rng.integers(-128, 127, shape).astype(np.int8),
+    )
 
 
 def test_argmax_ties_and_nan_follow_numpy(tmp_path):

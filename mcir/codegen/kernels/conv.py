@@ -85,34 +85,33 @@ def _im2col_rows(em: Emitter, x: ir.Value, g: dict[str, int], nr: int, dst: ir.V
             with em.loop(hi, name="z", start=lo) as ox:
                 em.store(zero, dst, b.add(d, ox))
 
-    with em.loop(g["c"], name="ic") as c, em.loop(g["kh"], name="ki") as i:
-        with em.loop(g["oh"], name="oy") as oy:
-            iy = b.add(b.sub(b.mul(oy, i64(g["sh"])), i64(g["ph"])), b.mul(i, i64(g["dh"])))
-            row_ok = b.and_(b.icmp_signed(">=", iy, i64(0)), b.icmp_signed("<", iy, i64(g["h"])))
-            p0 = b.mul(oy, i64(ow))
-            base = b.add(b.mul(b.udiv(p0, i64(nr)), i64(ck * nr)), b.urem(p0, i64(nr)))
-            src_row = b.mul(b.add(b.mul(c, i64(g["h"])), iy), i64(g["w"]))
-            for j in range(g["kw"]):
-                kidx = b.add(b.mul(b.add(b.mul(c, i64(g["kh"])), i), i64(g["kw"])), i64(j))
-                d = b.add(base, b.mul(kidx, i64(nr)))
-                # ox reads column ox*sw - pw + j*dw: inside the image for ox in [lo, hi)
-                off = j * dw - pw
-                lo = min(ow, max(0, -(off // sw) if off < 0 else 0))
-                while lo < ow and lo * sw + off < 0:
-                    lo += 1
-                hi = lo
-                while hi < ow and hi * sw + off < g["w"]:
-                    hi += 1
-                with b.if_else(row_ok) as (inside, outside):
-                    with inside:
-                        fill(d, 0, lo)
-                        if hi > lo:
-                            with em.loop(hi, name="cp", start=lo) as ox:
-                                v = em.load(x, b.add(src_row, b.add(b.mul(ox, i64(sw)), i64(off))), F32)
-                                em.store(v, dst, b.add(d, ox))
-                        fill(d, hi, ow)
-                    with outside:
-                        fill(d, 0, ow)
+    with em.loop(g["c"], name="ic") as c, em.loop(g["kh"], name="ki") as i, em.loop(g["oh"], name="oy") as oy:
+        iy = b.add(b.sub(b.mul(oy, i64(g["sh"])), i64(g["ph"])), b.mul(i, i64(g["dh"])))
+        row_ok = b.and_(b.icmp_signed(">=", iy, i64(0)), b.icmp_signed("<", iy, i64(g["h"])))
+        p0 = b.mul(oy, i64(ow))
+        base = b.add(b.mul(b.udiv(p0, i64(nr)), i64(ck * nr)), b.urem(p0, i64(nr)))
+        src_row = b.mul(b.add(b.mul(c, i64(g["h"])), iy), i64(g["w"]))
+        for j in range(g["kw"]):
+            kidx = b.add(b.mul(b.add(b.mul(c, i64(g["kh"])), i), i64(g["kw"])), i64(j))
+            d = b.add(base, b.mul(kidx, i64(nr)))
+            # ox reads column ox*sw - pw + j*dw: inside the image for ox in [lo, hi)
+            off = j * dw - pw
+            lo = min(ow, max(0, -(off // sw) if off < 0 else 0))
+            while lo < ow and lo * sw + off < 0:
+                lo += 1
+            hi = lo
+            while hi < ow and hi * sw + off < g["w"]:
+                hi += 1
+            with b.if_else(row_ok) as (inside, outside):
+                with inside:
+                    fill(d, 0, lo)
+                    if hi > lo:
+                        with em.loop(hi, name="cp", start=lo) as ox:
+                            v = em.load(x, b.add(src_row, b.add(b.mul(ox, i64(sw)), i64(off))), F32)
+                            em.store(v, dst, b.add(d, ox))
+                    fill(d, hi, ow)
+                with outside:
+                    fill(d, 0, ow)
 
 
 def _im2col_general(em: Emitter, x: ir.Value, g: dict[str, int], nr: int, dst: ir.Value) -> None:

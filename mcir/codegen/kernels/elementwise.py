@@ -15,10 +15,12 @@ import math
 from collections.abc import Callable
 
 import llvmlite.ir as ir
+import numpy as np
 
-from mcir.codegen.emit import F32, I1, I8, Emitter, const, i64, is_signed, storage_type, vec
+from mcir.codegen.emit import F32, I1, I8, Emitter, const, i64, is_signed, storage_type
 from mcir.codegen.kernels import KernelContext, kernel, math_approx
 from mcir.dtypes import DType
+from mcir.errors import CodegenError
 from mcir.ir import Op
 from mcir.types import Quant, TensorType
 
@@ -131,8 +133,6 @@ def _int_unary(op: Op, dt: DType) -> Unary | None:
         return em.b.select(em.b.icmp_signed(">", x, zero) if signed else em.b.icmp_unsigned(">", x, zero), x, zero)
 
     def clamp(em: Emitter, x: ir.Value) -> ir.Value:
-        import numpy as np
-
         info = np.iinfo(dt.np)
         lo, hi = op.attrs.get("min"), op.attrs.get("max")
         cmp = em.b.icmp_signed if signed else em.b.icmp_unsigned
@@ -410,11 +410,7 @@ def quantize(k: KernelContext) -> None:
     t = k.result_type
     q = _per_tensor(t)
     if q is None or not t.dtype.is_integer:
-        from mcir.errors import CodegenError
-
         raise CodegenError(f"{k.op.where()}: native quantize needs a per-tensor #quant integer result, got {t}")
-    import numpy as np
-
     info = np.iinfo(t.dtype.np)
     em = k.em
 
@@ -441,8 +437,6 @@ def dequantize(k: KernelContext) -> None:
     t = k.operand_types[0]
     q = _per_tensor(t)
     if q is None:
-        from mcir.errors import CodegenError
-
         raise CodegenError(
             f"{k.op.where()}: native dequantize needs a per-tensor #quant operand, got {t}; "
             "per-axis constants are decoded at compile time by the kernels that use them"
@@ -455,6 +449,3 @@ def dequantize(k: KernelContext) -> None:
         return b.fmul(b.fsub(x, const(F32, float(q.zero_point))), const(F32, q.scale))
 
     emit_broadcast(k, [t.dtype], body, k.result_type.dtype)
-
-
-__all__ = ["broadcast_plan", "cast_value", "emit_broadcast", "float_unary", "fusable_epilogue", "vec"]

@@ -12,7 +12,7 @@ import math
 
 import llvmlite.ir as ir
 
-from mcir.codegen.emit import F32, REASSOC, Emitter, const, i64
+from mcir.codegen.emit import F32, Emitter, const, i64
 from mcir.codegen.kernels import KernelContext, kernel, math_approx
 from mcir.codegen.kernels.rows import map_row, reduce_row
 from mcir.codegen.target import Target
@@ -158,6 +158,3 @@ def batch_norm(k: KernelContext) -> None:
         with em.loop(inner, name="p") as p:
             off = b.add(base, p)
             em.store(k.apply_epilogue(b.fadd(b.fmul(em.load(x, off, F32), s), sh)), k.out, off)
-
-
-__all__ = ["REASSOC", "softmax_row"]

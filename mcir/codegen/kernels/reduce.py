@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import llvmlite.ir as ir
 
-from mcir.codegen.emit import F32, REASSOC, Emitter, const, i64, is_signed, storage_type
+from mcir.codegen.emit import F32, F64, I64, REASSOC, Emitter, const, i64, is_signed, storage_type
 from mcir.codegen.kernels import KernelContext, kernel
 from mcir.codegen.kernels.movement import strides_of
 from mcir.ops.registry import norm_axis
@@ -64,8 +64,13 @@ def _reduce_gen(k: KernelContext) -> None:
         count *= x.shape[d]
     ety = storage_type(dt)
     kind = k.op.name
+    # float sums accumulate in f64 (like the reference): a long sum that cancels to a small
+    # value would otherwise carry f32 rounding errors of the size of its terms
+    wide = dt.is_float and kind != "amax"
     if dt.is_float:
-        init = const(F32, float("-inf") if kind == "amax" else 0.0)
+        init = const(F64, 0.0) if wide else const(F32, float("-inf"))
+    elif kind == "mean":  # the reference averages in float64: sum in i64, no wrap-around
+        init = ir.Constant(I64, 0)
     else:
         init = ir.Constant(ety, (-(1 << (ety.width - 1)) if is_signed(dt) else 0) if kind == "amax" else 0)
 
@@ -75,7 +80,11 @@ def _reduce_gen(k: KernelContext) -> None:
                 return em.fmax(acc, v)
             cmp = b.icmp_signed if is_signed(dt) else b.icmp_unsigned
             return b.select(cmp(">", v, acc), v, acc)
-        return b.fadd(acc, v, flags=REASSOC) if dt.is_float else b.add(acc, v)
+        if wide:
+            return b.fadd(acc, b.fpext(v, F64), flags=REASSOC)
+        if kind == "mean" and v.type != I64:
+            v = b.sext(v, I64) if is_signed(dt) else b.zext(v, I64)
+        return b.add(acc, v)
 
     def per_output(base: ir.Value, out_off: ir.Value) -> None:
         # the reduction nest carries the accumulator through every level
@@ -89,7 +98,13 @@ def _reduce_gen(k: KernelContext) -> None:
 
         acc = level(0, base, init)
         if kind == "mean":
-            acc = b.fmul(acc, const(F32, 1.0 / count)) if dt.is_float else b.sdiv(acc, ir.Constant(ety, count))
+            if dt.is_float:
+                acc = b.fdiv(acc, const(F64, float(count)))
+            else:
+                acc = b.sdiv(acc, i64(count))
+                acc = b.trunc(acc, ety) if ety != I64 else acc
+        if wide:
+            acc = b.fptrunc(acc, F32)
         em.store(acc, k.out, out_off)
 
     _nest(em, kept, per_output, "o")

@@ -20,20 +20,6 @@ def _tail_mask(lanes: int, valid: int) -> ir.Constant:
     return ir.Constant(ir.VectorType(ir.IntType(1), lanes), [int(i < valid) for i in range(lanes)])
 
 
-def masked_load(em: Emitter, ptr: ir.Value, index: ir.Value, lanes: int, valid: int, fill: float) -> ir.Value:
-    """Load ``valid`` lanes from ``ptr[index]``; the other lanes are ``fill``."""
-    vt = vec(F32, lanes)
-    fn = em.intrinsic(
-        "llvm.masked.load",
-        [vt, ir.PointerType()],
-        vt,
-        [ir.PointerType(), ir.IntType(32), ir.VectorType(ir.IntType(1), lanes), vt],
-    )
-    return em.b.call(
-        fn, [em.gep(ptr, index, F32), ir.Constant(ir.IntType(32), 4), _tail_mask(lanes, valid), const(vt, fill)]
-    )
-
-
 def reduce_row(
     em: Emitter, ptr: ir.Value, n: int, lanes: int, kind: str, fn: Callable[[ir.Value], ir.Value] | None = None
 ) -> ir.Value:
@@ -54,7 +40,7 @@ def reduce_row(
             lp.next([combine(lp.values[0], v)])
         acc = lp.results[0]
     if tail:
-        v = fn(masked_load(em, ptr, i64(full * lanes), lanes, tail, ident))
+        v = fn(em.masked_load(ptr, i64(full * lanes), vt, tail, ident))
         # lanes past the row must stay neutral after fn too
         v = b.select(_tail_mask(lanes, tail), v, const(vt, ident))
         acc = combine(acc, v)
@@ -79,4 +65,4 @@ def map_row(
             em.store(fn(em.load(src, off, vt), off), dst, off)
     if tail:
         off = i64(full * lanes)
-        em.masked_store(fn(masked_load(em, src, off, lanes, tail, 0.0), off), dst, off, tail)
+        em.masked_store(fn(em.masked_load(src, off, vt, tail), off), dst, off, tail)
