@@ -14,7 +14,12 @@ Contenders, all single-threaded, interleaved in the same process (see timing.py)
   per-channel weights, calibrated (MinMax) on the same batches as mcir;
 * ``ORT dyn``: ``onnxruntime.quantization.quantize_dynamic``.
 
-Ratios > 1 mean mcir int8 is faster. SQNR columns compare int8 outputs with torch fp32.
+Latencies are medians over rounds; ratios are medians of per-round ratios (``paired_ratio``),
+> 1 meaning mcir int8 is faster; "best int8 peer" takes the fastest PyTorch/ORT int8 contender
+of each round. SQNR columns compare int8 outputs with torch fp32 on the timed input.
+"weights" are the constant bytes mcir put in each library (int8 data, per-channel tables);
+".so" the file sizes (LLVM merges identical constants, e.g. the encoder's four layers, which
+``nn.TransformerEncoder`` deep-copies from one layer).
 """
 
 from __future__ import annotations
@@ -33,14 +38,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from timing import fmt_time, interleaved, machine_description, single_thread
+from timing import fmt_time, interleaved, machine_description, median, paired_ratio, single_thread
 
 single_thread()
 
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
-from convert import to_graph  # noqa: E402
 from models import MODELS, example  # noqa: E402
 from onnxruntime.quantization import (  # noqa: E402
     CalibrationDataReader,
@@ -157,11 +161,11 @@ def bench(name: str, batch: int, build: Path, rounds: int) -> dict:
     xn = x.numpy()
 
     t0 = time.perf_counter()
-    graph = to_graph(model, x, name)
+    graph = mcir.trace(model, (x,), tracer="export", name=name)
     q = mcir.run_passes(graph, "quant8", calibration=[(c.numpy(),) for c in calib])
     lib8 = compile_graph(q, build / f"{name}_int8_b{batch}")
     compile_s = time.perf_counter() - t0
-    lib32 = compile_graph(to_graph(model, x, name), build / f"{name}_fp32_b{batch}")
+    lib32 = compile_graph(graph, build / f"{name}_fp32_b{batch}")
     y8 = np.empty(lib8.outputs[0].shape, lib8.outputs[0].dtype)
     y32 = np.empty(lib32.outputs[0].shape, lib32.outputs[0].dtype)
     run8, run32 = lib8.bind([xn], [y8]), lib32.bind([xn], [y32])
@@ -190,35 +194,42 @@ def bench(name: str, batch: int, build: Path, rounds: int) -> dict:
         timed = {k: (lambda f=fns[k]: f(x)) for k in TIMED if fns.get(k) is not None}
         timed["mcir fp32"] = run32
         timed["mcir int8"] = run8
-        times = interleaved({k: timed[k] for k in TIMED if k in timed}, rounds=rounds)
+        samples = interleaved({k: timed[k] for k in TIMED if k in timed}, rounds=rounds)
+    mine = samples["mcir int8"]
+    ratios = {k: paired_ratio(samples[k], mine) for k in samples if k != "mcir int8"}
+    peers = [samples[k] for k in PEERS if k in samples]
+    if peers:  # per round, the fastest int8 peer of that round
+        ratios["best int8 peer"] = paired_ratio([min(r) for r in zip(*peers)], mine)
     return {
         "model": name,
         "batch": batch,
-        "times": times,
+        "times": {k: median(v) for k, v in samples.items()},
+        "ratios": ratios,
         "sqnr": sqnr,
         "compile_s": compile_s,
         "bytes": (lib8.file_size, lib32.file_size),
+        "weights": (lib8.weight_bytes, lib32.weight_bytes),
         "notes": notes,
     }
 
 
 def table(rows: list[dict], markdown: bool) -> str:
     head = ["model", "batch", *TIMED, "vs best int8 peer", "vs torch dyn", "vs ORT static", "vs mcir fp32"]
-    head += ["SQNR mcir", "SQNR ORT st", ".so int8/fp32"]
+    head += ["SQNR mcir", "SQNR ORT st", "weights int8/fp32", ".so int8/fp32"]
     body = []
     for r in rows:
-        t = r["times"]
-        mine = t["mcir int8"]
-        best = min((t[k] for k in PEERS if k in t), default=float("nan"))
+        t, q = r["times"], r["ratios"]
 
-        def ratio(other: float | None, mine: float = mine) -> str:
-            return "n/a" if other is None else f"{other / mine:.2f}x"
+        def ratio(key: str, q: dict = q) -> str:
+            return f"{q[key]:.2f}x" if key in q else "n/a"
 
         cells = [r["model"], str(r["batch"])]
         cells += [fmt_time(t[k]) if k in t else "n/a" for k in TIMED]
-        cells += [ratio(best), ratio(t.get("torch dyn")), ratio(t.get("ORT static")), ratio(t.get("mcir fp32"))]
+        cells += [ratio("best int8 peer"), ratio("torch dyn"), ratio("ORT static"), ratio("mcir fp32")]
         s = r["sqnr"]
         cells += [f"{s['mcir int8']:.1f} dB", f"{s['ORT static']:.1f} dB" if "ORT static" in s else "n/a"]
+        w8, w32 = r["weights"]
+        cells.append(f"{w8 / 1e6:.2f}/{w32 / 1e6:.2f} MB ({w8 / w32:.2f})")
         cells.append(f"{r['bytes'][0] / 1e6:.2f}/{r['bytes'][1] / 1e6:.2f} MB")
         body.append(cells)
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]

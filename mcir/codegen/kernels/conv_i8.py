@@ -32,19 +32,16 @@ from mcir.codegen.kernels.gemm_i8 import (
     IntGemm,
     IntTiling,
     activation_quant,
-    bias_accumulator,
-    blob,
-    channel_table,
     choose_tiling,
-    digest,
     dot_isa,
     emit_gemm,
+    pack_weights_and_table,
     panel_bytes,
     requantize,
     result_requant,
-    weight_data,
+    table_pointer,
 )
-from mcir.codegen.memory_plan import ALIGN, align_up
+from mcir.codegen.memory_plan import align_up
 from mcir.codegen.target import Target
 from mcir.ir import Op
 from mcir.ops.nn import conv_out
@@ -86,33 +83,20 @@ class _Geom:
             return self.padded_bytes + panel_bytes(self.pix, self.kp, t.nr, t.isa.group)
         return self.padded_bytes + align_up(4 * self.ow)
 
-    def weight_blob_offset(self) -> int:
-        return align_up(self.o * self.kp, ALIGN)
-
 
 def _pack(op: Op, index: int, data, target: Target):
-    if index == 2:
-        return "folded", np.zeros(0, np.uint8)  # the bias lives in the weight blob's channel table
-    if index != 1:
-        return None
     g = _Geom(op, target)
-    xq = activation_quant(op)
-    rq = result_requant(op)
-    w, sw = weight_data(op)  # [O, cg*kh*kw] in (c, i, j) order
-    acc_scale = (np.float64(xq.scale) * sw.astype(np.float64)).astype(np.float32)
-    offset = bias_accumulator(op, 2, acc_scale) - np.int64(xq.zero_point) * w.astype(np.int64).sum(axis=1)
-    out_scale = op.result.type.encoding.scale if rq.out != "f32" else 1.0
-    table = channel_table(offset, acc_scale, rq, out_scale, g.o)
-    if g.groups == 1:
-        # K order (i, j, c) with the channels padded to the dot group
-        w4 = w.reshape(g.o, g.c, g.kh, g.kw).transpose(0, 2, 3, 1)
+
+    def reorder(w: np.ndarray) -> np.ndarray:
+        """[O, cg*kh*kw] in (c, i, j) order -> the GEMM's A rows [O, Kp] in (i, j, c) order, C padded."""
+        if g.groups != 1:
+            return w
         a = np.zeros((g.o, g.kh, g.kw, g.cp), np.int8)
-        a[..., : g.c] = w4
-        key = f"i8conv:{g.isa.key}:{digest(table)}"
-    else:
-        a = w
-        key = f"i8dconv:{digest(table)}"
-    return key, blob(a.reshape(g.o, g.kp), table)
+        a[..., : g.c] = w.reshape(g.o, g.c, g.kh, g.kw).transpose(0, 2, 3, 1)
+        return a.reshape(g.o, g.kp)
+
+    layout = f"i8conv:{g.isa.key}:cp{g.cp}" if g.groups == 1 else "i8dconv"
+    return pack_weights_and_table(op, index, data, layout, reorder, g.o)
 
 
 def _pad_image(em: Emitter, g: _Geom, x: ir.Value, dst: ir.Value, fill: int) -> None:
@@ -184,7 +168,7 @@ def _conv_gemm(k: KernelContext, g: _Geom) -> None:
     out_size = 4 if rq.out == "f32" else 1
     xp_buf = k.scratch
     cols = em.byte_offset(k.scratch, g.padded_bytes)
-    table = em.byte_offset(k.args[1], g.weight_blob_offset())
+    table = table_pointer(k, g.o * g.kp)
     with em.loop(g.n, name="img") as n:
         x = em.byte_offset(k.args[0], b.mul(n, i64(g.c * g.h * g.w)))
         if g.copy:
@@ -211,7 +195,7 @@ def _conv_direct(k: KernelContext, g: _Geom) -> None:
     xp_buf = k.scratch
     acc_row = em.byte_offset(k.scratch, g.padded_bytes)
     w = k.args[1]
-    table = em.byte_offset(w, g.weight_blob_offset())
+    table = table_pointer(k, g.o * g.kp)
     offsets, scales, shifts = (em.byte_offset(table, 4 * g.o * i) for i in range(3))
     with em.loop(g.n, name="img") as n:
         x = em.byte_offset(k.args[0], b.mul(n, i64(g.c * g.h * g.w)))

@@ -42,7 +42,7 @@ import numpy as np
 
 from mcir.codegen.emit import F32, I8, I16, I32, I64, Emitter, const, i64
 from mcir.codegen.kernels import KernelContext, kernel
-from mcir.codegen.memory_plan import ALIGN, align_up, view_root
+from mcir.codegen.memory_plan import ALIGN, align_up, view_offset, view_root
 from mcir.codegen.target import Target
 from mcir.errors import CodegenError
 from mcir.ir import Op
@@ -214,17 +214,30 @@ def activation_quant(op: Op, index: int = 0) -> Quant:
     return enc
 
 
-def weight_data(op: Op, index: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """(int8 data reshaped [N, -1], f32 scale per output channel N) of a quantised constant weight."""
+def const_data(op: Op, index: int, what: str):
+    """The stored data of constant operand ``index`` (through views: reshapes, or slices of raw arrays)."""
     v = op.operands[index]
     root = view_root(v)
     if not root.is_constant or root.producer.data is None:
-        raise CodegenError(f"{op.where()}: int8 weights must be constants with data (got %{v.name})")
-    t = v.type
+        raise CodegenError(f"{op.where()}: the {what} of an int8 layer must be a constant with data (got %{v.name})")
+    stored = root.producer.data
+    if isinstance(stored, dict):
+        if root.type.numel != v.type.numel:
+            raise CodegenError(f"{op.where()}: the {what} %{v.name} is a slice of an encoded constant")
+        return stored
+    flat = np.ascontiguousarray(stored).reshape(-1).view(np.uint8)
+    offset = view_offset(v)
+    return flat[offset : offset + v.type.nbytes].view(stored.dtype).reshape(v.type.shape)
+
+
+def weight_data(op: Op, stored=None) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 data reshaped [N, -1], f32 scale per output channel N) of the quantised weight (operand 1)."""
+    t = op.operands[1].type
     enc = t.encoding
     if not isinstance(enc, Quant) or t.dtype.name != "i8" or enc.zero_point != 0:
         raise CodegenError(f"{op.where()}: int8 weights must be symmetric i8 #quant (zero point 0), got {t}")
-    stored = root.producer.data
+    if stored is None:
+        stored = const_data(op, 1, "weight")
     data = np.asarray(stored["data"] if isinstance(stored, dict) else stored).reshape(t.shape)
     n = t.shape[0]
     if enc.axis is None:
@@ -245,12 +258,8 @@ def bias_accumulator(op: Op, index: int, acc_scale: np.ndarray) -> np.ndarray:
     n = acc_scale.shape[0]
     if len(op.operands) <= index:
         return np.zeros(n, np.int64)
-    v = op.operands[index]
-    root = view_root(v)
-    if not root.is_constant or root.producer.data is None:
-        raise CodegenError(f"{op.where()}: the bias of an int8 layer must be a constant (got %{v.name})")
-    t: TensorType = v.type
-    stored = root.producer.data
+    t: TensorType = op.operands[index].type
+    stored = const_data(op, index, "bias")
     enc = t.encoding
     if isinstance(enc, Quant) and t.dtype.name == "i32" and enc.zero_point == 0:
         q = np.asarray(stored["data"] if isinstance(stored, dict) else stored, np.int64).reshape(n)
@@ -501,28 +510,47 @@ def _linear_plan(op: Op, target: Target) -> IntTiling:
     return choose_tiling(m, n, dot_isa(target, a_signed=False, b_signed=True), target)
 
 
-def linear_constants(op: Op, target: Target) -> tuple[str, np.ndarray]:
-    """The packed weight blob of an int8 linear: panels, then the channel table."""
-    _, n, _ = _linear_dims(op)
-    t = _linear_plan(op, target)
+def layer_table(op: Op, count: int, weights=None) -> np.ndarray:
+    """The channel table of an int8 linear/conv2d: folded bias and zero-point offsets, scales or
+    fixed-point multipliers (see ``channel_table``), ``count`` entries per array."""
     xq = activation_quant(op)
     rq = result_requant(op)
-    w, sw = weight_data(op)
+    w, sw = weight_data(op, weights)
     acc_scale = (np.float64(xq.scale) * sw.astype(np.float64)).astype(np.float32)
     offset = bias_accumulator(op, 2, acc_scale) - np.int64(xq.zero_point) * w.astype(np.int64).sum(axis=1)
     out_scale = op.result.type.encoding.scale if rq.out != "f32" else 1.0
-    count = math.ceil(n / t.nr) * t.nr
-    panels = pack_panels(w, t.nr, t.isa.group)
-    table = channel_table(offset, acc_scale, rq, out_scale, count)
-    return f"i8gemm:{t.isa.key}:nr{t.nr}:{digest(table)}", blob(panels, table)
+    return channel_table(offset, acc_scale, rq, out_scale, count)
+
+
+def pack_weights_and_table(op: Op, index: int, data, layout: str, pack: Callable[[np.ndarray], np.ndarray], count: int):
+    """The pack hook of int8 layers: weights (operand 1) in the kernel's layout, shared by every
+    op with the same weights; the per-op channel table rides on the bias (operand 2), or is
+    appended to the weights when there is no bias."""
+    if index == 1:
+        panels = pack(weight_data(op, data)[0])
+        if len(op.operands) > 2:
+            return layout, panels
+        table = layer_table(op, count, data)
+        return f"{layout}+{digest(table)}", blob(panels, table)
+    if index == 2:
+        table = layer_table(op, count)
+        return f"i8table:{digest(table)}", table
+    return None
+
+
+def table_pointer(k: KernelContext, weight_bytes: int) -> ir.Value:
+    """Where the channel table of this op lives (see ``pack_weights_and_table``)."""
+    if len(k.args) > 2:
+        return k.args[2]
+    return k.em.byte_offset(k.args[1], align_up(weight_bytes, ALIGN))
 
 
 def _pack_linear(op: Op, index: int, data, target: Target):
-    if index == 1:
-        return linear_constants(op, target)
-    if index == 2:
-        return "folded", np.zeros(0, np.uint8)  # the bias lives in the weight blob's channel table
-    return None
+    _, n, _ = _linear_dims(op)
+    t = _linear_plan(op, target)
+    count = math.ceil(n / t.nr) * t.nr
+    layout = f"i8panels:{t.isa.key}:nr{t.nr}"
+    return pack_weights_and_table(op, index, data, layout, lambda w: pack_panels(w, t.nr, t.isa.group), count)
 
 
 def _linear_i8(k: KernelContext) -> None:
@@ -532,7 +560,7 @@ def _linear_i8(k: KernelContext) -> None:
     rq = result_requant(k.op)
     activation_quant(k.op)
     count = math.ceil(n / t.nr) * t.nr
-    table = k.em.byte_offset(k.args[1], align_up(panel_bytes(n, kk, t.nr, t.isa.group), ALIGN))
+    table = table_pointer(k, panel_bytes(n, kk, t.nr, t.isa.group))
     gemm = IntGemm(m, n, kk, k.args[0], kk, False, k.args[1], True, k.out, n, table, count, rq, epilogue=k.epilogue)
     emit_gemm(k.em, gemm, t)
 
