@@ -79,20 +79,25 @@ def _is_mcir(path: Path) -> bool:
 
 def load_graph(args: argparse.Namespace):
     """The graph named by a command's MODEL argument (a saved graph, or a traced torch model)."""
+    return load_graph_and_model(args)[0]
+
+
+def load_graph_and_model(args: argparse.Namespace):
+    """(graph, torch module or None): the module too when MODEL is a torch file (for comparisons)."""
     import mcir
 
     path = Path(args.model)
     if not path.exists():
         raise McirError(f"{path}: no such file or folder")
     if _is_mcir(path):
-        return mcir.load(path)
+        return mcir.load(path), None
     from mcir.frontend.model_file import load_model
 
     model, example = load_model(
         path, imports=tuple(args.imports), model_def=args.model_def, trust=args.trust, inputs=tuple(args.input)
     )
     name = _c_identifier(path.stem)
-    return mcir.trace(model, example, tracer=args.tracer, name=name)
+    return mcir.trace(model, example, tracer=args.tracer, name=name), model
 
 
 def _c_identifier(text: str) -> str:
@@ -357,8 +362,8 @@ def cmd_ops(args: argparse.Namespace) -> int:
 def cmd_compile(args: argparse.Namespace) -> int:
     from mcir.compile_driver import compile_model
 
-    graph = load_graph(args)
-    compile_model(graph, args)
+    graph, model = load_graph_and_model(args)
+    compile_model(graph, args, torch_model=model if hasattr(model, "parameters") else None)
     return 0
 
 
@@ -407,6 +412,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="native", help="native, x86-64-v2, x86-64-v3, x86-64-v4 (default: native)")
     p.add_argument("--triple", help="cross-compile for an LLVM triple (e.g. aarch64-linux-gnu): .o + .h only")
     p.add_argument("--name", help="C symbol prefix (default: the output file's stem)")
+    p.add_argument(
+        "--no-compare",
+        dest="compare",
+        action="store_false",
+        help="do not compile and time the uncompressed model for the report",
+    )
     p.set_defaults(fn=cmd_compile)
 
     p = sub.add_parser("bench", help="time a compiled library (median latency with spread)")

@@ -84,6 +84,7 @@ class Binary(_Packed):
 
     name: ClassVar[str] = "binary"
     needs_components: ClassVar[bool] = True
+    computed: ClassVar[bool] = True  # binary activations: bits and β = mean|x| per sample
     dtype: ClassVar[DType] = dtypes.b1
     axis: int = 0
 

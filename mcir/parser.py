@@ -54,6 +54,9 @@ _TERMINAL_TEXT = {
 }
 
 
+MAX_LIST_DEPTH = 32
+
+
 @lru_cache(maxsize=1)
 def _lark() -> lark.Lark:
     grammar = (Path(__file__).parent / "grammar.lark").read_text()
@@ -149,7 +152,7 @@ class _Builder:
             name = str(tok)[1:]
             if g.has_value(name):
                 raise self.error(tok, f"value %{name} is defined twice")
-            g.add_input(name, self.type(ty))
+            g.add_input(name, self.computed_type(ty, graph_input=True))
         for node in ops:
             self.op(node)
         outs = []
@@ -157,6 +160,8 @@ class _Builder:
             if tok is None:
                 continue
             outs.append(self.use(tok))
+        if not outs:  # the verifier would say so too, but without a position
+            raise self.error(ret, "the graph returns nothing; return at least one value")
         g.set_outputs(outs)
         declared = [self.type(t) for t in out_types]
         if declared != [v.type for v in outs]:
@@ -180,8 +185,16 @@ class _Builder:
     def loc(self, node: lark.Tree | None) -> Location:
         if node is None:
             return Location()
-        module, source = (json.loads(str(t)) for t in node.children)
+        module, source = (self.string(t) for t in node.children)
         return Location(module, source)
+
+    def string(self, tok: lark.Token) -> str:
+        """The text of a STRING token; the grammar admits any backslash pair, JSON fewer."""
+        try:
+            return json.loads(str(tok))
+        except json.JSONDecodeError as e:
+            why = f"{e.msg.removesuffix(' at')} at offset {e.pos}"
+            raise self.error(tok, f"malformed string {str(tok)[:40]!r}: {why}; strings use JSON escapes") from None
 
     def op(self, node: lark.Tree) -> None:
         ch = node.children
@@ -189,6 +202,9 @@ class _Builder:
             res_tok, dense, ty, loc = ch
             name = self.define(res_tok)
             t = self.type(ty)
+            if dense is not None and t.encoding is not None and t.encoding.needs_components:
+                parts = ", ".join(t.encoding.components(t))
+                raise self.error(dense, f"a constant of type {t} cannot be inline: its {parts} are in the weights file")
             data = self.dense(dense, t) if dense is not None else None
             op = Op("const", (), {}, name, t, loc=self.loc(loc), data=data)
             self.graph.insert(op)
@@ -204,7 +220,7 @@ class _Builder:
         operands = [self.use(t) for t in operand_toks if t is not None]
         where = f"op '{kind}' (%{name})"
         attrs = self.attrs(attrs_node) if attrs_node is not None else {}
-        t = self.type(ty)
+        t = self.computed_type(ty)
         try:
             attrs = opdef.complete_attrs(attrs, where)
             inferred = opdef.infer_type([v.type for v in operands], attrs, where)
@@ -215,10 +231,18 @@ class _Builder:
         op = Op(kind, operands, attrs, name, t, loc=self.loc(loc))
         self.graph.insert(op)
 
+    def computed_type(self, node: lark.Tree, graph_input: bool = False) -> TensorType:
+        """The type of a graph input or op result: encodings with components are for constants only,
+        except those an op computes at run time (binary activations), and never for inputs."""
+        t = self.type(node)
+        if t.encoding is not None and t.encoding.needs_components and (graph_input or not t.encoding.computed):
+            raise self.error(node, f"only a constant can have the type {t} (its components live in the weights file)")
+        return t
+
     def type(self, node: lark.Tree) -> TensorType:
         dtype_tok, *rest = node.children
         enc_node = rest[-1] if rest and isinstance(rest[-1], lark.Tree) else None
-        dims = [int(d) for d in rest if isinstance(d, lark.Token)]
+        dims = [self.integer(d) for d in rest if isinstance(d, lark.Token)]
         try:
             dtype = dtypes.by_name(str(dtype_tok))
         except McirError as e:
@@ -254,10 +278,16 @@ class _Builder:
         key, value = node.children
         return str(key), self.value(value)
 
-    def value(self, node: Any) -> Any:
+    def integer(self, tok: lark.Token) -> int:
+        try:
+            return int(tok)
+        except ValueError:  # beyond sys.get_int_max_str_digits() (4300 by default)
+            raise self.error(tok, f"integer {str(tok)[:12]}... has too many digits ({len(tok)})") from None
+
+    def value(self, node: Any, depth: int = 0) -> Any:
         kind = node.data
         if kind == "int":
-            return int(node.children[0])
+            return self.integer(node.children[0])
         if kind == "float":
             return float(node.children[0])
         if kind == "true":
@@ -267,9 +297,11 @@ class _Builder:
         if kind == "none":
             return None
         if kind == "string":
-            return json.loads(str(node.children[0]))
+            return self.string(node.children[0])
         if kind == "list":
-            return [self.value(c) for c in node.children if c is not None]
+            if depth >= MAX_LIST_DEPTH:  # the recursion below would hit Python's limit
+                raise self.error(node, f"lists nested deeper than {MAX_LIST_DEPTH} levels")
+            return [self.value(c, depth + 1) for c in node.children if c is not None]
         raise self.error(node, f"unexpected value {kind}")
 
     def dense(self, node: lark.Tree, t: TensorType) -> np.ndarray:

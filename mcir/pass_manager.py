@@ -202,6 +202,7 @@ BUILTIN: dict[str, str] = {
     "ternarize": "mcir.passes.binarize:Ternarize",
     "lowrank": "mcir.passes.lowrank:LowRank",
     "share": "mcir.passes.share:Share",
+    "prune": "mcir.passes.prune:Prune",
 }
 
 #: aliases: name -> (pass name, preset options)
@@ -416,28 +417,64 @@ def _class_name(name: str) -> str:
 
 @dataclass(frozen=True)
 class GraphStats:
-    """Size and cost of a graph: compute ops, parameters, weight bytes, MACs per inference."""
+    """Size and cost of a graph: compute ops, parameters, weight bytes, MACs per inference.
+
+    Sparse weights count only their stored values (``#csr``: nnz, ``#nm``: n/m of the
+    elements), in parameters and in MACs. ``int8_macs`` are MACs whose operands are all
+    integer-quantised; ``bit_macs`` are MACs between packed binary/ternary weights and binary
+    activations, i.e. done as XNOR + popcount.
+    """
 
     ops: int
     params: int
     weight_bytes: int
     macs: int
+    int8_macs: int = 0
+    bit_macs: int = 0
 
     @staticmethod
     def of(graph: Graph) -> GraphStats:
         from mcir.ops import registry
 
-        params = wbytes = macs = ops = 0
+        params = wbytes = macs = ops = int8 = bits = 0
         for op in graph.ops:
             t = op.result.type
             if op.name == "const":
-                params += t.numel
+                params += round(t.numel * _stored_fraction(t))
                 wbytes += t.nbytes
                 continue
             ops += 1
-            d = registry.get(op.name)
-            macs += d.count_macs([v.type for v in op.operands], t, op.attrs)
-        return GraphStats(ops, params, wbytes, macs)
+            types = [v.type for v in op.operands]
+            n = registry.get(op.name).count_macs(types, t, op.attrs)
+            if n and len(types) >= 2:
+                n = round(n * _stored_fraction(types[1]))
+                kinds = {_kind(x) for x in types[:2]}
+                if kinds == {"quant"}:
+                    int8 += n
+                elif kinds == {"packed"}:
+                    bits += n
+            macs += n
+        return GraphStats(ops, params, wbytes, macs, int8, bits)
+
+
+def _stored_fraction(t) -> float:
+    """Fraction of a tensor's elements actually stored (1 unless sparse)."""
+    enc = t.encoding
+    if enc is None or not t.numel:
+        return 1.0
+    if enc.name == "csr":
+        return enc.nnz / t.numel
+    if enc.name == "nm":
+        return enc.n / enc.m
+    return 1.0
+
+
+def _kind(t) -> str:
+    if t.encoding is None:
+        return "plain"
+    if t.dtype.kind == "packed":
+        return "packed"
+    return "quant" if t.dtype.is_integer else "other"
 
 
 @dataclass
@@ -462,7 +499,11 @@ class PipelineReport:
         from mcir.report import format_table, human_bytes, human_count, human_seconds
 
         with_err = any(r.max_abs_err is not None for r in self.rows)
-        head = ["pass", "time", "ops", "params", "weights", "MACs"] + (["max |Δ|", "SQNR"] if with_err else [])
+        with_int8 = any(r.stats.int8_macs for r in self.rows)
+        with_bits = any(r.stats.bit_macs for r in self.rows)
+        head = ["pass", "time", "ops", "params", "weights", "MACs"]
+        head += (["int8 MACs"] if with_int8 else []) + (["XNOR MACs"] if with_bits else [])
+        head += ["max |Δ|", "SQNR"] if with_err else []
         body = []
         for r in self.rows:
             row = [
@@ -473,13 +514,15 @@ class PipelineReport:
                 human_bytes(r.stats.weight_bytes),
                 human_count(r.stats.macs),
             ]
+            row += [human_count(r.stats.int8_macs)] if with_int8 else []
+            row += [human_count(r.stats.bit_macs)] if with_bits else []
             if with_err:
                 row += [
                     "-" if r.max_abs_err is None else f"{r.max_abs_err:.3g}",
                     "-" if r.sqnr_db is None else ("inf" if r.sqnr_db == float("inf") else f"{r.sqnr_db:.1f} dB"),
                 ]
             body.append(row)
-        text = format_table(head, body, align="lrrrrrrr")
+        text = format_table(head, body, align="l" + "r" * (len(head) - 1))
         if self.warnings:
             text += "\n" + "\n".join(f"warning: {w}" for w in self.warnings)
         return text

@@ -120,6 +120,8 @@ def format_op(op: Op) -> str:
 def _attr_equal(a: Any, b: Any) -> bool:
     if isinstance(a, tuple | list) and isinstance(b, tuple | list):
         return len(a) == len(b) and all(_attr_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):  # -0.0 == 0.0, but pad{value=-0.0} pads with -0.0
+        return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
     return type(a) is type(b) and a == b
 
 

@@ -40,7 +40,7 @@ def weights_of(graph: Graph) -> dict[str, np.ndarray]:
             continue
         parts = op.data if isinstance(op.data, dict) else {"data": op.data}
         for comp, arr in parts.items():
-            out[_key(op.result.name, comp)] = np.ascontiguousarray(arr)
+            out[_key(op.result.name, comp)] = np.asarray(arr, order="C")
     return out
 
 

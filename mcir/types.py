@@ -35,8 +35,12 @@ class Encoding:
     """How a tensor's logical f32 values are stored. Subclasses are frozen dataclasses."""
 
     name: ClassVar[str]
-    #: True when decoding needs arrays beyond the primary data (only constants may have it)
+    #: True when decoding needs arrays beyond the primary data (per-axis scales, packed bits)
     needs_components: ClassVar[bool] = False
+    #: True when an op may produce values of this encoding at run time (``encode`` computes the
+    #: components from the data, e.g. the per-sample scale of binary activations); otherwise
+    #: an encoding with components is for constants only
+    computed: ClassVar[bool] = False
 
     def params(self) -> dict[str, Any]:
         """Parameters printed in ``#name<k=v, ...>``, in a fixed order."""
@@ -115,13 +119,21 @@ class Quant(Encoding):
         unknown = set(params) - {"scale", "zero_point", "axis"}
         if unknown:
             raise McirError(f"#quant has no parameter {sorted(unknown)}; it takes scale, zero_point or axis")
+        for key, value in params.items():  # parsed text can hold any attribute value: strings, lists, none
+            number = isinstance(value, int | float) if key == "scale" else isinstance(value, int)
+            if isinstance(value, bool) or not number:
+                raise McirError(f"#quant {key} must be {'a number' if key == 'scale' else 'an integer'}, got {value!r}")
         if "axis" in params:
             if set(params) != {"axis"}:
                 raise McirError("#quant<axis=...> is symmetric per-axis quantisation and takes no scale/zero_point")
-            return cls(axis=int(params["axis"]))
+            return cls(axis=params["axis"])
         if "scale" not in params:
             raise McirError("#quant needs either scale=... (per tensor) or axis=... (per axis)")
-        return cls(scale=float(params["scale"]), zero_point=int(params.get("zero_point", 0)))
+        try:
+            scale = float(params["scale"])
+        except OverflowError:
+            raise McirError("#quant scale is too large for a float") from None
+        return cls(scale=scale, zero_point=params.get("zero_point", 0))
 
     def check(self, t: TensorType) -> None:
         if not t.dtype.is_integer:

@@ -4,14 +4,23 @@
 * Use lists agree with operands (no dangling uses of erased ops).
 * Every op is registered, its attributes are valid, and the type inferred from its
   operands equals its declared (logical) type.
-* Constants with data match their types; outputs are values of the graph.
+* Constants with data match their types; only constants have encodings with components
+  (per-axis scales, packed bits); outputs are values of the graph.
 """
 
 from __future__ import annotations
 
 from mcir.errors import McirError, VerifyError
-from mcir.ir import Graph, _freeze_data
+from mcir.ir import Graph, Value, _freeze_data
 from mcir.ops import registry
+
+
+def _only_constants_have_components(graph: Graph, v: Value, where: str, computed_ok: bool = False) -> None:
+    # such values are dicts of arrays: constants have them as data; an op can compute them only
+    # for encodings whose components follow from the values (Encoding.computed); inputs never
+    t = v.type
+    if t.encoding is not None and t.encoding.needs_components and not (computed_ok and t.encoding.computed):
+        raise VerifyError(f"@{graph.name}: {where}: %{v.name} has type {t}, which only constants can have")
 
 
 def verify(graph: Graph) -> Graph:
@@ -28,6 +37,7 @@ def verify(graph: Graph) -> Graph:
     for v in graph.inputs:
         if v.producer is not None:
             raise VerifyError(f"@{graph.name}: graph input %{v.name} has a producer")
+        _only_constants_have_components(graph, v, "graph input")
         define(v, "graph input")
     for op in graph.ops:
         where = op.where()
@@ -51,6 +61,7 @@ def verify(graph: Graph) -> Graph:
                 except McirError as e:
                     raise VerifyError(f"@{graph.name}: {where}: {e}") from None
         else:
+            _only_constants_have_components(graph, op.result, where, computed_ok=True)
             try:
                 attrs = opdef.complete_attrs(dict(op.attrs), where)
                 inferred = opdef.infer_type([v.type for v in op.operands], attrs, where)

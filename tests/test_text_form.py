@@ -94,7 +94,7 @@ def test_verify_catches_broken_graphs():
     g = mcir.parse(SAMPLE)
     h = g.value("h")
     h.type = tensor([2, 5])  # simulate a pass that forgot to update a type
-    with pytest.raises(mcir.VerifyError, match="declared f32\\[2,5\\]|operands give"):
+    with pytest.raises(mcir.VerifyError, match=r"declared f32\[2,5\]|operands give"):
         mcir.verify(g)
 
 

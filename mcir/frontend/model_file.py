@@ -147,13 +147,13 @@ def _load_export_archive(path: Path, trust: bool) -> tuple[Any, tuple[torch.Tens
 def _load_pickle(path: Path, imports: tuple[str, ...] | list[str], trust: bool) -> Any:
     if trust:
         return _torch_load(path, weights_only=False)
-    if not zipfile.is_zipfile(path):
-        # the legacy (pre-1.6) format cannot be inspected: let the restricted unpickler refuse what it must
-        return _torch_load(path, weights_only=True)
-    try:
-        needed = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    except Exception as e:
-        raise ModelFileError(f"{path}: cannot read the model file: {_first_line(e)}; is it truncated?") from None
+    if zipfile.is_zipfile(path):
+        try:
+            needed = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        except Exception as e:
+            raise ModelFileError(f"{path}: cannot read the model file: {_first_line(e)}; is it truncated?") from None
+    else:  # a plain or legacy (pre-1.6) pickle: list its globals from the opcodes, executing nothing
+        needed = _pickle_globals(path)
     allowed, refused = [], []
     for name in sorted(needed):
         obj = _allowed_global(name, imports)
@@ -173,12 +173,68 @@ def _load_pickle(path: Path, imports: tuple[str, ...] | list[str], trust: bool) 
         return _torch_load(path, weights_only=True)
 
 
+_SAFE_BUILTINS = {"collections.OrderedDict", "_codecs.encode"} | {
+    f"{module}.{name}"
+    for module in ("builtins", "__builtin__")  # protocol-2 pickles say __builtin__
+    for name in ("set", "frozenset", "slice", "complex", "bytearray")
+}
+
+
+def _pickle_globals(path: Path) -> set[str]:
+    """'module.name' of every global the pickles in ``path`` reference, read from the opcodes
+    with ``pickletools`` (nothing is executed). Names torch's restricted unpickler handles
+    itself (torch storages and tensor rebuilders, plain containers) are left out."""
+    import pickletools
+
+    found: set[str] = set()
+    with open(path, "rb") as f:
+        data = f.read()
+    pos = 0
+    while pos < len(data):
+        strings: list[str] = []
+        try:
+            for opcode, arg, end in pickletools.genops(data[pos:]):
+                if opcode.name == "GLOBAL":
+                    found.add(str(arg).replace(" ", "."))
+                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.add(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+                if opcode.name == "STOP":
+                    pos += end + 1
+                    break
+            else:
+                break
+        except ValueError:  # not a pickle any more: torch's raw storage bytes follow the pickles
+            break
+    return {g for g in found if not _handled_by_restricted_unpickler(g)}
+
+
+def _handled_by_restricted_unpickler(name: str) -> bool:
+    """Globals torch's weights-only unpickler allows by itself (tensor rebuilders, storages, containers)."""
+    return (
+        name in _SAFE_BUILTINS
+        or name.startswith("torch._utils._rebuild")
+        or (name.startswith("torch.") and name.endswith("Storage"))
+    )
+
+
 def _torch_load(path: Path, weights_only: bool) -> Any:
+    import warnings
+
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=weights_only)
+        with warnings.catch_warnings():  # torch's pickle-protocol notice is noise here
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(str(path), map_location="cpu", weights_only=weights_only)
     except McirError:
         raise
     except Exception as e:
+        if weights_only and "persistent_load of storage" in str(e):
+            raise ModelFileError(
+                f"{path}: this is a legacy-format (torch < 1.6) pickle of a whole model, which torch cannot load "
+                "safely; save a state dict (torch.save(model.state_dict(), ...)) and use --model-def, re-save it "
+                f"in the current format, or {TRUST_HINT}"
+            ) from None
         if weights_only and "weights_only" in str(e):
             raise ModelFileError(f"{path}: refusing to unpickle: {_first_line(e)}. {TRUST_HINT}") from None
         raise ModelFileError(

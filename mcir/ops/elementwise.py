@@ -39,7 +39,8 @@ _erf = np.frompyfunc(math.erf, 1, 1)
 
 def erf64(x: np.ndarray) -> np.ndarray:
     """The error function in float64 (exact to double rounding, via math.erf)."""
-    return _erf(np.asarray(x, np.float64)).astype(np.float64)
+    # frompyfunc returns a bare Python float for a 0-d input, hence asarray rather than .astype
+    return np.asarray(_erf(np.asarray(x, np.float64)), np.float64)
 
 
 # -- activations -------------------------------------------------------------------
@@ -153,7 +154,14 @@ def erf(x):
     return _like(erf64(x), x)
 
 
-@defop("neg", traits=EW)
+def _numeric_infer(types: list[TensorType], **_: Any) -> TensorType:
+    # like torch: negation, subtraction and division have no meaning on bool (numpy raises TypeError)
+    if any(t.dtype == dtypes.boolean for t in types):
+        raise McirError(f"needs numeric operands, got bool ({', '.join(str(t) for t in types)})")
+    return _binary_infer(types) if len(types) == 2 else types[0]
+
+
+@defop("neg", infer=_numeric_infer, traits=EW)
 def neg(x):
     """y = -x"""
     return np.negative(x)
@@ -203,22 +211,22 @@ def _compare_infer(types: list[TensorType], **_: Any) -> TensorType:
     return TensorType(_binary_infer(types).shape, dtypes.boolean)
 
 
-def _binary(name: str, fn, doc: str) -> None:
+def _binary(name: str, fn, doc: str, infer=_binary_infer) -> None:
     def ref(a, b):
         return _like(fn(a, b), a)
 
     ref.__doc__ = doc
-    defop(name, operands="a, b", infer=_binary_infer, traits=EW | {"binary"})(ref)
+    defop(name, operands="a, b", infer=infer, traits=EW | {"binary"})(ref)
 
 
 _binary("add", np.add, "y = a + b (broadcasting)")
-_binary("sub", np.subtract, "y = a - b (broadcasting)")
+_binary("sub", np.subtract, "y = a - b (broadcasting)", infer=_numeric_infer)
 _binary("mul", np.multiply, "y = a * b (broadcasting)")
 _binary("maximum", np.maximum, "y = max(a, b) (broadcasting)")
 _binary("minimum", np.minimum, "y = min(a, b) (broadcasting)")
 
 
-@defop("div", operands="a, b", infer=_binary_infer, traits=EW | {"binary"})
+@defop("div", operands="a, b", infer=_numeric_infer, traits=EW | {"binary"})
 def div(a, b):
     """y = a / b (broadcasting; true division for floats, floor division for integers)"""
     a = np.asarray(a)

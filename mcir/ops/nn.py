@@ -406,7 +406,7 @@ def _sdpa_infer(types: list[TensorType], is_causal, scale) -> TensorType:
     macs=lambda t, r, **a: numel(r.shape[:-1]) * t[1].shape[-2] * (t[0].shape[-1] + r.shape[-1]),
 )
 def scaled_dot_product_attention(q, k, v, mask=None, is_causal=False, scale=None):
-    """y = softmax(q @ k^T * scale + mask) @ v; a bool mask keeps positions where it is true"""
+    """y = softmax(q @ k^T * scale + mask) @ v; a bool mask keeps positions where true; a fully masked row gives 0"""
     qf, kf, vf = (np.asarray(a, np.float64) for a in (q, k, v))
     s = (1.0 / math.sqrt(qf.shape[-1])) if scale is None else scale
     scores = np.matmul(qf, np.swapaxes(kf, -1, -2)) * s
@@ -420,16 +420,29 @@ def scaled_dot_product_attention(q, k, v, mask=None, is_causal=False, scale=None
     mx = np.where(np.isfinite(mx), mx, 0.0)
     e = np.exp(scores - mx)
     with np.errstate(invalid="ignore"):
-        p = e / e.sum(axis=-1, keepdims=True)  # a fully masked row gives nan, like torch
+        p = e / e.sum(axis=-1, keepdims=True)
+    # a fully masked row attends to nothing: zeros, as torch gives (its _safe_softmax), not 0/0 = nan
+    p = np.where(np.all(scores == -np.inf, axis=-1, keepdims=True), 0.0, p)
     return _out32(np.matmul(p, vf))
 
 
 # -- reductions ---------------------------------------------------------------------
 
 
+def reduced_axes(x: TensorType, axes) -> list[int]:
+    """The non-negative axes a reduction over ``axes`` (empty: all) removes; McirError on repeats."""
+    norm = [norm_axis(a, x.rank) for a in axes]
+    for i, a in enumerate(norm):
+        if a in norm[:i]:
+            raise McirError(f"axis {a} is reduced twice (axes {list(axes)} of {x})")
+    if x.rank == 0:
+        return []  # torch lets a scalar be reduced over axis 0 or -1: there is nothing to remove
+    return sorted(norm) if axes else list(range(x.rank))
+
+
 def _reduce_infer(types: list[TensorType], axes, keepdim) -> TensorType:
     x = types[0]
-    norm = sorted({norm_axis(a, x.rank) for a in axes}) if axes else list(range(x.rank))
+    norm = reduced_axes(x, axes)
     shape = (
         tuple(1 if i in norm else d for i, d in enumerate(x.shape))
         if keepdim
@@ -442,10 +455,27 @@ _REDUCE_ATTRS = {"axes": Attr("ints", (), "axes to reduce, empty for all"), "kee
 
 
 def _axes(x: np.ndarray, axes) -> tuple[int, ...] | None:
-    return tuple(axes) if axes else None
+    # a rank-0 tensor accepts axis 0 or -1 (like torch), numpy only axis=None
+    return tuple(axes) if axes and np.ndim(x) > 0 else None
 
 
-@defop("mean", attrs=_REDUCE_ATTRS, infer=_reduce_infer)
+def _mean_infer(types: list[TensorType], axes, keepdim) -> TensorType:
+    _need_float(types[0], "mean input")  # like torch: the mean of integers has no integer type
+    return _reduce_infer(types, axes, keepdim)
+
+
+def _nonempty(x: TensorType, axes: list[int], what: str) -> None:
+    for a in axes:
+        if x.shape[a] == 0:
+            raise McirError(f"{what} over the zero-size axis {a} of {x} is undefined")
+
+
+def _amax_infer(types: list[TensorType], axes, keepdim) -> TensorType:
+    _nonempty(types[0], reduced_axes(types[0], axes), "amax")
+    return _reduce_infer(types, axes, keepdim)
+
+
+@defop("mean", attrs=_REDUCE_ATTRS, infer=_mean_infer)
 def mean(x, axes=(), keepdim=False):
     """y = mean of x over axes"""
     return np.asarray(np.mean(np.asarray(x, np.float64), axis=_axes(x, axes), keepdims=keepdim), np.asarray(x).dtype)
@@ -459,13 +489,14 @@ def sum_(x, axes=(), keepdim=False):
     return np.asarray(np.sum(x, axis=_axes(x, axes), keepdims=keepdim, dtype=acc), x.dtype)
 
 
-@defop("amax", attrs=_REDUCE_ATTRS, infer=_reduce_infer)
+@defop("amax", attrs=_REDUCE_ATTRS, infer=_amax_infer)
 def amax(x, axes=(), keepdim=False):
     """y = max of x over axes"""
     return np.max(x, axis=_axes(x, axes), keepdims=keepdim)
 
 
 def _argmax_infer(types: list[TensorType], axis, keepdim) -> TensorType:
+    _nonempty(types[0], reduced_axes(types[0], (axis,)), "argmax")
     return TensorType(_reduce_infer(types, (axis,), keepdim).shape, dtypes.i64)
 
 

@@ -69,10 +69,13 @@ class Attr:
         }[kind]
         if not ok(value):
             raise McirError(f"{where}: expected {kind}, got {value!r}")
-        if kind == "float":
-            return float(value)
-        if kind == "floats":
-            return tuple(float(x) for x in value)
+        try:
+            if kind == "float":
+                return float(value)
+            if kind == "floats":
+                return tuple(float(x) for x in value)
+        except OverflowError:  # an int beyond the double range
+            raise McirError(f"{where}: {str(value)[:24]}... is too large for a float (max ~1.8e308)") from None
         if kind == "ints":
             return tuple(value)
         return value

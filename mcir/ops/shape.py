@@ -3,9 +3,14 @@
 The frontend maps torch's many view ops onto these few: view, flatten, unflatten,
 squeeze and unsqueeze become ``reshape``; transpose becomes ``permute``; contiguous
 and clone disappear (values have no memory layout in the IR).
+
+References return ``np.asarray(y, order="C")``: ``np.ascontiguousarray`` would turn a
+rank-0 result into shape [1].
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -31,7 +36,8 @@ def reshape(x, shape):
 
 def _permute_infer(types: list[TensorType], dims) -> TensorType:
     x = types[0]
-    if sorted(d % max(x.rank, 1) for d in dims) != list(range(x.rank)) or len(dims) != x.rank:
+    in_range = all(-x.rank <= d < x.rank for d in dims)
+    if len(dims) != x.rank or not in_range or sorted(d % x.rank for d in dims) != list(range(x.rank)):
         raise McirError(f"permute dims {list(dims)} are not a permutation of the {x.rank} axes of {x}")
     return TensorType(tuple(x.shape[d] for d in dims), x.dtype)
 
@@ -39,11 +45,13 @@ def _permute_infer(types: list[TensorType], dims) -> TensorType:
 @defop("permute", attrs={"dims": Attr("ints", doc="y axis i is x axis dims[i]")}, infer=_permute_infer)
 def permute(x, dims):
     """y = x with its axes reordered: y.shape[i] = x.shape[dims[i]]"""
-    return np.ascontiguousarray(np.transpose(x, dims))
+    return np.asarray(np.transpose(x, dims), order="C")
 
 
 def _slice_infer(types: list[TensorType], axis, start, end, step) -> TensorType:
     x = types[0]
+    if x.rank == 0:
+        raise McirError(f"cannot slice the rank-0 tensor {x}")
     ax = norm_axis(axis, x.rank)
     if step < 1:
         raise McirError(f"slice step must be >= 1, got {step}")
@@ -60,11 +68,13 @@ def slice_(x, axis, start=0, end=2**63 - 1, step=1):
     """y = x[..., start:end:step, ...] along axis (Python slice semantics, clamped)"""
     idx = [slice(None)] * np.ndim(x)
     idx[axis] = slice(start, end, step)
-    return np.ascontiguousarray(np.asarray(x)[tuple(idx)])
+    return np.asarray(np.asarray(x)[tuple(idx)], order="C")
 
 
 def _select_infer(types: list[TensorType], axis, index) -> TensorType:
     x = types[0]
+    if x.rank == 0:
+        raise McirError(f"cannot select from the rank-0 tensor {x}")
     ax = norm_axis(axis, x.rank)
     if not -x.shape[ax] <= index < x.shape[ax]:
         raise McirError(f"select index {index} out of range for axis {axis} of size {x.shape[ax]}")
@@ -74,7 +84,7 @@ def _select_infer(types: list[TensorType], axis, index) -> TensorType:
 @defop("select", attrs={"axis": Attr("int"), "index": Attr("int")}, infer=_select_infer)
 def select(x, axis, index):
     """y = x[..., index, ...] along axis; the axis disappears"""
-    return np.ascontiguousarray(np.take(x, index, axis=axis))
+    return np.asarray(np.take(x, index, axis=axis), order="C")
 
 
 def _expand_infer(types: list[TensorType], shape) -> TensorType:
@@ -91,11 +101,13 @@ def _expand_infer(types: list[TensorType], shape) -> TensorType:
 @defop("expand", attrs={"shape": Attr("ints", doc="the broadcast shape")}, infer=_expand_infer)
 def expand(x, shape):
     """y = x broadcast to shape (size-1 axes repeat)"""
-    return np.ascontiguousarray(np.broadcast_to(x, shape))
+    return np.asarray(np.broadcast_to(x, shape), order="C")
 
 
 def _concat_infer(types: list[TensorType], axis) -> TensorType:
     first = types[0]
+    if first.rank == 0:
+        raise McirError(f"cannot concatenate rank-0 tensors like {first}; reshape them to [1] first")
     ax = norm_axis(axis, first.rank)
     for t in types[1:]:
         if (
@@ -121,6 +133,10 @@ def _pad_infer(types: list[TensorType], pads, value) -> TensorType:
     shape = tuple(d + pads[2 * i] + pads[2 * i + 1] for i, d in enumerate(x.shape))
     if any(d < 0 for d in shape):
         raise McirError(f"pads {list(pads)} cut {x} below zero size")
+    if x.dtype.is_integer:  # like torch: the fill value must be representable (numpy raises otherwise)
+        info = np.iinfo(x.dtype.np)
+        if not (math.isfinite(value) and info.min <= value <= info.max):
+            raise McirError(f"pad value {value} does not fit the integer dtype {x.dtype} of {x}")
     return TensorType(shape, x.dtype)
 
 
@@ -135,7 +151,9 @@ def _pad_infer(types: list[TensorType], pads, value) -> TensorType:
 def pad(x, pads, value=0.0):
     """y = x with constant padding (before, after) on every axis"""
     x = np.asarray(x)
+    if x.ndim == 0:  # no axis to pad (np.pad rejects 0-d arrays)
+        return x.copy()
     grow = [(max(pads[2 * i], 0), max(pads[2 * i + 1], 0)) for i in range(x.ndim)]
     y = np.pad(x, grow, constant_values=value)
     crop = tuple(slice(max(-pads[2 * i], 0), y.shape[i] - max(-pads[2 * i + 1], 0)) for i in range(x.ndim))
-    return np.ascontiguousarray(y[crop])
+    return np.asarray(y[crop], order="C")

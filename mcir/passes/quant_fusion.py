@@ -13,6 +13,7 @@ from collections import Counter
 from mcir.ir import Graph, Op
 from mcir.patterns import Match, Pat, RuleSet
 from mcir.rewriter import Rewriter
+from mcir.sparse import NM, Csr
 from mcir.types import Quant
 
 #: ops with int8 kernels that can write u8 results directly (requantisation in the epilogue)
@@ -29,11 +30,16 @@ def _per_tensor(t) -> bool:
 
 
 def _int8_operands(op: Op) -> bool:
-    """Activations are per-tensor quantised; weights/biases (operands 1, 2 of linear/conv2d) are quantised."""
+    """Activations are per-tensor quantised; weights/biases (operands 1, 2 of linear/conv2d) are quantised
+    (int8 sparse weights, #csr/#nm in i8 with per-row scales, count as quantised)."""
     if op.name in ("linear", "conv2d"):
         acts, params = op.operands[:1], op.operands[1:]
-        return _per_tensor(acts[0].type) and all(isinstance(p.type.encoding, Quant) for p in params)
+        return _per_tensor(acts[0].type) and all(_int_param(p.type) for p in params)
     return all(_per_tensor(v.type) for v in op.operands)
+
+
+def _int_param(t) -> bool:
+    return isinstance(t.encoding, Quant) or (isinstance(t.encoding, Csr | NM) and t.dtype.is_integer)
 
 
 def _u8_range(m: Match) -> tuple[float, float]:

@@ -24,6 +24,10 @@ requantisation moves into the producing layer, ReLU/ReLU6 become the saturation 
 output, and data movement and max-pooling run on u8 values. Before quantising, BatchNorm is
 folded into its conv/linear and dropout removed (exact), so conv+BN is one int8 layer.
 
+Sparse weights (``#csr``/``#nm`` in f32, from ``prune``) stay sparse when the cost rule
+(``mcir.passes.sparse_cost.prefer_sparse``) says the int8 sparse form pays: the same encoding
+in i8 with one scale per row, ``to_csr(w, i8)``; otherwise they become dense int8 (with zeros).
+
 Preserves: approximate; the pipeline report gives max |Δ| and SQNR against the float model.
 """
 
@@ -42,6 +46,7 @@ from mcir.pass_manager import Pass, PassContext, option
 from mcir.passes.calibration import affine_params, check_method, choose_range, observe
 from mcir.patterns import RuleSet, apply_rules, constant_array
 from mcir.rewriter import Rewriter
+from mcir.sparse import NM, Csr, to_csr, to_nm
 from mcir.types import Quant, TensorType
 
 #: ops whose weights are quantised (operand 1) and whose activation input (operand 0) is u8
@@ -209,8 +214,11 @@ class _Quantizer:
 
     def weighted(self, op: Op) -> None:
         x, w = op.operands[0], op.operands[1]
-        if not (w.is_constant and w.producer.data is not None and w.type.encoding is None and w.type.dtype.is_float):
-            return  # a weight computed at run time, or already compressed: leave the layer as it is
+        sparse_f32 = isinstance(w.type.encoding, Csr | NM) and w.type.dtype == dtypes.f32
+        if not (w.is_constant and w.producer.data is not None and w.type.dtype.is_float):
+            return  # a weight computed at run time: leave the layer as it is
+        if w.type.encoding is not None and not sparse_f32:
+            return  # already compressed (quantised, packed): leave the layer as it is
         b = op.operands[2] if len(op.operands) == 3 else None
         if b is not None and not (b.is_constant and b.producer.data is not None and b.type.encoding is None):
             return
@@ -229,6 +237,16 @@ class _Quantizer:
         if id(w) in self.weights:
             return self.weights[id(w)]
         a = constant_array(w).astype(np.float64)
+        sparse = self.sparse_weight(w, a)
+        if sparse is not None:
+            t, data = sparse
+            if len(w.uses) == 1:
+                self.rw.set_data(w.producer, data, t)
+                wq = w
+            else:
+                wq = self.rw.const(f"{w.name}.q", data, t)
+            self.weights[id(w)] = (wq, data["scale"])
+            return wq, data["scale"]
         per_channel = self.opts.weights == "per_channel"
         amax = np.abs(a).reshape(a.shape[0], -1).max(axis=1) if per_channel else np.array([np.abs(a).max()])
         scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
@@ -249,6 +267,19 @@ class _Quantizer:
         result = (wq, scale if per_channel else np.full(a.shape[0], scale[0], np.float32))
         self.weights[id(w)] = result
         return result
+
+    @staticmethod
+    def sparse_weight(w: Value, a: np.ndarray) -> tuple[TensorType, dict] | None:
+        """A pruned (#csr/#nm f32) weight as the same encoding in i8 with per-row scales, when that pays."""
+        from mcir.passes.sparse_cost import prefer_sparse
+
+        enc = w.type.encoding
+        rows, cols = a.shape[0], a.size // a.shape[0]
+        if isinstance(enc, Csr) and prefer_sparse("csr", rows, cols, int(np.count_nonzero(a)), dtypes.i8):
+            return to_csr(a, dtypes.i8)
+        if isinstance(enc, NM) and prefer_sparse("nm", rows, cols, 0, dtypes.i8, enc.n, enc.m):
+            return to_nm(a, enc.n, enc.m, dtypes.i8)
+        return None  # dense int8 (zeros included) is smaller or faster
 
     def bias(self, b: Value, scale: np.ndarray, op: Op) -> Value:
         """int32 bias in the accumulator's scale s_x * s_w[c] (so it adds straight to the int32 sum)."""
