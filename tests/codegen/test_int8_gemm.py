@@ -199,6 +199,47 @@ def test_aarch64_object(tmp_path):
     assert arts.object_path.stat().st_size > 0 and arts.library_path is None
 
 
+# -- matmul of two quantised activations (quantize(attention=true)) ----------------------------------
+
+
+def qmatmul(rng, sa: tuple[int, ...], sb: tuple[int, ...], *, za: int, zb: int, out: str) -> tuple[Graph, list]:
+    g = Graph("qmm")
+    qa, qb = Quant(scale=0.02, zero_point=za), Quant(scale=0.015, zero_point=zb)
+    a = g.add_input("a", TensorType(sa, dtypes.u8, qa))
+    b = g.add_input("b", TensorType(sb, dtypes.u8, qb))
+    xs = [rng.integers(0, 256, sa).astype(np.uint8), rng.integers(0, 256, sb).astype(np.uint8)]
+    real = np.matmul((xs[0].astype(np.float64) - za) * qa.scale, (xs[1].astype(np.float64) - zb) * qb.scale)
+    if out == "f32":
+        y = g.add("matmul", [a, b])
+    else:
+        y = g.add("matmul", [a, b], type=TensorType(real.shape, dtypes.u8, affine(real.min(), real.max())))
+    g.set_outputs([y])
+    return g, xs
+
+
+@settings(max_examples=20)
+@given(
+    m=st.integers(1, 20),
+    n=st.integers(1, 70),
+    k=st.integers(1, 80),
+    batch=st.sampled_from([((), ()), ((3,), (3,)), ((2, 3), (3,)), ((4,), ())]),
+    za=st.integers(0, 255),
+    zb=st.integers(0, 255),
+    out=st.sampled_from(["u8", "f32"]),
+)
+def test_matmul_u8_random(tmp_path_factory, m, n, k, batch, za, zb, out):
+    rng = np.random.default_rng(m * 101 + n * 7 + k)
+    g, xs = qmatmul(rng, (*batch[0], m, k), (*batch[1], k, n), za=za, zb=zb, out=out)
+    check_int8(g, tmp_path_factory.mktemp("qmm"), *xs)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_matmul_u8_on_each_target(tmp_path, target):
+    rng = np.random.default_rng(0)
+    g, xs = qmatmul(rng, (2, 4, 33, 64), (2, 4, 64, 33), za=17, zb=200, out="u8")
+    check_int8(g, tmp_path, *xs, target=target)
+
+
 # -- requantisation arithmetic -------------------------------------------------------------------------
 
 

@@ -78,6 +78,32 @@ def test_encoder(tmp_path):
     assert check_model("encoder", tmp_path) >= 30.0
 
 
+class _MatmulAttention(torch.nn.Module):
+    """Self-attention written with matmuls (what ``quantize(attention=true)`` turns into u8 x u8)."""
+
+    def __init__(self, d: int = 32) -> None:
+        super().__init__()
+        self.qkv, self.out = torch.nn.Linear(d, 3 * d), torch.nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).chunk(3, -1)
+        return self.out(torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, -1) @ v)
+
+
+def test_int8_attention_matmuls(tmp_path):
+    model = _MatmulAttention().eval()
+    x = torch.randn(2, 10, 32, generator=torch.Generator().manual_seed(0))
+    calib = [(x.numpy(),), *variants((x,), 3, seed=1)]
+    q = mcir.run_passes(mcir.trace(model, (x,)), "quantize(attention=true)", calibration=calib)
+    assert sum(op.name == "matmul" and op.operands[0].type.dtype.name == "u8" for op in q.ops) == 2
+    (xs,) = variants((x,), 1, seed=2)[0]
+    (got,) = build(q, tmp_path)(xs)
+    (ref,) = mcir.interpret(q, xs)
+    assert float(np.abs(got - ref).max()) <= MODEL_RTOL * float(np.abs(ref).max())
+    with torch.no_grad():
+        assert sqnr_db(model(torch.from_numpy(xs)).numpy(), got) >= 30.0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["mlp", "cnn", "encoder"])
 def test_benchmark_models(tmp_path, name):

@@ -334,6 +334,8 @@ class IntGemm:
     per_row: bool = False
     a_kpad: bool = False
     epilogue: Callable[[Emitter, ir.Value], ir.Value] | None = None
+    row_offset: ir.Value | None = None  # int32 per row, added to the accumulators too (runtime sums)
+    uniform: tuple[int, int] | None = None  # (scale bits or M0, shift) of every channel, instead of the table
 
 
 def emit_gemm(em: Emitter, g: IntGemm, t: IntTiling) -> None:
@@ -373,12 +375,18 @@ def _tile(em: Emitter, g: IntGemm, t: IntTiling, row: ir.Value, mr: int, panel: 
 
     def chan_vec(arr: int, r: int, j: int, ty: ir.Type) -> ir.Value:
         """A table entry for row r / vector j of the tile: per column a vector, per row a splat."""
+        if arr and g.uniform is not None:
+            bits = const(ir.VectorType(I32, lanes), g.uniform[arr - 1])
+            return b.bitcast(bits, ir.VectorType(ty, lanes)) if ty == F32 else bits
         if g.per_row:
             return em.splat(em.load(tab_off[arr], b.add(row, i64(r)), ty), lanes)
         return em.load(tab_off[arr], b.add(col0, i64(j * lanes)), ir.VectorType(ty, lanes), align=4)
 
     n_acc = mr * nv
     init = [chan_vec(0, r, j, I32) for r in range(mr) for j in range(nv)]
+    if g.row_offset is not None:
+        rows_off = [em.splat(em.load(g.row_offset, b.add(row, i64(r)), I32), lanes) for r in range(mr)]
+        init = [b.add(v, rows_off[i // nv]) for i, v in enumerate(init)]
     zero = const(vi32, 0)
 
     def load_b(kg: ir.Value, j: int) -> ir.Value:
@@ -567,3 +575,116 @@ def _linear_i8(k: KernelContext) -> None:
 
 kernel("linear", ("u8#quant", "i8#quant", "i32#quant|f32"), pack=_pack_linear, epilogue=True)(_linear_i8)
 kernel("linear", ("u8#quant", "i8#quant"), pack=_pack_linear, epilogue=True)(_linear_i8)
+
+
+# -- matmul of two quantised activations (attention, quantize(attention=true)) ---------------------------
+
+
+def _matmul_plan(op: Op, target: Target) -> tuple[tuple[int, ...], int, int, int, IntTiling]:
+    from mcir.codegen.kernels.gemm_f32 import _matmul_dims
+
+    batch, m, n, k = _matmul_dims(op)
+    # B is stored as s8 (b - 128) so VNNI's u8 x s8 product applies
+    return batch, m, n, k, choose_tiling(m, n, dot_isa(target, a_signed=False, b_signed=True), target)
+
+
+def _matmul_scratch(op: Op, target: Target) -> int:
+    _, m, n, k, t = _matmul_plan(op, target)
+    count = math.ceil(n / t.nr) * t.nr
+    return align_up(panel_bytes(n, k, t.nr, t.isa.group)) + align_up(4 * count) + align_up(4 * m)
+
+
+def _matmul_u8(k: KernelContext) -> None:
+    """y = a @ b for u8 activations a, b (batch broadcasting), exact int32 accumulation.
+
+    ``sum (a - za)(b - zb) = sum a (b - 128) + (128 - zb) rowsum(a) - za colsum(b) + K za zb``:
+    B is packed at run time as s8 ``b - 128`` (so the u8 x s8 dot instruction applies) while its
+    column sums are taken; A's row sums give the per-row term.
+    """
+    from mcir.codegen.kernels.gemm_f32 import _bstrides
+
+    em, b = k.em, k.em.b
+    batch, m, n, kk, t = _matmul_plan(k.op, k.target)
+    qa, qb = activation_quant(k.op, 0), activation_quant(k.op, 1)
+    rq = result_requant(k.op)
+    sa = _bstrides(k.op.operands[0].type.shape, batch)
+    sb = _bstrides(k.op.operands[1].type.shape, batch)
+    b_rs = n if len(k.op.operands[1].type.shape) >= 2 else 1
+    grp = t.isa.group
+    count = math.ceil(n / t.nr) * t.nr
+    packed = k.scratch
+    col_off = em.byte_offset(k.scratch, align_up(panel_bytes(n, kk, t.nr, grp)))
+    row_off = em.byte_offset(col_off, align_up(4 * count))
+    scale = np.float64(qa.scale) * np.float64(qb.scale)
+    if rq.out == "f32":
+        uniform = (int(np.array([scale], np.float32).view(np.int32)[0]), 0)
+    else:
+        m0, shift = fixed_point(np.array([scale / op_scale(k.op)]))
+        uniform = (int(m0[0]), int(shift[0]))
+    out_size = 4 if rq.out == "f32" else 1
+    kg_total = math.ceil(kk / grp)
+
+    def pack_b(src: ir.Value) -> None:
+        """Panels of s8 (b - 128), zero padded, and the column offsets -za*colsum + K*za*zb."""
+        base = kk * qa.zero_point * qb.zero_point
+        with em.loop(count, name="cz") as j:
+            em.store(ir.Constant(I32, base), col_off, j)
+        with em.loop(kk, name="ck") as r, em.loop(n, name="cn") as c:
+            v = b.zext(em.load(src, b.add(b.mul(r, i64(b_rs)), c), I8), I32)
+            prev = em.load(col_off, c, I32)
+            em.store(b.sub(prev, b.mul(v, ir.Constant(I32, qa.zero_point))), col_off, c)
+        with em.loop(count // t.nr, name="bp") as p, em.loop(kg_total, name="bk") as kg:
+            dst0 = b.add(b.mul(p, i64(kg_total * t.nr * grp)), b.mul(kg, i64(t.nr * grp)))
+            with em.loop(t.nr, name="bl") as lane:
+                col = b.add(b.mul(p, i64(t.nr)), lane)
+                for u in range(grp):
+                    row = b.add(b.mul(kg, i64(grp)), i64(u))
+                    inside = b.and_(b.icmp_signed("<", col, i64(n)), b.icmp_signed("<", row, i64(kk)))
+                    at = b.select(inside, b.add(b.mul(row, i64(b_rs)), col), i64(0))
+                    v = b.xor(em.load(src, at, I8), ir.Constant(I8, 0x80))
+                    em.store(
+                        b.select(inside, v, ir.Constant(I8, 0)),
+                        packed,
+                        b.add(dst0, b.add(b.mul(lane, i64(grp)), i64(u))),
+                    )
+
+    def one(a: ir.Value, bsrc: ir.Value, out: ir.Value, pack: bool) -> None:
+        if pack:
+            pack_b(bsrc)
+        coef = 128 - qb.zero_point
+        with em.loop(m, name="ra") as r:
+            with em.loop_carried(kk, [ir.Constant(I32, 0)], name="rk") as lp:
+                v = b.zext(em.load(a, b.add(b.mul(r, i64(kk)), lp.index), I8), I32)
+                lp.next([b.add(lp.values[0], v)])
+            em.store(b.mul(lp.results[0], ir.Constant(I32, coef)), row_off, r)
+        gemm = IntGemm(
+            m, n, kk, a, kk, False, packed, True, out, n, col_off, count, rq,
+            epilogue=k.epilogue, row_offset=row_off, uniform=uniform,
+        )  # fmt: skip
+        emit_gemm(em, gemm, t)
+
+    if not batch:
+        one(k.args[0], k.args[1], k.out, True)
+        return
+    shared_b = not any(sb)
+    if shared_b:
+        pack_b(k.args[1])
+    total = math.prod(batch)
+    with em.loop(total, name="bt") as i:
+        a_off, b_off = i64(0), i64(0)
+        rem = i
+        for d in range(len(batch) - 1, -1, -1):
+            idx = b.urem(rem, i64(batch[d])) if d else rem
+            rem = b.udiv(rem, i64(batch[d])) if d else rem
+            a_off = b.add(a_off, b.mul(idx, i64(sa[d])))
+            b_off = b.add(b_off, b.mul(idx, i64(sb[d])))
+        out = em.byte_offset(k.out, b.mul(i, i64(m * n * out_size)))
+        one(em.byte_offset(k.args[0], a_off), em.byte_offset(k.args[1], b_off), out, not shared_b)
+
+
+def op_scale(op: Op) -> float:
+    """The per-tensor scale of a quantised result."""
+    return float(op.result.type.encoding.scale)
+
+
+kernel("matmul", ("u8#quant", "u8#quant"), scratch=_matmul_scratch, epilogue=True)(_matmul_u8)
