@@ -147,9 +147,10 @@ def _im2col(em: Emitter, g: _Geom, xp: ir.Value, cols: ir.Value) -> None:
                 base = b.add(
                     b.add(b.mul(b.udiv(p0, i64(nr)), i64(panel_stride)), kg_off), b.mul(b.urem(p0, i64(nr)), i64(grp))
                 )
-                with em.loop(g.ow, name="ox") as ox:
-                    v = gather(b.add(src_row, b.mul(ox, i64(g.sw))))
-                    b.store(v, em.byte_offset(cols, b.add(base, b.mul(ox, i64(grp)))), align=1)
+                for c0 in range(0, g.ow, _CHUNK):
+                    w = min(_CHUNK, g.ow - c0)
+                    dst = em.byte_offset(cols, b.add(base, i64(c0 * grp)))
+                    _interleave_row(em, xp, b.add(src_row, i64(c0 * g.sw)), plane, w, g.sw, grp, dst)
             else:
                 with em.loop(g.ow, name="ox") as ox:
                     p = b.add(b.mul(oy, i64(g.ow)), ox)
@@ -158,6 +159,40 @@ def _im2col(em: Emitter, g: _Geom, xp: ir.Value, cols: ir.Value) -> None:
                     )
                     v = gather(b.add(src_row, b.mul(ox, i64(g.sw))))
                     b.store(v, em.byte_offset(cols, dst), align=1)
+
+
+_CHUNK = 16  # output pixels per vector step of im2col (one 64-byte store of 4-byte words)
+
+
+def _interleave_row(
+    em: Emitter, xp: ir.Value, src: ir.Value, plane: int, w: int, sw: int, grp: int, dst: ir.Value
+) -> None:
+    """Words of G channel bytes for ``w`` consecutive output pixels, as vectors.
+
+    Each channel plane contributes one load covering the pixels' input bytes (every
+    ``sw``-th byte is used; the load ends at the last one, so it never reads past the
+    row); one shuffle interleaves the G rows into ``[pixel][channel]`` words.
+    """
+    b = em.b
+    span = (w - 1) * sw + 1
+    rows = []
+    for u in range(grp):
+        v = b.load(em.byte_offset(xp, b.add(src, i64(u * plane))), typ=ir.VectorType(I8, span), align=1)
+        if sw != 1 or span != w:
+            v = b.shuffle_vector(
+                v, ir.Constant(v.type, None), ir.Constant(ir.VectorType(I32, w), [p * sw for p in range(w)])
+            )
+        rows.append(v)
+    # concatenate the G rows, then interleave: out[p * G + u] = rows[u][p]
+    while len(rows) > 1:
+        n = rows[0].type.count
+        mask = ir.Constant(ir.VectorType(I32, 2 * n), list(range(2 * n)))
+        rows = [b.shuffle_vector(rows[i], rows[i + 1], mask) for i in range(0, len(rows), 2)]
+    flat = rows[0]
+    if grp > 1:
+        order = [u * w + p for p in range(w) for u in range(grp)]
+        flat = b.shuffle_vector(flat, ir.Constant(flat.type, None), ir.Constant(ir.VectorType(I32, w * grp), order))
+    b.store(flat, dst, align=1)
 
 
 def _conv_gemm(k: KernelContext, g: _Geom) -> None:
