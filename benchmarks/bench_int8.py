@@ -215,7 +215,7 @@ def bench(name: str, batch: int, build: Path, rounds: int) -> dict:
 
 def table(rows: list[dict], markdown: bool) -> str:
     head = ["model", "batch", *TIMED, "vs best int8 peer", "vs torch dyn", "vs ORT static", "vs mcir fp32"]
-    head += ["SQNR mcir", "SQNR ORT st", "weights int8/fp32", ".so int8/fp32"]
+    head += ["SQNR mcir", "SQNR ORT st", "weights int8/fp32", ".so int8/fp32", "quant8+compile"]
     body = []
     for r in rows:
         t, q = r["times"], r["ratios"]
@@ -231,6 +231,7 @@ def table(rows: list[dict], markdown: bool) -> str:
         w8, w32 = r["weights"]
         cells.append(f"{w8 / 1e6:.2f}/{w32 / 1e6:.2f} MB ({w8 / w32:.2f})")
         cells.append(f"{r['bytes'][0] / 1e6:.2f}/{r['bytes'][1] / 1e6:.2f} MB")
+        cells.append(f"{r['compile_s']:.1f} s")
         body.append(cells)
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
     if markdown:
