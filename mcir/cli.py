@@ -195,6 +195,8 @@ def _print_report(graph) -> None:
     report = graph.meta.get("report")
     if report is not None:
         print(report.table(), file=sys.stderr)
+    for prune in graph.meta.get("prune", []):  # per-layer detail of each prune pass
+        print(f"\n{prune.table()}", file=sys.stderr)
 
 
 # -- commands -----------------------------------------------------------------------------

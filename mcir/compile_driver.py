@@ -192,6 +192,8 @@ def compile_model(graph: Graph, args: argparse.Namespace, torch_model: Any = Non
     if report is not None:
         print(report.table())
         print()
+    for prune in compressed.meta.get("prune", []):
+        print(f"{prune.table()}\n")
     if args.triple is None and args.target == "native":
         print(f"compiling {args.output} ...", file=sys.stderr, flush=True)
     _, text = compile_report(

@@ -266,7 +266,10 @@ def _dlopen_fresh(path: Path) -> ctypes.CDLL:
     uniquely named hard link (removed right after) loads the file's current contents.
     """
     path = path.resolve()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".so", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".so", dir=path.parent)
+    except OSError:  # a read-only directory (an installed library): it is not being rebuilt
+        return ctypes.CDLL(str(path))
     os.close(fd)
     os.unlink(tmp)
     try:

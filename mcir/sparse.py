@@ -14,7 +14,7 @@ u8[N, K*n/m] (position of each kept value inside its group), and ``scale`` f32[N
 Slots of a group with fewer than n non-zeros hold value 0.
 
 Which encoding a layer gets (or whether it stays dense because the dense kernel is faster)
-is decided by the backend's measured cost rule, ``mcir.codegen.cost``.
+is decided by one measured cost rule, ``mcir.passes.sparse_cost.prefer_sparse``.
 """
 
 from __future__ import annotations

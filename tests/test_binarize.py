@@ -85,7 +85,7 @@ def test_ternary_threshold_follows_delta():
     ("pipeline", "message"),
     [
         ("binarize(activations=half)", "must be one of float, binary"),
-        ("binarize(skip='(')", "neither 'ends', 'none' nor a valid regular expression"),
+        ("binarize(skip='(')", "neither one of none, first, last, ends nor a valid regular expression"),
         ("ternarize(delta=-1)", "delta=-1.0 must be in"),
     ],
 )

@@ -163,7 +163,7 @@ def test_report_rows_and_effective_macs():
         ("prune(pattern=4:2)", "pattern=4:2: need 0 < N < M <= 256"),
         ("prune(pattern=2:4,granularity=channel)", "pattern=2:4 applies to granularity=weight"),
         ("prune(pattern=2:4,sparsity=0.9)", "pattern=2:4 fixes the sparsity at 0.5"),
-        ("prune(skip='*fc')", "skip='*fc' is neither 'last', 'none' nor a valid regular expression"),
+        ("prune(skip='*fc')", "skip='*fc' is neither one of none, first, last, ends nor a valid regular expression"),
         ("prune(round_to=0)", "round_to=0 must be at least 1"),
         ("prune(granularity=head,storage=sparse)", "storage=sparse applies to granularity=weight"),
         ("prune(granularity=rows)", "option 'granularity' of pass 'prune' must be one of weight, channel"),

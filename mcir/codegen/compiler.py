@@ -42,6 +42,15 @@ def default_name(path: str | Path) -> str:
     return "m" + name if name[0].isdigit() else name
 
 
+def readable_ir(text: str) -> str:
+    """LLVM IR text with the weight bytes replaced by ``zeroinitializer`` and a note (still parses)."""
+
+    def elide(m: re.Match) -> str:
+        return f"{m.group(1)}zeroinitializer{m.group(3)} ; {m.group(2)} bytes of weights elided"
+
+    return re.sub(r'^(@"?w\..*?\[(\d+) x i8\] )c"(?:[^"\\]|\\.){256,}"(.*)$', elide, text, flags=re.M)
+
+
 def compile(
     graph: Graph,
     path: str | Path,
@@ -49,6 +58,7 @@ def compile(
     name: str | None = None,
     triple: str | None = None,
     pipeline: str = "",
+    emit_llvm: bool = False,
 ) -> Any:
     """Compile ``graph`` to ``PATH.o``, ``PATH.so`` and ``PATH.h``; return the loaded library.
 
@@ -58,6 +68,8 @@ def compile(
     architecture (e.g. ``"aarch64-linux-gnu"``), for which only the ``.o`` and ``.h`` are written and
     an ``Artifacts`` is returned instead of a ``mcir.runtime.Library`` (also when this CPU cannot
     run the chosen x86-64 level). ``pipeline`` is recorded in the metadata string.
+    ``emit_llvm=True`` also writes ``PATH.ll``, the optimised LLVM IR with the weight bytes
+    elided (for reading kernels, not for compiling).
     Raises CodegenError for unsupported ops, targets, or when no linker is available (the
     ``.o`` is kept).
     """
@@ -69,6 +81,8 @@ def compile(
     lowered = lower(graph, tgt, lib_name, pipeline)
     obj = link.write_atomic(stem.with_name(stem.name + ".o"), link.emit_object(lowered.module, tgt.machine()))
     hdr = link.write_atomic(stem.with_name(stem.name + ".h"), header.render(lowered))
+    if emit_llvm:
+        link.write_atomic(stem.with_name(stem.name + ".ll"), readable_ir(str(lowered.module)))
     so = None
     if tgt.native:
         so = link.link_shared(obj, stem.with_name(stem.name + ".so"))

@@ -32,7 +32,6 @@ layer names kept in float. Preserves: approximate (accuracy is measured, not bou
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -44,50 +43,10 @@ from mcir.interp import Interpreter
 from mcir.ir import Graph, Op
 from mcir.packed import Binary, Ternary
 from mcir.pass_manager import Pass, PassContext, option
+from mcir.passes.layers import check_skip, select_layers
 from mcir.patterns import constant_array
 from mcir.rewriter import Rewriter
 from mcir.types import TensorType
-
-LAYERS = ("linear", "conv2d")
-
-
-def weighted_layers(graph: Graph) -> list[Op]:
-    """linear/conv2d ops whose weight is a float constant with data, in program order."""
-    out = []
-    for op in graph.compute_ops():
-        if op.name in LAYERS:
-            w = op.operands[1]
-            if w.is_constant and w.producer.data is not None and w.type.encoding is None and w.type.dtype.is_float:
-                out.append(op)
-    return out
-
-
-def select_layers(graph: Graph, skip: str) -> list[Op]:
-    """The layers to compress: all weighted layers minus the skipped ones.
-
-    ``skip``: ``ends`` (first and last layer), ``none``, or a regex matched against the
-    layer's module path, result name and weight name.
-    """
-    layers = weighted_layers(graph)
-    if skip == "none":
-        return layers
-    if skip == "ends":
-        return layers[1:-1]
-    pattern = re.compile(skip)
-    return [
-        op
-        for op in layers
-        if not any(pattern.search(n) for n in (op.loc.module, op.result.name, op.operands[1].name) if n)
-    ]
-
-
-def _check_skip(skip: str) -> None:
-    if skip in ("ends", "none"):
-        return
-    try:
-        re.compile(skip)
-    except re.error as e:
-        raise McirError(f"skip='{skip}' is neither 'ends', 'none' nor a valid regular expression: {e}") from None
 
 
 def _compress_weight(rw: Rewriter, op: Op, t: TensorType, stored) -> None:
@@ -106,10 +65,10 @@ class Binarize(Pass):
     preserves: ClassVar[str] = "approximate: accuracy and max |delta| are measured, not bounded"
     activations: Literal["float", "binary"] = option("float", "binary: also binarise layer inputs (β·sign(x))")
     center: bool = option(True, "with binary activations, centre linear inputs on their calibrated mean")
-    skip: str = option("ends", "layers kept in float: ends (first and last), none, or a regex")
+    skip: str = option("ends", "layers kept in float: none, first, last, ends (first and last) or a regex")
 
     def __post_init__(self) -> None:
-        _check_skip(self.skip)
+        check_skip(self.skip)
 
     def apply(self, graph: Graph, ctx: PassContext) -> None:
         rw = Rewriter(graph)
@@ -180,10 +139,10 @@ class Ternarize(Pass):
     name: ClassVar[str] = "ternarize"
     preserves: ClassVar[str] = "approximate: accuracy and max |delta| are measured, not bounded"
     delta: float = option(0.7, "threshold factor: |w| <= delta * mean|w| becomes 0")
-    skip: str = option("ends", "layers kept in float: ends (first and last), none, or a regex")
+    skip: str = option("ends", "layers kept in float: none, first, last, ends (first and last) or a regex")
 
     def __post_init__(self) -> None:
-        _check_skip(self.skip)
+        check_skip(self.skip)
         if not 0.0 <= self.delta < 10.0:
             raise McirError(f"delta={self.delta} must be in [0, 10): it multiplies mean|w|")
 

@@ -23,7 +23,6 @@ the outputs.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -32,6 +31,7 @@ import numpy as np
 from mcir.errors import McirError
 from mcir.ir import Graph
 from mcir.pass_manager import Pass, PassContext, option
+from mcir.passes.layers import check_skip, is_skipped, weighted_layers
 from mcir.patterns import constant_array
 from mcir.rewriter import Rewriter, dead_code_elimination
 
@@ -44,22 +44,18 @@ class LowRank(Pass):
     preserves: ClassVar[str] = "approximate: per-layer relative Frobenius error sqrt(1 - kept energy)"
     rank: int = option(0, "rank r of every factorised layer (0: choose by energy)")
     energy: float = option(0.9, "fraction of the squared singular values to keep when rank=0")
-    skip: str = option("", "regex of layers (module path, op or weight name) left unfactorised")
+    skip: str = option("none", "layers left unfactorised: none, first, last, ends or a regex")
 
     def __post_init__(self) -> None:
         if self.rank < 0:
             raise McirError(f"rank={self.rank} must be >= 0 (0 chooses the rank by energy)")
         if not 0.0 < self.energy <= 1.0:
             raise McirError(f"energy={self.energy} must be in (0, 1]")
-        if self.skip:
-            try:
-                re.compile(self.skip)
-            except re.error as e:
-                raise McirError(f"skip='{self.skip}' is not a valid regular expression: {e}") from None
+        check_skip(self.skip)
 
     def apply(self, graph: Graph, ctx: PassContext) -> None:
         rw = Rewriter(graph)
-        skip = re.compile(self.skip) if self.skip else None
+        layers = weighted_layers(graph)
         kept = []
         for op in list(graph.compute_ops()):
             if op.name != "linear":
@@ -69,7 +65,7 @@ class LowRank(Pass):
                 w.is_constant and w.producer.data is not None and w.type.encoding is None and w.type.dtype.is_float
             ):
                 continue
-            if skip and any(skip.search(n) for n in (op.loc.module, op.result.name, w.name) if n):
+            if is_skipped(op, self.skip, layers):
                 continue
             n, k = w.type.shape
             u, s, vt = np.linalg.svd(constant_array(w).astype(np.float64), full_matrices=False)

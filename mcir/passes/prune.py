@@ -40,7 +40,6 @@ adds the max |Δ| against the unpruned model.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -51,6 +50,7 @@ from mcir.errors import McirError
 from mcir.ir import Graph, Op, Value
 from mcir.pass_manager import Pass, PassContext, option
 from mcir.passes.dependency import Dependencies, Group, dependency_groups, find_seeds
+from mcir.passes.layers import LAYERS, check_skip, is_skipped, weighted_layers
 from mcir.passes.sparse_cost import MAX_DENSITY, prefer_sparse
 from mcir.patterns import constant_array
 from mcir.pipeline import NM
@@ -60,7 +60,6 @@ from mcir.sparse import Csr, to_csr, to_nm
 from mcir.types import TensorType
 
 #: layers whose weights unstructured pruning zeroes (operand 1 is the weight)
-LAYERS = ("linear", "conv2d")
 
 
 @dataclass(frozen=True)
@@ -83,7 +82,7 @@ class Prune(Pass):
     )
     pattern: NM | None = option(None, "N:M: keep the N largest of every M consecutive weights of a row (e.g. 2:4)")
     importance: Literal["l1", "l2"] = option("l1", "channel importance: l1 or l2 norm of its producer weights")
-    skip: str = option("last", "layers left alone: last (the final classifier), none, or a regex")
+    skip: str = option("last", "layers left alone: last (the final classifier), none, first, ends or a regex")
     storage: Literal["auto", "sparse", "dense"] = option(
         "auto", "weight: #csr/#nm when prefer_sparse says it pays (auto), always (sparse), or keep zeros (dense)"
     )
@@ -108,13 +107,7 @@ class Prune(Pass):
                 raise McirError(f"pattern={n}:{m} applies to granularity=weight, not granularity={self.granularity}")
             if self.threshold is not None or self.sparsity != 0.5:
                 raise McirError(f"pattern={n}:{m} fixes the sparsity at {(m - n) / m:g}; drop sparsity/threshold")
-        if self.skip not in ("last", "none"):
-            try:
-                re.compile(self.skip)
-            except re.error as e:
-                raise McirError(
-                    f"skip='{self.skip}' is neither 'last', 'none' nor a valid regular expression: {e}"
-                ) from None
+        check_skip(self.skip)
         if self.round_to < 1:
             raise McirError(f"round_to={self.round_to} must be at least 1")
         if not (0.0 < self.max_layer_sparsity <= 1.0):
@@ -123,15 +116,9 @@ class Prune(Pass):
             raise McirError(f"storage={self.storage} applies to granularity=weight (structured pruning shrinks shapes)")
 
     # -- layer selection --------------------------------------------------------------------
-    def skipped(self, op: Op, last: Op | None) -> bool:
+    def skipped(self, op: Op, layers: list[Op]) -> bool:
         """Whether ``op`` is left alone by ``skip``."""
-        if self.skip == "none":
-            return False
-        if self.skip == "last":
-            return op is last
-        pattern = re.compile(self.skip)
-        names = (op.loc.module, op.result.name, op.operands[1].name if len(op.operands) > 1 else "", op.name)
-        return any(pattern.search(n) for n in names if n)
+        return is_skipped(op, self.skip, layers)
 
     def apply(self, graph: Graph, ctx: PassContext) -> None:
         before, total_before = _stats(graph), _totals(graph)
@@ -153,17 +140,6 @@ class Prune(Pass):
             ctx.warn(f"prune: {note}")
 
 
-def weighted_layers(graph: Graph) -> list[Op]:
-    """linear/conv2d ops whose weight is a float constant with data, in program order."""
-    out = []
-    for op in graph.compute_ops():
-        if op.name in LAYERS:
-            w = op.operands[1]
-            if w.is_constant and w.producer.data is not None and w.type.encoding is None and w.type.dtype.is_float:
-                out.append(op)
-    return out
-
-
 def _layer_name(op: Op) -> str:
     return op.loc.module or op.result.name
 
@@ -181,8 +157,7 @@ class _Unstructured:
 
     def run(self) -> list[str]:
         layers = weighted_layers(self.graph)
-        last = layers[-1] if layers else None
-        chosen = [op for op in layers if not self.opts.skipped(op, last)]
+        chosen = [op for op in layers if not self.opts.skipped(op, layers)]
         if not layers:
             raise McirError("granularity=weight: the graph has no linear or conv2d layer with constant float weights")
         notes = []
@@ -321,14 +296,14 @@ def channel_importance(group: Group, norm: str) -> np.ndarray:
 
 def plan_structured(graph: Graph, opts: Prune) -> StructuredPlan:
     """Analyse dependencies and choose the channels to remove (the graph is not changed)."""
-    last = (weighted_layers(graph) or [None])[-1]
+    layers = weighted_layers(graph)
     seeds = find_seeds(graph, opts.granularity)
     deps = dependency_groups(graph, seeds)
     plan = StructuredPlan(deps, set())
     what = "heads" if opts.granularity == "head" else "channels"
     for g in deps.groups:
         for s in g.seeds:
-            if opts.skipped(s.op, last):
+            if opts.skipped(s.op, layers):
                 g.blocked.append(f"layer '{s.name}' is skipped (skip={opts.skip})")
         if len(g.channels) < 2 and not g.blocked:
             g.blocked.append(f"it has a single {what[:-1]}")

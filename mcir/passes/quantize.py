@@ -33,7 +33,6 @@ Preserves: approximate; the pipeline report gives max |Δ| and SQNR against the 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -44,6 +43,7 @@ from mcir.errors import McirError
 from mcir.ir import Graph, Op, Value
 from mcir.pass_manager import Pass, PassContext, option
 from mcir.passes.calibration import affine_params, check_method, choose_range, observe
+from mcir.passes.layers import check_skip, is_skipped, weighted_layers
 from mcir.patterns import RuleSet, apply_rules, constant_array
 from mcir.rewriter import Rewriter
 from mcir.sparse import NM, Csr, to_csr, to_nm
@@ -67,7 +67,7 @@ class Quantize(Pass):
     weights: Literal["per_channel", "per_tensor"] = option("per_channel", "weight scale granularity")
     activations: Literal["static"] = option("static", "activation scales: calibrated ahead of time")
     calibration: str = option("minmax", "range estimator: minmax, percentile(99.99) or entropy")
-    skip: str = option("", "regex of layers (module path, op or weight name) kept in float")
+    skip: str = option("none", "layers kept in float: none, first, last, ends or a regex")
     attention: bool = option(False, "also quantise attention matmuls (matmul ops)")
     fuse: bool = option(True, "keep consecutive int8 layers integer (fuse requantisation, ReLU, pooling)")
     samples: int = option(16, "random calibration batches used when no calibration data is given")
@@ -76,11 +76,7 @@ class Quantize(Pass):
         if self.bits != 8:
             raise McirError(f"bits={self.bits} is not supported: the int8 kernels need bits=8")
         check_method(self.calibration)
-        if self.skip:
-            try:
-                re.compile(self.skip)
-            except re.error as e:
-                raise McirError(f"skip='{self.skip}' is not a valid regular expression: {e}") from None
+        check_skip(self.skip)
         if self.samples < 1:
             raise McirError(f"samples={self.samples} must be at least 1")
 
@@ -168,13 +164,10 @@ class _Quantizer:
         self.rw = Rewriter(graph)
         self.quantized: dict[int, Value] = {}  # float value -> its quantize op result
         self.weights: dict[int, tuple[Value, np.ndarray]] = {}  # float weight -> (int8 weight, scales)
-        self.skip = re.compile(opts.skip) if opts.skip else None
+        self.layers = weighted_layers(graph)
 
     def skipped(self, op: Op) -> bool:
-        if self.skip is None:
-            return False
-        names = [op.loc.module, op.result.name] + [v.name for v in op.operands[1:2]]
-        return any(self.skip.search(n) for n in names if n)
+        return is_skipped(op, self.opts.skip, self.layers)
 
     def run(self) -> None:
         int8_ops = WEIGHTED | ({"matmul"} if self.opts.attention else set())

@@ -309,7 +309,9 @@ def test_unsupported_dtype_is_a_clear_error(tmp_path):
         compile_graph(g, tmp_path / "half")
 
 
-def test_pipeline_is_recorded(tmp_path):
-    lib = compile_graph(small_graph(), tmp_path / "p", pipeline="fold,quant8")
+def test_pipeline_is_recorded_and_llvm_ir_can_be_kept(tmp_path):
+    lib = compile_graph(small_graph(), tmp_path / "p", pipeline="fold,quant8", emit_llvm=True)
+    ir_text = (tmp_path / "p.ll").read_text()
+    assert "@mcir_p_run(" in ir_text and "bytes of weights elided" in ir_text
     assert lib.metadata["pipeline"] == "fold,quant8"
     assert os.path.getsize(lib.path) == lib.file_size

@@ -177,3 +177,20 @@ def test_avg_pool_divisor_and_adaptive(tmp_path, rng):
         ]
     )
     check_native(g, tmp_path, randn(rng, 2, 3, 10, 7))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize(
+    ("xs", "ws", "attrs"),
+    [
+        ((1, 3, 3, 70), (5, 3, 3, 3), {"padding": [1, 1]}),  # rows wider than a panel: per-element im2col
+        ((2, 4, 10, 10), (6, 4, 3, 3), {"padding": [1, 1]}),  # rows crossing panel boundaries
+        ((1, 8, 9, 9), (8, 2, 3, 3), {"padding": [1, 1], "groups": 4, "stride": [2, 2]}),  # grouped GEMM
+    ],
+)
+def test_conv2d_im2col_paths_on_each_target(tmp_path, rng, target, xs, ws, attrs):
+    g = Graph("convp")
+    x = g.add_input("x", tensor(xs))
+    y = g.add("conv2d", [x, g.const("w", randn(rng, *ws)), g.const("b", randn(rng, ws[0]))], attrs)
+    g.set_outputs([g.add("relu", [y])])
+    check_native(g, tmp_path, randn(rng, *xs), target=target)

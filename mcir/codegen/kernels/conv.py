@@ -12,11 +12,15 @@ window taps unrolled, the output row the vectorised inner loop.
 
 from __future__ import annotations
 
+import math
+
 import llvmlite.ir as ir
+import numpy as np
 
 from mcir.codegen.emit import F32, Emitter, const, i64
 from mcir.codegen.kernels import KernelContext, kernel
-from mcir.codegen.kernels.gemm_f32 import GemmArgs, choose_tiling, emit_gemm, packed_b_bytes
+from mcir.codegen.kernels.gemm_f32 import GemmArgs, choose_tiling, emit_gemm, pack_a, packed_b_bytes
+from mcir.codegen.memory_plan import view_root
 from mcir.codegen.target import Target
 from mcir.ir import Op
 from mcir.ops.nn import conv_out
@@ -45,73 +49,93 @@ def _geometry(op: Op) -> dict[str, int]:
         oh=oh,
         ow=ow,
         groups=op.attrs["groups"],
+        og=o // op.attrs["groups"],
     )
+
+
+def _uses_gemm(g: dict[str, int]) -> bool:
+    """GEMM per group unless each output channel sees one input channel (depthwise) or a
+    group has a single output channel: then there is nothing to block in registers."""
+    return g["groups"] == 1 or (g["cg"] > 1 and g["og"] > 1)
 
 
 def _tiling(op: Op, target: Target):
     g = _geometry(op)
-    return choose_tiling(g["o"], g["oh"] * g["ow"], g["c"] * g["kh"] * g["kw"], target)
+    return choose_tiling(g["og"], g["oh"] * g["ow"], g["cg"] * g["kh"] * g["kw"], target)
 
 
 def _scratch(op: Op, target: Target) -> int:
     g = _geometry(op)
-    if g["groups"] != 1:
+    if not _uses_gemm(g):
         return 0
-    return packed_b_bytes(g["c"] * g["kh"] * g["kw"], g["oh"] * g["ow"], _tiling(op, target).nr)
+    return packed_b_bytes(g["cg"] * g["kh"] * g["kw"], g["oh"] * g["ow"], _tiling(op, target).nr)
 
 
 def emit_im2col(em: Emitter, x: ir.Value, g: dict[str, int], nr: int, dst: ir.Value) -> None:
     """cols[kidx, p] for kidx = (c, i, j), p = (oy, ox), in packed panels of NR columns."""
-    if nr % g["ow"] == 0:
+    if g["ow"] <= nr:
         _im2col_rows(em, x, g, nr, dst)
     else:
         _im2col_general(em, x, g, nr, dst)
 
 
 def _im2col_rows(em: Emitter, x: ir.Value, g: dict[str, int], nr: int, dst: ir.Value) -> None:
-    """im2col when every output row lies inside one panel (NR a multiple of OW, the common case).
+    """im2col by output rows (rows no longer than a panel: every CNN but the widest images).
 
-    Then each (channel, tap, output row) is one contiguous run in the panel, and the
-    columns a tap reads inside the image form a static range: zero the edges, copy the
-    middle with unit stride (vectorised for stride-1 convolutions). No per-element checks.
+    An output row is one run in its panel, or two when it crosses into the next panel
+    (split at ``s1``). The columns a tap reads inside the image form a static range: zero
+    the edges, copy the middle with unit stride (vectorised for stride-1 convolutions).
+    No per-element checks.
     """
     b = em.b
     ck = g["c"] * g["kh"] * g["kw"]
     ow, sw, pw, dw = g["ow"], g["sw"], g["pw"], g["dw"]
     zero = const(F32, 0.0)
 
-    def fill(d: ir.Value, lo: int, hi: int) -> None:
+    def runs(lo: int | ir.Value, hi: int | ir.Value, d1: ir.Value, d2: ir.Value, s1: ir.Value, body) -> None:
+        """body(ox, dst index) for ox in [lo, hi): before s1 in the first panel, after it in the next."""
+        lo_v = i64(lo) if isinstance(lo, int) else lo
+        hi_v = i64(hi) if isinstance(hi, int) else hi
+        end1 = b.select(b.icmp_signed("<", hi_v, s1), hi_v, s1)
+        start2 = b.select(b.icmp_signed(">", lo_v, s1), lo_v, s1)
+        with em.loop(end1, name="r1", start=lo_v) as ox:
+            body(ox, b.add(d1, ox))
+        with em.loop(hi_v, name="r2", start=start2) as ox:
+            body(ox, b.add(d2, ox))
+
+    def fill(lo: int, hi: int, d1: ir.Value, d2: ir.Value, s1: ir.Value) -> None:
         if hi > lo:
-            with em.loop(hi, name="z", start=lo) as ox:
-                em.store(zero, dst, b.add(d, ox))
+            runs(lo, hi, d1, d2, s1, lambda ox, at: em.store(zero, dst, at))
 
     with em.loop(g["c"], name="ic") as c, em.loop(g["kh"], name="ki") as i, em.loop(g["oh"], name="oy") as oy:
         iy = b.add(b.sub(b.mul(oy, i64(g["sh"])), i64(g["ph"])), b.mul(i, i64(g["dh"])))
         row_ok = b.and_(b.icmp_signed(">=", iy, i64(0)), b.icmp_signed("<", iy, i64(g["h"])))
         p0 = b.mul(oy, i64(ow))
-        base = b.add(b.mul(b.udiv(p0, i64(nr)), i64(ck * nr)), b.urem(p0, i64(nr)))
+        panel, lane0 = b.udiv(p0, i64(nr)), b.urem(p0, i64(nr))
+        room = b.sub(i64(nr), lane0)
+        s1 = b.select(b.icmp_signed("<", room, i64(ow)), room, i64(ow))  # columns in the first panel
+        base1 = b.add(b.mul(panel, i64(ck * nr)), lane0)
+        base2 = b.sub(b.mul(b.add(panel, i64(1)), i64(ck * nr)), s1)
         src_row = b.mul(b.add(b.mul(c, i64(g["h"])), iy), i64(g["w"]))
         for j in range(g["kw"]):
             kidx = b.add(b.mul(b.add(b.mul(c, i64(g["kh"])), i), i64(g["kw"])), i64(j))
-            d = b.add(base, b.mul(kidx, i64(nr)))
+            d1 = b.add(base1, b.mul(kidx, i64(nr)))
+            d2 = b.add(base2, b.mul(kidx, i64(nr)))
             # ox reads column ox*sw - pw + j*dw: inside the image for ox in [lo, hi)
             off = j * dw - pw
-            lo = min(ow, max(0, -(off // sw) if off < 0 else 0))
-            while lo < ow and lo * sw + off < 0:
-                lo += 1
-            hi = lo
-            while hi < ow and hi * sw + off < g["w"]:
-                hi += 1
+            lo, hi = _tap_range(ow, sw, off, g["w"])
             with b.if_else(row_ok) as (inside, outside):
                 with inside:
-                    fill(d, 0, lo)
+                    fill(0, lo, d1, d2, s1)
                     if hi > lo:
-                        with em.loop(hi, name="cp", start=lo) as ox:
-                            v = em.load(x, b.add(src_row, b.add(b.mul(ox, i64(sw)), i64(off))), F32)
-                            em.store(v, dst, b.add(d, ox))
-                    fill(d, hi, ow)
+
+                        def copy(ox: ir.Value, at: ir.Value, off=off) -> None:
+                            em.store(em.load(x, b.add(src_row, b.add(b.mul(ox, i64(sw)), i64(off))), F32), dst, at)
+
+                        runs(lo, hi, d1, d2, s1, copy)
+                    fill(hi, ow, d1, d2, s1)
                 with outside:
-                    fill(d, 0, ow)
+                    fill(0, ow, d1, d2, s1)
 
 
 def _im2col_general(em: Emitter, x: ir.Value, g: dict[str, int], nr: int, dst: ir.Value) -> None:
@@ -134,66 +158,118 @@ def _im2col_general(em: Emitter, x: ir.Value, g: dict[str, int], nr: int, dst: i
                 em.store(b.select(ok, v, zero), dst, off)
 
 
+def _pack_weights(op: Op, index: int, data, target: Target):
+    """Weights of a GEMM convolution as A row panels of the GEMM's MR, group after group."""
+    g = _geometry(op)
+    if index != 1 or not _uses_gemm(g):
+        return None
+    mr = _tiling(op, target).mr
+    per_group = np.asarray(data, np.float32).reshape(g["groups"], g["og"], -1)
+    return f"conv_a:{mr}", np.concatenate([pack_a(wg, mr).reshape(-1) for wg in per_group])
+
+
 def _conv_gemm(k: KernelContext) -> None:
+    """Per image and group: im2col of the group's channels, then out[og, P] = W_g @ cols."""
     em, b = k.em, k.em.b
+    packed = view_root(k.op.operands[1]).is_constant
     g = _geometry(k.op)
     t = _tiling(k.op, k.target)
-    ck = g["c"] * g["kh"] * g["kw"]
+    og, cg = g["og"], g["cg"]
+    ck = cg * g["kh"] * g["kw"]
     pix = g["oh"] * g["ow"]
-    bias = k.args[2] if len(k.args) > 2 else None
-    with em.loop(g["n"], name="img") as n:
-        emit_im2col(em, em.gep(k.args[0], b.mul(n, i64(g["c"] * g["h"] * g["w"])), F32), g, t.nr, k.scratch)
-        out = em.gep(k.out, b.mul(n, i64(g["o"] * pix)), F32)
+    plane = g["h"] * g["w"]
+    a_group = math.ceil(og / t.mr) * t.mr * ck if packed else og * ck  # weight floats per group
+    gg = dict(g, c=cg)  # im2col sees only the group's channels
+    with em.loop(g["n"], name="img") as n, em.loop(g["groups"], name="grp") as gi:
+        first = b.add(b.mul(n, i64(g["groups"])), gi)  # index of the group's first channel block
+        emit_im2col(em, em.gep(k.args[0], b.mul(first, i64(cg * plane)), F32), gg, t.nr, k.scratch)
+        bias = em.gep(k.args[2], b.mul(gi, i64(og)), F32) if len(k.args) > 2 else None
         emit_gemm(
             em,
             GemmArgs(
-                g["o"], pix, ck, k.args[1], ck, 1, k.scratch, out, pix, bias, bias_per_row=True, epilogue=k.epilogue
+                og,
+                pix,
+                ck,
+                em.gep(k.args[1], b.mul(gi, i64(a_group)), F32),
+                ck,
+                1,
+                k.scratch,
+                em.gep(k.out, b.mul(first, i64(og * pix)), F32),
+                pix,
+                bias,
+                bias_per_row=True,
+                epilogue=k.epilogue,
+                a_packed=packed,
             ),
             t,
         )
 
 
+def _tap_range(ow: int, sw: int, off: int, w: int) -> tuple[int, int]:
+    """Output columns ox whose input column ox*sw + off lies inside [0, w)."""
+    lo = 0
+    while lo < ow and lo * sw + off < 0:
+        lo += 1
+    hi = lo
+    while hi < ow and hi * sw + off < w:
+        hi += 1
+    return lo, hi
+
+
 def _conv_direct(k: KernelContext) -> None:
-    """Grouped/depthwise convolution as a direct loop nest."""
+    """Grouped/depthwise convolution, one output row at a time.
+
+    The row starts at the bias; every (channel, tap) adds ``w * x`` over exactly the
+    output columns whose input column exists (a static range per tap) and only for
+    input rows inside the image (a branch per row), so the inner loop is a plain
+    unit-stride (or stride-s) multiply-add that vectorises; the fused activation runs
+    over the finished row.
+    """
     em, b = k.em, k.em.b
     g = _geometry(k.op)
     og = g["o"] // g["groups"]
     x, w = k.args[0], k.args[1]
     bias = k.args[2] if len(k.args) > 2 else None
+    ow, sw = g["ow"], g["sw"]
     with em.loop(g["n"], name="img") as n, em.loop(g["o"], name="oc") as o:
         grp = b.udiv(o, i64(og))
-        out_base = b.mul(b.add(b.mul(n, i64(g["o"])), o), i64(g["oh"] * g["ow"]))
         b0 = em.load(bias, o, F32) if bias is not None else const(F32, 0.0)
-        with em.loop(g["oh"], name="oy") as oy, em.loop(g["ow"], name="ox") as ox:
-            # channels of the group: a loop; window taps: unrolled
-            with em.loop_carried(g["cg"], [b0], name="cc") as lp:
-                acc = lp.values[0]
-                ch = b.add(b.mul(grp, i64(g["cg"])), lp.index)
+        with em.loop(g["oh"], name="oy") as oy:
+            row = b.mul(b.add(b.mul(b.add(b.mul(n, i64(g["o"])), o), i64(g["oh"])), oy), i64(ow))
+            with em.loop(ow, name="init") as ox:
+                em.store(b0, k.out, b.add(row, ox))
+            with em.loop(g["cg"], name="cc") as cc:
+                ch = b.add(b.mul(grp, i64(g["cg"])), cc)
                 plane = b.mul(b.add(b.mul(n, i64(g["c"])), ch), i64(g["h"] * g["w"]))
-                wrow = b.mul(b.add(b.mul(o, i64(g["cg"])), lp.index), i64(g["kh"] * g["kw"]))
+                wrow = b.mul(b.add(b.mul(o, i64(g["cg"])), cc), i64(g["kh"] * g["kw"]))
                 for i in range(g["kh"]):
                     iy = b.add(b.mul(oy, i64(g["sh"])), i64(i * g["dh"] - g["ph"]))
                     row_ok = b.and_(b.icmp_signed(">=", iy, i64(0)), b.icmp_signed("<", iy, i64(g["h"])))
-                    for j in range(g["kw"]):
-                        ix = b.add(b.mul(ox, i64(g["sw"])), i64(j * g["dw"] - g["pw"]))
-                        ok = b.and_(
-                            row_ok, b.and_(b.icmp_signed(">=", ix, i64(0)), b.icmp_signed("<", ix, i64(g["w"])))
-                        )
-                        v = em.load(x, b.select(ok, b.add(plane, b.add(b.mul(iy, i64(g["w"])), ix)), i64(0)), F32)
-                        wv = em.load(w, b.add(wrow, i64(i * g["kw"] + j)), F32)
-                        acc = em.fma(b.select(ok, v, const(F32, 0.0)), wv, acc)
-                lp.next([acc])
-            acc = lp.results[0]
-            em.store(k.apply_epilogue(acc), k.out, b.add(out_base, b.add(b.mul(oy, i64(g["ow"])), ox)))
+                    with b.if_then(row_ok):
+                        src = b.add(plane, b.mul(iy, i64(g["w"])))
+                        for j in range(g["kw"]):
+                            off = j * g["dw"] - g["pw"]
+                            lo, hi = _tap_range(ow, sw, off, g["w"])
+                            if hi <= lo:
+                                continue
+                            wv = em.load(w, b.add(wrow, i64(i * g["kw"] + j)), F32)
+                            with em.loop(hi, name="ox", start=lo) as ox:
+                                v = em.load(x, b.add(src, b.add(b.mul(ox, i64(sw)), i64(off))), F32)
+                                at = b.add(row, ox)
+                                em.store(em.fma(v, wv, em.load(k.out, at, F32)), k.out, at)
+            if k.epilogue is not None:
+                with em.loop(ow, name="epi") as ox:
+                    at = b.add(row, ox)
+                    em.store(k.apply_epilogue(em.load(k.out, at, F32)), k.out, at)
 
 
 def _conv(k: KernelContext) -> None:
-    """conv2d: im2col + register-blocked GEMM (groups == 1) or a direct loop nest (grouped)."""
-    if k.op.attrs["groups"] == 1:
+    """conv2d: im2col + register-blocked GEMM per group, or direct rows for depthwise."""
+    if _uses_gemm(_geometry(k.op)):
         _conv_gemm(k)
     else:
         _conv_direct(k)
 
 
-kernel("conv2d", ("f32", "f32", "f32"), scratch=_scratch, epilogue=True)(_conv)
-kernel("conv2d", ("f32", "f32"), scratch=_scratch, epilogue=True)(_conv)
+kernel("conv2d", ("f32", "f32", "f32"), pack=_pack_weights, scratch=_scratch, epilogue=True)(_conv)
+kernel("conv2d", ("f32", "f32"), pack=_pack_weights, scratch=_scratch, epilogue=True)(_conv)

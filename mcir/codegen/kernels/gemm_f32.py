@@ -16,8 +16,9 @@
   panel passes over it). Edges are static: the last rows use a smaller MR, the last
   panel masked stores.
 
-A is addressed with strides (``A[m,k] = a[m*a_rs + k*a_cs]``) so convolution uses the
-same micro-kernel with its weights as A.
+A is addressed with strides (``A[m,k] = a[m*a_rs + k*a_cs]``), or, when it is a
+constant (convolution weights), pre-packed in row panels ``[ceil(M/MR)][K][MR]`` so
+the MR broadcasts of one k come from one cache line (``pack_a``).
 """
 
 from __future__ import annotations
@@ -96,6 +97,15 @@ def pack_b(b_kn: np.ndarray, nr: int) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(k, p, nr).transpose(1, 0, 2))
 
 
+def pack_a(a_mk: np.ndarray, mr: int) -> np.ndarray:
+    """``A[M,K]`` as zero-padded row panels ``[ceil(M/MR)][K][MR]``."""
+    m, k = a_mk.shape
+    p = math.ceil(m / mr)
+    padded = np.zeros((p * mr, k), np.float32)
+    padded[:m] = a_mk
+    return np.ascontiguousarray(padded.reshape(p, mr, k).transpose(0, 2, 1))
+
+
 def packed_b_bytes(k: int, n: int, nr: int) -> int:
     return math.ceil(n / nr) * k * nr * 4
 
@@ -134,6 +144,7 @@ class GemmArgs:
     c_rs: int
     bias: ir.Value | None = None
     bias_per_row: bool = False  # conv: one bias per output channel (a row of C)
+    a_packed: bool = False  # A in row panels of the tiling's MR (see pack_a)
     epilogue: object = None  # Callable[[Emitter, ir.Value], ir.Value] | None
 
 
@@ -204,17 +215,22 @@ def _tile(
     b = em.b
     vt = vec(F32, t.lanes)
     zero = const(vt, 0.0)
-    a_row = em.gep(g.a, b.mul(row, i64(g.a_rs)), F32)
+    if g.a_packed:  # panel of the tile: A[row + r, k] at a[row * K + k * MR + r]
+        a_row = em.gep(g.a, b.mul(row, i64(g.k)), F32)
+        a_rs, a_cs = 1, t.mr
+    else:
+        a_row = em.gep(g.a, b.mul(row, i64(g.a_rs)), F32)
+        a_rs, a_cs = g.a_rs, g.a_cs
     b_pan = em.gep(g.b_packed, b.add(b.mul(panel, i64(g.k * t.nr)), b.mul(kstart, i64(t.nr))), F32)
-    a_k0 = b.mul(kstart, i64(g.a_cs))
+    a_k0 = b.mul(kstart, i64(a_cs))
     ku = min(t.ku, max(1, klen))
 
     def step(kk: ir.Value, accs: list[ir.Value]) -> list[ir.Value]:
         bv = [em.load(b_pan, b.add(b.mul(kk, i64(t.nr)), i64(j * t.lanes)), vt, align=4 * t.lanes) for j in range(nv)]
         out = list(accs)
-        a_k = b.add(a_k0, b.mul(kk, i64(g.a_cs)))
+        a_k = b.add(a_k0, b.mul(kk, i64(a_cs)))
         for r in range(mr):
-            av = em.splat(em.load(a_row, b.add(a_k, i64(r * g.a_rs)), F32), t.lanes)
+            av = em.splat(em.load(a_row, b.add(a_k, i64(r * a_rs)), F32), t.lanes)
             for j in range(nv):
                 out[r * nv + j] = em.fma(av, bv[j], accs[r * nv + j])
         return out

@@ -25,12 +25,19 @@ def _split(shape: tuple[int, ...], axis: int) -> tuple[int, int, int]:
     return math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1 :])
 
 
-def softmax_row(em: Emitter, src: ir.Value, dst: ir.Value, n: int, lanes: int, log: bool) -> None:
-    """dst = softmax(src) (or log_softmax) of one contiguous row."""
+def softmax_row(
+    em: Emitter, src: ir.Value, dst: ir.Value, n: int, lanes: int, log: bool, masked_rows_zero: bool = False
+) -> None:
+    """dst = softmax(src) (or log_softmax) of one contiguous row.
+
+    ``masked_rows_zero``: a row that is all -inf gives zeros (attention's rule, torch's
+    _safe_softmax) instead of the 0/0 = NaN of a plain softmax.
+    """
     b = em.b
     mx = reduce_row(em, src, n, lanes, "max")
+    all_masked = b.fcmp_ordered("==", mx, const(F32, float("-inf")))
     # an all -inf row: subtract 0 instead of -inf, as the reference does (result nan for softmax)
-    mx = b.select(b.fcmp_ordered("==", mx, const(F32, float("-inf"))), const(F32, 0.0), mx)
+    mx = b.select(all_masked, const(F32, 0.0), mx)
     mxv = em.splat(mx, lanes)
     if log:
         total = reduce_row(em, src, n, lanes, "sum", lambda v: math_approx.exp(em, b.fsub(v, mxv)))
@@ -40,7 +47,10 @@ def softmax_row(em: Emitter, src: ir.Value, dst: ir.Value, n: int, lanes: int, l
     total = reduce_row(em, src, n, lanes, "sum", lambda v: math_approx.exp(em, b.fsub(v, mxv)))
     # exp once more instead of storing it in the first pass: the row is in L1 and the
     # second read is cheaper than a write + read of the intermediate
-    inv = em.splat(b.fdiv(const(F32, 1.0), total), lanes)
+    inv = b.fdiv(const(F32, 1.0), total)
+    if masked_rows_zero:
+        inv = b.select(all_masked, const(F32, 0.0), inv)
+    inv = em.splat(inv, lanes)
     map_row(em, src, dst, n, lanes, lambda v, _: b.fmul(math_approx.exp(em, b.fsub(v, mxv)), inv))
 
 

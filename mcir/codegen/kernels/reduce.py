@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import llvmlite.ir as ir
 
-from mcir.codegen.emit import F32, F64, I64, REASSOC, Emitter, const, i64, is_signed, storage_type
+from mcir.codegen.emit import F32, F64, REASSOC, Emitter, const, i64, is_signed, storage_type
 from mcir.codegen.kernels import KernelContext, kernel
 from mcir.codegen.kernels.movement import strides_of
+from mcir.ops.nn import reduced_axes
 from mcir.ops.registry import norm_axis
 
 
@@ -55,7 +56,7 @@ def _reduce_gen(k: KernelContext) -> None:
     x = k.operand_types[0]
     dt = x.dtype
     axes = k.op.attrs["axes"]
-    red = sorted({norm_axis(a, x.rank) for a in axes}) if axes else list(range(x.rank))
+    red = reduced_axes(x, axes)
     xs = strides_of(x.shape)
     kept = _collapse([(x.shape[d], xs[d]) for d in range(x.rank) if d not in red])
     rdims = _collapse([(x.shape[d], xs[d]) for d in red])
@@ -69,8 +70,6 @@ def _reduce_gen(k: KernelContext) -> None:
     wide = dt.is_float and kind != "amax"
     if dt.is_float:
         init = const(F64, 0.0) if wide else const(F32, float("-inf"))
-    elif kind == "mean":  # the reference averages in float64: sum in i64, no wrap-around
-        init = ir.Constant(I64, 0)
     else:
         init = ir.Constant(ety, (-(1 << (ety.width - 1)) if is_signed(dt) else 0) if kind == "amax" else 0)
 
@@ -82,8 +81,6 @@ def _reduce_gen(k: KernelContext) -> None:
             return b.select(cmp(">", v, acc), v, acc)
         if wide:
             return b.fadd(acc, b.fpext(v, F64), flags=REASSOC)
-        if kind == "mean" and v.type != I64:
-            v = b.sext(v, I64) if is_signed(dt) else b.zext(v, I64)
         return b.add(acc, v)
 
     def per_output(base: ir.Value, out_off: ir.Value) -> None:
@@ -98,11 +95,7 @@ def _reduce_gen(k: KernelContext) -> None:
 
         acc = level(0, base, init)
         if kind == "mean":
-            if dt.is_float:
-                acc = b.fdiv(acc, const(F64, float(count)))
-            else:
-                acc = b.sdiv(acc, i64(count))
-                acc = b.trunc(acc, ety) if ety != I64 else acc
+            acc = b.fdiv(acc, const(F64, float(count)))  # mean is float-only (its type rule)
         if wide:
             acc = b.fptrunc(acc, F32)
         em.store(acc, k.out, out_off)
@@ -110,8 +103,9 @@ def _reduce_gen(k: KernelContext) -> None:
     _nest(em, kept, per_output, "o")
 
 
-for _name in ("sum", "mean", "amax"):
-    kernel(_name, ("f32|int",))(_reduce_gen)
+kernel("sum", ("f32|int",))(_reduce_gen)
+kernel("amax", ("f32|int",))(_reduce_gen)
+kernel("mean", ("f32",))(_reduce_gen)
 
 
 @kernel("argmax", ("f32|int",))
@@ -119,6 +113,9 @@ def argmax(k: KernelContext) -> None:
     """Index (i64) of the first maximum along ``axis``; NaN wins like numpy."""
     em, b = k.em, k.em.b
     x = k.operand_types[0]
+    if x.rank == 0:  # the index of the only element
+        k.em.store(i64(0), k.out, 0)
+        return
     ax = norm_axis(k.op.attrs["axis"], x.rank)
     outer = 1
     for d in x.shape[:ax]:
