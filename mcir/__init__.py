@@ -38,6 +38,14 @@ def trace(module: Any, example_inputs: Any, tracer: str = "export", name: str | 
     return _trace(module, example_inputs, tracer=tracer, name=name)
 
 
+def compile(graph: Graph, path: Any, target: str = "native", name: str | None = None, triple: str | None = None) -> Any:
+    """Compile ``graph`` to ``PATH.o``, ``PATH.so`` and ``PATH.h`` and return the loaded library
+    (``lib(*arrays)`` runs it); see ``mcir.codegen.compile``."""
+    from mcir.codegen import compile as _compile
+
+    return _compile(graph, path, target=target, name=name, triple=triple, pipeline=graph.meta.get("pipeline", ""))
+
+
 def replace_pattern(graph: Graph, pattern: Any, replacement: Any, example_inputs: Any = None) -> int:
     """Replace every match of the torch function ``pattern`` by ``replacement``; see ``mcir.replace``."""
     from mcir.replace import replace_pattern as _replace
@@ -64,6 +72,7 @@ __all__ = [
     "Value",
     "VerifyError",
     "apply_rules",
+    "compile",
     "interpret",
     "load",
     "option",

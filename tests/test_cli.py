@@ -162,3 +162,29 @@ def test_legacy_format_pickles_are_inspected_without_unpickling(tmp_path, capsys
     torch.save(make_model(), whole, _use_new_zipfile_serialization=False)
     code, _, err = run(capsys, "dump", whole, "--input", "1x64")
     assert code == 2 and "examples.digits.model.DigitsMLP" in err and "--import examples.digits.model" in err
+
+
+def test_compile_writes_the_library_and_reports_measured_numbers(capsys, state_dict, tmp_path):
+    out = tmp_path / "build" / "digits"
+    code, text, err = run(
+        capsys, "compile", state_dict, "--model-def", FACTORY, "--input", "x=1x64", "--passes", "fold", "-o", out
+    )
+    assert code == 0, err
+    for suffix in (".so", ".o", ".h"):
+        assert out.with_suffix(suffix).exists()
+    for line in (
+        "library",
+        "weights",
+        "native vs interpreter",
+        "native vs original",
+        "latency",
+        "uncompressed latency",
+        "torch eager latency",
+    ):
+        assert line in text, text
+    x = np.zeros((1, 64), np.float32)
+    np.save(tmp_path / "x.npy", x)
+    code, text, _ = run(capsys, "run", out.with_suffix(".so"), "--input", tmp_path / "x.npy")
+    assert code == 0 and "output 0: float32[1, 10]" in text
+    code, text, _ = run(capsys, "bench", out.with_suffix(".so"), "--runs", "20", "--warmup", "2")
+    assert code == 0 and "median" in text.splitlines()[0]
