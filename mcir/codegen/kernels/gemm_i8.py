@@ -21,13 +21,17 @@ with the zero-point correction, the bias and the requantisation fused.
   by the weight stream, which the panel layout makes one linear read.
 * **Zero points and bias** are folded at compile time into one int32 per output
   channel, ``offset = bias - z_x * sum_k w[n,k]``, which initialises the accumulators:
-  ``sum_k (x - z_x) w = sum_k x w - z_x sum_k w`` exactly.
+  ``sum_k (x - z_x) w = sum_k x w - z_x sum_k w`` exactly. With the requantisation
+  parameters they form the op's *channel table*, a constant carried by the bias operand
+  (appended to the weights without a bias), so ops sharing weights share the panels.
 * **Requantisation** (u8/i8 results) in fixed point: ``M = s_x s_w[n] / s_y`` is stored as
   ``M0 * 2^-shift`` with ``M0`` a 31-bit integer, and
-  ``q = clamp(((acc * M0 + 2^(shift-1)) >> shift) + z_y)`` in 64-bit arithmetic: rounding
-  half away from zero upward (half-up), versus the interpreter's round-half-to-even on
-  float values, so results agree within 1 LSB (exactly, except at ties and float
-  rounding of the reference). f32 results are ``float(acc) * (s_x s_w[n])``.
+  ``q = clamp(((acc * M0 + 2^(shift-1)) >> shift) + z_y)`` in 64-bit arithmetic: round
+  half up (towards +inf), where the interpreter rounds the float value half to even, so
+  results agree within 1 LSB (they are equal except at ties and where the reference's own
+  f32 rounding crosses one). f32 results are ``float(acc) * (s_x s_w[n])``.
+* **u8 x u8 matmul** (attention): B packed at run time as s8 ``b - 128``, with row and
+  column zero-point sums (see ``_matmul_u8``).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import numpy as np
 
 from mcir.codegen.emit import F32, I8, I16, I32, I64, Emitter, const, i64
 from mcir.codegen.kernels import KernelContext, kernel
+from mcir.codegen.kernels.gemm_f32 import _bstrides, _matmul_dims  # matmul's batch broadcasting, as for f32
 from mcir.codegen.memory_plan import ALIGN, align_up, view_offset, view_root
 from mcir.codegen.target import Target
 from mcir.errors import CodegenError
@@ -122,13 +127,9 @@ class IntTiling:
         return self.nv * self.isa.lanes
 
 
-def _registers(target: Target) -> int:
-    return target.vector_registers
-
-
 def panel_vectors(n: int, isa: DotIsa, target: Target) -> int:
     """Vectors per B panel for N columns (depends on N and the target only)."""
-    nv_max = 4 if _registers(target) >= 32 else 2
+    nv_max = 4 if target.vector_registers >= 32 else 2
     return max(1, min(nv_max, math.ceil(n / isa.lanes)))
 
 
@@ -136,7 +137,7 @@ def choose_tiling(m: int, n: int, isa: DotIsa, target: Target) -> IntTiling:
     """Blocking for an M x N int8 product on ``target``."""
     nv = panel_vectors(n, isa, target)
     # accumulators that fit beside the B vectors (widened copies for madd), one A broadcast and a temporary
-    budget = _registers(target) - nv * (2 if isa.kind == "madd" else 1) - 2
+    budget = target.vector_registers - nv * (2 if isa.kind == "madd" else 1) - 2
     if m == 1:
         return IntTiling(1, nv, max(1, min(4, 8 // nv)), isa)
     mr = max(1, min(m, budget // nv, 8))
@@ -581,8 +582,6 @@ kernel("linear", ("u8#quant", "i8#quant"), pack=_pack_linear, epilogue=True)(_li
 
 
 def _matmul_plan(op: Op, target: Target) -> tuple[tuple[int, ...], int, int, int, IntTiling]:
-    from mcir.codegen.kernels.gemm_f32 import _matmul_dims
-
     batch, m, n, k = _matmul_dims(op)
     # B is stored as s8 (b - 128) so VNNI's u8 x s8 product applies
     return batch, m, n, k, choose_tiling(m, n, dot_isa(target, a_signed=False, b_signed=True), target)
@@ -601,8 +600,6 @@ def _matmul_u8(k: KernelContext) -> None:
     B is packed at run time as s8 ``b - 128`` (so the u8 x s8 dot instruction applies) while its
     column sums are taken; A's row sums give the per-row term.
     """
-    from mcir.codegen.kernels.gemm_f32 import _bstrides
-
     em, b = k.em, k.em.b
     batch, m, n, kk, t = _matmul_plan(k.op, k.target)
     qa, qb = activation_quant(k.op, 0), activation_quant(k.op, 1)
@@ -619,7 +616,7 @@ def _matmul_u8(k: KernelContext) -> None:
     if rq.out == "f32":
         uniform = (int(np.array([scale], np.float32).view(np.int32)[0]), 0)
     else:
-        m0, shift = fixed_point(np.array([scale / op_scale(k.op)]))
+        m0, shift = fixed_point(np.array([scale / k.op.result.type.encoding.scale]))
         uniform = (int(m0[0]), int(shift[0]))
     out_size = 4 if rq.out == "f32" else 1
     kg_total = math.ceil(kk / grp)
@@ -680,11 +677,6 @@ def _matmul_u8(k: KernelContext) -> None:
             b_off = b.add(b_off, b.mul(idx, i64(sb[d])))
         out = em.byte_offset(k.out, b.mul(i, i64(m * n * out_size)))
         one(em.byte_offset(k.args[0], a_off), em.byte_offset(k.args[1], b_off), out, not shared_b)
-
-
-def op_scale(op: Op) -> float:
-    """The per-tensor scale of a quantised result."""
-    return float(op.result.type.encoding.scale)
 
 
 kernel("matmul", ("u8#quant", "u8#quant"), scratch=_matmul_scratch, epilogue=True)(_matmul_u8)
