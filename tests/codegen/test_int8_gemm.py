@@ -199,6 +199,20 @@ def test_aarch64_object(tmp_path):
     assert arts.object_path.stat().st_size > 0 and arts.library_path is None
 
 
+@pytest.mark.parametrize(
+    ("lead", "n", "k", "kwargs"),
+    [
+        ((1,), 1, 1, {"zx": 255}),  # the smallest product, zero point at the top of the range
+        ((3,), 5, 5000, {"out": "i8", "zx": 0, "per_axis": False}),  # long K, per-tensor weights
+        ((2, 3, 4), 33, 65, {"out": "f32", "zx": 1, "act": "gelu"}),  # rank-4 activations, fused GELU
+    ],
+)
+def test_linear_edges(tmp_path, lead, n, k, kwargs):
+    rng = np.random.default_rng(k)
+    g, xs = qlinear(rng, lead, n, k, **kwargs)
+    check_int8(g, tmp_path, xs)
+
+
 # -- matmul of two quantised activations (quantize(attention=true)) ----------------------------------
 
 
@@ -231,6 +245,13 @@ def test_matmul_u8_random(tmp_path_factory, m, n, k, batch, za, zb, out):
     rng = np.random.default_rng(m * 101 + n * 7 + k)
     g, xs = qmatmul(rng, (*batch[0], m, k), (*batch[1], k, n), za=za, zb=zb, out=out)
     check_int8(g, tmp_path_factory.mktemp("qmm"), *xs)
+
+
+@pytest.mark.parametrize(("sa", "sb"), [((7,), (7, 20)), ((3, 5, 7), (7,))])
+def test_matmul_u8_with_vectors(tmp_path, sa, sb):
+    rng = np.random.default_rng(1)
+    g, xs = qmatmul(rng, sa, sb, za=0, zb=255, out="u8")
+    check_int8(g, tmp_path, *xs)
 
 
 @pytest.mark.parametrize("target", TARGETS)
