@@ -40,6 +40,8 @@ from mcir.codegen.kernels.gemm_i8 import (
     requantize,
     result_requant,
     table_pointer,
+    widen_a,
+    widened_bytes,
 )
 from mcir.codegen.memory_plan import align_up
 from mcir.codegen.target import Target
@@ -80,7 +82,8 @@ class _Geom:
     def scratch(self) -> int:
         if self.groups == 1:
             t = self.tiling
-            return self.padded_bytes + panel_bytes(self.pix, self.kp, t.nr, t.isa.group)
+            cols = align_up(panel_bytes(self.pix, self.kp, t.nr, t.isa.group))
+            return self.padded_bytes + cols + widened_bytes(self.o, self.kp, t.isa)
         return self.padded_bytes + align_up(4 * self.ow)
 
 
@@ -204,6 +207,19 @@ def _conv_gemm(k: KernelContext, g: _Geom) -> None:
     xp_buf = k.scratch
     cols = em.byte_offset(k.scratch, g.padded_bytes)
     table = table_pointer(k, g.o * g.kp)
+
+    def gemm(out: ir.Value, a: ir.Value = k.args[1], a_rs: int = g.kp, wide: bool = False) -> IntGemm:
+        return IntGemm(
+            g.o, g.pix, g.kp, a, a_rs, True, cols, False, out, g.pix, table, g.o, rq,
+            per_row=True, a_kpad=True, epilogue=k.epilogue, a_wide=wide,
+        )  # fmt: skip
+
+    if t.isa.kind == "madd":  # the weights widened to int16 once per call, for every image
+        dst = em.byte_offset(cols, align_up(panel_bytes(g.pix, g.kp, t.nr, t.isa.group)))
+        w = widen_a(em, gemm(k.out), dst)
+        make = lambda out: gemm(out, w.a, w.a_rs, True)
+    else:
+        make = gemm
     with em.loop(g.n, name="img") as n:
         x = em.byte_offset(k.args[0], b.mul(n, i64(g.c * g.h * g.w)))
         if g.copy:
@@ -212,12 +228,7 @@ def _conv_gemm(k: KernelContext, g: _Geom) -> None:
         else:
             xp = x
         _im2col(em, g, xp, cols)
-        out = em.byte_offset(k.out, b.mul(n, i64(g.o * g.pix * out_size)))
-        gemm = IntGemm(
-            g.o, g.pix, g.kp, k.args[1], g.kp, True, cols, False, out, g.pix, table, g.o, rq,
-            per_row=True, a_kpad=True, epilogue=k.epilogue,
-        )  # fmt: skip
-        emit_gemm(em, gemm, t)
+        emit_gemm(em, make(em.byte_offset(k.out, b.mul(n, i64(g.o * g.pix * out_size)))), t)
 
 
 def _conv_direct(k: KernelContext, g: _Geom) -> None:

@@ -39,7 +39,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import llvmlite.ir as ir
 import numpy as np
@@ -337,6 +337,27 @@ class IntGemm:
     epilogue: Callable[[Emitter, ir.Value], ir.Value] | None = None
     row_offset: ir.Value | None = None  # int32 per row, added to the accumulators too (runtime sums)
     uniform: tuple[int, int] | None = None  # (scale bits or M0, shift) of every channel, instead of the table
+    a_wide: bool = False  # A already widened to int16 (the int16 path; see ``widen_a``)
+
+
+def widened_bytes(m: int, k: int, isa: DotIsa) -> int:
+    """Scratch for A widened to int16 (only the ``vpmaddwd`` path widens)."""
+    return m * align_up(4 * math.ceil(k / 2)) if isa.kind == "madd" else 0
+
+
+def widen_a(em: Emitter, g: IntGemm, dst: ir.Value) -> IntGemm:
+    """For the int16 path: A's rows widened once to int16 (K padded to pairs with 0), so the
+    micro-kernel broadcasts each K pair with one 4-byte load instead of rebuilding it from two
+    bytes for every panel it passes. Returns the GEMM reading the widened rows."""
+    b = em.b
+    pairs = math.ceil(g.k / 2)
+    row = align_up(4 * pairs)
+    with em.loop(g.m, name="wr") as r, em.loop(2 * pairs, name="wk") as kk:
+        inside = b.icmp_signed("<", kk, i64(g.k))
+        at = b.select(inside, b.add(b.mul(r, i64(g.a_rs)), kk), i64(0))
+        v = _ext(b, em.load(g.a, at, I8), I16, g.a_signed)
+        em.store(b.select(inside, v, ir.Constant(I16, 0)), dst, b.add(b.mul(r, i64(row // 2)), kk))
+    return replace(g, a=dst, a_rs=row, a_kpad=True, a_wide=True)
 
 
 def emit_gemm(em: Emitter, g: IntGemm, t: IntTiling) -> None:
@@ -402,6 +423,11 @@ def _tile(em: Emitter, g: IntGemm, t: IntTiling, row: ir.Value, mr: int, panel: 
 
     def load_a(r: int, kg: ir.Value | None, tail: int = 0) -> ir.Value:
         """Row r's K group ``kg`` broadcast to every lane, in the form the dot instruction takes."""
+        if g.a_wide:  # a pair of int16 already
+            base = b.add(i64(r * g.a_rs), b.mul(kg, i64(4)) if kg is not None else i64(full * 4))
+            return b.bitcast(
+                em.splat(b.load(em.byte_offset(a_row, base), typ=I32, align=4), lanes), ir.VectorType(I16, 2 * lanes)
+            )
         base = b.add(i64(r * g.a_rs), b.mul(kg, i64(group)) if kg is not None else i64(full * group))
         if tail:  # the last, partial group of the row: assemble it from single bytes
             word = ir.Constant(I32, 0)
@@ -562,6 +588,11 @@ def _pack_linear(op: Op, index: int, data, target: Target):
     return pack_weights_and_table(op, index, data, layout, lambda w: pack_panels(w, t.nr, t.isa.group), count)
 
 
+def _linear_scratch(op: Op, target: Target) -> int:
+    m, _, k = _linear_dims(op)
+    return widened_bytes(m, k, _linear_plan(op, target).isa)
+
+
 def _linear_i8(k: KernelContext) -> None:
     """y = x @ W^T + b on u8 activations and int8 weights (VNNI / int16 / portable dot)."""
     m, n, kk = _linear_dims(k.op)
@@ -571,11 +602,13 @@ def _linear_i8(k: KernelContext) -> None:
     count = math.ceil(n / t.nr) * t.nr
     table = table_pointer(k, panel_bytes(n, kk, t.nr, t.isa.group))
     gemm = IntGemm(m, n, kk, k.args[0], kk, False, k.args[1], True, k.out, n, table, count, rq, epilogue=k.epilogue)
+    if t.isa.kind == "madd":
+        gemm = widen_a(k.em, gemm, k.scratch)
     emit_gemm(k.em, gemm, t)
 
 
-kernel("linear", ("u8#quant", "i8#quant", "i32#quant|f32"), pack=_pack_linear, epilogue=True)(_linear_i8)
-kernel("linear", ("u8#quant", "i8#quant"), pack=_pack_linear, epilogue=True)(_linear_i8)
+for _ops in (("u8#quant", "i8#quant", "i32#quant|f32"), ("u8#quant", "i8#quant")):
+    kernel("linear", _ops, pack=_pack_linear, scratch=_linear_scratch, epilogue=True)(_linear_i8)
 
 
 # -- matmul of two quantised activations (attention, quantize(attention=true)) ---------------------------
@@ -590,7 +623,12 @@ def _matmul_plan(op: Op, target: Target) -> tuple[tuple[int, ...], int, int, int
 def _matmul_scratch(op: Op, target: Target) -> int:
     _, m, n, k, t = _matmul_plan(op, target)
     count = math.ceil(n / t.nr) * t.nr
-    return align_up(panel_bytes(n, k, t.nr, t.isa.group)) + align_up(4 * count) + align_up(4 * m)
+    return (
+        align_up(panel_bytes(n, k, t.nr, t.isa.group))
+        + align_up(4 * count)
+        + align_up(4 * m)
+        + widened_bytes(m, k, t.isa)
+    )
 
 
 def _matmul_u8(k: KernelContext) -> None:
@@ -658,6 +696,8 @@ def _matmul_u8(k: KernelContext) -> None:
             m, n, kk, a, kk, False, packed, True, out, n, col_off, count, rq,
             epilogue=k.epilogue, row_offset=row_off, uniform=uniform,
         )  # fmt: skip
+        if t.isa.kind == "madd":
+            gemm = widen_a(em, gemm, em.byte_offset(row_off, align_up(4 * m)))
         emit_gemm(em, gemm, t)
 
     if not batch:
