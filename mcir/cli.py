@@ -285,6 +285,7 @@ def _dtype_name(a: np.ndarray) -> str:
 
 def cmd_opt(args: argparse.Namespace) -> int:
     import mcir
+    from mcir.serialize import write_atomic
 
     graph = _run_pipeline(mcir.load(args.input_path), args)
     out = Path(args.output)
@@ -293,7 +294,7 @@ def cmd_opt(args: argparse.Namespace) -> int:
             mcir.save(graph, out.with_suffix(""))
             print(f"wrote {out.with_suffix('')}/ (the graph has weights; a folder keeps them)", file=sys.stderr)
         else:
-            _atomic_write_text(out, str(graph))
+            write_atomic(out, str(graph))
     else:
         mcir.save(graph, out)
     _print_report(graph)
@@ -304,21 +305,6 @@ def _inline(op) -> bool:
     from mcir.printer import is_inline
 
     return is_inline(op)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def cmd_passes(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from mcir.codegen import header, link
 from mcir.codegen.lowering import lower
 from mcir.codegen.target import host_supports, resolve
 from mcir.ir import Graph
+from mcir.serialize import write_atomic
 
 
 @dataclass(frozen=True)
@@ -79,10 +80,10 @@ def compile(
     lib_name = name if name is not None else default_name(stem)
     tgt = resolve(target, triple)
     lowered = lower(graph, tgt, lib_name, pipeline)
-    obj = link.write_atomic(stem.with_name(stem.name + ".o"), link.emit_object(lowered.module, tgt.machine()))
-    hdr = link.write_atomic(stem.with_name(stem.name + ".h"), header.render(lowered))
+    obj = write_atomic(stem.with_name(stem.name + ".o"), link.emit_object(lowered.module, tgt.machine()))
+    hdr = write_atomic(stem.with_name(stem.name + ".h"), header.render(lowered))
     if emit_llvm:
-        link.write_atomic(stem.with_name(stem.name + ".ll"), readable_ir(str(lowered.module)))
+        write_atomic(stem.with_name(stem.name + ".ll"), readable_ir(str(lowered.module)))
     so = None
     if tgt.native:
         so = link.link_shared(obj, stem.with_name(stem.name + ".so"))

@@ -13,11 +13,17 @@ An operand pattern is ``"f32"``, a dtype family (``"float"``, ``"int"``, ``"bool
 Plain patterns match unencoded operands only, so an encoded weight never reaches a
 float kernel by accident: it needs its own entry (INT8 VNNI, XNOR-popcount, sparse,
 codebook...), and without one lowering fails with a CodegenError naming the op.
+
+Every module in this package is imported when the registry is first used, so a new
+kernel file registers itself: nothing else changes. Within an op, entries are tried in
+module-name order, then definition order; the first whose patterns match wins.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,8 +113,6 @@ class KernelGen:
 
 
 _REGISTRY: dict[str, list[KernelGen]] = {}
-_MODULES = ("elementwise", "gemm_f32", "movement", "norm", "reduce", "conv", "pool", "attention")
-_INT8_MODULES = ("gemm_i8", "conv_i8", "quant")  # u8/i8 #quant operands (INT8 path)
 
 
 def kernel(
@@ -131,10 +135,12 @@ def kernel(
     return deco
 
 
+@functools.cache
 def _load() -> None:
-    # the generator modules register themselves on import
-    for name in _MODULES + _INT8_MODULES:
-        importlib.import_module(f"mcir.codegen.kernels.{name}")
+    # every module of this package registers its generators on import: a new kernel file
+    # (gemm_i8.py, xnor.py, ...) plugs in without touching the registry or the lowering
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        importlib.import_module(f"{__name__}.{info.name}")
 
 
 def signature(t: TensorType) -> str:

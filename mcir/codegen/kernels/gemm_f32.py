@@ -111,22 +111,32 @@ def packed_b_bytes(k: int, n: int, nr: int) -> int:
 
 
 def emit_pack_b(em: Emitter, src: ir.Value, b_rs: int, b_cs: int, k: int, n: int, nr: int, dst: ir.Value) -> None:
-    """Runtime packing of ``B[k, n] = src[k*b_rs + n*b_cs]`` into panels at ``dst``."""
+    """Runtime packing of ``B[k, n] = src[k*b_rs + n*b_cs]`` into panels at ``dst``.
+
+    Full panels are plain strided copies (contiguous, so vectorised, when ``b_cs == 1``);
+    only the last, partial panel checks columns and writes zero padding.
+    """
     b = em.b
     p_full, tail = divmod(n, nr)
     zero = const(F32, 0.0)
-    with em.loop(p_full + (1 if tail else 0), name="pp") as p:
+
+    def panel(p: ir.Value, width: int) -> None:
         pan = b.mul(p, i64(k * nr))
         with em.loop(k, name="pk") as kk:
             row = b.add(pan, b.mul(kk, i64(nr)))
             srow = b.add(b.mul(kk, i64(b_rs)), b.mul(p, i64(nr * b_cs)))
-            with em.loop(nr, name="pj") as j:
-                col = b.add(b.mul(p, i64(nr)), j)
-                inside = b.icmp_signed("<", col, i64(n))
-                # clamp the column so the load stays inside B; the select zeroes the padding
-                safe = b.select(inside, b.add(srow, b.mul(j, i64(b_cs))), i64(0))
-                v = em.load(src, safe, F32)
-                em.store(b.select(inside, v, zero), dst, b.add(row, j))
+            if width:
+                with em.loop(width, name="pj") as j:
+                    em.store(em.load(src, b.add(srow, b.mul(j, i64(b_cs))), F32), dst, b.add(row, j))
+            if width < nr:
+                with em.loop(nr, name="pz", start=width) as j:
+                    em.store(zero, dst, b.add(row, j))
+
+    if p_full:
+        with em.loop(p_full, name="pp") as p:
+            panel(p, nr)
+    if tail:
+        panel(i64(p_full), tail)
 
 
 @dataclass
