@@ -92,3 +92,17 @@ def test_ternary_threshold_follows_delta():
 def test_bad_options(digits, pipeline, message):
     with pytest.raises(mcir.ParseError, match=message):
         mcir.run_passes(digits["graph"], pipeline)
+
+
+def test_centring_of_a_graph_input_uses_its_calibrated_mean():
+    """A layer reading the graph input directly (skip=none) is centred too: the input is
+    produced by no op, so its mean must come from the calibration batches themselves."""
+    g = mcir.Graph("lin")
+    x = g.add_input("x", mcir.tensor([4, 8]))
+    rng = np.random.default_rng(0)
+    g.set_outputs([g.add("linear", [x, g.const("w", rng.standard_normal((3, 8)).astype(np.float32))])])
+    batch = (rng.random((4, 8)) + 5.0).astype(np.float32)  # far from 0: sign(x) alone would be all +1
+    out = mcir.run_passes(g, "binarize(activations=binary, skip=none)", calibration=[(batch,)])
+    sub = [op for op in out.compute_ops() if op.name == "sub"]
+    assert len(sub) == 1 and sub[0].operands[0] is out.inputs[0]
+    np.testing.assert_allclose(sub[0].operands[1].producer.data, batch.mean(axis=0), rtol=1e-6)

@@ -353,6 +353,13 @@ def lower(graph: Graph, target: Target, name: str, pipeline: str = "") -> Lowere
 
     verify(graph)
     name = c_name(name)
+    for which, values in (("input", graph.inputs), ("output", graph.outputs)):
+        for v in values:
+            if v.type.dtype.name not in DTYPE_CODES:  # e.g. a b1 #binary value: bits + scales, not a tensor
+                raise CodegenError(
+                    f"graph {which} %{v.name} has type {v.type}, which the C ABI cannot pass (it takes dense "
+                    f"{', '.join(DTYPE_CODES)} tensors); dequantize it inside the graph"
+                )
     pairs = build_steps(graph, target)
     mp = plan(graph, [s for s, _ in pairs])
     gens = {id(s): g for s, g in pairs}

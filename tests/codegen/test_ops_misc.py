@@ -146,7 +146,7 @@ def test_scaled_dot_product_attention(tmp_path, rng, q, k, v, mask, attrs):
     check_native(g, tmp_path, *data)
 
 
-def test_fully_masked_attention_row_is_zero_like_the_reference(tmp_path, rng):
+def test_fully_masked_attention_row_gives_zeros_like_torch(tmp_path, rng):
     g = Graph("sdpa_nan")
     ins = [g.add_input(n, tensor([1, 3, 4])) for n in "qkv"] + [g.add_input("m", tensor([3, 3], "bool"))]
     g.set_outputs([g.add("scaled_dot_product_attention", ins)])

@@ -14,9 +14,13 @@ Plain patterns match unencoded operands only, so an encoded weight never reaches
 float kernel by accident: it needs its own entry (INT8 VNNI, XNOR-popcount, sparse,
 codebook...), and without one lowering fails with a CodegenError naming the op.
 
+An entry may also constrain the *result* type (``result="b1#binary"``): ``quantize``
+has one f32 operand whatever it produces, so its kernels differ by result only.
+
 Every module in this package is imported when the registry is first used, so a new
-kernel file registers itself: nothing else changes. Within an op, entries are tried in
-module-name order, then definition order; the first whose patterns match wins.
+kernel file registers itself: nothing else changes. Within an op, entries with a result
+pattern are tried first, then the others, each group in module-name order, then
+definition order; the first whose patterns match wins.
 """
 
 from __future__ import annotations
@@ -95,12 +99,15 @@ class KernelGen:
     epilogue: bool = False
     can_fail: bool = False
     doc: str = field(default="")
+    result: str | None = None  # pattern the result type must match (None: any)
 
     @property
     def name(self) -> str:
         return self.emit.__name__
 
-    def matches(self, types: list[TensorType]) -> bool:
+    def matches(self, types: list[TensorType], result: TensorType | None = None) -> bool:
+        if self.result is not None and (result is None or not _matches(self.result, result)):
+            return False
         if self.operands is None:
             return True
         if len(types) > len(self.operands) and not self.operands[-1].endswith("*"):
@@ -123,12 +130,14 @@ def kernel(
     scratch: Callable[[Op, Target], int] | None = None,
     epilogue: bool = False,
     can_fail: bool = False,
+    result: str | None = None,
 ) -> Callable[[Callable[[KernelContext], None]], Callable[[KernelContext], None]]:
-    """Decorator: register the decorated function as the generator of ``op`` for ``operands``."""
+    """Decorator: register the decorated function as the generator of ``op`` for ``operands``
+    (and, if given, a ``result`` type pattern)."""
 
     def deco(fn: Callable[[KernelContext], None]) -> Callable[[KernelContext], None]:
         _REGISTRY.setdefault(op, []).append(
-            KernelGen(op, operands, fn, pack, scratch, epilogue, can_fail, (fn.__doc__ or "").strip())
+            KernelGen(op, operands, fn, pack, scratch, epilogue, can_fail, (fn.__doc__ or "").strip(), result)
         )
         return fn
 
@@ -171,14 +180,20 @@ def lookup(op: Op) -> KernelGen:
     """The generator for ``op``; a CodegenError naming the op, its operand types and what exists."""
     _load()
     types = [v.type for v in op.operands]
-    for gen in _REGISTRY.get(op.name, ()):
-        if gen.matches(types):
+    gens = _REGISTRY.get(op.name, ())
+    # result-constrained entries first: they are the more specific ones
+    for gen in sorted(gens, key=lambda g: g.result is None):
+        if gen.matches(types, op.result.type):
             return gen
     got = ", ".join(signature(t) for t in types) or "no operands"
-    have = [f"({', '.join(g.operands)})" if g.operands else "(any)" for g in _REGISTRY.get(op.name, ())]
+    have = [
+        (f"({', '.join(g.operands)})" if g.operands else "(any)") + (f" -> {g.result}" if g.result else "")
+        for g in gens
+    ]
     hint = f"kernels exist for operands {'; '.join(have)}" if have else "no kernel exists for this op yet"
     raise CodegenError(
-        f"no native kernel for {op.where()} with operands ({got}): {hint}. Convert the graph "
+        f"no native kernel for {op.where()} with operands ({got}) and result {signature(op.result.type)}: "
+        f"{hint}. Convert the graph "
         "(e.g. dequantize the weights) or run it with mcir.interpret"
     )
 

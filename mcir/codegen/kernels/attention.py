@@ -100,7 +100,7 @@ def _sdpa(k: KernelContext) -> None:
             row = em.gep(scores, b.mul(qi, i64(S)), F32)
             if causal or mask_t is not None:
                 _mask_row(k, em, row, qi, S, causal, mask_t, moff, mst if mask_t is not None else None)
-            softmax_row(em, row, row, S, lanes, log=False, empty_zero=True)
+            softmax_row(em, row, row, S, lanes, log=False, masked_rows_zero=True)
         emit_pack_b(em, vp, Ev, 1, S, Ev, t2.nr, vpack)
         emit_gemm(em, GemmArgs(L, Ev, S, scores, S, 1, vpack, em.gep(k.out, b.mul(bi, i64(L * Ev)), F32), Ev), t2)
 

@@ -26,14 +26,18 @@ def _split(shape: tuple[int, ...], axis: int) -> tuple[int, int, int]:
 
 
 def softmax_row(
-    em: Emitter, src: ir.Value, dst: ir.Value, n: int, lanes: int, log: bool, empty_zero: bool = False
+    em: Emitter, src: ir.Value, dst: ir.Value, n: int, lanes: int, log: bool, masked_rows_zero: bool = False
 ) -> None:
-    """dst = softmax(src) (or log_softmax) of one contiguous row; with ``empty_zero`` an all -inf
-    row (a fully masked attention row) gives zeros, as the attention reference does."""
+    """dst = softmax(src) (or log_softmax) of one contiguous row.
+
+    ``masked_rows_zero``: a row that is all -inf gives zeros (attention's rule, torch's
+    _safe_softmax) instead of the 0/0 = NaN of a plain softmax.
+    """
     b = em.b
     mx = reduce_row(em, src, n, lanes, "max")
+    all_masked = b.fcmp_ordered("==", mx, const(F32, float("-inf")))
     # an all -inf row: subtract 0 instead of -inf, as the reference does (result nan for softmax)
-    mx = b.select(b.fcmp_ordered("==", mx, const(F32, float("-inf"))), const(F32, 0.0), mx)
+    mx = b.select(all_masked, const(F32, 0.0), mx)
     mxv = em.splat(mx, lanes)
     if log:
         total = reduce_row(em, src, n, lanes, "sum", lambda v: math_approx.exp(em, b.fsub(v, mxv)))
@@ -44,8 +48,8 @@ def softmax_row(
     # exp once more instead of storing it in the first pass: the row is in L1 and the
     # second read is cheaper than a write + read of the intermediate
     inv = b.fdiv(const(F32, 1.0), total)
-    if empty_zero:
-        inv = b.select(b.fcmp_ordered("==", total, const(F32, 0.0)), const(F32, 0.0), inv)
+    if masked_rows_zero:
+        inv = b.select(all_masked, const(F32, 0.0), inv)
     inv = em.splat(inv, lanes)
     map_row(em, src, dst, n, lanes, lambda v, _: b.fmul(math_approx.exp(em, b.fsub(v, mxv)), inv))
 
