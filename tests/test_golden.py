@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import mcir
+from mcir.passes.quantize import random_batches
 
 GOLDEN = Path(__file__).parent / "golden"
 MARKER = "// ----- expected -----\n"
@@ -38,17 +39,6 @@ def _code(section: str) -> str:
     return "".join(line + "\n" for line in section.splitlines() if line.strip() and not line.lstrip().startswith("//"))
 
 
-def _random_inputs(g: mcir.Graph, rng: np.random.Generator) -> list[np.ndarray]:
-    out = []
-    for v in g.inputs:
-        t = v.type
-        if t.dtype.is_float:
-            out.append(rng.standard_normal(t.shape).astype(t.dtype.np))
-        else:
-            out.append(rng.integers(0, 8, t.shape).astype(t.dtype.np))
-    return out
-
-
 @pytest.mark.parametrize("path", FILES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_golden(path: Path):
     pipeline, before, expected = _split(path)
@@ -64,9 +54,7 @@ def test_golden(path: Path):
     assert str(mcir.parse(expected)) == expected
 
     if all(op.data is not None for op in source.constants()):
-        rng = np.random.default_rng(0)
-        for _ in range(3):
-            xs = _random_inputs(source, rng)
+        for xs in random_batches(source, 3):
             # the result graph itself: encoded constants (#csr, #nm, ...) are not printed with their data
             for a, b in zip(mcir.interpret(source, *xs), mcir.interpret(graph, *xs)):
                 a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)

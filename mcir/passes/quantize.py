@@ -122,7 +122,8 @@ def check_batches(graph: Graph, batches) -> list[tuple[np.ndarray, ...]]:
 
 
 def random_batches(graph: Graph, count: int, seed: int = 0) -> list[tuple[np.ndarray, ...]]:
-    """Standard-normal float inputs; integer inputs in range for the embedding they index."""
+    """Standard-normal float inputs, quantised integers over their range, indices in range for the
+    embedding they index."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(count):
@@ -131,7 +132,10 @@ def random_batches(graph: Graph, count: int, seed: int = 0) -> list[tuple[np.nda
             t = v.type
             if t.dtype.is_float:
                 batch.append(rng.standard_normal(t.shape).astype(t.dtype.np))
-            else:
+            elif t.encoding is not None:  # already-quantised integers: anywhere in their range
+                info = np.iinfo(t.dtype.np)
+                batch.append(rng.integers(info.min, int(info.max) + 1, t.shape).astype(t.dtype.np))
+            else:  # indices: in range for the embedding they select from (0/1 when they feed none)
                 high = min((u.operands[1].type.shape[0] for u in v.users if u.name == "embedding"), default=2)
                 batch.append(rng.integers(0, high, t.shape).astype(t.dtype.np))
         out.append(tuple(batch))
