@@ -1,11 +1,12 @@
-"""The demo behind `make demo`: the bundled digits MLP from PyTorch to a native library.
+"""The demo behind `make demo`: the bundled digits MLP from PyTorch to native libraries.
 
 1. train the model (a few seconds, scikit-learn's bundled digits, no downloads) and save
    it as a state dict, unless it is already there;
 2. load it the safe way (state dict + factory) and trace it into mcir's IR;
 3. run the IR with the reference interpreter and compare with torch;
-4. compress it (`fold,quant8`) with calibration data, compile float and INT8 graphs to
-   native libraries, run them, and print the compile report and the accuracies.
+4. compress it with several pipelines, compile each to a native library, and measure
+   size, latency and accuracy of every library in the same run;
+5. print the full compile report of the INT8 library.
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ sys.path.insert(0, str(ROOT))
 
 import mcir  # noqa: E402
 from examples.digits.model import load_data, train  # noqa: E402
+from mcir.compile_driver import compile_report, time_call  # noqa: E402
 from mcir.frontend.model_file import load_model  # noqa: E402
+from mcir.report import format_table, human_bytes, human_seconds  # noqa: E402
 
 WEIGHTS = ROOT / "examples" / "digits" / "digits_mlp.pt"
 FACTORY = "examples/digits/model.py:make_model"
 BUILD = ROOT / "build" / "demo"
+PIPELINES = ["", "fold,quant8", "prune(sparsity=0.5),quant8", "binarize", "binarize(activations=binary)"]
 
 
 def section(title: str) -> None:
@@ -48,47 +52,68 @@ def main() -> int:
         print(f"using {WEIGHTS.relative_to(ROOT)}")
 
     section("2. trace (state dict + factory: nothing is unpickled but tensors)")
-    model, _ = load_model(WEIGHTS, model_def=FACTORY, inputs=(f"x={len(x_test)}x64:f32",))
-    graph = mcir.trace(model, (torch.from_numpy(x_test),), name="digits")
+    model, _ = load_model(WEIGHTS, model_def=FACTORY, inputs=("x=1x64:f32",))
+    graph = mcir.trace(model, (torch.zeros(1, 64),), name="digits")
     print(graph)
 
-    section("3. reference interpreter vs torch")
+    section("3. reference interpreter vs torch (450 test images)")
     with torch.no_grad():
         torch_logits = model(torch.from_numpy(x_test)).numpy()
-    (ir_logits,) = mcir.interpret(graph, x_test)
+    ir_logits = np.concatenate([mcir.interpret(graph, x_test[i : i + 1])[0] for i in range(len(x_test))])
     rel = np.abs(ir_logits - torch_logits).max() / np.abs(torch_logits).max()
-    acc_torch = float(np.mean(torch_logits.argmax(1) == y_test))
-    acc_ir = float(np.mean(ir_logits.argmax(1) == y_test))
-    print(f"max relative difference {rel:.2e}; accuracy torch {acc_torch:.2%}, interpreter {acc_ir:.2%}")
+    print(
+        f"max relative difference {rel:.2e}; accuracy torch {np.mean(torch_logits.argmax(1) == y_test):.2%}, "
+        f"interpreter {np.mean(ir_logits.argmax(1) == y_test):.2%}"
+    )
 
-    section("4. compress: fold,quant8 (calibrated on training images)")
-    calibration = [(x_train[i : i + len(x_test)],) for i in range(0, len(x_train) - len(x_test) + 1, len(x_test))]
-    q8 = mcir.run_passes(graph, "fold,quant8", calibration=calibration, sample_inputs=[(x_test,)])
-    print(q8.meta["report"].table())
-    (q_logits,) = mcir.interpret(q8, x_test)
-    print(f"int8 accuracy (interpreter) {np.mean(q_logits.argmax(1) == y_test):.2%}")
-    compile_and_run(graph, q8, x_test, y_test)
-    return 0
-
-
-def compile_and_run(graph: mcir.Graph, q8: mcir.Graph, x_test: np.ndarray, y_test: np.ndarray) -> None:
-    """Compile the float and INT8 graphs, run them natively and report (needs the native backend)."""
-    try:
-        from mcir.compile_driver import compile_report
-    except ImportError:
-        print("(the native backend is not available in this build)")
-        return
-    section("5. native libraries")
-    for g, name in ((graph, "digits_f32"), (q8, "digits_int8")):
-        print(f"-- {name} (pipeline: {g.meta.get('pipeline') or 'none'})")
+    section("4. compress and compile (batch 1, one native call per image)")
+    calibration = [(x_train[i : i + 1],) for i in range(0, 512, 4)]
+    rows, int8 = [], None
+    for pipeline in PIPELINES:
+        g = mcir.run_passes(graph, pipeline, calibration=calibration) if pipeline else graph
+        name = "digits_" + ("fp32" if not pipeline else pipeline.split("(")[0].split(",")[-1])
+        if "activations=binary" in pipeline:
+            name += "_xnor"
         try:
-            lib, report = compile_report(g, BUILD / name, samples=[(x_test,)], original=graph, compare=False)
-        except mcir.McirError as e:  # e.g. a kernel this build does not have yet: say so, go on
-            print(f"cannot compile {name}: {e}\n")
+            lib = mcir.compile(g, BUILD / name)
+        except mcir.McirError as e:  # a kernel this build lacks: say so and go on
+            rows.append([pipeline or "(none: fp32)", "-", "-", "-", f"not compiled: {str(e)[:60]}..."])
             continue
+        logits = np.concatenate([lib(x_test[i : i + 1])[0] for i in range(len(x_test))])
+        out = [np.empty((1, 10), np.float32)]
+        t = np.median(time_call(lib.bind([x_test[:1]], out), runs=300))
+        rows.append(
+            [
+                pipeline or "(none: fp32)",
+                human_bytes(lib.file_size),
+                human_bytes(lib.weight_bytes),
+                human_seconds(t),
+                f"{np.mean(logits.argmax(1) == y_test):.2%}",
+            ]
+        )
+        if pipeline == "fold,quant8":
+            int8 = g
+    with torch.inference_mode():
+        xt = torch.from_numpy(x_test[:1])
+        t_torch = np.median(time_call(lambda: model(xt), runs=300))
+    rows.append(
+        ["torch eager (fp32)", "-", "-", human_seconds(t_torch), f"{np.mean(torch_logits.argmax(1) == y_test):.2%}"]
+    )
+    print(format_table(["pipeline", "library", "weights", "latency", "accuracy"], rows, align="lrrrr"))
+
+    if int8 is not None:
+        section("5. the compile report of fold,quant8 (what `mcir compile` prints)")
+        print(int8.meta["report"].table())
+        print()
+        _, report = compile_report(
+            int8,
+            BUILD / "digits_int8",
+            samples=[(x_test[i : i + 1],) for i in range(8)],
+            original=graph,
+            torch_model=model,
+        )
         print(report)
-        (logits,) = lib(x_test)
-        print(f"native accuracy {np.mean(logits.argmax(1) == y_test):.2%}\n")
+    return 0
 
 
 if __name__ == "__main__":

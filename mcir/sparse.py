@@ -87,11 +87,11 @@ class Csr(Encoding):
 
     def decode(self, t: TensorType, stored: Any) -> np.ndarray:
         n, k = _rows(t)
-        dense = np.zeros((n, k), np.float32)
+        dense = np.zeros((n, k), np.float64)  # exact products of values and scales, as for #quant
         rowptr = np.asarray(stored["rowptr"])
         rows = np.repeat(np.arange(n), np.diff(rowptr))
-        dense[rows, np.asarray(stored["indices"])] = np.asarray(stored["values"], np.float32)
-        return (dense * _row_scales(t, stored)[:, None]).reshape(t.shape)
+        dense[rows, np.asarray(stored["indices"])] = np.asarray(stored["values"], np.float64)
+        return (dense * _row_scales(t, stored).astype(np.float64)[:, None]).reshape(t.shape)
 
     def encode(self, t: TensorType, x: np.ndarray) -> Any:
         raise McirError("#csr values are constants; build them with mcir.sparse.to_csr")
@@ -134,11 +134,11 @@ class NM(Encoding):
     def decode(self, t: TensorType, stored: Any) -> np.ndarray:
         rows, k = _rows(t)
         groups = k // self.m
-        values = np.asarray(stored["values"], np.float32).reshape(rows, groups, self.n)
+        values = np.asarray(stored["values"], np.float64).reshape(rows, groups, self.n)
         index = np.asarray(stored["index"]).astype(np.int64).reshape(rows, groups, self.n)
-        dense = np.zeros((rows, groups, self.m), np.float32)
+        dense = np.zeros((rows, groups, self.m), np.float64)
         np.put_along_axis(dense, index, values, axis=2)
-        return (dense.reshape(rows, k) * _row_scales(t, stored)[:, None]).reshape(t.shape)
+        return (dense.reshape(rows, k) * _row_scales(t, stored).astype(np.float64)[:, None]).reshape(t.shape)
 
     def encode(self, t: TensorType, x: np.ndarray) -> Any:
         raise McirError("#nm values are constants; build them with mcir.sparse.to_nm")

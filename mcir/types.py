@@ -59,7 +59,7 @@ class Encoding:
         return {"data": (t.dtype, t.shape)}
 
     def decode(self, t: TensorType, stored: Any) -> np.ndarray:
-        """Logical f32 values of a stored tensor."""
+        """Logical values of a stored tensor: f32 values (quantised ones exactly, in float64)."""
         raise NotImplementedError(f"encoding {type(self).__name__} must define decode()")
 
     def encode(self, t: TensorType, x: np.ndarray) -> Any:
@@ -162,9 +162,12 @@ class Quant(Encoding):
         return np.asarray(stored["scale"], np.float32).reshape(shape)
 
     def decode(self, t: TensorType, stored: Any) -> np.ndarray:
+        # exactly scale * (q - zero_point): in float64, which holds every such product of an f32
+        # scale and an integer exactly, so dot products of decoded values cancel like the
+        # integer arithmetic of the native kernels do (the op rounds its result to f32)
         data = stored["data"] if isinstance(stored, dict) else stored
-        q = np.asarray(data).astype(np.float32) - np.float32(self.zero_point)
-        return (q * self.scales(t, stored)).astype(np.float32)
+        q = np.asarray(data).astype(np.float64) - np.float64(self.zero_point)
+        return q * np.asarray(self.scales(t, stored), np.float64)
 
     def encode(self, t: TensorType, x: np.ndarray) -> Any:
         if self.axis is not None:

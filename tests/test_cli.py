@@ -188,3 +188,55 @@ def test_compile_writes_the_library_and_reports_measured_numbers(capsys, state_d
     assert code == 0 and "output 0: float32[1, 10]" in text
     code, text, _ = run(capsys, "bench", out.with_suffix(".so"), "--runs", "20", "--warmup", "2")
     assert code == 0 and "median" in text.splitlines()[0]
+
+
+@pytest.mark.parametrize("pipeline", ["quant8", "prune,quant8"])
+def test_compile_compressed_with_calibration_file(capsys, state_dict, tmp_path, pipeline):
+    calib = np.random.default_rng(2).random((16, 1, 64), dtype=np.float32)
+    np.savez(tmp_path / "calib.npz", x=calib)
+    out = tmp_path / "digits_q"
+    code, text, err = run(
+        capsys,
+        "compile",
+        state_dict,
+        "--model-def",
+        FACTORY,
+        "--input",
+        "x=1x64",
+        "--passes",
+        pipeline,
+        "--calibration",
+        tmp_path / "calib.npz",
+        "--no-compare",
+        "-o",
+        out,
+    )
+    assert code == 0, err
+    assert "int8 MACs" in text and "quantize" in text
+    assert "no calibration data" not in text
+    weights = next(line for line in text.splitlines() if line.startswith("weights"))
+    share = float(weights.split("(")[1].split("%")[0])
+    assert share <= 30.0, weights  # int8 weights: about a quarter of the fp32 bytes
+    assert out.with_suffix(".so").exists()
+
+
+def test_compile_with_a_calibration_file_of_the_wrong_shape_fails_cleanly(capsys, state_dict, tmp_path):
+    np.savez(tmp_path / "calib.npz", x=np.zeros((4, 32), np.float32))
+    out = tmp_path / "bad"
+    code, _, err = run(
+        capsys,
+        "compile",
+        state_dict,
+        "--model-def",
+        FACTORY,
+        "--input",
+        "x=1x64",
+        "--passes",
+        "quant8",
+        "--calibration",
+        tmp_path / "calib.npz",
+        "-o",
+        out,
+    )
+    assert code == 2 and "calibration array for input %x has shape [4, 32]" in err
+    assert not out.with_suffix(".so").exists() and not out.with_suffix(".o").exists()

@@ -1,0 +1,133 @@
+"""Whole models through ``quant8`` compiled natively: the MLP, CNN and Transformer
+encoder of ``tests/models.py`` against the interpreter of the quantised graph, and
+against the float model (SQNR), plus the size of the weights in the library.
+
+Bounds: every u8 activation inside the quantised graph within 1 LSB of the interpreter;
+the f32 model outputs within ``MODEL_RTOL`` of the largest interpreter output (a 1 LSB
+difference at a rounding tie moves the float outputs by a fraction of the last layer's
+input step); SQNR of the native outputs against the float PyTorch model >= 30 dB for the
+CNN and the encoder.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import mcir
+
+from .helpers import build
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the shared models in tests/models.py
+import models
+
+MODEL_RTOL = 1e-3
+
+
+def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
+    noise = float(((got.astype(np.float64) - ref) ** 2).sum())
+    return 10 * np.log10(float((ref.astype(np.float64) ** 2).sum()) / max(noise, 1e-30))
+
+
+def variants(inputs: tuple[torch.Tensor, ...], count: int, seed: int) -> list[tuple[np.ndarray, ...]]:
+    """Inputs like ``inputs``: float ones jittered, integer ones (token ids) redrawn in range."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(count):
+        batch = []
+        for t in inputs:
+            if t.dtype.is_floating_point:
+                batch.append((t + 0.3 * torch.randn(t.shape, generator=gen)).numpy())
+            else:
+                batch.append(torch.randint(0, int(t.max()) + 1, t.shape, generator=gen, dtype=t.dtype).numpy())
+        out.append(tuple(batch))
+    return out
+
+
+def quantised(name: str, benchmark: bool = False):
+    model, inputs = models.build(name, benchmark=benchmark)
+    graph = mcir.trace(model, inputs)
+    calib = [tuple(t.numpy() for t in inputs), *variants(inputs, 7, seed=1)]
+    return model, mcir.run_passes(graph, "quant8", calibration=calib), variants(inputs, 1, seed=2)[0]
+
+
+def check_model(name: str, tmp_path, benchmark: bool = False) -> float:
+    """Native vs interpreter on the model output and on every u8 activation inside the
+    quantised graph (made extra graph outputs); returns the SQNR against the float model."""
+    model, q, xs = quantised(name, benchmark)
+    inner = [op.result for op in q.compute_ops() if op.result.type.dtype.name == "u8"]
+    q.set_outputs([*q.outputs, *inner])
+    native = build(q, tmp_path)(*xs)
+    refs = mcir.interpret(q, *xs)
+    got, ref = native[0], refs[0]
+    err = float(np.abs(got - ref).max()) / float(np.abs(ref).max())
+    assert err <= MODEL_RTOL, f"{name}: native vs interpreter relative error {err:.3g}"
+    for v, n8, r8 in zip(inner, native[1:], refs[1:]):
+        diff = np.abs(n8.astype(np.int64) - r8.astype(np.int64))
+        assert diff.max() <= 1, f"{name}: %{v.name} differs by {diff.max()} LSB"
+    with torch.no_grad():
+        want = model(*(torch.from_numpy(x) for x in xs)).numpy()
+    return sqnr_db(want, got)
+
+
+def test_mlp(tmp_path):
+    assert check_model("mlp", tmp_path) >= 25.0
+
+
+def test_cnn(tmp_path):
+    assert check_model("cnn", tmp_path) >= 30.0
+
+
+def test_encoder(tmp_path):
+    assert check_model("encoder", tmp_path) >= 30.0
+
+
+class _MatmulAttention(torch.nn.Module):
+    """Self-attention written with matmuls (what ``quantize(attention=true)`` turns into u8 x u8)."""
+
+    def __init__(self, d: int = 32) -> None:
+        super().__init__()
+        self.qkv, self.out = torch.nn.Linear(d, 3 * d), torch.nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).chunk(3, -1)
+        return self.out(torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, -1) @ v)
+
+
+def test_int8_attention_matmuls(tmp_path):
+    model = _MatmulAttention().eval()
+    x = torch.randn(2, 10, 32, generator=torch.Generator().manual_seed(0))
+    calib = [(x.numpy(),), *variants((x,), 3, seed=1)]
+    q = mcir.run_passes(mcir.trace(model, (x,)), "quantize(attention=true)", calibration=calib)
+    assert sum(op.name == "matmul" and op.operands[0].type.dtype.name == "u8" for op in q.ops) == 2
+    (xs,) = variants((x,), 1, seed=2)[0]
+    (got,) = build(q, tmp_path)(xs)
+    (ref,) = mcir.interpret(q, xs)
+    assert float(np.abs(got - ref).max()) <= MODEL_RTOL * float(np.abs(ref).max())
+    with torch.no_grad():
+        assert sqnr_db(model(torch.from_numpy(xs)).numpy(), got) >= 30.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mlp", "cnn", "encoder"])
+def test_benchmark_models(tmp_path, name):
+    """The benchmark architectures (MLP 784-1024-1024-10, conv 3-32-64-128, 4-layer encoder)."""
+    assert check_model(name, tmp_path, benchmark=True) >= 30.0
+
+
+@pytest.mark.slow
+def test_library_holds_int8_weights(tmp_path):
+    """Weight bytes in the library are about a quarter of fp32 (plus per-channel tables)."""
+    model, inputs = models.build("mlp", benchmark=True)
+    graph = mcir.trace(model, inputs)
+    fp32 = build(graph, tmp_path)
+    _, q, _ = quantised("mlp", benchmark=True)
+    int8 = build(q, tmp_path)
+    params = sum(p.numel() for p in model.parameters())
+    assert fp32.weight_bytes >= 4 * params
+    assert int8.weight_bytes <= 1.05 * params + 64 * 1024  # int8 weights, int32 offsets/multipliers per channel
+    assert int8.file_size <= 0.27 * fp32.file_size
