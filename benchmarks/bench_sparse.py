@@ -23,16 +23,12 @@ rounds, ratios medians of per-round paired ratios, timing.py; > 1 means faster):
 * **sweep**: one Linear N x K with a random pruned weight, sparse kernel vs the dense kernel of
   the same dtype (f32: mcir fp32 GEMM/GEMV; int8: the dense int8 kernel) for densities
   2..70 % and N:M patterns, batch 1 and 32. Int8 graphs are built directly (u8 input, #csr/#nm
-  i8 weight), bypassing the cost rule they measure. Until the dense int8 kernels are merged,
-  ``--dense-int8-from DIR`` compiles the dense int8 reference with the mcir checkout in DIR
-  (e.g. ``git archive int8 | tar -x -C DIR``) in a subprocess; the libraries share one ABI.
+  i8 weight), bypassing the cost rule they measure.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -242,25 +238,7 @@ SWEEP_DENSITIES = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7)
 SWEEP_NM = ((2, 4), (1, 4), (1, 8))
 
 
-def _dense_elsewhere(g: Graph, path: Path, checkout: Path | None):
-    """Compile ``g`` in this checkout, or else with the mcir checkout ``checkout`` (subprocess)."""
-    lib = _compile(g, path)
-    if lib is not None or checkout is None:
-        return lib
-    mcir.save(g, path.with_suffix(".graph"))
-    script = "import sys, mcir, mcir.codegen; mcir.codegen.compile(mcir.load(sys.argv[1]), sys.argv[2])"
-    env = {**os.environ, "PYTHONPATH": str(checkout)}
-    args = [sys.executable, "-c", script, str(path.with_suffix(".graph").resolve()), str(path.resolve())]
-    subprocess.run(args, check=True, env=env, cwd=checkout)  # cwd: "-c" puts it first on sys.path
-    from mcir.runtime import load
-
-    print(f"  {path.name}: compiled with the checkout in {checkout}", file=sys.stderr)
-    return load(path.with_suffix(".so"))
-
-
-def sweep(
-    shapes: list[tuple[int, int]], batches: list[int], build: Path, rounds: int, int8_checkout: Path | None = None
-) -> list[dict]:
+def sweep(shapes: list[tuple[int, int]], batches: list[int], build: Path, rounds: int) -> list[dict]:
     """Sparse / dense latency ratios per dtype, shape, batch and density (see the docstring)."""
     rng = np.random.default_rng(0)
     rows = []
@@ -269,10 +247,7 @@ def sweep(
             x = rng.standard_normal((m, k)).astype(np.float32)
             for dtype in ("f32", "i8"):
                 fns = {}
-                dense_graph = _linear(_pruned(rng, n, k, 1.0, None), m, dtype, None)
-                dense = _dense_elsewhere(
-                    dense_graph, build / f"sw_{dtype}_{n}_{m}", int8_checkout if dtype == "i8" else None
-                )
+                dense = _compile(_linear(_pruned(rng, n, k, 1.0, None), m, dtype, None), build / f"sw_{dtype}_{n}_{m}")
                 if dense is None:
                     continue
                 fns["dense"] = dense.bind([x], [np.empty((m, n), np.float32)])
@@ -315,7 +290,6 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds (median taken)")
     ap.add_argument("--build", type=Path, default=Path("build/bench_sparse"))
     ap.add_argument("--markdown", action="store_true", help="print markdown tables")
-    ap.add_argument("--dense-int8-from", type=Path, help="mcir checkout with dense int8 kernels (sweep reference)")
     args = ap.parse_args()
     print(machine_description(), flush=True)
     if args.only in (None, "unstructured"):
@@ -334,7 +308,7 @@ def main() -> None:
         print(latency_table(rows, args.markdown), end="\n\n")
     if args.only in (None, "sweep"):
         shapes = [tuple(int(v) for v in s.split("x")) for s in args.sweep_shapes]
-        rows = sweep(shapes, args.batches, args.build, max(5, args.rounds // 2), args.dense_int8_from)
+        rows = sweep(shapes, args.batches, args.build, max(5, args.rounds // 2))
         print(sweep_table(rows, args.markdown))
 
 
