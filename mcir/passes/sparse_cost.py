@@ -21,28 +21,29 @@ in ``dtype`` (f32 or i8) instead of a dense array holding zeros. It pays when bo
    ====================  =======  ===========  ===========  ===========  ==========
    kernel, batch         shape    density 5 %  10 %         20 %         30 %
    ====================  =======  ===========  ===========  ===========  ==========
-   f32 #csr, batch 1     256²     3.4x         2.7x         2.1x         1.7x
-   f32 #csr, batch 1     4096²    20.7x        12.3x        5.5x         2.9x
-   f32 #csr, batch 32    1024²    9.5x         5.2x         2.5x         1.5x
-   f32 #csr, batch 32    4096²    10.0x        4.4x         2.0x         1.4x
-   i8 #csr, batch 1      256²     1.3x         1.07x        0.81x        0.63x
-   i8 #csr, batch 1      1024²    2.5x         1.7x         0.95x        0.66x
-   i8 #csr, batch 1      4096²    3.3x         2.1x         1.13x        0.76x
-   i8 #csr, batch 32     1024²    1.3x         0.79x        0.41x        0.27x
+   f32 #csr, batch 1     256²     3.3x         2.7x         2.1x         1.7x
+   f32 #csr, batch 1     4096²    22.2x        12.1x        5.1x         3.0x
+   f32 #csr, batch 32    1024²    8.9x         4.9x         2.4x         1.4x
+   f32 #csr, batch 32    4096²    9.8x         4.6x         1.9x         1.3x
+   i8 #csr, batch 1      256²     1.3x         1.08x        0.78x        0.64x
+   i8 #csr, batch 1      1024²    2.4x         1.6x         0.91x        0.63x
+   i8 #csr, batch 1      4096²    4.0x         2.5x         1.3x         0.89x
+   i8 #csr, batch 32     1024²    1.4x         0.92x        0.54x        0.37x
    ====================  =======  ===========  ===========  ===========  ==========
 
-   f32 N:M (density n/m), batch 1 / batch 32: 2:4 1.4-1.9x / 0.74-1.3x, 1:4 2.3-5.4x /
-   1.7-2.5x; int8 N:M: 1:4 0.72-0.91x / 0.33x, 1:8 1.03-1.8x / 0.65x.
+   N:M (density n/m), batch 1 / batch 32: f32 2:4 1.4-2.0x / 0.76-1.3x, 1:4 2.3-5.2x /
+   1.7-2.4x; int8 1:4 0.71-1.13x / 0.44x, 1:8 1.04-2.2x / 0.76-0.82x.
 
    So: **f32 #csr up to 30 %** (at least 1.7x at batch 1 and 1.3x at batch 32 on every
    shape; dense wins from about 40 % at batch 32 and 70 % at batch 1); **f32 #nm up to 50 %**,
-   i.e. 2:4 (1.4-1.9x at batch 1; at batch 32 on large layers it is 0.74-0.8x, accepted:
+   i.e. 2:4 (1.4-2.0x at batch 1; at batch 32 on large layers it is 0.76-0.8x, accepted:
    batch-1 inference is the case N:M pruning targets); **int8 #csr up to 15 %** (break-even
-   with the VNNI dense kernel is 15-20 % at batch 1; at batch 32 the int8 sparse kernel only
-   wins below ~7 %); **int8 #nm up to 12.5 %**, i.e. 1:8 (1:4 is slower than dense int8).
-   The rule sees no batch size: its limits favour batch-1 inference, where pruning pays
-   most; the int8 limit also keeps 90 %-sparse layers sparse, which issue #6 needs for size
-   (the library stores int8 #csr in ~1.8 bytes per non-zero, ``sparse_pack``).
+   with the VNNI dense kernel is 15-25 % at batch 1; at batch 32 the int8 sparse kernel wins
+   only below ~10 %); **int8 #nm up to 12.5 %**, i.e. 1:8 (1:4 is slower than dense int8
+   except on the largest layer). The rule sees neither batch size nor target: its limits
+   favour batch-1 inference on AVX-512 (VBMI/VNNI for int8), where pruning pays most; the
+   int8 limit also keeps 90 %-sparse layers sparse, which issue #6 needs for size (the
+   library stores int8 #csr in ~1.8 bytes per non-zero, ``sparse_pack``).
 
 Only ``MAX_DENSITY`` comes from measurement; re-measure when a kernel changes.
 """
