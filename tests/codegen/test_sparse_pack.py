@@ -78,3 +78,17 @@ def test_int8_views_of_csr_and_nm():
         exact = q.astype(np.float64) * scale.astype(np.float64)[:, None]
         np.testing.assert_array_equal(exact, v.type.decode(v.producer.data))
         assert 0 < np.count_nonzero(q) <= np.count_nonzero(d)  # tiny weights may round to 0
+
+
+@settings(max_examples=15)
+@given(shape=shapes, lanes=st.sampled_from([8, 16]))
+def test_int8_window_layout_round_trip(shape, lanes):
+    """The int8 window layout (targets without VBMI) with its per-row constants after the parts."""
+    n, k, density = shape
+    rng = np.random.default_rng(n * 7 + k)
+    q = rng.integers(-127, 128, (n, k)).astype(np.int8) * (rng.random((n, k)) < density)
+    offset, mult = np.arange(n, dtype=np.int32), np.full(n, 0.5, np.float32)
+    blob = sp.pack_window(q.astype(np.int8), lanes, 2 * lanes, 4, (0,), (offset, mult))
+    np.testing.assert_array_equal(sp.unpack_window(blob, n, k, lanes, 4, np.int8, extra_fields=1), q)
+    np.testing.assert_array_equal(sp.part(blob, 6, np.int32, n), offset)
+    np.testing.assert_array_equal(sp.part(blob, 7, np.float32, n), mult)

@@ -3,9 +3,10 @@
 ``y = x @ W^T + b`` where W keeps only its non-zeros. The IR's storage is repacked at
 compile time (``sparse_pack``) into the layout the kernel streams:
 
-* **batch-1 GEMV on AVX-512** (``window`` layout): 64 rows at a time share one window
-  of 32 columns of x (two vector loads); per 16 rows, one index vector (u8 offsets into
-  the window), one ``vpermi2ps`` that brings each lane its x, one FMA. At 90 % sparsity
+* **batch-1 GEMV on AVX-512 / AVX2** (``window`` layout): 64 rows at a time share one
+  window of 32 columns of x (two vector loads); per 16 rows, one index vector (u8 offsets
+  into the window), one ``vpermi2ps`` that brings each lane its x, one FMA (AVX2: 32 rows,
+  16 columns, 8 lanes, two ``vpermps`` and a blend). At 90 % sparsity
   the weight stream is ~0.9 bytes per dense weight (dense f32: 4) and a window serves
   about 40 non-zeros, so the kernel runs 3-4x faster than the dense GEMV it replaces
   (measurements in ``mcir.passes.sparse_cost`` and ``docs/benchmarks.md``).
@@ -14,8 +15,8 @@ compile time (``sparse_pack``) into the layout the kernel streams:
   serves every column of the batch (two FMAs per non-zero for 32 columns); the
   ``y^T[N][M]`` result is transposed back in 16 x 16 register tiles. A 1x1 convolution
   is exactly this product with x^T = the image itself (``[C][H*W]``) and y^T = the
-  output image, so it needs no transposes. Targets without AVX-512 also use this kernel
-  for batch 1 (correct everywhere, tuned for AVX-512 only).
+  output image, so it needs no transposes. Targets without AVX2 (x86-64-v2, aarch64) also
+  use this kernel for batch 1 (correct everywhere, tuned for AVX-512).
 
 Other convolutions with sparse weights raise a CodegenError. Results match the
 interpreter within the backend's f32 contract (sums in a different order).
@@ -44,11 +45,13 @@ BATCH_MIN = 4
 
 @dataclass(frozen=True)
 class WindowShape:
-    """Geometry of the ``window`` GEMV on a target: lanes per vector, window width, rows blocks per window."""
+    """Geometry of the ``window`` GEMV on a target: lanes per vector, window width, row vectors per
+    window, and the permute that fetches x (``vpermi2ps`` on AVX-512, two ``vpermps`` on AVX2)."""
 
     lanes: int
     width: int
     group: int
+    isa: str
 
     @property
     def rows(self) -> int:
@@ -58,11 +61,26 @@ class WindowShape:
     def key(self) -> str:
         return f"window{self.lanes}x{self.width}x{self.group}"
 
+    def permute(self, em: Emitter, lo: ir.Value, hi: ir.Value, index: ir.Value) -> ir.Value:
+        """Lane i of the result is ``(lo ++ hi)[index[i]]`` (index < 2 * lanes)."""
+        vt, it = lo.type, index.type
+        if self.isa == "avx512":
+            fn = em.intrinsic("llvm.x86.avx512.vpermi2var.ps.512", [], vt, [vt, it, vt])
+            return em.b.call(fn, [lo, index, hi])
+        fn = em.intrinsic("llvm.x86.avx2.permps", [], vt, [vt, it])  # uses the low 3 bits
+        upper = em.b.icmp_unsigned("!=", em.b.and_(index, const(it, self.lanes)), const(it, 0))
+        return em.b.select(upper, em.b.call(fn, [hi, index]), em.b.call(fn, [lo, index]))
+
 
 def window_shape(target: Target) -> WindowShape | None:
-    """The window GEMV needs a two-table permute of f32 (``vpermi2ps``, AVX-512F); None elsewhere."""
-    if target.is_x86 and target.vector_bits == 512 and target.has("avx512f"):
-        return WindowShape(16, 32, 4)
+    """The window GEMV needs a variable permute of f32 vectors: AVX-512F (16 lanes, a window of
+    32 columns) or AVX2 (8 lanes, 16 columns); None elsewhere (the batched kernel serves)."""
+    if not target.is_x86:
+        return None
+    if target.vector_bits == 512 and target.has("avx512f"):
+        return WindowShape(16, 32, 4, "avx512")
+    if target.vector_bits >= 256 and target.has("avx2"):
+        return WindowShape(8, 16, 4, "avx2")
     return None
 
 
@@ -338,24 +356,29 @@ def emit_window_gemv(
     shape: WindowShape,
     n: int,
     xs: ir.Value,
-    y: ir.Value,
-    bias: ir.Value | None,
-    epilogue: Callable[[Emitter, ir.Value], ir.Value] | None,
+    finish: Callable[[ir.Value, ir.Value, int], None],
+    first_part: int = 1,
+    values: ir.Type = F32,
+    run: int | None = None,
 ) -> None:
-    """``y[0:n] = epilogue(W @ xs + bias)`` from a window blob; ``xs`` holds x followed by zeros."""
+    """``finish(acc, row, live)`` for every ``lanes`` rows of ``W @ xs`` from a window blob whose
+    parts start at header field ``first_part``; ``xs`` holds x (f32) followed by zeros.
+
+    ``values`` is the stored value type (f32, or i8 converted to f32). With ``run``, windows are
+    summed in f32 for ``run`` windows at a time and then added to int32 accumulators: exact for
+    integer operands whose ``run`` products stay below 2^24 in sum; ``acc`` is then int32.
+    """
     b = em.b
     lanes, group = shape.lanes, shape.group
     vt, it, bt = vec(F32, lanes), vec(I32, lanes), vec(I8, lanes)
-    wins = part_ptr(em, blob, 1)
-    starts = part_ptr(em, blob, 2)
-    index = part_ptr(em, blob, 3)
-    vals = part_ptr(em, blob, 4)
-    permute = em.intrinsic("llvm.x86.avx512.vpermi2var.ps.512", [], vt, [vt, it, vt])
-    nacc = 2  # accumulators per 16 rows, rotated every window: covers the FMA latency
+    wins = part_ptr(em, blob, first_part)
+    starts = part_ptr(em, blob, first_part + 1)
+    index = part_ptr(em, blob, first_part + 2)
+    vals = part_ptr(em, blob, first_part + 3)
+    nacc = 2  # accumulators per vector of rows, rotated every window: covers the FMA latency
 
-    def one_group(g: ir.Value, valid: int) -> None:
-        w0 = em.load(wins, g, I64, align=8)
-        w1 = em.load(wins, b.add(g, i64(1)), I64, align=8)
+    def windows(w0: ir.Value, w1: ir.Value) -> list[ir.Value]:
+        """f32 sums of windows [w0, w1), one vector per row vector of the group."""
         zero = const(vt, 0.0)
         with em.loop_carried(w1, [zero] * (group * nacc), name="w", start=w0) as lp:
             accs = list(lp.values)
@@ -367,25 +390,40 @@ def emit_window_gemv(
             nxt = []
             for s in range(group):
                 off = b.add(base, i64(s * lanes))
-                iv = b.zext(em.load(index, off, bt, align=1), it)
-                xv = b.call(permute, [lo, iv, hi])
+                xv = shape.permute(em, lo, hi, b.zext(em.load(index, off, bt, align=1), it))
+                if values == F32:
+                    wv = em.load(vals, off, vt, align=4 * lanes)
+                else:
+                    wv = b.sitofp(em.load(vals, off, bt, align=lanes), vt)
                 a = accs[s * nacc : (s + 1) * nacc]
-                nxt += a[1:] + [em.fma(em.load(vals, off, vt, align=64), xv, a[0])]
+                nxt += a[1:] + [em.fma(wv, xv, a[0])]
             lp.next(nxt)
-        acc = lp.results
+        sums = []
+        for s in range(group):
+            v = lp.results[s * nacc]
+            for extra in lp.results[s * nacc + 1 : (s + 1) * nacc]:
+                v = b.fadd(v, extra, flags=("reassoc", "contract"))
+            sums.append(v)
+        return sums
+
+    def one_group(g: ir.Value, valid: int) -> None:
+        w0 = em.load(wins, g, I64, align=8)
+        w1 = em.load(wins, b.add(g, i64(1)), I64, align=8)
+        if run is None:
+            acc = windows(w0, w1)
+        else:
+            runs = b.udiv(b.add(b.sub(w1, w0), i64(run - 1)), i64(run))
+            with em.loop_carried(runs, [ir.Constant(it, None)] * group, name="run") as lr:
+                r0 = b.add(w0, b.mul(lr.index, i64(run)))
+                r1 = b.add(r0, i64(run))
+                sums = windows(r0, b.select(b.icmp_signed("<", r1, w1), r1, w1))
+                lr.next([b.add(a, b.fptosi(v, it)) for a, v in zip(lr.values, sums)])
+            acc = lr.results
         for s in range(group):
             live = min(lanes, valid - s * lanes)
             if live <= 0:
                 break
-            v = acc[s * nacc]
-            for extra in acc[s * nacc + 1 : (s + 1) * nacc]:
-                v = b.fadd(v, extra, flags=("reassoc", "contract"))
-            row = b.add(b.mul(g, i64(shape.rows)), i64(s * lanes))
-            if bias is not None:
-                v = b.fadd(v, load_part(em, bias, row, vt, live))
-            if epilogue is not None:
-                v = epilogue(em, v)
-            store_part(em, v, y, row, live)
+            finish(acc[s], b.add(b.mul(g, i64(shape.rows)), i64(s * lanes)), live)
 
     full, rest = divmod(n, shape.rows)
     if full:
@@ -406,9 +444,17 @@ def _sparse_f32(k: KernelContext) -> None:
     shape = window_shape(k.target)
     if uses_window(p, k.target):
         xs = k.scratch
+        vt = vec(F32, shape.lanes)
         for r in range(p.m):
             copy_padded(em, em.gep(x, i64(r * p.k), F32), xs, p.k, shape.width, F32, shape.lanes)
-            emit_window_gemv(em, w, shape, p.n, xs, em.gep(out, i64(r * p.n), F32), bias, k.epilogue)
+            y = em.gep(out, i64(r * p.n), F32)
+
+            def finish(v: ir.Value, row: ir.Value, live: int, y=y) -> None:
+                if bias is not None:
+                    v = b.fadd(v, load_part(em, bias, row, vt, live))
+                store_part(em, k.apply_epilogue(v), y, row, live)
+
+            emit_window_gemv(em, w, shape, p.n, xs, finish)
         return
     lanes = lanes_of(k.target)
     if p.conv:

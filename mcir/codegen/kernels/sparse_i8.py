@@ -38,6 +38,7 @@ from mcir.codegen.kernels.sparse import (
     BATCH_MIN,
     Product,
     copy_padded,
+    emit_window_gemv,
     field,
     load_part,
     part_ptr,
@@ -46,6 +47,7 @@ from mcir.codegen.kernels.sparse import (
     tiles,
     transpose_in,
     transpose_out,
+    window_shape,
 )
 from mcir.codegen.memory_plan import align_up, view_root
 from mcir.codegen.target import Target
@@ -90,6 +92,11 @@ def vector_decode(target: Target) -> bool:
 
 def _uses_vector(p: Product, target: Target) -> bool:
     return not p.conv and p.m < BATCH_MIN and vector_gemv(target)
+
+
+def _uses_window(p: Product, target: Target) -> bool:
+    """Batch 1 on AVX-512 without VBMI/VNNI, or AVX2: the f32 window kernel on int8 values."""
+    return not p.conv and p.m < BATCH_MIN and not vector_gemv(target) and window_shape(target) is not None
 
 
 def lanes_of(target: Target) -> int:
@@ -139,16 +146,23 @@ def _pack_i8(op: Op, index: int, data, target: Target):
         return None
     q, w_scale = sp.dense_int8(op.operands[1].type, data)
     offset, mult, fbias = row_constants(op, q, w_scale, _bias_data(op))
-    blob = sp.pack_gap(q, offset, mult, fbias)
     # the same weight with another input scale or bias needs its own constants
     digest = hashlib.sha1(offset.tobytes() + mult.tobytes() + fbias.tobytes()).hexdigest()[:16]
-    return f"gap:{digest}", blob
+    if _uses_window(product(op), target):
+        shape = window_shape(target)
+        has_fbias = bool(np.any(fbias != 0))
+        per_row = (offset.astype(np.int32), mult, fbias if has_fbias else np.zeros(0, np.float32))
+        blob = sp.pack_window(q, shape.lanes, shape.width, shape.group, (int(has_fbias),), per_row)
+        return f"{shape.key}i8:{digest}", blob
+    return f"gap:{digest}", sp.pack_gap(q, offset, mult, fbias)
 
 
 def _scratch_i8(op: Op, target: Target) -> int:
     p = product(op)
     if _uses_vector(p, target):
         return align_up(p.k + sp.GAP_WINDOW + 64)
+    if _uses_window(p, target):
+        return align_up((p.k + window_shape(target).width) * 4)  # x as f32, then zeros
     lanes = lanes_of(target)
     # one row's decoded entries (x^T row offset i32, value f32), or one slot's and a 16 x 32 tile
     decoded = max(align_up((p.k + 1) * 8), 2560)
@@ -299,6 +313,39 @@ def _emit_vector_gemv(k: KernelContext, rows: _Rows, n: int, xs: ir.Value, y: ir
             block(blk, sp.GAP_LANES)
     if rest:
         block(i64(full), rest)
+
+
+#: windows summed in f32 per run of the int8 window kernel: one product per row per window
+WINDOW_RUN = 512
+
+
+def _emit_window_i8(k: KernelContext, p: Product, x: ir.Value, y: ir.Value) -> None:
+    """Batch 1 without VBMI/VNNI: the f32 window GEMV (``sparse.emit_window_gemv``) on int8
+    values and x converted to f32, exact in runs of ``WINDOW_RUN`` windows (int32 across)."""
+    em, b = k.em, k.em.b
+    shape = window_shape(k.target)
+    lanes = shape.lanes
+    vt, it, bt = vec(F32, lanes), vec(I32, lanes), vec(I8, lanes)
+    blob, xs = k.args[1], k.scratch
+
+    def convert(start: ir.Value, width: int) -> None:
+        store_part(em, b.uitofp(load_part(em, x, start, bt, width), vt), xs, start, width)
+
+    tiles(em, p.k, lanes, convert, "cx")
+    zero = const(vt, 0.0)
+    tiles(em, shape.width, lanes, lambda start, width: store_part(em, zero, xs, b.add(start, i64(p.k)), width), "cz")
+    offset, mult = part_ptr(em, blob, 6), part_ptr(em, blob, 7)
+    has_fbias = b.icmp_signed("!=", field(em, blob, 1), i64(0))
+    fbias = part_ptr(em, blob, 8)
+    out = _output(k)
+
+    def finish(acc: ir.Value, row: ir.Value, live: int) -> None:
+        v = b.sitofp(b.add(acc, load_part(em, offset, row, it, live)), vt)
+        v = b.fmul(v, load_part(em, mult, row, vt, live))
+        fb = load_part(em, fbias, b.select(has_fbias, row, i64(0)), vt, live)
+        store_part(em, out(b.fadd(v, b.select(has_fbias, fb, zero))), y, row, live)
+
+    emit_window_gemv(em, blob, shape, p.n, xs, finish, first_part=2, values=I8, run=WINDOW_RUN)
 
 
 #: slots summed in f32 per run of the slot-major batched kernel: 4 entries of a row per slot,
@@ -512,6 +559,10 @@ def _sparse_i8(k: KernelContext) -> None:
         for r in range(p.m):
             copy_padded(em, em.gep(x, i64(r * p.k), I8), xs, p.k, sp.GAP_WINDOW + 64, I8, 64)
             _emit_vector_gemv(k, rows, p.n, xs, em.gep(out, i64(r * p.n), out_ty))
+        return
+    if _uses_window(p, k.target):
+        for r in range(p.m):
+            _emit_window_i8(k, p, em.gep(x, i64(r * p.k), I8), em.gep(out, i64(r * p.n), out_ty))
         return
     lanes = lanes_of(k.target)
     decoded = k.scratch

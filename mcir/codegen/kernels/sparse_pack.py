@@ -140,11 +140,20 @@ def dense_int8(t: TensorType, stored) -> tuple[np.ndarray, np.ndarray]:
 # -- window layout (f32 GEMV) ---------------------------------------------------------------------
 
 
-def pack_window(w: np.ndarray, lanes: int, width: int, group: int) -> np.ndarray:
-    """The ``window`` layout of a dense [N, K] f32 matrix (its zeros are dropped).
+def pack_window(
+    w: np.ndarray,
+    lanes: int,
+    width: int,
+    group: int,
+    fields: tuple[int, ...] = (),
+    rows: tuple[np.ndarray, ...] = (),
+) -> np.ndarray:
+    """The ``window`` layout of a dense [N, K] matrix (its zeros are dropped; values keep w's dtype:
+    f32, or int8 for the int8 kernels on targets without VBMI).
 
-    Header: [groups, wins(i64[groups+1]), c(i32[windows]), idx(u8[windows][group][lanes]),
-    vals(f32[windows][group][lanes])], fields 0 and 1.. 4 (offsets).
+    Header: [groups, *fields, wins(i64[groups+1]), c(i32[windows]), idx(u8[windows][group][lanes]),
+    vals([windows][group][lanes]), *rows]: field 0, the extra fields, then the part offsets
+    (fields 1..4 without extras). ``rows`` are per-row arrays (original order) appended as parts.
     """
     n, k = w.shape
     rpg = lanes * group
@@ -156,9 +165,9 @@ def pack_window(w: np.ndarray, lanes: int, width: int, group: int) -> np.ndarray
     vals: list[np.ndarray] = []
     r = np.arange(rpg)
     for gi in range(ngroups):
-        block = np.zeros((rpg, k), np.float32)
-        rows = w[gi * rpg : (gi + 1) * rpg]
-        block[: len(rows)] = rows
+        block = np.zeros((rpg, k), w.dtype)
+        part_rows = w[gi * rpg : (gi + 1) * rpg]
+        block[: len(part_rows)] = part_rows
         mask = block != 0
         counts = mask.sum(axis=1)
         longest = int(counts.max()) if k else 0
@@ -177,25 +186,28 @@ def pack_window(w: np.ndarray, lanes: int, width: int, group: int) -> np.ndarray
                 safe = np.where(take, nxt, 0)
                 cs.append(c)
                 idx.append(np.where(take, safe - c, 0).astype(np.uint8))
-                vals.append(np.where(take, block[r, safe], 0).astype(np.float32))
+                vals.append(np.where(take, block[r, safe], 0).astype(w.dtype))
                 ptr += take
                 nxt = cols[r, ptr]
         wins.append(len(cs))
     c_arr = np.asarray(cs, np.int32)
     idx_arr = np.asarray(idx, np.uint8).reshape(-1, group, lanes)
-    val_arr = np.asarray(vals, np.float32).reshape(-1, group, lanes)
-    return make_blob([ngroups], [np.asarray(wins, np.int64), c_arr, idx_arr, val_arr])
+    val_arr = np.asarray(vals, w.dtype).reshape(-1, group, lanes)
+    return make_blob([ngroups, *fields], [np.asarray(wins, np.int64), c_arr, idx_arr, val_arr, *rows])
 
 
-def unpack_window(blob: np.ndarray, n: int, k: int, lanes: int, group: int) -> np.ndarray:
+def unpack_window(
+    blob: np.ndarray, n: int, k: int, lanes: int, group: int, dtype=np.float32, extra_fields: int = 0
+) -> np.ndarray:
     """Dense [N, K] matrix back from a ``window`` blob (tests)."""
     ngroups = header_field(blob, 0)
-    wins = part(blob, 1, np.int64, ngroups + 1)
+    first = 1 + extra_fields
+    wins = part(blob, first, np.int64, ngroups + 1)
     total = int(wins[-1])
-    cs = part(blob, 2, np.int32, total)
-    idx = part(blob, 3, np.uint8, total * group * lanes).reshape(total, group * lanes)
-    vals = part(blob, 4, np.float32, total * group * lanes).reshape(total, group * lanes)
-    out = np.zeros((ngroups * group * lanes, max(k, 1) + 256), np.float32)
+    cs = part(blob, first + 1, np.int32, total)
+    idx = part(blob, first + 2, np.uint8, total * group * lanes).reshape(total, group * lanes)
+    vals = part(blob, first + 3, dtype, total * group * lanes).reshape(total, group * lanes)
+    out = np.zeros((ngroups * group * lanes, max(k, 1) + 256), dtype)
     for gi in range(ngroups):
         for wi in range(int(wins[gi]), int(wins[gi + 1])):
             rows = gi * group * lanes + np.arange(group * lanes)
