@@ -217,3 +217,13 @@ def test_batched_sums_are_exact(tmp_path, m, target):
     xs = np.random.default_rng(2).integers(200, 256, (m, 6100)).astype(np.uint8)
     out = build(g, tmp_path, target=target)(xs)[0]
     assert_close(out, mcir.interpret(g, xs)[0])  # an inexact f32 sum is off by ~1e-4 here
+
+
+def test_unsupported_operands_raise_the_registry_error(tmp_path):
+    """f32 activations with an int8 sparse weight have no kernel: the registry's CodegenError."""
+    g = Graph("mixed")
+    x = g.add_input("x", tensor([1, 8]))
+    w = sparse_const(g, "w", pruned(np.random.default_rng(0), 4, 8, 0.5), "csr", dtypes.i8)
+    g.set_outputs([g.add("linear", [x, w])])
+    with pytest.raises(CodegenError, match=r"no native kernel for op 'linear'.*\(f32, i8#csr\).*u8#quant, i8#csr"):
+        build(g, tmp_path)
