@@ -108,6 +108,11 @@ class Emitter:
     def masked_store(self, value: ir.Value, ptr: ir.Value, index: ir.Value | int, lanes: int) -> None:
         """Store the first ``lanes`` lanes of a vector (a partial tile at a matrix edge)."""
         ty = value.type
+        if lanes == 1:
+            # a scalar store: LLVM 22 miscompiles a one-lane masked store of a truncated vector
+            # (it writes the untruncated i32, so a u8 result clobbered 3 more bytes)
+            self.b.store(self.b.extract_element(value, ir.Constant(I32, 0)), self.gep(ptr, index, ty.element))
+            return
         mask = ir.Constant(ir.VectorType(I1, ty.count), [ir.Constant(I1, int(i < lanes)) for i in range(ty.count)])
         fn = self.intrinsic("llvm.masked.store", [ty, PTR], VOID, [ty, PTR, I32, mask.type])
         self.b.call(fn, [value, self.gep(ptr, index, ty.element), ir.Constant(I32, _align(ty.element)), mask])
