@@ -22,11 +22,14 @@ SUITES = {"fp32": "bench_fp32.py", "int8": "bench_int8.py", "sparse": "bench_spa
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("suites", nargs="*", default=list(SUITES), choices=list(SUITES))
+    ap.add_argument("suites", nargs="*", metavar="SUITE", help=f"some of {', '.join(SUITES)} (default: all)")
     ap.add_argument("--markdown", action="store_true", help="ask each suite for markdown tables")
     args = ap.parse_args()
+    unknown = [s for s in args.suites if s not in SUITES]
+    if unknown:
+        ap.error(f"unknown suite(s) {', '.join(unknown)}; choose from {', '.join(SUITES)}")
     failed = []
-    for name in args.suites:
+    for name in args.suites or list(SUITES):
         script = HERE / SUITES[name]
         if not script.exists():
             print(f"== {name}: {script.name} is not in this checkout, skipped")
