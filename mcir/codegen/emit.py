@@ -105,6 +105,20 @@ class Emitter:
         elem = ty.element if isinstance(ty, ir.VectorType) else ty
         self.b.store(value, self.gep(ptr, index, elem), align=align or _align(elem))
 
+    def in_range(self, v: ir.Value, hi: int) -> ir.Value:
+        """``0 <= v < hi`` for an i64 index (a bounds test, e.g. a window position inside the input)."""
+        b = self.b
+        return b.and_(b.icmp_signed(">=", v, ir.Constant(I64, 0)), b.icmp_signed("<", v, ir.Constant(I64, hi)))
+
+    def i64_table(self, values: list[int], name: str) -> ir.GlobalVariable:
+        """A small internal constant i64 array (per-position window bounds, counts, divisors)."""
+        ty = ir.ArrayType(I64, len(values))
+        gv = ir.GlobalVariable(self.module, ty, self.module.get_unique_name(name))
+        gv.linkage = "internal"
+        gv.global_constant = True
+        gv.initializer = ir.Constant(ty, values)
+        return gv
+
     def masked_store(self, value: ir.Value, ptr: ir.Value, index: ir.Value | int, lanes: int) -> None:
         """Store the first ``lanes`` lanes of a vector (a partial tile at a matrix edge)."""
         ty = value.type

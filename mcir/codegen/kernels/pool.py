@@ -10,24 +10,9 @@ from __future__ import annotations
 
 import llvmlite.ir as ir
 
-from mcir.codegen.emit import F32, I64, Emitter, const, i64, vec
+from mcir.codegen.emit import F32, I64, const, i64, vec
 from mcir.codegen.kernels import KernelContext, kernel
 from mcir.ops.nn import adaptive_bounds
-
-
-def _in_range(em: Emitter, v: ir.Value, hi: int) -> ir.Value:
-    b = em.b
-    return b.and_(b.icmp_signed(">=", v, i64(0)), b.icmp_signed("<", v, i64(hi)))
-
-
-def _table(em: Emitter, values: list[int], name: str) -> ir.GlobalVariable:
-    """A small constant i64 table (per-position window bounds and counts)."""
-    ty = ir.ArrayType(I64, len(values))
-    gv = ir.GlobalVariable(em.module, ty, em.module.get_unique_name(name))
-    gv.linkage = "internal"
-    gv.global_constant = True
-    gv.initializer = ir.Constant(ty, values)
-    return gv
 
 
 def _pool(k: KernelContext) -> None:
@@ -59,7 +44,7 @@ def _pool(k: KernelContext) -> None:
 
         rows = counts(h, oh, kh, sh, ph)
         cols = counts(w, ow, kw, sw, pw)
-        rt, ct = _table(em, rows, "pool.rows"), _table(em, cols, "pool.cols")
+        rt, ct = em.i64_table(rows, "pool.rows"), em.i64_table(cols, "pool.cols")
     with em.loop(n * c, name="plane") as pl:
         src = b.mul(pl, i64(h * w))
         dst = b.mul(pl, i64(oh * ow))
@@ -67,14 +52,14 @@ def _pool(k: KernelContext) -> None:
             acc = fill
             for i in range(kh):
                 iy = b.add(b.mul(oy, i64(sh)), i64(i * dh - ph))
-                row_ok = _in_range(em, iy, h)
+                row_ok = em.in_range(iy, h)
                 for j in range(kw):
                     ix = b.add(b.mul(ox, i64(sw)), i64(j * dw - pw))
                     at = b.add(src, b.add(b.mul(iy, i64(w)), ix))
                     if inside:
                         v = em.load(k.args[0], at, F32)
                     else:
-                        ok = b.and_(row_ok, _in_range(em, ix, w))
+                        ok = b.and_(row_ok, em.in_range(ix, w))
                         v = b.select(ok, em.load(k.args[0], b.select(ok, at, i64(0)), F32), fill)
                     acc = em.fmax(acc, v) if is_max else b.fadd(acc, v)
             if not is_max:
@@ -140,10 +125,10 @@ def adaptive_avg_pool2d(k: KernelContext) -> None:
     n, c, h, w = k.operand_types[0].shape
     _, _, oh, ow = k.result_type.shape
     rows, cols = adaptive_bounds(h, oh), adaptive_bounds(w, ow)
-    r0 = _table(em, [r[0] for r in rows], "ap.r0")
-    r1 = _table(em, [r[1] for r in rows], "ap.r1")
-    c0 = _table(em, [x[0] for x in cols], "ap.c0")
-    c1 = _table(em, [x[1] for x in cols], "ap.c1")
+    r0 = em.i64_table([r[0] for r in rows], "ap.r0")
+    r1 = em.i64_table([r[1] for r in rows], "ap.r1")
+    c0 = em.i64_table([x[0] for x in cols], "ap.c0")
+    c1 = em.i64_table([x[1] for x in cols], "ap.c1")
     with em.loop(n * c, name="plane") as pl:
         src = b.mul(pl, i64(h * w))
         dst = b.mul(pl, i64(oh * ow))

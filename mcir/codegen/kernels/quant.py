@@ -138,20 +138,6 @@ kernel("concat", (QUANT + "*",))(_same_quant(movement.concat))
 # -- pooling -------------------------------------------------------------------------------------
 
 
-def _in_range(em: Emitter, v: ir.Value, hi: int) -> ir.Value:
-    b = em.b
-    return b.and_(b.icmp_signed(">=", v, i64(0)), b.icmp_signed("<", v, i64(hi)))
-
-
-def _table(em: Emitter, values: list[int], name: str) -> ir.GlobalVariable:
-    ty = ir.ArrayType(I64, len(values))
-    gv = ir.GlobalVariable(em.module, ty, em.module.get_unique_name(name))
-    gv.linkage = "internal"
-    gv.global_constant = True
-    gv.initializer = ir.Constant(ty, values)
-    return gv
-
-
 def _window_counts(size: int, out: int, kk: int, s: int, p: int, include_pad: bool) -> list[int]:
     """Per output position: how many window taps lie in the input (or in its explicit padding)."""
     res = []
@@ -181,7 +167,7 @@ def _pool(k: KernelContext) -> None:
         valid_r, valid_c = _window_counts(h, oh, kh, sh, ph, False), _window_counts(w, ow, kw, sw, pw, False)
         div_r = _window_counts(h, oh, kh, sh, ph, a["count_include_pad"])
         div_c = _window_counts(w, ow, kw, sw, pw, a["count_include_pad"])
-        tabs = [_table(em, v, f"qpool.{i}") for i, v in enumerate((valid_r, valid_c, div_r, div_c))]
+        tabs = [em.i64_table(v, f"qpool.{i}") for i, v in enumerate((valid_r, valid_c, div_r, div_c))]
     lo = ir.Constant(ety, int(np.iinfo(dt.np).min))
     with em.loop(n * c, name="plane") as pl:
         src = b.mul(pl, i64(h * w))
@@ -193,7 +179,7 @@ def _pool(k: KernelContext) -> None:
                 for j in range(kw):
                     ix = b.add(b.mul(ox, i64(sw)), i64(j * dw - pw))
                     at = b.add(src, b.add(b.mul(iy, i64(w)), ix))
-                    ok = None if inside else b.and_(_in_range(em, iy, h), _in_range(em, ix, w))
+                    ok = None if inside else b.and_(em.in_range(iy, h), em.in_range(ix, w))
                     v = em.load(k.args[0], at if ok is None else b.select(ok, at, i64(0)), ety)
                     if is_max:
                         if ok is not None:
@@ -234,8 +220,8 @@ def adaptive_avg_pool2d(k: KernelContext) -> None:
     n, c, h, w = src_t.shape
     _, _, oh, ow = k.result_type.shape
     rows, cols = adaptive_bounds(h, oh), adaptive_bounds(w, ow)
-    r0, r1 = _table(em, [r[0] for r in rows], "qap.r0"), _table(em, [r[1] for r in rows], "qap.r1")
-    c0, c1 = _table(em, [x[0] for x in cols], "qap.c0"), _table(em, [x[1] for x in cols], "qap.c1")
+    r0, r1 = em.i64_table([r[0] for r in rows], "qap.r0"), em.i64_table([r[1] for r in rows], "qap.r1")
+    c0, c1 = em.i64_table([x[0] for x in cols], "qap.c0"), em.i64_table([x[1] for x in cols], "qap.c1")
     signed = is_signed(src_t.dtype)
     with em.loop(n * c, name="plane") as pl:
         src = b.mul(pl, i64(h * w))
