@@ -105,6 +105,18 @@ class Emitter:
         elem = ty.element if isinstance(ty, ir.VectorType) else ty
         self.b.store(value, self.gep(ptr, index, elem), align=align or _align(elem))
 
+    def batch_offsets(self, i: ir.Value, batch: tuple[int, ...], strides: list[list[int]]) -> list[ir.Value]:
+        """Element offsets of several operands for flat batch index ``i``: ``i`` is unravelled over
+        ``batch`` (row-major) and each operand's per-axis ``strides`` (0 where it broadcasts) applied."""
+        b = self.b
+        offs = [ir.Constant(I64, 0)] * len(strides)
+        rem = i
+        for d in range(len(batch) - 1, -1, -1):
+            idx = b.urem(rem, ir.Constant(I64, batch[d])) if d else rem
+            rem = b.udiv(rem, ir.Constant(I64, batch[d])) if d else rem
+            offs = [b.add(o, b.mul(idx, ir.Constant(I64, st[d]))) for o, st in zip(offs, strides)]
+        return offs
+
     def in_range(self, v: ir.Value, hi: int) -> ir.Value:
         """``0 <= v < hi`` for an i64 index (a bounds test, e.g. a window position inside the input)."""
         b = self.b

@@ -15,7 +15,7 @@ import llvmlite.ir as ir
 
 from mcir.codegen.emit import F32, I8, Emitter, const, i64
 from mcir.codegen.kernels import KernelContext, kernel
-from mcir.codegen.kernels.gemm_f32 import GemmArgs, choose_tiling, emit_gemm, emit_pack_b, packed_b_bytes
+from mcir.codegen.kernels.gemm_f32 import GemmArgs, batch_strides, choose_tiling, emit_gemm, emit_pack_b, packed_b_bytes
 from mcir.codegen.kernels.norm import softmax_row
 from mcir.codegen.memory_plan import align_up
 from mcir.codegen.target import Target
@@ -44,17 +44,6 @@ def _scratch(op: Op, target: Target) -> int:
     return _layout(op, target)[3]
 
 
-def _batch_strides(shape: tuple[int, ...], batch: tuple[int, ...], mat: int) -> list[int]:
-    own = shape[: len(shape) - mat]
-    full = (1,) * (len(batch) - len(own)) + tuple(own)
-    step = math.prod(shape[len(shape) - mat :])
-    out = [0] * len(batch)
-    for d in range(len(batch) - 1, -1, -1):
-        out[d] = 0 if full[d] == 1 else step
-        step *= full[d]
-    return out
-
-
 def _sdpa(k: KernelContext) -> None:
     """Attention per batch index with GEMM micro-kernels and a vectorised row softmax."""
     em, b = k.em, k.em.b
@@ -68,7 +57,7 @@ def _sdpa(k: KernelContext) -> None:
     ko, so, vo, _ = _layout(op, k.target)
     kpack, scores, vpack = (em.byte_offset(k.scratch, o) for o in (ko, so, vo))
     shapes = [o.type.shape for o in op.operands]
-    strides = [_batch_strides(s, batch, 2) for s in shapes[:3]]
+    strides = [batch_strides(s, batch) for s in shapes[:3]]
     mask_t = op.operands[3].type if len(op.operands) > 3 else None
     if mask_t is not None:
         full = broadcast_shapes(mask_t.shape, batch + (L, S))
@@ -79,15 +68,7 @@ def _sdpa(k: KernelContext) -> None:
             acc *= mshape[d]
     total = math.prod(batch)
     with em.loop(total, name="bh") as bi:
-        offs = [i64(0)] * 3
-        moff = i64(0)
-        rem = bi
-        for d in range(len(batch) - 1, -1, -1):
-            idx = b.urem(rem, i64(batch[d]))
-            rem = b.udiv(rem, i64(batch[d]))
-            offs = [b.add(o, b.mul(idx, i64(st[d]))) for o, st in zip(offs, strides)]
-            if mask_t is not None:
-                moff = b.add(moff, b.mul(idx, i64(mst[d])))
+        *offs, moff = em.batch_offsets(bi, batch, [*strides, mst if mask_t is not None else [0] * len(batch)])
         qp, kp, vp = (em.gep(a, o, F32) for a, o in zip(k.args[:3], offs))
         # scores = q @ k^T * scale
         emit_pack_b(em, kp, 1, E, E, S, t1.nr, kpack)

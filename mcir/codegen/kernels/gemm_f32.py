@@ -332,7 +332,7 @@ def linear(k: KernelContext) -> None:
 # -- matmul ---------------------------------------------------------------------------------
 
 
-def _bstrides(shape: tuple[int, ...], batch: tuple[int, ...]) -> list[int]:
+def batch_strides(shape: tuple[int, ...], batch: tuple[int, ...]) -> list[int]:
     """Element strides of an operand's batch axes against the broadcast batch shape."""
     mat = shape[-2:] if len(shape) >= 2 else shape
     own = shape[: len(shape) - len(mat)]
@@ -357,7 +357,7 @@ def _matmul_dims(op: Op) -> tuple[tuple[int, ...], int, int, int]:
 
 def _b_is_shared(op: Op) -> bool:
     batch, *_ = _matmul_dims(op)
-    return not any(_bstrides(op.operands[1].type.shape, batch))
+    return not any(batch_strides(op.operands[1].type.shape, batch))
 
 
 def _pack_matmul(op: Op, index: int, data, target: Target):
@@ -382,8 +382,8 @@ def matmul(k: KernelContext) -> None:
     em, b = k.em, k.em.b
     batch, m, n, kk = _matmul_dims(k.op)
     t = choose_tiling(m, n, kk, k.target)
-    sa = _bstrides(k.op.operands[0].type.shape, batch)
-    sb = _bstrides(k.op.operands[1].type.shape, batch)
+    sa = batch_strides(k.op.operands[0].type.shape, batch)
+    sb = batch_strides(k.op.operands[1].type.shape, batch)
     b_const = view_root(k.op.operands[1]).is_constant and not any(sb)
     b_rs = n if len(k.op.operands[1].type.shape) >= 2 else 1
 
@@ -418,11 +418,5 @@ def matmul(k: KernelContext) -> None:
     # one flat loop over the batch; each operand's offset from the unravelled index
     total = math.prod(batch)
     with em.loop(total, name="bt") as i:
-        a_off, b_off = i64(0), i64(0)
-        rem = i
-        for d in range(len(batch) - 1, -1, -1):
-            idx = b.urem(rem, i64(batch[d])) if d else rem
-            rem = b.udiv(rem, i64(batch[d])) if d else rem
-            a_off = b.add(a_off, b.mul(idx, i64(sa[d])))
-            b_off = b.add(b_off, b.mul(idx, i64(sb[d])))
+        a_off, b_off = em.batch_offsets(i, batch, [sa, sb])
         one(a_off, b_off, b.mul(i, i64(m * n)), bool(any(sb)))

@@ -46,7 +46,7 @@ import numpy as np
 
 from mcir.codegen.emit import F32, I8, I16, I32, I64, Emitter, const, i64
 from mcir.codegen.kernels import KernelContext, kernel
-from mcir.codegen.kernels.gemm_f32 import _bstrides, _matmul_dims  # matmul's batch broadcasting, as for f32
+from mcir.codegen.kernels.gemm_f32 import _matmul_dims, batch_strides  # matmul's batch broadcasting, as for f32
 from mcir.codegen.memory_plan import ALIGN, align_up, view_offset, view_root
 from mcir.codegen.target import Target
 from mcir.errors import CodegenError
@@ -642,8 +642,8 @@ def _matmul_u8(k: KernelContext) -> None:
     batch, m, n, kk, t = _matmul_plan(k.op, k.target)
     qa, qb = activation_quant(k.op, 0), activation_quant(k.op, 1)
     rq = result_requant(k.op)
-    sa = _bstrides(k.op.operands[0].type.shape, batch)
-    sb = _bstrides(k.op.operands[1].type.shape, batch)
+    sa = batch_strides(k.op.operands[0].type.shape, batch)
+    sb = batch_strides(k.op.operands[1].type.shape, batch)
     b_rs = n if len(k.op.operands[1].type.shape) >= 2 else 1
     grp = t.isa.group
     count = math.ceil(n / t.nr) * t.nr
@@ -708,13 +708,7 @@ def _matmul_u8(k: KernelContext) -> None:
         pack_b(k.args[1])
     total = math.prod(batch)
     with em.loop(total, name="bt") as i:
-        a_off, b_off = i64(0), i64(0)
-        rem = i
-        for d in range(len(batch) - 1, -1, -1):
-            idx = b.urem(rem, i64(batch[d])) if d else rem
-            rem = b.udiv(rem, i64(batch[d])) if d else rem
-            a_off = b.add(a_off, b.mul(idx, i64(sa[d])))
-            b_off = b.add(b_off, b.mul(idx, i64(sb[d])))
+        a_off, b_off = em.batch_offsets(i, batch, [sa, sb])
         out = em.byte_offset(k.out, b.mul(i, i64(m * n * out_size)))
         one(em.byte_offset(k.args[0], a_off), em.byte_offset(k.args[1], b_off), out, not shared_b)
 
