@@ -24,7 +24,6 @@ of each round. SQNR columns compare int8 outputs with torch fp32 on the timed in
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import io
@@ -38,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from timing import fmt_time, interleaved, machine_description, median, paired_ratio, single_thread
+from timing import fmt_time, interleaved, median, paired_ratio, single_thread, suite_main
 
 single_thread()
 
@@ -246,20 +245,7 @@ def table(rows: list[dict], markdown: bool) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    ap.add_argument("--batches", nargs="+", type=int, default=[1, 32])
-    ap.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds (median taken)")
-    ap.add_argument("--build", type=Path, default=Path("build/bench"))
-    ap.add_argument("--markdown", action="store_true", help="print a markdown table")
-    args = ap.parse_args()
-    print(machine_description(), flush=True)
-    rows = []
-    for name in args.models:
-        for batch in args.batches:
-            rows.append(bench(name, batch, args.build, args.rounds))
-            print(f"  {name} batch {batch}: done", file=sys.stderr, flush=True)
-    print(table(rows, args.markdown))
+    suite_main(__doc__, bench, table, list(MODELS))
 
 
 if __name__ == "__main__":

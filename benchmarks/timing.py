@@ -95,3 +95,26 @@ def fmt_time(s: float) -> str:
     if s >= 1e-3:
         return f"{s * 1e3:.2f} ms"
     return f"{s * 1e6:.1f} us"
+
+
+def suite_main(doc: str, bench, table, models: list[str], build: str = "build/bench") -> None:
+    """The command line of a per-model suite: --models, --batches, --rounds, --build, --markdown;
+    runs ``bench(model, batch, build, rounds)`` for each pair and prints ``table(rows, markdown)``."""
+    import argparse
+    import sys
+    from pathlib import Path
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=models, choices=models)
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 32])
+    ap.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds (median taken)")
+    ap.add_argument("--build", type=Path, default=Path(build))
+    ap.add_argument("--markdown", action="store_true", help="print a markdown table")
+    args = ap.parse_args()
+    print(machine_description(), flush=True)
+    rows = []
+    for name in args.models:
+        for batch in args.batches:
+            rows.append(bench(name, batch, args.build, args.rounds))
+            print(f"  {name} batch {batch}: done", file=sys.stderr, flush=True)
+    print(table(rows, args.markdown))
