@@ -221,14 +221,18 @@ def _conv_gemm(k: KernelContext, g: _Geom) -> None:
     else:
         make = gemm
     with em.loop(g.n, name="img") as n:
-        x = em.byte_offset(k.args[0], b.mul(n, i64(g.c * g.h * g.w)))
-        if g.copy:
-            _pad_image(em, g, x, xp_buf, xq.zero_point)
-            xp = xp_buf
-        else:
-            xp = x
+        xp = _image(k, g, n, xp_buf, xq.zero_point)
         _im2col(em, g, xp, cols)
         emit_gemm(em, make(em.byte_offset(k.out, b.mul(n, i64(g.o * g.pix * out_size)))), t)
+
+
+def _image(k: KernelContext, g: _Geom, n, xp_buf, zero_point: int):
+    """Image ``n`` of the input, copied into ``xp_buf`` with zero-point padding when the geometry needs it."""
+    x = k.em.byte_offset(k.args[0], k.em.b.mul(n, i64(g.c * g.h * g.w)))
+    if not g.copy:
+        return x
+    _pad_image(k.em, g, x, xp_buf, zero_point)
+    return xp_buf
 
 
 def _conv_direct(k: KernelContext, g: _Geom) -> None:
@@ -244,12 +248,7 @@ def _conv_direct(k: KernelContext, g: _Geom) -> None:
     table = table_pointer(k, g.o * g.kp)
     offsets, scales, shifts = (em.byte_offset(table, 4 * g.o * i) for i in range(3))
     with em.loop(g.n, name="img") as n:
-        x = em.byte_offset(k.args[0], b.mul(n, i64(g.c * g.h * g.w)))
-        if g.copy:
-            _pad_image(em, g, x, xp_buf, xq.zero_point)
-            xp = xp_buf
-        else:
-            xp = x
+        xp = _image(k, g, n, xp_buf, xq.zero_point)
         with em.loop(g.o, name="oc") as o:
             grp = b.udiv(o, i64(og))
             off0 = em.load(offsets, o, I32)
