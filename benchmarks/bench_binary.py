@@ -36,7 +36,7 @@ single_thread()
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from models import MODELS, example  # noqa: E402
+from models import MODELS, example, prepare  # noqa: E402
 
 import mcir  # noqa: E402
 from mcir.codegen import compile as compile_graph  # noqa: E402
@@ -60,12 +60,8 @@ def pipeline_for(model: str, name: str) -> str:
 
 def bench(model_name: str, batch: int, build: Path, rounds: int) -> list[dict]:
     """Time every contender on one model and batch size; one row per contender."""
-    torch.manual_seed(0)
-    model = MODELS[model_name]().eval()
-    x = example(model_name, batch)
+    model, x, calibration, graph = prepare(model_name, batch)
     xn = x.numpy()
-    calibration = [(example(model_name, batch).numpy(),) for _ in range(4)]
-    graph = mcir.trace(model, (x,), name=model_name)
     fns, rows = {}, []
     with torch.inference_mode():
         fns["torch fp32"] = lambda: model(x)

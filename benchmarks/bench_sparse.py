@@ -42,7 +42,7 @@ single_thread()
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from models import MODELS, example  # noqa: E402
+from models import prepare  # noqa: E402
 
 import mcir  # noqa: E402
 from mcir import dtypes  # noqa: E402
@@ -99,12 +99,8 @@ def _contenders(model_name: str) -> list[tuple[str, str]]:
 
 def bench_model(model_name: str, batch: int, contenders: list[tuple[str, str]], build: Path, rounds: int) -> list[dict]:
     """Compile and time every contender of one model at one batch size; one row each."""
-    torch.manual_seed(0)
-    model = MODELS[model_name]().eval()
-    x = example(model_name, batch)
+    model, x, calibration, graph = prepare(model_name, batch)
     xn = x.numpy()
-    calibration = [(example(model_name, batch).numpy(),) for _ in range(4)]
-    graph = mcir.trace(model, (x,), name=model_name)
     fns: dict = {}
     rows = []
     with torch.inference_mode():

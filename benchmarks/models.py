@@ -36,3 +36,14 @@ def example(name: str, batch: int) -> torch.Tensor:
 
 
 MODELS = {"mlp": mlp, "linear4096": linear4096, "cnn": cnn, "encoder": encoder}
+
+
+def prepare(name: str, batch: int, calibration_batches: int = 4):
+    """(model, input, calibration batches, traced graph) of a benchmark model, seeded."""
+    import mcir
+
+    torch.manual_seed(0)
+    model = MODELS[name]().eval()
+    x = example(name, batch)
+    calibration = [(example(name, batch).numpy(),) for _ in range(calibration_batches)]
+    return model, x, calibration, mcir.trace(model, (x,), name=name)
