@@ -20,6 +20,7 @@ the same verification, printing and timing as built-in passes.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import difflib
 import importlib
@@ -50,16 +51,16 @@ def option(default: Any, doc: str = "") -> Any:
 
 
 @dataclass(frozen=True)
-class Pass:
+class Pass(abc.ABC):
     """Base class of all passes. Subclasses are frozen dataclasses whose fields are options."""
 
     name: ClassVar[str] = ""
     #: "exact" or "approximate: <what bound is reported>"
     preserves: ClassVar[str] = "exact"
 
+    @abc.abstractmethod
     def apply(self, graph: Graph, ctx: PassContext) -> None:
         """Transform ``graph`` in place."""
-        raise NotImplementedError(f"pass {self.name} must implement apply()")
 
     @classmethod
     def summary(cls) -> str:

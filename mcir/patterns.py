@@ -28,6 +28,7 @@ applied when a cap on rewrites is hit (two rules undoing each other).
 
 from __future__ import annotations
 
+import abc
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
@@ -193,15 +194,15 @@ def _outputs(value: Value) -> list[Value]:
     return graph.outputs if graph is not None else []
 
 
-class RewritePattern:
+class RewritePattern(abc.ABC):
     """A rule written as code. ``roots`` restricts the ops it is tried on (None: all)."""
 
     roots: ClassVar[frozenset[str] | None] = None
     name: str = ""
 
+    @abc.abstractmethod
     def match_and_rewrite(self, op: Op, rewriter: Rewriter) -> bool:
         """Rewrite at ``op`` if the rule applies; return whether the graph changed."""
-        raise NotImplementedError(f"{type(self).__name__} must implement match_and_rewrite")
 
     def __str__(self) -> str:
         return self.name or type(self).__name__

@@ -20,6 +20,7 @@ Storage of a value in the interpreter ("stored form"):
 
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -31,7 +32,7 @@ from mcir.dtypes import DType
 from mcir.errors import McirError
 
 
-class Encoding:
+class Encoding(abc.ABC):
     """How a tensor's logical f32 values are stored. Subclasses are frozen dataclasses."""
 
     name: ClassVar[str]
@@ -42,29 +43,29 @@ class Encoding:
     #: an encoding with components is for constants only
     computed: ClassVar[bool] = False
 
+    @abc.abstractmethod
     def params(self) -> dict[str, Any]:
         """Parameters printed in ``#name<k=v, ...>``, in a fixed order."""
-        raise NotImplementedError(f"encoding {type(self).__name__} must define params()")
 
     @classmethod
+    @abc.abstractmethod
     def from_params(cls, params: dict[str, Any]) -> Encoding:
         """Build from parsed parameters; raise McirError naming a bad or missing one."""
-        raise NotImplementedError(f"encoding {cls.__name__} must define from_params()")
 
-    def check(self, t: TensorType) -> None:
-        """Raise McirError if this encoding cannot apply to a tensor of type ``t``."""
+    def check(self, t: TensorType) -> None:  # noqa: B027 - optional hook: most encodings accept any type
+        """Raise McirError if this encoding cannot apply to a tensor of type ``t`` (default: no check)."""
 
     def components(self, t: TensorType) -> dict[str, tuple[DType, tuple[int, ...]]]:
         """Storage arrays of a constant of type ``t``: name -> (dtype, shape)."""
         return {"data": (t.dtype, t.shape)}
 
+    @abc.abstractmethod
     def decode(self, t: TensorType, stored: Any) -> np.ndarray:
         """Logical values of a stored tensor: f32 values (quantised ones exactly, in float64)."""
-        raise NotImplementedError(f"encoding {type(self).__name__} must define decode()")
 
+    @abc.abstractmethod
     def encode(self, t: TensorType, x: np.ndarray) -> Any:
         """Stored form of logical values ``x`` (the inverse of decode, up to rounding)."""
-        raise NotImplementedError(f"encoding {type(self).__name__} must define encode()")
 
     def __str__(self) -> str:
         from mcir.printer import format_attr  # printing lives in one place
