@@ -25,7 +25,7 @@ output, and data movement and max-pooling run on u8 values. Before quantising, B
 folded into its conv/linear and dropout removed (exact), so conv+BN is one int8 layer.
 
 Sparse weights (``#csr``/``#nm`` in f32, from ``prune``) stay sparse when the cost rule
-(``mcir.passes.sparse_cost.prefer_sparse``) says the int8 sparse form pays: the same encoding
+(``mcir.analysis.sparse_cost.prefer_sparse``) says the int8 sparse form pays: the same encoding
 in i8 with one scale per row, ``to_csr(w, i8)``; otherwise they become dense int8 (with zeros).
 
 Preserves: approximate; the pipeline report gives max |Δ| and SQNR against the float model.
@@ -39,11 +39,11 @@ from typing import ClassVar, Literal
 import numpy as np
 
 from mcir import dtypes
+from mcir.analysis.calibration import affine_params, check_method, choose_range, observe
+from mcir.analysis.layers import check_skip, is_skipped, weighted_layers
 from mcir.errors import McirError
 from mcir.ir import Graph, Op, Value
 from mcir.pass_manager import Pass, PassContext, option
-from mcir.passes.calibration import affine_params, check_method, choose_range, observe
-from mcir.passes.layers import check_skip, is_skipped, weighted_layers
 from mcir.patterns import RuleSet, apply_rules, constant_array
 from mcir.rewriter import Rewriter
 from mcir.sparse import NM, Csr, to_csr, to_nm
@@ -268,7 +268,7 @@ class _Quantizer:
     @staticmethod
     def sparse_weight(w: Value, a: np.ndarray) -> tuple[TensorType, dict] | None:
         """A pruned (#csr/#nm f32) weight as the same encoding in i8 with per-row scales, when that pays."""
-        from mcir.passes.sparse_cost import prefer_sparse
+        from mcir.analysis.sparse_cost import prefer_sparse
 
         enc = w.type.encoding
         rows, cols = a.shape[0], a.size // a.shape[0]
