@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from mcir.errors import McirError, UnsupportedError
+from mcir.ops.traits import VOCABULARY, WeightLayout, problems
 from mcir.types import TensorType
 
 REQUIRED = object()
@@ -93,6 +94,11 @@ class OpDef:
     doc: str = ""
     traits: frozenset[str] = field(default_factory=frozenset)
     macs: Callable[..., int] | None = None
+    weight: WeightLayout | None = None
+
+    def trait_problems(self) -> list[str]:
+        """Inconsistencies in this op's classification (see ``mcir.ops.traits``); empty when fine."""
+        return problems(self.name, self.operands, tuple(self.attrs), self.traits, self.weight)
 
     @property
     def variadic(self) -> bool:
@@ -156,17 +162,23 @@ def defop(
     operands: str = "x",
     attrs: dict[str, Attr] | None = None,
     infer: Callable[..., TensorType] | None = None,
-    traits: set[str] | tuple[str, ...] = (),
+    traits: set[str] | frozenset[str] | tuple[str, ...] = (),
     macs: Callable[..., int] | None = None,
+    weight: WeightLayout | None = None,
 ) -> Callable[[Callable[..., np.ndarray]], Callable[..., np.ndarray]]:
     """Decorator registering the decorated numpy function as the reference of op ``name``.
 
     Without ``infer``, the result has the type of the first operand (elementwise ops).
+    ``traits`` classify the op (vocabulary in ``mcir.ops.traits``); a weighted layer also
+    gives its ``weight`` layout.
     """
 
     def deco(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
         if name in _REGISTRY:
             raise McirError(f"op '{name}' is registered twice")
+        unknown = sorted(set(traits) - VOCABULARY.keys())
+        if unknown:  # a typo here would silently drop the op from every trait query
+            raise McirError(f"op '{name}': unknown trait(s) {', '.join(unknown)}; see mcir.ops.traits")
         specs = tuple(s.strip() for s in operands.split(",") if s.strip())
         _REGISTRY[name] = OpDef(
             name=name,
@@ -177,6 +189,7 @@ def defop(
             doc=(fn.__doc__ or "").strip(),
             traits=frozenset(traits),
             macs=macs,
+            weight=weight,
         )
         return fn
 
@@ -204,6 +217,20 @@ def exists(name: str) -> bool:
 def all_ops() -> dict[str, OpDef]:
     _load()
     return dict(_REGISTRY)
+
+
+def ops_with(*traits: str) -> frozenset[str]:
+    """Names of the registered ops that have every trait in ``traits``."""
+    _load()
+    want = set(traits)
+    return frozenset(name for name, op in _REGISTRY.items() if want <= op.traits)
+
+
+def has_trait(name: str, trait: str) -> bool:
+    """Whether registered op ``name`` has ``trait`` (False for unknown ops)."""
+    _load()
+    op = _REGISTRY.get(name)
+    return op is not None and trait in op.traits
 
 
 def _load() -> None:

@@ -51,6 +51,8 @@ from mcir.analysis.layers import LAYERS, check_skip, is_skipped, weighted_layers
 from mcir.analysis.sparse_cost import MAX_DENSITY, prefer_sparse
 from mcir.errors import McirError
 from mcir.ir import Graph, Op, Value
+from mcir.ops import registry
+from mcir.ops.traits import SHAPE_ATTR
 from mcir.pass_manager import Pass, PassContext, option
 from mcir.patterns import constant_array
 from mcir.pipeline import NM
@@ -385,7 +387,7 @@ def shrink(graph: Graph, deps: Dependencies, removed: set[int]) -> None:
         else:
             rw.set_type(value, value.type.with_shape(tuple(shape)))
     for op in graph.compute_ops():
-        if op.name in ("reshape", "expand") and tuple(op.attrs["shape"]) != op.result.type.shape:
+        if registry.has_trait(op.name, SHAPE_ATTR) and tuple(op.attrs["shape"]) != op.result.type.shape:
             rw.set_attrs(op, shape=list(op.result.type.shape))
     for op in depthwise:
         if op.attrs["groups"] != op.operands[0].type.shape[1]:

@@ -44,17 +44,11 @@ from mcir.analysis.layers import check_skip, is_skipped, weighted_layers
 from mcir.errors import McirError
 from mcir.ir import Graph, Op, Value
 from mcir.pass_manager import Pass, PassContext, option
+from mcir.passes.quant_fusion import INT8_ACTIVATION_OPS, INT8_LAYERS, TRANSPARENT
 from mcir.patterns import RuleSet, apply_rules, constant_array
 from mcir.rewriter import Rewriter
 from mcir.sparse import NM, Csr, to_csr, to_nm
 from mcir.types import Quant, TensorType
-
-#: ops whose weights are quantised (operand 1) and whose activation input (operand 0) is u8
-WEIGHTED = {"linear", "conv2d"}
-#: ops that run on u8 activations when their result feeds int8 layers anyway
-ACTIVATION_OPS = {"add", "avg_pool2d", "adaptive_avg_pool2d", "mean"}
-#: ops a u8 value passes through unchanged in meaning (data movement, monotonic ops)
-TRANSPARENT = {"reshape", "permute", "slice", "select", "max_pool2d", "relu", "clamp", "dropout"}
 
 
 @dataclass(frozen=True)
@@ -152,7 +146,9 @@ def feeds_int8(value: Value, graph: Graph, int8_ops: set[str], _memo: dict[int, 
     for user in value.users if ok else ():
         if user.name in int8_ops and user.operands[0] is value and value not in user.operands[1:]:
             continue
-        if (user.name in TRANSPARENT or user.name in ACTIVATION_OPS) and feeds_int8(user.result, graph, int8_ops, memo):
+        if (user.name in TRANSPARENT or user.name in INT8_ACTIVATION_OPS) and feeds_int8(
+            user.result, graph, int8_ops, memo
+        ):
             continue
         ok = False
         break
@@ -174,15 +170,15 @@ class _Quantizer:
         return is_skipped(op, self.opts.skip, self.layers)
 
     def run(self) -> None:
-        int8_ops = WEIGHTED | ({"matmul"} if self.opts.attention else set())
+        int8_ops = INT8_LAYERS | ({"matmul"} if self.opts.attention else set())
         for op in list(self.graph.compute_ops()):
             if op.graph is not self.graph or self.skipped(op):
                 continue
-            if op.name in WEIGHTED:
+            if op.name in INT8_LAYERS:
                 self.weighted(op)
             elif op.name == "matmul" and self.opts.attention:
                 self.activations(op, range(2))
-            elif op.name in ACTIVATION_OPS and feeds_int8(op.result, self.graph, int8_ops):
+            elif op.name in INT8_ACTIVATION_OPS and feeds_int8(op.result, self.graph, int8_ops):
                 self.activations(op, range(2) if op.name == "add" else range(1))
 
     def quantize_value(self, v: Value) -> Value | None:
