@@ -23,8 +23,7 @@ from mcir.rewriter import Rewriter
 from mcir.serialize import load, save
 from mcir.types import TensorType, tensor
 from mcir.verifier import verify
-
-__version__ = "0.1.0"
+from mcir.version import __version__
 
 
 def trace(module: Any, example_inputs: Any, tracer: str = "export", name: str | None = None) -> Graph:
@@ -54,6 +53,7 @@ def replace_pattern(graph: Graph, pattern: Any, replacement: Any, example_inputs
 
 
 __all__ = [
+    "__version__",
     "Graph",
     "Interpreter",
     "Location",

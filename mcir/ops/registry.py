@@ -198,7 +198,6 @@ def defop(
 
 def get(name: str) -> OpDef:
     """The declaration of op ``name``; an UnsupportedError suggesting near names otherwise."""
-    _load()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -210,32 +209,23 @@ def get(name: str) -> OpDef:
 
 
 def exists(name: str) -> bool:
-    _load()
     return name in _REGISTRY
 
 
 def all_ops() -> dict[str, OpDef]:
-    _load()
     return dict(_REGISTRY)
 
 
 def ops_with(*traits: str) -> frozenset[str]:
     """Names of the registered ops that have every trait in ``traits``."""
-    _load()
     want = set(traits)
     return frozenset(name for name, op in _REGISTRY.items() if want <= op.traits)
 
 
 def has_trait(name: str, trait: str) -> bool:
     """Whether registered op ``name`` has ``trait`` (False for unknown ops)."""
-    _load()
     op = _REGISTRY.get(name)
     return op is not None and trait in op.traits
-
-
-def _load() -> None:
-    # the definition modules register themselves on import
-    from mcir.ops import elementwise, nn, quant, shape  # noqa: F401
 
 
 # -- shared inference rules ------------------------------------------------------
