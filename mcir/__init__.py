@@ -14,10 +14,11 @@ from __future__ import annotations
 from typing import Any
 
 from mcir.errors import McirError, ParseError, UnsupportedError, VerifyError
+from mcir.instrument import run_passes
 from mcir.interp import Interpreter, interpret
 from mcir.ir import Graph, Location, Op, Value
 from mcir.parser import parse, parse_file
-from mcir.pass_manager import Pass, PassContext, option, pass_, run_passes
+from mcir.pass_base import Pass, PassContext, option, pass_
 from mcir.patterns import Match, Pat, RewritePattern, RuleSet, apply_rules
 from mcir.rewriter import Rewriter
 from mcir.serialize import load, save
@@ -53,7 +54,6 @@ def replace_pattern(graph: Graph, pattern: Any, replacement: Any, example_inputs
 
 
 __all__ = [
-    "__version__",
     "Graph",
     "Interpreter",
     "Location",
@@ -71,6 +71,7 @@ __all__ = [
     "UnsupportedError",
     "Value",
     "VerifyError",
+    "__version__",
     "apply_rules",
     "compile",
     "interpret",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -175,3 +177,24 @@ def test_function_pass_options_come_from_keyword_parameters():
 
     mcir.run_passes(g, [p, grab])
     assert ctx_seen["got"] == (3.0, "x")
+
+
+def test_listing_built_in_passes_imports_none_of_them():
+    code = (
+        "import sys; from mcir.passes import get_all_passes, pass_names; "
+        "assert get_all_passes()['prune'] == 'mcir.passes.prune:Prune'; assert 'quant8' in pass_names(); "
+        "print(sorted(m for m in sys.modules if m.startswith('mcir.passes.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_pass_manager_still_exports_what_user_passes_import():
+    import mcir.pass_base
+    import mcir.pass_manager
+    import mcir.passes
+
+    assert mcir.pass_manager.Pass is mcir.pass_base.Pass is mcir.Pass
+    assert mcir.pass_manager.option is mcir.pass_base.option
+    assert mcir.pass_manager.PassContext is mcir.pass_base.PassContext
+    assert mcir.pass_manager.get_pass is mcir.passes.get_pass

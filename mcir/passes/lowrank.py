@@ -31,7 +31,7 @@ import numpy as np
 from mcir.analysis.layers import check_skip, is_skipped, weighted_layers
 from mcir.errors import McirError
 from mcir.ir import Graph
-from mcir.pass_manager import Pass, PassContext, option
+from mcir.pass_base import Pass, PassContext, option
 from mcir.patterns import constant_array
 from mcir.rewriter import Rewriter, dead_code_elimination
 

@@ -53,7 +53,7 @@ from mcir.errors import McirError
 from mcir.ir import Graph, Op, Value
 from mcir.ops import registry
 from mcir.ops.traits import SHAPE_ATTR
-from mcir.pass_manager import Pass, PassContext, option
+from mcir.pass_base import Pass, PassContext, option
 from mcir.patterns import constant_array
 from mcir.pipeline import NM
 from mcir.rewriter import Rewriter

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 
 from mcir.ir import Graph, Op
+from mcir.pass_base import rules_pass
 from mcir.patterns import Match, Pat, RuleSet
 from mcir.rewriter import Rewriter
 from mcir.sparse import NM, Csr
@@ -151,15 +152,9 @@ def remaining_conversions(graph: Graph) -> list[str]:
     return notes
 
 
-def _make_pass():
-    from mcir.pass_manager import rules_pass
-
-    return rules_pass(
-        FUSION,
-        name="quant_fusion",
-        preserves="exact",
-        doc="Keep int8 layers integer: fuse requantisation, ReLU/clamp and data movement into u8.",
-    )
-
-
-QuantFusion = _make_pass()
+QuantFusion = rules_pass(
+    FUSION,
+    name="quant_fusion",
+    preserves="exact",
+    doc="Keep int8 layers integer: fuse requantisation, ReLU/clamp and data movement into u8.",
+)

@@ -43,10 +43,11 @@ from mcir.analysis.calibration import affine_params, check_method, choose_range,
 from mcir.analysis.layers import check_skip, is_skipped, weighted_layers
 from mcir.errors import McirError
 from mcir.ir import Graph, Op, Value
-from mcir.pass_manager import Pass, PassContext, option
+from mcir.pass_base import Pass, PassContext, option
 from mcir.passes.quant_fusion import INT8_ACTIVATION_OPS, INT8_LAYERS, TRANSPARENT
 from mcir.patterns import RuleSet, apply_rules, constant_array
 from mcir.rewriter import Rewriter
+from mcir.sample_inputs import random_batches
 from mcir.sparse import NM, Csr, to_csr, to_nm
 from mcir.types import Quant, TensorType
 
@@ -112,27 +113,6 @@ def check_batches(graph: Graph, batches) -> list[tuple[np.ndarray, ...]]:
             out.append(tuple(check_input(v, np.asarray(a)) for v, a in zip(graph.inputs, arrays)))
         except McirError as e:
             raise McirError(f"calibration batch {i}: {e}") from None
-    return out
-
-
-def random_batches(graph: Graph, count: int, seed: int = 0) -> list[tuple[np.ndarray, ...]]:
-    """Standard-normal float inputs, quantised integers over their range, indices in range for the
-    embedding they index."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(count):
-        batch = []
-        for v in graph.inputs:
-            t = v.type
-            if t.dtype.is_float:
-                batch.append(rng.standard_normal(t.shape).astype(t.dtype.np))
-            elif t.encoding is not None:  # already-quantised integers: anywhere in their range
-                info = np.iinfo(t.dtype.np)
-                batch.append(rng.integers(info.min, int(info.max) + 1, t.shape).astype(t.dtype.np))
-            else:  # indices: in range for the embedding they select from (0/1 when they feed none)
-                high = min((u.operands[1].type.shape[0] for u in v.users if u.name == "embedding"), default=2)
-                batch.append(rng.integers(0, high, t.shape).astype(t.dtype.np))
-        out.append(tuple(batch))
     return out
 
 
