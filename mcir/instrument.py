@@ -21,6 +21,7 @@ from mcir.metrics import compare_outputs
 from mcir.pass_base import Pass, PassContext
 from mcir.pass_manager import GraphStats
 from mcir.passes import as_pass, build_pipeline
+from mcir.patterns import RuleStat, track_rules
 from mcir.report import format_table, human_bytes, human_count, human_seconds
 from mcir.verifier import verify
 
@@ -32,6 +33,7 @@ class PassRecord:
     stats: GraphStats
     max_abs_err: float | None = None
     sqnr_db: float | None = None
+    rules: dict[str, RuleStat] = field(default_factory=dict)  # rewrite rules the pass ran, by rule
 
 
 @dataclass
@@ -72,6 +74,18 @@ class PipelineReport:
         if self.warnings:
             text += "\n" + "\n".join(f"warning: {w}" for w in self.warnings)
         return text
+
+    def rule_table(self) -> str:
+        """Per pass and rewrite rule: attempts, rewrites and time (rules that never applied are left out)."""
+        body = [
+            [r.name, rule, str(st.tried), str(st.applied), human_seconds(st.seconds)]
+            for r in self.rows
+            for rule, st in sorted(r.rules.items(), key=lambda kv: -kv[1].seconds)
+            if st.applied
+        ]
+        if not body:
+            return "no rewrite rule applied"
+        return format_table(["pass", "rule", "tried", "applied", "time"], body, align="llrrr")
 
 
 def run_passes(
@@ -114,7 +128,8 @@ def run_passes(
             print(f"[{i + 1}/{len(passes)}] {p}", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         try:
-            p.apply(g, ctx)
+            with track_rules() as rules:
+                p.apply(g, ctx)
         except McirError as e:
             raise type(e)(f"pass '{p.name}': {e}") from None
         seconds = time.perf_counter() - t0
@@ -128,7 +143,7 @@ def run_passes(
             errs = [compare_outputs(r, interpret(g, *x)) for r, x in zip(refs, sample_inputs)]
             err = max(e for e, _ in errs)
             sqnr = min(s for _, s in errs)
-        report.rows.append(PassRecord(str(p), seconds, GraphStats.of(g), err, sqnr))
+        report.rows.append(PassRecord(str(p), seconds, GraphStats.of(g), err, sqnr, rules))
         if print_ir_after_all or p.name in print_ir_after:
             print(f"// ----- IR after {p} -----", file=stream)
             print(g, file=stream, end="")
