@@ -33,7 +33,7 @@ def trace(module: Any, example_inputs: Any, tracer: str = "export", name: str | 
     ``tracer="export"`` uses ``torch.export`` (non-strict, eval mode); ``tracer="fx"``
     uses ``torch.fx.symbolic_trace``. Both give the same IR.
     """
-    from mcir.frontend.torch_import import trace as _trace
+    from mcir.frontend.torch_import import trace as _trace  # lazy: `import mcir` must not import torch
 
     return _trace(module, example_inputs, tracer=tracer, name=name)
 
@@ -41,14 +41,14 @@ def trace(module: Any, example_inputs: Any, tracer: str = "export", name: str | 
 def compile(graph: Graph, path: Any, target: str = "native", name: str | None = None, triple: str | None = None) -> Any:
     """Compile ``graph`` to ``PATH.o``, ``PATH.so`` and ``PATH.h`` and return the loaded library
     (``lib(*arrays)`` runs it); see ``mcir.codegen.compile``."""
-    from mcir.codegen import compile as _compile
+    from mcir.codegen import compile as _compile  # lazy: only compiling needs llvmlite
 
     return _compile(graph, path, target=target, name=name, triple=triple, pipeline=graph.meta.get("pipeline", ""))
 
 
 def replace_pattern(graph: Graph, pattern: Any, replacement: Any, example_inputs: Any = None) -> int:
     """Replace every match of the torch function ``pattern`` by ``replacement``; see ``mcir.replace``."""
-    from mcir.replace import replace_pattern as _replace
+    from mcir.replace import replace_pattern as _replace  # lazy: it traces with torch
 
     return _replace(graph, pattern, replacement, example_inputs)
 

@@ -48,7 +48,7 @@ def _function_module(fn: Callable[..., Any]):
 
 
 def _trace_function(fn: Callable[..., Any], example_inputs: tuple) -> Graph:
-    from mcir.frontend.torch_import import trace
+    from mcir.frontend.torch_import import trace  # lazy: importing mcir.replace must not import torch
 
     return trace(_function_module(fn), example_inputs, tracer="export", name=fn.__name__)
 

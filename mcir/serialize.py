@@ -22,6 +22,7 @@ from mcir.errors import McirError
 from mcir.ir import Graph, _freeze_data
 from mcir.parser import parse_file
 from mcir.printer import is_inline, print_graph
+from mcir.verifier import verify
 
 GRAPH_FILE = "graph.mcir"
 WEIGHTS_FILE = "weights.safetensors"
@@ -105,6 +106,4 @@ def load(path: str | Path) -> Graph:
                 op.data = _freeze_data(parts, t)
             except McirError as e:
                 raise McirError(f"{weights_file}: tensor for %{op.result.name}: {e}") from None
-    from mcir.verifier import verify
-
     return verify(graph)

@@ -9,6 +9,8 @@ torch or llvmlite), nor are imports under ``if TYPE_CHECKING:``.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import networkx as nx
@@ -124,3 +126,13 @@ def test_every_allowed_edge_still_exists():
     g = import_graph(lazy=True)
     gone = [f"{a} -> {b}" for a, b in ALLOWED if not g.has_edge(a, b)]
     assert not gone, f"these circles are gone: remove them from ALLOWED in {__file__}: {gone}"
+
+
+def test_the_core_imports_neither_torch_nor_llvmlite():
+    # torch belongs to the frontend and llvmlite to codegen: the IR, passes and CLI start without them
+    code = (
+        "import sys, mcir, mcir.passes.quantize, mcir.passes.prune, mcir.replace, mcir.serialize; "
+        "print(sorted(m for m in ('torch', 'llvmlite') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

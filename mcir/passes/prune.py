@@ -56,6 +56,7 @@ from mcir.ops.traits import SHAPE_ATTR
 from mcir.pass_base import Pass, PassContext, option
 from mcir.patterns import constant_array
 from mcir.pipeline import NM
+from mcir.report import format_table, human_bytes, human_count
 from mcir.rewriter import Rewriter
 from mcir.sparse import NM as NMEncoding
 from mcir.sparse import Csr, to_csr, to_nm
@@ -440,7 +441,6 @@ class PruneReport:
 
     def table(self) -> str:
         """An aligned per-layer table: sparsity, storage, params, bytes and MACs before -> after."""
-        from mcir.report import format_table, human_bytes, human_count
 
         def arrow(a: int, b: int, fmt) -> str:
             return fmt(a) if a == b else f"{fmt(a)} -> {fmt(b)}"

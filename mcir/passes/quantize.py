@@ -41,10 +41,13 @@ import numpy as np
 from mcir import dtypes
 from mcir.analysis.calibration import affine_params, check_method, choose_range, observe
 from mcir.analysis.layers import check_skip, is_skipped, weighted_layers
+from mcir.analysis.sparse_cost import prefer_sparse
 from mcir.errors import McirError
+from mcir.interp import check_input
 from mcir.ir import Graph, Op, Value
 from mcir.pass_base import Pass, PassContext, option
-from mcir.passes.quant_fusion import INT8_ACTIVATION_OPS, INT8_LAYERS, TRANSPARENT
+from mcir.passes.fold import NOOPS, FoldBatchNorm
+from mcir.passes.quant_fusion import FUSION, INT8_ACTIVATION_OPS, INT8_LAYERS, TRANSPARENT, remaining_conversions
 from mcir.patterns import RuleSet, apply_rules, constant_array
 from mcir.rewriter import Rewriter
 from mcir.sample_inputs import random_batches
@@ -76,9 +79,6 @@ class Quantize(Pass):
             raise McirError(f"samples={self.samples} must be at least 1")
 
     def apply(self, graph: Graph, ctx: PassContext) -> None:
-        from mcir.passes.fold import NOOPS, FoldBatchNorm
-        from mcir.passes.quant_fusion import FUSION, remaining_conversions
-
         apply_rules(graph, NOOPS + RuleSet("fold.batch_norm", [FoldBatchNorm()]))
         batches = ctx.get("calibration")
         if not batches:
@@ -99,8 +99,6 @@ class Quantize(Pass):
 
 def check_batches(graph: Graph, batches) -> list[tuple[np.ndarray, ...]]:
     """Calibration batches as tuples of arrays matching the graph inputs; McirError naming the bad one."""
-    from mcir.interp import check_input
-
     out = []
     for i, batch in enumerate(batches):
         arrays = tuple(batch) if isinstance(batch, tuple | list) else (batch,)
@@ -244,7 +242,6 @@ class _Quantizer:
     @staticmethod
     def sparse_weight(w: Value, a: np.ndarray) -> tuple[TensorType, dict] | None:
         """A pruned (#csr/#nm f32) weight as the same encoding in i8 with per-row scales, when that pays."""
-        from mcir.analysis.sparse_cost import prefer_sparse
 
         enc = w.type.encoding
         rows, cols = a.shape[0], a.size // a.shape[0]
