@@ -90,3 +90,15 @@ def test_ops_transparent_to_u8_are_moves_views_or_removed_by_fusion():
     fused_away = {"relu", "clamp"}  # quantize(relu(y)) -> quantize(y) when the u8 range starts at 0
     assert quant_fusion.MOVES | ops_with(traits.VIEW) | fused_away == quant_fusion.TRANSPARENT
     assert fused_away <= ops_with(traits.ACTIVATION)
+
+
+def test_the_frontend_names_layer_results_after_their_module_by_trait():
+    from mcir.frontend.torch_import import is_layer_op
+
+    layers = {name for name in all_ops() if is_layer_op(name)}
+    assert layers == {"linear", "conv2d", "embedding", "batch_norm", "layer_norm"} | {
+        "scaled_dot_product_attention",
+        "max_pool2d",
+        "avg_pool2d",
+        "adaptive_avg_pool2d",
+    }

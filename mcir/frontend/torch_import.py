@@ -55,6 +55,8 @@ from mcir.frontend.convert import (  # noqa: F401  (re-exported: handlers writte
     user_frame,
 )
 from mcir.ir import Graph, Location
+from mcir.ops import registry
+from mcir.ops.traits import ATTENTION, NORMALIZATION, POOLING, UNARY, WEIGHTED
 from mcir.verifier import verify
 
 TRACERS = ("export", "fx")
@@ -93,18 +95,12 @@ def trace(module: torch.nn.Module, example_inputs: Any, tracer: str = "export", 
     return verify(graph)
 
 
-#: ops that are "the" computation of the module they come from: named after its path
-_LAYER_OPS = (
-    "linear",
-    "conv2d",
-    "batch_norm",
-    "layer_norm",
-    "embedding",
-    "scaled_dot_product_attention",
-    "max_pool2d",
-    "avg_pool2d",
-    "adaptive_avg_pool2d",
-)
+def is_layer_op(name: str) -> bool:
+    """Whether op ``name`` is "the" computation of the module it comes from (so it is named after
+    the module's path): weighted layers, attention, pooling, and normalisations over operands
+    other than their input (batch_norm, layer_norm; not softmax, which is unary)."""
+    t = registry.get(name).traits
+    return bool(t & {WEIGHTED, ATTENTION, POOLING}) or (NORMALIZATION in t and UNARY not in t)
 
 
 def name_layers_by_module(graph: Graph) -> None:
@@ -112,7 +108,7 @@ def name_layers_by_module(graph: Graph) -> None:
     so dumps read like the model; ops without a module keep their op-kind names. Both
     tracers see the same module paths, so names stay tracer-independent."""
     for op in graph.compute_ops():
-        if op.name in _LAYER_OPS and op.loc.module and not graph.has_value(op.loc.module):
+        if is_layer_op(op.name) and op.loc.module and not graph.has_value(op.loc.module):
             graph.rename(op.result, op.loc.module)
 
 
