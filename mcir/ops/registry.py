@@ -2,13 +2,17 @@
 
 An op declaration gives its operands, its attributes (kind, default, doc), a type
 inference rule over *logical* types, the numpy reference implementation (the oracle
-for every backend) and, where it has a cost, its multiply-accumulate count::
+for every backend), where it has a cost its multiply-accumulate count, and what it is
+(its traits, vocabulary in ``mcir.ops.traits``; a weighted layer adds its ``WeightLayout``)::
 
     @defop("clamp", operands="x", attrs={"min": Attr("float?", None), "max": Attr("float?", None)},
-           traits={"elementwise"})
+           traits={ELEMENTWISE, UNARY, ACTIVATION})
     def clamp(x, min=None, max=None):
         "y = min(max(x, min), max)"
         return np.clip(x, min, max)
+
+The definition modules (``elementwise``, ``nn``, ``shape``, ``quant``) are imported by the
+``mcir.ops`` package, so whoever imports this module finds every op registered.
 
 Operand specs: ``"x"`` required, ``"bias?"`` optional (trailing only), ``"inputs*"``
 variadic (the only operand). Inference functions see operand types with encodings
