@@ -495,8 +495,14 @@ def _xnor_conv(k: KernelContext) -> None:
 
 
 for _w in ("b1#binary", "t2#ternary"):
-    kernel("conv2d", ("b1#binary", _w, "f32"), pack=_pack_xnor_conv, scratch=_xnor_scratch, epilogue=True)(_xnor_conv)
-    kernel("conv2d", ("b1#binary", _w), pack=_pack_xnor_conv, scratch=_xnor_scratch, epilogue=True)(_xnor_conv)
+    kernel(
+        "conv2d",
+        ("b1#binary", _w, "f32?"),
+        constant=(1,),
+        pack=_pack_xnor_conv,
+        scratch=_xnor_scratch,
+        epilogue=True,
+    )(_xnor_conv)
 
 
 # -- float activations: decode the weights, then the fp32 convolution ------------------------------
@@ -537,5 +543,11 @@ def _decode_conv(k: KernelContext) -> None:
 
 
 for _w in ("b1#binary", "t2#ternary"):
-    kernel("conv2d", ("f32", _w, "f32"), pack=_pack_canonical, scratch=_decode_scratch, epilogue=True)(_decode_conv)
-    kernel("conv2d", ("f32", _w), pack=_pack_canonical, scratch=_decode_scratch, epilogue=True)(_decode_conv)
+    kernel(
+        "conv2d",
+        ("f32", _w, "f32?"),
+        constant=(1,),
+        pack=_pack_canonical,
+        scratch=_decode_scratch,
+        epilogue=True,
+    )(_decode_conv)

@@ -271,5 +271,4 @@ def _conv(k: KernelContext) -> None:
         _conv_direct(k)
 
 
-kernel("conv2d", ("f32", "f32", "f32"), pack=_pack_weights, scratch=_scratch, epilogue=True)(_conv)
-kernel("conv2d", ("f32", "f32"), pack=_pack_weights, scratch=_scratch, epilogue=True)(_conv)
+kernel("conv2d", ("f32", "f32", "f32?"), pack=_pack_weights, scratch=_scratch, epilogue=True)(_conv)

@@ -131,6 +131,12 @@ def product(op: Op) -> Product:
     return Product(x.shape[2] * x.shape[3], n, k, x.shape[0], True)
 
 
+def _variant(target: Target) -> str:
+    """The code paths ``target`` gets, for the kernel table."""
+    shape = window_shape(target)
+    return f"batch 1: window {shape.isa}; batched: csr" if shape is not None else "csr"
+
+
 def uses_window(p: Product, target: Target) -> bool:
     return not p.conv and p.m < BATCH_MIN and window_shape(target) is not None
 
@@ -482,9 +488,21 @@ def _doc(fn: Callable[[KernelContext], None], text: str) -> Callable[[KernelCont
     return gen
 
 
-kernel("linear", ("f32", SPARSE_F32, "f32"), pack=_pack_f32, scratch=_scratch_f32, epilogue=True)(
-    _doc(_sparse_f32, "linear y = x @ W^T + b with a #csr/#nm f32 weight: window GEMV (batch 1) or batched CSR")
-)
-kernel("conv2d", ("f32", SPARSE_F32, "f32"), pack=_pack_f32, scratch=_scratch_f32, epilogue=True)(
-    _doc(_sparse_f32, "conv2d 1x1 with a #csr/#nm f32 weight: one batched sparse product per image")
-)
+kernel(
+    "linear",
+    ("f32", SPARSE_F32, "f32?"),
+    constant=(1,),
+    variant=_variant,
+    pack=_pack_f32,
+    scratch=_scratch_f32,
+    epilogue=True,
+)(_doc(_sparse_f32, "linear y = x @ W^T + b with a #csr/#nm f32 weight: window GEMV (batch 1) or batched CSR"))
+kernel(
+    "conv2d",
+    ("f32", SPARSE_F32, "f32?"),
+    constant=(1,),
+    variant=_variant,
+    pack=_pack_f32,
+    scratch=_scratch_f32,
+    epilogue=True,
+)(_doc(_sparse_f32, "conv2d 1x1 with a #csr/#nm f32 weight: one batched sparse product per image"))

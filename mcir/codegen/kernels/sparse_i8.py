@@ -99,6 +99,17 @@ def _uses_vector(p: Product, target: Target) -> bool:
     return not p.conv and p.m < BATCH_MIN_I8 and vector_gemv(target)
 
 
+def _variant(target: Target) -> str:
+    """The code paths ``target`` gets, for the kernel table: batch 1 (linear), then batched."""
+    if vector_gemv(target):
+        one = "gemv vpermi2b+vpdpbusd"
+    elif window_shape(target) is not None:
+        one = f"window {window_shape(target).isa}"
+    else:
+        one = "batched"
+    return f"batch 1: {one}; batched: {'vbmi slots' if vector_decode(target) else 'scalar decode'}"
+
+
 def _uses_window(p: Product, target: Target) -> bool:
     """Batch 1 on AVX-512 without VBMI/VNNI, or AVX2: the f32 window kernel on int8 values."""
     return not p.conv and p.m < BATCH_MIN and not vector_gemv(target) and window_shape(target) is not None
@@ -622,10 +633,13 @@ def _gen(text: str) -> Callable[[KernelContext], None]:
     return gen
 
 
-_BIAS = "i32#quant|f32"
-kernel("linear", ("u8#quant", SPARSE_I8, _BIAS), pack=_pack_i8, scratch=_scratch_i8, epilogue=True)(
+_BIAS = "i32#quant|f32?"
+_ENTRY = dict(
+    result="u8#quant|i8#quant|f32", constant=(1, 2), pack=_pack_i8, scratch=_scratch_i8, epilogue=True, variant=_variant
+)
+kernel("linear", ("u8#quant", SPARSE_I8, _BIAS), **_ENTRY)(
     _gen("linear with a #csr/#nm int8 weight on u8 activations: compact gap layout, VBMI+VNNI at batch 1")
 )
-kernel("conv2d", ("u8#quant", SPARSE_I8, _BIAS), pack=_pack_i8, scratch=_scratch_i8, epilogue=True)(
+kernel("conv2d", ("u8#quant", SPARSE_I8, _BIAS), **_ENTRY)(
     _gen("conv2d 1x1 with a #csr/#nm int8 weight on u8 activations: batched sparse product per image")
 )
