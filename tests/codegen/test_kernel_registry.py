@@ -257,3 +257,25 @@ def test_int8_weights_that_are_graph_inputs_are_refused(tmp_path, body, inputs, 
 def test_every_constant_position_names_an_operand():
     for gen, i in itertools.chain.from_iterable(((g, i) for i in g.constant) for g in _entries()):
         assert 0 < i < len(gen.operands), f"{gen.name}: constant operand {i} of {gen.describe()}"
+
+
+def test_mcir_kernels_prints_the_table_and_filters_by_op(capsys):
+    from mcir.cli import main
+
+    assert main(["kernels"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["op", "operands", "result", "target", "kernel", "const"]
+    assert len(out) == 2 + len(_entries())
+    assert main(["kernels", "--op", "linear"]) == 0
+    lines = capsys.readouterr().out.splitlines()[2:]
+    assert lines and all(line.startswith("linear ") for line in lines)
+    assert any("(u8#quant, i8#quant, i32#quant|f32?)" in line and "1,2" in line for line in lines)
+
+
+def test_mcir_kernels_names_unknown_and_kernel_less_ops(capsys):
+    from mcir.cli import main
+
+    assert main(["kernels", "--op", "lineer"]) != 0
+    assert "did you mean linear" in capsys.readouterr().err
+    assert main(["kernels", "--op", "reshape"]) == 0
+    assert "no native kernel for op 'reshape'" in capsys.readouterr().out
