@@ -1,4 +1,4 @@
-"""Sparse int8 kernels: ``linear`` and 1x1 ``conv2d`` with ``#csr`` / ``#nm`` int8 weights
+"""Sparse int8 kernels: ``linear`` and ``conv2d`` with ``#csr`` / ``#nm`` int8 weights
 (per-row scales, from ``prune,quant8``) on u8 activations.
 
 ``acc[n] = sum_k q_w[n, k] * q_x[k] + offset[n]``, ``y = float(acc) * mult[n] (+ fbias[n])``,
@@ -15,10 +15,11 @@ about 1.75 bytes per non-zero at 90 % sparsity) on every path:
   256 bytes of x at R fetch the 64 activations and one ``vpdpbusd`` multiplies and sums
   them into the 16 row accumulators. About 20 vector instructions per 64 entries, no
   gathers (``vpgatherdd`` costs ~25 cycles on this CPU class).
-* **everything else** (a batch of rows, 1x1 convolutions, other targets): each row's
+* **everything else** (a batch of rows, convolutions, other targets): each row's
   entries are decoded once into (x row, value) pairs in scratch, then every non-zero is
-  broadcast against a row of ``x^T[K][M]`` (x transposed, or a 1x1 convolution's image,
-  converted to f32) with FMAs; runs of 512 products sum exactly in f32 (integers below
+  broadcast against a row of ``x^T[K][M]`` (x transposed, a 1x1 convolution's image, or
+  any other convolution's im2col patches with the zero point in the padding, converted to
+  f32) with FMAs; runs of 512 products sum exactly in f32 (integers below
   2^24) before they join the int32 accumulator.
 """
 
@@ -38,6 +39,7 @@ from mcir.codegen.kernels.sparse import (
     BATCH_MIN,
     Product,
     copy_padded,
+    emit_patches,
     emit_window_gemv,
     field,
     load_part,
@@ -594,20 +596,25 @@ def _sparse_i8(k: KernelContext) -> None:
 
     if p.conv:
         hw = p.m
+        zx = _x_quant(k.op).zero_point
         with em.loop(p.images, name="img") as img:
-            xi = em.gep(x, b.mul(img, i64(p.k * hw)), I8)
+            xi = em.gep(x, b.mul(img, i64(p.x_image)), I8)
             yi = em.gep(out, b.mul(img, i64(p.n * hw)), out_ty)
-            # the image [C][H*W] is x^T already: only converted to f32 (rows padded to mpad)
-            load = _u8_as_f32(em, lanes)
+            if p.patches is not None:
+                # im2col, padding taps at the zero point (they decode to 0, as the folded offset assumes)
+                emit_patches(em, xi, p.patches, xt, mpad, I8, lambda v: b.uitofp(v, F32), float(zx))
+            else:
+                # the image [C][H*W] is x^T already: only converted to f32 (rows padded to mpad)
+                load = _u8_as_f32(em, lanes)
 
-            def convert(r0: ir.Value, nr: int, xi=xi) -> None:
-                def cols(c0: ir.Value, nc: int) -> None:
-                    v = load(em, xi, b.add(b.mul(r0, i64(hw)), c0), nc)
-                    em.store(v, xt, b.add(b.mul(r0, i64(mpad)), c0))
+                def convert(r0: ir.Value, nr: int, xi=xi) -> None:
+                    def cols(c0: ir.Value, nc: int) -> None:
+                        v = load(em, xi, b.add(b.mul(r0, i64(hw)), c0), nc)
+                        em.store(v, xt, b.add(b.mul(r0, i64(mpad)), c0))
 
-                tiles(em, hw, lanes, cols, "cc")
+                    tiles(em, hw, lanes, cols, "cc")
 
-            tiles(em, p.k, 1, convert, "cr")
+                tiles(em, p.k, 1, convert, "cr")
 
             def store_image(y: ir.Value, orig: ir.Value, c0: ir.Value, live: int, yi=yi) -> None:
                 store_part(em, finish(y), yi, b.add(b.mul(orig, i64(hw)), c0), live)
@@ -641,5 +648,5 @@ kernel("linear", ("u8#quant", SPARSE_I8, _BIAS), **_ENTRY)(
     _gen("linear with a #csr/#nm int8 weight on u8 activations: compact gap layout, VBMI+VNNI at batch 1")
 )
 kernel("conv2d", ("u8#quant", SPARSE_I8, _BIAS), **_ENTRY)(
-    _gen("conv2d 1x1 with a #csr/#nm int8 weight on u8 activations: batched sparse product per image")
+    _gen("conv2d with a #csr/#nm int8 weight on u8 activations: per image, im2col (unless 1x1), a batched product")
 )
