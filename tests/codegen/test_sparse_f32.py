@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mcir.codegen.kernels import sparse
 from mcir.codegen.kernels.sparse import BATCH_MIN
 from mcir.errors import CodegenError
 from mcir.ir import Graph
@@ -140,8 +141,11 @@ def sparse_conv(rng, batch, cin, cout, kernel, stride, padding, dilation, h, w, 
 
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"k{c[2][0]}x{c[2][1]}s{c[3][0]}p{c[4][0]}d{c[5][0]}")
-def test_conv_of_any_kernel_size_stride_padding_dilation(tmp_path, case):
+@pytest.mark.parametrize("block", ["whole", "rows"])
+def test_conv_of_any_kernel_size_stride_padding_dilation(tmp_path, monkeypatch, case, block):
     cin, cout, kernel, stride, padding, dilation, h, w = case
+    if block == "rows":  # patches built 2 output rows at a time, the last block shorter when OH is odd
+        monkeypatch.setattr(sparse, "PATCH_BLOCK_BYTES", 4 * cin * kernel[0] * kernel[1] * w * 2)
     rng = np.random.default_rng(cin * 131 + cout * 7 + kernel[0] * kernel[1] + h)
     batch = 2 if kernel[0] == 3 else 1
     g = sparse_conv(rng, batch, cin, cout, kernel, stride, padding, dilation, h, w, 0.3, bias=kernel[0] != 5)

@@ -184,8 +184,8 @@ def _scratch_i8(op: Op, target: Target) -> int:
     lanes = lanes_of(target)
     # one row's decoded entries (x^T row offset i32, value f32), or one slot's and a 16 x 32 tile
     decoded = max(align_up((p.k + 1) * 8), 2560)
-    mpad = max(lanes, -(-p.m // lanes) * lanes)
-    xt = align_up(p.k * mpad * 4)  # x^T as f32
+    mpad = max(lanes, -(-p.block_columns // lanes) * lanes)
+    xt = align_up(p.k * mpad * 4)  # x^T as f32 (a block of patches for a convolution)
     return decoded + xt + (0 if p.conv else align_up(p.n * mpad * 4))
 
 
@@ -585,14 +585,14 @@ def _sparse_i8(k: KernelContext) -> None:
     lanes = lanes_of(k.target)
     decoded = k.scratch
     finish = _output(k)
-    mpad = max(lanes, -(-p.m // lanes) * lanes)
+    mpad = max(lanes, -(-p.block_columns // lanes) * lanes)  # a block of patches for a convolution
     xt = em.byte_offset(k.scratch, max(align_up((p.k + 1) * 8), 2560))
 
-    def batched(xt: ir.Value, m: int, store) -> None:
+    def batched(xt: ir.Value, m: int, store, ld: int = mpad) -> None:
         if vector_decode(k.target):
-            _emit_batched_slots(k, rows, p.n, xt, mpad, p.k, m, decoded, store)
+            _emit_batched_slots(k, rows, p.n, xt, ld, p.k, m, decoded, store)
         else:
-            _emit_batched(k, rows, p.n, xt, mpad, m, decoded, lanes, store)
+            _emit_batched(k, rows, p.n, xt, ld, m, decoded, lanes, store)
 
     if p.conv:
         hw = p.m
@@ -601,8 +601,19 @@ def _sparse_i8(k: KernelContext) -> None:
             xi = em.gep(x, b.mul(img, i64(p.x_image)), I8)
             yi = em.gep(out, b.mul(img, i64(p.n * hw)), out_ty)
             if p.patches is not None:
-                # im2col, padding taps at the zero point (they decode to 0, as the folded offset assumes)
-                emit_patches(em, xi, p.patches, xt, mpad, I8, lambda v: b.uitofp(v, F32), float(zx))
+                ow = p.patches["ow"]
+
+                def block(oy0: ir.Value, nrows: int, xi=xi, yi=yi) -> None:
+                    # im2col, padding taps at the zero point (they decode to 0, as the folded offset assumes)
+                    emit_patches(em, xi, p.patches, xt, mpad, I8, lambda v: b.uitofp(v, F32), float(zx), oy0, nrows)
+                    p0 = b.mul(oy0, i64(ow))
+
+                    def store_block(y: ir.Value, orig: ir.Value, c0: ir.Value, live: int) -> None:
+                        store_part(em, finish(y), yi, b.add(b.mul(orig, i64(hw)), b.add(p0, c0)), live)
+
+                    batched(xt, nrows * ow, store_block)
+
+                tiles(em, p.patches["oh"], p.block_rows, block, "blk")
             else:
                 # the image [C][H*W] is x^T already: only converted to f32 (rows padded to mpad)
                 load = _u8_as_f32(em, lanes)
@@ -616,10 +627,10 @@ def _sparse_i8(k: KernelContext) -> None:
 
                 tiles(em, p.k, 1, convert, "cr")
 
-            def store_image(y: ir.Value, orig: ir.Value, c0: ir.Value, live: int, yi=yi) -> None:
-                store_part(em, finish(y), yi, b.add(b.mul(orig, i64(hw)), c0), live)
+                def store_image(y: ir.Value, orig: ir.Value, c0: ir.Value, live: int, yi=yi) -> None:
+                    store_part(em, finish(y), yi, b.add(b.mul(orig, i64(hw)), c0), live)
 
-            batched(xt, hw, store_image)
+                batched(xt, hw, store_image)
         return
     yt = em.byte_offset(xt, align_up(p.k * mpad * 4))
     transpose_in(em, x, p.m, p.k, xt, mpad, lanes, _u8_as_f32(em, lanes))
