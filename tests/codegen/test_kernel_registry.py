@@ -207,6 +207,21 @@ def test_f32_kernel_never_writes_a_quantised_result(tmp_path, name):
             "f32[2,4]",
             lambda r: (r.integers(0, 256, (2, 8)).astype(np.uint8), r.standard_normal((4, 8)).astype(np.float32)),
         ),
+        (
+            f"  %y = linear(%x, %w) : u8[2,4] {Q}",
+            "%x: f32[2,8], %w: f32[4,8]",
+            f"u8[2,4] {Q}",
+            lambda r: (r.standard_normal((2, 8)).astype(np.float32), r.standard_normal((4, 8)).astype(np.float32)),
+        ),
+        (
+            f"  %y = conv2d(%x, %w) : u8[1,2,3,3] {Q}",
+            "%x: f32[1,1,5,5], %w: f32[2,1,3,3]",
+            f"u8[1,2,3,3] {Q}",
+            lambda r: (
+                r.standard_normal((1, 1, 5, 5)).astype(np.float32),
+                r.standard_normal((2, 1, 3, 3)).astype(np.float32),
+            ),
+        ),
     ],
     ids=[
         "minimum",
@@ -219,6 +234,8 @@ def test_f32_kernel_never_writes_a_quantised_result(tmp_path, name):
         "dropout",
         "reshape",
         "linear_f32_weight_u8_input",
+        "linear_f32_to_u8",
+        "conv2d_f32_to_u8",
     ],
 )
 def test_kernels_never_cross_encodings(tmp_path, body, inputs, out, args):
