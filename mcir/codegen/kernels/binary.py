@@ -59,6 +59,12 @@ def u64_lanes(target: Target) -> int:
     return max(2, target.vector_bits // 64)
 
 
+def popcount_variant(target: Target) -> str:
+    """The code path of the XNOR kernels on ``target``, for the kernel table."""
+    native = target.is_x86 and target.has("avx512vpopcntdq")
+    return f"xnor+popcount {u64_lanes(target)}x64-bit" + (" (vpopcntq)" if native else "")
+
+
 def ctpop(em: Emitter, v: ir.Value) -> ir.Value:
     """Bits set in each lane (``vpopcntq`` on AVX512-VPOPCNTDQ, a nibble table otherwise)."""
     return em.b.call(em.intrinsic("llvm.ctpop", [v.type], v.type, [v.type]), [v])
@@ -534,9 +540,15 @@ def _xnor_linear(k: KernelContext) -> None:
 
 
 for _w in ("b1#binary", "t2#ternary"):
-    kernel("linear", ("b1#binary", _w, "f32?"), constant=(1,), pack=_pack_xnor, scratch=_xnor_scratch, epilogue=True)(
-        _xnor_linear
-    )
+    kernel(
+        "linear",
+        ("b1#binary", _w, "f32?"),
+        constant=(1,),
+        variant=popcount_variant,
+        pack=_pack_xnor,
+        scratch=_xnor_scratch,
+        epilogue=True,
+    )(_xnor_linear)
 
 
 # -- sign-select linear: packed weights x float activations ---------------------------------
