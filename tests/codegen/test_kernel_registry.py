@@ -99,6 +99,23 @@ def test_plain_patterns_never_accept_encoded_results():
     assert not relu.matches_signatures(["u8#quant"], "u8#quant")
 
 
+def test_has_kernel_answers_for_types_without_compiling():
+    from mcir import dtypes
+    from mcir.types import Quant, TensorType
+
+    f32 = TensorType((2, 8), dtypes.f32)
+    u8 = TensorType((2, 8), dtypes.u8, Quant(scale=0.1, zero_point=3))
+    assert kernels.has_kernel("relu", [f32], f32)
+    assert not kernels.has_kernel("relu", [f32], u8)
+    assert not kernels.has_kernel("reshape", [f32], f32)  # a view, never a kernel
+
+
+def test_misspelt_patterns_fail_at_registration():
+    for bad in ("f23", "flaot|int", "q8#quant"):
+        with pytest.raises(ValueError, match="kernel pattern"):
+            kernels.expand(bad)
+
+
 def test_kernel_table_lists_every_entry_aligned_and_filters_by_op():
     rows = kernel_table(target=resolve("native"))
     assert len(rows) == len(_entries())

@@ -49,7 +49,7 @@ from typing import Any
 import llvmlite.ir as ir
 import numpy as np
 
-from mcir import ops
+from mcir import dtypes, ops
 from mcir.codegen.emit import Emitter
 from mcir.codegen.memory_plan import view_root
 from mcir.codegen.target import Target
@@ -119,6 +119,8 @@ def expand(pattern: str) -> frozenset[str]:
     for alt in pattern.rstrip("?*").split("|"):
         alt = alt.strip()
         if "#" in alt:
+            if alt.split("#", 1)[0] not in dtypes.ALL:
+                raise ValueError(f"kernel pattern {pattern!r}: {alt!r} does not start with a dtype")
             out.add(alt)
         elif alt in FAMILIES:
             out.update(FAMILIES[alt])
@@ -278,6 +280,13 @@ def lookup(op: Op) -> KernelGen:
                 "a const op, or dequantize the layer to f32 to feed it run-time values"
             )
     return gen
+
+
+def has_kernel(op: str, operands: list[TensorType], result: TensorType) -> bool:
+    """True if some entry of ``op`` accepts these operand and result types (constness aside):
+    for passes that choose a storage only where the backend can run it."""
+    _load()
+    return any(g.matches(operands, result) for g in _REGISTRY.get(op, ()))
 
 
 def registered() -> dict[str, list[KernelGen]]:
