@@ -173,3 +173,12 @@ def test_grouped_convolutions_raise_a_clear_error(tmp_path, rng):
     g.set_outputs([g.add("conv2d", [x, w], {"padding": [1, 1], "groups": 2})])
     with pytest.raises(CodegenError, match=r"sparse convolution weights need groups=1 \(got groups 2\)"):
         build(g, tmp_path)
+
+
+def test_nm_conv_of_a_3x3_kernel(tmp_path):
+    rng = np.random.default_rng(11)
+    g = Graph("spconvnm")
+    x = g.add_input("x", tensor([1, 4, 9, 9]))
+    w = sparse_const(g, "w", nm_pruned(rng, 6, 36, 2, 4).reshape(6, 4, 3, 3), "nm")
+    g.set_outputs([g.add("conv2d", [x, w, g.const("b", randn(rng, 6))], {"stride": [2, 2], "padding": [1, 1]})])
+    check_native(g, tmp_path, randn(rng, 1, 4, 9, 9))

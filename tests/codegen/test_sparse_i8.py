@@ -253,3 +253,11 @@ def test_unsupported_operands_raise_the_registry_error(tmp_path):
     g.set_outputs([g.add("linear", [x, w])])
     with pytest.raises(CodegenError, match=r"no native kernel for op 'linear'.*\(f32, i8#csr\).*u8#quant, i8#csr"):
         build(g, tmp_path)
+
+
+def test_nm_conv_of_a_3x3_kernel(tmp_path):
+    rng = np.random.default_rng(12)
+    dense = nm_pruned(rng, 6, 36, 1, 4).reshape(6, 4, 3, 3)
+    attrs = {"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1]}
+    g = _graph(rng, (1, 4, 7, 7), dense, "nm", "int", "u8", None, op="conv2d", conv=attrs)
+    check_int8(g, tmp_path, rng.integers(0, 256, (1, 4, 7, 7)).astype(np.uint8))
