@@ -7,8 +7,8 @@ Views never copy: ``reshape`` and ``dropout`` give the same bytes as their opera
 a ``permute`` that only moves size-1 axes does too; a ``select`` or unit-step
 ``slice`` whose preceding axes all have size 1 is a contiguous block at a byte offset
 (the q/k/v split of attention). Only a result stored like its operand (same dtype and
-encoding) can be a view; otherwise the op needs a kernel. Values joined by views form one *group* with one
-storage, each member at its offset. An output group holds its output's buffer, so the
+encoding) can be a view; otherwise the op needs a kernel. Values joined by views form one
+*group* with one storage, each member at its offset. An output group holds its output's buffer, so the
 last kernel writes straight into the caller's memory; a copy is only planned where an
 output is also an input, a constant, another output, or a part of a bigger buffer.
 
