@@ -347,6 +347,29 @@ def cmd_ops(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_kernels(args: argparse.Namespace) -> int:
+    """``mcir kernels [--op NAME] [--target T]``: the native kernel registry as a table."""
+    from mcir import ops
+    from mcir.codegen.kernels import format_kernel_table, kernel_table
+    from mcir.codegen.target import resolve
+
+    if args.op is not None:
+        ops.get(args.op)  # an unknown op name gets the registry's "did you mean" error
+    rows = kernel_table(args.op, resolve(args.target))
+    if not rows:
+        print(f"no native kernel for op '{args.op}': graphs using it run with mcir.interpret only")
+        return 0
+    print(format_kernel_table(rows))
+    return 0
+
+
+def _add_kernels_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("kernels", help="list native kernels: op x operand/result types x target -> kernel")
+    p.add_argument("--op", metavar="NAME", help="only the kernels of op NAME")
+    p.add_argument("--target", default="native", help="whose code paths the target column shows (default: native)")
+    p.set_defaults(fn=cmd_kernels)
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
     from mcir.compile_driver import compile_model
 
@@ -419,6 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ops", help="list IR ops")
     p.set_defaults(fn=cmd_ops)
+    _add_kernels_command(sub)
     return parser
 
 

@@ -404,7 +404,7 @@ def _per_tensor(t: TensorType) -> Quant | None:
     return enc if isinstance(enc, Quant) and enc.axis is None else None
 
 
-@kernel("quantize", ("f32",))
+@kernel("quantize", ("f32",), result="i8#quant|u8#quant|i16#quant|i32#quant")
 def quantize(k: KernelContext) -> None:
     """q = clamp(round_half_even(x / scale) + zero_point, qmin, qmax) into the result's integer type."""
     t = k.result_type
@@ -431,7 +431,7 @@ def quantize(k: KernelContext) -> None:
     emit_broadcast(k, [k.operand_types[0].dtype], body, t.dtype)
 
 
-@kernel("dequantize", ("i8#quant|u8#quant|i16#quant|i32#quant",))
+@kernel("dequantize", ("i8#quant|u8#quant|i16#quant|i32#quant",), result="f32")
 def dequantize(k: KernelContext) -> None:
     """x = scale * (q - zero_point) for per-tensor quantised operands."""
     t = k.operand_types[0]

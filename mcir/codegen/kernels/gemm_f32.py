@@ -316,7 +316,7 @@ def _linear_scratch(op: Op, target: Target) -> int:
     return packed_b_bytes(k, n, nv * lanes)
 
 
-@kernel("linear", ("f32", "f32", "f32"), pack=_pack_linear, scratch=_linear_scratch, epilogue=True)
+@kernel("linear", ("f32", "f32", "f32?"), pack=_pack_linear, scratch=_linear_scratch, epilogue=True)
 def linear(k: KernelContext) -> None:
     """y = x @ W^T + b: W pre-packed into panels at compile time (or at run time if not constant)."""
     m, n, kk = _linear_dims(k.op)
