@@ -16,10 +16,13 @@ import lark
 import numpy as np
 
 from mcir import dtypes
+from mcir.encodings import ENCODINGS
 from mcir.errors import McirError, ParseError
 from mcir.ir import Graph, Location, Op
 from mcir.ops import registry
-from mcir.types import ENCODINGS, TensorType
+
+# what the user would type, for "expected ..." messages
+from mcir.types import TensorType
 
 # what the user would type, for "expected ..." messages
 _TERMINAL_TEXT = {

@@ -13,9 +13,9 @@ import pytest
 
 import mcir
 from mcir import dtypes
+from mcir.encodings import NM, Csr
 from mcir.pass_manager import GraphStats
 from mcir.passes.sparse_cost import dense_bytes, prefer_sparse, sparse_bytes
-from mcir.sparse import NM, Csr
 from mcir.types import TensorType
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,10 +41,10 @@ def test_sparse_bytes_match_the_encodings():
     rng = np.random.default_rng(0)
     dense = rng.standard_normal((64, 48)) * (rng.random((64, 48)) < 0.2)
     for dt in (dtypes.f32, dtypes.i8):
-        t, _ = mcir.sparse.to_csr(dense, dt)
+        t, _ = mcir.encodings.to_csr(dense, dt)
         assert sparse_bytes("csr", 64, 48, t.encoding.nnz, dt) == t.nbytes
     nm = np.where(np.arange(48) % 4 < 2, dense + 1, 0.0)
-    t, _ = mcir.sparse.to_nm(nm, 2, 4, dtypes.i8)
+    t, _ = mcir.encodings.to_nm(nm, 2, 4, dtypes.i8)
     assert sparse_bytes("nm", 64, 48, 0, dtypes.i8, 2, 4) == t.nbytes
     assert dense_bytes(64, 48, dtypes.i8) == 64 * 48 + 4 * 64
 

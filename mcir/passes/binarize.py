@@ -38,10 +38,10 @@ from typing import ClassVar, Literal
 import numpy as np
 
 from mcir import dtypes
+from mcir.encodings import Binary, Ternary
 from mcir.errors import McirError
 from mcir.interp import Interpreter
 from mcir.ir import Graph, Op
-from mcir.packed import Binary, Ternary
 from mcir.pass_manager import Pass, PassContext, option
 from mcir.passes.layers import check_skip, select_layers
 from mcir.patterns import constant_array

@@ -46,6 +46,8 @@ from typing import ClassVar, Literal
 import numpy as np
 
 from mcir import dtypes
+from mcir.encodings import NM as NMEncoding
+from mcir.encodings import Csr, to_csr, to_nm
 from mcir.errors import McirError
 from mcir.ir import Graph, Op, Value
 from mcir.pass_manager import Pass, PassContext, option
@@ -55,8 +57,6 @@ from mcir.passes.sparse_cost import MAX_DENSITY, prefer_sparse
 from mcir.patterns import constant_array
 from mcir.pipeline import NM
 from mcir.rewriter import Rewriter
-from mcir.sparse import NM as NMEncoding
-from mcir.sparse import Csr, to_csr, to_nm
 from mcir.types import TensorType
 
 #: layers whose weights unstructured pruning zeroes (operand 1 is the weight)

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from collections import Counter
 
+from mcir.encodings import NM, Csr, Quant
 from mcir.ir import Graph, Op
 from mcir.patterns import Match, Pat, RuleSet
 from mcir.rewriter import Rewriter
-from mcir.sparse import NM, Csr
-from mcir.types import Quant
 
 #: ops with int8 kernels that can write u8 results directly (requantisation in the epilogue)
 FUSABLE = frozenset({"linear", "conv2d", "matmul", "add", "avg_pool2d", "adaptive_avg_pool2d", "mean"})

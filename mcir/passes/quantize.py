@@ -39,6 +39,7 @@ from typing import ClassVar, Literal
 import numpy as np
 
 from mcir import dtypes
+from mcir.encodings import NM, Csr, Quant, to_csr, to_nm
 from mcir.errors import McirError
 from mcir.ir import Graph, Op, Value
 from mcir.pass_manager import Pass, PassContext, option
@@ -46,8 +47,9 @@ from mcir.passes.calibration import affine_params, check_method, choose_range, o
 from mcir.passes.layers import check_skip, is_skipped, weighted_layers
 from mcir.patterns import RuleSet, apply_rules, constant_array
 from mcir.rewriter import Rewriter
-from mcir.sparse import NM, Csr, to_csr, to_nm
-from mcir.types import Quant, TensorType
+
+#: ops whose weights are quantised (operand 1) and whose activation input (operand 0) is u8
+from mcir.types import TensorType
 
 #: ops whose weights are quantised (operand 1) and whose activation input (operand 0) is u8
 WEIGHTED = {"linear", "conv2d"}
