@@ -24,7 +24,7 @@ run or that is bigger than what it replaces.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mcir.errors import McirError
@@ -145,11 +145,13 @@ def embedded_weight_bytes(graph: Graph, target: Any = "native") -> int:
 
 @dataclass(frozen=True)
 class KernelTrial:
-    """The answer of ``try_kernel``: why the op would not compile (None if it would), and the
-    bytes each constant operand would embed (by operand index)."""
+    """The answer of ``try_kernel``: why the op would not compile (None if it would), the bytes
+    each constant operand would embed and the layout it would have (by operand index; equal
+    layouts of one constant are stored once)."""
 
     problem: str | None
     operand_bytes: dict[int, int]
+    layouts: dict[int, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -190,13 +192,14 @@ def try_kernel(op: Op, replace: dict[int, tuple[TensorType, Any]] | None = None,
         if gen.scratch is not None:
             gen.scratch(trial, tgt)
         sizes: dict[int, int] = {}
+        layouts: dict[int, str] = {}
         for i, v in enumerate(trial.operands):
             if view_root(v).is_constant:
-                _, payload, _ = constant_layout(v, trial, i, gen, tgt)
-                sizes[i] = int(payload().nbytes)
+                (_, layout), payload, _ = constant_layout(v, trial, i, gen, tgt)
+                sizes[i], layouts[i] = int(payload().nbytes), layout
     except McirError as e:
         return KernelTrial(str(e), {})
-    return KernelTrial(None, sizes)
+    return KernelTrial(None, sizes, layouts)
 
 
 def kernel_exists(op: Op, replace: dict[int, TensorType], target: Any = "native") -> bool:

@@ -252,13 +252,17 @@ class _Unstructured:
         t, data = to_csr(pruned) if kind == "csr" else to_nm(pruned, n, m)
         if self.opts.storage == "auto":
             target = self.target
-            sparse_bytes = dense_bytes = 0
+            # layers sharing the weight share a layout when their forms agree: count each layout once
+            sparse_layouts: dict[str, int] = {}
+            dense_layouts: dict[str, int] = {}
             for op in ops:
                 trial = try_kernel(op, {1: (t, data)}, target)
                 if not trial.ok:
                     return (*dense, f"no native kernel for {op.name} with a {t.dtype} #{kind} weight of this form")
-                sparse_bytes += trial.operand_bytes.get(1, 0)
-                dense_bytes += try_kernel(op, {1: dense}, target).operand_bytes.get(1, 0)
+                before = try_kernel(op, {1: dense}, target)
+                sparse_layouts[trial.layouts.get(1, "")] = trial.operand_bytes.get(1, 0)
+                dense_layouts[before.layouts.get(1, "")] = before.operand_bytes.get(1, 0)
+            sparse_bytes, dense_bytes = sum(sparse_layouts.values()), sum(dense_layouts.values())
             if sparse_bytes >= dense_bytes:
                 return (*dense, f"#{kind} would embed {sparse_bytes} B, dense {dense_bytes} B")
         return t, data, ""
