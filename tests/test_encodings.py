@@ -127,8 +127,14 @@ def test_has_kernel_agrees_with_compile_and_stats_with_the_library(tmp_path, for
     else:
         compiled = True
         assert mcir.stats(g).weight_bytes == lib.weight_bytes
+        if w.type.encoding is not None:  # the weight is the graph's only constant
+            assert w.type.encoding.embedded_bytes(layer, 1, w.type, w.producer.data) == lib.weight_bytes
     if says is not None:
-        assert says == compiled, f"has_kernel says {says}, compile {'succeeded' if compiled else 'failed'}"
+        assert says == compiled
+        if not compiled:
+            assert w.type.encoding.embedded_bytes(layer, 1, w.type, w.producer.data) is None, (
+                f"has_kernel says {says}, compile {'succeeded' if compiled else 'failed'}"
+            )
 
 
 @pytest.mark.parametrize("kind", ["quant", "binary", "ternary", "csr", "nm"])

@@ -211,3 +211,16 @@ def test_quantize_stores_int8_sparse_weights_dense_where_sparse_embeds_more(tmp_
     lib = mcir.compile(q, tmp_path / "q")
     assert mcir.stats(q).weight_bytes == lib.weight_bytes
     np.testing.assert_allclose(lib(xs)[0], mcir.interpret(q, xs)[0], atol=1e-5)
+
+
+def test_compile_report_says_when_stated_and_embedded_bytes_differ():
+    from mcir.compile_driver import _weights_line
+
+    g = mcir.parse("graph @w(%x: f32[1,4]) -> (f32[1,4]) {\n  %y = relu(%x) : f32[1,4]\n  return %y\n}\n")
+
+    class Lib:  # a library whose embedded bytes disagree with mcir.stats (0 B for this graph)
+        weight_bytes = 64
+
+    assert "stated" not in _weights_line(type("Same", (), {"weight_bytes": 0})(), None, "x", "native", False, g)
+    line = _weights_line(Lib(), None, "x", "native", False, g)
+    assert "the pipeline report stated 0 B, the library embeds 64 B" in line

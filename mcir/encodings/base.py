@@ -8,11 +8,13 @@ dataclass in its own module of this package and owns its facts:
   ``NAME::component``), ``decode`` / ``encode``, and ``storage_bytes(t)``;
 * its cost: ``stored_fraction(t)`` (the share of elements actually stored, which scales
   parameters and MACs) and ``mac_kind`` (how a MAC against such a weight is done);
-* where it runs natively: ``has_kernel(op, index, target)`` asks the kernel registry.
+* where it runs natively: ``has_kernel(op, index, t, target)`` asks the kernel registry;
+* what a library embeds for it: ``embedded_bytes(op, index, t, stored, target)``.
 
 The bytes a compiled library embeds for a constant depend on the kernel that streams it
-(padding, interleaving, folded tables); ``mcir.stats`` computes them with the very function
-the backend uses to lay the constant out, so the two cannot disagree.
+(padding, interleaving, folded tables), so ``embedded_bytes`` and ``mcir.stats`` compute them
+with the very function the backend uses to lay the constant out (``constant_layout``, which
+calls the kernel's pack hook): they cannot disagree.
 
 This module imports nothing of ``mcir.types`` at run time, so ``types.py`` and the encoding
 modules both depend on it without a circle.
@@ -87,6 +89,15 @@ class Encoding(abc.ABC):
         from mcir.stats import kernel_exists  # asks the backend's kernel registry
 
         return kernel_exists(op, {index: t}, target)
+
+    def embedded_bytes(self, op: Op, index: int, t: TensorType, stored: Any, target: Any = "native") -> int | None:
+        """Bytes a library embeds for operand ``index`` of ``op`` stored as ``t`` (of this encoding)
+        with components ``stored``: the layout of the kernel that would run it, padding and folded
+        tables included (None when no native kernel would). Asks the kernel's own pack hook."""
+        from mcir.stats import try_kernel
+
+        trial = try_kernel(op, {index: (t, stored)}, target)
+        return trial.operand_bytes.get(index) if trial.ok else None
 
     def __str__(self) -> str:
         from mcir.printer import format_attr  # printing lives in one place
