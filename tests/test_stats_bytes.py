@@ -24,7 +24,7 @@ from torch import nn
 
 import mcir
 from mcir import dtypes
-from mcir.encodings import NM, Csr, to_csr
+from mcir.encodings import NM, Csr, Quant, to_csr
 from mcir.stats import GraphStats, kernel_exists, try_kernel
 from mcir.types import TensorType
 
@@ -224,3 +224,50 @@ def test_compile_report_says_when_stated_and_embedded_bytes_differ():
     assert "stated" not in _weights_line(type("Same", (), {"weight_bytes": 0})(), None, "x", "native", False, g)
     line = _weights_line(Lib(), None, "x", "native", False, g)
     assert "the pipeline report stated 0 B, the library embeds 64 B" in line
+
+
+def _with_data(g: mcir.Graph, **arrays) -> mcir.Graph:
+    for op in g.constants():
+        op.data = arrays[op.result.name]
+    return g
+
+
+def test_stats_count_views_of_constants_as_the_library_stores_them(tmp_path):
+    # a reshaped constant (a view: no copy) packed by the linear, and a leading-block slice of
+    # another constant returned as is (raw bytes of the whole root, the view points into it)
+    rng = np.random.default_rng(3)
+    g = _with_data(
+        mcir.parse(
+            "graph @v(%x: f32[1,32]) -> (f32[1,16], f32[2,8]) {\n"
+            "  %w = const : f32[16,2,16]\n"
+            "  %w2 = reshape(%w) {shape=[16, 32]} : f32[16,32]\n"
+            "  %y = linear(%x, %w2) : f32[1,16]\n"
+            "  %t = const : f32[6,8]\n"
+            "  %s = slice(%t) {axis=0, start=0, end=2} : f32[2,8]\n"
+            "  return %y, %s\n"
+            "}\n"
+        ),
+        w=rng.standard_normal((16, 2, 16)).astype(np.float32),
+        t=rng.standard_normal((6, 8)).astype(np.float32),
+    )
+    lib = mcir.compile(g, tmp_path / "v")
+    assert mcir.stats(g).weight_bytes == lib.weight_bytes
+
+
+@pytest.mark.parametrize("target", ["native", "x86-64-v3"])
+def test_stats_follow_the_targets_layout_of_sparse_int8_weights(tmp_path, target):
+    # int8 #csr is laid out per target (VBMI gap layout vs int8 windows): stats follow the target
+    dense = _sparse_csr_dense()
+    t, data = to_csr(dense, dtypes.i8)
+    g = mcir.Graph("s")
+    x = g.add_input("x", mcir.tensor([1, 256]))
+    xq = g.add("quantize", [x], type=TensorType((1, 256), dtypes.u8, Quant(scale=0.02, zero_point=128)))
+    g.set_outputs([g.add("linear", [xq, g.const("w", data, t)], result="y")])
+    lib = mcir.compile(g, tmp_path / "s", target=target)
+    assert mcir.stats(g, target).weight_bytes == lib.weight_bytes
+
+
+def _sparse_csr_dense() -> np.ndarray:
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((64, 256)).astype(np.float32)
+    return np.where(rng.random(w.shape) < 0.1, w, 0).astype(np.float32)
