@@ -164,12 +164,16 @@ class KernelTrial:
 
 def _trial_op(op: Op, replace: dict[int, tuple[TensorType, Any]]) -> Op:
     """A detached copy of ``op`` whose operand ``i`` is replaced by a value of type ``t`` holding
-    ``stored`` (a constant; ``stored=None`` makes a run-time value). The graph is not touched."""
+    ``stored``: a constant with that data, or with ``stored=None`` a value as constant as the
+    operand it replaces (a constant without data: enough to choose a kernel, which may require
+    compile-time constants, not to pack one). The graph is not touched."""
+    from mcir.codegen.memory_plan import view_root
+
     operands: list[Value] = []
     for i, v in enumerate(op.operands):
         if i in replace:
             t, stored = replace[i]
-            if stored is None:
+            if stored is None and not view_root(v).is_constant:
                 v = Value(f"{v.name}.trial", t)
             else:
                 v = Op("const", [], {}, f"{v.name}.trial", t, data=stored).result
