@@ -221,4 +221,27 @@ def kernel_exists(op: Op, replace: dict[int, TensorType], target: Any = "native"
     return True
 
 
-__all__ = ["GraphStats", "KernelTrial", "embedded_weight_bytes", "kernel_exists", "stats", "try_kernel"]
+def has_kernel(op: Op, index: int, t: TensorType, target: Any = "native") -> bool:
+    """Whether a native kernel exists for ``op`` with operand ``index`` of type ``t`` (an encoded
+    weight, say) and its other operands as they are (the kernel registry's answer)."""
+    return kernel_exists(op, {index: t}, target)
+
+
+def embedded_bytes(op: Op, index: int, t: TensorType, stored: Any, target: Any = "native") -> int | None:
+    """Bytes a library embeds for operand ``index`` of ``op`` stored as ``t`` with components
+    ``stored``: the layout of the kernel that would run it, padding and folded tables included
+    (None when no native kernel would)."""
+    trial = try_kernel(op, {index: (t, stored)}, target)
+    return trial.operand_bytes.get(index) if trial.ok else None
+
+
+__all__ = [
+    "GraphStats",
+    "KernelTrial",
+    "embedded_bytes",
+    "embedded_weight_bytes",
+    "has_kernel",
+    "kernel_exists",
+    "stats",
+    "try_kernel",
+]

@@ -7,14 +7,13 @@ dataclass in its own module of this package and owns its facts:
 * its storage: ``components(t)`` (the named arrays a constant of that type holds, saved as
   ``NAME::component``), ``decode`` / ``encode``, and ``storage_bytes(t)``;
 * its cost: ``stored_fraction(t)`` (the share of elements actually stored, which scales
-  parameters and MACs) and ``mac_kind`` (how a MAC against such a weight is done);
-* where it runs natively: ``has_kernel(op, index, t, target)`` asks the kernel registry;
-* what a library embeds for it: ``embedded_bytes(op, index, t, stored, target)``.
+  parameters and MACs) and ``mac_kind`` (how a MAC against such a weight is done).
 
-The bytes a compiled library embeds for a constant depend on the kernel that streams it
-(padding, interleaving, folded tables), so ``embedded_bytes`` and ``mcir.stats`` compute them
-with the very function the backend uses to lay the constant out (``constant_layout``, which
-calls the kernel's pack hook): they cannot disagree.
+Two facts belong to the backend, which imports the encodings (so they cannot ask it): for
+which ops and op forms a native kernel exists, and the bytes a library embeds for a constant
+(kernels pad, interleave and fold tables into their layouts). ``mcir.stats`` answers both
+from the kernel registry and the kernels' own pack hooks: ``has_kernel(op, index, t)``,
+``embedded_bytes(op, index, t, stored)``, ``try_kernel`` and ``stats(graph).weight_bytes``.
 
 This module imports nothing of ``mcir.types`` at run time, so ``types.py`` and the encoding
 modules both depend on it without a circle.
@@ -26,10 +25,10 @@ import abc
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from mcir.errors import McirError
+from mcir.literals import format_attr
 
 if TYPE_CHECKING:
     from mcir.dtypes import DType
-    from mcir.ir import Op
     from mcir.types import TensorType
 
 
@@ -83,25 +82,7 @@ class Encoding(abc.ABC):
         """Share of the logical elements actually stored (1 unless the encoding is sparse)."""
         return 1.0
 
-    def has_kernel(self, op: Op, index: int, t: TensorType, target: Any = "native") -> bool:
-        """Whether the backend has a native kernel for ``op`` when operand ``index`` has type ``t``
-        (of this encoding) and the other operands keep theirs, per the kernel registry."""
-        from mcir.stats import kernel_exists  # asks the backend's kernel registry
-
-        return kernel_exists(op, {index: t}, target)
-
-    def embedded_bytes(self, op: Op, index: int, t: TensorType, stored: Any, target: Any = "native") -> int | None:
-        """Bytes a library embeds for operand ``index`` of ``op`` stored as ``t`` (of this encoding)
-        with components ``stored``: the layout of the kernel that would run it, padding and folded
-        tables included (None when no native kernel would). Asks the kernel's own pack hook."""
-        from mcir.stats import try_kernel
-
-        trial = try_kernel(op, {index: (t, stored)}, target)
-        return trial.operand_bytes.get(index) if trial.ok else None
-
     def __str__(self) -> str:
-        from mcir.printer import format_attr  # printing lives in one place
-
         body = ", ".join(f"{k}={format_attr(v)}" for k, v in self.params().items())
         return f"#{self.name}<{body}>"
 
