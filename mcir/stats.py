@@ -29,6 +29,7 @@ from typing import Any
 
 from mcir.errors import McirError
 from mcir.ir import Graph, Op, Value
+from mcir.ops import registry
 from mcir.types import TensorType
 
 MAC_KINDS = ("f32", "int8", "bit", "sparse")
@@ -77,8 +78,6 @@ def stats(graph: Graph, target: Any = "native", *, strict: bool = True) -> Graph
     ``strict`` (the default) a graph the backend cannot lower raises its CodegenError; with
     ``strict=False`` the canonical storage bytes are reported instead and ``exact`` is False.
     """
-    from mcir.ops import registry
-
     params = ops = 0
     macs = dict.fromkeys(MAC_KINDS, 0)
     storage = 0
