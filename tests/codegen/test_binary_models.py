@@ -15,9 +15,9 @@ import mcir
 from mcir import dtypes
 from mcir.codegen.lowering import lower
 from mcir.codegen.target import host_supports, resolve
+from mcir.encodings import Binary
 from mcir.errors import CodegenError
 from mcir.ir import Graph
-from mcir.packed import Binary
 from mcir.types import TensorType, tensor
 from tests import models
 

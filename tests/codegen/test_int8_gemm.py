@@ -25,9 +25,10 @@ from mcir.codegen.kernels import conv_i8, gemm_i8
 from mcir.codegen.kernels.gemm_i8 import DotIsa, fixed_point
 from mcir.codegen.lowering import lower
 from mcir.codegen.target import Target, host_supports, resolve
+from mcir.encodings import Quant
 from mcir.errors import CodegenError
 from mcir.ir import Graph
-from mcir.types import Quant, TensorType, tensor
+from mcir.types import TensorType, tensor
 
 from .helpers import build
 

@@ -14,9 +14,10 @@ import mcir
 from mcir import dtypes
 from mcir.codegen.kernels import lookup, sparse
 from mcir.codegen.kernels.sparse_i8 import BATCH_MIN_I8
+from mcir.encodings import Quant
 from mcir.errors import CodegenError
 from mcir.ir import Graph
-from mcir.types import Quant, TensorType, tensor
+from mcir.types import TensorType, tensor
 
 from .helpers import assert_close, build, runnable_targets
 from .sparse_cases import nm_pruned, pruned, sparse_const

@@ -47,9 +47,9 @@ from mcir.codegen.emit import F32, F64, I1, I64, Emitter, const, i64, vec
 from mcir.codegen.kernels import KernelContext, kernel
 from mcir.codegen.memory_plan import view_root
 from mcir.codegen.target import Target
+from mcir.encodings.bits import words
 from mcir.errors import CodegenError
 from mcir.ir import Op, Value
-from mcir.packed import words
 
 # -- shared helpers ------------------------------------------------------------------------
 

@@ -60,9 +60,9 @@ from mcir.codegen.kernels.binary import (
 from mcir.codegen.kernels.conv import _conv, _scratch
 from mcir.codegen.memory_plan import align_up
 from mcir.codegen.target import Target
+from mcir.encodings.bits import pack_bits, unpack_bits, words
 from mcir.ir import Op, Value
 from mcir.ops.nn import conv_out
-from mcir.packed import pack_bits, unpack_bits, words
 from mcir.types import TensorType
 
 

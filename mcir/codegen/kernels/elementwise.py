@@ -20,9 +20,10 @@ import numpy as np
 from mcir.codegen.emit import F32, I1, I8, Emitter, const, i64, is_signed, storage_type
 from mcir.codegen.kernels import KernelContext, kernel, math_approx
 from mcir.dtypes import DType
+from mcir.encodings import Quant
 from mcir.errors import CodegenError
 from mcir.ir import Op
-from mcir.types import Quant, TensorType
+from mcir.types import TensorType
 
 Unary = Callable[[Emitter, ir.Value], ir.Value]
 

@@ -49,9 +49,10 @@ from mcir.codegen.kernels import KernelContext, kernel
 from mcir.codegen.kernels.gemm_f32 import _matmul_dims, batch_strides  # matmul's batch broadcasting, as for f32
 from mcir.codegen.memory_plan import ALIGN, align_up, view_offset, view_root
 from mcir.codegen.target import Target
+from mcir.encodings import Quant
 from mcir.errors import CodegenError
 from mcir.ir import Op
-from mcir.types import Quant, TensorType
+from mcir.types import TensorType
 
 # -- the dot-product instruction of a target ------------------------------------------------
 

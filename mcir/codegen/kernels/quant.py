@@ -27,10 +27,11 @@ from mcir.codegen.kernels.elementwise import emit_broadcast
 from mcir.codegen.kernels.movement import strides_of
 from mcir.codegen.kernels.reduce import _collapse, _nest
 from mcir.dtypes import DType
+from mcir.encodings import Quant
 from mcir.errors import CodegenError
 from mcir.ops.nn import adaptive_bounds
 from mcir.ops.registry import norm_axis
-from mcir.types import Quant, TensorType
+from mcir.types import TensorType
 
 QUANT = "u8#quant|i8#quant"
 #: what decode-compute-encode kernels write: the quantised type, or f32 (``_store_result``)
