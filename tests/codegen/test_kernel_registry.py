@@ -101,7 +101,8 @@ def test_plain_patterns_never_accept_encoded_results():
 
 def test_has_kernel_answers_for_types_without_compiling():
     from mcir import dtypes
-    from mcir.types import Quant, TensorType
+    from mcir.encodings import Quant
+    from mcir.types import TensorType
 
     f32 = TensorType((2, 8), dtypes.f32)
     u8 = TensorType((2, 8), dtypes.u8, Quant(scale=0.1, zero_point=3))
