@@ -38,6 +38,22 @@ def trace(module: Any, example_inputs: Any, tracer: str = "export", name: str | 
     return _trace(module, example_inputs, tracer=tracer, name=name)
 
 
+def from_onnx(model: Any, input_shapes: dict[str, Any] | None = None, name: str | None = None) -> Graph:
+    """Import an ONNX model (path or ``onnx.ModelProto``) into an mcir Graph; ``input_shapes`` gives
+    static shapes to inputs with symbolic dimensions. See ``mcir.frontend.onnx_import``."""
+    from mcir.frontend.onnx_import import from_onnx as _from_onnx
+
+    return _from_onnx(model, input_shapes=input_shapes, name=name)
+
+
+def to_onnx(graph: Graph, path: Any = None, opset: int | None = None) -> Any:
+    """Export ``graph`` as an ONNX model (written to ``path`` when given) and return the ModelProto;
+    int8 as QDQ, other encodings as decoded floats. See ``mcir.frontend.onnx_export``."""
+    from mcir.frontend.onnx_export import to_onnx as _to_onnx
+
+    return _to_onnx(graph, path, opset=opset)
+
+
 def compile(graph: Graph, path: Any, target: str = "native", name: str | None = None, triple: str | None = None) -> Any:
     """Compile ``graph`` to ``PATH.o``, ``PATH.so`` and ``PATH.h`` and return the loaded library
     (``lib(*arrays)`` runs it); see ``mcir.codegen.compile``."""
@@ -73,6 +89,7 @@ __all__ = [
     "VerifyError",
     "apply_rules",
     "compile",
+    "from_onnx",
     "interpret",
     "load",
     "option",
@@ -83,6 +100,7 @@ __all__ = [
     "run_passes",
     "save",
     "tensor",
+    "to_onnx",
     "trace",
     "verify",
 ]

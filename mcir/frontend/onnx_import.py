@@ -1,0 +1,1189 @@
+"""Importing ONNX models into the mcir IR.
+
+``from_onnx(path_or_model, input_shapes=None)`` reads an ONNX model (a protobuf: loading it
+never runs code), checks it, and converts its nodes into IR ops with one table of handlers
+(``HANDLERS``, ONNX op type -> function). How it works:
+
+* Opsets older than 11 are first converted with ``onnx.version_converter``; newer ones are
+  read as they are (each handler reads both the attribute and the input form of ``axes``,
+  ``pads``, ``split`` etc.).
+* Every ONNX tensor name maps either to an IR ``Value`` (computed at run time) or to a numpy
+  array known at import time (initializers, ``Constant`` nodes, and whatever is computed from
+  them only). A node whose inputs are all known is folded at import with ONNX's own reference
+  implementation (``onnx.reference``), so ``Shape -> Gather -> Concat -> Reshape`` chains of
+  exported models and ``ConstantOfShape`` weights disappear. A known array becomes a ``const``
+  op only when a run-time op uses it, named after its initializer.
+* Inputs need static shapes: a symbolic dimension (``batch``) must be given in
+  ``input_shapes`` (CLI: ``--input name=1x3x224x224``), else the error says so.
+* ``onnx.shape_inference`` gives ONNX's own shapes for intermediate values; each converted
+  result is checked against them, so a handler that misreads an op fails at import, naming
+  the node, instead of computing something else.
+* QDQ models: ``DequantizeLinear`` of a constant int8 weight becomes an ``i8 #quant``
+  constant (per tensor or per output channel), a ``QuantizeLinear`` of an activation a
+  ``quantize`` op with a ``u8``/``i8 #quant<scale, zero_point>`` result type and the
+  following ``DequantizeLinear`` its ``dequantize`` ... exactly mcir's own quantised types, so
+  the fusion rules and int8 kernels apply to them as to graphs from ``quant8``.
+
+Unsupported ops, dtypes or attribute values raise ``UnsupportedError`` naming the ONNX op,
+the node and what to do.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mcir import dtypes
+from mcir.errors import McirError, ModelFileError, UnsupportedError
+from mcir.ir import Graph, Location, Value
+from mcir.types import Quant, TensorType
+
+#: the opset older models are converted to before import
+MIN_OPSET = 11
+#: ONNX tensor element types mcir can hold
+_DTYPES = {
+    1: dtypes.f32, 2: dtypes.u8, 3: dtypes.i8, 5: dtypes.i16, 6: dtypes.i32, 7: dtypes.i64, 9: dtypes.boolean,
+    10: dtypes.f16, 16: dtypes.bf16,
+}  # fmt: skip
+
+
+def from_onnx(model: Any, input_shapes: dict[str, Any] | None = None, name: str | None = None) -> Graph:
+    """Import an ONNX model (a path or an ``onnx.ModelProto``) into an mcir Graph.
+
+    ``input_shapes`` maps input names to static shapes (tuples, or ``"1x3x224x224"``) for
+    inputs whose ONNX shape has symbolic or unknown dimensions.
+    """
+    source = "<ModelProto>"
+    if isinstance(model, str | Path):
+        source = str(model)
+        model = load_onnx(model)
+    import onnx
+
+    if not isinstance(model, onnx.ModelProto):
+        raise McirError(f"from_onnx takes a path or an onnx.ModelProto, not {type(model).__name__}")
+    model = _common_opset(model, source)
+    graph_name = name or _graph_name(model, source)
+    return _Importer(model, source, input_shapes or {}, graph_name).run()
+
+
+# -- loading ----------------------------------------------------------------------------------
+
+
+def load_onnx(path: str | Path) -> Any:
+    """Read an ONNX file safely: the protobuf is parsed (no code runs) and external-data files
+    are read only from inside the model's folder. Raises ``ModelFileError`` naming the file."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such ONNX file")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ModelFileError(f"{path}: cannot read the file ({e.strerror})") from None
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as e:
+        raise ModelFileError(
+            f"{path}: not a valid ONNX model (the protobuf does not parse: {_first_line(e)}); "
+            "the file may be truncated or not ONNX"
+        ) from None
+    if not model.graph.node and not model.graph.output:
+        raise ModelFileError(f"{path}: not a valid ONNX model (no graph in the file); the file may be truncated")
+    _load_external_data(model, path)
+    return model
+
+
+def _load_external_data(model: Any, path: Path) -> None:
+    """Fill tensors stored in external files, each resolved inside the model's folder only."""
+    from onnx import TensorProto
+
+    folder = path.resolve().parent
+    for tensor in _all_tensors(model):
+        if tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        target = (folder / location).resolve()
+        if not location or Path(location).is_absolute() or not target.is_relative_to(folder):
+            raise ModelFileError(
+                f"{path}: initializer '{tensor.name}' keeps its data in '{location}', outside the model's folder "
+                f"{folder}; mcir reads external data only from files beside the model (move the file there)"
+            )
+        if not target.is_file():
+            raise ModelFileError(f"{path}: initializer '{tensor.name}' needs the external data file {target}")
+        offset = int(info.get("offset", 0))
+        length = int(info["length"]) if "length" in info else None
+        with open(target, "rb") as f:
+            f.seek(offset)
+            raw = f.read() if length is None else f.read(length)
+        if length is not None and len(raw) != length:
+            raise ModelFileError(f"{path}: external data file {target} is shorter than initializer '{tensor.name}'")
+        tensor.raw_data = raw
+        tensor.data_location = TensorProto.DEFAULT
+        del tensor.external_data[:]
+
+
+def _all_tensors(model: Any):
+    yield from model.graph.initializer
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def _opset(model: Any) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    return 1
+
+
+def _common_opset(model: Any, source: str) -> Any:
+    if _opset(model) >= MIN_OPSET:
+        return model
+    from onnx import version_converter
+
+    try:
+        return version_converter.convert_version(model, 13)
+    except Exception as e:  # the converter raises its own RuntimeError types
+        raise UnsupportedError(
+            f"{source}: opset {_opset(model)} model could not be converted to opset 13 ({_first_line(e)}); "
+            f"re-export the model with opset {MIN_OPSET} or newer"
+        ) from None
+
+
+def _graph_name(model: Any, source: str) -> str:
+    base = Path(source).stem if source != "<ModelProto>" else (model.graph.name or "model")
+    ident = re.sub(r"\W", "_", base) or "model"
+    return ident if not ident[0].isdigit() else f"m_{ident}"
+
+
+def parse_shape(value: Any) -> tuple[int, ...]:
+    """``"1x3x224x224"``, ``[1, 3, 224, 224]`` or ``()`` -> a shape tuple."""
+    if isinstance(value, str):
+        if value in ("", "scalar"):
+            return ()
+        try:
+            return tuple(int(d) for d in value.split("x"))
+        except ValueError:
+            raise McirError(f"bad shape '{value}': write dimensions like 1x3x224x224") from None
+    return tuple(int(d) for d in value)
+
+
+# -- the importer -----------------------------------------------------------------------------
+
+
+def onnx_dtype(elem_type: int, where: str) -> dtypes.DType:
+    """The mcir dtype of an ONNX element type; UnsupportedError for types mcir has not (double, strings)."""
+    import onnx
+
+    if elem_type in _DTYPES:
+        return _DTYPES[elem_type]
+    name = onnx.TensorProto.DataType.Name(elem_type) if elem_type else "undefined"
+    raise UnsupportedError(f"{where}: ONNX element type {name} is not supported by mcir (f32, f16, bf16, ints, bool)")
+
+
+class _Importer:
+    def __init__(self, model: Any, source: str, input_shapes: dict[str, Any], name: str) -> None:
+        self.model = model
+        self.source = source
+        self.opset = _opset(model)
+        self.g = Graph(name)
+        self.input_shapes = {k: parse_shape(v) for k, v in input_shapes.items()}
+        self.env: dict[str, Value | np.ndarray] = {}
+        # known arrays are keyed by id(); each entry keeps its array alive so an id is never reused
+        self.const_cache: dict[int, tuple[np.ndarray, Value]] = {}  # id(array) -> its materialised const
+        self.names: dict[int, tuple[np.ndarray, str]] = {}  # id(array) -> initializer / tensor name
+        self.onnx_shapes: dict[str, tuple] = {}
+        self.node: Any = None
+        self.consumers: dict[str, list[Any]] = {}
+        self.skip: set[int] = set()  # nodes already handled by a fused neighbour
+
+    # -- driver ---------------------------------------------------------------
+    def run(self) -> Graph:
+        graph = self.model.graph
+        for domain in {n.domain for n in graph.node} - {"", "ai.onnx"}:
+            node = next(n for n in graph.node if n.domain == domain)
+            raise UnsupportedError(
+                f"{self.source}: unsupported ONNX op {domain}.{node.op_type} (node {node.name or '?'}): mcir imports "
+                "the standard ai.onnx domain only; export the model without custom or contrib ops"
+            )
+        from onnx import numpy_helper
+
+        for init in graph.initializer:
+            arr = numpy_helper.to_array(init)
+            self._known(init.name, arr)
+        for vi in graph.input:
+            if vi.name in self.env:
+                continue  # an initializer listed as an input (opset < 9 style): a constant
+            self._add_input(vi)
+        self._shape_inference()
+        for node in graph.node:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
+        for index, node in enumerate(graph.node):
+            if index in self.skip:
+                continue
+            self.node = node
+            self._convert(node)
+        outputs = []
+        for vi in graph.output:
+            v = self.env.get(vi.name)
+            if v is None:
+                raise McirError(f"{self.source}: graph output '{vi.name}' is not computed by any node")
+            outputs.append(self.value(vi.name))
+        self.g.set_outputs(outputs)
+        self._name_outputs(graph)
+        return self.g
+
+    def _name_outputs(self, graph: Any) -> None:
+        """Graph outputs keep their ONNX names where the IR allows (ONNX Runtime users look them up)."""
+        for vi, v in zip(graph.output, self.g.outputs):
+            want = _ir_name(vi.name)
+            if v.name != want and not self.g.has_value(want) and v not in self.g.inputs:
+                self.g.rename(v, want)
+
+    def _add_input(self, vi: Any) -> None:
+        t = vi.type.tensor_type
+        where = f"{self.source}: input '{vi.name}'"
+        if not vi.type.HasField("tensor_type"):
+            raise UnsupportedError(f"{where} is not a tensor (sequences and maps are not supported)")
+        dt = onnx_dtype(t.elem_type, where)
+        if vi.name in self.input_shapes:
+            shape = self.input_shapes[vi.name]
+        else:
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+            if not t.HasField("shape") or any(d is None for d in dims):
+                shown = "x".join(d.dim_param or "?" if not d.HasField("dim_value") else str(d.dim_value)
+                                 for d in t.shape.dim) or "unknown"  # fmt: skip
+                raise McirError(
+                    f"{where} has shape {shown} with symbolic dimensions: give static shapes with "
+                    f"--input {vi.name}=1x... (Python: input_shapes={{'{vi.name}': (1, ...)}})"
+                )
+            shape = tuple(dims)
+        self.env[vi.name] = self.g.add_input(self.g.fresh_name(_ir_name(vi.name)), TensorType(shape, dt))
+
+    def _shape_inference(self) -> None:
+        """ONNX's own static shapes of intermediate values (for the per-node check)."""
+        import onnx
+
+        model = onnx.ModelProto()
+        model.CopyFrom(self.model)
+        # pin the inputs to the static shapes in use, so inference can resolve every dimension
+        for vi in model.graph.input:
+            v = self.env.get(vi.name)
+            if isinstance(v, Value):
+                dims = vi.type.tensor_type.shape.dim
+                del dims[:]
+                for d in v.type.shape:
+                    dims.add().dim_value = d
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        except Exception:  # inference is a check only; a model it cannot handle still imports
+            return
+        for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+            t = vi.type.tensor_type
+            if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
+                self.onnx_shapes[vi.name] = tuple(d.dim_value for d in t.shape.dim)
+
+    def _convert(self, node: Any) -> None:
+        ins = [self.env.get(n) if n else None for n in node.input]
+        for n, v in zip(node.input, ins):
+            if n and v is None:
+                raise McirError(f"{self.where()}: input '{n}' is not defined before the node (the graph is not sorted)")
+        handler = HANDLERS.get(node.op_type)
+        if node.op_type not in NO_FOLD and all(v is None or isinstance(v, np.ndarray) for v in ins) and node.input:
+            outs = self._fold(node, ins)
+        elif node.op_type == "Constant":
+            outs = [_constant_value(node)]
+        elif handler is None:
+            raise UnsupportedError(
+                f"{self.source}: unsupported ONNX op {node.op_type} (node {node.name or node.output[0]}): mcir has no "
+                "import rule for it; replace it in the model or add a handler in mcir/frontend/onnx_import.py "
+                "(`mcir ops` lists the IR ops it could map to)"
+            )
+        else:
+            outs = handler(self, node, ins)
+            if not isinstance(outs, list | tuple):
+                outs = [outs]
+        needed = max((i + 1 for i, n in enumerate(node.output) if self.used(n)), default=0)
+        if len(outs) < needed:
+            raise UnsupportedError(
+                f"{self.where()}: only the first {len(outs)} output(s) of {node.op_type} are supported "
+                f"(output {needed} is used)"
+            )
+        for name, out in zip(node.output, outs):
+            if not name or out is None:
+                continue
+            if isinstance(out, np.ndarray):
+                self._known(name, out)
+                continue
+            self._check_shape(name, out)
+            self.env[name] = out
+
+    def _known(self, name: str, arr: np.ndarray) -> None:
+        arr = np.asarray(arr)
+        if arr.dtype == np.float64:  # ONNX doubles in folded arithmetic: mcir holds f32
+            arr = arr.astype(np.float32)
+        self.env[name] = arr
+        self.name_array(arr, name)
+
+    def name_array(self, arr: np.ndarray, name: str, like: Any = None) -> None:
+        """Remember ``arr``'s name (or the name of ``like``, an array it was derived from)."""
+        if like is not None:
+            name = self.array_name(like, name)
+        self.names.setdefault(id(arr), (arr, name))
+
+    def array_name(self, arr: Any, default: str) -> str:
+        entry = self.names.get(id(arr))
+        return entry[1] if entry is not None and entry[0] is arr else default
+
+    def _check_shape(self, name: str, v: Value) -> None:
+        want = self.onnx_shapes.get(name)
+        if want is not None and tuple(want) != v.type.shape:
+            raise McirError(
+                f"{self.where()}: mcir computed shape {list(v.type.shape)} for '{name}', ONNX shape inference says "
+                f"{list(want)}: the import rule of {self.node.op_type} does not cover this case (please report it)"
+            )
+
+    def _fold(self, node: Any, ins: list) -> list[np.ndarray]:
+        """Evaluate a node whose inputs are all known with ONNX's reference implementation."""
+        import onnx
+        from onnx import helper, numpy_helper
+        from onnx.reference import ReferenceEvaluator
+
+        names = [n for n in node.input if n]
+        inputs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(self.env[n].dtype), None)
+                  for n in dict.fromkeys(names)]  # fmt: skip
+        outputs = [helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED, None) for n in node.output if n]
+        g = helper.make_graph([node], "fold", inputs, outputs)
+        m = helper.make_model(g, opset_imports=list(self.model.opset_import))
+        try:
+            results = ReferenceEvaluator(m).run(None, {n: self.env[n] for n in dict.fromkeys(names)})
+        except Exception as e:
+            raise McirError(f"{self.where()}: folding this constant node failed ({_first_line(e)})") from None
+        del numpy_helper
+        out = iter(results)
+        return [np.asarray(next(out)) if n else None for n in node.output]
+
+    # -- helpers for handlers -------------------------------------------------------
+    def where(self) -> str:
+        n = self.node
+        return f"{self.source}: ONNX node {n.name or n.output[0]} ({n.op_type})"
+
+    def loc(self) -> Location:
+        n = self.node
+        return Location(module=_module_path(n.name) or n.name, source="")
+
+    def value(self, name_or_value: Any) -> Value:
+        """The IR value of an ONNX tensor name (a known array becomes a const op)."""
+        v = self.env[name_or_value] if isinstance(name_or_value, str) else name_or_value
+        if isinstance(v, Value):
+            return v
+        arr = np.asarray(v)
+        cached = self.const_cache.get(id(v))
+        if cached is not None and cached[0] is v:
+            return cached[1]
+        name = self.array_name(v, "const")
+        dt = self._array_dtype(arr, name)
+        data = np.asarray(arr.astype(dt.np, copy=False), order="C")  # ascontiguousarray would make 0-d arrays 1-d
+        c = self.g.const(_ir_name(name), data, TensorType(arr.shape, dt))
+        self.const_cache[id(v)] = (v, c)
+        return c
+
+    def _array_dtype(self, arr: np.ndarray, name: str) -> dtypes.DType:
+        if arr.dtype == np.float64:
+            return dtypes.f32
+        try:
+            return dtypes.from_numpy(arr.dtype)
+        except McirError:
+            raise UnsupportedError(
+                f"{self.where()}: constant '{name}' has dtype {arr.dtype}, which mcir does not hold"
+            ) from None
+
+    def known(self, v: Any, what: str) -> np.ndarray:
+        """``v`` as an array known at import time, or an UnsupportedError saying it must be."""
+        if isinstance(v, np.ndarray):
+            return v
+        raise UnsupportedError(
+            f"{self.where()}: {what} must be known at import time (a constant or computed from constants and static "
+            "shapes); a value computed at run time is not supported"
+        )
+
+    def add(self, op: str, operands: list, attrs: dict | None = None, type: TensorType | None = None,
+            suffix: str = "") -> Value:  # fmt: skip
+        """Insert an IR op for the current node; the result is named after the node's output."""
+        name = _ir_name(self.node.output[0]) + suffix
+        try:
+            return self.g.add(
+                op, [self.value(o) for o in operands], attrs or {}, result=name, type=type, loc=self.loc()
+            )
+        except McirError as e:
+            if isinstance(e, UnsupportedError):
+                raise
+            raise McirError(f"{self.where()}: {e}") from None
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        from onnx import helper
+
+        for a in self.node.attribute:
+            if a.name == name:
+                return helper.get_attribute_value(a)
+        return default
+
+    def used(self, name: str) -> bool:
+        """Whether tensor ``name`` is read by a node or is a graph output (unused extra outputs are fine)."""
+        return bool(name) and (name in self.consumers or name in _graph_outputs(self))
+
+    def extra_outputs_used(self) -> bool:
+        return any(self.used(n) for n in self.node.output[1:])
+
+    def unsupported(self, what: str) -> UnsupportedError:
+        return UnsupportedError(f"{self.where()}: {what} is not supported")
+
+
+def _ir_name(onnx_name: str) -> str:
+    """An ONNX tensor name as an IR value name: ``/layers/fc1/Gemm_output_0`` -> ``layers.fc1.Gemm_output_0``."""
+    name = onnx_name.strip("/").replace("/", ".").replace("::", ".")
+    name = re.sub(r"[^A-Za-z0-9_.$\-]", "_", name)
+    return name or "v"
+
+
+def _module_path(node_name: str) -> str:
+    """The torch module path in an exported node name: ``/layers/layers.0/Gemm`` -> ``layers.0``."""
+    parts = [p for p in node_name.split("/") if p]
+    return parts[-2] if len(parts) >= 2 else ""
+
+
+def _constant_value(node: Any) -> np.ndarray:
+    from onnx import helper, numpy_helper
+
+    for a in node.attribute:
+        value = helper.get_attribute_value(a)
+        if a.name == "value":
+            return numpy_helper.to_array(value)
+        if a.name in ("value_float", "value_int"):
+            return np.asarray(value, np.float32 if a.name == "value_float" else np.int64)
+        if a.name in ("value_floats", "value_ints"):
+            return np.asarray(value, np.float32 if a.name == "value_floats" else np.int64)
+    raise UnsupportedError(
+        f"ONNX node {node.name or node.output[0]} (Constant): only tensor and number constants are supported"
+    )
+
+
+# -- handlers ---------------------------------------------------------------------------------
+
+Handler = Callable[[_Importer, Any, list], Any]
+HANDLERS: dict[str, Handler] = {}
+#: ops never folded at import even when their inputs are known (they would hide run-time values)
+NO_FOLD = {"Constant", "DequantizeLinear"}
+
+
+def handles(*op_types: str) -> Callable[[Handler], Handler]:
+    def deco(fn: Handler) -> Handler:
+        for t in op_types:
+            HANDLERS[t] = fn
+        return fn
+
+    return deco
+
+
+_UNARY = {
+    "Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Exp": "exp", "Log": "log", "Sqrt": "sqrt", "Neg": "neg",
+    "Abs": "abs", "Erf": "erf", "Not": "logical_not", "HardSwish": "hardswish",
+}  # fmt: skip
+_BINARY = {
+    "Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Equal": "eq", "Greater": "gt", "Less": "lt",
+    "GreaterOrEqual": "ge", "LessOrEqual": "le", "And": "logical_and", "Or": "logical_or",
+}  # fmt: skip
+
+
+@handles(*_UNARY)
+def _unary(im: _Importer, node: Any, ins: list) -> Value:
+    return im.add(_UNARY[node.op_type], [ins[0]])
+
+
+@handles(*_BINARY)
+def _binary(im: _Importer, node: Any, ins: list) -> Value:
+    a, b = ins
+    if node.op_type == "Div" and _dtype_of(im, a).is_integer:
+        raise im.unsupported("integer Div (ONNX truncates, mcir's div floors)")
+    return im.add(_BINARY[node.op_type], [a, b])
+
+
+def _dtype_of(im: _Importer, v: Any) -> dtypes.DType:
+    return v.type.dtype if isinstance(v, Value) else im._array_dtype(np.asarray(v), "operand")
+
+
+@handles("Sum", "Max", "Min", "Mean")
+def _variadic(im: _Importer, node: Any, ins: list) -> Value:
+    op = {"Sum": "add", "Max": "maximum", "Min": "minimum", "Mean": "add"}[node.op_type]
+    acc = ins[0]
+    if len(ins) == 1:
+        return im.value(acc)
+    for i, x in enumerate(ins[1:]):
+        acc = im.add(op, [acc, x], suffix="" if i == len(ins) - 2 and node.op_type != "Mean" else f".{i}")
+    if node.op_type == "Mean":
+        acc = im.add("mul", [acc, np.asarray(1.0 / len(ins), np.float32)])
+    return acc
+
+
+@handles("Identity", "Dropout")
+def _identity(im: _Importer, node: Any, ins: list) -> Value:
+    if node.op_type == "Dropout" and im.extra_outputs_used():
+        raise im.unsupported("Dropout's mask output")
+    return im.value(ins[0])
+
+
+@handles("Pow")
+def _pow(im: _Importer, node: Any, ins: list) -> Value:
+    e = im.known(ins[1], "the exponent of Pow")
+    if e.size != 1:
+        raise im.unsupported("Pow with a tensor exponent")
+    return im.add("pow", [ins[0]], {"exponent": float(e.reshape(()))})
+
+
+@handles("Reciprocal")
+def _reciprocal(im: _Importer, node: Any, ins: list) -> Value:
+    return im.add("div", [np.asarray(1.0, np.float32), ins[0]])
+
+
+@handles("Gelu")
+def _gelu(im: _Importer, node: Any, ins: list) -> Value:
+    approx = im.attr("approximate", b"none")
+    approx = approx.decode() if isinstance(approx, bytes) else approx
+    return im.add("gelu", [ins[0]], {"approximate": approx})
+
+
+@handles("LeakyRelu")
+def _leaky_relu(im: _Importer, node: Any, ins: list) -> Value:
+    alpha = float(im.attr("alpha", 0.01))
+    scaled = im.add("mul", [ins[0], np.asarray(alpha, np.float32)], suffix=".scaled")
+    if 0 <= alpha <= 1:  # max(x, a x) is leaky ReLU for 0 <= a <= 1
+        return im.add("maximum", [ins[0], scaled])
+    positive = im.add("gt", [ins[0], np.asarray(0.0, np.float32)], suffix=".positive")
+    return im.add("where", [positive, ins[0], scaled])
+
+
+@handles("HardSigmoid")
+def _hard_sigmoid(im: _Importer, node: Any, ins: list) -> Value:
+    alpha, beta = float(im.attr("alpha", 0.2)), float(im.attr("beta", 0.5))
+    if math.isclose(alpha, 1 / 6, rel_tol=1e-6) and beta == 0.5:
+        return im.add("hardsigmoid", [ins[0]])
+    y = im.add("mul", [ins[0], np.asarray(alpha, np.float32)], suffix=".scaled")
+    y = im.add("add", [y, np.asarray(beta, np.float32)], suffix=".shifted")
+    return im.add("clamp", [y], {"min": 0.0, "max": 1.0})
+
+
+@handles("Clip")
+def _clip(im: _Importer, node: Any, ins: list) -> Value:
+    lo, hi = im.attr("min"), im.attr("max")
+    if len(ins) > 1 and ins[1] is not None:
+        lo = float(im.known(ins[1], "Clip's min").reshape(()))
+    if len(ins) > 2 and ins[2] is not None:
+        hi = float(im.known(ins[2], "Clip's max").reshape(()))
+    if lo == 0 and hi is None:
+        return im.add("relu", [ins[0]])
+    return im.add(
+        "clamp", [ins[0]], {"min": None if lo is None else float(lo), "max": None if hi is None else float(hi)}
+    )
+
+
+@handles("Where")
+def _where(im: _Importer, node: Any, ins: list) -> Value:
+    return im.add("where", ins)
+
+
+@handles("Cast")
+def _cast(im: _Importer, node: Any, ins: list) -> Value:
+    dt = onnx_dtype(im.attr("to"), im.where())
+    return im.add("cast", [ins[0]], {"dtype": dt.name})
+
+
+# -- dense layers -----------------------------------------------------------------------------
+
+
+@handles("Gemm")
+def _gemm(im: _Importer, node: Any, ins: list) -> Value:
+    a, b = ins[0], ins[1]
+    c = ins[2] if len(ins) > 2 else None
+    alpha, beta = float(im.attr("alpha", 1.0)), float(im.attr("beta", 1.0))
+    if im.attr("transA", 0):
+        a = im.add("permute", [a], {"dims": [1, 0]}, suffix=".a_t")
+    trans_b = bool(im.attr("transB", 0))
+    if not trans_b and alpha == 1.0 and (w := _linear_weight(im, b)) is not None:
+        b, trans_b = w, True
+    # an [N, K] (quantised) constant is linear's weight as it is
+    if isinstance(b, Value) and b.is_constant and trans_b and alpha == 1.0 and (c is None or beta == 1.0):
+        bias = c if c is not None and _shape_of(c) == (b.type.shape[0],) else None
+        y = im.add("linear", [a, b] + ([bias] if bias is not None else []))
+        _drop_unused(im, ins[1])
+        if bias is not None or c is None:
+            return y
+        return im.add("add", [y, c], suffix=".bias")
+    if isinstance(b, np.ndarray):
+        w = b if trans_b else np.ascontiguousarray(b.T)
+        if alpha != 1.0:
+            w = (w * alpha).astype(w.dtype)
+        im.name_array(w, "weight", like=b)
+        bias = None
+        if c is not None and isinstance(c, np.ndarray) and c.size in (1, w.shape[0]) and c.ndim <= 2:
+            bias = np.broadcast_to(c.reshape(-1) * beta, (w.shape[0],)).astype(np.float32)
+            im.name_array(bias, "bias", like=c)
+            c = None
+        y = im.add("linear", [a, w] + ([bias] if bias is not None else []), suffix=".gemm" if c is not None else "")
+    else:
+        if trans_b:
+            b = im.add("permute", [b], {"dims": [1, 0]}, suffix=".b_t")
+        y = im.add("matmul", [a, b], suffix=".mm")
+        if alpha != 1.0:
+            y = im.add("mul", [y, np.asarray(alpha, np.float32)], suffix=".alpha")
+    if c is not None:
+        if beta != 1.0:
+            c = im.add("mul", [c, np.asarray(beta, np.float32)], suffix=".beta")
+        y = im.add("add", [y, c])
+    return y
+
+
+def _linear_weight(im: _Importer, b: Any) -> Value | None:
+    """A constant quantised [K, N] matrix operand as linear's [N, K] weight, or None if it is not one."""
+    if not isinstance(b, Value) or b.type.rank != 2:
+        return None
+    op = b.producer
+    if op is not None and op.name == "permute" and op.operands[0].is_constant and len(b.uses) == 0:
+        return op.operands[0]  # the transposed form of a per-column quantised weight
+    if b.is_constant and isinstance(b.type.encoding, Quant) and b.type.encoding.axis is None:
+        return im.g.const(b.name + ".t", np.ascontiguousarray(b.producer.data.T), b.type.with_shape(b.type.shape[::-1]))
+    return None
+
+
+def _drop_unused(im: _Importer, v: Value) -> None:
+    """Erase ``v``'s producer (and its unused operands' producers) once nothing uses it."""
+    op = v.producer
+    if op is not None and not v.uses and v not in im.g.outputs:
+        operands = op.operands
+        im.g.erase(op)
+        for o in operands:
+            _drop_unused(im, o)
+
+
+@handles("MatMul")
+def _matmul(im: _Importer, node: Any, ins: list) -> Value:
+    a, b = ins
+    w = _linear_weight(im, b)
+    if w is not None:
+        y = im.add("linear", [a, w])
+        _drop_unused(im, b)
+        return y
+    if isinstance(b, np.ndarray) and b.ndim == 2 and b.dtype.kind == "f":
+        w = np.ascontiguousarray(b.T)
+        im.name_array(w, "weight", like=b)
+        # MatMul + Add(bias) of an exported nn.Linear is one linear op
+        users = im.consumers.get(node.output[0], [])
+        if len(users) == 1 and users[0].op_type == "Add" and node.output[0] not in _graph_outputs(im):
+            add = users[0]
+            other = add.input[1] if add.input[0] == node.output[0] else add.input[0]
+            bias = im.env.get(other)
+            if isinstance(bias, np.ndarray) and bias.shape == (w.shape[0],) and bias.dtype.kind == "f":
+                index = list(im.model.graph.node).index(add)
+                im.skip.add(index)
+                im.node = add
+                y = im.add("linear", [a, w, bias])
+                im.env[add.output[0]] = y
+                im.node = node
+                return y
+        return im.add("linear", [a, w])
+    return im.add("matmul", [a, b])
+
+
+def _graph_outputs(im: _Importer) -> set[str]:
+    return {o.name for o in im.model.graph.output}
+
+
+def _spatial(im: _Importer, x: Value, kernel: tuple[int, ...], strides, dilations) -> tuple[list[int], list[int]]:
+    """(pads before, pads after) per spatial axis from ``pads`` or ``auto_pad``."""
+    rank = len(kernel)
+    auto = im.attr("auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if auto in ("NOTSET", ""):
+        pads = list(im.attr("pads", [0] * (2 * rank)))
+        return pads[:rank], pads[rank:]
+    if auto == "VALID":
+        return [0] * rank, [0] * rank
+    before, after = [], []
+    for i in range(rank):
+        size = x.type.shape[2 + i]
+        out = -(-size // strides[i])
+        total = max(0, (out - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - size)
+        small, big = total // 2, total - total // 2
+        before.append(small if auto == "SAME_UPPER" else big)
+        after.append(big if auto == "SAME_UPPER" else small)
+    return before, after
+
+
+def _pad_spatial(im: _Importer, x: Value, before: list[int], after: list[int], value: float) -> tuple[Value, list[int]]:
+    """Symmetric padding stays in the op; asymmetric padding becomes an explicit pad op."""
+    if before == after:
+        return x, before
+    pads = [0, 0, 0, 0]
+    for b, a in zip(before, after):
+        pads += [b, a]
+    return im.add("pad", [x], {"pads": pads, "value": value}, suffix=".pad"), [0] * len(before)
+
+
+def _to_2d(im: _Importer, x: Value, what: str) -> tuple[Value, bool]:
+    """A 3-D [N, C, L] tensor as 4-D [N, C, 1, L] (1-D convs and pools run as 2-D ones)."""
+    if x.type.rank == 4:
+        return x, False
+    if x.type.rank == 3:
+        n, c, length = x.type.shape
+        return im.add("reshape", [x], {"shape": [n, c, 1, length]}, suffix=".as2d"), True
+    raise im.unsupported(f"{what} on a {x.type.rank}-D input (mcir has 1-D and 2-D ones)")
+
+
+@handles("Conv")
+def _conv(im: _Importer, node: Any, ins: list) -> Value:
+    x = im.value(ins[0])
+    w = ins[1]
+    wshape = w.shape if isinstance(w, np.ndarray) else w.type.shape
+    kernel = tuple(im.attr("kernel_shape", wshape[2:]))
+    rank = len(kernel)
+    strides = list(im.attr("strides", [1] * rank))
+    dilations = list(im.attr("dilations", [1] * rank))
+    before, after = _spatial(im, x, kernel, strides, dilations)
+    x4, squeezed = _to_2d(im, x, "Conv")
+    if squeezed:
+        w = im.value(w)
+        w = im.add("reshape", [w], {"shape": [wshape[0], wshape[1], 1, wshape[2]]}, suffix=".w2d")
+        before, after, strides, dilations = [0, *before], [0, *after], [1, *strides], [1, *dilations]
+    x4, pads = _pad_spatial(im, x4, before, after, 0.0)
+    operands = [x4, w] + ([ins[2]] if len(ins) > 2 and ins[2] is not None else [])
+    attrs = {"stride": strides, "padding": pads, "dilation": dilations, "groups": int(im.attr("group", 1))}
+    y = im.add("conv2d", operands, attrs, suffix=".conv2d" if squeezed else "")
+    if squeezed:
+        n, o, _, length = y.type.shape
+        y = im.add("reshape", [y], {"shape": [n, o, length]})
+    return y
+
+
+@handles("BatchNormalization")
+def _batch_norm(im: _Importer, node: Any, ins: list) -> Value:
+    if im.attr("training_mode", 0) or im.extra_outputs_used():
+        raise im.unsupported("BatchNormalization in training mode")
+    return im.add("batch_norm", ins[:5], {"eps": float(im.attr("epsilon", 1e-5))})
+
+
+@handles("LayerNormalization")
+def _layer_norm(im: _Importer, node: Any, ins: list) -> Value:
+    x = im.value(ins[0])
+    axis = int(im.attr("axis", -1)) % x.type.rank
+    if im.extra_outputs_used():
+        raise im.unsupported("LayerNormalization's mean and inv_std_dev outputs")
+    operands = [x] + [v for v in ins[1:3] if v is not None]
+    return im.add("layer_norm", operands, {"dims": x.type.rank - axis, "eps": float(im.attr("epsilon", 1e-5))})
+
+
+@handles("Softmax", "LogSoftmax")
+def _softmax(im: _Importer, node: Any, ins: list) -> Value:
+    x = im.value(ins[0])
+    op = "softmax" if node.op_type == "Softmax" else "log_softmax"
+    default = -1 if im.opset >= 13 else 1
+    axis = int(im.attr("axis", default)) % max(x.type.rank, 1)
+    if im.opset >= 13 or axis == x.type.rank - 1:
+        return im.add(op, [x], {"axis": axis})
+    # before opset 13 the input is flattened to 2-D at axis and normalised over the second part
+    rows = math.prod(x.type.shape[:axis])
+    flat = im.add("reshape", [x], {"shape": [rows, x.type.numel // max(rows, 1)]}, suffix=".2d")
+    y = im.add(op, [flat], {"axis": 1}, suffix=".flat")
+    return im.add("reshape", [y], {"shape": list(x.type.shape)})
+
+
+# -- pooling ------------------------------------------------------------------------------------
+
+
+@handles("MaxPool", "AveragePool")
+def _pool(im: _Importer, node: Any, ins: list) -> Value:
+    if im.extra_outputs_used():
+        raise im.unsupported("MaxPool's indices output")
+    x = im.value(ins[0])
+    kernel = list(im.attr("kernel_shape"))
+    rank = len(kernel)
+    strides = list(im.attr("strides", [1] * rank))
+    dilations = list(im.attr("dilations", [1] * rank))
+    before, after = _spatial(im, x, tuple(kernel), strides, dilations)
+    x4, squeezed = _to_2d(im, x, node.op_type)
+    if squeezed:
+        kernel, strides, dilations, before, after = (
+            [1, *kernel],
+            [1, *strides],
+            [1, *dilations],
+            [0, *before],
+            [0, *after],
+        )
+    ceil = bool(im.attr("ceil_mode", 0))
+    if node.op_type == "MaxPool":
+        x4, pads = _pad_spatial(im, x4, before, after, float(np.finfo(np.float32).min))
+        attrs = {"kernel": kernel, "stride": strides, "padding": pads, "dilation": dilations, "ceil_mode": ceil}
+        y = im.add("max_pool2d", [x4], attrs, suffix=".2d" if squeezed else "")
+    else:
+        if any(d != 1 for d in dilations):
+            raise im.unsupported("AveragePool with dilations")
+        include = bool(im.attr("count_include_pad", 0))
+        if before != after and not include:
+            return _avg_pool_uncounted(im, x4, kernel, strides, before, after, ceil, squeezed)
+        x4, pads = _pad_spatial(im, x4, before, after, 0.0)
+        attrs = {"kernel": kernel, "stride": strides, "padding": pads, "ceil_mode": ceil, "count_include_pad": include}
+        y = im.add("avg_pool2d", [x4], attrs, suffix=".2d" if squeezed else "")
+    if squeezed:
+        n, c, _, length = y.type.shape
+        y = im.add("reshape", [y], {"shape": [n, c, length]})
+    return y
+
+
+def _avg_pool_uncounted(im: _Importer, x: Value, kernel, strides, before, after, ceil: bool, squeezed: bool) -> Value:
+    """Average over asymmetric padding that is not counted: window sums divided by a constant count of
+    the input elements in each window (computed here, at import)."""
+    from mcir.ops.nn import avg_pool2d
+
+    padded, _ = _pad_spatial(im, x, before, after, 0.0)
+    attrs = {"kernel": kernel, "stride": strides, "ceil_mode": ceil, "divisor": 1}
+    total = im.add("avg_pool2d", [padded], attrs, suffix=".sum")
+    ones = np.pad(np.ones((1, 1) + x.type.shape[2:]), [(0, 0), (0, 0)] + list(zip(before, after)))
+    counts = np.asarray(avg_pool2d(ones, kernel, strides, ceil_mode=ceil, divisor=1), np.float32)
+    y = im.add("div", [total, counts], suffix=".2d" if squeezed else "")
+    if squeezed:
+        n, c, _, length = y.type.shape
+        y = im.add("reshape", [y], {"shape": [n, c, length]})
+    return y
+
+
+@handles("GlobalAveragePool", "GlobalMaxPool")
+def _global_pool(im: _Importer, node: Any, ins: list) -> Value:
+    x = im.value(ins[0])
+    if node.op_type == "GlobalAveragePool" and x.type.rank == 4:
+        return im.add("adaptive_avg_pool2d", [x], {"output_size": [1, 1]})
+    axes = list(range(2, x.type.rank))
+    return im.add("mean" if node.op_type == "GlobalAveragePool" else "amax", [x], {"axes": axes, "keepdim": True})
+
+
+@handles("LRN")
+def _lrn(im: _Importer, node: Any, ins: list) -> Value:
+    """y = x / (bias + alpha/size * sum of x^2 over `size` neighbouring channels)^beta, as IR ops."""
+    x = im.value(ins[0])
+    if x.type.rank != 4:
+        raise im.unsupported("LRN on a non-4-D input")
+    size = int(im.attr("size"))
+    alpha, beta, bias = float(im.attr("alpha", 1e-4)), float(im.attr("beta", 0.75)), float(im.attr("bias", 1.0))
+    n, c, h, w = x.type.shape
+    sq = im.add("mul", [x, x], suffix=".sq")
+    sq = im.add("reshape", [sq], {"shape": [n, 1, c, h * w]}, suffix=".sq2d")
+    lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
+    sq = im.add("pad", [sq], {"pads": [0, 0, 0, 0, lo, hi, 0, 0]}, suffix=".sqpad")
+    total = im.add("avg_pool2d", [sq], {"kernel": [size, 1], "stride": [1, 1], "divisor": 1}, suffix=".sum")
+    total = im.add("reshape", [total], {"shape": [n, c, h, w]}, suffix=".sum4d")
+    scaled = im.add("mul", [total, np.asarray(alpha / size, np.float32)], suffix=".scaled")
+    base = im.add("add", [scaled, np.asarray(bias, np.float32)], suffix=".base")
+    denom = im.add("pow", [base], {"exponent": beta}, suffix=".denom")
+    return im.add("div", [x, denom])
+
+
+# -- reductions ------------------------------------------------------------------------------
+
+
+def _axes(im: _Importer, ins: list, rank: int, empty_means_all: bool = True) -> list[int] | None:
+    axes = im.attr("axes")
+    if len(ins) > 1 and ins[1] is not None:
+        axes = im.known(ins[1], "axes").reshape(-1).tolist()
+    if axes is None or len(axes) == 0:
+        if im.attr("noop_with_empty_axes", 0) or not empty_means_all:
+            return None
+        return list(range(rank))
+    return sorted(int(a) % max(rank, 1) for a in axes)
+
+
+@handles("ReduceMean", "ReduceSum", "ReduceMax")
+def _reduce(im: _Importer, node: Any, ins: list) -> Value:
+    x = im.value(ins[0])
+    axes = _axes(im, ins, x.type.rank)
+    if axes is None:
+        return x
+    op = {"ReduceMean": "mean", "ReduceSum": "sum", "ReduceMax": "amax"}[node.op_type]
+    return im.add(op, [x], {"axes": axes, "keepdim": bool(im.attr("keepdims", 1))})
+
+
+@handles("ArgMax")
+def _argmax(im: _Importer, node: Any, ins: list) -> Value:
+    if im.attr("select_last_index", 0):
+        raise im.unsupported("ArgMax with select_last_index=1")
+    return im.add("argmax", [ins[0]], {"axis": int(im.attr("axis", 0)), "keepdim": bool(im.attr("keepdims", 1))})
+
+
+# -- shapes ----------------------------------------------------------------------------------
+
+
+def _shape_of(v: Any) -> tuple[int, ...]:
+    return tuple(v.shape) if isinstance(v, np.ndarray) else v.type.shape
+
+
+@handles("Shape")
+def _shape(im: _Importer, node: Any, ins: list) -> np.ndarray:
+    shape = _shape_of(ins[0])
+    start, end = im.attr("start", 0), im.attr("end")
+    return np.asarray(shape[start:end], np.int64)
+
+
+@handles("Size")
+def _size(im: _Importer, node: Any, ins: list) -> np.ndarray:
+    return np.asarray(math.prod(_shape_of(ins[0])), np.int64)
+
+
+def _reshape_to(im: _Importer, x: Any, shape: list[int] | tuple[int, ...]) -> Value:
+    x = im.value(x)
+    if tuple(shape) == x.type.shape:
+        return x
+    return im.add("reshape", [x], {"shape": list(shape)})
+
+
+@handles("Reshape")
+def _reshape(im: _Importer, node: Any, ins: list) -> Value:
+    x = im.value(ins[0])
+    target = [int(d) for d in im.known(ins[1], "the shape of Reshape").reshape(-1)]
+    allow_zero = bool(im.attr("allowzero", 0))
+    shape = [x.type.shape[i] if d == 0 and not allow_zero else d for i, d in enumerate(target)]
+    if shape.count(-1) == 1:
+        rest = math.prod(d for d in shape if d != -1)
+        shape[shape.index(-1)] = x.type.numel // rest if rest else 0
+    return _reshape_to(im, x, shape)
+
+
+@handles("Flatten")
+def _flatten(im: _Importer, node: Any, ins: list) -> Value:
+    x = im.value(ins[0])
+    axis = int(im.attr("axis", 1)) % (x.type.rank + 1) if x.type.rank else 0
+    return _reshape_to(im, x, [math.prod(x.type.shape[:axis]), math.prod(x.type.shape[axis:])])
+
+
+@handles("Squeeze", "Unsqueeze")
+def _squeeze(im: _Importer, node: Any, ins: list) -> Value:
+    x = im.value(ins[0])
+    shape = list(x.type.shape)
+    axes = im.attr("axes")
+    if len(ins) > 1 and ins[1] is not None:
+        axes = im.known(ins[1], "axes").reshape(-1).tolist()
+    if node.op_type == "Squeeze":
+        if axes is None:
+            keep = [d for d in shape if d != 1]
+        else:
+            drop = {int(a) % len(shape) for a in axes}
+            keep = [d for i, d in enumerate(shape) if i not in drop]
+        return _reshape_to(im, x, keep)
+    out_rank = len(shape) + len(axes)
+    for a in sorted(int(a) % out_rank for a in axes):
+        shape.insert(a, 1)
+    return _reshape_to(im, x, shape)
+
+
+@handles("Transpose")
+def _transpose(im: _Importer, node: Any, ins: list) -> Value:
+    x = im.value(ins[0])
+    perm = list(im.attr("perm", list(range(x.type.rank))[::-1]))
+    if perm == list(range(x.type.rank)):
+        return x
+    return im.add("permute", [x], {"dims": perm})
+
+
+@handles("Concat")
+def _concat(im: _Importer, node: Any, ins: list) -> Value:
+    parts = [v for v in ins if math.prod(_shape_of(v)) > 0 or len(ins) == 1]
+    axis = int(im.attr("axis"))
+    if len(parts) == 1:
+        return im.value(parts[0])
+    return im.add("concat", parts, {"axis": axis % len(_shape_of(parts[0]))})
+
+
+@handles("Slice")
+def _slice(im: _Importer, node: Any, ins: list) -> Value:
+    x = im.value(ins[0])
+    if len(ins) > 1:
+        starts = im.known(ins[1], "Slice's starts").reshape(-1).tolist()
+        ends = im.known(ins[2], "Slice's ends").reshape(-1).tolist()
+        axes = im.known(ins[3], "Slice's axes").reshape(-1).tolist() if len(ins) > 3 and ins[3] is not None else None
+        steps = im.known(ins[4], "Slice's steps").reshape(-1).tolist() if len(ins) > 4 and ins[4] is not None else None
+    else:
+        starts, ends, axes, steps = im.attr("starts"), im.attr("ends"), im.attr("axes"), None
+    axes = list(range(len(starts))) if axes is None else axes
+    steps = [1] * len(starts) if steps is None else steps
+    y = x
+    for i, (a, s, e, st) in enumerate(zip(axes, starts, ends, steps)):
+        a = int(a) % x.type.rank
+        size = y.type.shape[a]
+        start, stop, step = slice(int(s), int(e), int(st)).indices(size)
+        if (start, stop, step) == (0, size, 1):
+            continue
+        if step < 0:
+            raise im.unsupported("Slice with a negative step")
+        last = i == len(axes) - 1
+        y = im.add("slice", [y], {"axis": a, "start": start, "end": max(stop, start), "step": step},
+                   suffix="" if last else f".{a}")  # fmt: skip
+    return y
+
+
+@handles("Split")
+def _split(im: _Importer, node: Any, ins: list) -> list[Value]:
+    x = im.value(ins[0])
+    axis = int(im.attr("axis", 0)) % x.type.rank
+    sizes = im.attr("split")
+    if len(ins) > 1 and ins[1] is not None:
+        sizes = im.known(ins[1], "Split's sizes").reshape(-1).tolist()
+    count = len(node.output)
+    total = x.type.shape[axis]
+    if sizes is None:
+        chunk = -(-total // count)
+        sizes = [min(chunk, total - i * chunk) for i in range(count)]
+    outs, start = [], 0
+    for k, size in enumerate(sizes):
+        out_name = node.output[k]
+        im_node_out = _ir_name(out_name) if out_name else f"split{k}"
+        v = im.g.add("slice", [x], {"axis": axis, "start": start, "end": start + int(size), "step": 1},
+                     result=im_node_out, loc=im.loc())  # fmt: skip
+        outs.append(v)
+        start += int(size)
+    return outs
+
+
+@handles("Expand")
+def _expand(im: _Importer, node: Any, ins: list) -> Value:
+    x = im.value(ins[0])
+    shape = [int(d) for d in im.known(ins[1], "Expand's shape").reshape(-1)]
+    out = list(np.broadcast_shapes(x.type.shape, tuple(shape)))
+    if tuple(out) == x.type.shape:
+        return x
+    return im.add("expand", [x], {"shape": out})
+
+
+@handles("Gather")
+def _gather(im: _Importer, node: Any, ins: list) -> Value:
+    data, idx = ins
+    axis = int(im.attr("axis", 0)) % len(_shape_of(data))
+    if isinstance(idx, np.ndarray):
+        size = _shape_of(data)[axis]
+        flat = (idx.reshape(-1).astype(np.int64) % size) if size else idx.reshape(-1)
+        if idx.ndim == 0:
+            return im.add("select", [data], {"axis": axis, "index": int(flat[0])})
+        if idx.ndim == 1 and len(flat) and np.all(np.diff(flat) == 1):
+            return im.add("slice", [data], {"axis": axis, "start": int(flat[0]), "end": int(flat[-1]) + 1})
+        raise im.unsupported("Gather with constant indices that are not one index or a contiguous range")
+    if axis == 0 and isinstance(data, np.ndarray) and data.ndim == 2:
+        return im.add("embedding", [idx, data])
+    raise im.unsupported("Gather of run-time indices other than a row lookup in a constant 2-D table (embedding)")
+
+
+@handles("Pad")
+def _pad(im: _Importer, node: Any, ins: list) -> Value:
+    x = im.value(ins[0])
+    mode = im.attr("mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode != "constant":
+        raise im.unsupported(f"Pad mode '{mode}' (only constant padding)")
+    if len(ins) > 1:
+        pads = im.known(ins[1], "Pad's pads").reshape(-1).tolist()
+        value = float(im.known(ins[2], "Pad's value").reshape(())) if len(ins) > 2 and ins[2] is not None else 0.0
+        if len(ins) > 3 and ins[3] is not None:
+            axes = [int(a) % x.type.rank for a in im.known(ins[3], "Pad's axes").reshape(-1)]
+            full = [0] * (2 * x.type.rank)
+            for i, a in enumerate(axes):
+                full[a], full[x.type.rank + a] = pads[i], pads[len(axes) + i]
+            pads = full
+    else:
+        pads, value = list(im.attr("pads")), float(im.attr("value", 0.0))
+    rank = x.type.rank
+    pairs = [int(v) for i in range(rank) for v in (pads[i], pads[rank + i])]
+    if not any(pairs):
+        return x
+    return im.add("pad", [x], {"pads": pairs, "value": value})
+
+
+# -- quantisation (QDQ) -----------------------------------------------------------------------
+
+
+def _qparams(im: _Importer, ins: list, what: str) -> tuple[np.ndarray, np.ndarray]:
+    scale = im.known(ins[1], f"the scale of {what}").astype(np.float32)
+    if len(ins) > 2 and ins[2] is not None:
+        zp = im.known(ins[2], f"the zero point of {what}")
+    else:
+        zp = np.zeros(scale.shape, np.uint8)
+    return scale, zp
+
+
+@handles("QuantizeLinear")
+def _quantize_linear(im: _Importer, node: Any, ins: list) -> Value:
+    x = im.value(ins[0])
+    scale, zp = _qparams(im, ins, "QuantizeLinear")
+    if scale.size != 1:
+        raise im.unsupported("QuantizeLinear of a run-time value with per-axis scales")
+    dt = {np.dtype(np.uint8): dtypes.u8, np.dtype(np.int8): dtypes.i8}.get(zp.dtype)
+    if dt is None:
+        raise im.unsupported(f"QuantizeLinear to {zp.dtype} (mcir quantises to u8 or i8)")
+    enc = Quant(scale=float(scale.reshape(())), zero_point=int(zp.reshape(())))
+    return im.add("quantize", [x], type=TensorType(x.type.shape, dt, enc))
+
+
+@handles("DequantizeLinear")
+def _dequantize_linear(im: _Importer, node: Any, ins: list) -> Value:
+    q = ins[0]
+    scale, zp = _qparams(im, ins, "DequantizeLinear")
+    if isinstance(q, np.ndarray):
+        return _quantized_constant(im, node, q, scale, zp)
+    if q.type.encoding is None:
+        raise im.unsupported("DequantizeLinear of a run-time integer value that no QuantizeLinear produced")
+    # an op reads a quantised operand as its real values, so the dequantized value is q itself
+    # wherever an int8 kernel takes it (u8 activations into conv/linear): no dequantize op there
+    users = im.consumers.get(node.output[0], [])
+    if users and all(u.op_type in _INT8_CONSUMERS for u in users) and node.output[0] not in _graph_outputs(im):
+        return q
+    return im.add("dequantize", [q], type=TensorType(q.type.shape, dtypes.f32))
+
+
+#: ONNX ops whose mcir op runs on u8 activations directly
+_INT8_CONSUMERS = {"Conv", "Gemm", "MatMul"}
+
+
+def _quantized_constant(im: _Importer, node: Any, q: np.ndarray, scale: np.ndarray, zp: np.ndarray) -> Value:
+    """A DequantizeLinear of an integer initializer: the initializer as an mcir quantised constant."""
+    name = im.array_name(q, node.output[0])
+    dt = {np.dtype(np.uint8): dtypes.u8, np.dtype(np.int8): dtypes.i8, np.dtype(np.int32): dtypes.i32}.get(q.dtype)
+    if dt is None:
+        raise im.unsupported(f"DequantizeLinear of a {q.dtype} constant")
+    if scale.size == 1:
+        enc = Quant(scale=float(scale.reshape(())), zero_point=int(zp.reshape(-1)[0]))
+        return im.g.const(_ir_name(name), np.ascontiguousarray(q), TensorType(q.shape, dt, enc), loc=im.loc())
+    if np.any(zp != 0):
+        raise im.unsupported(
+            "per-axis DequantizeLinear with a non-zero zero point (mcir's per-axis quantisation is symmetric)"
+        )
+    axis = int(im.attr("axis", 1)) % q.ndim
+    if axis == 1 and q.ndim == 2:
+        # a MatMul weight [K, N] with one scale per output column: stored as [N, K] with per-row scales
+        # (mcir's per-axis layout, what linear takes) and transposed back; MatMul folds the transpose away
+        data = {"data": np.ascontiguousarray(q.T), "scale": scale.reshape(-1)}
+        c = im.g.const(_ir_name(name), data, TensorType(q.T.shape, dt, Quant(axis=0)), loc=im.loc())
+        return im.add("permute", [c], {"dims": [1, 0]}, suffix=".t")
+    if axis != 0:
+        # mcir keeps per-axis scales along axis 0 of the stored tensor: keep the float values instead
+        return np.asarray((q.astype(np.float64) - zp.reshape([-1 if i == axis else 1 for i in range(q.ndim)]))
+                          * scale.reshape([-1 if i == axis else 1 for i in range(q.ndim)]), np.float32)  # fmt: skip
+    data = {"data": np.ascontiguousarray(q), "scale": scale.reshape(-1)}
+    return im.g.const(_ir_name(name), data, TensorType(q.shape, dt, Quant(axis=0)), loc=im.loc())
