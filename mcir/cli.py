@@ -34,7 +34,7 @@ EXIT_INTERNAL_ERROR = 1
 
 
 def _add_model_args(p: argparse.ArgumentParser, input_specs: bool = True) -> None:
-    p.add_argument("model", help="model file (.pt, .pth, .pt2), saved mcir folder, or .mcir file")
+    p.add_argument("model", help="model file (.pt, .pth, .pt2, .onnx), saved mcir folder, or .mcir file")
     if input_specs:
         p.add_argument(
             "--input",
@@ -91,6 +91,10 @@ def load_graph_and_model(args: argparse.Namespace):
         raise McirError(f"{path}: no such file or folder")
     if _is_mcir(path):
         return mcir.load(path), None
+    if path.suffix.lower() == ".onnx":
+        from mcir.frontend.onnx_import import shapes_from_specs
+
+        return mcir.from_onnx(path, input_shapes=shapes_from_specs(getattr(args, "input", []))), None
     from mcir.frontend.model_file import load_model
 
     model, example = load_model(

@@ -52,11 +52,18 @@ _DTYPES = {
 }  # fmt: skip
 
 
-def from_onnx(model: Any, input_shapes: dict[str, Any] | None = None, name: str | None = None) -> Graph:
+def from_onnx(
+    model: Any,
+    input_shapes: dict[Any, Any] | None = None,
+    name: str | None = None,
+    constant_inputs: dict[str, np.ndarray] | None = None,
+) -> Graph:
     """Import an ONNX model (a path or an ``onnx.ModelProto``) into an mcir Graph.
 
-    ``input_shapes`` maps input names to static shapes (tuples, or ``"1x3x224x224"``) for
-    inputs whose ONNX shape has symbolic or unknown dimensions.
+    ``input_shapes`` maps input names (or positions among the non-constant inputs) to static
+    shapes (tuples, or ``"1x3x224x224"``), for inputs whose ONNX shape has symbolic dimensions;
+    a given shape replaces the file's. ``constant_inputs`` binds graph inputs to fixed values
+    (they become constants: the graph is specialised to them).
     """
     source = "<ModelProto>"
     if isinstance(model, str | Path):
@@ -68,7 +75,18 @@ def from_onnx(model: Any, input_shapes: dict[str, Any] | None = None, name: str 
         raise McirError(f"from_onnx takes a path or an onnx.ModelProto, not {type(model).__name__}")
     model = _common_opset(model, source)
     graph_name = name or _graph_name(model, source)
-    return _Importer(model, source, input_shapes or {}, graph_name).run()
+    return _Importer(model, source, input_shapes or {}, graph_name, constant_inputs or {}).run()
+
+
+class NeedsValue(UnsupportedError):
+    """A graph input is used where mcir needs a value known at import time (a shape, axes, pads).
+
+    ``name`` is the ONNX input; ``from_onnx(..., constant_inputs={name: array})`` imports the model
+    specialised to that value (the ONNX backend does this with the values it is run on)."""
+
+    def __init__(self, message: str, name: str) -> None:
+        super().__init__(message)
+        self.name = name
 
 
 # -- loading ----------------------------------------------------------------------------------
@@ -183,6 +201,18 @@ def parse_shape(value: Any) -> tuple[int, ...]:
     return tuple(int(d) for d in value)
 
 
+def shapes_from_specs(specs: Any) -> dict[str | int, tuple[int, ...]]:
+    """Input shapes from CLI specs (``x=1x3x224x224``; a spec without a name applies to the
+    inputs in order), for ``from_onnx(input_shapes=...)``."""
+    from mcir.frontend.model_file import parse_input_spec
+
+    shapes: dict[str | int, tuple[int, ...]] = {}
+    for i, text in enumerate(specs or []):
+        spec = parse_input_spec(text)
+        shapes[spec.name if spec.name else i] = spec.shape
+    return shapes
+
+
 # -- the importer -----------------------------------------------------------------------------
 
 
@@ -197,12 +227,16 @@ def onnx_dtype(elem_type: int, where: str) -> dtypes.DType:
 
 
 class _Importer:
-    def __init__(self, model: Any, source: str, input_shapes: dict[str, Any], name: str) -> None:
+    def __init__(
+        self, model: Any, source: str, input_shapes: dict[str, Any], name: str, constant_inputs: dict[str, Any]
+    ) -> None:
+        self.constant_inputs = constant_inputs
+        self.input_names: dict[int, str] = {}  # id(graph input Value) -> its ONNX name
         self.model = model
         self.source = source
         self.opset = _opset(model)
         self.g = Graph(name)
-        self.input_shapes = {k: parse_shape(v) for k, v in input_shapes.items()}
+        self.input_shapes = {k: parse_shape(v) for k, v in input_shapes.items()}  # by name or position
         self.env: dict[str, Value | np.ndarray] = {}
         # known arrays are keyed by id(); each entry keeps its array alive so an id is never reused
         self.const_cache: dict[int, tuple[np.ndarray, Value]] = {}  # id(array) -> its materialised const
@@ -227,8 +261,10 @@ class _Importer:
             arr = numpy_helper.to_array(init)
             self._known(init.name, arr)
         for vi in graph.input:
+            if vi.name in self.constant_inputs:
+                self._known(vi.name, np.asarray(self.constant_inputs[vi.name]))
             if vi.name in self.env:
-                continue  # an initializer listed as an input (opset < 9 style): a constant
+                continue  # an initializer listed as an input (opset < 9 style), or bound by the caller
             self._add_input(vi)
         self._shape_inference()
         for node in graph.node:
@@ -262,8 +298,9 @@ class _Importer:
         if not vi.type.HasField("tensor_type"):
             raise UnsupportedError(f"{where} is not a tensor (sequences and maps are not supported)")
         dt = onnx_dtype(t.elem_type, where)
-        if vi.name in self.input_shapes:
-            shape = self.input_shapes[vi.name]
+        position = len(self.g.inputs)
+        if vi.name in self.input_shapes or position in self.input_shapes:
+            shape = self.input_shapes.get(vi.name, self.input_shapes.get(position))
         else:
             dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
             if not t.HasField("shape") or any(d is None for d in dims):
@@ -275,6 +312,7 @@ class _Importer:
                 )
             shape = tuple(dims)
         self.env[vi.name] = self.g.add_input(self.g.fresh_name(_ir_name(vi.name)), TensorType(shape, dt))
+        self.input_names[id(self.env[vi.name])] = vi.name
 
     def _shape_inference(self) -> None:
         """ONNX's own static shapes of intermediate values (for the per-node check)."""
@@ -418,6 +456,13 @@ class _Importer:
         """``v`` as an array known at import time, or an UnsupportedError saying it must be."""
         if isinstance(v, np.ndarray):
             return v
+        if isinstance(v, Value) and id(v) in self.input_names:
+            name = self.input_names[id(v)]
+            raise NeedsValue(
+                f"{self.where()}: {what} is the graph input '{name}', which must be known at import time; make it an "
+                f"initializer or bind it (from_onnx(..., constant_inputs={{'{name}': ...}}))",
+                name,
+            )
         raise UnsupportedError(
             f"{self.where()}: {what} must be known at import time (a constant or computed from constants and static "
             "shapes); a value computed at run time is not supported"
@@ -426,7 +471,8 @@ class _Importer:
     def add(self, op: str, operands: list, attrs: dict | None = None, type: TensorType | None = None,
             suffix: str = "") -> Value:  # fmt: skip
         """Insert an IR op for the current node; the result is named after the node's output."""
-        name = _ir_name(self.node.output[0]) + suffix
+        # results of torch-exported nodes are named after their module (``layers.0``), others after their tensor
+        name = (_module_path(self.node.name) or _ir_name(self.node.output[0])) + suffix
         try:
             return self.g.add(
                 op, [self.value(o) for o in operands], attrs or {}, result=name, type=type, loc=self.loc()
@@ -463,9 +509,15 @@ def _ir_name(onnx_name: str) -> str:
 
 
 def _module_path(node_name: str) -> str:
-    """The torch module path in an exported node name: ``/layers/layers.0/Gemm`` -> ``layers.0``."""
-    parts = [p for p in node_name.split("/") if p]
-    return parts[-2] if len(parts) >= 2 else ""
+    """The torch module path in an exported node name: ``/encoder/layers.0/self_attn/MatMul`` ->
+    ``encoder.layers.0.self_attn`` (a scope that repeats its parent's prefix, ``/layers/layers.0``, is kept once)."""
+    parts = [p for p in node_name.split("/") if p][:-1]
+    if not node_name.startswith("/") or not parts:
+        return ""
+    path = ""
+    for part in parts:
+        path = part if not path or part.startswith(path + ".") else f"{path}.{part}"
+    return _ir_name(path)
 
 
 def _constant_value(node: Any) -> np.ndarray:
@@ -543,8 +595,11 @@ def _variadic(im: _Importer, node: Any, ins: list) -> Value:
 
 @handles("Identity", "Dropout")
 def _identity(im: _Importer, node: Any, ins: list) -> Value:
-    if node.op_type == "Dropout" and im.extra_outputs_used():
-        raise im.unsupported("Dropout's mask output")
+    if node.op_type == "Dropout":
+        if im.extra_outputs_used():
+            raise im.unsupported("Dropout's mask output")
+        if len(ins) > 2 and ins[2] is not None and bool(im.known(ins[2], "Dropout's training_mode").reshape(())):
+            raise im.unsupported("Dropout in training mode (mcir is an inference compiler)")
     return im.value(ins[0])
 
 
@@ -734,9 +789,11 @@ def _spatial(im: _Importer, x: Value, kernel: tuple[int, ...], strides, dilation
     return before, after
 
 
-def _pad_spatial(im: _Importer, x: Value, before: list[int], after: list[int], value: float) -> tuple[Value, list[int]]:
-    """Symmetric padding stays in the op; asymmetric padding becomes an explicit pad op."""
-    if before == after:
+def _pad_spatial(
+    im: _Importer, x: Value, before: list[int], after: list[int], value: float, limit: list[int] | None = None
+) -> tuple[Value, list[int]]:
+    """Symmetric padding (up to ``limit`` per axis) stays in the op; other padding becomes an explicit pad op."""
+    if before == after and (limit is None or all(b <= lim for b, lim in zip(before, limit))):
         return x, before
     pads = [0, 0, 0, 0]
     for b, a in zip(before, after):
@@ -835,16 +892,18 @@ def _pool(im: _Importer, node: Any, ins: list) -> Value:
         )
     ceil = bool(im.attr("ceil_mode", 0))
     if node.op_type == "MaxPool":
-        x4, pads = _pad_spatial(im, x4, before, after, float(np.finfo(np.float32).min))
+        half = [k // 2 for k in kernel]  # mcir's pooling pads at most half a window
+        x4, pads = _pad_spatial(im, x4, before, after, float(np.finfo(np.float32).min), half)
         attrs = {"kernel": kernel, "stride": strides, "padding": pads, "dilation": dilations, "ceil_mode": ceil}
         y = im.add("max_pool2d", [x4], attrs, suffix=".2d" if squeezed else "")
     else:
         if any(d != 1 for d in dilations):
             raise im.unsupported("AveragePool with dilations")
         include = bool(im.attr("count_include_pad", 0))
-        if before != after and not include:
+        half = [k // 2 for k in kernel]
+        if (before != after or any(b > h for b, h in zip(before, half))) and not include:
             return _avg_pool_uncounted(im, x4, kernel, strides, before, after, ceil, squeezed)
-        x4, pads = _pad_spatial(im, x4, before, after, 0.0)
+        x4, pads = _pad_spatial(im, x4, before, after, 0.0, half)
         attrs = {"kernel": kernel, "stride": strides, "padding": pads, "ceil_mode": ceil, "count_include_pad": include}
         y = im.add("avg_pool2d", [x4], attrs, suffix=".2d" if squeezed else "")
     if squeezed:
@@ -858,7 +917,8 @@ def _avg_pool_uncounted(im: _Importer, x: Value, kernel, strides, before, after,
     the input elements in each window (computed here, at import)."""
     from mcir.ops.nn import avg_pool2d
 
-    padded, _ = _pad_spatial(im, x, before, after, 0.0)
+    pads = [0, 0, 0, 0] + [p for b, a in zip(before, after) for p in (b, a)]
+    padded = im.add("pad", [x], {"pads": pads}, suffix=".pad") if any(pads) else x
     attrs = {"kernel": kernel, "stride": strides, "ceil_mode": ceil, "divisor": 1}
     total = im.add("avg_pool2d", [padded], attrs, suffix=".sum")
     ones = np.pad(np.ones((1, 1) + x.type.shape[2:]), [(0, 0), (0, 0)] + list(zip(before, after)))
@@ -938,6 +998,13 @@ def _shape_of(v: Any) -> tuple[int, ...]:
     return tuple(v.shape) if isinstance(v, np.ndarray) else v.type.shape
 
 
+@handles("ConstantOfShape", "Range", "EyeLike", "OneHot")
+def _fold_only(im: _Importer, node: Any, ins: list) -> list[np.ndarray]:
+    """Ops mcir computes only at import time: every input must be known."""
+    known = [None if v is None else im.known(v, f"input {i} of {node.op_type}") for i, v in enumerate(ins)]
+    return im._fold(node, known)
+
+
 @handles("Shape")
 def _shape(im: _Importer, node: Any, ins: list) -> np.ndarray:
     shape = _shape_of(ins[0])
@@ -972,7 +1039,8 @@ def _reshape(im: _Importer, node: Any, ins: list) -> Value:
 @handles("Flatten")
 def _flatten(im: _Importer, node: Any, ins: list) -> Value:
     x = im.value(ins[0])
-    axis = int(im.attr("axis", 1)) % (x.type.rank + 1) if x.type.rank else 0
+    axis = int(im.attr("axis", 1))
+    axis = axis + x.type.rank if axis < 0 else axis
     return _reshape_to(im, x, [math.prod(x.type.shape[:axis]), math.prod(x.type.shape[axis:])])
 
 
