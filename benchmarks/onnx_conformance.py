@@ -59,7 +59,8 @@ def light_table() -> None:
 
     folder = Path(onnx.__file__).parent / "backend/test/data/light"
     print(
-        "| model | import s | compile s | ops | max abs diff vs ORT (logits) | max abs logit |\n|---|---|---|---|---|---|"
+        "| model | import s | compile s | ops | max abs diff vs ORT (logits) | max abs logit |\n"
+        "|---|---|---|---|---|---|"
     )
     for path in sorted(folder.glob("*.onnx")):
         model = onnx.load(str(path))

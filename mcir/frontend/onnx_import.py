@@ -41,6 +41,7 @@ import numpy as np
 from mcir import dtypes
 from mcir.errors import McirError, ModelFileError, UnsupportedError
 from mcir.ir import Graph, Location, Value
+from mcir.rewriter import dead_code_elimination
 from mcir.types import Quant, TensorType
 
 #: the opset older models are converted to before import
@@ -283,6 +284,13 @@ class _Importer:
             outputs.append(self.value(vi.name))
         self.g.set_outputs(outputs)
         self._name_outputs(graph)
+        if any(op.name == "quantize" for op in self.g.ops):
+            # QDQ models: keep consecutive int8 layers integer, as quant8 does (the rules are exact)
+            from mcir.passes.quant_fusion import FUSION
+            from mcir.patterns import apply_rules
+
+            apply_rules(self.g, FUSION)
+        dead_code_elimination(self.g)
         return self.g
 
     def _name_outputs(self, graph: Any) -> None:
@@ -681,6 +689,7 @@ def _gemm(im: _Importer, node: Any, ins: list) -> Value:
     trans_b = bool(im.attr("transB", 0))
     if not trans_b and alpha == 1.0 and (w := _linear_weight(im, b)) is not None:
         b, trans_b = w, True
+    a = _int8_input(a, b)
     # an [N, K] (quantised) constant is linear's weight as it is
     if isinstance(b, Value) and b.is_constant and trans_b and alpha == 1.0 and (c is None or beta == 1.0):
         bias = c if c is not None and _shape_of(c) == (b.type.shape[0],) else None
@@ -739,6 +748,7 @@ def _drop_unused(im: _Importer, v: Value) -> None:
 def _matmul(im: _Importer, node: Any, ins: list) -> Value:
     a, b = ins
     w = _linear_weight(im, b)
+    a = _int8_input(a, w)
     if w is not None:
         y = im.add("linear", [a, w])
         _drop_unused(im, b)
@@ -813,7 +823,7 @@ def _to_2d(im: _Importer, x: Value, what: str) -> tuple[Value, bool]:
 
 @handles("Conv")
 def _conv(im: _Importer, node: Any, ins: list) -> Value:
-    x = im.value(ins[0])
+    x = im.value(_int8_input(ins[0], ins[1]))
     w = ins[1]
     wshape = w.shape if isinstance(w, np.ndarray) else w.type.shape
     kernel = tuple(im.attr("kernel_shape", wshape[2:]))
@@ -1217,16 +1227,20 @@ def _dequantize_linear(im: _Importer, node: Any, ins: list) -> Value:
         return _quantized_constant(im, node, q, scale, zp)
     if q.type.encoding is None:
         raise im.unsupported("DequantizeLinear of a run-time integer value that no QuantizeLinear produced")
-    # an op reads a quantised operand as its real values, so the dequantized value is q itself
-    # wherever an int8 kernel takes it (u8 activations into conv/linear): no dequantize op there
-    users = im.consumers.get(node.output[0], [])
-    if users and all(u.op_type in _INT8_CONSUMERS for u in users) and node.output[0] not in _graph_outputs(im):
-        return q
+    # conv/linear read the quantised value itself (see _int8_input); unused dequantize ops go at the end
     return im.add("dequantize", [q], type=TensorType(q.type.shape, dtypes.f32))
 
 
-#: ONNX ops whose mcir op runs on u8 activations directly
-_INT8_CONSUMERS = {"Conv", "Gemm", "MatMul"}
+def _int8_input(v: Any, weight: Any) -> Any:
+    """The activation operand of conv2d/linear with a quantised ``weight``: a dequantized u8/i8 value is
+    taken as it is stored (an op reads a quantised operand as its real values, so this is exact) and
+    runs on the int8 kernels."""
+    quantized_weight = isinstance(weight, Value) and isinstance(weight.type.encoding, Quant)
+    if quantized_weight and isinstance(v, Value) and v.producer is not None and v.producer.name == "dequantize":
+        q = v.producer.operands[0]
+        if isinstance(q.type.encoding, Quant) and q.type.encoding.axis is None:
+            return q
+    return v
 
 
 def _quantized_constant(im: _Importer, node: Any, q: np.ndarray, scale: np.ndarray, zp: np.ndarray) -> Value:
