@@ -7,6 +7,7 @@
     mcir run model.pt|out/|graph.mcir|lib.so --input x.npy
     mcir opt in.mcir|in/ --passes 'fold,my_passes.py:fuse_gelu' -o out/
     mcir compile model.pt --passes 'prune,quant8' -o build/mlp
+    mcir export model.pt|model.onnx|out/ --passes 'fold,quant8' -o model_int8.onnx
     mcir bench build/mlp.so
     mcir passes | mcir ops
 
@@ -220,6 +221,17 @@ def cmd_dump(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    import mcir
+
+    graph = _run_pipeline(load_graph(args), args)
+    mcir.to_onnx(graph, args.output)
+    print(f"wrote {args.output}", file=sys.stderr)
+    if args.passes:
+        _print_report(graph)
+    return 0
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     import mcir
 
@@ -381,6 +393,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pipeline_args(p)
     p.add_argument("-o", "--output", metavar="DIR", help="save graph.mcir + weights.safetensors to DIR")
     p.set_defaults(fn=cmd_dump)
+
+    p = sub.add_parser("export", help="write a model or graph (optionally after passes) as an ONNX file")
+    _add_model_args(p)
+    _add_pipeline_args(p)
+    p.add_argument("-o", "--output", required=True, metavar="FILE.onnx", help="the ONNX file to write")
+    p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("verify", help="parse and verify an IR file or saved folder")
     p.add_argument("file")
