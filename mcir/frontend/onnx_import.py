@@ -857,10 +857,19 @@ def _batch_norm(im: _Importer, node: Any, ins: list) -> Value:
 def _layer_norm(im: _Importer, node: Any, ins: list) -> Value:
     x = im.value(ins[0])
     axis = int(im.attr("axis", -1)) % x.type.rank
-    if im.extra_outputs_used():
-        raise im.unsupported("LayerNormalization's mean and inv_std_dev outputs")
+    eps = float(im.attr("epsilon", 1e-5))
     operands = [x] + [v for v in ins[1:3] if v is not None]
-    return im.add("layer_norm", operands, {"dims": x.type.rank - axis, "eps": float(im.attr("epsilon", 1e-5))})
+    y = im.add("layer_norm", operands, {"dims": x.type.rank - axis, "eps": eps})
+    if not im.extra_outputs_used():
+        return y
+    # the statistics outputs (training-style graphs and ONNX's tests): mean and 1/sqrt(var + eps)
+    axes = list(range(axis, x.type.rank))
+    mean = im.add("mean", [x], {"axes": axes, "keepdim": True}, suffix=".mean")
+    centred = im.add("sub", [x, mean], suffix=".centred")
+    var = im.add("mean", [im.add("mul", [centred, centred], suffix=".sq")], {"axes": axes, "keepdim": True},
+                 suffix=".var")  # fmt: skip
+    inv_std = im.add("rsqrt", [im.add("add", [var, np.asarray(eps, np.float32)], suffix=".var_eps")], suffix=".inv_std")
+    return [y, mean, inv_std]
 
 
 @handles("Softmax", "LogSoftmax")
@@ -1155,18 +1164,26 @@ def _expand(im: _Importer, node: Any, ins: list) -> Value:
 @handles("Gather")
 def _gather(im: _Importer, node: Any, ins: list) -> Value:
     data, idx = ins
-    axis = int(im.attr("axis", 0)) % len(_shape_of(data))
-    if isinstance(idx, np.ndarray):
-        size = _shape_of(data)[axis]
-        flat = (idx.reshape(-1).astype(np.int64) % size) if size else idx.reshape(-1)
-        if idx.ndim == 0:
-            return im.add("select", [data], {"axis": axis, "index": int(flat[0])})
-        if idx.ndim == 1 and len(flat) and np.all(np.diff(flat) == 1):
-            return im.add("slice", [data], {"axis": axis, "start": int(flat[0]), "end": int(flat[-1]) + 1})
-        raise im.unsupported("Gather with constant indices that are not one index or a contiguous range")
-    if axis == 0 and isinstance(data, np.ndarray) and data.ndim == 2:
-        return im.add("embedding", [idx, data])
-    raise im.unsupported("Gather of run-time indices other than a row lookup in a constant 2-D table (embedding)")
+    shape = _shape_of(data)
+    axis = int(im.attr("axis", 0)) % len(shape)
+    if not isinstance(idx, np.ndarray):
+        if axis == 0 and isinstance(data, np.ndarray) and data.ndim == 2:
+            return im.add("embedding", [idx, data])
+        idx = im.known(idx, "Gather's indices (other than row lookups in a constant 2-D table)")
+    size = shape[axis]
+    flat = (idx.reshape(-1).astype(np.int64) % size) if size else idx.reshape(-1).astype(np.int64)
+    if idx.ndim == 0:
+        return im.add("select", [data], {"axis": axis, "index": int(flat[0])})
+    if len(flat) and np.all(np.diff(flat) == 1):
+        y = im.add("slice", [data], {"axis": axis, "start": int(flat[0]), "end": int(flat[-1]) + 1}, suffix=".rows")
+    elif 0 < len(flat) <= 256:
+        # any other constant index list: one single-row slice per index, joined
+        parts = [im.add("slice", [data], {"axis": axis, "start": int(i), "end": int(i) + 1}, suffix=f".row{k}")
+                 for k, i in enumerate(flat)]  # fmt: skip
+        y = im.add("concat", parts, {"axis": axis}, suffix=".rows")
+    else:
+        raise im.unsupported(f"Gather of {len(flat)} constant indices that are not a contiguous range")
+    return _reshape_to(im, y, shape[:axis] + idx.shape + shape[axis + 1 :])
 
 
 @handles("Pad")

@@ -174,4 +174,3 @@ def test_cli_dumps_compiles_and_runs_onnx_files(exported, tmp_path, capsys):
     bad.write_bytes(b"\x08")
     assert main(["dump", str(bad)]) == 2
     assert "bad.onnx" in capsys.readouterr().err
-
