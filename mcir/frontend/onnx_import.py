@@ -1243,7 +1243,14 @@ def _dequantize_linear(im: _Importer, node: Any, ins: list) -> Value:
     if isinstance(q, np.ndarray):
         return _quantized_constant(im, node, q, scale, zp)
     if q.type.encoding is None:
-        raise im.unsupported("DequantizeLinear of a run-time integer value that no QuantizeLinear produced")
+        # integers from elsewhere (a graph input): (float(q) - zero_point) * scale, in float ops
+        if scale.size > 1 and scale.ndim != 1:
+            raise im.unsupported("blocked DequantizeLinear")
+        axis = int(im.attr("axis", 1)) % q.type.rank if scale.size > 1 else 0
+        shape = [-1 if i == axis else 1 for i in range(q.type.rank)] if scale.size > 1 else []
+        real = im.add("cast", [q], {"dtype": "f32"}, suffix=".real")
+        shifted = im.add("sub", [real, zp.astype(np.float32).reshape(shape)], suffix=".shifted")
+        return im.add("mul", [shifted, scale.reshape(shape)])
     # conv/linear read the quantised value itself (see _int8_input); unused dequantize ops go at the end
     return im.add("dequantize", [q], type=TensorType(q.type.shape, dtypes.f32))
 
@@ -1286,3 +1293,191 @@ def _quantized_constant(im: _Importer, node: Any, q: np.ndarray, scale: np.ndarr
                           * scale.reshape([-1 if i == axis else 1 for i in range(q.ndim)]), np.float32)  # fmt: skip
     data = {"data": np.ascontiguousarray(q), "scale": scale.reshape(-1)}
     return im.g.const(_ir_name(name), data, TensorType(q.shape, dt, Quant(axis=0)), loc=im.loc())
+
+
+# -- activations and reductions written with other IR ops --------------------------------------------------------
+
+
+def _f(value: float) -> np.ndarray:
+    return np.asarray(value, np.float32)
+
+
+def _expm1_branch(im: _Importer, x: Any, alpha: float, tag: str) -> Value:
+    """alpha * (exp(x) - 1), the negative branch of ELU-like activations."""
+    e = im.add("exp", [x], suffix=f".{tag}exp")
+    return im.add("mul", [im.add("sub", [e, _f(1.0)], suffix=f".{tag}expm1"), _f(alpha)], suffix=f".{tag}neg")
+
+
+@handles("Elu", "Selu", "Celu")
+def _elu(im: _Importer, node: Any, ins: list) -> Value:
+    x = im.value(ins[0])
+    if node.op_type == "Celu":  # max(0, x) + min(0, alpha (exp(x / alpha) - 1))
+        alpha = float(im.attr("alpha", 1.0))
+        scaled = im.add("div", [x, _f(alpha)], suffix=".scaled")
+        neg = im.add("minimum", [_expm1_branch(im, scaled, alpha, ""), _f(0.0)], suffix=".negpart")
+        return im.add("add", [im.add("relu", [x], suffix=".pos"), neg])
+    default_alpha = 1.0 if node.op_type == "Elu" else 1.67326319217681884765625
+    alpha = float(im.attr("alpha", default_alpha))
+    positive = im.add("gt", [x, _f(0.0)], suffix=".positive")
+    if node.op_type == "Elu":
+        return im.add("where", [positive, x, _expm1_branch(im, x, alpha, "")])
+    gamma = float(im.attr("gamma", 1.05070102214813232421875))
+    y = im.add("where", [positive, x, _expm1_branch(im, x, alpha, "")], suffix=".elu")
+    return im.add("mul", [y, _f(gamma)])
+
+
+@handles("ThresholdedRelu")
+def _thresholded_relu(im: _Importer, node: Any, ins: list) -> Value:
+    x = im.value(ins[0])
+    above = im.add("gt", [x, _f(float(im.attr("alpha", 1.0)))], suffix=".above")
+    return im.add("where", [above, x, _f(0.0)])
+
+
+@handles("PRelu")
+def _prelu(im: _Importer, node: Any, ins: list) -> Value:
+    x = im.value(ins[0])
+    negative = im.add("lt", [x, _f(0.0)], suffix=".negative")
+    return im.add("where", [negative, im.add("mul", [x, ins[1]], suffix=".scaled"), x])
+
+
+def _softplus(im: _Importer, x: Any, tag: str = "") -> Value:
+    """log(1 + exp(x))"""
+    return im.add("log", [im.add("add", [im.add("exp", [x], suffix=f".{tag}exp"), _f(1.0)], suffix=f".{tag}1p")],
+                  suffix=f".{tag}softplus" if tag else "")  # fmt: skip
+
+
+@handles("Softplus")
+def _softplus_op(im: _Importer, node: Any, ins: list) -> Value:
+    return _softplus(im, ins[0])
+
+
+@handles("Mish")
+def _mish(im: _Importer, node: Any, ins: list) -> Value:
+    t = im.add("tanh", [_softplus(im, ins[0], "sp")], suffix=".tanh")
+    return im.add("mul", [ins[0], t])
+
+
+@handles("Softsign")
+def _softsign(im: _Importer, node: Any, ins: list) -> Value:
+    denom = im.add("add", [im.add("abs", [ins[0]], suffix=".abs"), _f(1.0)], suffix=".denom")
+    return im.add("div", [ins[0], denom])
+
+
+@handles("Swish")
+def _swish(im: _Importer, node: Any, ins: list) -> Value:
+    alpha = float(im.attr("alpha", 1.0))
+    if alpha == 1.0:
+        return im.add("silu", [ins[0]])
+    s = im.add("sigmoid", [im.add("mul", [ins[0], _f(alpha)], suffix=".scaled")], suffix=".gate")
+    return im.add("mul", [ins[0], s])
+
+
+@handles("Shrink")
+def _shrink(im: _Importer, node: Any, ins: list) -> Value:
+    x = im.value(ins[0])
+    bias, lambd = float(im.attr("bias", 0.0)), float(im.attr("lambd", 0.5))
+    low = im.add("lt", [x, _f(-lambd)], suffix=".low")
+    high = im.add("gt", [x, _f(lambd)], suffix=".high")
+    upper = im.add("where", [high, im.add("sub", [x, _f(bias)], suffix=".minus"), _f(0.0)], suffix=".upper")
+    return im.add("where", [low, im.add("add", [x, _f(bias)], suffix=".plus"), upper])
+
+
+@handles("ReduceMin", "ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp")
+def _reduce_composite(im: _Importer, node: Any, ins: list) -> Value:
+    x = im.value(ins[0])
+    if not x.type.dtype.is_float:
+        raise im.unsupported(f"{node.op_type} of {x.type.dtype} values")
+    axes = _axes(im, ins, x.type.rank)
+    keep = bool(im.attr("keepdims", 1))
+    kind = node.op_type
+    if axes is None:
+        raise im.unsupported(f"{kind} with noop_with_empty_axes")
+    attrs = {"axes": axes, "keepdim": keep}
+    if kind == "ReduceMin":
+        m = im.add("amax", [im.add("neg", [x], suffix=".neg")], attrs, suffix=".max")
+        return im.add("neg", [m])
+    if kind == "ReduceL1":
+        return im.add("sum", [im.add("abs", [x], suffix=".abs")], attrs)
+    if kind in ("ReduceL2", "ReduceSumSquare"):
+        s = im.add(
+            "sum", [im.add("mul", [x, x], suffix=".sq")], attrs, suffix="" if kind == "ReduceSumSquare" else ".ss"
+        )
+        return s if kind == "ReduceSumSquare" else im.add("sqrt", [s])
+    if kind == "ReduceLogSum":
+        return im.add("log", [im.add("sum", [x], attrs, suffix=".sum")])
+    # log(sum(exp(x - max))) + max: stable for large x
+    mx = im.add("amax", [x], {"axes": axes, "keepdim": True}, suffix=".max")
+    e = im.add("exp", [im.add("sub", [x, mx], suffix=".shifted")], suffix=".exp")
+    lse = im.add("log", [im.add("sum", [e], attrs, suffix=".sum")], suffix=".log")
+    return im.add("add", [lse, mx if keep else _reshape_to(im, mx, lse.type.shape)])
+
+
+@handles("ArgMin")
+def _argmin(im: _Importer, node: Any, ins: list) -> Value:
+    if im.attr("select_last_index", 0):
+        raise im.unsupported("ArgMin with select_last_index=1")
+    neg = im.add("neg", [ins[0]], suffix=".neg")
+    return im.add("argmax", [neg], {"axis": int(im.attr("axis", 0)), "keepdim": bool(im.attr("keepdims", 1))})
+
+
+@handles("InstanceNormalization", "MeanVarianceNormalization")
+def _instance_norm(im: _Importer, node: Any, ins: list) -> Value:
+    """(x - mean) / sqrt(var + eps) over the spatial axes (per sample and channel), then scale and bias."""
+    x = im.value(ins[0])
+    if node.op_type == "InstanceNormalization":
+        axes, eps = list(range(2, x.type.rank)), float(im.attr("epsilon", 1e-5))
+    else:
+        axes, eps = [int(a) % x.type.rank for a in im.attr("axes", [0, 2, 3])], 1e-9
+    mean = im.add("mean", [x], {"axes": axes, "keepdim": True}, suffix=".mean")
+    centred = im.add("sub", [x, mean], suffix=".centred")
+    var = im.add("mean", [im.add("mul", [centred, centred], suffix=".sq")], {"axes": axes, "keepdim": True},
+                 suffix=".var")  # fmt: skip
+    if node.op_type == "MeanVarianceNormalization":
+        return im.add("div", [centred, im.add("sqrt", [var], suffix=".std")])  # eps below f32 resolution
+    inv = im.add("rsqrt", [im.add("add", [var, _f(eps)], suffix=".var_eps")], suffix=".inv_std")
+    y = im.add("mul", [centred, inv], suffix=".normed")
+    per_channel = [x.type.shape[1]] + [1] * (x.type.rank - 2)
+    scale = _reshape_to(im, ins[1], per_channel)
+    bias = _reshape_to(im, ins[2], per_channel)
+    return im.add("add", [im.add("mul", [y, scale], suffix=".scaled"), bias])
+
+
+@handles("DepthToSpace", "SpaceToDepth")
+def _depth_space(im: _Importer, node: Any, ins: list) -> Value:
+    x = im.value(ins[0])
+    if x.type.rank != 4:
+        raise im.unsupported(f"{node.op_type} of a {x.type.rank}-D input")
+    b = int(im.attr("blocksize"))
+    n, c, h, w = x.type.shape
+    mode = im.attr("mode", b"DCR")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if node.op_type == "SpaceToDepth":
+        perm = [0, 3, 5, 1, 2, 4] if mode == "DCR" else [0, 1, 3, 5, 2, 4]
+        split, out = [n, c, h // b, b, w // b, b], [n, c * b * b, h // b, w // b]
+    elif mode == "DCR":
+        split, perm, out = [n, b, b, c // (b * b), h, w], [0, 3, 4, 1, 5, 2], [n, c // (b * b), h * b, w * b]
+    else:
+        split, perm, out = [n, c // (b * b), b, b, h, w], [0, 1, 4, 2, 5, 3], [n, c // (b * b), h * b, w * b]
+    y = im.add("reshape", [x], {"shape": split}, suffix=".split")
+    y = im.add("permute", [y], {"dims": perm}, suffix=".moved")
+    return im.add("reshape", [y], {"shape": out})
+
+
+@handles("Tile")
+def _tile(im: _Importer, node: Any, ins: list) -> Value:
+    y = im.value(ins[0])
+    repeats = [int(r) for r in im.known(ins[1], "Tile's repeats").reshape(-1)]
+    for axis, r in enumerate(repeats):
+        if r != 1:
+            y = im.add("concat", [y] * r, {"axis": axis}, suffix=f".tile{axis}")
+    return y
+
+
+@handles("Trilu")
+def _trilu(im: _Importer, node: Any, ins: list) -> Value:
+    x = im.value(ins[0])
+    k = int(im.known(ins[1], "Trilu's k").reshape(())) if len(ins) > 1 and ins[1] is not None else 0
+    rows, cols = x.type.shape[-2:]
+    keep = np.triu(np.ones((rows, cols), bool), k) if im.attr("upper", 1) else np.tril(np.ones((rows, cols), bool), k)
+    zero = np.zeros((), x.type.dtype.np)
+    return im.add("where", [keep, x, zero])
