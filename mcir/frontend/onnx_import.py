@@ -481,10 +481,17 @@ class _Importer:
         """Insert an IR op for the current node; the result is named after the node's output."""
         # results of torch-exported nodes are named after their module (``layers.0``), others after their tensor
         name = (_module_path(self.node.name) or _ir_name(self.node.output[0])) + suffix
+        values = [self.value(o) for o in operands]
+        if type is None and op in _MOVES and _per_tensor_quant(values[0]):
+            # data movement of quantised (QOperator) values stays quantised: it commutes with quantisation
+            from mcir.ops import registry
+
+            spec = registry.get(op)
+            full = spec.complete_attrs(dict(attrs or {}), where=self.where())
+            shape = spec.infer_type([values[0].type.logical], full, where=self.where()).shape
+            type = values[0].type.with_shape(shape)
         try:
-            return self.g.add(
-                op, [self.value(o) for o in operands], attrs or {}, result=name, type=type, loc=self.loc()
-            )
+            return self.g.add(op, values, attrs or {}, result=name, type=type, loc=self.loc())
         except McirError as e:
             if isinstance(e, UnsupportedError):
                 raise
@@ -507,6 +514,14 @@ class _Importer:
 
     def unsupported(self, what: str) -> UnsupportedError:
         return UnsupportedError(f"{self.where()}: {what} is not supported")
+
+
+#: IR ops that move or select values without arithmetic (a quantised input gives a quantised result)
+_MOVES = {"reshape", "permute", "slice", "select", "max_pool2d"}
+
+
+def _per_tensor_quant(v: Value) -> bool:
+    return isinstance(v.type.encoding, Quant) and v.type.encoding.axis is None
 
 
 def _ir_name(onnx_name: str) -> str:
@@ -1481,3 +1496,121 @@ def _trilu(im: _Importer, node: Any, ins: list) -> Value:
     keep = np.triu(np.ones((rows, cols), bool), k) if im.attr("upper", 1) else np.tril(np.ones((rows, cols), bool), k)
     zero = np.zeros((), x.type.dtype.np)
     return im.add("where", [keep, x, zero])
+
+
+# -- quantised operators (QOperator format) -----------------------------------------------------------------------
+
+
+def _as_quantized(im: _Importer, x: Any, scale: np.ndarray, zp: np.ndarray, what: str) -> Value:
+    """Run-time integers ``x`` meaning ``scale * (x - zp)`` as a value of mcir's quantised type.
+
+    A value that already has that type (from a QuantizeLinear or a quantised layer) is used as it is;
+    plain integers (a graph input) are re-typed through their real values (exact: the same integers)."""
+    x = im.value(x)
+    if scale.size != 1:
+        raise im.unsupported(f"{what} with per-axis activation scales")
+    dt = {np.dtype(np.uint8): dtypes.u8, np.dtype(np.int8): dtypes.i8}.get(np.asarray(zp).dtype)
+    if dt is None:
+        raise im.unsupported(f"{what} on {np.asarray(zp).dtype} values")
+    enc = Quant(scale=float(scale.reshape(())), zero_point=int(np.asarray(zp).reshape(())))
+    want = TensorType(x.type.shape, dt, enc)
+    if x.type == want:
+        return x
+    if x.type.dtype.is_float:  # already real values (a dequantized or float value): quantise them
+        return im.add("quantize", [x], type=want, suffix=".q")
+    real = im.add("cast", [x], {"dtype": "f32"}, suffix=".int")
+    real = im.add("mul", [im.add("sub", [real, np.float32(enc.zero_point)], suffix=".centred"), np.float32(enc.scale)],
+                  suffix=".real")  # fmt: skip
+    return im.add("quantize", [real], type=want, suffix=".q")
+
+
+def _int8_weight(im: _Importer, w: Any, scale: np.ndarray, zp: np.ndarray, axis: int, what: str) -> Value:
+    """A constant int8 weight with per-tensor or per-``axis`` scales as an mcir quantised constant."""
+    w = im.known(w, f"the weight of {what}")
+    if w.dtype != np.int8:
+        raise im.unsupported(f"{what} with {w.dtype} weights (mcir's int8 kernels take int8 weights)")
+    if np.any(np.asarray(zp) != 0):
+        raise im.unsupported(f"{what} with a non-zero weight zero point (mcir's int8 weights are symmetric)")
+    name = _ir_name(im.array_name(w, "weight"))
+    if scale.size == 1:
+        return im.g.const(name, w, TensorType(w.shape, dtypes.i8, Quant(scale=float(scale.reshape(())))), loc=im.loc())
+    if axis == 0:
+        data = {"data": w, "scale": scale.reshape(-1).astype(np.float32)}
+        return im.g.const(name, data, TensorType(w.shape, dtypes.i8, Quant(axis=0)), loc=im.loc())
+    raise im.unsupported(f"{what} with weight scales along axis {axis}")
+
+
+def _int32_bias(im: _Importer, b: Any, scale: np.ndarray, what: str) -> Value:
+    b = im.known(b, f"the bias of {what}")
+    data = {"data": b.astype(np.int32), "scale": np.broadcast_to(scale.reshape(-1), b.shape).astype(np.float32)}
+    return im.g.const(_ir_name(im.array_name(b, "bias")), data, TensorType(b.shape, dtypes.i32, Quant(axis=0)))
+
+
+def _result_type(im: _Importer, shape: tuple[int, ...], scale: Any, zp: Any) -> TensorType:
+    scale, zp = im.known(scale, "the output scale"), im.known(zp, "the output zero point")
+    dt = dtypes.u8 if zp.dtype == np.uint8 else dtypes.i8
+    return TensorType(shape, dt, Quant(scale=float(scale.reshape(())), zero_point=int(zp.reshape(()))))
+
+
+@handles("QLinearConv")
+def _qlinear_conv(im: _Importer, node: Any, ins: list) -> Value:
+    """conv2d on u8 activations and int8 weights with a u8 result: mcir's int8 conv, as after quant8."""
+    x_scale, x_zp = im.known(ins[1], "x_scale"), im.known(ins[2], "x_zero_point")
+    w_scale, w_zp = im.known(ins[4], "w_scale"), im.known(ins[5], "w_zero_point")
+    x = _as_quantized(im, ins[0], x_scale, x_zp, "QLinearConv")
+    w = _int8_weight(im, ins[3], w_scale, w_zp, 0, "QLinearConv")
+    operands = [x, w]
+    if len(ins) > 8 and ins[8] is not None:
+        operands.append(
+            _int32_bias(im, ins[8], (x_scale.astype(np.float64) * w_scale).astype(np.float32), "QLinearConv")
+        )
+    kernel = tuple(im.attr("kernel_shape", w.type.shape[2:]))
+    if len(kernel) != 2:
+        raise im.unsupported("QLinearConv that is not 2-D")
+    strides, dilations = list(im.attr("strides", [1, 1])), list(im.attr("dilations", [1, 1]))
+    before, after = _spatial(im, x, kernel, strides, dilations)
+    if before != after:
+        raise im.unsupported("QLinearConv with asymmetric padding")
+    attrs = {"stride": strides, "padding": before, "dilation": dilations, "groups": int(im.attr("group", 1))}
+    # infer the float shape first, then give the quantised result type
+    from mcir.ops import registry
+
+    conv = registry.get("conv2d")
+    full = conv.complete_attrs(dict(attrs), where=im.where())
+    shape = conv.infer_type([v.type.logical for v in operands], full, where=im.where()).shape
+    return im.add("conv2d", operands, attrs, type=_result_type(im, shape, ins[6], ins[7]))
+
+
+@handles("QLinearMatMul")
+def _qlinear_matmul(im: _Importer, node: Any, ins: list) -> Value:
+    """a @ b with a constant int8 right side: ``linear`` on u8 activations with a u8 result."""
+    a_scale, a_zp = im.known(ins[1], "a_scale"), im.known(ins[2], "a_zero_point")
+    b_scale, b_zp = im.known(ins[4], "b_scale"), im.known(ins[5], "b_zero_point")
+    b = im.known(ins[3], "QLinearMatMul's b (a run-time right side is not supported)")
+    if b.ndim != 2:
+        raise im.unsupported("QLinearMatMul with a right side that is not 2-D")
+    a = _as_quantized(im, ins[0], a_scale, a_zp, "QLinearMatMul")
+    wt = np.ascontiguousarray(b.T)
+    im.name_array(wt, "weight", like=b)
+    w = _int8_weight(im, wt, b_scale, b_zp, 0, "QLinearMatMul")
+    shape = a.type.shape[:-1] + (wt.shape[0],)
+    return im.add("linear", [a, w], type=_result_type(im, shape, ins[6], ins[7]))
+
+
+@handles("MatMulInteger")
+def _matmul_integer(im: _Importer, node: Any, ins: list) -> Value:
+    """int32 a @ b of (a - a_zp) and (b - b_zp), computed exactly in float (products of 8-bit integers
+    summed in float64 by the interpreter) and cast to int32."""
+    a = im.value(ins[0])
+    a_zp = ins[2] if len(ins) > 2 and ins[2] is not None else np.zeros((), np.uint8)
+    b_zp = ins[3] if len(ins) > 3 and ins[3] is not None else np.zeros((), np.int8)
+    real_a = im.add("cast", [a], {"dtype": "f32"}, suffix=".a")
+    real_a = im.add("sub", [real_a, np.asarray(im.known(a_zp, "a_zero_point"), np.float32)], suffix=".a_c")
+    b = ins[1]
+    if isinstance(b, np.ndarray):
+        b = (b.astype(np.float32) - np.asarray(im.known(b_zp, "b_zero_point"), np.float32)).astype(np.float32)
+    else:
+        b_zp = np.asarray(im.known(b_zp, "b_zero_point"), np.float32)
+        b = im.add("sub", [im.add("cast", [b], {"dtype": "f32"}, suffix=".b"), b_zp], suffix=".b_c")
+    y = im.add("matmul", [real_a, b], suffix=".real")
+    return im.add("cast", [y], {"dtype": "i32"})

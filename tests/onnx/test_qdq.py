@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import onnxruntime as ort
 import pytest
+import torch
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
 import mcir
@@ -56,3 +57,39 @@ def test_ort_quantized_models_compile_to_int8_kernels(name, exported, tmp_path):
     assert np.abs(interp - want).max() <= step * 1.01  # the same integers up to one rounding step
     native = mcir.compile(graph, tmp_path / name)(x)[0]
     assert np.abs(native - interp).max() <= step * 1.01
+
+
+class _Convs(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = torch.nn.Conv2d(8, 4, 3)
+        self.fc = torch.nn.Parameter(torch.randn(4 * 6 * 6, 5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.c2(torch.relu(self.c1(x))), 1) @ self.fc
+
+
+def test_qoperator_models_qlinearconv_and_qlinearmatmul(tmp_path):
+    from conftest import export_torch
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = _Convs().eval()
+    path = export_torch(model, (torch.randn(1, 3, 8, 8),), tmp_path / "convs.onnx")
+    qpath = tmp_path / "convs_qop.onnx"
+    quantize_static(
+        str(path), str(qpath), _Batches("input.1", [1, 3, 8, 8]), quant_format=QuantFormat.QOperator,
+        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+    )  # fmt: skip
+    import onnx
+
+    assert {"QLinearConv", "QLinearMatMul"} <= {n.op_type for n in onnx.load(str(qpath)).graph.node}
+    graph = mcir.from_onnx(qpath)
+    layers = [op for op in graph.compute_ops() if op.name in ("conv2d", "linear")]
+    assert len(layers) == 3 and all(op.result.type.dtype == dtypes.u8 for op in layers)
+    x = np.random.default_rng(3).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    want = ort.InferenceSession(str(qpath), providers=["CPUExecutionProvider"]).run(None, {"input.1": x})[0]
+    step = layers[-1].result.type.encoding.scale
+    assert np.abs(mcir.interpret(graph, x)[0] - want).max() <= step * 1.01
+    assert np.abs(mcir.compile(graph, tmp_path / "convs")(x)[0] - want).max() <= step * 1.01
