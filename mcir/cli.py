@@ -43,7 +43,7 @@ def _add_model_args(p: argparse.ArgumentParser, input_specs: bool = True) -> Non
             action="append",
             default=[],
             metavar="NAME=SHAPE:DTYPE",
-            help="example input spec for torch models, e.g. x=1x3x32x32:f32 (repeatable)",
+            help="example input spec for torch models, static shape for ONNX inputs, e.g. x=1x3x32x32:f32 (repeatable)",
         )
     else:
         p.add_argument(
