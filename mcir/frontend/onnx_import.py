@@ -1614,3 +1614,44 @@ def _matmul_integer(im: _Importer, node: Any, ins: list) -> Value:
         b = im.add("sub", [im.add("cast", [b], {"dtype": "f32"}, suffix=".b"), b_zp], suffix=".b_c")
     y = im.add("matmul", [real_a, b], suffix=".real")
     return im.add("cast", [y], {"dtype": "i32"})
+
+
+@handles("Resize", "Upsample")
+def _resize(im: _Importer, node: Any, ins: list) -> Value:
+    """Nearest-neighbour upsampling by integer factors: every pixel repeated (reshape, expand, reshape).
+
+    For integer factors the ONNX coordinate modes ``asymmetric`` (with ``floor``) and ``half_pixel``,
+    ``pytorch_half_pixel`` (with either rounding to nearest: no position falls on a tie) pick input pixel i // s."""
+    x = im.value(ins[0])
+    mode = im.attr("mode", b"nearest")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    coord = im.attr("coordinate_transformation_mode", b"half_pixel")
+    coord = coord.decode() if isinstance(coord, bytes) else coord
+    rounding = im.attr("nearest_mode", b"round_prefer_floor")
+    rounding = rounding.decode() if isinstance(rounding, bytes) else rounding
+    if node.op_type == "Upsample":
+        coord, rounding = "asymmetric", "floor"
+    if mode != "nearest":
+        raise im.unsupported(f"{node.op_type} mode '{mode}' (mcir resizes with mode nearest by integer factors)")
+    rounds = rounding in ("round_prefer_floor", "round_prefer_ceil")
+    if not (
+        (coord in ("half_pixel", "pytorch_half_pixel") and rounds) or (coord == "asymmetric" and rounding == "floor")
+    ):
+        raise im.unsupported(f"{node.op_type} with coordinate_transformation_mode={coord}, nearest_mode={rounding}")
+    shape = x.type.shape
+    scale_input = 1 if node.op_type == "Upsample" else 2
+    if len(ins) > 3 and ins[3] is not None and np.asarray(ins[3]).size:
+        sizes = [int(d) for d in im.known(ins[3], f"{node.op_type}'s sizes").reshape(-1)]
+        factors = [o / i for o, i in zip(sizes, shape)]
+    else:
+        factors = [float(f) for f in im.known(ins[scale_input], f"{node.op_type}'s scales").reshape(-1)]
+    if len(factors) != len(shape) or any(f < 1 or f != int(f) for f in factors) or any(f != 1 for f in factors[:2]):
+        raise im.unsupported(f"{node.op_type} by factors {factors} (integer factors >= 1 on the spatial axes only)")
+    factors = [int(f) for f in factors]
+    if all(f == 1 for f in factors):
+        return x
+    spread = [d for d in shape[:2]] + [v for d in shape[2:] for v in (d, 1)]
+    wide = [d for d in shape[:2]] + [v for d, f in zip(shape[2:], factors[2:]) for v in (d, f)]
+    y = im.add("reshape", [x], {"shape": spread}, suffix=".spread")
+    y = im.add("expand", [y], {"shape": wide}, suffix=".repeated")
+    return im.add("reshape", [y], {"shape": [d * f for d, f in zip(shape, factors)]})

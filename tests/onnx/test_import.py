@@ -174,3 +174,47 @@ def test_cli_dumps_compiles_and_runs_onnx_files(exported, tmp_path, capsys):
     bad.write_bytes(b"\x08")
     assert main(["dump", str(bad)]) == 2
     assert "bad.onnx" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("coord", "rounding", "scale"),
+    [
+        ("asymmetric", "floor", 2),
+        ("half_pixel", "round_prefer_floor", 3),
+        ("pytorch_half_pixel", "round_prefer_ceil", 2),
+    ],
+)
+def test_nearest_resize_by_integer_factors_matches_onnx(coord, rounding, scale):
+    from onnx.reference import ReferenceEvaluator
+
+    node = helper.make_node(
+        "Resize",
+        ["x", "", "scales"],
+        ["y"],
+        mode="nearest",
+        coordinate_transformation_mode=coord,
+        nearest_mode=rounding,
+    )
+    scales = numpy_helper.from_array(np.array([1, 1, scale, scale], np.float32), "scales")
+    m = _model(
+        [node],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [scales],
+    )
+    x = np.random.default_rng(0).standard_normal((1, 2, 3, 4)).astype(np.float32)
+    (want,) = ReferenceEvaluator(m).run(None, {"x": x})
+    np.testing.assert_array_equal(mcir.interpret(mcir.from_onnx(m), x)[0], want)
+
+
+def test_resize_modes_that_do_not_repeat_pixels_are_refused():
+    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="nearest", nearest_mode="ceil")
+    scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+    m = _model(
+        [node],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [scales],
+    )
+    with pytest.raises(UnsupportedError, match="nearest_mode=ceil"):
+        mcir.from_onnx(m)
