@@ -481,6 +481,11 @@ class _Importer:
         """Insert an IR op for the current node; the result is named after the node's output."""
         # results of torch-exported nodes are named after their module (``layers.0``), others after their tensor
         name = (_module_path(self.node.name) or _ir_name(self.node.output[0])) + suffix
+        floats = [o.type.logical.dtype for o in operands if isinstance(o, Value) and o.type.logical.dtype.is_float]
+        if floats and floats[0] != dtypes.f32:
+            # scalar constants of decompositions (written as f32) take the dtype of the f16/bf16 values they meet
+            operands = [np.asarray(o, floats[0].np) if isinstance(o, np.ndarray) and o.ndim == 0 and o.dtype.kind == "f"
+                        else o for o in operands]  # fmt: skip
         values = [self.value(o) for o in operands]
         if type is None and op in _MOVES and _per_tensor_quant(values[0]):
             # data movement of quantised (QOperator) values stays quantised: it commutes with quantisation
