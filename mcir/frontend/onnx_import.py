@@ -1660,3 +1660,43 @@ def _resize(im: _Importer, node: Any, ins: list) -> Value:
     y = im.add("reshape", [x], {"shape": spread}, suffix=".spread")
     y = im.add("expand", [y], {"shape": wide}, suffix=".repeated")
     return im.add("reshape", [y], {"shape": [d * f for d, f in zip(shape, factors)]})
+
+
+@handles("ConvTranspose")
+def _conv_transpose(im: _Importer, node: Any, ins: list) -> Value:
+    """A transposed convolution as an ordinary one: zeros inserted between input pixels (stride), padded by
+    dilation * (kernel - 1) - pads, convolved with the flipped, transposed kernel. Exact (the same sums)."""
+    x = im.value(ins[0])
+    w = im.known(ins[1], "ConvTranspose's weight")
+    if x.type.rank != 4 or w.ndim != 4:
+        raise im.unsupported("ConvTranspose that is not 2-D")
+    auto = im.attr("auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if auto not in ("NOTSET", "VALID", "") or im.attr("output_shape") is not None:
+        raise im.unsupported("ConvTranspose with auto_pad or output_shape (give explicit pads)")
+    groups = int(im.attr("group", 1))
+    c_in, c_out_g, kh, kw = w.shape
+    strides = list(im.attr("strides", [1, 1]))
+    dilations = list(im.attr("dilations", [1, 1]))
+    pads = list(im.attr("pads", [0, 0, 0, 0])) if auto != "VALID" else [0, 0, 0, 0]
+    extra = list(im.attr("output_padding", [0, 0]))
+    n, c, h, wd = x.type.shape
+    y = x
+    if strides != [1, 1]:
+        sh, sw = strides
+        y = im.add("reshape", [y], {"shape": [n, c, h, 1, wd, 1]}, suffix=".spread")
+        y = im.add("pad", [y], {"pads": [0, 0, 0, 0, 0, 0, 0, sh - 1, 0, 0, 0, sw - 1]}, suffix=".zeros")
+        y = im.add("reshape", [y], {"shape": [n, c, h * sh, wd * sw]}, suffix=".dilated")
+    grow = []
+    for i, k in enumerate((kh, kw)):
+        span = dilations[i] * (k - 1)
+        grow += [span - pads[i], span - pads[2 + i] + extra[i] - (strides[i] - 1)]
+    if any(grow):
+        y = im.add("pad", [y], {"pads": [0, 0, 0, 0, *grow]}, suffix=".padded")
+    # [C_in, C_out/g, kh, kw] -> [C_out, C_in/g, kh, kw], flipped in space
+    wg = w.reshape(groups, c_in // groups, c_out_g, kh, kw).transpose(0, 2, 1, 3, 4)
+    kernel = np.ascontiguousarray(wg.reshape(groups * c_out_g, c_in // groups, kh, kw)[:, :, ::-1, ::-1])
+    im.name_array(kernel, "weight", like=w)
+    operands = [y, kernel] + ([ins[2]] if len(ins) > 2 and ins[2] is not None else [])
+    attrs = {"stride": [1, 1], "padding": [0, 0], "dilation": dilations, "groups": groups}
+    return im.add("conv2d", operands, attrs)

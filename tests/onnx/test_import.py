@@ -218,3 +218,17 @@ def test_resize_modes_that_do_not_repeat_pixels_are_refused():
     )
     with pytest.raises(UnsupportedError, match="nearest_mode=ceil"):
         mcir.from_onnx(m)
+
+
+def test_conv_transpose_is_an_ordinary_conv_of_the_spread_input(tmp_path):
+    from conftest import export_torch
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = torch.nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2).eval()
+    x = torch.randn(1, 4, 5, 5)
+    graph = mcir.from_onnx(export_torch(model, (x,), tmp_path / "deconv.onnx"))
+    assert "conv2d" in counts(graph)
+    with torch.no_grad():
+        want = model(x).numpy()
+    np.testing.assert_allclose(mcir.interpret(graph, x.numpy())[0], want, rtol=0, atol=1e-5)
