@@ -76,7 +76,8 @@ def test_qoperator_models_qlinearconv_and_qlinearmatmul(tmp_path):
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = _Convs().eval()
-    path = export_torch(model, (torch.randn(1, 3, 8, 8),), tmp_path / "convs.onnx")
+    example = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(1))  # the global RNG stays as it was
+    path = export_torch(model, (example,), tmp_path / "convs.onnx")
     qpath = tmp_path / "convs_qop.onnx"
     quantize_static(
         str(path), str(qpath), _Batches("input.1", [1, 3, 8, 8]), quant_format=QuantFormat.QOperator,
