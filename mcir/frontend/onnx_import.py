@@ -284,6 +284,7 @@ class _Importer:
             outputs.append(self.value(vi.name))
         self.g.set_outputs(outputs)
         self._name_outputs(graph)
+        _fuse_gelu(self.g)
         if any(op.name == "quantize" for op in self.g.ops):
             # QDQ models: keep consecutive int8 layers integer, as quant8 does (the rules are exact)
             from mcir.passes.quant_fusion import FUSION
@@ -1700,3 +1701,67 @@ def _conv_transpose(im: _Importer, node: Any, ins: list) -> Value:
     operands = [y, kernel] + ([ins[2]] if len(ins) > 2 and ins[2] is not None else [])
     attrs = {"stride": [1, 1], "padding": [0, 0], "dilation": dilations, "groups": groups}
     return im.add("conv2d", operands, attrs)
+
+
+# -- patterns of exported models ------------------------------------------------------------------------------
+
+
+def _scalar(v: Value) -> float | None:
+    """The value of a one-element constant, else None."""
+    if v.is_constant and v.type.encoding is None and v.producer.data is not None and v.type.numel == 1:
+        return float(np.asarray(v.producer.data).reshape(()))
+    return None
+
+
+def _other(op: Any, v: Value) -> Value | None:
+    """The operand of binary ``op`` that is not ``v`` (None if ``v`` is not an operand)."""
+    a, b = op.operands
+    return b if a is v else a if b is v else None
+
+
+def _sole_user(v: Value, name: str) -> Any:
+    users = v.users
+    if len(users) == 1 and users[0].name == name and v not in (users[0].graph.outputs if users[0].graph else []):
+        return users[0]
+    return None
+
+
+def _fuse_gelu(graph: Graph) -> None:
+    """x * 0.5 * (1 + erf(x / sqrt 2)), as exporters write GELU, becomes one ``gelu`` op (same function).
+
+    Matched: erf of div(x, sqrt 2) or mul(x, 1/sqrt 2); + 1; times x then 0.5, or times mul(x, 0.5)."""
+    from mcir.rewriter import Rewriter
+
+    rw = Rewriter(graph)
+    for erf in [op for op in graph.ops if op.name == "erf"]:
+        if erf.graph is None:
+            continue
+        scaled = erf.operands[0].producer
+        if scaled is None or scaled.name not in ("div", "mul"):
+            continue
+        x, c = scaled.operands
+        k = _scalar(c)
+        if k is None or not math.isclose(k if scaled.name == "div" else 1 / k, math.sqrt(2), rel_tol=1e-4):
+            continue
+        plus = _sole_user(erf.result, "add")
+        if plus is None or _scalar(_other(plus, erf.result)) != 1.0:
+            continue
+        times = _sole_user(plus.result, "mul")
+        if times is None:
+            continue
+        factor = _other(times, plus.result)
+        if factor is x:  # x * (1 + erf) * 0.5
+            last = _sole_user(times.result, "mul")
+            if last is None or _scalar(_other(last, times.result)) != 0.5:
+                continue
+        elif (
+            factor.producer is not None
+            and factor.producer.name == "mul"
+            and _scalar(_other(factor.producer, x) or x) == 0.5
+        ):
+            last = times  # (x * 0.5) * (1 + erf)
+        else:
+            continue
+        gelu = rw.insert_before(last, "gelu", [x], {"approximate": "none"})
+        rw.replace_op(last, gelu)
+    dead_code_elimination(graph)

@@ -250,3 +250,13 @@ def test_cli_input_gives_symbolic_dimensions_their_sizes(tmp_path, capsys):
     assert "f32[5,8]" in capsys.readouterr().out
     assert main(["dump", str(path), "--input", "3x8"]) == 0  # an unnamed spec applies to the inputs in order
     assert "f32[3,8]" in capsys.readouterr().out
+
+
+def test_encoder_via_onnx_has_the_layers_of_the_direct_trace(exported):
+    # the exporter writes GELU as erf arithmetic (fused back into gelu) and attention as matmul/softmax
+    model, inputs, path = exported("encoder")
+    direct, via_onnx = counts(mcir.trace(model, inputs)), counts(mcir.from_onnx(path))
+    for op in ("linear", "layer_norm", "gelu", "embedding", "mean"):
+        assert via_onnx[op] == direct[op], op
+    assert via_onnx["erf"] == 0
+    assert via_onnx["softmax"] == direct["scaled_dot_product_attention"]
