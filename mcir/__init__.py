@@ -7,6 +7,7 @@ The public API::
     ys = mcir.interpret(g, x)                      # numpy reference interpreter
     g2 = mcir.run_passes(g, "fold,quant8", calibration=batches)
     mcir.save(g, "out/model"); g = mcir.load("out/model")
+    g = mcir.from_onnx("model.onnx"); mcir.to_onnx(g2, "model_int8.onnx")   # ONNX in and out
 """
 
 from __future__ import annotations

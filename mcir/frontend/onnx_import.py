@@ -246,6 +246,8 @@ class _Importer:
         self.node: Any = None
         self.consumers: dict[str, list[Any]] = {}
         self.skip: set[int] = set()  # nodes already handled by a fused neighbour
+        self.outputs: set[str] = set()  # names of the graph outputs
+        self.node_index: dict[int, int] = {}  # id(node) -> its position
 
     # -- driver ---------------------------------------------------------------
     def run(self) -> Graph:
@@ -268,10 +270,13 @@ class _Importer:
                 continue  # an initializer listed as an input (opset < 9 style), or bound by the caller
             self._add_input(vi)
         self._shape_inference()
-        for node in graph.node:
+        self.outputs = {o.name for o in graph.output}
+        nodes = list(graph.node)  # one Python object per node: ids below stay valid
+        self.node_index = {id(node): i for i, node in enumerate(nodes)}
+        for node in nodes:
             for name in node.input:
                 self.consumers.setdefault(name, []).append(node)
-        for index, node in enumerate(graph.node):
+        for index, node in enumerate(nodes):
             if index in self.skip:
                 continue
             self.node = node
@@ -784,8 +789,7 @@ def _matmul(im: _Importer, node: Any, ins: list) -> Value:
             other = add.input[1] if add.input[0] == node.output[0] else add.input[0]
             bias = im.env.get(other)
             if isinstance(bias, np.ndarray) and bias.shape == (w.shape[0],) and bias.dtype.kind == "f":
-                index = list(im.model.graph.node).index(add)
-                im.skip.add(index)
+                im.skip.add(im.node_index[id(add)])
                 im.node = add
                 y = im.add("linear", [a, w, bias])
                 im.env[add.output[0]] = y
@@ -796,7 +800,7 @@ def _matmul(im: _Importer, node: Any, ins: list) -> Value:
 
 
 def _graph_outputs(im: _Importer) -> set[str]:
-    return {o.name for o in im.model.graph.output}
+    return im.outputs
 
 
 def _spatial(im: _Importer, x: Value, kernel: tuple[int, ...], strides, dilations) -> tuple[list[int], list[int]]:
