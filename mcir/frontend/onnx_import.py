@@ -290,6 +290,7 @@ class _Importer:
         self.g.set_outputs(outputs)
         self._name_outputs(graph)
         _fuse_gelu(self.g)
+        _fuse_layer_norm(self.g)
         if any(op.name == "quantize" for op in self.g.ops):
             # QDQ models: keep consecutive int8 layers integer, as quant8 does (the rules are exact)
             from mcir.passes.quant_fusion import FUSION
@@ -1768,4 +1769,60 @@ def _fuse_gelu(graph: Graph) -> None:
             continue
         gelu = rw.insert_before(last, "gelu", [x], {"approximate": "none"})
         rw.replace_op(last, gelu)
+    dead_code_elimination(graph)
+
+
+def _fuse_layer_norm(graph: Graph) -> None:
+    """LayerNorm as exporters before opset 17 write it becomes one ``layer_norm`` op (same function)::
+
+    d = x - mean(x); y = d / sqrt(mean(d ** 2) + eps) [* weight] [+ bias]   (means over trailing axes)
+    """
+    from mcir.rewriter import Rewriter
+
+    rw = Rewriter(graph)
+
+    def producer(v: Value, name: str) -> Any:
+        return v.producer if v.producer is not None and v.producer.name == name else None
+
+    for div in [op for op in graph.ops if op.name == "div"]:
+        if div.graph is None:
+            continue
+        d, root = div.operands
+        sub, sqrt = producer(d, "sub"), producer(root, "sqrt")
+        if sub is None or sqrt is None:
+            continue
+        x, mu = sub.operands
+        mean1 = producer(mu, "mean")
+        if mean1 is None or mean1.operands[0] is not x or not mean1.attrs["keepdim"]:
+            continue
+        rank = x.type.rank
+        axes = sorted(a % rank for a in mean1.attrs["axes"])
+        dims = len(axes)
+        if axes != list(range(rank - dims, rank)):
+            continue
+        plus = producer(sqrt.operands[0], "add")
+        if plus is None:
+            continue
+        var = next((v for v in plus.operands if producer(v, "mean") is not None), None)
+        eps = _scalar(_other(plus, var)) if var is not None else None
+        if eps is None:
+            continue
+        mean2 = var.producer
+        square = producer(mean2.operands[0], "pow")
+        if square is None or square.attrs["exponent"] != 2.0 or square.operands[0] is not d:
+            continue
+        if sorted(a % rank for a in mean2.attrs["axes"]) != axes:
+            continue
+        last, operands = div, [x]
+        scale = _sole_user(div.result, "mul")
+        trailing = x.type.shape[rank - dims :]
+        w = _other(scale, div.result) if scale is not None else None
+        if w is not None and w.is_constant and w.type.shape == trailing:
+            last, operands = scale, [x, w]
+            shift = _sole_user(scale.result, "add")
+            b = _other(shift, scale.result) if shift is not None else None
+            if b is not None and b.is_constant and b.type.shape == trailing:
+                last, operands = shift, [x, w, b]
+        norm = rw.insert_before(last, "layer_norm", operands, {"dims": dims, "eps": eps})
+        rw.replace_op(last, norm)
     dead_code_elimination(graph)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import models
 import numpy as np
 import pytest
 import torch
@@ -260,3 +261,15 @@ def test_encoder_via_onnx_has_the_layers_of_the_direct_trace(exported):
         assert via_onnx[op] == direct[op], op
     assert via_onnx["erf"] == 0
     assert via_onnx["softmax"] == direct["scaled_dot_product_attention"]
+
+
+def test_layer_norm_written_out_by_older_opsets_is_one_op_again(tmp_path):
+    from conftest import export_torch
+
+    model, inputs = models.build("encoder")
+    graph = mcir.from_onnx(export_torch(model, inputs, tmp_path / "enc14.onnx", opset=14))  # no LayerNormalization
+    ops = counts(graph)
+    assert ops["layer_norm"] == 4 and ops["pow"] == 0 and ops["sqrt"] == 0
+    with torch.no_grad():
+        want = model(*inputs).numpy()
+    np.testing.assert_allclose(mcir.interpret(graph, *[t.numpy() for t in inputs])[0], want, rtol=0, atol=1e-5)
