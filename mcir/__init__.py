@@ -47,12 +47,12 @@ def from_onnx(model: Any, input_shapes: dict[str, Any] | None = None, name: str 
     return _from_onnx(model, input_shapes=input_shapes, name=name)
 
 
-def to_onnx(graph: Graph, path: Any = None, opset: int | None = None) -> Any:
+def to_onnx(graph: Graph, path: Any = None, opset: int | None = None, external_data: bool | None = None) -> Any:
     """Export ``graph`` as an ONNX model (written to ``path`` when given) and return the ModelProto;
     int8 as QDQ, other encodings as decoded floats. See ``mcir.frontend.onnx_export``."""
     from mcir.frontend.onnx_export import to_onnx as _to_onnx
 
-    return _to_onnx(graph, path, opset=opset)
+    return _to_onnx(graph, path, opset=opset, external_data=external_data)
 
 
 def compile(graph: Graph, path: Any, target: str = "native", name: str | None = None, triple: str | None = None) -> Any:

@@ -42,8 +42,17 @@ IR_VERSION = 8
 _ONNX_DTYPES = {"f32": 1, "u8": 2, "i8": 3, "i16": 5, "i32": 6, "i64": 7, "bool": 9, "f16": 10, "bf16": 16}
 
 
-def to_onnx(graph: Graph, path: str | Path | None = None, opset: int | None = None) -> Any:
-    """The ``onnx.ModelProto`` of ``graph``; written to ``path`` when given."""
+#: above this many bytes of initializers the weights go to a file beside the model (protobuf's limit is 2 GiB)
+EXTERNAL_DATA_BYTES = 1 << 30
+
+
+def to_onnx(
+    graph: Graph, path: str | Path | None = None, opset: int | None = None, external_data: bool | None = None
+) -> Any:
+    """The ``onnx.ModelProto`` of ``graph``; written to ``path`` when given.
+
+    ``external_data`` writes the initializers to ``PATH.data`` beside the model (default: only when
+    they exceed ``EXTERNAL_DATA_BYTES``, as a single protobuf cannot hold more than 2 GiB)."""
     import onnx
     from onnx import helper
 
@@ -56,11 +65,20 @@ def to_onnx(graph: Graph, path: str | Path | None = None, opset: int | None = No
     pipeline = graph.meta.get("pipeline")
     if pipeline:
         helper.set_model_props(model, {"mcir.pipeline": str(pipeline)})
-    onnx.checker.check_model(model)
+    weight_bytes = sum(len(t.raw_data) for t in model.graph.initializer)
+    if external_data is None:
+        external_data = weight_bytes > EXTERNAL_DATA_BYTES
+    if weight_bytes <= EXTERNAL_DATA_BYTES:  # the checker serialises the model: only below protobuf's limit
+        onnx.checker.check_model(model)
     if path is not None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        onnx.save(model, str(path))
+        if external_data:
+            onnx.save_model(
+                model, str(path), save_as_external_data=True, location=f"{path.name}.data", size_threshold=0
+            )
+        else:
+            onnx.save(model, str(path))
     return model
 
 

@@ -110,3 +110,14 @@ def test_cli_export(tmp_path, capsys):
     model = onnx.load(str(out))
     assert any(n.op_type == "DequantizeLinear" for n in model.graph.node)
     assert _run_ort(model, xs).shape == (4, 10)
+
+
+def test_external_data_export_loads_back_from_the_folder(tmp_path):
+    graph, xs = _compressed("mlp", "")
+    path = tmp_path / "mlp.onnx"
+    mcir.to_onnx(graph, path, external_data=True)
+    assert (tmp_path / "mlp.onnx.data").stat().st_size > path.stat().st_size
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    want = mcir.interpret(graph, *xs)[0]
+    np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: xs[0]})[0], want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(mcir.interpret(mcir.from_onnx(path), *xs)[0], want)  # mcir reads it back too
