@@ -30,6 +30,7 @@ the node and what to do.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Callable
@@ -1146,9 +1147,13 @@ def _slice(im: _Importer, node: Any, ins: list) -> Value:
         start, stop, step = slice(int(s), int(e), int(st)).indices(size)
         if (start, stop, step) == (0, size, 1):
             continue
-        if step < 0:
-            raise im.unsupported("Slice with a negative step")
         last = i == len(axes) - 1
+        if step < 0:  # reversed order: the positions taken one by one
+            positions = list(range(start, stop, step))
+            if not positions:
+                raise im.unsupported("Slice with a negative step that selects nothing")
+            y = _take(im, y, a, positions, "Slice with a negative step")
+            continue
         y = im.add("slice", [y], {"axis": a, "start": start, "end": max(stop, start), "step": step},
                    suffix="" if last else f".{a}")  # fmt: skip
     return y
@@ -1200,16 +1205,24 @@ def _gather(im: _Importer, node: Any, ins: list) -> Value:
     flat = (idx.reshape(-1).astype(np.int64) % size) if size else idx.reshape(-1).astype(np.int64)
     if idx.ndim == 0:
         return im.add("select", [data], {"axis": axis, "index": int(flat[0])})
-    if len(flat) and np.all(np.diff(flat) == 1):
-        y = im.add("slice", [data], {"axis": axis, "start": int(flat[0]), "end": int(flat[-1]) + 1}, suffix=".rows")
-    elif 0 < len(flat) <= 256:
-        # any other constant index list: one single-row slice per index, joined
-        parts = [im.add("slice", [data], {"axis": axis, "start": int(i), "end": int(i) + 1}, suffix=f".row{k}")
-                 for k, i in enumerate(flat)]  # fmt: skip
-        y = im.add("concat", parts, {"axis": axis}, suffix=".rows")
-    else:
-        raise im.unsupported(f"Gather of {len(flat)} constant indices that are not a contiguous range")
+    y = _take(im, data, axis, [int(i) for i in flat], "Gather")
     return _reshape_to(im, y, shape[:axis] + idx.shape + shape[axis + 1 :])
+
+
+#: the most single-row slices an index list may become (beyond that the graph grows too much)
+MAX_TAKE = 256
+
+
+def _take(im: _Importer, data: Any, axis: int, indices: list[int], what: str) -> Value:
+    """``data`` at constant ``indices`` along ``axis``: one slice for a contiguous run, else one
+    single-row slice per index, joined."""
+    if indices and all(b - a == 1 for a, b in itertools.pairwise(indices)):
+        return im.add("slice", [data], {"axis": axis, "start": indices[0], "end": indices[-1] + 1}, suffix=".rows")
+    if not 0 < len(indices) <= MAX_TAKE:
+        raise im.unsupported(f"{what} of {len(indices)} positions that are not a contiguous range")
+    parts = [im.add("slice", [data], {"axis": axis, "start": i, "end": i + 1}, suffix=f".row{k}")
+             for k, i in enumerate(indices)]  # fmt: skip
+    return im.add("concat", parts, {"axis": axis}, suffix=".rows")
 
 
 @handles("Pad")
