@@ -9,7 +9,7 @@ compile time (``sparse_pack``) into the layout the kernel streams:
   16 columns, 8 lanes, two ``vpermps`` and a blend). At 90 % sparsity
   the weight stream is ~0.9 bytes per dense weight (dense f32: 4) and a window serves
   about 40 non-zeros, so the kernel runs 3-4x faster than the dense GEMV it replaces
-  (measurements in ``mcir.passes.sparse_cost`` and ``docs/benchmarks.md``).
+  (measurements in ``mcir.analysis.sparse_cost`` and ``docs/benchmarks.md``).
 * **batched** (``rows`` layout, CSR): x is transposed into scratch, ``x^T[K][M]``, and
   each non-zero ``W[n, k]`` is broadcast against row k of x^T, so one load of the weight
   serves every column of the batch (two FMAs per non-zero for 32 columns); the
