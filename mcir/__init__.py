@@ -7,6 +7,7 @@ The public API::
     ys = mcir.interpret(g, x)                      # numpy reference interpreter
     g2 = mcir.run_passes(g, "fold,quant8", calibration=batches)
     mcir.save(g, "out/model"); g = mcir.load("out/model")
+    s = mcir.stats(g2)                             # params, library weight bytes, MACs by kind
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from mcir.pass_manager import Pass, PassContext, option, pass_, run_passes
 from mcir.patterns import Match, Pat, RewritePattern, RuleSet, apply_rules
 from mcir.rewriter import Rewriter
 from mcir.serialize import load, save
+from mcir.stats import stats
 from mcir.types import TensorType, tensor
 from mcir.verifier import verify
 
@@ -82,6 +84,7 @@ __all__ = [
     "replace_pattern",
     "run_passes",
     "save",
+    "stats",
     "tensor",
     "trace",
     "verify",

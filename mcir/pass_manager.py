@@ -41,6 +41,7 @@ import numpy as np
 from mcir.errors import McirError, ParseError, VerifyError
 from mcir.ir import Graph
 from mcir.pipeline import NM, PipelineItem, parse_pipeline, pipeline_error
+from mcir.stats import GraphStats
 
 
 def option(default: Any, doc: str = "") -> Any:
@@ -416,68 +417,6 @@ def _class_name(name: str) -> str:
 # -- running pipelines -------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class GraphStats:
-    """Size and cost of a graph: compute ops, parameters, weight bytes, MACs per inference.
-
-    Sparse weights count only their stored values (``#csr``: nnz, ``#nm``: n/m of the
-    elements), in parameters and in MACs. ``int8_macs`` are MACs whose operands are all
-    integer-quantised; ``bit_macs`` are MACs between packed binary/ternary weights and binary
-    activations, i.e. done as XNOR + popcount.
-    """
-
-    ops: int
-    params: int
-    weight_bytes: int
-    macs: int
-    int8_macs: int = 0
-    bit_macs: int = 0
-
-    @staticmethod
-    def of(graph: Graph) -> GraphStats:
-        from mcir.ops import registry
-
-        params = wbytes = macs = ops = int8 = bits = 0
-        for op in graph.ops:
-            t = op.result.type
-            if op.name == "const":
-                params += round(t.numel * _stored_fraction(t))
-                wbytes += t.nbytes
-                continue
-            ops += 1
-            types = [v.type for v in op.operands]
-            n = registry.get(op.name).count_macs(types, t, op.attrs)
-            if n and len(types) >= 2:
-                n = round(n * _stored_fraction(types[1]))
-                kinds = {_kind(x) for x in types[:2]}
-                if kinds == {"quant"}:
-                    int8 += n
-                elif kinds == {"packed"}:
-                    bits += n
-            macs += n
-        return GraphStats(ops, params, wbytes, macs, int8, bits)
-
-
-def _stored_fraction(t) -> float:
-    """Fraction of a tensor's elements actually stored (1 unless sparse)."""
-    enc = t.encoding
-    if enc is None or not t.numel:
-        return 1.0
-    if enc.name == "csr":
-        return enc.nnz / t.numel
-    if enc.name == "nm":
-        return enc.n / enc.m
-    return 1.0
-
-
-def _kind(t) -> str:
-    if t.encoding is None:
-        return "plain"
-    if t.dtype.kind == "packed":
-        return "packed"
-    return "quant" if t.dtype.is_integer else "other"
-
-
 @dataclass
 class PassRecord:
     name: str
@@ -502,8 +441,10 @@ class PipelineReport:
         with_err = any(r.max_abs_err is not None for r in self.rows)
         with_int8 = any(r.stats.int8_macs for r in self.rows)
         with_bits = any(r.stats.bit_macs for r in self.rows)
+        with_sparse = any(r.stats.sparse_macs for r in self.rows)
         head = ["pass", "time", "ops", "params", "weights", "MACs"]
-        head += (["int8 MACs"] if with_int8 else []) + (["XNOR MACs"] if with_bits else [])
+        head += (["int8 MACs"] if with_int8 else []) + (["bit MACs"] if with_bits else [])
+        head += ["sparse MACs"] if with_sparse else []
         head += ["max |Δ|", "SQNR"] if with_err else []
         body = []
         for r in self.rows:
@@ -512,11 +453,12 @@ class PipelineReport:
                 "-" if r.name == "(input)" else human_seconds(r.seconds),
                 str(r.stats.ops),
                 human_count(r.stats.params),
-                human_bytes(r.stats.weight_bytes),
+                human_bytes(r.stats.weight_bytes) + ("" if r.stats.exact else "*"),
                 human_count(r.stats.macs),
             ]
             row += [human_count(r.stats.int8_macs)] if with_int8 else []
             row += [human_count(r.stats.bit_macs)] if with_bits else []
+            row += [human_count(r.stats.sparse_macs)] if with_sparse else []
             if with_err:
                 row += [
                     "-" if r.max_abs_err is None else f"{r.max_abs_err:.3g}",
@@ -524,6 +466,8 @@ class PipelineReport:
                 ]
             body.append(row)
         text = format_table(head, body, align="l" + "r" * (len(head) - 1))
+        if not all(r.stats.exact for r in self.rows):
+            text += "\n* storage bytes: that graph does not compile natively, so its library bytes are unknown"
         if self.warnings:
             text += "\n" + "\n".join(f"warning: {w}" for w in self.warnings)
         return text

@@ -84,9 +84,9 @@ class Encoding(abc.ABC):
     def has_kernel(self, op: Op, index: int, t: TensorType, target: Any = "native") -> bool:
         """Whether the backend has a native kernel for ``op`` when operand ``index`` has type ``t``
         (of this encoding) and the other operands keep theirs, per the kernel registry."""
-        from mcir.codegen.kernels import supports  # the registry lives with the backend
+        from mcir.stats import kernel_exists  # asks the backend's kernel registry
 
-        return supports(op, {index: t}, target)
+        return kernel_exists(op, {index: t}, target)
 
     def __str__(self) -> str:
         from mcir.printer import format_attr  # printing lives in one place

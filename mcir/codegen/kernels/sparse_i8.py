@@ -51,9 +51,9 @@ from mcir.codegen.kernels.sparse import (
 )
 from mcir.codegen.memory_plan import align_up, view_root
 from mcir.codegen.target import Target
+from mcir.encodings import Quant
 from mcir.errors import CodegenError
 from mcir.ir import Op
-from mcir.types import Quant
 
 SPARSE_I8 = "i8#csr|i8#nm"
 V64 = ir.VectorType(I8, 64)
