@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import mcir
 from mcir import dtypes
 from mcir.codegen.kernels import lut_pack
 from mcir.encodings import Codebook, Int2, Int4, Pow2
@@ -70,9 +71,9 @@ def test_each_encoding_matches_the_interpreter(tmp_path, enc):
     lib = build(g, tmp_path)
     x = randn(rng, 5, 150)
     check_native(g, tmp_path, x)
-    w = g.constant("w") if hasattr(g, "constant") else next(op for op in g.constants() if op.result.name == "w")
-    wt = w.result.type if hasattr(w, "result") else w.type
+    wt = next(op for op in g.constants() if op.result.name == "w").result.type
     assert lib.weight_bytes == lut_pack.packed_bytes(wt) + 19 * 4  # the blob + the f32 bias
+    assert lib.weight_bytes == mcir.stats(g).weight_bytes
 
 
 @settings(max_examples=20, deadline=None)
@@ -94,8 +95,6 @@ def test_pow2_is_bit_exact_when_the_arithmetic_is(tmp_path):
     g = linear_graph(rng, 3, 24, 200, Pow2(4), bias=False, relu=False)
     x = rng.integers(-8, 9, (3, 200)).astype(np.float32)  # products 2^j·int, sums of < 2^24 in 1/64ths
     native = build(g, tmp_path)(x)[0]
-    import mcir
-
     np.testing.assert_array_equal(native, mcir.interpret(g, x)[0])
 
 

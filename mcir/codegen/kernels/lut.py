@@ -43,6 +43,11 @@ V16I = ir.VectorType(I32, LANES)
 MT = 4
 
 
+def _scratch(op: Op, target: Target) -> int:
+    # the gather path's table: up to 256 f32 entries
+    return 0 if target.has("avx512f") else 4 * 2 ** op.operands[1].type.encoding.bits
+
+
 def _pack(op: Op, index: int, data, target: Target):
     if index != 1:
         return None
@@ -62,9 +67,7 @@ class _Tables:
         self.avx512 = k.target.has("avx512f")
         self.tables_ptr = self.em.byte_offset(k.args[1], lay.index_bytes)
         self.vectors = max(1, lay.entries // LANES)
-        self.stack = None
-        if not self.avx512:  # the table goes through memory and a gather
-            self.stack = self.em.b.alloca(ir.ArrayType(F32, self.vectors * LANES))
+        self.stack = k.scratch  # without AVX-512 the table goes through memory and a gather
 
     # -- building tables -------------------------------------------------------------------
     def load_table(self, row: ir.Value | int) -> list[ir.Value]:
@@ -119,7 +122,10 @@ class _Tables:
         for j, v in enumerate(table):
             em.store(v, self.stack, j * LANES)
         idx = b.and_(idx, const(V16I, self.vectors * LANES - 1))
-        ptrs = b.gep(self.stack, [b.zext(idx, ir.VectorType(I64, LANES))], source_etype=F32)
+        # addresses as integers: llvmlite types a GEP with a vector index as a scalar pointer
+        v64 = ir.VectorType(I64, LANES)
+        offs = b.shl(b.zext(idx, v64), const(v64, 2))
+        ptrs = b.inttoptr(b.add(em.splat(b.ptrtoint(self.stack, I64), LANES), offs), ir.VectorType(PTR, LANES))
         mask = const(ir.VectorType(I1, LANES), 1)
         sig = [ptrs.type, I32, mask.type, V16F]
         fn = em.intrinsic("llvm.masked.gather", [V16F, ir.VectorType(PTR, LANES)], V16F, sig)
@@ -206,4 +212,4 @@ def _linear_lut(k: KernelContext) -> None:
 
 
 for _pattern in ("f32#codebook", "i8#int4", "i8#int2", "f32#pow2"):
-    kernel("linear", ("f32", _pattern, "f32"), pack=_pack, epilogue=True)(_linear_lut)
+    kernel("linear", ("f32", _pattern, "f32"), pack=_pack, scratch=_scratch, epilogue=True)(_linear_lut)

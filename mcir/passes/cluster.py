@@ -1,0 +1,198 @@
+"""cluster: k-means weight sharing (Deep Compression), ``w ≈ c[i]`` with 2^B shared centroids.
+
+The weights of each layer (``scope=layer``) or of each output channel (``scope=channel``)
+are clustered in one dimension into 2^B centroids by Lloyd's algorithm; every weight is
+replaced by the index of its nearest centroid. Before::
+
+    %fc1.weight = const : f32[256,64]
+    %fc1 = linear(%x, %fc1.weight, %fc1.bias) : f32[1,256]
+
+After ``cluster(bits=4)``::
+
+    %fc1.weight = const : f32[256,64] #codebook<bits=4, scope="layer">   # 4-bit indices + 16 f32
+    %fc1 = linear(%x, %fc1.weight, %fc1.bias) : f32[1,256]
+
+Initialisation (``init``): ``linear`` spaces the centroids evenly between min and max (the
+choice Deep Compression found best: large weights keep a centroid), ``density`` puts them at
+the quantiles of the weights, ``kmeans++`` draws them D²-weighted from a seeded sample.
+Weights that are exactly zero (a pruned layer) keep a centroid pinned at 0, so they stay 0.
+
+One-dimensional k-means on sorted values is cheap: the clusters are contiguous runs, so an
+iteration is a ``searchsorted`` of the k-1 midpoints and differences of a cumulative sum,
+O(k log n) after one sort (a 4096 x 4096 layer clusters in about a second). Rows are
+clustered together (``scope=channel``) by giving each sorted row its own range of keys.
+
+A layer keeps its f32 weights (with a warning) when no native kernel runs the codebook
+weight (convolutions) or the codebook would embed more bytes than the dense weight
+(``mcir.stats.try_kernel``). Preserves: approximate (max |Δ| and SQNR are reported).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+from mcir import dtypes
+from mcir.encodings import Codebook
+from mcir.encodings.codebook import pack_indices
+from mcir.errors import McirError
+from mcir.ir import Graph, Op
+from mcir.pass_manager import Pass, PassContext, option
+from mcir.passes.layers import check_skip, select_layers
+from mcir.patterns import constant_array
+from mcir.rewriter import Rewriter
+from mcir.types import TensorType
+
+INITS = ("linear", "density", "kmeans++")
+#: values drawn per row for kmeans++ (its D² sampling is O(k · sample) per row)
+PLUS_SAMPLE = 4096
+
+
+@dataclass(frozen=True)
+class Cluster(Pass):
+    """k-means weight sharing: 2^bits f32 centroids per layer or per output channel, B-bit indices."""
+
+    name: ClassVar[str] = "cluster"
+    preserves: ClassVar[str] = "approximate: max |delta| and SQNR vs the float model are reported"
+    bits: int = option(4, "index bits: 2^bits centroids (1..8)")
+    init: Literal["linear", "density", "kmeans++"] = option("linear", "centroid initialisation")
+    scope: Literal["layer", "channel"] = option("layer", "one codebook per layer or per output channel")
+    iters: int = option(30, "maximum Lloyd iterations")
+    seed: int = option(0, "seed of kmeans++ sampling")
+    skip: str = option("none", "layers kept in float: none, first, last, ends or a regex")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 1 <= self.bits <= 8:
+            raise McirError(f"cluster: bits={self.bits!r} must be an integer in 1..8")
+        if self.init not in INITS:
+            raise McirError(f"cluster: init={self.init!r} is not one of {', '.join(INITS)}")
+        if self.scope not in ("layer", "channel"):
+            raise McirError(f"cluster: scope={self.scope!r} must be layer or channel")
+        if self.iters < 1:
+            raise McirError(f"cluster: iters={self.iters} must be at least 1")
+        check_skip(self.skip)
+
+    def apply(self, graph: Graph, ctx: PassContext) -> None:
+        rw = Rewriter(graph)
+        done: dict[int, tuple[TensorType, Any]] = {}  # a weight shared by several layers is clustered once
+        for op in select_layers(graph, self.skip):
+            w = op.operands[1]
+            if id(w) not in done:
+                a = constant_array(w).astype(np.float32)
+                n = a.shape[0]
+                rows = a.reshape(1, -1) if self.scope == "layer" else a.reshape(n, -1)
+                centroids, idx = kmeans(rows, 2**self.bits, self.init, self.iters, self.seed)
+                t = TensorType(w.type.shape, dtypes.f32, Codebook(bits=self.bits, scope=self.scope))
+                done[id(w)] = (t, {"indices": pack_indices(idx.reshape(n, -1), self.bits), "centroids": centroids})
+            store_weight(rw, op, *done[id(w)], ctx, "cluster")
+
+
+def store_weight(rw: Rewriter, op: Op, t: TensorType, stored: Any, ctx: PassContext, who: str) -> bool:
+    """Give ``op`` the compressed weight ``(t, stored)`` if a native kernel runs it and it embeds
+    fewer bytes than the weight it replaces; otherwise warn and keep the layer. True if stored."""
+    from mcir.stats import try_kernel
+
+    w = op.operands[1]
+    where = f"{op.name} %{op.result.name}" + (f" ({op.loc.module})" if op.loc and op.loc.module else "")
+    before, after = try_kernel(op), try_kernel(op, {1: (t, stored)})
+    if not after.ok:
+        ctx.warn(f"{who}: {where} stays {w.type}: no native kernel runs a {t.encoding} weight there")
+        return False
+    if before.ok and after.operand_bytes.get(1, 0) >= before.operand_bytes.get(1, w.type.nbytes):
+        ctx.warn(f"{who}: {where} stays {w.type}: {t.encoding} would embed more bytes than the dense weight")
+        return False
+    if len(w.uses) == 1:
+        rw.set_data(w.producer, stored, t)
+    else:  # shared with a layer that stays float: this layer gets its own compressed copy
+        rw.set_operand(op, 1, rw.const(f"{w.name}.{t.encoding.name}", stored, t))
+    return True
+
+
+# -- one-dimensional k-means ---------------------------------------------------------------------------
+
+
+def kmeans(
+    rows: np.ndarray, k: int, init: str = "linear", iters: int = 30, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cluster each row of ``rows`` [R, n] into ``k`` centroids.
+
+    Returns (centroids f32[R, k] ascending, indices u8/u16[R, n] of each value's nearest
+    centroid). A row with exact zeros keeps one centroid pinned at 0.0.
+    """
+    r, n = rows.shape
+    s = np.sort(rows.astype(np.float64), axis=1)
+    keep_zero = (rows == 0).any(axis=1)
+    c = _init(s, k, init, seed)
+    c = _pin_zero(c, keep_zero)
+    keys, lo, span = _row_keys(s)
+    csum = np.concatenate([np.zeros((r, 1)), np.cumsum(s, axis=1)], axis=1)
+    for _ in range(iters):
+        bounds = _boundaries(c, keys, lo, span, n)  # [R, k+1] positions in the sorted rows
+        counts = np.diff(bounds, axis=1)
+        sums = np.take_along_axis(csum, bounds[:, 1:], 1) - np.take_along_axis(csum, bounds[:, :-1], 1)
+        new = np.where(counts > 0, sums / np.maximum(counts, 1), c)  # an empty cluster keeps its centroid
+        new = _pin_zero(np.sort(new, axis=1), keep_zero)
+        if np.array_equal(new, c):
+            break
+        c = new
+    cf = c.astype(np.float32)
+    mid = ((cf[:, 1:].astype(np.float64) + cf[:, :-1]) / 2).astype(np.float32)
+    idx = np.empty((r, n), np.uint8 if k <= 256 else np.uint16)
+    for i in range(r):  # nearest centroid of every value (one row at a time: no float64 copy of the layer)
+        idx[i] = np.searchsorted(mid[i], rows[i].astype(np.float32, copy=False), side="right")
+    return cf, idx
+
+
+def _row_keys(s: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Sorted rows mapped to disjoint increasing key ranges: row i occupies [i·span, (i+1)·span)."""
+    r = s.shape[0]
+    lo = s[:, :1]
+    if r == 1:
+        return (s - lo).ravel(), lo, 1.0
+    span = float((s[:, -1:] - lo).max()) * 2 + 1.0
+    return ((s - lo) + np.arange(r)[:, None] * span).ravel(), lo, span
+
+
+def _boundaries(c: np.ndarray, keys: np.ndarray, lo: np.ndarray, span: float, n: int) -> np.ndarray:
+    r, k = c.shape
+    mid = (c[:, 1:] + c[:, :-1]) / 2
+    rix = np.arange(r)[:, None]
+    b = np.searchsorted(keys, ((mid - lo) + rix * span).ravel(), side="right").reshape(r, k - 1) - rix * n
+    return np.concatenate([np.zeros((r, 1), np.int64), np.clip(b, 0, n), np.full((r, 1), n, np.int64)], axis=1)
+
+
+def _pin_zero(c: np.ndarray, keep_zero: np.ndarray) -> np.ndarray:
+    if not keep_zero.any():
+        return c
+    c = c.copy()
+    nearest = np.abs(c).argmin(axis=1)
+    rows = np.nonzero(keep_zero)[0]
+    c[rows, nearest[rows]] = 0.0
+    return np.sort(c, axis=1)
+
+
+def _init(s: np.ndarray, k: int, init: str, seed: int) -> np.ndarray:
+    """Initial centroids [R, k] ascending from the sorted rows ``s``."""
+    r, n = s.shape
+    if init == "linear":
+        return np.linspace(s[:, 0], s[:, -1], k, axis=1)
+    if init == "density":
+        pos = np.minimum(((np.arange(k) + 0.5) / k * n).astype(np.int64), n - 1)
+        return s[:, pos]
+    rng = np.random.default_rng(seed)
+    m = min(n, PLUS_SAMPLE)
+    sample = np.take_along_axis(s, np.sort(rng.integers(0, n, (r, m)), axis=1), 1) if m < n else s
+    rix = np.arange(r)
+    c = np.empty((r, k))
+    c[:, 0] = sample[rix, rng.integers(0, m, r)]
+    d2 = (sample - c[:, :1]) ** 2
+    for j in range(1, k):  # D² sampling: a value far from every chosen centroid is likely next
+        total = d2.sum(axis=1)
+        u = rng.random(r) * total
+        pick = np.minimum((np.cumsum(d2, axis=1) < u[:, None]).sum(axis=1), m - 1)
+        pick = np.where(total > 0, pick, rng.integers(0, m, r))
+        c[:, j] = sample[rix, pick]
+        d2 = np.minimum(d2, (sample - c[:, j : j + 1]) ** 2)
+    return np.sort(c, axis=1)
