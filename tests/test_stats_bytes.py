@@ -190,3 +190,24 @@ def test_encodings_answer_kernel_availability_from_the_registry():
     csr_conv = to_csr(np.ones((4, 4, 3, 3), np.float32))
     trial = try_kernel(conv, {1: csr_conv})
     assert trial.ok == Csr(nnz=144).has_kernel(conv, 1, csr_conv[0])
+
+
+def test_quantize_stores_int8_sparse_weights_dense_where_sparse_embeds_more(tmp_path):
+    # an 8x8 layer pruned to 90 % and forced sparse: as int8, the sparse kernel's layout (header,
+    # row blocks) is bigger than the dense int8 weight, so quant8 stores it dense (exactly: same
+    # per-row scales and values) and says so
+    w = np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)
+    w[np.abs(w) < 1.6] = 0
+    g = mcir.Graph("g")
+    x = g.add_input("x", mcir.tensor([1, 64]))
+    g.set_outputs([g.add("linear", [x, g.const("w", w), g.const("b", np.ones(8, np.float32))], result="y")])
+    sparse = mcir.run_passes(g, "prune(threshold=0,storage=sparse,skip=none)")
+    assert isinstance(sparse.value("w").type.encoding, Csr)
+    xs = np.random.default_rng(1).standard_normal((1, 64)).astype(np.float32)
+    q = mcir.run_passes(sparse, "quant8", calibration=[(xs,)])
+    wt = next(op for op in q.compute_ops() if op.name == "linear").operands[1].type
+    assert wt.encoding is not None and wt.encoding.name == "quant" and wt.dtype == dtypes.i8
+    assert any("int8 sparse weights stored dense: y" in note for note in q.meta["report"].warnings)
+    lib = mcir.compile(q, tmp_path / "q")
+    assert mcir.stats(q).weight_bytes == lib.weight_bytes
+    np.testing.assert_allclose(lib(xs)[0], mcir.interpret(q, xs)[0], atol=1e-5)

@@ -193,13 +193,22 @@ class _Unstructured:
             masks = _global_masks(arrays, self.opts.sparsity, self.opts.max_layer_sparsity)
         else:
             masks = {k: _layer_mask(a, self.opts.sparsity) for k, a in arrays.items()}
-        dense_kept = []
+        dense_kept, shared = [], []
         for k, (w, ops) in weights.items():
             pruned = np.where(masks[k], arrays[k], 0.0).astype(w.type.dtype.np)
             t, data, why = self._storage(pruned, w, ops)
+            if why and self.opts.storage == "auto" and len(w.users) != len(ops):
+                # a layer left alone keeps the original: a pruned dense copy would only add bytes
+                shared.append(_layer_name(ops[0]))
+                continue
             if why:
                 dense_kept.append(f"{_layer_name(ops[0])} ({why})")
             self._set_weight(w, ops, t, data)
+        if shared:
+            notes.append(
+                "left alone (the weight is shared with a skipped layer, and a pruned dense copy would add "
+                "bytes): " + ", ".join(shared)
+            )
         if dense_kept:
             notes.append(
                 "kept dense with zeros (fewer non-zeros, but no fewer bytes or MACs with a dense kernel): "
