@@ -28,6 +28,10 @@ Sparse weights (``#csr``/``#nm`` in f32, from ``prune``) stay sparse when the co
 (``mcir.passes.sparse_cost.prefer_sparse``) says the int8 sparse form pays: the same encoding
 in i8 with one scale per row, ``to_csr(w, i8)``; otherwise they become dense int8 (with zeros).
 
+``bits=4`` / ``bits=2`` and ``scheme=pow2`` are weight-only (``weight_only``): linear weights
+become ``#int4`` / ``#int2`` (per channel or per ``group``) or ``#pow2``, activations stay f32
+and no calibration is needed.
+
 Preserves: approximate; the pipeline report gives max |Δ| and SQNR against the float model.
 """
 
@@ -44,7 +48,7 @@ from mcir.errors import McirError
 from mcir.ir import Graph, Op, Value
 from mcir.pass_manager import Pass, PassContext, option
 from mcir.passes.calibration import affine_params, check_method, choose_range, observe
-from mcir.passes.layers import check_skip, is_skipped, weighted_layers
+from mcir.passes.layers import check_skip, is_skipped, select_layers, weighted_layers
 from mcir.patterns import RuleSet, apply_rules, constant_array
 from mcir.rewriter import Rewriter
 
@@ -65,9 +69,11 @@ class Quantize(Pass):
 
     name: ClassVar[str] = "quantize"
     preserves: ClassVar[str] = "approximate: max |delta| and SQNR vs the float model are reported"
-    bits: int = option(8, "weight/activation bits (8)")
+    bits: int = option(8, "weight bits: 8 (int8 layers), 4 or 2 (weight-only, float activations)")
     weights: Literal["per_channel", "per_tensor"] = option("per_channel", "weight scale granularity")
     activations: Literal["static"] = option("static", "activation scales: calibrated ahead of time")
+    scheme: Literal["linear", "pow2"] = option("linear", "linear: w ≈ s·q; pow2: w ≈ ±2^k (bits=2..4)")
+    group: int = option(0, "bits=4/2: elements per weight scale (32, 64, 128; 0: per output channel)")
     calibration: str = option("minmax", "range estimator: minmax, percentile(99.99) or entropy")
     skip: str = option("none", "layers kept in float: none, first, last, ends or a regex")
     attention: bool = option(False, "also quantise attention matmuls (matmul ops)")
@@ -75,8 +81,7 @@ class Quantize(Pass):
     samples: int = option(16, "random calibration batches used when no calibration data is given")
 
     def __post_init__(self) -> None:
-        if self.bits != 8:
-            raise McirError(f"bits={self.bits} is not supported: the int8 kernels need bits=8")
+        check_low_bits(self)
         check_method(self.calibration)
         check_skip(self.skip)
         if self.samples < 1:
@@ -87,6 +92,9 @@ class Quantize(Pass):
         from mcir.passes.quant_fusion import FUSION, remaining_conversions
 
         apply_rules(graph, NOOPS + RuleSet("fold.batch_norm", [FoldBatchNorm()]))
+        if self.bits < 8 or self.scheme == "pow2":
+            weight_only(graph, self, ctx)
+            return
         batches = ctx.get("calibration")
         if not batches:
             batches = random_batches(graph, self.samples)
@@ -138,6 +146,47 @@ def dense_where_sparse_int8_does_not_pay(graph: Graph, target: str = "native") -
         else:
             rw.set_operand(op, 1, rw.const(f"{w.name}.dense", dense[1], dense[0]))
     return [f"int8 sparse weights stored dense: {', '.join(kept)}"] if kept else []
+
+
+def check_low_bits(opts: Quantize) -> None:
+    """McirError for a bits / scheme / group combination no encoding stores."""
+    if opts.scheme not in ("linear", "pow2"):
+        raise McirError(f"quantize: scheme={opts.scheme!r} must be linear or pow2")
+    if opts.scheme == "pow2":
+        if opts.bits not in (2, 3, 4):
+            raise McirError(
+                f"quantize: scheme=pow2 stores a sign and exponent bits in 2..4 bits, not bits={opts.bits}; "
+                "use quantize(scheme=pow2, bits=4)"
+            )
+    elif opts.bits not in (8, 4, 2):
+        raise McirError(f"quantize: bits={opts.bits} is not supported: use 8 (int8 layers), 4 or 2 (weight-only)")
+    if opts.group not in (0, 32, 64, 128) or (opts.group and (opts.bits == 8 or opts.scheme == "pow2")):
+        raise McirError(
+            f"quantize: group={opts.group} must be 0, 32, 64 or 128, and applies to bits=4 or 2 linear weights only"
+        )
+
+
+def weight_only(graph: Graph, opts: Quantize, ctx: PassContext) -> None:
+    """bits=4/2 or scheme=pow2: compress the weights of linear layers, activations stay f32.
+
+    ``w ≈ s_g · q`` with q in [-7, 7] (``#int4``) or [-1, 1] (``#int2``), s_g = max|w_g| / qmax
+    per output channel or per group of ``group`` weights; or ``w ≈ ±2^(offset_c + e - E)``
+    (``#pow2``). No calibration: the table-lookup kernels take f32 activations.
+    """
+    from mcir.encodings import Int2, Int4, Pow2
+    from mcir.passes.cluster import store_weight
+
+    if opts.scheme == "pow2":
+        enc, dt = Pow2(bits=opts.bits), dtypes.f32
+    else:
+        enc, dt = (Int4 if opts.bits == 4 else Int2)(group=opts.group), dtypes.i8
+    done: dict[int, tuple[TensorType, dict]] = {}
+    for op in select_layers(graph, opts.skip):
+        w = op.operands[1]
+        if id(w) not in done:
+            t = TensorType(w.type.shape, dt, enc)
+            done[id(w)] = (t, t.encode(constant_array(w)))
+        store_weight(Rewriter(graph), op, *done[id(w)], ctx, "quantize")
 
 
 def check_batches(graph: Graph, batches) -> list[tuple[np.ndarray, ...]]:

@@ -22,7 +22,6 @@ from mcir.encodings import Codebook, Int2, Int4, Pow2
 from mcir.encodings.codebook import pack_indices
 from mcir.ir import Graph
 from mcir.types import TensorType, tensor
-
 from tests.codegen.helpers import build, check_native, randn
 
 

@@ -163,7 +163,7 @@ def _linear_lut(k: KernelContext) -> None:
         g = b.udiv(b.mul(c, i64(LANES)), i64(gsize))
         return tb.int_table(em.load(tb.tables_ptr, b.add(b.mul(row, i64(groups)), g), F32))
 
-    def rows_tile(m0: int, mt: int) -> None:
+    def rows_tile(m0: ir.Value, mt: int) -> None:
         full = kk // lay.block  # blocks whose activations are all inside K
         with em.loop(n, name="n") as row:
             table = row_table(row)
@@ -183,7 +183,7 @@ def _linear_lut(k: KernelContext) -> None:
                     wv = tb.lookup(tab, idx)
                     k0 = b.mul(c, i64(LANES))
                     for r in range(mt):
-                        xoff = b.add(i64((m0 + r) * kk), k0)
+                        xoff = b.add(b.mul(b.add(m0, i64(r)), i64(kk)), k0)
                         if tail:
                             live = kk - (kk // lay.block) * lay.block - p * LANES
                             if live <= 0:
@@ -205,10 +205,14 @@ def _linear_lut(k: KernelContext) -> None:
                 if bias is not None:
                     s = b.fadd(s, em.load(bias, row, F32))
                 s = k.apply_epilogue(s)
-                em.store(s, y, b.add(i64((m0 + r) * n), row))
+                em.store(s, y, b.add(b.mul(b.add(m0, i64(r)), i64(n)), row))
 
-    for m0 in range(0, m, MT):
-        rows_tile(m0, min(MT, m - m0))
+    full_tiles = m // MT
+    if full_tiles:
+        with em.loop(full_tiles * MT, name="m", step=MT) as m0:
+            rows_tile(m0, MT)
+    if m % MT:
+        rows_tile(i64(full_tiles * MT), m % MT)
 
 
 for _pattern in ("f32#codebook", "i8#int4", "i8#int2", "f32#pow2"):
