@@ -164,6 +164,8 @@ def _linear_lut(k: KernelContext) -> None:
         return tb.int_table(em.load(tb.tables_ptr, b.add(b.mul(row, i64(groups)), g), F32))
 
     def rows_tile(m0: ir.Value, mt: int) -> None:
+        # FMA latency (4 cycles) x 2 ports: about 8 independent chains keep the FMA units busy
+        na = {1: 8, 2: 4}.get(mt, 2)
         full = kk // lay.block  # blocks whose activations are all inside K
         with em.loop(n, name="n") as row:
             table = row_table(row)
@@ -191,17 +193,24 @@ def _linear_lut(k: KernelContext) -> None:
                             xv = em.masked_load(x, xoff, V16F, min(live, LANES))
                         else:
                             xv = em.load(x, xoff, V16F)
-                        a = 2 * r + (p % 2)  # two accumulators per row: two FMA chains
+                        a = r * na + p % na
                         accs[a] = em.fma(wv, xv, accs[a])
-                return accs
+                # rotate each row's accumulators: the next block's FMAs start fresh dependency chains
+                shift = lay.planes % na
+                return [
+                    v for r in range(mt) for v in (accs[r * na + shift : (r + 1) * na] + accs[r * na : r * na + shift])
+                ]
 
-            with em.loop_carried(full, [zero] * (2 * mt), name="blk") as lpc:
+            with em.loop_carried(full, [zero] * (na * mt), name="blk") as lpc:
                 lpc.next(block(lpc.index, lpc.values, False))
             accs = lpc.results
             if full * lay.block < kk:
                 accs = block(i64(full), accs, True)
             for r in range(mt):
-                s = em.hsum(b.fadd(accs[2 * r], accs[2 * r + 1], flags=REASSOC))
+                part = accs[r * na : (r + 1) * na]
+                while len(part) > 1:
+                    part = [b.fadd(part[i], part[i + 1], flags=REASSOC) for i in range(0, len(part), 2)]
+                s = em.hsum(part[0])
                 if bias is not None:
                     s = b.fadd(s, em.load(bias, row, F32))
                 s = k.apply_epilogue(s)
