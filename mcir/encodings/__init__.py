@@ -15,6 +15,7 @@ nm.py       ``#nm<n=..., m=...>``        n of every m values + u8 positions
 codebook.py ``#codebook<bits, scope>``   B-bit indices + f32 centroid tables (k-means)
 int4.py     ``#int4<group>``, ``#int2``  4/2-bit integers + f32 scale per row or group
 pow2.py     ``#pow2<bits=B>``            sign + exponent codes + i8 exponent offset per row
+dynamic.py  ``#dynamic<axis=0>``         u8 + f32 scale, i32 zero point per sample (run time)
 =========== ============================ ===================================================
 """
 
@@ -24,6 +25,7 @@ from mcir.encodings.base import ENCODINGS, Encoding, register_encoding
 from mcir.encodings.binary import Binary
 from mcir.encodings.codebook import Codebook
 from mcir.encodings.csr import Csr, to_csr
+from mcir.encodings.dynamic import Dynamic
 from mcir.encodings.int4 import Int2, Int4
 from mcir.encodings.nm import NM, to_nm
 from mcir.encodings.pow2 import Pow2
@@ -36,6 +38,7 @@ __all__ = [
     "Binary",
     "Codebook",
     "Csr",
+    "Dynamic",
     "Encoding",
     "Int2",
     "Int4",

@@ -89,14 +89,18 @@ class Cluster(Pass):
             store_weight(rw, op, *done[id(w)], ctx, "cluster")
 
 
-def store_weight(rw: Rewriter, op: Op, t: TensorType, stored: Any, ctx: PassContext, who: str) -> bool:
-    """Give ``op`` the compressed weight ``(t, stored)`` if a native kernel runs it and it embeds
-    fewer bytes than the weight it replaces; otherwise warn and keep the layer. True if stored."""
+def store_weight(
+    rw: Rewriter, op: Op, t: TensorType, stored: Any, ctx: PassContext, who: str, inputs: dict | None = None
+) -> bool:
+    """Give ``op`` the compressed weight ``(t, stored)`` if a native kernel runs it (with its other
+    operands retyped as in ``inputs``, index -> (type, None)) and it embeds fewer bytes than the
+    weight it replaces; otherwise warn and keep the layer. True if stored (``inputs`` are the
+    caller's to apply)."""
     from mcir.stats import try_kernel
 
     w = op.operands[1]
     where = f"{op.name} %{op.result.name}" + (f" ({op.loc.module})" if op.loc and op.loc.module else "")
-    before, after = try_kernel(op), try_kernel(op, {1: (t, stored)})
+    before, after = try_kernel(op), try_kernel(op, {**(inputs or {}), 1: (t, stored)})
     if not after.ok:
         ctx.warn(f"{who}: {where} stays {w.type}: no native kernel runs a {t.encoding} weight there")
         return False

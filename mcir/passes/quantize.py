@@ -44,6 +44,7 @@ import numpy as np
 
 from mcir import dtypes
 from mcir.encodings import NM, Csr, Quant, to_csr, to_nm
+from mcir.encodings.rows import quantize_rows
 from mcir.errors import McirError
 from mcir.ir import Graph, Op, Value
 from mcir.pass_manager import Pass, PassContext, option
@@ -71,7 +72,9 @@ class Quantize(Pass):
     preserves: ClassVar[str] = "approximate: max |delta| and SQNR vs the float model are reported"
     bits: int = option(8, "weight bits: 8 (int8 layers), 4 or 2 (weight-only, float activations)")
     weights: Literal["per_channel", "per_tensor"] = option("per_channel", "weight scale granularity")
-    activations: Literal["static"] = option("static", "activation scales: calibrated ahead of time")
+    activations: Literal["static", "dynamic"] = option(
+        "static", "static: u8 scales calibrated ahead of time; dynamic: per sample at run time (linear, f32 out)"
+    )
     scheme: Literal["linear", "pow2"] = option("linear", "linear: w ≈ s·q; pow2: w ≈ ±2^k (bits=2..4)")
     group: int = option(0, "bits=4/2: elements per weight scale (32, 64, 128; 0: per output channel)")
     calibration: str = option("minmax", "range estimator: minmax, percentile(99.99) or entropy")
@@ -92,6 +95,9 @@ class Quantize(Pass):
         from mcir.passes.quant_fusion import FUSION, remaining_conversions
 
         apply_rules(graph, NOOPS + RuleSet("fold.batch_norm", [FoldBatchNorm()]))
+        if self.activations == "dynamic":
+            dynamic(graph, self, ctx)
+            return
         if self.bits < 8 or self.scheme == "pow2":
             weight_only(graph, self, ctx)
             return
@@ -160,6 +166,10 @@ def check_low_bits(opts: Quantize) -> None:
             )
     elif opts.bits not in (8, 4, 2):
         raise McirError(f"quantize: bits={opts.bits} is not supported: use 8 (int8 layers), 4 or 2 (weight-only)")
+    if opts.activations not in ("static", "dynamic"):
+        raise McirError(f"quantize: activations={opts.activations!r} must be static or dynamic")
+    if opts.activations == "dynamic" and (opts.bits not in (8, 4) or opts.scheme != "linear"):
+        raise McirError("quantize: activations=dynamic takes int8 (bits=8) or int4 (bits=4) linear weights")
     if opts.group not in (0, 32, 64, 128) or (opts.group and (opts.bits == 8 or opts.scheme == "pow2")):
         raise McirError(
             f"quantize: group={opts.group} must be 0, 32, 64 or 128, and applies to bits=4 or 2 linear weights only"
@@ -187,6 +197,41 @@ def weight_only(graph: Graph, opts: Quantize, ctx: PassContext) -> None:
             t = TensorType(w.type.shape, dt, enc)
             done[id(w)] = (t, t.encode(constant_array(w)))
         store_weight(Rewriter(graph), op, *done[id(w)], ctx, "quantize")
+
+
+def dynamic(graph: Graph, opts: Quantize, ctx: PassContext) -> None:
+    """activations=dynamic: int8 (or int4) weights, u8 activations quantised per sample at run time.
+
+    Each linear layer's input gets ``quantize(x) : u8 #dynamic<axis=0>`` (scale and zero point
+    computed by the kernel every call, no calibration) and its weight becomes symmetric int8 per
+    output channel (``#quant<axis=0>``) or ``#int4``; the result and the bias stay f32.
+    """
+    from mcir.encodings import Dynamic, Int4
+    from mcir.passes.cluster import store_weight
+
+    rw = Rewriter(graph)
+    inputs: dict[int, Value] = {}
+    for op in select_layers(graph, opts.skip):
+        x, w = op.operands[0], op.operands[1]
+        if op.name != "linear" or x.type.encoding is not None or not x.type.dtype.is_float:
+            continue
+        if opts.bits == 4:
+            t = TensorType(w.type.shape, dtypes.i8, Int4(group=opts.group))
+            stored = t.encode(constant_array(w))
+        else:
+            q, scale = quantize_rows(constant_array(w).astype(np.float64).reshape(w.type.shape[0], -1))
+            t = TensorType(w.type.shape, dtypes.i8, Quant(axis=0))
+            stored = {"data": q.reshape(w.type.shape), "scale": scale}
+        xt = TensorType(x.type.shape, dtypes.u8, Dynamic(axis=0))
+        if store_weight(rw, op, t, stored, ctx, "quantize", inputs={0: (xt, None)}):
+            if id(x) not in inputs:
+                anchor = x.producer
+                if anchor is None or anchor.name == "const":
+                    first = next(o for o in graph.ops if o.name != "const")
+                    inputs[id(x)] = rw.insert_before(first, "quantize", [x], type=xt, result=f"{x.name}.dq")
+                else:
+                    inputs[id(x)] = rw.insert_after(anchor, "quantize", [x], type=xt, result=f"{x.name}.dq")
+            rw.set_operand(op, 0, inputs[id(x)])
 
 
 def check_batches(graph: Graph, batches) -> list[tuple[np.ndarray, ...]]:
