@@ -260,26 +260,37 @@ def _linear_dynamic(k: KernelContext) -> None:
             g = lg.index
             steps = geo.gp // (8 if geo.int4 else 4)
             chunk0 = b.add(b.mul(p, i64(kp // (8 if geo.int4 else 4))), b.mul(g, i64(steps)))
-            with em.loop_carried(steps, [const(V16I, 0)] * mt, name="t") as lt:
+            # vpdpbusd has a latency of ~5 cycles: na independent sums per row, rotated every step
+            na = {1: 4, 2: 2}.get(mt, 1)
+            parts = 2 if geo.int4 else 1
+            with em.loop_carried(steps, [const(V16I, 0)] * (mt * na), name="t") as lt:
                 wv = em.load(w, b.mul(b.add(chunk0, lt.index), i64(64)), V64B)
                 k0 = b.add(b.mul(g, i64(geo.gp)), b.mul(lt.index, i64(8 if geo.int4 else 4)))
                 accs = list(lt.values)
-                if geo.int4:
-                    lo_n = b.and_(wv, const(V64B, 15))
-                    hi_n = b.lshr(wv, const(V64B, 4))
-                    for r in range(mt):
-                        accs[r] = _dot(em, vnni, accs[r], bcast(rows[r], k0), lo_n)
-                        accs[r] = _dot(em, vnni, accs[r], bcast(rows[r], b.add(k0, i64(4))), hi_n)
+                if geo.int4:  # low nibbles: K group 2t, high nibbles: 2t + 1
+                    halves = [b.and_(wv, const(V64B, 15)), b.lshr(wv, const(V64B, 4))]
                 else:
-                    for r in range(mt):
-                        accs[r] = _dot(em, vnni, accs[r], bcast(rows[r], k0), wv)
-                lt.next(accs)
+                    halves = [wv]
+                for r in range(mt):
+                    for h, wh in enumerate(halves):
+                        a = r * na + h % na
+                        accs[a] = _dot(em, vnni, accs[a], bcast(rows[r], b.add(k0, i64(4 * h))), wh)
+                shift = parts % na
+                lt.next(
+                    [v for r in range(mt) for v in accs[r * na + shift : (r + 1) * na] + accs[r * na : r * na + shift]]
+                )
+            sums = []
+            for r in range(mt):
+                part = lt.results[r * na : (r + 1) * na]
+                while len(part) > 1:
+                    part = [b.add(part[i], part[i + 1]) for i in range(0, len(part), 2)]
+                sums.append(part[0])
             gi = b.mul(b.add(b.mul(p, i64(geo.groups)), g), i64(LANES))
             ws = em.load(wsum_ptr, gi, V16I)
             sc = em.load(wscale_ptr, gi, V16F)
             out = []
             for r in range(mt):
-                c = b.sub(lt.results[r], b.mul(zp[r], ws))
+                c = b.sub(sums[r], b.mul(zp[r], ws))
                 if geo.int4:  # the +8 offset of the stored nibbles
                     sx = em.load(xsum, b.add(b.mul(rows[r], i64(geo.groups)), g), I32)
                     c = b.sub(c, em.splat(b.mul(sx, const(I32, 8)), LANES))
