@@ -11,7 +11,8 @@ little-endian bit stream (two per byte for int4, see ``codebook.pack_indices``),
 
 Facts: B bits per weight + 4 bytes per group; the weight-only kernel (``kernels/lut.py``)
 decodes through a 16-entry table ``scale·[0..7, -8..-1]`` rebuilt per group in registers,
-so a MAC is an "f32" MAC.
+so a MAC is an "f32" MAC; against ``u8 #dynamic`` activations (``kernels/dynamic_i8.py``)
+it is an "int8" MAC (``vpdpbusd`` on the unpacked nibbles).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class _LowInt(Encoding):
 
     bits: ClassVar[int]
     needs_components: ClassVar[bool] = True
+    #: integer weights: "int8" MACs against u8 activations (W4A8), f32 MACs against float ones (``stats.mac_kind``)
+    mac_kind: ClassVar[str] = "int8"
     group: int
 
     @property

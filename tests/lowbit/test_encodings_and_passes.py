@@ -124,3 +124,12 @@ def test_a_layer_that_would_grow_stays_float():
     # 1 KiB of centroids per row: more than a 48-wide f32 row (192 bytes) and a 64-wide one
     assert "#codebook" not in str(out)
     assert any("more bytes" in w for w in out.meta["report"].warnings)
+
+
+def test_stats_count_macs_by_how_the_kernel_does_them():
+    model, x = small_model()
+    g = mcir.trace(model, (x,))
+    macs = 2 * (64 * 48 + 48 * 4)
+    assert mcir.stats(mcir.run_passes(g, "quantize(bits=4)")).macs_by_kind["f32"] == macs  # lookup + f32 FMA
+    assert mcir.stats(mcir.run_passes(g, "cluster(bits=4)")).macs_by_kind["f32"] == macs
+    assert mcir.stats(mcir.run_passes(g, "quantize(activations=dynamic,bits=4)")).macs_by_kind["int8"] == macs
