@@ -107,3 +107,11 @@ def test_without_avx512_the_gather_path_matches(tmp_path, target):
     for enc in (Codebook(4, "channel"), Codebook(6, "layer"), Int4(32), Pow2(4)):
         g = linear_graph(rng, 2, 9, 70, enc, bias=True, relu=False)
         check_native(g, tmp_path, randn(rng, 2, 70), target=target)
+
+
+def test_groups_end_inside_the_last_block(tmp_path):
+    # K = 150 with 2-bit codes: the last 64-weight block reaches k = 191, past the last group of 32
+    rng = np.random.default_rng(4)
+    for enc in (Int2(32), Int4(16)):
+        g = linear_graph(rng, 1, 7, 150, enc, bias=False, relu=False)
+        check_native(g, tmp_path, randn(rng, 1, 150))

@@ -177,6 +177,9 @@ def _linear_lut(k: KernelContext) -> None:
                 wide = b.zext(raw, V16I)
                 accs = list(accs)
                 for p in range(lay.planes):
+                    live = kk - full * lay.block - p * LANES if tail else LANES
+                    if live <= 0:
+                        continue  # a plane of padding: no table (its group may not exist), no FMA
                     idx = wide if p == 0 else b.lshr(wide, const(V16I, p * lay.lib_bits))
                     if p < lay.planes - 1 and not (tb.avx512 and lay.lib_bits == 4 and p == 0):
                         idx = b.and_(idx, mask)  # vpermps ignores the bits above 4 by itself
@@ -186,11 +189,8 @@ def _linear_lut(k: KernelContext) -> None:
                     k0 = b.mul(c, i64(LANES))
                     for r in range(mt):
                         xoff = b.add(b.mul(b.add(m0, i64(r)), i64(kk)), k0)
-                        if tail:
-                            live = kk - (kk // lay.block) * lay.block - p * LANES
-                            if live <= 0:
-                                continue
-                            xv = em.masked_load(x, xoff, V16F, min(live, LANES))
+                        if live < LANES:
+                            xv = em.masked_load(x, xoff, V16F, live)
                         else:
                             xv = em.load(x, xoff, V16F)
                         a = r * na + p % na
