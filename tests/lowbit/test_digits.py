@@ -54,7 +54,10 @@ def test_digits_accuracy_and_bytes(tmp_path, fp32, pipeline, max_drop, max_bytes
     lib = build(q, tmp_path)
     native = lib(x)[0]
     ref = mcir.interpret(q, x)[0]
-    assert np.abs(native - ref).max() <= 1e-5 * np.abs(ref).max()
+    # weights-only pipelines: the f32 contract; dynamic ones re-quantise every layer's input, where a
+    # last-bit difference of the previous layer can move a u8 code by one: 1e-3, as for quant8 models
+    rtol = 1e-3 if "dynamic" in pipeline else 1e-5
+    assert np.abs(native - ref).max() <= rtol * np.abs(ref).max()
     acc = accuracy(native)
     ratio = lib.weight_bytes / fp32_param_bytes(trained_mlp())
     assert lib.weight_bytes == mcir.stats(q).weight_bytes
