@@ -17,6 +17,11 @@ choice Deep Compression found best: large weights keep a centroid), ``density`` 
 the quantiles of the weights, ``kmeans++`` draws them D²-weighted from a seeded sample.
 Weights that are exactly zero (a pruned layer) keep a centroid pinned at 0, so they stay 0.
 
+``activations=dynamic`` (bits <= 4, scope=layer) rounds the centroids to an int8 grid
+``s·q`` and quantises the layer's input per sample at run time (``u8 #dynamic``, as
+``quantize(activations=dynamic)``): the kernel looks the 16 int8 centroids up with one
+``vpermb`` per 64 weights and multiplies with ``vpdpbusd`` (``kernels/dynamic_i8.py``).
+
 One-dimensional k-means on sorted values is cheap: the clusters are contiguous runs, so an
 iteration is a ``searchsorted`` of the k-1 midpoints and differences of a cumulative sum,
 O(k log n) after one sort (a 4096 x 4096 layer clusters in about a second). Rows are
@@ -62,6 +67,9 @@ class Cluster(Pass):
     iters: int = option(30, "maximum Lloyd iterations")
     seed: int = option(0, "seed of kmeans++ sampling")
     skip: str = option("none", "layers kept in float: none, first, last, ends or a regex")
+    activations: Literal["float", "dynamic"] = option(
+        "float", "dynamic: centroids on an int8 grid, u8 inputs quantised per sample, vpermb + VNNI kernel"
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 1 <= self.bits <= 8:
@@ -73,9 +81,14 @@ class Cluster(Pass):
         if self.iters < 1:
             raise McirError(f"cluster: iters={self.iters} must be at least 1")
         check_skip(self.skip)
+        if self.activations not in ("float", "dynamic"):
+            raise McirError(f"cluster: activations={self.activations!r} must be float or dynamic")
+        if self.activations == "dynamic" and (self.bits > 4 or self.scope != "layer"):
+            raise McirError("cluster: activations=dynamic needs one table of <= 16 centroids: bits<=4, scope=layer")
 
     def apply(self, graph: Graph, ctx: PassContext) -> None:
         rw = Rewriter(graph)
+        inputs: dict[int, Any] = {}  # float input -> its dynamic u8 version
         done: dict[int, tuple[TensorType, Any]] = {}  # a weight shared by several layers is clustered once
         for op in select_layers(graph, self.skip):
             w = op.operands[1]
@@ -84,9 +97,32 @@ class Cluster(Pass):
                 n = a.shape[0]
                 rows = a.reshape(1, -1) if self.scope == "layer" else a.reshape(n, -1)
                 centroids, idx = kmeans(rows, 2**self.bits, self.init, self.iters, self.seed)
+                if self.activations == "dynamic":
+                    centroids = int8_grid(centroids)
                 t = TensorType(w.type.shape, dtypes.f32, Codebook(bits=self.bits, scope=self.scope))
                 done[id(w)] = (t, {"indices": pack_indices(idx.reshape(n, -1), self.bits), "centroids": centroids})
-            store_weight(rw, op, *done[id(w)], ctx, "cluster")
+            if self.activations == "float":
+                store_weight(rw, op, *done[id(w)], ctx, "cluster")
+                continue
+            from mcir.encodings import Dynamic
+            from mcir.passes.quantize import dynamic_input
+
+            x = op.operands[0]
+            if op.name != "linear" or x.type.encoding is not None or not x.type.dtype.is_float:
+                ctx.warn(
+                    f"cluster: %{op.result.name} stays {w.type}: activations=dynamic applies to float linear inputs"
+                )
+                continue
+            xt = TensorType(x.type.shape, dtypes.u8, Dynamic(axis=0))
+            if store_weight(rw, op, *done[id(w)], ctx, "cluster", inputs={0: (xt, None)}):
+                rw.set_operand(op, 0, dynamic_input(rw, graph, x, inputs))
+
+
+def int8_grid(centroids: np.ndarray) -> np.ndarray:
+    """Centroids rounded to ``s·q`` with q integer, |q| <= 127, s = max|c| / 127 per table (f32)."""
+    amax = np.abs(centroids).max(axis=1, keepdims=True).astype(np.float32)
+    s = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
+    return (s * np.rint(centroids / s)).astype(np.float32)
 
 
 def store_weight(

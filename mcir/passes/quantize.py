@@ -224,14 +224,22 @@ def dynamic(graph: Graph, opts: Quantize, ctx: PassContext) -> None:
             stored = {"data": q.reshape(w.type.shape), "scale": scale}
         xt = TensorType(x.type.shape, dtypes.u8, Dynamic(axis=0))
         if store_weight(rw, op, t, stored, ctx, "quantize", inputs={0: (xt, None)}):
-            if id(x) not in inputs:
-                anchor = x.producer
-                if anchor is None or anchor.name == "const":
-                    first = next(o for o in graph.ops if o.name != "const")
-                    inputs[id(x)] = rw.insert_before(first, "quantize", [x], type=xt, result=f"{x.name}.dq")
-                else:
-                    inputs[id(x)] = rw.insert_after(anchor, "quantize", [x], type=xt, result=f"{x.name}.dq")
-            rw.set_operand(op, 0, inputs[id(x)])
+            rw.set_operand(op, 0, dynamic_input(rw, graph, x, inputs))
+
+
+def dynamic_input(rw: Rewriter, graph: Graph, x: Value, memo: dict[int, Value]) -> Value:
+    """``quantize(x) : u8 #dynamic<axis=0>``, one per value (``memo``: id(x) -> it), right after x is made."""
+    from mcir.encodings import Dynamic
+
+    if id(x) not in memo:
+        xt = TensorType(x.type.shape, dtypes.u8, Dynamic(axis=0))
+        anchor = x.producer
+        if anchor is None or anchor.name == "const":
+            first = next(o for o in graph.ops if o.name != "const")
+            memo[id(x)] = rw.insert_before(first, "quantize", [x], type=xt, result=f"{x.name}.dq")
+        else:
+            memo[id(x)] = rw.insert_after(anchor, "quantize", [x], type=xt, result=f"{x.name}.dq")
+    return memo[id(x)]
 
 
 def check_batches(graph: Graph, batches) -> list[tuple[np.ndarray, ...]]:

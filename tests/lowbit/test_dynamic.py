@@ -30,6 +30,14 @@ def dynamic_graph(rng, m: int, n: int, k: int, weights: str, bias: bool, relu: b
     if weights == "int8":
         q, scale = quantize_rows(w.astype(np.float64))
         wv = g.const("w", {"data": q, "scale": scale}, TensorType((n, k), dtypes.i8, Quant(axis=0)))
+    elif weights == "codebook":  # 16 centroids on an int8 grid (cluster(activations=dynamic))
+        from mcir.encodings import Codebook
+        from mcir.encodings.codebook import pack_indices
+        from mcir.passes.cluster import int8_grid, kmeans
+
+        c, idx = kmeans(w.reshape(1, -1), 16)
+        t = TensorType((n, k), dtypes.f32, Codebook(4, "layer"))
+        wv = g.const("w", {"indices": pack_indices(idx.reshape(n, k), 4), "centroids": int8_grid(c)}, t)
     else:
         group = int(weights.split(":")[1])
         t = TensorType((n, k), dtypes.i8, Int4(group))
@@ -48,11 +56,15 @@ def test_encode_matches_the_kernels_formula():
     np.testing.assert_allclose(t.decode(s), x, atol=float(s["scale"].max()) / 2)
 
 
-@pytest.mark.parametrize("weights", ["int8", "int4:0", "int4:32", "int4:128"])
+@pytest.mark.parametrize("weights", ["int8", "int4:0", "int4:32", "int4:128", "codebook"])
 @pytest.mark.parametrize(
     "target", runnable_targets()[:2] + (["x86-64-v3"] if "x86-64-v3" in runnable_targets() else [])
 )
 def test_linear_matches_the_interpreter(tmp_path, weights, target):
+    if weights == "codebook" and target != "native":
+        with pytest.raises(mcir.McirError, match="VBMI"):  # the x86-64 levels have no vpermb
+            build(dynamic_graph(np.random.default_rng(0), 1, 3, 8, weights, bias=False), tmp_path, target=target)
+        return
     rng = np.random.default_rng(0)
     g = dynamic_graph(rng, 5, 37, 300, weights, bias=True, relu=True)
     check_native(g, tmp_path, randn(rng, 5, 300), target=target)
@@ -63,7 +75,7 @@ def test_linear_matches_the_interpreter(tmp_path, weights, target):
     m=st.sampled_from([1, 3, 4, 9]),
     n=st.integers(1, 40),
     k=st.sampled_from([1, 3, 4, 17, 64, 100, 129]),
-    weights=st.sampled_from(["int8", "int4:0", "int4:32"]),
+    weights=st.sampled_from(["int8", "int4:0", "int4:32", "codebook"]),
     bias=st.booleans(),
 )
 def test_shapes(tmp_path_factory, m, n, k, weights, bias):
@@ -93,3 +105,19 @@ def test_the_pass_inserts_one_quantize_per_input(tmp_path):
     out = build(q, tmp_path)(x.numpy())[0]
     np.testing.assert_allclose(out, model(x).detach().numpy(), atol=0.05)
     assert mcir.stats(q).weight_bytes == build(q, tmp_path).weight_bytes
+
+
+def test_cluster_with_dynamic_activations(tmp_path):
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 40), torch.nn.ReLU(), torch.nn.Linear(40, 5)).eval()
+    x = torch.randn(3, 64)
+    q = mcir.run_passes(mcir.trace(model, (x,)), "cluster(bits=4,activations=dynamic)")
+    assert str(q).count("#dynamic<axis=0>") == 2 and str(q).count("#codebook") == 2
+    lib = build(q, tmp_path)
+    ref = mcir.interpret(q, x.numpy())[0]
+    assert np.abs(lib(x.numpy())[0] - ref).max() <= 1e-3 * np.abs(ref).max()  # a quantised model's tolerance
+    assert lib.weight_bytes == mcir.stats(q).weight_bytes
+    with pytest.raises(mcir.McirError, match="bits<=4"):
+        mcir.run_passes(mcir.trace(model, (x,)), "cluster(bits=5,activations=dynamic)")

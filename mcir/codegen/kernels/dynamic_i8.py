@@ -31,7 +31,7 @@ from mcir.codegen.emit import F32, I8, I32, Emitter, const, i64
 from mcir.codegen.kernels import KernelContext, kernel
 from mcir.codegen.memory_plan import align_up
 from mcir.codegen.target import Target
-from mcir.encodings import Dynamic, Int4, Quant
+from mcir.encodings import Codebook, Dynamic, Int4, Quant
 from mcir.errors import CodegenError
 from mcir.ir import Op
 from mcir.types import TensorType
@@ -117,24 +117,26 @@ class _Geometry:
     def __init__(self, w: TensorType) -> None:
         self.n = w.shape[0]
         self.k = int(np.prod(w.shape[1:]))
-        self.int4 = isinstance(w.encoding, Int4)
+        self.int4 = isinstance(w.encoding, Int4)  # nibbles stored as q + 8
+        self.lut = isinstance(w.encoding, Codebook)  # nibbles are indices into an s8 table (vpermb)
+        self.nibbles = self.int4 or self.lut
         if self.int4:
             g = w.encoding.group_size(w)
             self.groups = -(-self.k // g)
             self.gp = g if w.encoding.group else -(-self.k // 8) * 8
         else:
             self.groups = 1
-            self.gp = -(-self.k // 4) * 4
+            self.gp = -(-self.k // (8 if self.lut else 4)) * (8 if self.lut else 4)
         self.kp = self.groups * self.gp
         self.panels = -(-self.n // LANES)
 
     @property
     def code_bytes(self) -> int:
-        return self.panels * self.kp * LANES // (2 if self.int4 else 1)
+        return self.panels * self.kp * LANES // (2 if self.nibbles else 1)
 
     @property
     def blob_bytes(self) -> int:
-        return self.code_bytes + 2 * 4 * self.panels * self.groups * LANES
+        return self.code_bytes + 2 * 4 * self.panels * self.groups * LANES + (64 if self.lut else 0)
 
 
 def _weights(t: TensorType, stored) -> tuple[np.ndarray, np.ndarray]:
@@ -154,10 +156,40 @@ def _weights(t: TensorType, stored) -> tuple[np.ndarray, np.ndarray]:
     return q, np.full((n, 1), enc.scale, np.float32)
 
 
+def int8_codebook(t: TensorType, stored) -> tuple[np.ndarray, float]:
+    """A ``#codebook`` whose centroids lie on an int8 grid ``s·q`` (``cluster(activations=dynamic)``):
+    (q int64[2^B], s). CodegenError otherwise: the VNNI kernel multiplies the integers q."""
+    enc: Codebook = t.encoding
+    if enc.scope != "layer" or enc.bits > 4:
+        raise CodegenError(
+            f"dynamic int8 linear reads #codebook weights with one table of <= 16 entries (scope=layer, bits<=4), "
+            f"not {enc}"
+        )
+    c = np.asarray(stored["centroids"], np.float64)[0]
+    amax = float(np.abs(c).max())
+    s = np.float32(amax / 127 if amax > 0 else 1.0)
+    q = np.rint(c / s)
+    if np.abs(c / s - q).max() > 1e-3 or np.abs(q).max() > 127:
+        raise CodegenError(
+            f"{t}: its centroids are not multiples of one scale (cluster with activations=dynamic puts them on an "
+            "int8 grid); run the float-activation kernel instead"
+        )
+    return q.astype(np.int64), float(s)
+
+
 def pack_dynamic(t: TensorType, stored) -> np.ndarray:
     """The blob the dynamic linear kernel streams (see the module docstring)."""
     geo = _Geometry(t)
-    q, scale = _weights(t, stored)
+    table = None
+    if geo.lut:
+        qtab, s = int8_codebook(t, stored)
+        idx = t.encoding.indices(t, stored).astype(np.int64)
+        q, scale = qtab[idx], np.full((geo.n, 1), s, np.float32)
+        codes_of = np.zeros((geo.panels * LANES, geo.kp), np.int64)
+        codes_of[: geo.n, : geo.k] = idx
+        table = np.tile(np.pad(qtab, (0, 16 - qtab.size)), 4).astype(np.int8).view(np.uint8)
+    else:
+        q, scale = _weights(t, stored)
     npad = geo.panels * LANES
     qp = np.zeros((npad, geo.kp), np.int64)
     gsize = t.encoding.group_size(t) if geo.int4 and t.encoding.group else geo.k
@@ -168,7 +200,11 @@ def pack_dynamic(t: TensorType, stored) -> np.ndarray:
     sc = np.zeros((npad, geo.groups), np.float32)
     sc[: geo.n] = scale
     tiles = qp.reshape(geo.panels, LANES, geo.kp // 4, 4).transpose(0, 2, 1, 3)  # [P][K/4][16][4]
-    if geo.int4:
+    if geo.lut:  # the nibbles are the indices
+        ti = codes_of.reshape(geo.panels, LANES, geo.kp // 4, 4).transpose(0, 2, 1, 3)
+        nib = ti.reshape(geo.panels, geo.kp // 8, 2, LANES, 4)
+        codes = (nib[:, :, 0] | (nib[:, :, 1] << 4)).astype(np.uint8)
+    elif geo.int4:
         nib = (tiles + 8).reshape(geo.panels, geo.kp // 8, 2, LANES, 4)
         codes = (nib[:, :, 0] | (nib[:, :, 1] << 4)).astype(np.uint8)
     else:
@@ -177,7 +213,7 @@ def pack_dynamic(t: TensorType, stored) -> np.ndarray:
         codes.reshape(-1),
         wsum.reshape(geo.panels, LANES, geo.groups).transpose(0, 2, 1).astype(np.int32).reshape(-1).view(np.uint8),
         sc.reshape(geo.panels, LANES, geo.groups).transpose(0, 2, 1).reshape(-1).view(np.uint8),
-    ]
+    ] + ([table] if table is not None else [])
     blob = np.concatenate(parts)
     if blob.size != geo.blob_bytes:
         raise CodegenError(f"internal error: dynamic blob of {t} has {blob.size} bytes, expected {geo.blob_bytes}")
@@ -187,7 +223,10 @@ def pack_dynamic(t: TensorType, stored) -> np.ndarray:
 def _pack(op: Op, index: int, data, target: Target):
     if index != 1:
         return None
-    return "dyn16", pack_dynamic(op.operands[1].type, data)
+    t = op.operands[1].type
+    if isinstance(t.encoding, Codebook) and not target.has("avx512vbmi"):
+        raise CodegenError(f"{op.where()}: a #codebook weight with dynamic u8 activations needs AVX-512 VBMI (vpermb)")
+    return "dyn16", pack_dynamic(t, data)
 
 
 def _rows(op: Op) -> tuple[int, int]:
@@ -234,6 +273,14 @@ def _linear_dynamic(k: KernelContext) -> None:
     xsum = em.byte_offset(xs, align_up(m * kp))
     wsum_ptr = em.byte_offset(w, geo.code_bytes)
     wscale_ptr = em.byte_offset(w, geo.code_bytes + 4 * geo.panels * geo.groups * LANES)
+    permb = table = None
+    if geo.lut:
+        if not k.target.has("avx512vbmi"):
+            raise CodegenError(
+                f"{k.op.where()}: a #codebook weight with dynamic u8 activations needs AVX-512 VBMI (vpermb)"
+            )
+        permb = em.intrinsic("llvm.x86.avx512.permvar.qi.512", [], V64B, [V64B, V64B])
+        table = em.load(em.byte_offset(w, geo.blob_bytes - 64), 0, V64B)
 
     # activations into scratch: rows padded with zeros to Kp (groups at g·Gp), and Σ q_x per group
     gsize = wt.encoding.group_size(wt) if geo.int4 and wt.encoding.group else geo.k
@@ -258,17 +305,19 @@ def _linear_dynamic(k: KernelContext) -> None:
         zp = [em.splat(em.load(xs_zp, s, I32), LANES) for s in sl]
         with em.loop_carried(geo.groups, [const(V16F, 0.0)] * mt, name="g") as lg:
             g = lg.index
-            steps = geo.gp // (8 if geo.int4 else 4)
-            chunk0 = b.add(b.mul(p, i64(kp // (8 if geo.int4 else 4))), b.mul(g, i64(steps)))
+            steps = geo.gp // (8 if geo.nibbles else 4)
+            chunk0 = b.add(b.mul(p, i64(kp // (8 if geo.nibbles else 4))), b.mul(g, i64(steps)))
             # vpdpbusd has a latency of ~5 cycles: na independent sums per row, rotated every step
             na = {1: 4, 2: 2}.get(mt, 1)
-            parts = 2 if geo.int4 else 1
+            parts = 2 if geo.nibbles else 1
             with em.loop_carried(steps, [const(V16I, 0)] * (mt * na), name="t") as lt:
                 wv = em.load(w, b.mul(b.add(chunk0, lt.index), i64(64)), V64B)
-                k0 = b.add(b.mul(g, i64(geo.gp)), b.mul(lt.index, i64(8 if geo.int4 else 4)))
+                k0 = b.add(b.mul(g, i64(geo.gp)), b.mul(lt.index, i64(8 if geo.nibbles else 4)))
                 accs = list(lt.values)
-                if geo.int4:  # low nibbles: K group 2t, high nibbles: 2t + 1
+                if geo.nibbles:  # low nibbles: K group 2t, high nibbles: 2t + 1
                     halves = [b.and_(wv, const(V64B, 15)), b.lshr(wv, const(V64B, 4))]
+                    if geo.lut:  # 64 table lookups in one vpermb
+                        halves = [b.call(permb, [table, h]) for h in halves]
                 else:
                     halves = [wv]
                 for r in range(mt):
@@ -329,5 +378,5 @@ def _store_panel(em: Emitter, k: KernelContext, v, bias, y, off, n0, last, live:
             em.store(k.apply_epilogue(u), y, off)
 
 
-for _w in ("i8#quant", "i8#int4"):
+for _w in ("i8#quant", "i8#int4", "f32#codebook"):
     kernel("linear", ("u8#dynamic", _w, "f32"), pack=_pack, scratch=_scratch, epilogue=True)(_linear_dynamic)
