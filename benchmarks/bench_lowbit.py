@@ -53,6 +53,7 @@ DIGITS = [
     ("cluster(bits=4, kmeans++)", "cluster(bits=4,init='kmeans++')"),
     ("cluster(bits=4, scope=channel)", "cluster(bits=4,scope=channel)"),
     ("cluster(bits=3)", "cluster(bits=3)"),
+    ("cluster(bits=4, activations=dynamic)", "cluster(bits=4,activations=dynamic)"),
     ("quantize(bits=4)", "quantize(bits=4)"),
     ("quantize(bits=4, group=64)", "quantize(bits=4,group=64)"),
     ("quantize(bits=2, group=32)", "quantize(bits=2,group=32)"),
@@ -70,6 +71,7 @@ LINEAR = [
     ("mcir W4A8 dynamic (int4, group=128)", "quantize(activations=dynamic,bits=4,group=128)"),
     ("mcir int4 weight-only (f32 act)", "quantize(bits=4)"),
     ("mcir codebook 4-bit (f32 act)", "cluster(bits=4)"),
+    ("mcir codebook 4-bit, dynamic u8 act", "cluster(bits=4,activations=dynamic)"),
     ("mcir pow2 4-bit (f32 act)", "quantize(scheme=pow2,bits=4)"),
 ]
 

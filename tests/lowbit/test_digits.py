@@ -33,6 +33,7 @@ CASES = [
     ("quantize(scheme=pow2,bits=4)", 0.02, 0.16),
     ("quantize(activations=dynamic)", 0.005, 0.28),  # int8: 1/4 of the bytes; the bar is accuracy only
     ("quantize(activations=dynamic,bits=4)", 0.015, 0.16),  # W4A8
+    ("cluster(bits=4,activations=dynamic)", 0.01, 0.16),  # int8-grid centroids, vpermb + VNNI
 ]
 
 
