@@ -20,9 +20,8 @@ from mcir.encodings import ENCODINGS
 from mcir.errors import McirError, ParseError
 from mcir.ir import Graph, Location, Op
 from mcir.ops import registry
-
-# what the user would type, for "expected ..." messages
 from mcir.types import TensorType
+from mcir.verifier import verify as verify_graph
 
 # what the user would type, for "expected ..." messages
 _TERMINAL_TEXT = {
@@ -106,9 +105,7 @@ def parse(text: str, *, source: str | None = None, verify: bool = True) -> Graph
         ) from None
     graph = _Builder(source).build(tree.children[0])
     if verify:
-        from mcir.verifier import verify as _verify
-
-        _verify(graph)
+        verify_graph(graph)
     return graph
 
 

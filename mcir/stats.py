@@ -24,11 +24,12 @@ run or that is bigger than what it replaces.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mcir.errors import McirError
 from mcir.ir import Graph, Op, Value
+from mcir.ops import registry
 from mcir.types import TensorType
 
 MAC_KINDS = ("f32", "int8", "bit", "sparse")
@@ -77,8 +78,6 @@ def stats(graph: Graph, target: Any = "native", *, strict: bool = True) -> Graph
     ``strict`` (the default) a graph the backend cannot lower raises its CodegenError; with
     ``strict=False`` the canonical storage bytes are reported instead and ``exact`` is False.
     """
-    from mcir.ops import registry
-
     params = ops = 0
     macs = dict.fromkeys(MAC_KINDS, 0)
     storage = 0
@@ -145,11 +144,13 @@ def embedded_weight_bytes(graph: Graph, target: Any = "native") -> int:
 
 @dataclass(frozen=True)
 class KernelTrial:
-    """The answer of ``try_kernel``: why the op would not compile (None if it would), and the
-    bytes each constant operand would embed (by operand index)."""
+    """The answer of ``try_kernel``: why the op would not compile (None if it would), the bytes
+    each constant operand would embed and the layout it would have (by operand index; equal
+    layouts of one constant are stored once)."""
 
     problem: str | None
     operand_bytes: dict[int, int]
+    layouts: dict[int, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -162,12 +163,16 @@ class KernelTrial:
 
 def _trial_op(op: Op, replace: dict[int, tuple[TensorType, Any]]) -> Op:
     """A detached copy of ``op`` whose operand ``i`` is replaced by a value of type ``t`` holding
-    ``stored`` (a constant; ``stored=None`` makes a run-time value). The graph is not touched."""
+    ``stored``: a constant with that data, or with ``stored=None`` a value as constant as the
+    operand it replaces (a constant without data: enough to choose a kernel, which may require
+    compile-time constants, not to pack one). The graph is not touched."""
+    from mcir.codegen.memory_plan import view_root
+
     operands: list[Value] = []
     for i, v in enumerate(op.operands):
         if i in replace:
             t, stored = replace[i]
-            if stored is None:
+            if stored is None and not view_root(v).is_constant:
                 v = Value(f"{v.name}.trial", t)
             else:
                 v = Op("const", [], {}, f"{v.name}.trial", t, data=stored).result
@@ -190,13 +195,14 @@ def try_kernel(op: Op, replace: dict[int, tuple[TensorType, Any]] | None = None,
         if gen.scratch is not None:
             gen.scratch(trial, tgt)
         sizes: dict[int, int] = {}
+        layouts: dict[int, str] = {}
         for i, v in enumerate(trial.operands):
             if view_root(v).is_constant:
-                _, payload, _ = constant_layout(v, trial, i, gen, tgt)
-                sizes[i] = int(payload().nbytes)
+                (_, layout), payload, _ = constant_layout(v, trial, i, gen, tgt)
+                sizes[i], layouts[i] = int(payload().nbytes), layout
     except McirError as e:
         return KernelTrial(str(e), {})
-    return KernelTrial(None, sizes)
+    return KernelTrial(None, sizes, layouts)
 
 
 def kernel_exists(op: Op, replace: dict[int, TensorType], target: Any = "native") -> bool:
@@ -214,4 +220,27 @@ def kernel_exists(op: Op, replace: dict[int, TensorType], target: Any = "native"
     return True
 
 
-__all__ = ["GraphStats", "KernelTrial", "embedded_weight_bytes", "kernel_exists", "stats", "try_kernel"]
+def has_kernel(op: Op, index: int, t: TensorType, target: Any = "native") -> bool:
+    """Whether a native kernel exists for ``op`` with operand ``index`` of type ``t`` (an encoded
+    weight, say) and its other operands as they are (the kernel registry's answer)."""
+    return kernel_exists(op, {index: t}, target)
+
+
+def embedded_bytes(op: Op, index: int, t: TensorType, stored: Any, target: Any = "native") -> int | None:
+    """Bytes a library embeds for operand ``index`` of ``op`` stored as ``t`` with components
+    ``stored``: the layout of the kernel that would run it, padding and folded tables included
+    (None when no native kernel would)."""
+    trial = try_kernel(op, {index: (t, stored)}, target)
+    return trial.operand_bytes.get(index) if trial.ok else None
+
+
+__all__ = [
+    "GraphStats",
+    "KernelTrial",
+    "embedded_bytes",
+    "embedded_weight_bytes",
+    "has_kernel",
+    "kernel_exists",
+    "stats",
+    "try_kernel",
+]

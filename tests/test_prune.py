@@ -13,9 +13,9 @@ import pytest
 
 import mcir
 from mcir import dtypes
+from mcir.analysis.sparse_cost import dense_bytes, prefer_sparse, sparse_bytes
 from mcir.encodings import NM, Csr
 from mcir.pass_manager import GraphStats
-from mcir.passes.sparse_cost import dense_bytes, prefer_sparse, sparse_bytes
 from mcir.types import TensorType
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -24,8 +24,8 @@ from torch import nn
 
 import mcir
 from mcir import dtypes
-from mcir.encodings import NM, Csr, to_csr
-from mcir.stats import GraphStats, kernel_exists, try_kernel
+from mcir.encodings import NM, Csr, Quant, to_csr
+from mcir.stats import GraphStats, has_kernel, kernel_exists, try_kernel
 from mcir.types import TensorType
 
 PIPELINES = [
@@ -171,7 +171,7 @@ def test_graph_stats_fall_back_to_storage_bytes_when_the_graph_does_not_compile(
         mcir.stats(g)
 
 
-def test_encodings_answer_kernel_availability_from_the_registry():
+def test_kernel_availability_comes_from_the_registry():
     g = mcir.parse(
         "graph @k(%x: f32[1,4,8,8], %v: f32[1,36]) -> (f32[1,4,8,8], f32[1,4]) {\n"
         "  %w = const : f32[4,4,3,3]\n"
@@ -182,14 +182,14 @@ def test_encodings_answer_kernel_availability_from_the_registry():
     )
     conv, lin = g.ops[1], g.ops[3]
     csr_lin = to_csr(np.eye(4, 36, dtype=np.float32))[0]
-    assert Csr(nnz=4).has_kernel(lin, 1, csr_lin)
+    assert has_kernel(lin, 1, csr_lin)
     assert kernel_exists(lin, {1: csr_lin})
     nm_t = TensorType((4, 36), dtypes.f32, NM(2, 4))
-    assert NM(2, 4).has_kernel(lin, 1, nm_t)
+    assert has_kernel(lin, 1, nm_t)
     # the answer for a 3x3 convolution is whatever the registry says, and try_kernel agrees with it
     csr_conv = to_csr(np.ones((4, 4, 3, 3), np.float32))
     trial = try_kernel(conv, {1: csr_conv})
-    assert trial.ok == Csr(nnz=144).has_kernel(conv, 1, csr_conv[0])
+    assert trial.ok == has_kernel(conv, 1, csr_conv[0])
 
 
 def test_quantize_stores_int8_sparse_weights_dense_where_sparse_embeds_more(tmp_path):
@@ -211,3 +211,63 @@ def test_quantize_stores_int8_sparse_weights_dense_where_sparse_embeds_more(tmp_
     lib = mcir.compile(q, tmp_path / "q")
     assert mcir.stats(q).weight_bytes == lib.weight_bytes
     np.testing.assert_allclose(lib(xs)[0], mcir.interpret(q, xs)[0], atol=1e-5)
+
+
+def test_compile_report_says_when_stated_and_embedded_bytes_differ():
+    from mcir.compile_driver import _weights_line
+
+    g = mcir.parse("graph @w(%x: f32[1,4]) -> (f32[1,4]) {\n  %y = relu(%x) : f32[1,4]\n  return %y\n}\n")
+
+    class Lib:  # a library whose embedded bytes disagree with mcir.stats (0 B for this graph)
+        weight_bytes = 64
+
+    assert "stated" not in _weights_line(type("Same", (), {"weight_bytes": 0})(), None, "x", "native", False, g)
+    line = _weights_line(Lib(), None, "x", "native", False, g)
+    assert "the pipeline report stated 0 B, the library embeds 64 B" in line
+
+
+def _with_data(g: mcir.Graph, **arrays) -> mcir.Graph:
+    for op in g.constants():
+        op.data = arrays[op.result.name]
+    return g
+
+
+def test_stats_count_views_of_constants_as_the_library_stores_them(tmp_path):
+    # a reshaped constant (a view: no copy) packed by the linear, and a leading-block slice of
+    # another constant returned as is (raw bytes of the whole root, the view points into it)
+    rng = np.random.default_rng(3)
+    g = _with_data(
+        mcir.parse(
+            "graph @v(%x: f32[1,32]) -> (f32[1,16], f32[2,8]) {\n"
+            "  %w = const : f32[16,2,16]\n"
+            "  %w2 = reshape(%w) {shape=[16, 32]} : f32[16,32]\n"
+            "  %y = linear(%x, %w2) : f32[1,16]\n"
+            "  %t = const : f32[6,8]\n"
+            "  %s = slice(%t) {axis=0, start=0, end=2} : f32[2,8]\n"
+            "  return %y, %s\n"
+            "}\n"
+        ),
+        w=rng.standard_normal((16, 2, 16)).astype(np.float32),
+        t=rng.standard_normal((6, 8)).astype(np.float32),
+    )
+    lib = mcir.compile(g, tmp_path / "v")
+    assert mcir.stats(g).weight_bytes == lib.weight_bytes
+
+
+@pytest.mark.parametrize("target", ["native", "x86-64-v3"])
+def test_stats_follow_the_targets_layout_of_sparse_int8_weights(tmp_path, target):
+    # int8 #csr is laid out per target (VBMI gap layout vs int8 windows): stats follow the target
+    dense = _sparse_csr_dense()
+    t, data = to_csr(dense, dtypes.i8)
+    g = mcir.Graph("s")
+    x = g.add_input("x", mcir.tensor([1, 256]))
+    xq = g.add("quantize", [x], type=TensorType((1, 256), dtypes.u8, Quant(scale=0.02, zero_point=128)))
+    g.set_outputs([g.add("linear", [xq, g.const("w", data, t)], result="y")])
+    lib = mcir.compile(g, tmp_path / "s", target=target)
+    assert mcir.stats(g, target).weight_bytes == lib.weight_bytes
+
+
+def _sparse_csr_dense() -> np.ndarray:
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((64, 256)).astype(np.float32)
+    return np.where(rng.random(w.shape) < 0.1, w, 0).astype(np.float32)

@@ -7,12 +7,13 @@ dataclass in its own module of this package and owns its facts:
 * its storage: ``components(t)`` (the named arrays a constant of that type holds, saved as
   ``NAME::component``), ``decode`` / ``encode``, and ``storage_bytes(t)``;
 * its cost: ``stored_fraction(t)`` (the share of elements actually stored, which scales
-  parameters and MACs) and ``mac_kind`` (how a MAC against such a weight is done);
-* where it runs natively: ``has_kernel(op, index, target)`` asks the kernel registry.
+  parameters and MACs) and ``mac_kind`` (how a MAC against such a weight is done).
 
-The bytes a compiled library embeds for a constant depend on the kernel that streams it
-(padding, interleaving, folded tables); ``mcir.stats`` computes them with the very function
-the backend uses to lay the constant out, so the two cannot disagree.
+Two facts belong to the backend, which imports the encodings (so they cannot ask it): for
+which ops and op forms a native kernel exists, and the bytes a library embeds for a constant
+(kernels pad, interleave and fold tables into their layouts). ``mcir.stats`` answers both
+from the kernel registry and the kernels' own pack hooks: ``has_kernel(op, index, t)``,
+``embedded_bytes(op, index, t, stored)``, ``try_kernel`` and ``stats(graph).weight_bytes``.
 
 This module imports nothing of ``mcir.types`` at run time, so ``types.py`` and the encoding
 modules both depend on it without a circle.
@@ -24,10 +25,10 @@ import abc
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from mcir.errors import McirError
+from mcir.literals import format_attr
 
 if TYPE_CHECKING:
     from mcir.dtypes import DType
-    from mcir.ir import Op
     from mcir.types import TensorType
 
 
@@ -81,16 +82,7 @@ class Encoding(abc.ABC):
         """Share of the logical elements actually stored (1 unless the encoding is sparse)."""
         return 1.0
 
-    def has_kernel(self, op: Op, index: int, t: TensorType, target: Any = "native") -> bool:
-        """Whether the backend has a native kernel for ``op`` when operand ``index`` has type ``t``
-        (of this encoding) and the other operands keep theirs, per the kernel registry."""
-        from mcir.stats import kernel_exists  # asks the backend's kernel registry
-
-        return kernel_exists(op, {index: t}, target)
-
     def __str__(self) -> str:
-        from mcir.printer import format_attr  # printing lives in one place
-
         body = ", ".join(f"{k}={format_attr(v)}" for k, v in self.params().items())
         return f"#{self.name}<{body}>"
 

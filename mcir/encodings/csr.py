@@ -8,7 +8,7 @@ how sparse each layer is.
 Facts: only the NNZ stored values count as parameters and MACs ("sparse" MACs). The native
 kernels (``codegen/kernels/sparse*.py``) re-lay the weight at compile time (windows of x for
 batch-1 f32, 5-bit gaps for int8: about 1.8 bytes per int8 non-zero); those are the bytes
-``mcir.stats`` reports. Whether a layer is worth storing sparse is ``passes/sparse_cost.py``.
+``mcir.stats`` reports. Whether a layer is worth storing sparse is ``analysis/sparse_cost.py``.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from torch import nn
 
 from mcir.errors import UnsupportedError
 from mcir.frontend import aten_elementwise, aten_nn, aten_shape  # noqa: F401 (importing them fills ATEN)
-from mcir.frontend.torch_import import Converter, Param, torch_dtype
+from mcir.frontend.convert import Converter, Param, target_name, torch_dtype
 from mcir.frontend.torch_ops import ATEN, Args, Handler, aten
 from mcir.ir import Value
 
@@ -380,7 +380,6 @@ def m_embedding(cx, mod, path, a):
 
 def supported() -> dict[str, list[str]]:
     """What the frontend maps, by kind: aten ops, torch functions, tensor methods, nn modules."""
-    from mcir.frontend.torch_import import target_name
 
     def fn_name(fn: Any) -> str:
         node = fx.Graph().create_node("call_function", fn)

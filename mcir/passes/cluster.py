@@ -40,12 +40,13 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from mcir import dtypes
+from mcir.analysis.layers import check_skip, select_layers
 from mcir.encodings import Codebook
 from mcir.encodings.codebook import pack_indices
 from mcir.errors import McirError
-from mcir.ir import Graph, Op
-from mcir.pass_manager import Pass, PassContext, option
-from mcir.passes.layers import check_skip, select_layers
+from mcir.ir import Graph
+from mcir.pass_base import Pass, PassContext, option
+from mcir.passes.compressed_weight import dynamic_input, store_weight
 from mcir.patterns import constant_array
 from mcir.rewriter import Rewriter
 from mcir.types import TensorType
@@ -93,19 +94,19 @@ class Cluster(Pass):
         for op in select_layers(graph, self.skip):
             w = op.operands[1]
             if id(w) not in done:
-                a = constant_array(w).astype(np.float32)
-                n = a.shape[0]
-                rows = a.reshape(1, -1) if self.scope == "layer" else a.reshape(n, -1)
-                centroids, idx = kmeans(rows, 2**self.bits, self.init, self.iters, self.seed)
-                if self.activations == "dynamic":
-                    centroids = int8_grid(centroids)
-                t = TensorType(w.type.shape, dtypes.f32, Codebook(bits=self.bits, scope=self.scope))
-                done[id(w)] = (t, {"indices": pack_indices(idx.reshape(n, -1), self.bits), "centroids": centroids})
+                done[id(w)] = cluster_weight(
+                    constant_array(w),
+                    self.bits,
+                    self.scope,
+                    self.init,
+                    self.iters,
+                    self.seed,
+                    self.activations == "dynamic",
+                )
             if self.activations == "float":
                 store_weight(rw, op, *done[id(w)], ctx, "cluster")
                 continue
             from mcir.encodings import Dynamic
-            from mcir.passes.quantize import dynamic_input
 
             x = op.operands[0]
             if op.name != "linear" or x.type.encoding is not None or not x.type.dtype.is_float:
@@ -118,36 +119,32 @@ class Cluster(Pass):
                 rw.set_operand(op, 0, dynamic_input(rw, graph, x, inputs))
 
 
+def cluster_weight(
+    w: np.ndarray,
+    bits: int,
+    scope: str = "layer",
+    init: str = "linear",
+    iters: int = 30,
+    seed: int = 0,
+    int8: bool = False,
+) -> tuple[TensorType, dict[str, np.ndarray]]:
+    """The ``#codebook`` type and components of weight ``w`` clustered into 2^bits centroids
+    (per layer or per row); ``int8``: centroids rounded to an int8 grid (``int8_grid``)."""
+    a = np.asarray(w, np.float32)
+    n = a.shape[0]
+    rows = a.reshape(1, -1) if scope == "layer" else a.reshape(n, -1)
+    centroids, idx = kmeans(rows, 2**bits, init, iters, seed)
+    if int8:
+        centroids = int8_grid(centroids)
+    t = TensorType(a.shape, dtypes.f32, Codebook(bits=bits, scope=scope))
+    return t, {"indices": pack_indices(idx.reshape(n, -1), bits), "centroids": centroids}
+
+
 def int8_grid(centroids: np.ndarray) -> np.ndarray:
     """Centroids rounded to ``s·q`` with q integer, |q| <= 127, s = max|c| / 127 per table (f32)."""
     amax = np.abs(centroids).max(axis=1, keepdims=True).astype(np.float32)
     s = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
     return (s * np.rint(centroids / s)).astype(np.float32)
-
-
-def store_weight(
-    rw: Rewriter, op: Op, t: TensorType, stored: Any, ctx: PassContext, who: str, inputs: dict | None = None
-) -> bool:
-    """Give ``op`` the compressed weight ``(t, stored)`` if a native kernel runs it (with its other
-    operands retyped as in ``inputs``, index -> (type, None)) and it embeds fewer bytes than the
-    weight it replaces; otherwise warn and keep the layer. True if stored (``inputs`` are the
-    caller's to apply)."""
-    from mcir.stats import try_kernel
-
-    w = op.operands[1]
-    where = f"{op.name} %{op.result.name}" + (f" ({op.loc.module})" if op.loc and op.loc.module else "")
-    before, after = try_kernel(op), try_kernel(op, {**(inputs or {}), 1: (t, stored)})
-    if not after.ok:
-        ctx.warn(f"{who}: {where} stays {w.type}: no native kernel runs a {t.encoding} weight there")
-        return False
-    if before.ok and after.operand_bytes.get(1, 0) >= before.operand_bytes.get(1, w.type.nbytes):
-        ctx.warn(f"{who}: {where} stays {w.type}: {t.encoding} would embed more bytes than the dense weight")
-        return False
-    if len(w.uses) == 1:
-        rw.set_data(w.producer, stored, t)
-    else:  # shared with a layer that stays float: this layer gets its own compressed copy
-        rw.set_operand(op, 1, rw.const(f"{w.name}.{t.encoding.name}", stored, t))
-    return True
 
 
 # -- one-dimensional k-means ---------------------------------------------------------------------------
