@@ -41,7 +41,7 @@ import numpy as np
 
 from mcir import dtypes
 from mcir.analysis.layers import check_skip, select_layers
-from mcir.encodings import Codebook
+from mcir.encodings import Codebook, Dynamic
 from mcir.encodings.codebook import pack_indices
 from mcir.errors import McirError
 from mcir.ir import Graph
@@ -106,8 +106,6 @@ class Cluster(Pass):
             if self.activations == "float":
                 store_weight(rw, op, *done[id(w)], ctx, "cluster")
                 continue
-            from mcir.encodings import Dynamic
-
             x = op.operands[0]
             if op.name != "linear" or x.type.encoding is not None or not x.type.dtype.is_float:
                 ctx.warn(
