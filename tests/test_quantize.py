@@ -93,7 +93,7 @@ def test_without_calibration_data_the_report_warns(digits):
 @pytest.mark.parametrize(
     ("pipeline", "message"),
     [
-        ("quant8(bits=4)", "bits=4 is not supported"),
+        ("quant8(bits=3)", "bits=3 is not supported"),
         ("quant8(calibration=median)", "calibration 'median' is not one of"),
         ("quant8(calibration=percentile(20))", "50 < P <= 100"),
         ("quant8(skip='fc[')", "nor a valid regular expression"),

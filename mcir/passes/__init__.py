@@ -32,6 +32,7 @@ BUILTIN: dict[str, str] = {
     "lowrank": "mcir.passes.lowrank:LowRank",
     "share": "mcir.passes.share:Share",
     "prune": "mcir.passes.prune:Prune",
+    "cluster": "mcir.passes.cluster:Cluster",
 }
 
 #: aliases: name -> (pass name, preset options)

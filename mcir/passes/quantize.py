@@ -28,6 +28,10 @@ Sparse weights (``#csr``/``#nm`` in f32, from ``prune``) stay sparse when the co
 (``mcir.analysis.sparse_cost.prefer_sparse``) says the int8 sparse form pays: the same encoding
 in i8 with one scale per row, ``to_csr(w, i8)``; otherwise they become dense int8 (with zeros).
 
+``bits=4`` / ``bits=2`` and ``scheme=pow2`` are weight-only (``weight_only``): linear weights
+become ``#int4`` / ``#int2`` (per channel or per ``group``) or ``#pow2``, activations stay f32
+and no calibration is needed.
+
 Preserves: approximate; the pipeline report gives max |Δ| and SQNR against the float model.
 """
 
@@ -40,13 +44,15 @@ import numpy as np
 
 from mcir import dtypes
 from mcir.analysis.calibration import affine_params, check_method, choose_range, observe
-from mcir.analysis.layers import check_skip, is_skipped, weighted_layers
+from mcir.analysis.layers import check_skip, is_skipped, select_layers, weighted_layers
 from mcir.analysis.sparse_cost import prefer_sparse
 from mcir.encodings import NM, Csr, Quant, to_csr, to_nm
+from mcir.encodings.rows import quantize_rows
 from mcir.errors import McirError
 from mcir.interp import check_input
 from mcir.ir import Graph, Op, Value
 from mcir.pass_base import Pass, PassContext, option
+from mcir.passes.compressed_weight import dynamic_input, store_weight
 from mcir.passes.fold import NOOPS, FoldBatchNorm
 from mcir.passes.quant_fusion import FUSION, INT8_ACTIVATION_OPS, INT8_LAYERS, TRANSPARENT, remaining_conversions
 from mcir.patterns import RuleSet, apply_rules, constant_array
@@ -61,9 +67,13 @@ class Quantize(Pass):
 
     name: ClassVar[str] = "quantize"
     preserves: ClassVar[str] = "approximate: max |delta| and SQNR vs the float model are reported"
-    bits: int = option(8, "weight/activation bits (8)")
+    bits: int = option(8, "weight bits: 8 (int8 layers), 4 or 2 (weight-only, float activations)")
     weights: Literal["per_channel", "per_tensor"] = option("per_channel", "weight scale granularity")
-    activations: Literal["static"] = option("static", "activation scales: calibrated ahead of time")
+    activations: Literal["static", "dynamic"] = option(
+        "static", "static: u8 scales calibrated ahead of time; dynamic: per sample at run time (linear, f32 out)"
+    )
+    scheme: Literal["linear", "pow2"] = option("linear", "linear: w ≈ s·q; pow2: w ≈ ±2^k (bits=2..4)")
+    group: int = option(0, "bits=4/2: elements per weight scale (32, 64, 128; 0: per output channel)")
     calibration: str = option("minmax", "range estimator: minmax, percentile(99.99) or entropy")
     skip: str = option("none", "layers kept in float: none, first, last, ends or a regex")
     attention: bool = option(False, "also quantise attention matmuls (matmul ops)")
@@ -71,8 +81,7 @@ class Quantize(Pass):
     samples: int = option(16, "random calibration batches used when no calibration data is given")
 
     def __post_init__(self) -> None:
-        if self.bits != 8:
-            raise McirError(f"bits={self.bits} is not supported: the int8 kernels need bits=8")
+        check_low_bits(self)
         check_method(self.calibration)
         check_skip(self.skip)
         if self.samples < 1:
@@ -80,6 +89,12 @@ class Quantize(Pass):
 
     def apply(self, graph: Graph, ctx: PassContext) -> None:
         apply_rules(graph, NOOPS + RuleSet("fold.batch_norm", [FoldBatchNorm()]))
+        if self.activations == "dynamic":
+            dynamic(graph, self, ctx)
+            return
+        if self.bits < 8 or self.scheme == "pow2":
+            weight_only(graph, self, ctx)
+            return
         batches = ctx.get("calibration")
         if not batches:
             batches = random_batches(graph, self.samples)
@@ -131,6 +146,77 @@ def dense_where_sparse_int8_does_not_pay(graph: Graph, target: str = "native") -
         else:
             rw.set_operand(op, 1, rw.const(f"{w.name}.dense", dense[1], dense[0]))
     return [f"int8 sparse weights stored dense: {', '.join(kept)}"] if kept else []
+
+
+def check_low_bits(opts: Quantize) -> None:
+    """McirError for a bits / scheme / group combination no encoding stores."""
+    if opts.scheme not in ("linear", "pow2"):
+        raise McirError(f"quantize: scheme={opts.scheme!r} must be linear or pow2")
+    if opts.scheme == "pow2":
+        if opts.bits not in (2, 3, 4):
+            raise McirError(
+                f"quantize: scheme=pow2 stores a sign and exponent bits in 2..4 bits, not bits={opts.bits}; "
+                "use quantize(scheme=pow2, bits=4)"
+            )
+    elif opts.bits not in (8, 4, 2):
+        raise McirError(f"quantize: bits={opts.bits} is not supported: use 8 (int8 layers), 4 or 2 (weight-only)")
+    if opts.activations not in ("static", "dynamic"):
+        raise McirError(f"quantize: activations={opts.activations!r} must be static or dynamic")
+    if opts.activations == "dynamic" and (opts.bits not in (8, 4) or opts.scheme != "linear"):
+        raise McirError("quantize: activations=dynamic takes int8 (bits=8) or int4 (bits=4) linear weights")
+    if opts.group not in (0, 32, 64, 128) or (opts.group and (opts.bits == 8 or opts.scheme == "pow2")):
+        raise McirError(
+            f"quantize: group={opts.group} must be 0, 32, 64 or 128, and applies to bits=4 or 2 linear weights only"
+        )
+
+
+def weight_only(graph: Graph, opts: Quantize, ctx: PassContext) -> None:
+    """bits=4/2 or scheme=pow2: compress the weights of linear layers, activations stay f32.
+
+    ``w ≈ s_g · q`` with q in [-7, 7] (``#int4``) or [-1, 1] (``#int2``), s_g = max|w_g| / qmax
+    per output channel or per group of ``group`` weights; or ``w ≈ ±2^(offset_c + e - E)``
+    (``#pow2``). No calibration: the table-lookup kernels take f32 activations.
+    """
+    from mcir.encodings import Int2, Int4, Pow2
+
+    if opts.scheme == "pow2":
+        enc, dt = Pow2(bits=opts.bits), dtypes.f32
+    else:
+        enc, dt = (Int4 if opts.bits == 4 else Int2)(group=opts.group), dtypes.i8
+    done: dict[int, tuple[TensorType, dict]] = {}
+    for op in select_layers(graph, opts.skip):
+        w = op.operands[1]
+        if id(w) not in done:
+            t = TensorType(w.type.shape, dt, enc)
+            done[id(w)] = (t, t.encode(constant_array(w)))
+        store_weight(Rewriter(graph), op, *done[id(w)], ctx, "quantize")
+
+
+def dynamic(graph: Graph, opts: Quantize, ctx: PassContext) -> None:
+    """activations=dynamic: int8 (or int4) weights, u8 activations quantised per sample at run time.
+
+    Each linear layer's input gets ``quantize(x) : u8 #dynamic<axis=0>`` (scale and zero point
+    computed by the kernel every call, no calibration) and its weight becomes symmetric int8 per
+    output channel (``#quant<axis=0>``) or ``#int4``; the result and the bias stay f32.
+    """
+    from mcir.encodings import Dynamic, Int4
+
+    rw = Rewriter(graph)
+    inputs: dict[int, Value] = {}
+    for op in select_layers(graph, opts.skip):
+        x, w = op.operands[0], op.operands[1]
+        if op.name != "linear" or x.type.encoding is not None or not x.type.dtype.is_float:
+            continue
+        if opts.bits == 4:
+            t = TensorType(w.type.shape, dtypes.i8, Int4(group=opts.group))
+            stored = t.encode(constant_array(w))
+        else:
+            q, scale = quantize_rows(constant_array(w).astype(np.float64).reshape(w.type.shape[0], -1))
+            t = TensorType(w.type.shape, dtypes.i8, Quant(axis=0))
+            stored = {"data": q.reshape(w.type.shape), "scale": scale}
+        xt = TensorType(x.type.shape, dtypes.u8, Dynamic(axis=0))
+        if store_weight(rw, op, t, stored, ctx, "quantize", inputs={0: (xt, None)}):
+            rw.set_operand(op, 0, dynamic_input(rw, graph, x, inputs))
 
 
 def check_batches(graph: Graph, batches) -> list[tuple[np.ndarray, ...]]:
