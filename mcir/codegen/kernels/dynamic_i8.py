@@ -379,4 +379,6 @@ def _store_panel(em: Emitter, k: KernelContext, v, bias, y, off, n0, last, live:
 
 
 for _w in ("i8#quant", "i8#int4", "f32#codebook"):
-    kernel("linear", ("u8#dynamic", _w, "f32"), pack=_pack, scratch=_scratch, epilogue=True)(_linear_dynamic)
+    kernel(
+        "linear", ("u8#dynamic", _w, "f32?"), pack=_pack, scratch=_scratch, epilogue=True, result="f32", constant=(1,)
+    )(_linear_dynamic)

@@ -225,4 +225,6 @@ def _linear_lut(k: KernelContext) -> None:
 
 
 for _pattern in ("f32#codebook", "i8#int4", "i8#int2", "f32#pow2"):
-    kernel("linear", ("f32", _pattern, "f32"), pack=_pack, scratch=_scratch, epilogue=True)(_linear_lut)
+    kernel(
+        "linear", ("f32", _pattern, "f32?"), pack=_pack, scratch=_scratch, epilogue=True, result="f32", constant=(1,)
+    )(_linear_lut)
