@@ -774,8 +774,33 @@ def quant_cases() -> list[Case]:
     return cases
 
 
+def indexing_cases() -> list[Case]:
+    cases = []
+    x = randn(3, 5, 4)
+    for axis in (0, 1, -1):
+        idx = randint(0, x.shape[axis], *[2 if d == axis % 3 else n for d, n in enumerate(x.shape)], dtype=np.int64)
+        cases.append(
+            Case("gather", (x, idx), {"axis": axis}, lambda t, i, a=axis: torch.gather(t, a, i), f"axis{axis}")
+        )
+    small = randint(0, 3, 2, 2, 4, dtype=np.int64)  # smaller than x on the other axes
+    cases.append(Case("gather", (x, small), {"axis": 0}, lambda t, i: torch.gather(t, 0, i), "smaller-index"))
+    for axis in (0, 1, 2):
+        idx = randint(0, x.shape[axis], 6, dtype=np.int32)
+        cases.append(
+            Case("index_select", (x, idx), {"axis": axis}, lambda t, i, a=axis: torch.index_select(t, a, i.long()))
+        )
+    grid = randint(0, 5, 2, 3, dtype=np.int64)  # any index shape: torch's x[:, grid]
+    cases.append(Case("index_select", (x, grid), {"axis": 1}, lambda t, i: t[:, i], "2-d-index"))
+    for axis in (0, 1, -1):
+        cases.append(Case("cumsum", (x,), {"axis": axis}, lambda t, a=axis: torch.cumsum(t, a), f"f32-{axis}"))
+    xi = randint(-100, 100, 3, 4, dtype=np.int64)
+    cases.append(Case("cumsum", (xi,), {"axis": 1}, lambda t: torch.cumsum(t, 1), "i64"))
+    return cases
+
+
 CASES: list[Case] = (
     elementwise_cases()
+    + indexing_cases()
     + binary_cases()
     + cast_cases()
     + shape_cases()

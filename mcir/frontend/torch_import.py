@@ -451,7 +451,14 @@ class Converter:
         return val
 
     def out_shape(self, index: int | None = None) -> tuple[int, ...]:
-        return tuple(int(d) for d in self.out_meta(index).shape)
+        shape = self.out_meta(index).shape
+        if not all(isinstance(d, int) for d in shape):
+            raise UnsupportedError(
+                f"{self.describe()} has a data-dependent shape {list(shape)} under torch.export (e.g. a boolean "
+                "mask, even a constant one, selects a number of elements torch.export does not know); index with "
+                "integer positions (torch.nonzero of the mask, computed outside the model) or use tracer='fx'"
+            )
+        return tuple(shape)
 
     def out_dtype(self, index: int | None = None) -> dtypes.DType:
         return mcir_dtype(self.out_meta(index).dtype, f"result of {self.describe()}")

@@ -495,6 +495,24 @@ def amax(x, axes=(), keepdim=False):
     return np.max(x, axis=_axes(x, axes), keepdims=keepdim)
 
 
+def _cumsum_infer(types: list[TensorType], axis) -> TensorType:
+    x = types[0]
+    if x.dtype == dtypes.boolean:
+        raise McirError(f"cumsum of bool {x}: cast it to an integer type first")
+    norm_axis(axis, x.rank)
+    return x
+
+
+@defop("cumsum", attrs={"axis": Attr("int", doc="the axis to scan")}, infer=_cumsum_infer, traits={"scan"})
+def cumsum(x, axis):
+    """y[..., i, ...] = sum of x[..., :i+1, ...] along axis (floats summed in float64, integers exactly)"""
+    x = np.asarray(x)
+    if x.ndim == 0:
+        return x.copy()
+    acc = np.float64 if x.dtype.kind == "f" else x.dtype
+    return np.asarray(np.cumsum(x, axis=axis, dtype=acc), x.dtype)
+
+
 def _argmax_infer(types: list[TensorType], axis, keepdim) -> TensorType:
     _nonempty(types[0], reduced_axes(types[0], (axis,)), "argmax")
     return TensorType(_reduce_infer(types, (axis,), keepdim).shape, dtypes.i64)
