@@ -798,8 +798,50 @@ def indexing_cases() -> list[Case]:
     return cases
 
 
+def _torch_rnn(kind: str, reverse: bool = False, cell: bool = False) -> Callable[..., torch.Tensor]:
+    """torch's LSTM/GRU with W_ih = identity and b_ih = 0 computes exactly the recurrence of the op on gx."""
+
+    def fn(gx, h0, *rest):
+        w_hh, b_hh = rest[-2], rest[-1]
+        n, hidden = gx.shape[2], h0.shape[1]
+        layer = (torch.nn.LSTM if kind == "lstm" else torch.nn.GRU)(n, hidden).double()
+        with torch.no_grad():
+            layer.weight_ih_l0.copy_(torch.eye(n, dtype=torch.float64))
+            layer.bias_ih_l0.zero_()
+            layer.weight_hh_l0.copy_(w_hh)
+            layer.bias_hh_l0.copy_(b_hh)
+            x = gx.flip(0) if reverse else gx
+            state = (h0[None], rest[0][None]) if kind == "lstm" else h0[None]
+            if cell:  # the cell states: run step by step and collect c
+                ys, st = [], state
+                for t in range(x.shape[0]):
+                    _, st = layer(x[t : t + 1], st)
+                    ys.append(st[1][0])
+                y = torch.stack(ys)
+            else:
+                y = layer(x, state)[0]
+        return y.flip(0) if reverse else y
+
+    return fn
+
+
+def rnn_cases() -> list[Case]:
+    cases = []
+    steps, batch, hidden = 5, 2, 3
+    for reverse in (False, True):
+        args = (randn(steps, batch, 4 * hidden), randn(batch, hidden), randn(batch, hidden))
+        args += (randn(4 * hidden, hidden, scale=0.5), randn(4 * hidden))
+        for cell in (False, True):
+            attrs = {"reverse": reverse, "cell": cell}
+            cases.append(Case("lstm", args, attrs, _torch_rnn("lstm", reverse, cell), f"rev{reverse}-cell{cell}"))
+        gru_args = (randn(steps, batch, 3 * hidden), randn(batch, hidden), randn(3 * hidden, hidden), randn(3 * hidden))
+        cases.append(Case("gru", gru_args, {"reverse": reverse}, _torch_rnn("gru", reverse), f"rev{reverse}"))
+    return cases
+
+
 CASES: list[Case] = (
     elementwise_cases()
+    + rnn_cases()
     + indexing_cases()
     + binary_cases()
     + cast_cases()

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mcir.errors import UnsupportedError
-from mcir.frontend import aten_elementwise, aten_index, aten_nn, aten_shape  # noqa: F401 (importing them fills ATEN)
+from mcir.frontend import aten_elementwise, aten_index, aten_nn, aten_seq, aten_shape  # noqa: F401 (they fill ATEN)
 from mcir.frontend.torch_import import Converter, Param, torch_dtype
 from mcir.frontend.torch_ops import ATEN, Args, Handler, aten
 from mcir.ir import Value
@@ -125,7 +125,9 @@ _SAME_AS_ATEN: list[tuple[Callable[..., Any], Any]] = [
     (operator.lt, aten.lt), (operator.le, aten.le), (operator.gt, aten.gt), (operator.ge, aten.ge),
     (operator.and_, aten.logical_and), (operator.or_, aten.logical_or), (operator.invert, aten.logical_not),
     (torch.gather, aten.gather), (torch.index_select, aten.index_select), (torch.cumsum, aten.cumsum),
-    (F.conv1d, aten.conv1d), (torch.conv1d, aten.conv1d),
+    (F.conv1d, aten.conv1d), (torch.conv1d, aten.conv1d), (F.max_pool1d, aten.max_pool1d),
+    (F.avg_pool1d, aten.avg_pool1d), (F.adaptive_avg_pool1d, aten.adaptive_avg_pool1d),
+    (F.adaptive_max_pool1d, aten.adaptive_max_pool1d),
 ]
 # fmt: on
 
@@ -343,6 +345,17 @@ def m_conv2d(cx, mod, path, a):
             ]
         ),
     )
+
+
+MODULES[nn.LSTM] = MODULES[nn.GRU] = aten_seq.module_rnn
+MODULES[nn.AdaptiveAvgPool1d] = _module_call(aten.adaptive_avg_pool1d, lambda m: [m.output_size])
+MODULES[nn.AdaptiveMaxPool1d] = _module_call(aten.adaptive_max_pool1d, lambda m: [m.output_size])
+MODULES[nn.MaxPool1d] = _module_call(
+    aten.max_pool1d, lambda m: [m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, m.return_indices]
+)
+MODULES[nn.AvgPool1d] = _module_call(
+    aten.avg_pool1d, lambda m: [m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad]
+)
 
 
 @on_module(nn.Conv1d)

@@ -208,7 +208,7 @@ def all_ops() -> dict[str, OpDef]:
 
 def _load() -> None:
     # the definition modules register themselves on import
-    from mcir.ops import elementwise, nn, quant, shape  # noqa: F401
+    from mcir.ops import elementwise, nn, quant, rnn, shape  # noqa: F401
 
 
 # -- shared inference rules ------------------------------------------------------
