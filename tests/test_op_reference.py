@@ -799,7 +799,8 @@ def indexing_cases() -> list[Case]:
 
 
 def _torch_rnn(kind: str, reverse: bool = False, cell: bool = False) -> Callable[..., torch.Tensor]:
-    """torch's LSTM/GRU with W_ih = identity and b_ih = 0 computes exactly the recurrence of the op on gx."""
+    """torch's LSTM/GRU with W_ih = identity and b_ih = 0 computes exactly the recurrence of the op on gx
+    (``int8_state`` is compared by test_rnn_int8_state_rounds_what_meets_the_weights)."""
 
     def fn(gx, h0, *rest):
         w_hh, b_hh = rest[-2], rest[-1]
@@ -837,6 +838,21 @@ def rnn_cases() -> list[Case]:
         gru_args = (randn(steps, batch, 3 * hidden), randn(batch, hidden), randn(3 * hidden, hidden), randn(3 * hidden))
         cases.append(Case("gru", gru_args, {"reverse": reverse}, _torch_rnn("gru", reverse), f"rev{reverse}"))
     return cases
+
+
+def test_rnn_int8_state_rounds_what_meets_the_weights():
+    # with int8_state the recurrence sees h rounded to multiples of 1/127; an h already on the grid
+    # (a one-step sequence from h0 on the grid) gives exactly the unrounded result
+    from mcir.ops.rnn import lstm
+
+    rng = np.random.default_rng(0)
+    gx, c0 = rng.standard_normal((1, 2, 8)), rng.standard_normal((2, 2))
+    w, b = rng.standard_normal((8, 2)), rng.standard_normal(8)
+    h_grid = np.rint(rng.uniform(-1, 1, (2, 2)) * 127) / 127
+    np.testing.assert_array_equal(lstm(gx, h_grid, c0, w, b, int8_state=True), lstm(gx, h_grid, c0, w, b))
+    h_off = h_grid + 0.3 / 127
+    assert not np.array_equal(lstm(gx, h_off, c0, w, b, int8_state=True), lstm(gx, h_off, c0, w, b))
+    np.testing.assert_array_equal(lstm(gx, h_off, c0, w, b, int8_state=True), lstm(gx, h_grid, c0, w, b))
 
 
 CASES: list[Case] = (

@@ -7,7 +7,8 @@ A torch ``nn.LSTM`` / ``nn.GRU`` layer splits into two parts that have different
   passes treat it like any layer), and
 * the recurrence, which depends on the previous step's state, so it must run step by step:
   that is the op here. Per step it multiplies the state by ``W_hh`` (packed once) and applies
-  the gates.
+  the gates. ``quant8`` makes ``W_hh`` int8 per row and sets ``int8_state``: the state then
+  enters the product on a fixed u8 grid (|h| < 1 always, so no calibration is needed).
 
 Layout is time-major (``[T, B, ...]``); the frontend permutes ``batch_first`` inputs and
 stacks directions and layers. Gate order is torch's: LSTM ``i, f, g, o``; GRU ``r, z, n``::
@@ -61,25 +62,44 @@ def _steps(count: int, reverse: bool) -> range:
     return range(count - 1, -1, -1) if reverse else range(count)
 
 
+#: the grid of the hidden state fed to an int8 W_hh: u8 with zero point 128, h in (-1, 1) by construction
+STATE_SCALE = 1.0 / 127.0
+
+
+def _state_for_weights(h: np.ndarray, int8_state: bool) -> np.ndarray:
+    """The hidden state as it multiplies W_hh: itself, or rounded to the u8 grid of STATE_SCALE."""
+    if not int8_state:
+        return h
+    return np.clip(np.rint(h / STATE_SCALE), -128, 127) * STATE_SCALE
+
+
+_INT8_STATE = Attr(
+    "bool",
+    False,
+    "h is rounded to multiples of 1/127 (u8, zero point 128) before it multiplies W_hh, as the int8 kernels feed it",
+)
+
+
 @defop(
     "lstm",
     operands="gx, h0, c0, w_hh, b_hh",
     attrs={
         "reverse": Attr("bool", False, "run from the last step to the first (a bidirectional layer's backward half)"),
         "cell": Attr("bool", False, "give the cell states c_t instead of the hidden states h_t"),
+        "int8_state": _INT8_STATE,
     },
-    infer=lambda t, reverse, cell: _rnn_infer(t, 4, "lstm"),
-    traits={"weighted", "recurrent"},
+    infer=lambda t, reverse, cell, int8_state: _rnn_infer(t, 4, "lstm"),
+    traits={"recurrent"},
     macs=_rnn_macs,
 )
-def lstm(gx, h0, c0, w_hh, b_hh, reverse=False, cell=False):
+def lstm(gx, h0, c0, w_hh, b_hh, reverse=False, cell=False, int8_state=False):
     """g = gx[t] + h W_hh^T + b_hh = [i f g o]; c = s(f) c + s(i) tanh(g); h = s(o) tanh(c); y[t] = h (or c)"""
     gx, w, b = (np.asarray(a, np.float64) for a in (gx, w_hh, b_hh))
     h, c = np.asarray(h0, np.float64), np.asarray(c0, np.float64)
     hidden = h.shape[1]
     y = np.empty(gx.shape[:2] + (hidden,), np.float64)
     for t in _steps(gx.shape[0], reverse):
-        g = gx[t] + h @ w.T + b
+        g = gx[t] + _state_for_weights(h, int8_state) @ w.T + b
         i, f, gg, o = (g[:, k * hidden : (k + 1) * hidden] for k in range(4))
         c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(gg)
         h = _sigmoid(o) * np.tanh(c)
@@ -90,19 +110,19 @@ def lstm(gx, h0, c0, w_hh, b_hh, reverse=False, cell=False):
 @defop(
     "gru",
     operands="gx, h0, w_hh, b_hh",
-    attrs={"reverse": Attr("bool", False, "run from the last step to the first")},
-    infer=lambda t, reverse: _rnn_infer(t, 3, "gru"),
-    traits={"weighted", "recurrent"},
+    attrs={"reverse": Attr("bool", False, "run from the last step to the first"), "int8_state": _INT8_STATE},
+    infer=lambda t, reverse, int8_state: _rnn_infer(t, 3, "gru"),
+    traits={"recurrent"},
     macs=_rnn_macs,
 )
-def gru(gx, h0, w_hh, b_hh, reverse=False):
+def gru(gx, h0, w_hh, b_hh, reverse=False, int8_state=False):
     """gh = h W_hh^T + b_hh; r = s(gx_r + gh_r); z = s(gx_z + gh_z); n = tanh(gx_n + r gh_n); h = (1-z) n + z h"""
     gx, w, b = (np.asarray(a, np.float64) for a in (gx, w_hh, b_hh))
     h = np.asarray(h0, np.float64)
     hidden = h.shape[1]
     y = np.empty(gx.shape[:2] + (hidden,), np.float64)
     for t in _steps(gx.shape[0], reverse):
-        gh = h @ w.T + b
+        gh = _state_for_weights(h, int8_state) @ w.T + b
         xr, xz, xn = (gx[t][:, k * hidden : (k + 1) * hidden] for k in range(3))
         hr, hz, hn = (gh[:, k * hidden : (k + 1) * hidden] for k in range(3))
         r, z = _sigmoid(xr + hr), _sigmoid(xz + hz)

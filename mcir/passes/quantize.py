@@ -55,6 +55,8 @@ WEIGHTED = {"linear", "conv2d"}
 ACTIVATION_OPS = {"add", "avg_pool2d", "adaptive_avg_pool2d", "mean"}
 #: ops a u8 value passes through unchanged in meaning (data movement, monotonic ops)
 TRANSPARENT = {"reshape", "permute", "slice", "select", "max_pool2d", "relu", "clamp", "dropout"}
+#: recurrences whose W_hh (second-to-last operand) becomes int8; their state meets it on a fixed u8 grid
+RECURRENT = {"lstm", "gru"}
 
 
 @dataclass(frozen=True)
@@ -180,6 +182,8 @@ class _Quantizer:
                 continue
             if op.name in WEIGHTED:
                 self.weighted(op)
+            elif op.name in RECURRENT:
+                self.recurrent(op)
             elif op.name == "matmul" and self.opts.attention:
                 self.activations(op, range(2))
             elif op.name in ACTIVATION_OPS and feeds_int8(op.result, self.graph, int8_ops):
@@ -228,6 +232,17 @@ class _Quantizer:
         if b is not None:
             x_scale = xq.type.encoding.scale
             self.rw.set_operand(op, 2, self.bias(b, x_scale * w_scale, op))
+
+    def recurrent(self, op: Op) -> None:
+        """An LSTM/GRU recurrence: W_hh int8 per row; the hidden state, always inside (-1, 1), is
+        fed on the fixed grid q/127 (``int8_state``), so it needs no calibration."""
+        index = len(op.operands) - 2
+        w = op.operands[index]
+        if not (w.is_constant and w.producer.data is not None and w.type.dtype.is_float and w.type.encoding is None):
+            return
+        wq, _ = self.weight(w)
+        self.rw.set_operand(op, index, wq)
+        self.rw.set_attrs(op, int8_state=True)
 
     def weight(self, w: Value) -> tuple[Value, np.ndarray]:
         """Symmetric int8 weights with one scale per output channel (axis 0) or per tensor."""
