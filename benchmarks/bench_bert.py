@@ -131,7 +131,8 @@ def bench(name: str, batch: int, build: Path, rounds: int) -> dict:
     arrays = [x.numpy() for x in xs]
     t0 = time.perf_counter()
     graph = mcir.trace(model, xs, name=name.replace("-", "_"))
-    q = mcir.run_passes(graph, "fold,quant8", calibration=[tuple(x.numpy() for x in inputs(name, s)) for s in (1, 2, 3, 4)])
+    calib = [tuple(x.numpy() for x in inputs(name, s)) for s in (1, 2, 3, 4)]
+    q = mcir.run_passes(graph, "fold,quant8", calibration=calib)
     lib8 = compile_graph(q, build / f"{name}_int8")
     compile_s = time.perf_counter() - t0
     lib32 = compile_graph(graph, build / f"{name}_fp32")
