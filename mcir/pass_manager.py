@@ -204,6 +204,7 @@ BUILTIN: dict[str, str] = {
     "lowrank": "mcir.passes.lowrank:LowRank",
     "share": "mcir.passes.share:Share",
     "prune": "mcir.passes.prune:Prune",
+    "half": "mcir.passes.half:Half",
 }
 
 #: aliases: name -> (pass name, preset options)

@@ -360,16 +360,19 @@ def _embedding_infer(types: list[TensorType]) -> TensorType:
         raise McirError(f"embedding indices must be integers, got {idx}")
     if w.rank != 2:
         raise McirError(f"embedding table must be 2-D [num, dim], got {w}")
-    return TensorType(idx.shape + (w.shape[1],), w.dtype)
+    # a 16-bit float table is storage (the half pass): its rows are computed with as f32
+    dtype = F32 if w.dtype in (dtypes.f16, dtypes.bf16) else w.dtype
+    return TensorType(idx.shape + (w.shape[1],), dtype)
 
 
 @defop("embedding", operands="indices, weight", infer=_embedding_infer)
 def embedding(indices, weight):
-    """y[..., :] = weight[indices[...], :]; an index out of range is an error"""
+    """y[..., :] = weight[indices[...], :]; an index out of range is an error; f16/bf16 tables give f32 rows"""
     idx = np.asarray(indices)
     if idx.size and (idx.min() < 0 or idx.max() >= weight.shape[0]):
         raise McirError(f"embedding index out of range [0, {weight.shape[0]}): min {idx.min()}, max {idx.max()}")
-    return np.asarray(weight)[idx]
+    rows = np.asarray(weight)[idx]
+    return rows.astype(np.float32) if rows.dtype in (dtypes.f16.np, dtypes.bf16.np) else rows
 
 
 def _sdpa_infer(types: list[TensorType], is_causal, scale) -> TensorType:

@@ -17,6 +17,7 @@ from mcir.codegen.abi import ERR_INDEX_OUT_OF_RANGE
 from mcir.codegen.emit import F64, I1, Emitter, i64, storage_type
 from mcir.codegen.kernels import KernelContext, kernel
 from mcir.codegen.kernels.elementwise import cast_value, load_logical
+from mcir.codegen.kernels.gemm_f32 import check_half_target, load_b
 from mcir.codegen.kernels.movement import strides_of
 from mcir.dtypes import DType
 from mcir.dtypes import i64 as I64_DTYPE
@@ -108,3 +109,19 @@ def cumsum(k: KernelContext) -> None:
                 acc = b.add(lp.values[0], v)
                 em.store(acc, k.out, at)
             lp.next([acc])
+
+
+@kernel("embedding", ("int", "f16|bf16"), can_fail=True)
+def embedding_half(k: KernelContext) -> None:
+    """y[i, :] = f32(table[indices[i], :]) for a table stored in f16/bf16 (the half pass)."""
+    em, b = k.em, k.em.b
+    idx_t, table = k.operand_types
+    num, dim = table.shape
+    dtype = table.dtype.name
+    check_half_target(k.op, dtype, k.target)
+    _check_all(k, 0, idx_t.numel, idx_t.dtype, num)
+    with em.loop(idx_t.numel, name="row") as i:
+        src = b.mul(_index_at(em, k.args[0], i, idx_t.dtype), i64(dim))
+        dst = b.mul(i, i64(dim))
+        with em.loop(dim, name="col") as j:
+            em.store(load_b(em, k.args[1], b.add(src, j), 1, dtype), k.out, b.add(dst, j))

@@ -32,7 +32,15 @@ import numpy as np
 from mcir.codegen.emit import F32, I8, I32, Emitter, i64
 from mcir.codegen.kernels import KernelContext, kernel
 from mcir.codegen.kernels import math_approx as ma
-from mcir.codegen.kernels.gemm_f32 import GemmArgs, choose_tiling, emit_gemm, pack_b, panel_width
+from mcir.codegen.kernels.gemm_f32 import (
+    GemmArgs,
+    check_half_target,
+    choose_tiling,
+    emit_gemm,
+    half_panels,
+    pack_b,
+    panel_width,
+)
 from mcir.codegen.kernels.gemm_i8 import (
     IntGemm,
     IntTiling,
@@ -71,8 +79,12 @@ def _pack(op: Op, index: int, data, target: Target):
         return None
     _, _, hidden, gates = _dims(op)
     nv, lanes = panel_width(gates * hidden, target)
-    w = np.asarray(data, np.float32).reshape(gates * hidden, hidden)
-    return f"gemm_b_t:{nv * lanes}", pack_b(w.T, nv * lanes)  # the same layout linear uses for [N, K]
+    dtype = op.operands[index].type.dtype.name
+    w = np.asarray(data).astype(np.float32).reshape(gates * hidden, hidden)
+    panels = pack_b(w.T, nv * lanes)  # the same layout linear uses for [N, K]
+    if dtype == "f32":
+        return f"gemm_b_t:{nv * lanes}", panels
+    return f"gemm_b_t:{nv * lanes}:{dtype}", half_panels(panels, dtype)
 
 
 def _round16(n: int) -> int:
@@ -161,6 +173,8 @@ def _recurrence(k: KernelContext, gates_fn) -> None:
     n = gates * hidden
     w, bias = k.args[w_index], k.args[w_index + 1]
     int8 = _is_int8(k.op)
+    w_dtype = k.op.operands[w_index].type.dtype.name
+    check_half_target(k.op, w_dtype, k.target)
     rounded = k.op.attrs["int8_state"]
     if int8 and not rounded:
         raise CodegenError(f"{k.op.where()}: an int8 W_hh needs int8_state=true (the quant8 pass sets both)")
@@ -183,7 +197,7 @@ def _recurrence(k: KernelContext, gates_fn) -> None:
                 em.store(b.fadd(em.load(gs, at, F32), em.load(bias, j, F32)), gs, at)
         else:
             a = qs if rounded else hs
-            emit_gemm(em, GemmArgs(batch, n, hidden, a, hidden, 1, w, gs, n, bias), tiling)
+            emit_gemm(em, GemmArgs(batch, n, hidden, a, hidden, 1, w, gs, n, bias, b_dtype=w_dtype), tiling)
         gx = em.gep(k.args[0], b.mul(t, i64(batch * n)), F32)
         out = em.gep(k.out, b.mul(t, i64(batch * hidden)), F32)
         with em.loop(batch, name="row") as r:
@@ -212,7 +226,7 @@ def _gate(em: Emitter, gx: ir.Value, gs: ir.Value, row_g: ir.Value, index: ir.Va
 
 
 @kernel("lstm", ("f32", "f32", "f32", "i8#quant", "f32"), pack=_pack_int8, scratch=_scratch)
-@kernel("lstm", ("f32", "f32", "f32", "f32", "f32"), pack=_pack, scratch=_scratch)
+@kernel("lstm", ("f32", "f32", "f32", "f32|f16|bf16", "f32"), pack=_pack, scratch=_scratch)
 def lstm(k: KernelContext) -> None:
     """LSTM recurrence: W_hh GEMV per step (packed panels) + fused gates; y[t] = h_t (or c_t)."""
     hidden = _dims(k.op)[2]
@@ -235,7 +249,7 @@ def lstm(k: KernelContext) -> None:
 
 
 @kernel("gru", ("f32", "f32", "i8#quant", "f32"), pack=_pack_int8, scratch=_scratch)
-@kernel("gru", ("f32", "f32", "f32", "f32"), pack=_pack, scratch=_scratch)
+@kernel("gru", ("f32", "f32", "f32|f16|bf16", "f32"), pack=_pack, scratch=_scratch)
 def gru(k: KernelContext) -> None:
     """GRU recurrence: W_hh GEMV per step (packed panels, b_hh added) + fused gates; y[t] = h_t."""
     hidden = _dims(k.op)[2]
