@@ -13,8 +13,8 @@ Models (random weights, built from configs; nothing is downloaded):
 
 Contenders, single-threaded, interleaved in one process (see timing.py):
 
-* ``mcir fp32``; ``mcir int8``: ``fold,quant8`` calibrated on 4 inputs (int8 linear layers; the
-  LSTM recurrence stays fp32, see docs/benchmarks.md);
+* ``mcir fp32``; ``mcir f16``: the ``half`` pass (f16 weights, f32 compute); ``mcir int8``:
+  ``fold,quant8`` calibrated on 4 inputs (int8 linear layers and LSTM ``W_hh``);
 * ``torch fp32``: eager; ``torch dyn``: ``quantize_dynamic`` of ``nn.Linear`` (and ``nn.LSTM``);
 * ``ORT fp32``, ``ORT dyn``: the ``torch.onnx.export`` of the model in ONNX Runtime, the latter
   after ``onnxruntime.quantization.quantize_dynamic`` (int8 weights).
@@ -51,7 +51,7 @@ from mcir.codegen import compile as compile_graph  # noqa: E402
 
 warnings.filterwarnings("ignore")  # torch.ao deprecation notices, export chatter
 
-TIMED = ("torch fp32", "torch dyn", "ORT fp32", "ORT dyn", "mcir fp32", "mcir int8")
+TIMED = ("torch fp32", "torch dyn", "ORT fp32", "ORT dyn", "mcir fp32", "mcir f16", "mcir int8")
 INT8_PEERS = ("torch dyn", "ORT dyn")
 
 
@@ -136,9 +136,9 @@ def bench(name: str, batch: int, build: Path, rounds: int) -> dict:
     lib8 = compile_graph(q, build / f"{name}_int8")
     compile_s = time.perf_counter() - t0
     lib32 = compile_graph(graph, build / f"{name}_fp32")
-    y8 = np.empty(lib8.outputs[0].shape, lib8.outputs[0].dtype)
-    y32 = np.empty(lib32.outputs[0].shape, lib32.outputs[0].dtype)
-    run8, run32 = lib8.bind(arrays, [y8]), lib32.bind(arrays, [y32])
+    lib16 = compile_graph(mcir.run_passes(graph, "half"), build / f"{name}_f16")
+    y8, y16, y32 = (np.empty(lib.outputs[0].shape, lib.outputs[0].dtype) for lib in (lib8, lib16, lib32))
+    run8, run16, run32 = lib8.bind(arrays, [y8]), lib16.bind(arrays, [y16]), lib32.bind(arrays, [y32])
 
     notes: list[str] = []
     dyn_types = {torch.nn.Linear, torch.nn.LSTM} if name == "lstm" else {torch.nn.Linear}
@@ -149,12 +149,14 @@ def bench(name: str, batch: int, build: Path, rounds: int) -> dict:
             fns |= ort_models(model, xs, Path(tmp))
         except Exception as e:  # report, do not hide: the table says n/a and why
             notes.append(f"{name}: ONNX export/ORT failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
-        fns["mcir fp32"], fns["mcir int8"] = run32, run8
+        fns["mcir fp32"], fns["mcir f16"], fns["mcir int8"] = run32, run16, run8
         with torch.inference_mode():
             ref = model(*xs).numpy()
             run8()
+            run16()
             run32()
             sqnr = {"mcir int8": sqnr_db(ref, y8), "mcir fp32": sqnr_db(ref, y32)}
+            f16_err = float(np.abs(y16 - ref).max() / np.abs(ref).max())
             for key in INT8_PEERS:
                 if key in fns:
                     out = fns[key]()
@@ -173,13 +175,14 @@ def bench(name: str, batch: int, build: Path, rounds: int) -> dict:
         "sqnr": sqnr,
         "compile_s": compile_s,
         "weights": (lib8.weight_bytes, lib32.weight_bytes),
+        "f16": (lib16.weight_bytes, f16_err),
         "notes": notes,
     }
 
 
 def table(rows: list[dict], markdown: bool) -> str:
     head = ["model", *TIMED, "int8: best peer / mcir", "fp32: best peer / mcir", "SQNR mcir int8"]
-    head += ["SQNR torch dyn", "SQNR ORT dyn", "weights int8/fp32", "quant8+compile"]
+    head += ["SQNR torch dyn", "SQNR ORT dyn", "weights int8/f16/fp32", "f16 max rel err", "quant8+compile"]
     body = []
     for r in rows:
         t, q, s = r["times"], r["ratios"], r["sqnr"]
@@ -187,7 +190,8 @@ def table(rows: list[dict], markdown: bool) -> str:
         cells += [f"{q['best int8 peer']:.2f}x", f"{q['fp32: best peer / mcir']:.2f}x"]
         cells += [f"{s[k]:.1f} dB" if k in s else "n/a" for k in ("mcir int8", "torch dyn", "ORT dyn")]
         w8, w32 = r["weights"]
-        cells += [f"{w8 / 1e6:.2f}/{w32 / 1e6:.2f} MB", f"{r['compile_s']:.1f} s"]
+        w16, err16 = r["f16"]
+        cells += [f"{w8 / 1e6:.2f}/{w16 / 1e6:.2f}/{w32 / 1e6:.2f} MB", f"{err16:.1e}", f"{r['compile_s']:.1f} s"]
         body.append(cells)
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
     if markdown:
