@@ -22,7 +22,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from mcir.errors import UnsupportedError
-from mcir.frontend import aten_elementwise, aten_index, aten_nn, aten_seq, aten_shape  # noqa: F401 (they fill ATEN)
+from mcir.frontend import (  # noqa: F401 (importing them fills ATEN)
+    aten_elementwise,
+    aten_index,
+    aten_nn,
+    aten_seq,
+    aten_shape,
+    aten_spatial,
+)
 from mcir.frontend.torch_import import Converter, Param, torch_dtype
 from mcir.frontend.torch_ops import ATEN, Args, Handler, aten
 from mcir.ir import Value
@@ -127,7 +134,8 @@ _SAME_AS_ATEN: list[tuple[Callable[..., Any], Any]] = [
     (torch.gather, aten.gather), (torch.index_select, aten.index_select), (torch.cumsum, aten.cumsum),
     (F.conv1d, aten.conv1d), (torch.conv1d, aten.conv1d), (F.max_pool1d, aten.max_pool1d),
     (F.avg_pool1d, aten.avg_pool1d), (F.adaptive_avg_pool1d, aten.adaptive_avg_pool1d),
-    (F.adaptive_max_pool1d, aten.adaptive_max_pool1d),
+    (F.adaptive_max_pool1d, aten.adaptive_max_pool1d), (F.group_norm, aten.group_norm),
+    (F.conv_transpose1d, aten.conv_transpose1d), (F.conv_transpose2d, aten.conv_transpose2d),
 ]
 # fmt: on
 
@@ -348,6 +356,10 @@ def m_conv2d(cx, mod, path, a):
 
 
 MODULES[nn.LSTM] = MODULES[nn.GRU] = aten_seq.module_rnn
+MODULES[nn.GroupNorm] = aten_spatial.module_group_norm
+MODULES[nn.InstanceNorm1d] = MODULES[nn.InstanceNorm2d] = aten_spatial.module_instance_norm
+MODULES[nn.ConvTranspose1d] = MODULES[nn.ConvTranspose2d] = aten_spatial.module_conv_transpose
+FUNCTIONS[F.interpolate] = aten_spatial.interpolate
 MODULES[nn.AdaptiveAvgPool1d] = _module_call(aten.adaptive_avg_pool1d, lambda m: [m.output_size])
 MODULES[nn.AdaptiveMaxPool1d] = _module_call(aten.adaptive_max_pool1d, lambda m: [m.output_size])
 MODULES[nn.MaxPool1d] = _module_call(

@@ -368,7 +368,9 @@ class Converter:
         self.env: dict[fx.Node, Any] = {}
         self.node: fx.Node | None = None
         self.loc = Location()
-        self._consts: dict[int, Value] = {}  # id(Param / Folded) -> its constant
+        # id(Param / Folded) -> (it, its constant): holding the object keeps its id from being reused
+        # by a later temporary (handlers create Folded tensors that live only for one call)
+        self._consts: dict[int, tuple[Param | Folded, Value]] = {}
         self._params: dict[str, Param] = {}  # module path -> Param, so a weight used twice is one constant
 
     # -- driving ---------------------------------------------------------------------------
@@ -427,8 +429,8 @@ class Converter:
             if key not in self._consts:
                 name = x.path if isinstance(x, Param) else x.name
                 what = f"tensor '{name}'"
-                self._consts[key] = self.graph.const(self.graph.fresh_name(name), to_numpy(x.tensor, what))
-            return self._consts[key]
+                self._consts[key] = (x, self.graph.const(self.graph.fresh_name(name), to_numpy(x.tensor, what)))
+            return self._consts[key][1]
         if isinstance(x, Unavailable):
             raise UnsupportedError(f"{self.describe()} uses {x.what}, which mcir does not compute")
         if isinstance(x, bool | int | float):
