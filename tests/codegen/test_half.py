@@ -105,3 +105,18 @@ def test_f16_refuses_weights_beyond_its_range():
     graph = mcir.trace(model, torch.randn(1, 32))
     with pytest.raises(mcir.McirError, match="bf16"):
         mcir.run_passes(graph, "half(min_elements=1)")
+
+
+def test_half_after_quant8_stores_what_stays_float_in_f16(tmp_path):
+    torch.manual_seed(2)
+    model = Tagger().eval()
+    gen = torch.Generator().manual_seed(3)
+    batches = [torch.randint(0, 300, (2, 10), generator=gen) for _ in range(5)]
+    graph = mcir.trace(model, batches[0])
+    q = mcir.run_passes(graph, "fold,quant8,half", calibration=[(b.numpy(),) for b in batches[1:]])
+    stored = {op.name: op.operands[1].type.dtype.name for op in q.compute_ops() if op.name in ("linear", "embedding")}
+    assert stored == {"linear": "i8", "embedding": "f16"}
+    lib = build(q, tmp_path)
+    (native,) = lib(batches[0].numpy())
+    (interp,) = mcir.interpret(q, batches[0].numpy())
+    assert _rel(native, interp) <= 1e-4
