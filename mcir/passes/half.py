@@ -1,7 +1,7 @@
 """half: weights stored in 16 bits (f16 or bf16), computed in f32.
 
-The weight matrices of ``linear`` layers, embedding tables and LSTM/GRU recurrences (``W_hh``)
-keep their values rounded to the nearest 16-bit float; the kernels widen them to f32 as they stream
+The weights of ``linear`` and ``conv2d`` layers, embedding tables and LSTM/GRU recurrences
+(``W_hh``) keep their values rounded to the nearest 16-bit float; the kernels widen them to f32 as they stream
 them (``vcvtph2ps`` for f16, a 16-bit shift for bf16), so activations, biases and
 accumulation stay f32. Before::
 
@@ -39,14 +39,14 @@ from mcir.rewriter import Rewriter
 from mcir.types import TensorType
 
 #: op -> which operand is the weight that can be stored in 16 bits
-HALF_WEIGHTS = {"linear": 1, "lstm": 3, "gru": 2, "embedding": 1}
+HALF_WEIGHTS = {"linear": 1, "conv2d": 1, "lstm": 3, "gru": 2, "embedding": 1}
 
 F16_MAX = 65504.0
 
 
 @dataclass(frozen=True)
 class Half(Pass):
-    """Weights of linear layers, embeddings and RNN recurrences stored as f16 or bf16 (half the bytes), f32 compute."""
+    """Weights of linear/conv layers, embeddings and RNN recurrences stored in f16/bf16 (half the bytes)."""
 
     name: ClassVar[str] = "half"
     preserves: ClassVar[str] = "approximate: weights rounded to 16-bit floats (f16 2^-11, bf16 2^-8 relative)"

@@ -120,3 +120,25 @@ def test_half_after_quant8_stores_what_stays_float_in_f16(tmp_path):
     (native,) = lib(batches[0].numpy())
     (interp,) = mcir.interpret(q, batches[0].numpy())
     assert _rel(native, interp) <= 1e-4
+
+
+@pytest.mark.parametrize("dtype", ["f16", "bf16"])
+def test_half_convolutions_gemm_grouped_and_depthwise(tmp_path, dtype):
+    torch.manual_seed(4)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1, groups=16),  # depthwise: the direct kernel
+        nn.Conv2d(16, 32, 3, stride=2, groups=2),  # grouped GEMM
+        nn.Flatten(),
+        nn.Linear(32 * 7 * 7, 10),
+    ).eval()
+    x = torch.randn(2, 3, 16, 16)
+    graph = mcir.trace(model, x)
+    half = mcir.run_passes(graph, f"half(dtype={dtype},min_elements=64)")
+    convs = [op for op in half.compute_ops() if op.name == "conv2d"]
+    assert [op.operands[1].type.dtype.name for op in convs] == [dtype] * 3
+    (native,) = check_native(half, tmp_path, x.numpy())
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert _rel(native, ref) <= (1e-3 if dtype == "f16" else 1e-2)

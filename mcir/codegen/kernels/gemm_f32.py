@@ -157,6 +157,7 @@ class GemmArgs:
     a_packed: bool = False  # A in row panels of the tiling's MR (see pack_a)
     epilogue: object = None  # Callable[[Emitter, ir.Value], ir.Value] | None
     b_dtype: str = "f32"  # storage of the B panels: f32, or f16 / bf16 widened to f32 as they are loaded
+    a_dtype: str = "f32"  # storage of A (convolution weights): f32, f16 or bf16
 
 
 def emit_gemm(em: Emitter, g: GemmArgs, t: Tiling) -> None:
@@ -203,7 +204,7 @@ def emit_gemm(em: Emitter, g: GemmArgs, t: Tiling) -> None:
         chunk_passes(lambda ks, kl, f, la: panels(i64(m_main), m_tail, ks, kl, f, la))
 
 
-_HALF_STORAGE = {"f16": ir.HalfType(), "bf16": ir.IntType(16)}
+HALF_STORAGE = {"f16": ir.HalfType(), "bf16": ir.IntType(16)}
 
 
 def load_b(em: Emitter, ptr: ir.Value, index: ir.Value, lanes: int, dtype: str) -> ir.Value:
@@ -214,7 +215,7 @@ def load_b(em: Emitter, ptr: ir.Value, index: ir.Value, lanes: int, dtype: str) 
     b = em.b
     if dtype == "f32":
         return em.load(ptr, index, vec(F32, lanes), align=4 * lanes)
-    elem = _HALF_STORAGE[dtype]
+    elem = HALF_STORAGE[dtype]
     raw = em.load(ptr, index, vec(elem, lanes), align=2 * lanes)
     if dtype == "f16":
         return b.fpext(raw, vec(F32, lanes))
@@ -265,13 +266,14 @@ def _tile(
     b = em.b
     vt = vec(F32, t.lanes)
     zero = const(vt, 0.0)
+    a_elem = HALF_STORAGE.get(g.a_dtype, F32)
     if g.a_packed:  # panel of the tile: A[row + r, k] at a[row * K + k * MR + r]
-        a_row = em.gep(g.a, b.mul(row, i64(g.k)), F32)
+        a_row = em.gep(g.a, b.mul(row, i64(g.k)), a_elem)
         a_rs, a_cs = 1, t.mr
     else:
-        a_row = em.gep(g.a, b.mul(row, i64(g.a_rs)), F32)
+        a_row = em.gep(g.a, b.mul(row, i64(g.a_rs)), a_elem)
         a_rs, a_cs = g.a_rs, g.a_cs
-    b_elem = _HALF_STORAGE.get(g.b_dtype, F32)
+    b_elem = HALF_STORAGE.get(g.b_dtype, F32)
     b_pan = em.gep(g.b_packed, b.add(b.mul(panel, i64(g.k * t.nr)), b.mul(kstart, i64(t.nr))), b_elem)
     a_k0 = b.mul(kstart, i64(a_cs))
     ku = min(t.ku, max(1, klen))
@@ -281,7 +283,7 @@ def _tile(
         out = list(accs)
         a_k = b.add(a_k0, b.mul(kk, i64(a_cs)))
         for r in range(mr):
-            av = em.splat(em.load(a_row, b.add(a_k, i64(r * a_rs)), F32), t.lanes)
+            av = em.splat(load_b(em, a_row, b.add(a_k, i64(r * a_rs)), 1, g.a_dtype), t.lanes)
             for j in range(nv):
                 out[r * nv + j] = em.fma(av, bv[j], accs[r * nv + j])
         return out
