@@ -70,8 +70,10 @@ class LastHidden(torch.nn.Module):
         self.model = model
         self.token_types = token_types
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
-        kwargs = {"token_type_ids": rest[0]} if self.token_types else {}
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        kwargs = {"token_type_ids": token_type_ids} if self.token_types and token_type_ids is not None else {}
         return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
 
 
