@@ -1,5 +1,5 @@
 """Pruned models (issue #6): latency of the sparse kernels, library bytes, and the density
-sweep behind the cost rule (``mcir.passes.sparse_cost``).
+sweep behind the cost rule (``mcir.analysis.sparse_cost``).
 
     python benchmarks/bench_sparse.py                       # everything (several minutes)
     python benchmarks/bench_sparse.py --models mlp --batches 1 --markdown

@@ -14,17 +14,17 @@ from __future__ import annotations
 from typing import Any
 
 from mcir.errors import McirError, ParseError, UnsupportedError, VerifyError
+from mcir.instrument import run_passes
 from mcir.interp import Interpreter, interpret
 from mcir.ir import Graph, Location, Op, Value
 from mcir.parser import parse, parse_file
-from mcir.pass_manager import Pass, PassContext, option, pass_, run_passes
+from mcir.pass_base import Pass, PassContext, option, pass_
 from mcir.patterns import Match, Pat, RewritePattern, RuleSet, apply_rules
 from mcir.rewriter import Rewriter
 from mcir.serialize import load, save
 from mcir.types import TensorType, tensor
 from mcir.verifier import verify
-
-__version__ = "0.1.0"
+from mcir.version import __version__
 
 
 def trace(module: Any, example_inputs: Any, tracer: str = "export", name: str | None = None) -> Graph:
@@ -33,7 +33,7 @@ def trace(module: Any, example_inputs: Any, tracer: str = "export", name: str | 
     ``tracer="export"`` uses ``torch.export`` (non-strict, eval mode); ``tracer="fx"``
     uses ``torch.fx.symbolic_trace``. Both give the same IR.
     """
-    from mcir.frontend.torch_import import trace as _trace
+    from mcir.frontend.torch_import import trace as _trace  # lazy: `import mcir` must not import torch
 
     return _trace(module, example_inputs, tracer=tracer, name=name)
 
@@ -41,14 +41,14 @@ def trace(module: Any, example_inputs: Any, tracer: str = "export", name: str | 
 def compile(graph: Graph, path: Any, target: str = "native", name: str | None = None, triple: str | None = None) -> Any:
     """Compile ``graph`` to ``PATH.o``, ``PATH.so`` and ``PATH.h`` and return the loaded library
     (``lib(*arrays)`` runs it); see ``mcir.codegen.compile``."""
-    from mcir.codegen import compile as _compile
+    from mcir.codegen import compile as _compile  # lazy: only compiling needs llvmlite
 
     return _compile(graph, path, target=target, name=name, triple=triple, pipeline=graph.meta.get("pipeline", ""))
 
 
 def replace_pattern(graph: Graph, pattern: Any, replacement: Any, example_inputs: Any = None) -> int:
     """Replace every match of the torch function ``pattern`` by ``replacement``; see ``mcir.replace``."""
-    from mcir.replace import replace_pattern as _replace
+    from mcir.replace import replace_pattern as _replace  # lazy: it traces with torch
 
     return _replace(graph, pattern, replacement, example_inputs)
 
@@ -71,6 +71,7 @@ __all__ = [
     "UnsupportedError",
     "Value",
     "VerifyError",
+    "__version__",
     "apply_rules",
     "compile",
     "interpret",

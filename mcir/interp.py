@@ -35,7 +35,17 @@ class Interpreter:
             env[id(v)] = check_input(v, x)
         last_use = _last_uses(g)
         for i, op in enumerate(g.ops):
-            env[id(op.result)] = self.run_op(op, [env[id(v)] for v in op.operands])
+            try:
+                env[id(op.result)] = self.run_op(op, [env[id(v)] for v in op.operands])
+            except McirError as e:
+                if op.name == "const" or op.where() in str(e):  # the message already names the value
+                    raise
+                raise type(e)(f"{e} (while running {describe(op)})") from None
+            except Exception as e:
+                # a failing reference is an mcir bug: keep the exception and its traceback, add where
+                if hasattr(e, "add_note"):  # Python 3.11+; on 3.10 the exception goes up unchanged
+                    e.add_note(f"while running {describe(op)}")
+                raise
             for v in last_use.get(i, ()):
                 env.pop(id(v), None)
         return [env[id(v)] for v in g.outputs]
@@ -55,6 +65,12 @@ class Interpreter:
         if out.shape != t.shape:
             raise McirError(f"internal error: reference of {op.where()} gave shape {list(out.shape)}, type says {t}")
         return t.encode(out)
+
+
+def describe(op: Op) -> str:
+    """The op, its module path and source line, and its operand types, for error messages."""
+    operands = ", ".join(f"%{v.name}: {v.type}" for v in op.operands) or "no operands"
+    return f"{op.where()} on ({operands})"
 
 
 def _last_uses(g: Graph) -> dict[int, list[Value]]:

@@ -19,7 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from mcir import dtypes
 from mcir.errors import McirError
+from mcir.ops import registry
+from mcir.printer import print_graph
 from mcir.types import TensorType
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.$\-]+$")
@@ -234,8 +237,6 @@ class Graph:
 
         Returns the op's result value.
         """
-        from mcir.ops import registry
-
         opdef = registry.get(name)
         attrs = opdef.complete_attrs(dict(attrs or {}), where=f"op '{name}'")
         if type is None:
@@ -254,8 +255,6 @@ class Graph:
         loc: Location | None = None,
     ) -> Value:
         """Insert a ``const`` op holding ``data`` (a numpy array, or a dict of components)."""
-        from mcir import dtypes
-
         if type is None:
             if isinstance(data, dict):
                 raise McirError("a constant given as components needs an explicit type")
@@ -310,8 +309,6 @@ class Graph:
         return g
 
     def __str__(self) -> str:
-        from mcir.printer import print_graph
-
         return print_graph(self)
 
     def __repr__(self) -> str:

@@ -20,6 +20,7 @@ from mcir.errors import McirError, ParseError
 from mcir.ir import Graph, Location, Op
 from mcir.ops import registry
 from mcir.types import ENCODINGS, TensorType
+from mcir.verifier import verify as verify_graph
 
 # what the user would type, for "expected ..." messages
 _TERMINAL_TEXT = {
@@ -103,9 +104,7 @@ def parse(text: str, *, source: str | None = None, verify: bool = True) -> Graph
         ) from None
     graph = _Builder(source).build(tree.children[0])
     if verify:
-        from mcir.verifier import verify as _verify
-
-        _verify(graph)
+        verify_graph(graph)
     return graph
 
 

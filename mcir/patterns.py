@@ -23,14 +23,20 @@ Tier 2, rules as code: subclass ``RewritePattern`` and implement
 
 ``apply_rules(graph, rules)`` runs a rule set to a fixpoint with a worklist, removes
 dead ops as it goes, and stops with an error naming the rule set and the last rules
-applied when a cap on rewrites is hit (two rules undoing each other).
+applied when a cap on rewrites is hit (two rules undoing each other). Inside
+``with track_rules() as stats:`` it also counts, per rule, how often it was tried and
+applied and the time spent in it (what ``run_passes`` reports per pass).
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
+import contextvars
+import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -249,6 +255,34 @@ class RuleSet:
         return len(self.rules)
 
 
+@dataclass
+class RuleStat:
+    """How one rule fared in the greedy driver: match attempts, rewrites, seconds spent in it."""
+
+    tried: int = 0
+    applied: int = 0
+    seconds: float = 0.0
+
+
+# the collector of the innermost active track_rules(), None when nobody is counting
+_TRACKED: contextvars.ContextVar[dict[str, RuleStat] | None] = contextvars.ContextVar("mcir_rule_stats", default=None)
+
+
+@contextlib.contextmanager
+def track_rules() -> Iterator[dict[str, RuleStat]]:
+    """Count rule attempts, rewrites and time in every ``apply_rules`` inside the block.
+
+    Yields a dict filled as rules run, keyed ``"ruleset[i] rule"`` (``i``: the rule's
+    position in its set, since two rules may print alike). Without it the driver does not time.
+    """
+    stats: dict[str, RuleStat] = {}
+    token = _TRACKED.set(stats)
+    try:
+        yield stats
+    finally:
+        _TRACKED.reset(token)
+
+
 def apply_rules(
     graph: Graph,
     rules: RuleSet | Iterable[RewritePattern],
@@ -264,6 +298,8 @@ def apply_rules(
     became unused are erased on the way.
     """
     ruleset = rules if isinstance(rules, RuleSet) else RuleSet("rules", rules)
+    tracked = _TRACKED.get()
+    keys = {id(rule): f"{ruleset.name}[{i}] {rule}" for i, rule in enumerate(ruleset)}
     by_root: dict[str | None, list[RewritePattern]] = {}
     for rule in ruleset:
         for root in rule.roots if rule.roots is not None else [None]:
@@ -309,7 +345,16 @@ def apply_rules(
                 rw.erase(op)
                 continue
             for rule in by_root.get(op.name, []) + wildcard:
-                if rule.match_and_rewrite(op, rw):
+                if tracked is None:
+                    hit = rule.match_and_rewrite(op, rw)
+                else:
+                    t0 = time.perf_counter()
+                    hit = rule.match_and_rewrite(op, rw)
+                    stat = tracked.setdefault(keys[id(rule)], RuleStat())
+                    stat.tried += 1
+                    stat.applied += bool(hit)
+                    stat.seconds += time.perf_counter() - t0
+                if hit:
                     count += 1
                     history.append(str(rule))
                     if count > cap:

@@ -21,40 +21,19 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mcir.ir import Graph, Op
+from mcir.literals import format_attr, format_float
 from mcir.ops import registry
 
+if TYPE_CHECKING:  # the printer reads graphs but needs no class of mcir.ir at run time (ir imports it)
+    from mcir.ir import Graph, Op
+
+__all__ = ["INLINE_LIMIT", "format_attr", "format_float", "format_op", "is_inline", "print_graph"]
+
 INLINE_LIMIT = 16
-
-
-def format_float(v: float) -> str:
-    """Shortest text that parses back to the same double; always has a '.' or exponent."""
-    if math.isnan(v):
-        return "nan"
-    if math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    return repr(float(v))
-
-
-def format_attr(v: Any) -> str:
-    """Text of an attribute value: 3, 0.5, true, none, "str", [1, 2]."""
-    if v is None:
-        return "none"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        return format_float(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, tuple | list):
-        return "[" + ", ".join(format_attr(x) for x in v) + "]"
-    raise TypeError(f"cannot print attribute value {v!r}")
 
 
 def _format_element(x: Any, kind: str) -> str:

@@ -29,11 +29,10 @@ import numpy as np
 
 from mcir.errors import McirError
 from mcir.ir import Graph, Value
+from mcir.ops import registry
+from mcir.ops.traits import SHAPE_ATTR
 from mcir.patterns import Match, Pat, constant_array
 from mcir.rewriter import Rewriter, dead_code_elimination
-
-#: attributes that depend on the example shapes used to trace the pattern
-SHAPE_ATTRS = {"reshape": {"shape"}, "expand": {"shape"}}
 
 
 def _function_module(fn: Callable[..., Any]):
@@ -49,7 +48,7 @@ def _function_module(fn: Callable[..., Any]):
 
 
 def _trace_function(fn: Callable[..., Any], example_inputs: tuple) -> Graph:
-    from mcir.frontend.torch_import import trace
+    from mcir.frontend.torch_import import trace  # lazy: importing mcir.replace must not import torch
 
     return trace(_function_module(fn), example_inputs, tracer="export", name=fn.__name__)
 
@@ -73,7 +72,8 @@ def pattern_from_graph(pg: Graph) -> tuple[Pat, list[str]]:
                 name=f"c:{op.result.name}", where=lambda a, d=data: a.shape == d.shape and bool(np.array_equal(a, d))
             )
             continue
-        ignored = SHAPE_ATTRS.get(op.name, set())
+        # a static shape attribute spells the example sizes used to trace the pattern, not the pattern
+        ignored = {"shape"} if registry.has_trait(op.name, SHAPE_ATTR) else set()
         attrs = {k: v for k, v in op.attrs.items() if k not in ignored}
         pats[id(op.result)] = Pat(op.name, *(pats[id(v)] for v in op.operands), attrs=attrs, name=f"v:{op.result.name}")
     root = pg.outputs[0]

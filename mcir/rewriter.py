@@ -16,7 +16,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from mcir.errors import McirError
-from mcir.ir import Graph, Location, Op, Value
+from mcir.ir import Graph, Location, Op, Value, _freeze_data
+from mcir.ops import registry
 from mcir.types import TensorType
 
 Listener = Callable[[str, Op], None]  # (event, op): event is "insert", "erase" or "modify"
@@ -139,8 +140,6 @@ class Rewriter:
 
     def set_data(self, op: Op, data: Any, type: TensorType | None = None) -> None:
         """Give a const op new data (and optionally a new type), checked against the type."""
-        from mcir.ir import _freeze_data
-
         if op.name != "const":
             raise McirError(f"set_data needs a const op, got {op.where()}")
         t = type or op.result.type
@@ -150,8 +149,6 @@ class Rewriter:
 
     def set_attrs(self, op: Op, **attrs: Any) -> None:
         """Change attributes of ``op`` (validated against its declaration)."""
-        from mcir.ops import registry
-
         merged = dict(op.attrs)
         merged.update(attrs)
         op.attrs = registry.get(op.name).complete_attrs(merged, op.where())

@@ -17,29 +17,15 @@ from pathlib import Path
 import numpy as np
 import safetensors.numpy
 
+from mcir.atomic_write import write_atomic  # noqa: F401  (re-exported: cli.py and codegen/compiler.py import it from here)
 from mcir.errors import McirError
 from mcir.ir import Graph, _freeze_data
 from mcir.parser import parse_file
 from mcir.printer import is_inline, print_graph
+from mcir.verifier import verify
 
 GRAPH_FILE = "graph.mcir"
 WEIGHTS_FILE = "weights.safetensors"
-
-
-def write_atomic(path: Path, data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _key(name: str, component: str) -> str:
@@ -120,6 +106,4 @@ def load(path: str | Path) -> Graph:
                 op.data = _freeze_data(parts, t)
             except McirError as e:
                 raise McirError(f"{weights_file}: tensor for %{op.result.name}: {e}") from None
-    from mcir.verifier import verify
-
     return verify(graph)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -175,3 +177,55 @@ def test_function_pass_options_come_from_keyword_parameters():
 
     mcir.run_passes(g, [p, grab])
     assert ctx_seen["got"] == (3.0, "x")
+
+
+def test_listing_built_in_passes_imports_none_of_them():
+    code = (
+        "import sys; from mcir.passes import get_all_passes, pass_names; "
+        "assert get_all_passes()['prune'] == 'mcir.passes.prune:Prune'; assert 'quant8' in pass_names(); "
+        "print(sorted(m for m in sys.modules if m.startswith('mcir.passes.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_pass_manager_still_exports_what_user_passes_import():
+    import mcir.pass_base
+    import mcir.pass_manager
+    import mcir.passes
+
+    assert mcir.pass_manager.Pass is mcir.pass_base.Pass is mcir.Pass
+    assert mcir.pass_manager.option is mcir.pass_base.option
+    assert mcir.pass_manager.PassContext is mcir.pass_base.PassContext
+    assert mcir.pass_manager.get_pass is mcir.passes.get_pass
+
+
+def test_rule_counts_and_times_are_reported_per_pass():
+    from mcir.ir import Graph
+    from mcir.types import tensor
+
+    g = Graph("g")
+    x = g.add_input("x", tensor([2, 3]))
+    y = g.add("mul", [x, g.const("one", np.ones((), np.float32))])
+    g.set_outputs([g.add("relu", [g.add("dropout", [y], {"p": 0.1})])])
+    report = mcir.run_passes(g, "fold").meta["report"]
+    applied = {rule: st.applied for rule, st in report.rows[1].rules.items() if st.applied}
+    assert sorted(applied.values()) == [1, 1]  # x * 1 -> x, dropout(x) -> x
+    assert any("dropout" in rule for rule in applied) and any("mul" in rule for rule in applied)
+    assert all(st.tried >= st.applied and st.seconds >= 0 for st in report.rows[1].rules.values())
+    table = report.rule_table()
+    assert "dropout" in table and "applied" in table.splitlines()[0]
+
+
+def test_rules_are_only_timed_inside_track_rules():
+    from mcir.patterns import Pat, RuleSet, apply_rules, track_rules
+
+    rules = RuleSet("noops", [(Pat("dropout", Pat.var("x")), lambda m, rw: m.x)])
+    g = mcir.parse("graph @g(%x: f32[2]) -> (f32[2]) {\n  %d = dropout(%x) : f32[2]\n  return %d\n}\n")
+    with track_rules() as stats:
+        assert apply_rules(g, rules) == 1
+    assert [(k, s.applied) for k, s in stats.items()] == [("noops[0] dropout(x)", 1)]
+    with track_rules() as outer:
+        pass
+    g2 = mcir.parse("graph @g(%x: f32[2]) -> (f32[2]) {\n  %d = dropout(%x) : f32[2]\n  return %d\n}\n")
+    assert apply_rules(g2, rules) == 1 and outer == {}

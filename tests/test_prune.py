@@ -13,8 +13,8 @@ import pytest
 
 import mcir
 from mcir import dtypes
+from mcir.analysis.sparse_cost import dense_bytes, prefer_sparse, sparse_bytes
 from mcir.pass_manager import GraphStats
-from mcir.passes.sparse_cost import dense_bytes, prefer_sparse, sparse_bytes
 from mcir.sparse import NM, Csr
 from mcir.types import TensorType
 

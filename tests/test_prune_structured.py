@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import mcir
+from mcir.analysis.dependency import dependency_groups, find_seeds, reshape_labels
 from mcir.pass_manager import GraphStats
-from mcir.passes.dependency import dependency_groups, find_seeds, reshape_labels
 from mcir.passes.prune import Prune, plan_structured
 
 

@@ -45,6 +45,7 @@ from mcir.codegen.target import Target
 from mcir.errors import CodegenError
 from mcir.ir import Graph, Op, Value
 from mcir.verifier import verify
+from mcir.version import __version__
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -349,8 +350,6 @@ class _Builder:
 
 def lower(graph: Graph, target: Target, name: str, pipeline: str = "") -> Lowered:
     """Lower ``graph`` to an optimised LLVM module for ``target`` with symbols ``mcir_NAME_*``."""
-    import mcir
-
     verify(graph)
     name = c_name(name)
     for which, values in (("input", graph.inputs), ("output", graph.outputs)):
@@ -374,7 +373,7 @@ def lower(graph: Graph, target: Target, name: str, pipeline: str = "") -> Lowere
     bld.descriptors("inputs", graph.inputs)
     bld.descriptors("outputs", graph.outputs)
     metadata = {
-        "mcir_version": mcir.__version__,
+        "mcir_version": __version__,
         "abi_version": ABI_VERSION,
         "name": name,
         "graph": graph.name,

@@ -23,9 +23,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mcir.ir import Graph, Op, Value
+from mcir.ops import registry
+from mcir.ops.traits import VIEW
 
 ALIGN = 64
-VIEW_OPS = ("reshape", "dropout")
 
 
 def align_up(n: int, a: int = ALIGN) -> int:
@@ -80,7 +81,7 @@ def view_source(v: Value) -> tuple[Value, int] | None:
     if op is None or not op.operands:
         return None
     x = op.operands[0]
-    if op.name in VIEW_OPS:
+    if registry.has_trait(op.name, VIEW):
         return x, 0
     if x.type.encoding is not None:
         return None

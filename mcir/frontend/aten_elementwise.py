@@ -10,7 +10,7 @@ from typing import Any
 
 from mcir import dtypes
 from mcir.errors import UnsupportedError
-from mcir.frontend.torch_import import Converter, Folded, Param
+from mcir.frontend.convert import Converter, Folded, Param
 from mcir.frontend.torch_ops import (
     ATEN,
     Args,

@@ -20,7 +20,7 @@ import torch
 from mcir import dtypes
 from mcir.errors import UnsupportedError
 from mcir.frontend.aten_nn import conv2d
-from mcir.frontend.torch_import import Converter, Folded, Param
+from mcir.frontend.convert import Converter, Folded, Param
 from mcir.frontend.torch_ops import ATEN, Args, aten, cast, norm_dim, on, reshape_to, tensor_as
 from mcir.ir import Value
 

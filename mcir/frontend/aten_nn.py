@@ -10,7 +10,7 @@ import torch
 from mcir import dtypes
 from mcir.errors import UnsupportedError
 from mcir.frontend.aten_elementwise import arith
-from mcir.frontend.torch_import import Converter, Folded, Param
+from mcir.frontend.convert import Converter, Folded, Param
 from mcir.frontend.torch_ops import (
     ATEN,
     Args,

@@ -18,7 +18,7 @@ import torch
 import torch.fx as fx
 
 from mcir.errors import UnsupportedError
-from mcir.frontend.torch_import import Converter, Folded, Param, Unavailable
+from mcir.frontend.convert import Converter, Folded, Param, Unavailable
 from mcir.frontend.torch_ops import ATEN, Args, aten, ints, on, reshape_to, with_extras
 
 _GATES = {"lstm": 4, "gru": 3}

@@ -13,7 +13,7 @@ import torch
 import torch.fx as fx
 
 from mcir.errors import UnsupportedError
-from mcir.frontend.torch_import import Converter, Folded, Param, torch_dtype
+from mcir.frontend.convert import Converter, Folded, Param, torch_dtype
 from mcir.frontend.torch_ops import (
     Args,
     aten,

@@ -19,7 +19,7 @@ import torch
 
 from mcir.errors import UnsupportedError
 from mcir.frontend.aten_nn import conv2d, emit_batch_norm
-from mcir.frontend.torch_import import Converter, Folded, Param
+from mcir.frontend.convert import Converter, Folded, Param
 from mcir.frontend.torch_ops import ATEN, Args, aten, on, reshape_to, with_extras
 from mcir.ir import Value
 

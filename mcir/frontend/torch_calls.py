@@ -30,7 +30,7 @@ from mcir.frontend import (  # noqa: F401 (importing them fills ATEN)
     aten_shape,
     aten_spatial,
 )
-from mcir.frontend.torch_import import Converter, Param, torch_dtype
+from mcir.frontend.convert import Converter, Param, target_name, torch_dtype
 from mcir.frontend.torch_ops import ATEN, Args, Handler, aten
 from mcir.ir import Value
 
@@ -416,7 +416,6 @@ def m_embedding(cx, mod, path, a):
 
 def supported() -> dict[str, list[str]]:
     """What the frontend maps, by kind: aten ops, torch functions, tensor methods, nn modules."""
-    from mcir.frontend.torch_import import target_name
 
     def fn_name(fn: Any) -> str:
         node = fx.Graph().create_node("call_function", fn)

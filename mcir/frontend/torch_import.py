@@ -9,9 +9,10 @@ Two tracers produce a ``torch.fx`` graph, one converter turns it into mcir:
   (``call_module`` for ``nn.Linear``, ``F.relu``, ``operator.add``, ``x.view``...);
   running it once on the example inputs gives every node's shape.
 
-Both land in the same IR, op for op: ``mcir.frontend.torch_ops`` drives the op table
-(handlers for aten ops in ``aten_elementwise``, ``aten_nn``, ``aten_shape``) and
-``torch_calls`` maps the torch-level calls of symbolic tracing onto the same handlers. Naming is
+Both land in the same IR, op for op: ``run`` walks the fx graph, ``mcir.frontend.dispatch``
+converts each call with the op table of ``torch_ops`` (handlers for aten ops in
+``aten_elementwise``, ``aten_nn``, ``aten_shape``), and ``torch_calls`` maps the torch-level
+calls of symbolic tracing onto the same handlers; ``convert`` holds their shared vocabulary. Naming is
 tracer-independent too: graph inputs take the ``forward`` parameter names, weights
 their module path (``enc.layers.0.linear1.weight``), op results the mcir op kind
 (``%linear_2``); constants are created at their first use. Every op carries a
@@ -32,22 +33,33 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.fx as fx
 
-from mcir import dtypes
 from mcir.errors import McirError, UnsupportedError
-from mcir.ir import Graph, Location, Value
-from mcir.types import TensorType
+from mcir.frontend import dispatch
+from mcir.frontend.convert import (  # noqa: F401  (re-exported: handlers written against torch_import keep working)
+    Converter,
+    Folded,
+    Param,
+    TracedModel,
+    Unavailable,
+    get_attr,
+    is_user_file,
+    mcir_dtype,
+    module_path,
+    target_name,
+    torch_dtype,
+    user_frame,
+)
+from mcir.ir import Graph, Location
+from mcir.ops import registry
+from mcir.ops.traits import ATTENTION, NORMALIZATION, POOLING, UNARY, WEIGHTED
 from mcir.verifier import verify
 
 TRACERS = ("export", "fx")
-_TORCH_DIR = os.path.dirname(torch.__file__)
 
 
 def trace(module: torch.nn.Module, example_inputs: Any, tracer: str = "export", name: str | None = None) -> Graph:
@@ -59,7 +71,7 @@ def trace(module: torch.nn.Module, example_inputs: Any, tracer: str = "export", 
     the torch op, module path and source line of anything mcir cannot express.
     """
     if isinstance(module, torch.export.ExportedProgram):  # e.g. loaded from a .pt2 archive
-        graph = Converter(_from_program(module, torch.nn.Module(), None), _graph_name(name or "main")).run()
+        graph = run(Converter(_from_program(module, torch.nn.Module(), None), _graph_name(name or "main")))
         return verify(graph)
     if not isinstance(module, torch.nn.Module):
         raise McirError(
@@ -77,24 +89,18 @@ def trace(module: torch.nn.Module, example_inputs: Any, tracer: str = "export", 
     module.eval()
     try:
         source = _export(module, inputs) if tracer == "export" else _symbolic_trace(module, inputs)
-        graph = Converter(source, graph_name).run()
+        graph = run(Converter(source, graph_name))
     finally:
         module.train(was_training)
     return verify(graph)
 
 
-#: ops that are "the" computation of the module they come from: named after its path
-_LAYER_OPS = (
-    "linear",
-    "conv2d",
-    "batch_norm",
-    "layer_norm",
-    "embedding",
-    "scaled_dot_product_attention",
-    "max_pool2d",
-    "avg_pool2d",
-    "adaptive_avg_pool2d",
-)
+def is_layer_op(name: str) -> bool:
+    """Whether op ``name`` is "the" computation of the module it comes from (so it is named after
+    the module's path): weighted layers, attention, pooling, and normalisations over operands
+    other than their input (batch_norm, layer_norm; not softmax, which is unary)."""
+    t = registry.get(name).traits
+    return bool(t & {WEIGHTED, ATTENTION, POOLING}) or (NORMALIZATION in t and UNARY not in t)
 
 
 def name_layers_by_module(graph: Graph) -> None:
@@ -102,48 +108,8 @@ def name_layers_by_module(graph: Graph) -> None:
     so dumps read like the model; ops without a module keep their op-kind names. Both
     tracers see the same module paths, so names stay tracer-independent."""
     for op in graph.compute_ops():
-        if op.name in _LAYER_OPS and op.loc.module and not graph.has_value(op.loc.module):
+        if is_layer_op(op.name) and op.loc.module and not graph.has_value(op.loc.module):
             graph.rename(op.result, op.loc.module)
-
-
-# -- what a tracer hands to the converter ----------------------------------------------
-
-
-@dataclass
-class Param:
-    """A named tensor of the model (parameter, buffer, tensor attribute): a constant created at first use."""
-
-    path: str
-    tensor: torch.Tensor
-
-
-@dataclass
-class Folded:
-    """A tensor computed at trace time from no graph input; becomes a constant if an op needs it."""
-
-    tensor: torch.Tensor
-    name: str
-
-
-@dataclass
-class Unavailable:
-    """A result of a torch op that mcir does not compute (pooling indices, saved batch statistics).
-
-    Handlers return it in place of that result; only using it is an error."""
-
-    what: str
-
-
-@dataclass
-class TracedModel:
-    """An fx graph plus what the converter needs to read it."""
-
-    graph: fx.Graph
-    tracer: str
-    root: torch.nn.Module
-    input_names: list[str]  # per user-input placeholder, in order
-    params: dict[str, Param]  # placeholder name (export) -> parameter it stands for
-    output_nodes: Callable[[fx.Node], list[Any]]  # output node -> user outputs
 
 
 def _export(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> TracedModel:
@@ -194,7 +160,7 @@ def _export_failure(module: torch.nn.Module, e: Exception) -> str:
     first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
     if len(first) > 300:
         first = first[:300] + "..."
-    frames = [f for f in traceback.extract_tb(e.__traceback__) if _is_user_file(f.filename)]
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if is_user_file(f.filename)]
     where = (
         f" at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno}: `{(frames[-1].line or '').strip()}`"
         if frames
@@ -219,7 +185,7 @@ def _symbolic_trace(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -
         raise
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        frames = [f for f in traceback.extract_tb(e.__traceback__) if _is_user_file(f.filename)]
+        frames = [f for f in traceback.extract_tb(e.__traceback__) if is_user_file(f.filename)]
         where = f" at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno}" if frames else ""
         raise UnsupportedError(
             f"torch.fx.symbolic_trace could not trace {type(module).__name__}{where}: "
@@ -280,237 +246,34 @@ def _graph_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.$\-]", "_", name) or "main"
 
 
-def _is_user_file(filename: str) -> bool:
-    """Frames of the user's model code: not torch's own files, not generated code."""
-    return not (
-        filename.startswith(_TORCH_DIR)
-        or filename.startswith("<")
-        or os.sep + "mcir" + os.sep + "frontend" + os.sep in filename
-    )
+# -- the driver ------------------------------------------------------------------------------
 
 
-_FRAME_RE = re.compile(r'File "([^"]+)", line (\d+), in [^\n]*\n([^\n]*)')
-
-
-def user_frame(node: fx.Node) -> tuple[str, str]:
-    """(``file.py:LINE``, source text) of the innermost user-code frame in the node's stack trace."""
-    trace_text = node.meta.get("stack_trace") or ""
-    frames = [(f, int(line), code.strip()) for f, line, code in _FRAME_RE.findall(trace_text) if _is_user_file(f)]
-    if not frames:
-        return "", ""
-    f, line, code = frames[-1]
-    return f"{os.path.basename(f)}:{line}", code
-
-
-def module_path(node: fx.Node) -> str:
-    """Path of the innermost module the node ran in (``""`` for the root module)."""
-    if node.op == "call_module":
-        return str(node.target)
-    stack = node.meta.get("nn_module_stack")
-    if not stack:
-        return ""
-    path = list(stack.values())[-1][0]
-    return str(path).removeprefix("L__self__").lstrip("._")
-
-
-# -- dtypes --------------------------------------------------------------------------------
-
-_DTYPES = {
-    torch.float32: dtypes.f32,
-    torch.float16: dtypes.f16,
-    torch.bfloat16: dtypes.bf16,
-    torch.int64: dtypes.i64,
-    torch.int32: dtypes.i32,
-    torch.int16: dtypes.i16,
-    torch.int8: dtypes.i8,
-    torch.uint8: dtypes.u8,
-    torch.bool: dtypes.boolean,
-}
-_TORCH_DTYPES = {v.name: k for k, v in _DTYPES.items()}
-
-
-def mcir_dtype(dt: torch.dtype, what: str = "tensor") -> dtypes.DType:
-    """The mcir dtype of a torch dtype; UnsupportedError for float64, complex, ..."""
-    try:
-        return _DTYPES[dt]
-    except KeyError:
-        hint = " (convert the model and inputs with .float())" if dt == torch.float64 else ""
-        raise UnsupportedError(f"{what} has dtype {dt}, which mcir does not support{hint}") from None
-
-
-def torch_dtype(dt: dtypes.DType) -> torch.dtype:
-    return _TORCH_DTYPES[dt.name]
-
-
-def to_numpy(t: torch.Tensor, what: str) -> np.ndarray:
-    """A private numpy copy of ``t`` (never a view of the model's memory)."""
-    dt = mcir_dtype(t.dtype, what)
-    t = t.detach().cpu()
-    if dt is dtypes.bf16:
-        return t.float().numpy().astype(dt.np)
-    return t.numpy().copy()
-
-
-# -- the converter ---------------------------------------------------------------------------
-
-
-class Converter:
-    """Walks an fx graph once, building the mcir graph; ``mcir.frontend.torch_ops`` does each op.
-
-    The environment maps each fx node to what it computed: a ``Value``, a ``Param`` or
-    ``Folded`` tensor not yet materialized, a Python value (``x.size(0)``), or a tuple of
-    these (``split``). Handlers see the node's arguments with nodes replaced by these.
-    """
-
-    def __init__(self, source: TracedModel, name: str) -> None:
-        self.source = source
-        self.graph = Graph(name)
-        self.env: dict[fx.Node, Any] = {}
-        self.node: fx.Node | None = None
-        self.loc = Location()
-        # id(Param / Folded) -> (it, its constant): holding the object keeps its id from being reused
-        # by a later temporary (handlers create Folded tensors that live only for one call)
-        self._consts: dict[int, tuple[Param | Folded, Value]] = {}
-        self._params: dict[str, Param] = {}  # module path -> Param, so a weight used twice is one constant
-
-    # -- driving ---------------------------------------------------------------------------
-    def run(self) -> Graph:
-        from mcir.frontend import torch_ops
-
-        inputs = iter(self.source.input_names)
-        for node in self.source.graph.nodes:
-            self.node = node
-            path = module_path(node)
-            self.loc = Location(path, user_frame(node)[0])
-            if node.op == "placeholder":
-                if node.name in self.source.params:
-                    self.env[node] = self.source.params[node.name]
-                    continue
-                name = next(inputs, None)
-                # a parameter fixed to its default (fx concrete_args) has it as its argument
-                self.env[node] = self._add_input(node, name) if name is not None else node.args[0]
-            elif node.op == "get_attr":
-                self.env[node] = self.param(str(node.target), _get_attr(self.source.root, str(node.target)))
-            elif node.op in ("call_function", "call_method", "call_module"):
-                args = fx.node.map_arg(node.args, lambda n: self.env[n])
-                kwargs = fx.node.map_arg(node.kwargs, lambda n: self.env[n])
-                self.env[node] = torch_ops.convert(self, node, args, kwargs)
-            elif node.op == "output":
-                outs = [fx.node.map_arg(o, lambda n: self.env[n]) for o in self.source.output_nodes(node)]
-                self.graph.set_outputs([self.tensor(o) for o in _flatten(outs)])
-        name_layers_by_module(self.graph)
-        return self.graph
-
-    def _add_input(self, node: fx.Node, name: str) -> Value:
-        val = node.meta.get("val")
-        if not isinstance(val, torch.Tensor):
-            raise UnsupportedError(f"input '{name}' is a {type(val).__name__}; mcir graphs take tensor inputs only")
-        t = TensorType(tuple(int(d) for d in val.shape), mcir_dtype(val.dtype, f"input '{name}'"))
-        return self.graph.add_input(self.graph.fresh_name(name), t)
-
-    # -- helpers for handlers ----------------------------------------------------------------
-    def param(self, path: str, tensor: torch.Tensor) -> Param:
-        """The model tensor at ``path`` (one ``Param`` per path: one constant however often it is used)."""
-        if path not in self._params:
-            self._params[path] = Param(path, tensor)
-        return self._params[path]
-
-    def emit(self, op: str, operands: list[Value], attrs: dict[str, Any] | None = None, **kw: Any) -> Value:
-        """Add op ``op`` at the current node's location; its result is named after the op kind."""
-        return self.graph.add(op, operands, attrs or {}, result=op, loc=self.loc, **kw)
-
-    def tensor(self, x: Any, dtype: dtypes.DType | None = None) -> Value:
-        """``x`` as a Value: materializes parameters and folded tensors; Python numbers become
-        0-d constants of ``dtype`` (required for them)."""
-        if isinstance(x, Value):
-            return x
-        if isinstance(x, Param | Folded):
-            key = id(x)
-            if key not in self._consts:
-                name = x.path if isinstance(x, Param) else x.name
-                what = f"tensor '{name}'"
-                self._consts[key] = (x, self.graph.const(self.graph.fresh_name(name), to_numpy(x.tensor, what)))
-            return self._consts[key][1]
-        if isinstance(x, Unavailable):
-            raise UnsupportedError(f"{self.describe()} uses {x.what}, which mcir does not compute")
-        if isinstance(x, bool | int | float):
-            if dtype is None:
-                raise McirError(f"internal error: no dtype for the scalar {x!r} in {self.describe()}")
-            return self.scalar(x, dtype)
-        raise UnsupportedError(f"{self.describe()}: expected a tensor, got {type(x).__name__} {x!r}")
-
-    def scalar(self, x: float | int | bool, dtype: dtypes.DType) -> Value:
-        """A 0-d constant (printed inline in the IR)."""
-        return self.graph.const(self.graph.fresh_name("scalar"), np.asarray(x, dtype=dtype.np))
-
-    def out_meta(self, index: int | None = None) -> torch.Tensor:
-        """The meta/fake tensor torch recorded for the current node's result (``index`` into tuples)."""
-        val = self.node.meta.get("val") if self.node is not None else None
-        if index is not None and isinstance(val, tuple | list):
-            val = val[index]
-        if not isinstance(val, torch.Tensor):
-            raise McirError(f"internal error: no tensor metadata for {self.describe()}")
-        return val
-
-    def out_shape(self, index: int | None = None) -> tuple[int, ...]:
-        shape = self.out_meta(index).shape
-        if not all(isinstance(d, int) for d in shape):
-            raise UnsupportedError(
-                f"{self.describe()} has a data-dependent shape {list(shape)} under torch.export (e.g. a boolean "
-                "mask, even a constant one, selects a number of elements torch.export does not know); index with "
-                "integer positions (torch.nonzero of the mask, computed outside the model) or use tracer='fx'"
-            )
-        return tuple(shape)
-
-    def out_dtype(self, index: int | None = None) -> dtypes.DType:
-        return mcir_dtype(self.out_meta(index).dtype, f"result of {self.describe()}")
-
-    def describe(self) -> str:
-        """``torch op X at module 'm', file.py:LINE: `code` `` for messages."""
-        node = self.node
-        if node is None:
-            return "the model"
-        text = f"torch op {target_name(node, self.source.root)}"
-        where = []
+def run(cx: Converter) -> Graph:
+    """Walk the fx graph once in order, converting each node (calls through ``dispatch``)."""
+    inputs = iter(cx.source.input_names)
+    for node in cx.source.graph.nodes:
+        cx.node = node
         path = module_path(node)
-        where.append(f"module '{path}'" if path else "the top-level module")
-        src, code = user_frame(node)
-        if src:
-            where.append(f"{src}: `{code}`" if code else src)
-        return f"{text} (at {', '.join(where)})"
-
-
-def target_name(node: fx.Node, root: torch.nn.Module) -> str:
-    """A readable name of what a node calls: ``aten.cumsum.default``, ``torch.cumsum``, ``Tensor.view``, ``nn.LSTM``."""
-    t = node.target
-    if node.op == "call_method":
-        return f"Tensor.{t}"
-    if node.op == "call_module":
-        mod = _get_attr(root, str(t))
-        cls = type(mod)
-        return (
-            f"torch.nn.{cls.__qualname__}"
-            if cls.__module__.startswith("torch.nn.")
-            else f"{cls.__module__}.{cls.__qualname__}"
-        )
-    if isinstance(t, torch._ops.OpOverload | torch._ops.OpOverloadPacket):
-        return str(t)
-    mod = getattr(t, "__module__", None) or ""
-    qual = getattr(t, "__name__", None) or str(t)
-    if mod in ("_operator", "operator"):
-        mod = "operator"
-    elif mod.startswith("torch._C._nn") or mod.startswith("torch.nn.functional"):
-        mod = "torch.nn.functional"
-    elif mod.startswith("torch._C") or mod.startswith("torch._VariableFunctions"):
-        mod = "torch"
-    return f"{mod}.{qual}" if mod else qual
-
-
-def _get_attr(root: torch.nn.Module, target: str) -> Any:
-    obj: Any = root
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
+        cx.loc = Location(path, user_frame(node)[0])
+        if node.op == "placeholder":
+            if node.name in cx.source.params:
+                cx.env[node] = cx.source.params[node.name]
+                continue
+            name = next(inputs, None)
+            # a parameter fixed to its default (fx concrete_args) has it as its argument
+            cx.env[node] = cx.add_input(node, name) if name is not None else node.args[0]
+        elif node.op == "get_attr":
+            cx.env[node] = cx.param(str(node.target), get_attr(cx.source.root, str(node.target)))
+        elif node.op in ("call_function", "call_method", "call_module"):
+            args = fx.node.map_arg(node.args, lambda n: cx.env[n])
+            kwargs = fx.node.map_arg(node.kwargs, lambda n: cx.env[n])
+            cx.env[node] = dispatch.convert(cx, node, args, kwargs)
+        elif node.op == "output":
+            outs = [fx.node.map_arg(o, lambda n: cx.env[n]) for o in cx.source.output_nodes(node)]
+            cx.graph.set_outputs([cx.tensor(o) for o in _flatten(outs)])
+    name_layers_by_module(cx.graph)
+    return cx.graph
 
 
 def _flatten(x: Any) -> list[Any]:

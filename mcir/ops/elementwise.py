@@ -14,9 +14,12 @@ import numpy as np
 from mcir import dtypes
 from mcir.errors import McirError
 from mcir.ops.registry import Attr, broadcast_shapes, defop
+from mcir.ops.traits import ACTIVATION, BINARY, COMMUTATIVE, CONVERSION, ELEMENTWISE, UNARY, VIEW
 from mcir.types import TensorType
 
-EW = {"elementwise"}
+UNARY_EW = {ELEMENTWISE, UNARY}
+ACT = UNARY_EW | {ACTIVATION}
+BINARY_EW = {ELEMENTWISE, BINARY}
 
 
 def _f(x: np.ndarray) -> np.ndarray:
@@ -46,7 +49,7 @@ def erf64(x: np.ndarray) -> np.ndarray:
 # -- activations -------------------------------------------------------------------
 
 
-@defop("relu", traits=EW)
+@defop("relu", traits=ACT)
 def relu(x):
     """y = max(x, 0)"""
     return np.maximum(x, np.zeros((), np.asarray(x).dtype))
@@ -58,7 +61,7 @@ def relu(x):
         "min": Attr("float?", None, "lower bound, none for -inf"),
         "max": Attr("float?", None, "upper bound, none for +inf"),
     },
-    traits=EW,
+    traits=ACT,
 )
 def clamp(x, min=None, max=None):
     """y = min(max(x, min), max); relu6 is clamp{min=0, max=6}, hardtanh is clamp{min=-1, max=1}"""
@@ -67,33 +70,33 @@ def clamp(x, min=None, max=None):
     return _like(np.clip(x, lo, hi), x)
 
 
-@defop("sigmoid", infer=_float_only, traits=EW)
+@defop("sigmoid", infer=_float_only, traits=ACT)
 def sigmoid(x):
     """y = 1 / (1 + exp(-x))"""
     return _like(1.0 / (1.0 + np.exp(-_f(x))), x)
 
 
-@defop("tanh", infer=_float_only, traits=EW)
+@defop("tanh", infer=_float_only, traits=ACT)
 def tanh(x):
     """y = tanh(x)"""
     return _like(np.tanh(_f(x)), x)
 
 
-@defop("silu", infer=_float_only, traits=EW)
+@defop("silu", infer=_float_only, traits=ACT)
 def silu(x):
     """y = x * sigmoid(x)"""
     xf = _f(x)
     return _like(xf / (1.0 + np.exp(-xf)), x)
 
 
-@defop("hardswish", infer=_float_only, traits=EW)
+@defop("hardswish", infer=_float_only, traits=ACT)
 def hardswish(x):
     """y = x * clamp(x + 3, 0, 6) / 6"""
     xf = _f(x)
     return _like(xf * np.clip(xf + 3.0, 0.0, 6.0) / 6.0, x)
 
 
-@defop("hardsigmoid", infer=_float_only, traits=EW)
+@defop("hardsigmoid", infer=_float_only, traits=ACT)
 def hardsigmoid(x):
     """y = clamp(x + 3, 0, 6) / 6"""
     return _like(np.clip(_f(x) + 3.0, 0.0, 6.0) / 6.0, x)
@@ -103,7 +106,7 @@ def hardsigmoid(x):
     "gelu",
     attrs={"approximate": Attr("str", "none", "'none' (exact, erf) or 'tanh'")},
     infer=lambda t, approximate: _gelu_infer(t, approximate),
-    traits=EW,
+    traits=ACT,
 )
 def gelu(x, approximate="none"):
     """exact: y = x/2 (1 + erf(x/sqrt 2)); tanh: y = x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))"""
@@ -121,34 +124,34 @@ def _gelu_infer(types: list[TensorType], approximate: str) -> TensorType:
     return _float_only(types)
 
 
-@defop("exp", infer=_float_only, traits=EW)
+@defop("exp", infer=_float_only, traits=UNARY_EW)
 def exp(x):
     """y = e^x"""
     return _like(np.exp(_f(x)), x)
 
 
-@defop("log", infer=_float_only, traits=EW)
+@defop("log", infer=_float_only, traits=UNARY_EW)
 def log(x):
     """y = ln x"""
     with np.errstate(divide="ignore", invalid="ignore"):
         return _like(np.log(_f(x)), x)
 
 
-@defop("sqrt", infer=_float_only, traits=EW)
+@defop("sqrt", infer=_float_only, traits=UNARY_EW)
 def sqrt(x):
     """y = sqrt(x)"""
     with np.errstate(invalid="ignore"):
         return _like(np.sqrt(_f(x)), x)
 
 
-@defop("rsqrt", infer=_float_only, traits=EW)
+@defop("rsqrt", infer=_float_only, traits=UNARY_EW)
 def rsqrt(x):
     """y = 1 / sqrt(x)"""
     with np.errstate(divide="ignore", invalid="ignore"):
         return _like(1.0 / np.sqrt(_f(x)), x)
 
 
-@defop("erf", infer=_float_only, traits=EW)
+@defop("erf", infer=_float_only, traits=UNARY_EW)
 def erf(x):
     """y = erf(x)"""
     return _like(erf64(x), x)
@@ -161,26 +164,26 @@ def _numeric_infer(types: list[TensorType], **_: Any) -> TensorType:
     return _binary_infer(types) if len(types) == 2 else types[0]
 
 
-@defop("neg", infer=_numeric_infer, traits=EW)
+@defop("neg", infer=_numeric_infer, traits=UNARY_EW)
 def neg(x):
     """y = -x"""
     return np.negative(x)
 
 
-@defop("abs", traits=EW)
+@defop("abs", traits=UNARY_EW)
 def abs_(x):
     """y = |x|"""
     return np.abs(x)
 
 
-@defop("pow", attrs={"exponent": Attr("float", doc="the constant exponent")}, infer=_float_only, traits=EW)
+@defop("pow", attrs={"exponent": Attr("float", doc="the constant exponent")}, infer=_float_only, traits=UNARY_EW)
 def pow_(x, exponent):
     """y = x ** exponent (constant exponent)"""
     with np.errstate(invalid="ignore", divide="ignore"):
         return _like(np.power(_f(x), exponent), x)
 
 
-@defop("dropout", attrs={"p": Attr("float", 0.5, "drop probability (training only)")}, traits=EW)
+@defop("dropout", attrs={"p": Attr("float", 0.5, "drop probability (training only)")}, traits=UNARY_EW | {VIEW})
 def dropout(x, p=0.5):
     """y = x: inference semantics; the fold pass removes it"""
     return x
@@ -190,7 +193,7 @@ def dropout(x, p=0.5):
     "cast",
     attrs={"dtype": Attr("dtype", doc="target element type")},
     infer=lambda t, dtype: TensorType(t[0].shape, dtypes.by_name(dtype)),
-    traits=EW,
+    traits=UNARY_EW | {CONVERSION},
 )
 def cast(x, dtype):
     """y = x converted to dtype (float -> int truncates toward zero, like torch)"""
@@ -211,22 +214,23 @@ def _compare_infer(types: list[TensorType], **_: Any) -> TensorType:
     return TensorType(_binary_infer(types).shape, dtypes.boolean)
 
 
-def _binary(name: str, fn, doc: str, infer=_binary_infer) -> None:
+def _binary(name: str, fn, doc: str, infer=_binary_infer, commutative: bool = True) -> None:
     def ref(a, b):
         return _like(fn(a, b), a)
 
     ref.__doc__ = doc
-    defop(name, operands="a, b", infer=infer, traits=EW | {"binary"})(ref)
+    traits = BINARY_EW | ({COMMUTATIVE} if commutative else set())
+    defop(name, operands="a, b", infer=infer, traits=traits)(ref)
 
 
 _binary("add", np.add, "y = a + b (broadcasting)")
-_binary("sub", np.subtract, "y = a - b (broadcasting)", infer=_numeric_infer)
+_binary("sub", np.subtract, "y = a - b (broadcasting)", infer=_numeric_infer, commutative=False)
 _binary("mul", np.multiply, "y = a * b (broadcasting)")
 _binary("maximum", np.maximum, "y = max(a, b) (broadcasting)")
 _binary("minimum", np.minimum, "y = min(a, b) (broadcasting)")
 
 
-@defop("div", operands="a, b", infer=_numeric_infer, traits=EW | {"binary"})
+@defop("div", operands="a, b", infer=_numeric_infer, traits=BINARY_EW)
 def div(a, b):
     """y = a / b (broadcasting; true division for floats, floor division for integers)"""
     a = np.asarray(a)
@@ -236,16 +240,17 @@ def div(a, b):
         return _like(np.divide(a, b), a)
 
 
-def _compare(name: str, fn, doc: str) -> None:
+def _compare(name: str, fn, doc: str, commutative: bool = False) -> None:
     def ref(a, b):
         return fn(a, b)
 
     ref.__doc__ = doc
-    defop(name, operands="a, b", infer=_compare_infer, traits=EW | {"binary"})(ref)
+    traits = BINARY_EW | ({COMMUTATIVE} if commutative else set())
+    defop(name, operands="a, b", infer=_compare_infer, traits=traits)(ref)
 
 
-_compare("eq", np.equal, "y = a == b (bool)")
-_compare("ne", np.not_equal, "y = a != b (bool)")
+_compare("eq", np.equal, "y = a == b (bool)", commutative=True)
+_compare("ne", np.not_equal, "y = a != b (bool)", commutative=True)
 _compare("lt", np.less, "y = a < b (bool)")
 _compare("le", np.less_equal, "y = a <= b (bool)")
 _compare("gt", np.greater, "y = a > b (bool)")
@@ -261,7 +266,7 @@ def _where_infer(types: list[TensorType], **_: Any) -> TensorType:
     return TensorType(broadcast_shapes(cond.shape, a.shape, b.shape), a.dtype)
 
 
-@defop("where", operands="cond, a, b", infer=_where_infer, traits=EW)
+@defop("where", operands="cond, a, b", infer=_where_infer, traits={ELEMENTWISE})
 def where(cond, a, b):
     """y = a where cond else b (broadcasting)"""
     return _like(np.where(cond, a, b), a)
@@ -273,19 +278,19 @@ def _logical_infer(types: list[TensorType], **_: Any) -> TensorType:
     return TensorType(broadcast_shapes(*(t.shape for t in types)), dtypes.boolean)
 
 
-@defop("logical_not", infer=_logical_infer, traits=EW)
+@defop("logical_not", infer=_logical_infer, traits=UNARY_EW)
 def logical_not(x):
     """y = not x"""
     return np.logical_not(x)
 
 
-@defop("logical_and", operands="a, b", infer=_logical_infer, traits=EW | {"binary"})
+@defop("logical_and", operands="a, b", infer=_logical_infer, traits=BINARY_EW | {COMMUTATIVE})
 def logical_and(a, b):
     """y = a and b"""
     return np.logical_and(a, b)
 
 
-@defop("logical_or", operands="a, b", infer=_logical_infer, traits=EW | {"binary"})
+@defop("logical_or", operands="a, b", infer=_logical_infer, traits=BINARY_EW | {COMMUTATIVE})
 def logical_or(a, b):
     """y = a or b"""
     return np.logical_or(a, b)

@@ -16,6 +16,18 @@ from numpy.lib.stride_tricks import sliding_window_view
 from mcir import dtypes
 from mcir.errors import McirError
 from mcir.ops.registry import Attr, broadcast_shapes, defop, norm_axis, numel
+from mcir.ops.traits import (
+    ATTENTION,
+    CONTRACTION,
+    LOOKUP,
+    NORMALIZATION,
+    POOLING,
+    REDUCTION,
+    SCAN,
+    UNARY,
+    WEIGHTED,
+    WeightLayout,
+)
 from mcir.types import TensorType
 
 F32 = dtypes.f32
@@ -45,7 +57,14 @@ def _linear_infer(types: list[TensorType]) -> TensorType:
     return TensorType(x.shape[:-1] + (w.shape[0],), x.dtype)
 
 
-@defop("linear", operands="x, weight, bias?", infer=_linear_infer, macs=lambda t, r: numel(r.shape) * t[1].shape[1])
+@defop(
+    "linear",
+    operands="x, weight, bias?",
+    infer=_linear_infer,
+    macs=lambda t, r: numel(r.shape) * t[1].shape[1],
+    traits={CONTRACTION, WEIGHTED},
+    weight=WeightLayout(operand=1, out_axis=0, in_axis=1),
+)
 def linear(x, weight, bias=None):
     """y = x @ weight^T + bias; x [..., K], weight [N, K], bias [N] -> y [..., N]"""
     y = np.asarray(x, np.float64) @ np.asarray(weight, np.float64).T
@@ -72,7 +91,13 @@ def _matmul_infer(types: list[TensorType]) -> TensorType:
     return TensorType(batch + rows + cols, a.dtype)
 
 
-@defop("matmul", operands="a, b", infer=_matmul_infer, macs=lambda t, r: numel(r.shape) * t[0].shape[-1])
+@defop(
+    "matmul",
+    operands="a, b",
+    infer=_matmul_infer,
+    macs=lambda t, r: numel(r.shape) * t[0].shape[-1],
+    traits={CONTRACTION},
+)
 def matmul(a, b):
     """y = a @ b with batch broadcasting (numpy/torch matmul semantics)"""
     return _out32(np.matmul(np.asarray(a, np.float64), np.asarray(b, np.float64)))
@@ -140,6 +165,8 @@ def _windows(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int
     attrs=_CONV_ATTRS,
     infer=_conv_infer,
     macs=lambda t, r, **a: numel(r.shape) * numel(t[1].shape[1:]),
+    traits={CONTRACTION, WEIGHTED},
+    weight=WeightLayout(operand=1, out_axis=0, in_axis=1, spatial=True),
 )
 def conv2d(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
     """2-D cross-correlation (torch.nn.Conv2d): x [N, C, H, W], weight [O, C/groups, kh, kw]"""
@@ -177,7 +204,13 @@ def _bn_infer(types: list[TensorType], eps) -> TensorType:
     return x
 
 
-@defop("batch_norm", operands="x, weight, bias, mean, var", attrs={"eps": Attr("float", 1e-5)}, infer=_bn_infer)
+@defop(
+    "batch_norm",
+    operands="x, weight, bias, mean, var",
+    attrs={"eps": Attr("float", 1e-5)},
+    infer=_bn_infer,
+    traits={NORMALIZATION},
+)
 def batch_norm(x, weight, bias, mean, var, eps=1e-5):
     """inference batch norm over axis 1: y = (x - mean) / sqrt(var + eps) * weight + bias"""
     shape = (1, -1) + (1,) * (np.ndim(x) - 2)
@@ -203,6 +236,7 @@ def _ln_infer(types: list[TensorType], dims, eps) -> TensorType:
     operands="x, weight?, bias?",
     attrs={"dims": Attr("int", 1, "number of trailing dimensions normalised"), "eps": Attr("float", 1e-5)},
     infer=_ln_infer,
+    traits={NORMALIZATION},
 )
 def layer_norm(x, weight=None, bias=None, dims=1, eps=1e-5):
     """y = (x - mean) / sqrt(var + eps) * weight + bias over the last `dims` dimensions"""
@@ -224,7 +258,7 @@ def _axis_infer(types: list[TensorType], axis) -> TensorType:
     return types[0]
 
 
-@defop("softmax", attrs={"axis": Attr("int", -1)}, infer=_axis_infer)
+@defop("softmax", attrs={"axis": Attr("int", -1)}, infer=_axis_infer, traits={NORMALIZATION, UNARY})
 def softmax(x, axis=-1):
     """y = exp(x - max) / sum(exp(x - max)) along axis"""
     xf = np.asarray(x, np.float64)
@@ -232,7 +266,7 @@ def softmax(x, axis=-1):
     return _out32(e / e.sum(axis=axis, keepdims=True))
 
 
-@defop("log_softmax", attrs={"axis": Attr("int", -1)}, infer=_axis_infer)
+@defop("log_softmax", attrs={"axis": Attr("int", -1)}, infer=_axis_infer, traits={NORMALIZATION, UNARY})
 def log_softmax(x, axis=-1):
     """y = x - max - log(sum(exp(x - max))) along axis"""
     xf = np.asarray(x, np.float64)
@@ -282,7 +316,7 @@ def _pool_pad(x: np.ndarray, k, s, p, d, ceil_mode, fill: float) -> tuple[np.nda
     return xp, oh, ow
 
 
-@defop("max_pool2d", attrs=_POOL_ATTRS, infer=_pool_infer)
+@defop("max_pool2d", attrs=_POOL_ATTRS, infer=_pool_infer, traits={POOLING, UNARY})
 def max_pool2d(x, kernel, stride, padding=(0, 0), dilation=(1, 1), ceil_mode=False):
     """y = max over each (dilated) window; padding counts as -inf"""
     xp, oh, ow = _pool_pad(np.asarray(x), kernel, stride, padding, dilation, ceil_mode, -np.inf)
@@ -302,7 +336,7 @@ def _avg_infer(types: list[TensorType], kernel, stride, padding, ceil_mode, coun
     return _pool_infer(types, kernel, stride, padding, (1, 1), ceil_mode)
 
 
-@defop("avg_pool2d", attrs=_AVG_ATTRS, infer=_avg_infer)
+@defop("avg_pool2d", attrs=_AVG_ATTRS, infer=_avg_infer, traits={POOLING, UNARY})
 def avg_pool2d(x, kernel, stride, padding=(0, 0), ceil_mode=False, count_include_pad=True, divisor=None):
     """y = mean over each window (torch.nn.AvgPool2d semantics incl. ceil_mode and count_include_pad)"""
     xf = np.asarray(x, np.float64)
@@ -338,7 +372,12 @@ def adaptive_bounds(size: int, out: int) -> list[tuple[int, int]]:
     return [((i * size) // out, -(-((i + 1) * size) // out)) for i in range(out)]
 
 
-@defop("adaptive_avg_pool2d", attrs={"output_size": Attr("ints", doc="(h, w) of the output")}, infer=_adaptive_infer)
+@defop(
+    "adaptive_avg_pool2d",
+    attrs={"output_size": Attr("ints", doc="(h, w) of the output")},
+    infer=_adaptive_infer,
+    traits={POOLING, UNARY},
+)
 def adaptive_avg_pool2d(x, output_size):
     """y[i, j] = mean of the adaptive window (i, j) (torch.nn.AdaptiveAvgPool2d)"""
     xf = np.asarray(x, np.float64)
@@ -365,7 +404,14 @@ def _embedding_infer(types: list[TensorType]) -> TensorType:
     return TensorType(idx.shape + (w.shape[1],), dtype)
 
 
-@defop("embedding", operands="indices, weight", infer=_embedding_infer)
+@defop(
+    "embedding",
+    operands="indices, weight",
+    infer=_embedding_infer,
+    traits={LOOKUP, WEIGHTED},
+    # rows are looked up by index; the embedding features (columns) are the output channels
+    weight=WeightLayout(operand=1, out_axis=1, in_axis=None),
+)
 def embedding(indices, weight):
     """y[..., :] = weight[indices[...], :]; an index out of range is an error; f16/bf16 tables give f32 rows"""
     idx = np.asarray(indices)
@@ -407,6 +453,7 @@ def _sdpa_infer(types: list[TensorType], is_causal, scale) -> TensorType:
     },
     infer=_sdpa_infer,
     macs=lambda t, r, **a: numel(r.shape[:-1]) * t[1].shape[-2] * (t[0].shape[-1] + r.shape[-1]),
+    traits={CONTRACTION, ATTENTION},
 )
 def scaled_dot_product_attention(q, k, v, mask=None, is_causal=False, scale=None):
     """y = softmax(q @ k^T * scale + mask) @ v; a bool mask keeps positions where true; a fully masked row gives 0"""
@@ -478,13 +525,13 @@ def _amax_infer(types: list[TensorType], axes, keepdim) -> TensorType:
     return _reduce_infer(types, axes, keepdim)
 
 
-@defop("mean", attrs=_REDUCE_ATTRS, infer=_mean_infer)
+@defop("mean", attrs=_REDUCE_ATTRS, infer=_mean_infer, traits={REDUCTION, UNARY})
 def mean(x, axes=(), keepdim=False):
     """y = mean of x over axes"""
     return np.asarray(np.mean(np.asarray(x, np.float64), axis=_axes(x, axes), keepdims=keepdim), np.asarray(x).dtype)
 
 
-@defop("sum", attrs=_REDUCE_ATTRS, infer=_reduce_infer)
+@defop("sum", attrs=_REDUCE_ATTRS, infer=_reduce_infer, traits={REDUCTION, UNARY})
 def sum_(x, axes=(), keepdim=False):
     """y = sum of x over axes"""
     x = np.asarray(x)
@@ -492,7 +539,7 @@ def sum_(x, axes=(), keepdim=False):
     return np.asarray(np.sum(x, axis=_axes(x, axes), keepdims=keepdim, dtype=acc), x.dtype)
 
 
-@defop("amax", attrs=_REDUCE_ATTRS, infer=_amax_infer)
+@defop("amax", attrs=_REDUCE_ATTRS, infer=_amax_infer, traits={REDUCTION, UNARY})
 def amax(x, axes=(), keepdim=False):
     """y = max of x over axes"""
     return np.max(x, axis=_axes(x, axes), keepdims=keepdim)
@@ -506,7 +553,7 @@ def _cumsum_infer(types: list[TensorType], axis) -> TensorType:
     return x
 
 
-@defop("cumsum", attrs={"axis": Attr("int", doc="the axis to scan")}, infer=_cumsum_infer, traits={"scan"})
+@defop("cumsum", attrs={"axis": Attr("int", doc="the axis to scan")}, infer=_cumsum_infer, traits={SCAN})
 def cumsum(x, axis):
     """y[..., i, ...] = sum of x[..., :i+1, ...] along axis (floats summed in float64, integers exactly)"""
     x = np.asarray(x)
@@ -521,7 +568,12 @@ def _argmax_infer(types: list[TensorType], axis, keepdim) -> TensorType:
     return TensorType(_reduce_infer(types, (axis,), keepdim).shape, dtypes.i64)
 
 
-@defop("argmax", attrs={"axis": Attr("int", -1), "keepdim": Attr("bool", False)}, infer=_argmax_infer)
+@defop(
+    "argmax",
+    attrs={"axis": Attr("int", -1), "keepdim": Attr("bool", False)},
+    infer=_argmax_infer,
+    traits={REDUCTION, UNARY},
+)
 def argmax(x, axis=-1, keepdim=False):
     """y = index of the first maximum along axis (i64)"""
     return np.argmax(x, axis=axis, keepdims=keepdim).astype(np.int64)

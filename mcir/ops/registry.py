@@ -2,13 +2,17 @@
 
 An op declaration gives its operands, its attributes (kind, default, doc), a type
 inference rule over *logical* types, the numpy reference implementation (the oracle
-for every backend) and, where it has a cost, its multiply-accumulate count::
+for every backend), where it has a cost its multiply-accumulate count, and what it is
+(its traits, vocabulary in ``mcir.ops.traits``; a weighted layer adds its ``WeightLayout``)::
 
     @defop("clamp", operands="x", attrs={"min": Attr("float?", None), "max": Attr("float?", None)},
-           traits={"elementwise"})
+           traits={ELEMENTWISE, UNARY, ACTIVATION})
     def clamp(x, min=None, max=None):
         "y = min(max(x, min), max)"
         return np.clip(x, min, max)
+
+The definition modules (``elementwise``, ``nn``, ``shape``, ``quant``) are imported by the
+``mcir.ops`` package, so whoever imports this module finds every op registered.
 
 Operand specs: ``"x"`` required, ``"bias?"`` optional (trailing only), ``"inputs*"``
 variadic (the only operand). Inference functions see operand types with encodings
@@ -27,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from mcir.errors import McirError, UnsupportedError
+from mcir.ops.traits import VOCABULARY, WeightLayout, problems
 from mcir.types import TensorType
 
 REQUIRED = object()
@@ -93,6 +98,11 @@ class OpDef:
     doc: str = ""
     traits: frozenset[str] = field(default_factory=frozenset)
     macs: Callable[..., int] | None = None
+    weight: WeightLayout | None = None
+
+    def trait_problems(self) -> list[str]:
+        """Inconsistencies in this op's classification (see ``mcir.ops.traits``); empty when fine."""
+        return problems(self.name, self.operands, tuple(self.attrs), self.traits, self.weight)
 
     @property
     def variadic(self) -> bool:
@@ -156,17 +166,23 @@ def defop(
     operands: str = "x",
     attrs: dict[str, Attr] | None = None,
     infer: Callable[..., TensorType] | None = None,
-    traits: set[str] | tuple[str, ...] = (),
+    traits: set[str] | frozenset[str] | tuple[str, ...] = (),
     macs: Callable[..., int] | None = None,
+    weight: WeightLayout | None = None,
 ) -> Callable[[Callable[..., np.ndarray]], Callable[..., np.ndarray]]:
     """Decorator registering the decorated numpy function as the reference of op ``name``.
 
     Without ``infer``, the result has the type of the first operand (elementwise ops).
+    ``traits`` classify the op (vocabulary in ``mcir.ops.traits``); a weighted layer also
+    gives its ``weight`` layout.
     """
 
     def deco(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
         if name in _REGISTRY:
             raise McirError(f"op '{name}' is registered twice")
+        unknown = sorted(set(traits) - VOCABULARY.keys())
+        if unknown:  # a typo here would silently drop the op from every trait query
+            raise McirError(f"op '{name}': unknown trait(s) {', '.join(unknown)}; see mcir.ops.traits")
         specs = tuple(s.strip() for s in operands.split(",") if s.strip())
         _REGISTRY[name] = OpDef(
             name=name,
@@ -177,6 +193,7 @@ def defop(
             doc=(fn.__doc__ or "").strip(),
             traits=frozenset(traits),
             macs=macs,
+            weight=weight,
         )
         return fn
 
@@ -185,7 +202,6 @@ def defop(
 
 def get(name: str) -> OpDef:
     """The declaration of op ``name``; an UnsupportedError suggesting near names otherwise."""
-    _load()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -197,18 +213,23 @@ def get(name: str) -> OpDef:
 
 
 def exists(name: str) -> bool:
-    _load()
     return name in _REGISTRY
 
 
 def all_ops() -> dict[str, OpDef]:
-    _load()
     return dict(_REGISTRY)
 
 
-def _load() -> None:
-    # the definition modules register themselves on import
-    from mcir.ops import elementwise, nn, quant, rnn, shape  # noqa: F401
+def ops_with(*traits: str) -> frozenset[str]:
+    """Names of the registered ops that have every trait in ``traits``."""
+    want = set(traits)
+    return frozenset(name for name, op in _REGISTRY.items() if want <= op.traits)
+
+
+def has_trait(name: str, trait: str) -> bool:
+    """Whether registered op ``name`` has ``trait`` (False for unknown ops)."""
+    op = _REGISTRY.get(name)
+    return op is not None and trait in op.traits
 
 
 # -- shared inference rules ------------------------------------------------------

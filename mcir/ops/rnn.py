@@ -23,6 +23,7 @@ import numpy as np
 
 from mcir.errors import McirError
 from mcir.ops.registry import Attr, defop
+from mcir.ops.traits import CONTRACTION, RECURRENT
 from mcir.types import TensorType
 
 
@@ -89,7 +90,7 @@ _INT8_STATE = Attr(
         "int8_state": _INT8_STATE,
     },
     infer=lambda t, reverse, cell, int8_state: _rnn_infer(t, 4, "lstm"),
-    traits={"recurrent"},
+    traits={CONTRACTION, RECURRENT},
     macs=_rnn_macs,
 )
 def lstm(gx, h0, c0, w_hh, b_hh, reverse=False, cell=False, int8_state=False):
@@ -112,7 +113,7 @@ def lstm(gx, h0, c0, w_hh, b_hh, reverse=False, cell=False, int8_state=False):
     operands="gx, h0, w_hh, b_hh",
     attrs={"reverse": Attr("bool", False, "run from the last step to the first"), "int8_state": _INT8_STATE},
     infer=lambda t, reverse, int8_state: _rnn_infer(t, 3, "gru"),
-    traits={"recurrent"},
+    traits={CONTRACTION, RECURRENT},
     macs=_rnn_macs,
 )
 def gru(gx, h0, w_hh, b_hh, reverse=False, int8_state=False):

@@ -16,6 +16,7 @@ import numpy as np
 
 from mcir.errors import McirError
 from mcir.ops.registry import Attr, defop, norm_axis, numel
+from mcir.ops.traits import MOVEMENT, PADDING, SHAPE_ATTR, UNARY, VIEW
 from mcir.types import TensorType
 
 
@@ -28,7 +29,12 @@ def _reshape_infer(types: list[TensorType], shape) -> TensorType:
     return TensorType(tuple(shape), x.dtype)
 
 
-@defop("reshape", attrs={"shape": Attr("ints", doc="the new static shape")}, infer=_reshape_infer, traits={"view"})
+@defop(
+    "reshape",
+    attrs={"shape": Attr("ints", doc="the new static shape")},
+    infer=_reshape_infer,
+    traits={MOVEMENT, UNARY, VIEW, SHAPE_ATTR},
+)
 def reshape(x, shape):
     """y = x with a new shape, same elements in row-major order"""
     return np.reshape(x, shape)
@@ -42,7 +48,12 @@ def _permute_infer(types: list[TensorType], dims) -> TensorType:
     return TensorType(tuple(x.shape[d] for d in dims), x.dtype)
 
 
-@defop("permute", attrs={"dims": Attr("ints", doc="y axis i is x axis dims[i]")}, infer=_permute_infer)
+@defop(
+    "permute",
+    attrs={"dims": Attr("ints", doc="y axis i is x axis dims[i]")},
+    infer=_permute_infer,
+    traits={MOVEMENT, UNARY},
+)
 def permute(x, dims):
     """y = x with its axes reordered: y.shape[i] = x.shape[dims[i]]"""
     return np.asarray(np.transpose(x, dims), order="C")
@@ -63,6 +74,7 @@ def _slice_infer(types: list[TensorType], axis, start, end, step) -> TensorType:
     "slice",
     attrs={"axis": Attr("int"), "start": Attr("int", 0), "end": Attr("int", 2**63 - 1), "step": Attr("int", 1)},
     infer=_slice_infer,
+    traits={MOVEMENT, UNARY},
 )
 def slice_(x, axis, start=0, end=2**63 - 1, step=1):
     """y = x[..., start:end:step, ...] along axis (Python slice semantics, clamped)"""
@@ -81,7 +93,12 @@ def _select_infer(types: list[TensorType], axis, index) -> TensorType:
     return TensorType(x.shape[:ax] + x.shape[ax + 1 :], x.dtype)
 
 
-@defop("select", attrs={"axis": Attr("int"), "index": Attr("int")}, infer=_select_infer)
+@defop(
+    "select",
+    attrs={"axis": Attr("int"), "index": Attr("int")},
+    infer=_select_infer,
+    traits={MOVEMENT, UNARY},
+)
 def select(x, axis, index):
     """y = x[..., index, ...] along axis; the axis disappears"""
     return np.asarray(np.take(x, index, axis=axis), order="C")
@@ -98,7 +115,12 @@ def _expand_infer(types: list[TensorType], shape) -> TensorType:
     return TensorType(shape, x.dtype)
 
 
-@defop("expand", attrs={"shape": Attr("ints", doc="the broadcast shape")}, infer=_expand_infer)
+@defop(
+    "expand",
+    attrs={"shape": Attr("ints", doc="the broadcast shape")},
+    infer=_expand_infer,
+    traits={MOVEMENT, UNARY, SHAPE_ATTR},
+)
 def expand(x, shape):
     """y = x broadcast to shape (size-1 axes repeat)"""
     return np.asarray(np.broadcast_to(x, shape), order="C")
@@ -120,7 +142,13 @@ def _concat_infer(types: list[TensorType], axis) -> TensorType:
     return TensorType(first.shape[:ax] + (total,) + first.shape[ax + 1 :], first.dtype)
 
 
-@defop("concat", operands="inputs*", attrs={"axis": Attr("int", 0)}, infer=_concat_infer)
+@defop(
+    "concat",
+    operands="inputs*",
+    attrs={"axis": Attr("int", 0)},
+    infer=_concat_infer,
+    traits={MOVEMENT},
+)
 def concat(*inputs, axis=0):
     """y = the inputs joined along axis"""
     return np.concatenate(inputs, axis=axis)
@@ -147,6 +175,7 @@ def _pad_infer(types: list[TensorType], pads, value) -> TensorType:
         "value": Attr("float", 0.0, "fill value"),
     },
     infer=_pad_infer,
+    traits={PADDING, UNARY},
 )
 def pad(x, pads, value=0.0):
     """y = x with constant padding (before, after) on every axis"""
@@ -191,7 +220,7 @@ def _check_range(idx: np.ndarray, size: int, what: str) -> np.ndarray:
     operands="x, index",
     attrs={"axis": Attr("int", doc="the axis the indices pick from")},
     infer=_index_select_infer,
-    traits={"movement"},
+    traits={MOVEMENT},
 )
 def index_select(x, index, axis):
     """y = x with axis replaced by index's axes: y[a.., i.., b..] = x[a.., index[i..], b..]; 0 <= index < n"""
@@ -217,7 +246,7 @@ def _gather_infer(types: list[TensorType], axis) -> TensorType:
     operands="x, index",
     attrs={"axis": Attr("int", doc="the axis index picks along")},
     infer=_gather_infer,
-    traits={"movement"},
+    traits={MOVEMENT},
 )
 def gather(x, index, axis):
     """y[i, j, k] = x[index[i, j, k], j, k] for axis 0 (torch.gather): y has index's shape; 0 <= index < n"""

@@ -38,14 +38,15 @@ from typing import ClassVar, Literal
 import numpy as np
 
 from mcir import dtypes
+from mcir.analysis.layers import check_skip, select_layers
 from mcir.errors import McirError
 from mcir.interp import Interpreter
 from mcir.ir import Graph, Op
 from mcir.packed import Binary, Ternary
-from mcir.pass_manager import Pass, PassContext, option
-from mcir.passes.layers import check_skip, select_layers
+from mcir.pass_base import Pass, PassContext, option
 from mcir.patterns import constant_array
 from mcir.rewriter import Rewriter
+from mcir.sample_inputs import random_batches
 from mcir.types import TensorType
 
 
@@ -108,8 +109,6 @@ class Binarize(Pass):
     @staticmethod
     def _input_means(graph: Graph, layers: list[Op], ctx: PassContext) -> dict[int, np.ndarray]:
         """Per-feature mean of each layer's input over the calibration batches."""
-        from mcir.passes.quantize import random_batches
-
         batches = ctx.get("calibration")
         if not batches:
             batches = random_batches(graph, 16)

@@ -28,7 +28,7 @@ import numpy as np
 
 from mcir.interp import Interpreter
 from mcir.ir import Graph, Op
-from mcir.pass_manager import Pass, PassContext, option
+from mcir.pass_base import Pass, PassContext, option
 from mcir.patterns import Match, Pat, RewritePattern, RuleSet, apply_rules, constant_array
 from mcir.rewriter import Rewriter, dead_code_elimination
 

@@ -28,10 +28,10 @@ from typing import ClassVar
 
 import numpy as np
 
+from mcir.analysis.layers import check_skip, is_skipped, weighted_layers
 from mcir.errors import McirError
 from mcir.ir import Graph
-from mcir.pass_manager import Pass, PassContext, option
-from mcir.passes.layers import check_skip, is_skipped, weighted_layers
+from mcir.pass_base import Pass, PassContext, option
 from mcir.patterns import constant_array
 from mcir.rewriter import Rewriter, dead_code_elimination
 

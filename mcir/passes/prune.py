@@ -2,7 +2,7 @@
 
 Unstructured (``granularity=weight``) and N:M (``pattern=2:4``) pruning zero the smallest
 weights, then store the layer in a sparse encoding when the cost rule
-(``mcir.passes.sparse_cost.prefer_sparse``) says it pays; otherwise the zeros stay dense and
+(``mcir.analysis.sparse_cost.prefer_sparse``) says it pays; otherwise the zeros stay dense and
 the report says that they save nothing. Before / after ``prune(sparsity=0.8)``::
 
     %fc1.weight = const : f32[256,64]
@@ -26,7 +26,7 @@ shrink, so the graph stays valid and runs with fewer parameters and MACs.
     %c2 = conv2d(%r, %w2) : f32[1,64,8,8]            %c2 = conv2d(%r, %w2) : f32[1,64,8,8]   (%w2: [64,16,3,3])
 
 A channel's importance is the l1 (or l2) norm of its producer weights, summed over its
-dependency group (``mcir.passes.dependency``: channels tied by residual adds, concat,
+dependency group (``mcir.analysis.dependency``: channels tied by residual adds, concat,
 depthwise convs, flatten, attention heads of q/k/v and the output projection); the
 ``sparsity`` fraction of least important channels of each group is removed (at least one
 channel is always kept). Groups that touch something which cannot lose channels (a graph
@@ -46,14 +46,17 @@ from typing import ClassVar, Literal
 import numpy as np
 
 from mcir import dtypes
+from mcir.analysis.dependency import Dependencies, Group, dependency_groups, find_seeds
+from mcir.analysis.layers import LAYERS, check_skip, is_skipped, weighted_layers
+from mcir.analysis.sparse_cost import MAX_DENSITY, prefer_sparse
 from mcir.errors import McirError
 from mcir.ir import Graph, Op, Value
-from mcir.pass_manager import Pass, PassContext, option
-from mcir.passes.dependency import Dependencies, Group, dependency_groups, find_seeds
-from mcir.passes.layers import LAYERS, check_skip, is_skipped, weighted_layers
-from mcir.passes.sparse_cost import MAX_DENSITY, prefer_sparse
+from mcir.ops import registry
+from mcir.ops.traits import SHAPE_ATTR
+from mcir.pass_base import Pass, PassContext, option
 from mcir.patterns import constant_array
 from mcir.pipeline import NM
+from mcir.report import format_table, human_bytes, human_count
 from mcir.rewriter import Rewriter
 from mcir.sparse import NM as NMEncoding
 from mcir.sparse import Csr, to_csr, to_nm
@@ -385,7 +388,7 @@ def shrink(graph: Graph, deps: Dependencies, removed: set[int]) -> None:
         else:
             rw.set_type(value, value.type.with_shape(tuple(shape)))
     for op in graph.compute_ops():
-        if op.name in ("reshape", "expand") and tuple(op.attrs["shape"]) != op.result.type.shape:
+        if registry.has_trait(op.name, SHAPE_ATTR) and tuple(op.attrs["shape"]) != op.result.type.shape:
             rw.set_attrs(op, shape=list(op.result.type.shape))
     for op in depthwise:
         if op.attrs["groups"] != op.operands[0].type.shape[1]:
@@ -438,7 +441,6 @@ class PruneReport:
 
     def table(self) -> str:
         """An aligned per-layer table: sparsity, storage, params, bytes and MACs before -> after."""
-        from mcir.report import format_table, human_bytes, human_count
 
         def arrow(a: int, b: int, fmt) -> str:
             return fmt(a) if a == b else f"{fmt(a)} -> {fmt(b)}"

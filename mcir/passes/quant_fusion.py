@@ -11,15 +11,29 @@ from __future__ import annotations
 from collections import Counter
 
 from mcir.ir import Graph, Op
+from mcir.pass_base import rules_pass
 from mcir.patterns import Match, Pat, RuleSet
 from mcir.rewriter import Rewriter
 from mcir.sparse import NM, Csr
 from mcir.types import Quant
 
+# -- the contract with the int8 backend ------------------------------------------------------------
+# These name what mcir/codegen/kernels runs in int8 (gemm_i8.py, conv_i8.py, quant.py). They are a
+# promise about kernels, not a property of the ops, so they are not op traits; tests/test_op_traits.py
+# checks them against the kernel registry, so a kernel removed there fails a test instead of leaving
+# quantised graphs that do not compile. (Reading the registry here would import llvmlite into passes.)
+
+#: weighted layers with u8-activation x i8-weight kernels (the weight is operand 1)
+INT8_LAYERS = frozenset({"linear", "conv2d"})
+#: ops with kernels on u8 activations, run in u8 when their result feeds int8 layers anyway
+INT8_ACTIVATION_OPS = frozenset({"add", "avg_pool2d", "adaptive_avg_pool2d", "mean"})
 #: ops with int8 kernels that can write u8 results directly (requantisation in the epilogue)
-FUSABLE = frozenset({"linear", "conv2d", "matmul", "add", "avg_pool2d", "adaptive_avg_pool2d", "mean"})
-#: data movement and max: they commute with quantisation
+FUSABLE = INT8_LAYERS | {"matmul"} | INT8_ACTIVATION_OPS
+#: data movement and max with u8 kernels (or views): they commute with quantisation
 MOVES = frozenset({"reshape", "permute", "slice", "select", "max_pool2d"})
+#: ops a u8 value passes through unchanged in meaning: MOVES, relu/clamp (the u8 range's saturation
+#: removes them, see FUSION) and dropout (a view)
+TRANSPARENT = MOVES | {"relu", "clamp", "dropout"}
 
 X = Pat.var("x")
 Y = Pat.var("y")
@@ -32,7 +46,7 @@ def _per_tensor(t) -> bool:
 def _int8_operands(op: Op) -> bool:
     """Activations are per-tensor quantised; weights/biases (operands 1, 2 of linear/conv2d) are quantised
     (int8 sparse weights, #csr/#nm in i8 with per-row scales, count as quantised)."""
-    if op.name in ("linear", "conv2d"):
+    if op.name in INT8_LAYERS:
         acts, params = op.operands[:1], op.operands[1:]
         return _per_tensor(acts[0].type) and all(_int_param(p.type) for p in params)
     return all(_per_tensor(v.type) for v in op.operands)
@@ -138,15 +152,9 @@ def remaining_conversions(graph: Graph) -> list[str]:
     return notes
 
 
-def _make_pass():
-    from mcir.pass_manager import rules_pass
-
-    return rules_pass(
-        FUSION,
-        name="quant_fusion",
-        preserves="exact",
-        doc="Keep int8 layers integer: fuse requantisation, ReLU/clamp and data movement into u8.",
-    )
-
-
-QuantFusion = _make_pass()
+QuantFusion = rules_pass(
+    FUSION,
+    name="quant_fusion",
+    preserves="exact",
+    doc="Keep int8 layers integer: fuse requantisation, ReLU/clamp and data movement into u8.",
+)

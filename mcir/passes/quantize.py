@@ -25,7 +25,7 @@ output, and data movement and max-pooling run on u8 values. Before quantising, B
 folded into its conv/linear and dropout removed (exact), so conv+BN is one int8 layer.
 
 Sparse weights (``#csr``/``#nm`` in f32, from ``prune``) stay sparse when the cost rule
-(``mcir.passes.sparse_cost.prefer_sparse``) says the int8 sparse form pays: the same encoding
+(``mcir.analysis.sparse_cost.prefer_sparse``) says the int8 sparse form pays: the same encoding
 in i8 with one scale per row, ``to_csr(w, i8)``; otherwise they become dense int8 (with zeros).
 
 Preserves: approximate; the pipeline report gives max |Δ| and SQNR against the float model.
@@ -39,24 +39,23 @@ from typing import ClassVar, Literal
 import numpy as np
 
 from mcir import dtypes
+from mcir.analysis.calibration import affine_params, check_method, choose_range, observe
+from mcir.analysis.layers import check_skip, is_skipped, weighted_layers
+from mcir.analysis.sparse_cost import prefer_sparse
 from mcir.errors import McirError
+from mcir.interp import check_input
 from mcir.ir import Graph, Op, Value
-from mcir.pass_manager import Pass, PassContext, option
-from mcir.passes.calibration import affine_params, check_method, choose_range, observe
-from mcir.passes.layers import check_skip, is_skipped, weighted_layers
+from mcir.pass_base import Pass, PassContext, option
+from mcir.passes.fold import NOOPS, FoldBatchNorm
+from mcir.passes.quant_fusion import FUSION, INT8_ACTIVATION_OPS, INT8_LAYERS, TRANSPARENT, remaining_conversions
 from mcir.patterns import RuleSet, apply_rules, constant_array
 from mcir.rewriter import Rewriter
+from mcir.sample_inputs import random_batches
 from mcir.sparse import NM, Csr, to_csr, to_nm
 from mcir.types import Quant, TensorType
 
-#: ops whose weights are quantised (operand 1) and whose activation input (operand 0) is u8
-WEIGHTED = {"linear", "conv2d"}
-#: ops that run on u8 activations when their result feeds int8 layers anyway
-ACTIVATION_OPS = {"add", "avg_pool2d", "adaptive_avg_pool2d", "mean"}
-#: ops a u8 value passes through unchanged in meaning (data movement, monotonic ops)
-TRANSPARENT = {"reshape", "permute", "slice", "select", "max_pool2d", "relu", "clamp", "dropout"}
 #: recurrences whose W_hh (second-to-last operand) becomes int8; their state meets it on a fixed u8 grid
-RECURRENT = {"lstm", "gru"}
+RECURRENT = frozenset({"lstm", "gru"})
 
 
 @dataclass(frozen=True)
@@ -83,9 +82,6 @@ class Quantize(Pass):
             raise McirError(f"samples={self.samples} must be at least 1")
 
     def apply(self, graph: Graph, ctx: PassContext) -> None:
-        from mcir.passes.fold import NOOPS, FoldBatchNorm
-        from mcir.passes.quant_fusion import FUSION, remaining_conversions
-
         apply_rules(graph, NOOPS + RuleSet("fold.batch_norm", [FoldBatchNorm()]))
         batches = ctx.get("calibration")
         if not batches:
@@ -106,8 +102,6 @@ class Quantize(Pass):
 
 def check_batches(graph: Graph, batches) -> list[tuple[np.ndarray, ...]]:
     """Calibration batches as tuples of arrays matching the graph inputs; McirError naming the bad one."""
-    from mcir.interp import check_input
-
     out = []
     for i, batch in enumerate(batches):
         arrays = tuple(batch) if isinstance(batch, tuple | list) else (batch,)
@@ -123,27 +117,6 @@ def check_batches(graph: Graph, batches) -> list[tuple[np.ndarray, ...]]:
     return out
 
 
-def random_batches(graph: Graph, count: int, seed: int = 0) -> list[tuple[np.ndarray, ...]]:
-    """Standard-normal float inputs, quantised integers over their range, indices in range for the
-    embedding they index."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(count):
-        batch = []
-        for v in graph.inputs:
-            t = v.type
-            if t.dtype.is_float:
-                batch.append(rng.standard_normal(t.shape).astype(t.dtype.np))
-            elif t.encoding is not None:  # already-quantised integers: anywhere in their range
-                info = np.iinfo(t.dtype.np)
-                batch.append(rng.integers(info.min, int(info.max) + 1, t.shape).astype(t.dtype.np))
-            else:  # indices: in range for the embedding they select from (0/1 when they feed none)
-                high = min((u.operands[1].type.shape[0] for u in v.users if u.name == "embedding"), default=2)
-                batch.append(rng.integers(0, high, t.shape).astype(t.dtype.np))
-        out.append(tuple(batch))
-    return out
-
-
 def feeds_int8(value: Value, graph: Graph, int8_ops: set[str], _memo: dict[int, bool] | None = None) -> bool:
     """Whether every consumer of ``value`` (looking through transparent and activation ops) is an
     int8 layer reading it as its activation, so quantising ``value`` costs no extra conversion."""
@@ -154,7 +127,9 @@ def feeds_int8(value: Value, graph: Graph, int8_ops: set[str], _memo: dict[int, 
     for user in value.users if ok else ():
         if user.name in int8_ops and user.operands[0] is value and value not in user.operands[1:]:
             continue
-        if (user.name in TRANSPARENT or user.name in ACTIVATION_OPS) and feeds_int8(user.result, graph, int8_ops, memo):
+        if (user.name in TRANSPARENT or user.name in INT8_ACTIVATION_OPS) and feeds_int8(
+            user.result, graph, int8_ops, memo
+        ):
             continue
         ok = False
         break
@@ -176,17 +151,17 @@ class _Quantizer:
         return is_skipped(op, self.opts.skip, self.layers)
 
     def run(self) -> None:
-        int8_ops = WEIGHTED | ({"matmul"} if self.opts.attention else set())
+        int8_ops = INT8_LAYERS | ({"matmul"} if self.opts.attention else set())
         for op in list(self.graph.compute_ops()):
             if op.graph is not self.graph or self.skipped(op):
                 continue
-            if op.name in WEIGHTED:
+            if op.name in INT8_LAYERS:
                 self.weighted(op)
             elif op.name in RECURRENT:
                 self.recurrent(op)
             elif op.name == "matmul" and self.opts.attention:
                 self.activations(op, range(2))
-            elif op.name in ACTIVATION_OPS and feeds_int8(op.result, self.graph, int8_ops):
+            elif op.name in INT8_ACTIVATION_OPS and feeds_int8(op.result, self.graph, int8_ops):
                 self.activations(op, range(2) if op.name == "add" else range(1))
 
     def quantize_value(self, v: Value) -> Value | None:
@@ -283,7 +258,6 @@ class _Quantizer:
     @staticmethod
     def sparse_weight(w: Value, a: np.ndarray) -> tuple[TensorType, dict] | None:
         """A pruned (#csr/#nm f32) weight as the same encoding in i8 with per-row scales, when that pays."""
-        from mcir.passes.sparse_cost import prefer_sparse
 
         enc = w.type.encoding
         rows, cols = a.shape[0], a.size // a.shape[0]

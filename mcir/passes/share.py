@@ -30,7 +30,7 @@ import numpy as np
 
 from mcir.errors import McirError
 from mcir.ir import Graph, Op
-from mcir.pass_manager import Pass, PassContext, option
+from mcir.pass_base import Pass, PassContext, option
 from mcir.passes.fold import constant_digest
 from mcir.patterns import constant_array
 from mcir.rewriter import Rewriter, dead_code_elimination

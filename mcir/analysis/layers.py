@@ -12,8 +12,12 @@ import re
 
 from mcir.errors import McirError
 from mcir.ir import Graph, Op
+from mcir.ops import registry
+from mcir.ops.traits import CONTRACTION, WEIGHTED
 
-LAYERS = ("linear", "conv2d")
+#: weighted layers that multiply their weight with the activations (linear, conv2d; not a lookup
+#: table such as embedding): what compression passes touch. Built-in ops, read from their traits.
+LAYERS = registry.ops_with(WEIGHTED, CONTRACTION)
 KEYWORDS = ("none", "first", "last", "ends")
 
 
@@ -22,7 +26,7 @@ def weighted_layers(graph: Graph) -> list[Op]:
     out = []
     for op in graph.compute_ops():
         if op.name in LAYERS:
-            w = op.operands[1]
+            w = op.operands[registry.get(op.name).weight.operand]
             if w.is_constant and w.producer.data is not None and w.type.encoding is None and w.type.dtype.is_float:
                 out.append(op)
     return out

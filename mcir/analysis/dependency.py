@@ -44,11 +44,17 @@ import numpy as np
 
 from mcir.errors import McirError
 from mcir.ir import Graph, Op, Value
+from mcir.ops import registry
+from mcir.ops.traits import CONVERSION, ELEMENTWISE, MOVEMENT, UNARY, VIEW, WEIGHTED, WeightLayout
 
 Port = tuple[Value, int]  # (value, axis)
 
-#: ops that move data without looking at it, walked back from attention's q/k/v to their projection
-_MOVES = {"reshape", "permute", "select", "slice", "expand", "dropout", "cast", "quantize", "dequantize"}
+
+def _passes_through(name: str) -> bool:
+    """Ops that carry data without looking at it (one operand moved, viewed or re-encoded): walked back
+    from attention's q/k/v to their projection."""
+    traits = registry.get(name).traits
+    return {MOVEMENT, UNARY} <= traits or VIEW in traits or CONVERSION in traits
 
 
 @dataclass(frozen=True)
@@ -128,30 +134,44 @@ def find_seeds(
     if granularity == "head":
         seeds = _head_seeds(graph)
     else:
-        kinds = {"filter": {"conv2d"}, "neuron": {"linear", "embedding"}, "channel": {"conv2d", "linear", "embedding"}}
         seeds = []
         present = False
         for op in graph.compute_ops():
-            if op.name not in kinds[granularity]:
+            layout = _seed_layout(op.name, granularity)
+            if layout is None:
                 continue
-            w = op.operands[1]
+            w = op.operands[layout.operand]
             if not (w.is_constant and w.producer.data is not None):
                 continue
             present = True
             if op.name == "conv2d" and op.attrs["groups"] != 1:
                 continue  # grouped/depthwise convs pass channels through (see _rule_conv2d)
-            axis = 1 if op.name == "embedding" else 0
-            seeds.append((op, w, axis, np.arange(w.type.shape[axis])))
+            seeds.append((op, w, layout.out_axis, np.arange(w.type.shape[layout.out_axis])))
         if not present:
-            what = {"filter": "conv2d", "neuron": "linear or embedding", "channel": "conv2d, linear or embedding"}
+            kinds = sorted(n for n in registry.ops_with(WEIGHTED) if _seed_layout(n, granularity) is not None)
+            what = ", ".join(kinds[:-1]) + " or " + kinds[-1] if len(kinds) > 1 else kinds[0]
             hint = {"filter": "neuron", "neuron": "filter", "channel": "weight"}[granularity]
             raise McirError(
-                f"granularity={granularity}: the graph has no {what[granularity]} layer with constant weights "
+                f"granularity={granularity}: the graph has no {what} layer with constant weights "
                 f"to prune (try granularity={hint})"
             )
     if selected is not None:
         seeds = [s for s in seeds if id(s[0]) in selected]
     return seeds
+
+
+def _seed_layout(name: str, granularity: Granularity) -> WeightLayout | None:
+    """The weight layout of op ``name`` when ``granularity`` prunes its output channels, else None.
+
+    ``filter`` takes weighted layers with kernel windows (convolutions), ``neuron`` the others
+    (linear, embedding), ``channel`` both.
+    """
+    layout = registry.get(name).weight
+    if layout is None or (granularity == "filter" and not layout.spatial):
+        return None
+    if granularity == "neuron" and layout.spatial:
+        return None
+    return layout
 
 
 def _source_projection(v: Value) -> tuple[Op | None, str]:
@@ -160,7 +180,9 @@ def _source_projection(v: Value) -> tuple[Op | None, str]:
         op = v.producer
         if op.name == "linear":
             return op, ""
-        if op.name in _MOVES or (op.name == "mul" and any(o.is_constant and o.type.numel == 1 for o in op.operands)):
+        if _passes_through(op.name) or (
+            op.name == "mul" and any(o.is_constant and o.type.numel == 1 for o in op.operands)
+        ):
             v = next(o for o in op.operands if not o.is_constant)
             continue
         return None, f"%{v.name} comes from '{op.name}', not from a linear projection"
@@ -315,14 +337,12 @@ class _Walk:
 
     # -- the walk ---------------------------------------------------------------------------
     def run(self) -> None:
-        from mcir.ops import registry
-
         for op in self.graph.compute_ops():
             if not any(self.axes(v) for v in op.operands):
                 continue
             self.handled = set()
             rule = _RULES.get(op.name)
-            if rule is None and "elementwise" in registry.get(op.name).traits:
+            if rule is None and ELEMENTWISE in registry.get(op.name).traits:
                 rule = _rule_elementwise
             if rule is None:
                 for v in op.operands:
