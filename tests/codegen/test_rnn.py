@@ -15,7 +15,7 @@ from torch import nn
 
 import mcir
 
-from .helpers import build, check_native
+from .helpers import build, check_native, runnable_targets
 
 TOL = 1e-5
 
@@ -234,3 +234,17 @@ def test_quant8_makes_w_hh_int8_and_the_kernel_matches_the_interpreter(tmp_path,
         _close(got, want, 1e-3)
         noise = ((got.astype(np.float64) - ref) ** 2).sum()
         assert 10 * np.log10((ref.astype(np.float64) ** 2).sum() / noise) >= 30
+
+
+@pytest.mark.parametrize("target", [t for t in ("x86-64-v2", "x86-64-v3") if t in runnable_targets()])
+def test_recurrences_on_portable_targets(tmp_path, target):
+    # without VNNI the int8 W_hh product takes the widened vpmaddwd path; without AVX-512 fewer lanes
+    torch.manual_seed(10)
+    model = AllOutputs(nn.GRU(8, 24, bidirectional=True)).eval()
+    x = torch.randn(6, 2, 8)
+    graph = mcir.trace(model, x)
+    check_native(graph, tmp_path, x.numpy(), target=target)
+    q = mcir.run_passes(graph, "quant8", calibration=[(torch.randn(6, 2, 8).numpy(),) for _ in range(3)])
+    natives = build(q, tmp_path, target=target)(x.numpy())
+    for got, want in zip(natives, mcir.interpret(q, x.numpy())):
+        _close(got, want, 1e-3)
