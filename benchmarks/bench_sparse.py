@@ -47,11 +47,11 @@ from models import prepare  # noqa: E402
 import mcir  # noqa: E402
 from mcir import dtypes  # noqa: E402
 from mcir.codegen import compile as compile_graph  # noqa: E402
+from mcir.encodings import Quant, to_csr, to_nm  # noqa: E402
 from mcir.errors import CodegenError  # noqa: E402
 from mcir.ir import Graph  # noqa: E402
 from mcir.report import format_table, human_bytes  # noqa: E402
-from mcir.sparse import to_csr, to_nm  # noqa: E402
-from mcir.types import Quant, TensorType, tensor  # noqa: E402
+from mcir.types import TensorType, tensor  # noqa: E402
 
 SPARSITIES = (0.5, 0.8, 0.9, 0.95)
 

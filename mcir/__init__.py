@@ -7,6 +7,8 @@ The public API::
     ys = mcir.interpret(g, x)                      # numpy reference interpreter
     g2 = mcir.run_passes(g, "fold,quant8", calibration=batches)
     mcir.save(g, "out/model"); g = mcir.load("out/model")
+    s = mcir.stats(g2)                             # params, library weight bytes, MACs by kind
+    g = mcir.from_onnx("model.onnx"); mcir.to_onnx(g2, "model_int8.onnx")   # ONNX in and out
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from mcir.pass_base import Pass, PassContext, option, pass_
 from mcir.patterns import Match, Pat, RewritePattern, RuleSet, apply_rules
 from mcir.rewriter import Rewriter
 from mcir.serialize import load, save
+from mcir.stats import stats
 from mcir.types import TensorType, tensor
 from mcir.verifier import verify
 from mcir.version import __version__
@@ -36,6 +39,22 @@ def trace(module: Any, example_inputs: Any, tracer: str = "export", name: str | 
     from mcir.frontend.torch_import import trace as _trace  # lazy: `import mcir` must not import torch
 
     return _trace(module, example_inputs, tracer=tracer, name=name)
+
+
+def from_onnx(model: Any, input_shapes: dict[str, Any] | None = None, name: str | None = None) -> Graph:
+    """Import an ONNX model (path or ``onnx.ModelProto``) into an mcir Graph; ``input_shapes`` gives
+    static shapes to inputs with symbolic dimensions. See ``mcir.frontend.onnx_import``."""
+    from mcir.frontend.onnx_import import from_onnx as _from_onnx
+
+    return _from_onnx(model, input_shapes=input_shapes, name=name)
+
+
+def to_onnx(graph: Graph, path: Any = None, opset: int | None = None, external_data: bool | None = None) -> Any:
+    """Export ``graph`` as an ONNX model (written to ``path`` when given) and return the ModelProto;
+    int8 as QDQ, other encodings as decoded floats. See ``mcir.frontend.onnx_export``."""
+    from mcir.frontend.onnx_export import to_onnx as _to_onnx
+
+    return _to_onnx(graph, path, opset=opset, external_data=external_data)
 
 
 def compile(graph: Graph, path: Any, target: str = "native", name: str | None = None, triple: str | None = None) -> Any:
@@ -74,6 +93,7 @@ __all__ = [
     "__version__",
     "apply_rules",
     "compile",
+    "from_onnx",
     "interpret",
     "load",
     "option",
@@ -83,7 +103,9 @@ __all__ = [
     "replace_pattern",
     "run_passes",
     "save",
+    "stats",
     "tensor",
+    "to_onnx",
     "trace",
     "verify",
 ]

@@ -7,6 +7,7 @@
     mcir run model.pt|out/|graph.mcir|lib.so --input x.npy
     mcir opt in.mcir|in/ --passes 'fold,my_passes.py:fuse_gelu' -o out/
     mcir compile model.pt --passes 'prune,quant8' -o build/mlp
+    mcir export model.pt|model.onnx|out/ --passes 'fold,quant8' -o model_int8.onnx
     mcir bench build/mlp.so
     mcir passes | mcir ops
 
@@ -34,7 +35,7 @@ EXIT_INTERNAL_ERROR = 1
 
 
 def _add_model_args(p: argparse.ArgumentParser, input_specs: bool = True) -> None:
-    p.add_argument("model", help="model file (.pt, .pth, .pt2), saved mcir folder, or .mcir file")
+    p.add_argument("model", help="model file (.pt, .pth, .pt2, .onnx), saved mcir folder, or .mcir file")
     if input_specs:
         p.add_argument(
             "--input",
@@ -42,7 +43,7 @@ def _add_model_args(p: argparse.ArgumentParser, input_specs: bool = True) -> Non
             action="append",
             default=[],
             metavar="NAME=SHAPE:DTYPE",
-            help="example input spec for torch models, e.g. x=1x3x32x32:f32 (repeatable)",
+            help="example input spec for torch models, static shape for ONNX inputs, e.g. x=1x3x32x32:f32 (repeatable)",
         )
     else:
         p.add_argument(
@@ -91,6 +92,10 @@ def load_graph_and_model(args: argparse.Namespace):
         raise McirError(f"{path}: no such file or folder")
     if _is_mcir(path):
         return mcir.load(path), None
+    if path.suffix.lower() == ".onnx":
+        from mcir.frontend.onnx_import import shapes_from_specs
+
+        return mcir.from_onnx(path, input_shapes=shapes_from_specs(getattr(args, "input", []))), None
     from mcir.frontend.model_file import load_model
 
     model, example = load_model(
@@ -211,6 +216,17 @@ def cmd_dump(args: argparse.Namespace) -> int:
         print(f"wrote {args.output}/graph.mcir and weights.safetensors", file=sys.stderr)
     else:
         sys.stdout.write(str(graph))
+    if args.passes:
+        _print_report(graph)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import mcir
+
+    graph = _run_pipeline(load_graph(args), args)
+    mcir.to_onnx(graph, args.output)
+    print(f"wrote {args.output}", file=sys.stderr)
     if args.passes:
         _print_report(graph)
     return 0
@@ -347,6 +363,29 @@ def cmd_ops(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_kernels(args: argparse.Namespace) -> int:
+    """``mcir kernels [--op NAME] [--target T]``: the native kernel registry as a table."""
+    from mcir import ops
+    from mcir.codegen.kernels import format_kernel_table, kernel_table
+    from mcir.codegen.target import resolve
+
+    if args.op is not None:
+        ops.get(args.op)  # an unknown op name gets the registry's "did you mean" error
+    rows = kernel_table(args.op, resolve(args.target))
+    if not rows:
+        print(f"no native kernel for op '{args.op}': graphs using it run with mcir.interpret only")
+        return 0
+    print(format_kernel_table(rows))
+    return 0
+
+
+def _add_kernels_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("kernels", help="list native kernels: op x operand/result types x target -> kernel")
+    p.add_argument("--op", metavar="NAME", help="only the kernels of op NAME")
+    p.add_argument("--target", default="native", help="whose code paths the target column shows (default: native)")
+    p.set_defaults(fn=cmd_kernels)
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
     from mcir.compile_driver import compile_model
 
@@ -377,6 +416,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pipeline_args(p)
     p.add_argument("-o", "--output", metavar="DIR", help="save graph.mcir + weights.safetensors to DIR")
     p.set_defaults(fn=cmd_dump)
+
+    p = sub.add_parser("export", help="write a model or graph (optionally after passes) as an ONNX file")
+    _add_model_args(p)
+    _add_pipeline_args(p)
+    p.add_argument("-o", "--output", required=True, metavar="FILE.onnx", help="the ONNX file to write")
+    p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("verify", help="parse and verify an IR file or saved folder")
     p.add_argument("file")
@@ -419,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ops", help="list IR ops")
     p.set_defaults(fn=cmd_ops)
+    _add_kernels_command(sub)
     return parser
 
 

@@ -99,7 +99,7 @@ def compile_report(
 
     rows.append(["library", f"{lib.path} ({human_bytes(lib.file_size)}), {stem}.o, {stem}.h"])
     rows.append(["target", f"{lib.metadata.get('target', target)}"])
-    rows.append(["weights", _weights_line(lib, original, path, target, compare)])
+    rows.append(["weights", _weights_line(lib, original, path, target, compare, graph)])
     rows.append(["workspace", human_bytes(lib.workspace_size)])
     rows.append(["compile time", human_seconds(seconds)])
     outs = [lib(*x) for x in samples]
@@ -134,12 +134,17 @@ def compile_report(
     return lib, _render(rows)
 
 
-def _weights_line(lib: Any, original: Graph | None, path: str | Path, target: str, compare: bool) -> str:
-    from mcir.pass_manager import GraphStats
+def _weights_line(
+    lib: Any, original: Graph | None, path: str | Path, target: str, compare: bool, graph: Graph | None = None
+) -> str:
+    from mcir.stats import GraphStats
 
     text = f"{human_bytes(lib.weight_bytes)} embedded"
+    stated = GraphStats.of(graph, target).weight_bytes if graph is not None else lib.weight_bytes
+    if stated != lib.weight_bytes:  # mcir.stats promises equality: say so if it ever breaks
+        text += f" (the pipeline report stated {stated} B, the library embeds {lib.weight_bytes} B: a bug)"
     if original is not None:
-        fp = GraphStats.of(original).weight_bytes
+        fp = GraphStats.of(original, target).weight_bytes
         if fp:
             text += f" ({lib.weight_bytes / fp:.1%} of the uncompressed {human_bytes(fp)})"
     return text

@@ -19,10 +19,10 @@ from mcir.interp import interpret
 from mcir.ir import Graph
 from mcir.metrics import compare_outputs
 from mcir.pass_base import Pass, PassContext
-from mcir.pass_manager import GraphStats
 from mcir.passes import as_pass, build_pipeline
 from mcir.patterns import RuleStat, track_rules
 from mcir.report import format_table, human_bytes, human_count, human_seconds
+from mcir.stats import GraphStats
 from mcir.verifier import verify
 
 
@@ -50,7 +50,9 @@ class PipelineReport:
         with_int8 = any(r.stats.int8_macs for r in self.rows)
         with_bits = any(r.stats.bit_macs for r in self.rows)
         head = ["pass", "time", "ops", "params", "weights", "MACs"]
-        head += (["int8 MACs"] if with_int8 else []) + (["XNOR MACs"] if with_bits else [])
+        with_sparse = any(r.stats.sparse_macs for r in self.rows)
+        head += (["int8 MACs"] if with_int8 else []) + (["bit MACs"] if with_bits else [])
+        head += ["sparse MACs"] if with_sparse else []
         head += ["max |Δ|", "SQNR"] if with_err else []
         body = []
         for r in self.rows:
@@ -59,11 +61,12 @@ class PipelineReport:
                 "-" if r.name == "(input)" else human_seconds(r.seconds),
                 str(r.stats.ops),
                 human_count(r.stats.params),
-                human_bytes(r.stats.weight_bytes),
+                human_bytes(r.stats.weight_bytes) + ("" if r.stats.exact else "*"),
                 human_count(r.stats.macs),
             ]
             row += [human_count(r.stats.int8_macs)] if with_int8 else []
             row += [human_count(r.stats.bit_macs)] if with_bits else []
+            row += [human_count(r.stats.sparse_macs)] if with_sparse else []
             if with_err:
                 row += [
                     "-" if r.max_abs_err is None else f"{r.max_abs_err:.3g}",
@@ -71,6 +74,8 @@ class PipelineReport:
                 ]
             body.append(row)
         text = format_table(head, body, align="l" + "r" * (len(head) - 1))
+        if not all(r.stats.exact for r in self.rows):
+            text += "\n* storage bytes: that graph does not compile natively, so its library bytes are unknown"
         if self.warnings:
             text += "\n" + "\n".join(f"warning: {w}" for w in self.warnings)
         return text

@@ -16,10 +16,11 @@ import lark
 import numpy as np
 
 from mcir import dtypes
+from mcir.encodings import ENCODINGS
 from mcir.errors import McirError, ParseError
 from mcir.ir import Graph, Location, Op
 from mcir.ops import registry
-from mcir.types import ENCODINGS, TensorType
+from mcir.types import TensorType
 from mcir.verifier import verify as verify_graph
 
 # what the user would type, for "expected ..." messages

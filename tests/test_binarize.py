@@ -9,7 +9,8 @@ from metrics import accuracy
 
 import mcir
 from mcir import dtypes
-from mcir.packed import Binary, Ternary, pack_bits, unpack_bits
+from mcir.encodings import Binary, Ternary
+from mcir.encodings.bits import pack_bits, unpack_bits
 from mcir.pass_manager import GraphStats
 
 

@@ -36,9 +36,10 @@ from hypothesis import strategies as st
 
 import mcir
 from mcir import dtypes
+from mcir.encodings import Quant
 from mcir.ir import Graph
 from mcir.ops import all_ops
-from mcir.types import Quant, TensorType, tensor
+from mcir.types import TensorType, tensor
 
 RTOL = 1e-5
 

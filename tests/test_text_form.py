@@ -7,8 +7,9 @@ import pytest
 
 import mcir
 from mcir import dtypes
+from mcir.encodings import Quant
 from mcir.ir import Graph
-from mcir.types import Quant, TensorType, tensor
+from mcir.types import TensorType, tensor
 
 SAMPLE = """\
 graph @mlp(%x: f32[2,8]) -> (f32[2,4], f32[2,3,4,4]) {

@@ -33,10 +33,11 @@ from hypothesis import strategies as st
 
 import mcir
 from mcir import dtypes
+from mcir.encodings import Quant
 from mcir.ir import Graph, Location, Value
 from mcir.ops import all_ops
 from mcir.ops.nn import conv_out
-from mcir.types import Quant, TensorType
+from mcir.types import TensorType
 
 FLOATS = ("f32", "f16", "bf16")
 INTS = ("i8", "u8", "i16", "i32", "i64")

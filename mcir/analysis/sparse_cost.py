@@ -5,9 +5,9 @@
 should be stored as ``#csr`` (``kind="csr"``) or ``#nm`` (``kind="nm"``, with ``n``/``m``)
 in ``dtype`` (f32 or i8) instead of a dense array holding zeros. It pays when both hold:
 
-1. **it is smaller**: the exact storage bytes of the encoding (values + indices + row
-   pointers, + per-row scales for i8; the same count ``TensorType.nbytes`` gives) are below
-   the dense bytes. CSR costs ``nnz·(b + 4) + 4·(rows + 1)`` bytes against ``rows·cols·b``
+1. **it is smaller**: the storage bytes the encoding states (``Encoding.storage_bytes``:
+   values + indices + row pointers, + per-row scales for i8) are below the dense bytes.
+   CSR costs ``nnz·(b + 4) + 4·(rows + 1)`` bytes against ``rows·cols·b``
    (b = 4 for f32, 1 for i8), so it cannot pay above density 1/2 in f32 and 1/5 in i8;
    ``#nm`` stores one u8 index per kept value, so 2:4 pays in f32 (2.5 vs 4 bytes per
    weight) but not in i8 (1 vs 1);
@@ -45,7 +45,9 @@ in ``dtype`` (f32 or i8) instead of a dense array holding zeros. It pays when bo
    int8 limit also keeps 90 %-sparse layers sparse, which issue #6 needs for size (the
    library stores int8 #csr in ~1.8 bytes per non-zero, ``sparse_pack``).
 
-Only ``MAX_DENSITY`` comes from measurement; re-measure when a kernel changes.
+Only ``MAX_DENSITY`` comes from measurement; re-measure when a kernel changes. The rule is a
+quick filter: ``prune`` then asks the kernels themselves (``mcir.stats.try_kernel``) whether
+the layer compiles in that form and embeds fewer bytes than dense, and keeps it dense if not.
 """
 
 from __future__ import annotations
@@ -54,7 +56,9 @@ from typing import Literal
 
 from mcir import dtypes
 from mcir.dtypes import DType
+from mcir.encodings import NM, Csr, Encoding, Quant
 from mcir.errors import McirError
+from mcir.types import TensorType
 
 #: highest density (non-zeros / elements) at which the sparse kernel is measured faster (docstring)
 MAX_DENSITY: dict[tuple[str, str], float] = {
@@ -68,20 +72,20 @@ MAX_DENSITY: dict[tuple[str, str], float] = {
 def sparse_bytes(
     kind: Literal["csr", "nm"], rows: int, cols: int, nnz: int, dtype: DType, n: int = 2, m: int = 4
 ) -> int:
-    """Storage bytes of the sparse encoding (all components, as ``TensorType.nbytes`` counts them)."""
-    b = dtype.bits // 8
-    scales = 4 * rows if dtype == dtypes.i8 else 0
+    """Storage bytes of the sparse encoding (all components), as the encoding states them."""
     if kind == "csr":
-        return nnz * (b + 4) + 4 * (rows + 1) + scales
-    if kind == "nm":
-        kept = rows * (cols // m * n)
-        return kept * (b + 1) + scales
-    raise McirError(f"unknown sparse encoding kind '{kind}' (csr or nm)")
+        enc: Encoding = Csr(nnz=nnz)
+    elif kind == "nm":
+        enc = NM(n=n, m=m)
+    else:
+        raise McirError(f"unknown sparse encoding kind '{kind}' (csr or nm)")
+    return enc.storage_bytes(TensorType((rows, cols), dtype, enc))
 
 
 def dense_bytes(rows: int, cols: int, dtype: DType) -> int:
-    """Storage bytes of the dense weight (int8 weights carry one f32 scale per row)."""
-    return rows * cols * (dtype.bits // 8) + (4 * rows if dtype == dtypes.i8 else 0)
+    """Storage bytes of the dense weight (int8 weights carry one f32 scale per row, ``#quant<axis=0>``)."""
+    enc = Quant(axis=0) if dtype == dtypes.i8 else None
+    return TensorType((rows, cols), dtype, enc).nbytes
 
 
 def prefer_sparse(

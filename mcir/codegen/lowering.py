@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,6 +117,71 @@ def kernel_key(step: Step, gen: KernelGen) -> tuple:
     )
 
 
+def constant_layout(
+    v: Value, step_op: Op | None, index: int, gen: KernelGen | None, target: Target
+) -> tuple[tuple, Callable[[], np.ndarray], int]:
+    """How constant ``v`` (a const or a view of one) is embedded as operand ``index`` of ``step_op``:
+    ``(global key, payload, byte offset of v in that global)``.
+
+    Raw constants are stored once per const and views point into them; a kernel with a
+    pack hook gets its own layout, stored once per (const, view, layout). Steps with equal
+    keys share one global. ``payload()`` gives the bytes (a contiguous array); the lowering
+    embeds exactly these, and ``mcir.stats`` counts exactly these.
+    """
+    root = view_root(v)
+    offset = view_offset(v)
+    data = root.producer.data
+    if data is None:
+        raise CodegenError(f"constant %{root.name} has no data: load the graph with its weights (mcir.load)")
+    if isinstance(data, dict):
+        if gen is None or gen.pack is None or v is not root:
+            raise CodegenError(
+                f"{step_op.where() if step_op else 'a copy'} reads constant %{root.name} of "
+                f"encoded type {root.type} but its kernel does not decode that encoding"
+            )
+        view = data
+    else:
+        flat = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+        view = flat[offset : offset + v.type.nbytes].view(data.dtype).reshape(v.type.shape)
+    packed = gen.pack(step_op, index, view, target) if gen is not None and gen.pack else None
+    if packed is None:
+        return (id(root), "raw"), lambda: np.ascontiguousarray(data), offset
+    key, payload = packed
+    return (id(root), f"{key}@{offset}:{v.type.shape}"), lambda: np.ascontiguousarray(payload), 0
+
+
+def constant_uses(graph: Graph, target: Target) -> list[tuple[Value, Op | None, int, KernelGen | None]]:
+    """Every (constant, op, operand index, generator) the entry function reads, in lowering order:
+    constant operands of each kernel step and constants copied into outputs."""
+    pairs = build_steps(graph, target)
+    mp = plan(graph, [s for s, _ in pairs])
+    gens = {id(s): g for s, g in pairs}
+    uses: list[tuple[Value, Op | None, int, KernelGen | None]] = []
+    for step in mp.steps:
+        if step.op is None:
+            if mp.of(step.source).kind == "const":
+                uses.append((step.source, None, 0, None))
+            continue
+        for i, v in enumerate(step.op.operands):
+            if mp.of(v).kind == "const":
+                uses.append((v, step.op, i, gens[id(step)]))
+    return uses
+
+
+def embedded_constants(graph: Graph, target: Target) -> dict[tuple, tuple[Value, int]]:
+    """The globals the library embeds for ``graph``'s constants: key -> (root constant, bytes).
+
+    The same walk and the same ``constant_layout`` as the lowering, so the byte total is the
+    library's ``weight_bytes`` exactly.
+    """
+    found: dict[tuple, tuple[Value, int]] = {}
+    for v, step_op, index, gen in constant_uses(graph, target):
+        gkey, payload, _ = constant_layout(v, step_op, index, gen, target)
+        if gkey not in found:
+            found[gkey] = (view_root(v), max(int(payload().nbytes), 0))
+    return found
+
+
 class _Builder:
     def __init__(self, graph: Graph, target: Target, name: str, pipeline: str) -> None:
         self.graph = graph
@@ -147,37 +213,11 @@ class _Builder:
         return gv
 
     def constant(self, v: Value, step_op: Op | None, index: int, gen: KernelGen | None) -> ir.Value:
-        """Pointer to constant ``v`` (a const or a view of one) as operand ``index`` of ``step_op``.
-
-        Raw constants are stored once per const and views point into them; a kernel with a
-        pack hook gets its own layout, stored once per (const, view, layout).
-        """
-        root = view_root(v)
-        offset = view_offset(v)
-        data = root.producer.data
-        if data is None:
-            raise CodegenError(f"constant %{root.name} has no data: load the graph with its weights (mcir.load)")
-        if isinstance(data, dict):
-            if gen is None or gen.pack is None or v is not root:
-                raise CodegenError(
-                    f"{step_op.where() if step_op else 'a copy'} reads constant %{root.name} of "
-                    f"encoded type {root.type} but its kernel does not decode that encoding"
-                )
-            view = data
-        else:
-            flat = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
-            view = flat[offset : offset + v.type.nbytes].view(data.dtype).reshape(v.type.shape)
-        packed = gen.pack(step_op, index, view, self.target) if gen is not None and gen.pack else None
-        if packed is None:
-            gkey = (id(root), "raw")
-            if gkey not in self.globals:
-                self.globals[gkey] = self._global_bytes(np.ascontiguousarray(data).tobytes(), root.name)
-            return self.em_offset(self.globals[gkey], offset)
-        key, payload = packed
-        gkey = (id(root), f"{key}@{offset}:{v.type.shape}")
+        """Pointer to constant ``v`` (a const or a view of one) as operand ``index`` of ``step_op``."""
+        gkey, payload, offset = constant_layout(v, step_op, index, gen, self.target)
         if gkey not in self.globals:
-            self.globals[gkey] = self._global_bytes(np.ascontiguousarray(payload).tobytes(), root.name)
-        return self.globals[gkey]
+            self.globals[gkey] = self._global_bytes(payload().tobytes(), view_root(v).name)
+        return self.em_offset(self.globals[gkey], offset)
 
     def em_offset(self, gv: ir.GlobalVariable, offset: int) -> ir.Value:
         """A constant pointer ``offset`` bytes into a global."""

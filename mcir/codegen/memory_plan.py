@@ -3,11 +3,12 @@
 Storage kinds: a graph input (the caller's pointer), a constant (an internal global),
 a graph output (the caller's output buffer), or a slice of the workspace.
 
-Views never copy: ``reshape`` and ``dropout`` always give the same bytes as their
-operand; a ``permute`` that only moves size-1 axes does too; a ``select`` or unit-step
+Views never copy: ``reshape`` and ``dropout`` give the same bytes as their operand;
+a ``permute`` that only moves size-1 axes does too; a ``select`` or unit-step
 ``slice`` whose preceding axes all have size 1 is a contiguous block at a byte offset
-(the q/k/v split of attention). Values joined by views form one *group* with one
-storage, each member at its offset. An output group holds its output's buffer, so the
+(the q/k/v split of attention). Only a result stored like its operand (same dtype and
+encoding) can be a view; otherwise the op needs a kernel. Values joined by views form one
+*group* with one storage, each member at its offset. An output group holds its output's buffer, so the
 last kernel writes straight into the caller's memory; a copy is only planned where an
 output is also an input, a constant, another output, or a part of a bigger buffer.
 
@@ -81,6 +82,10 @@ def view_source(v: Value) -> tuple[Value, int] | None:
     if op is None or not op.operands:
         return None
     x = op.operands[0]
+    # a view shares bytes, so it needs the operand's storage type: dropout(u8 #quant) : f32 (verified:
+    # both mean f32) would otherwise read 4 bytes per element from a 1-byte buffer
+    if x.type.dtype != v.type.dtype or x.type.encoding != v.type.encoding:
+        return None
     if registry.has_trait(op.name, VIEW):
         return x, 0
     if x.type.encoding is not None:

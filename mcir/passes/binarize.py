@@ -39,15 +39,29 @@ import numpy as np
 
 from mcir import dtypes
 from mcir.analysis.layers import check_skip, select_layers
+from mcir.encodings import Binary, Ternary
 from mcir.errors import McirError
 from mcir.interp import Interpreter
 from mcir.ir import Graph, Op
-from mcir.packed import Binary, Ternary
 from mcir.pass_base import Pass, PassContext, option
 from mcir.patterns import constant_array
 from mcir.rewriter import Rewriter
 from mcir.sample_inputs import random_batches
 from mcir.types import TensorType
+
+
+def _worse(op: Op, t: TensorType, stored, target: str) -> str:
+    """Why storing ``op``'s weight as ``t`` would not pay ('' if it does): no native kernel for the
+    layer in that form, or its kernel would embed no fewer weight bytes than the float one."""
+    from mcir.stats import try_kernel
+
+    trial = try_kernel(op, {1: (t, stored)}, target)
+    if not trial.ok:
+        return "no native kernel for it"
+    before = try_kernel(op, target=target)
+    if before.ok and trial.operand_bytes.get(1, 0) >= before.operand_bytes.get(1, 0):
+        return f"{trial.operand_bytes.get(1, 0)} B packed vs {before.operand_bytes.get(1, 0)} B float"
+    return ""
 
 
 def _compress_weight(rw: Rewriter, op: Op, t: TensorType, stored) -> None:
@@ -79,13 +93,20 @@ class Binarize(Pass):
         means = {}
         if self.activations == "binary" and self.center:
             means = self._input_means(graph, [op for op in layers if op.name == "linear"], ctx)
+        kept = []
         for op in layers:
             w = op.operands[1]
             t = TensorType(w.type.shape, dtypes.b1, Binary(0))
             stored = t.encode(constant_array(w))
+            why = _worse(op, t, stored, ctx.data.get("target", "native"))
+            if why:
+                kept.append(f"{op.loc.module or op.result.name} ({why})")
+                continue
             _compress_weight(rw, op, t, stored)
             if self.activations == "binary":
                 self._binarize_input(rw, op, means.get(id(op)), t.decode(stored))
+        if kept:
+            ctx.warn("binarize: kept in float: " + ", ".join(kept))
 
     def _binarize_input(self, rw: Rewriter, op: Op, mean, w_binary) -> None:
         x = op.operands[0]
@@ -155,7 +176,15 @@ class Ternarize(Pass):
         layers = select_layers(graph, self.skip)
         if not layers:
             ctx.warn(f"ternarize: no layer to ternarise (skip={self.skip})")
+        kept = []
         for op in layers:
             w = op.operands[1]
             t = TensorType(w.type.shape, dtypes.t2, Ternary(0))
-            _compress_weight(rw, op, t, t.encoding.encode(t, constant_array(w), delta_factor=self.delta))
+            stored = t.encoding.encode(t, constant_array(w), delta_factor=self.delta)
+            why = _worse(op, t, stored, ctx.data.get("target", "native"))
+            if why:
+                kept.append(f"{op.loc.module or op.result.name} ({why})")
+                continue
+            _compress_weight(rw, op, t, stored)
+        if kept:
+            ctx.warn("ternarize: kept in float: " + ", ".join(kept))

@@ -49,6 +49,7 @@ from mcir import dtypes
 from mcir.analysis.dependency import Dependencies, Group, dependency_groups, find_seeds
 from mcir.analysis.layers import LAYERS, check_skip, is_skipped, weighted_layers
 from mcir.analysis.sparse_cost import MAX_DENSITY, prefer_sparse
+from mcir.encodings import to_csr, to_nm
 from mcir.errors import McirError
 from mcir.ir import Graph, Op, Value
 from mcir.ops import registry
@@ -58,8 +59,7 @@ from mcir.patterns import constant_array
 from mcir.pipeline import NM
 from mcir.report import format_table, human_bytes, human_count
 from mcir.rewriter import Rewriter
-from mcir.sparse import NM as NMEncoding
-from mcir.sparse import Csr, to_csr, to_nm
+from mcir.stats import stored_fraction, try_kernel
 from mcir.types import TensorType
 
 #: layers whose weights unstructured pruning zeroes (operand 1 is the weight)
@@ -127,7 +127,7 @@ class Prune(Pass):
         before, total_before = _stats(graph), _totals(graph)
         groups: list[str] = []
         if self.granularity == "weight":
-            notes = _Unstructured(self, graph).run()
+            notes = _Unstructured(self, graph, ctx.data.get("target", "native")).run()
         else:
             plan = plan_structured(graph, self)
             shrink(graph, plan.deps, plan.removed)
@@ -153,10 +153,11 @@ def _layer_name(op: Op) -> str:
 class _Unstructured:
     """Zero weights by magnitude, then store them sparse where it pays."""
 
-    def __init__(self, opts: Prune, graph: Graph) -> None:
+    def __init__(self, opts: Prune, graph: Graph, target: str = "native") -> None:
         self.opts = opts
         self.graph = graph
         self.rw = Rewriter(graph)
+        self.target = target
 
     def run(self) -> list[str]:
         layers = weighted_layers(self.graph)
@@ -173,6 +174,18 @@ class _Unstructured:
         arrays = {k: constant_array(w).astype(np.float64) for k, (w, _) in weights.items()}
         if self.opts.pattern is not None:
             masks = {k: self._nm_mask(arrays[k], ops[0]) for k, (_, ops) in weights.items()}
+            unfit = [k for k, mask in masks.items() if mask is None]
+            if unfit:
+                pat = self.opts.pattern
+                notes.append(
+                    f"left alone by pattern={pat.n}:{pat.m} (rows not a multiple of {pat.m}): "
+                    + ", ".join(
+                        f"{_layer_name(weights[k][1][0])} (rows of {arrays[k].size // arrays[k].shape[0]})"
+                        for k in unfit
+                    )
+                )
+                for k in unfit:
+                    del weights[k], masks[k]
         elif self.opts.threshold is not None:
             # compare in the weight's own precision: threshold=0.1 must prune a stored f32 0.1
             masks = {
@@ -183,13 +196,22 @@ class _Unstructured:
             masks = _global_masks(arrays, self.opts.sparsity, self.opts.max_layer_sparsity)
         else:
             masks = {k: _layer_mask(a, self.opts.sparsity) for k, a in arrays.items()}
-        dense_kept = []
+        dense_kept, shared = [], []
         for k, (w, ops) in weights.items():
             pruned = np.where(masks[k], arrays[k], 0.0).astype(w.type.dtype.np)
-            t, data, why = self._storage(pruned, w)
+            t, data, why = self._storage(pruned, w, ops)
+            if why and self.opts.storage == "auto" and len(w.users) != len(ops):
+                # a layer left alone keeps the original: a pruned dense copy would only add bytes
+                shared.append(_layer_name(ops[0]))
+                continue
             if why:
                 dense_kept.append(f"{_layer_name(ops[0])} ({why})")
             self._set_weight(w, ops, t, data)
+        if shared:
+            notes.append(
+                "left alone (the weight is shared with a skipped layer, and a pruned dense copy would add "
+                "bytes): " + ", ".join(shared)
+            )
         if dense_kept:
             notes.append(
                 "kept dense with zeros (fewer non-zeros, but no fewer bytes or MACs with a dense kernel): "
@@ -197,22 +219,25 @@ class _Unstructured:
             )
         return notes
 
-    def _nm_mask(self, a: np.ndarray, op: Op) -> np.ndarray:
+    def _nm_mask(self, a: np.ndarray, op: Op) -> np.ndarray | None:
+        """Keep the n largest of every m weights of a row; None when rows do not split into groups of m."""
         n, m = self.opts.pattern.n, self.opts.pattern.m
         rows, k = a.shape[0], a.size // a.shape[0]
         if k % m:
-            raise McirError(
-                f"pattern={n}:{m}: layer '{_layer_name(op)}' ({op.where()}) has rows of {k} weights, "
-                f"not a multiple of {m}; leave it out with skip=... or pick an M dividing {k}"
-            )
+            return None
         groups = np.abs(a).reshape(rows, k // m, m)
         order = np.argsort(-groups, axis=2, kind="stable")[:, :, :n]
         mask = np.zeros(groups.shape, bool)
         np.put_along_axis(mask, order, True, axis=2)
         return mask.reshape(a.shape) & (a != 0)
 
-    def _storage(self, pruned: np.ndarray, w: Value) -> tuple[TensorType, object, str]:
-        """(type, stored data, reason it stays dense or '')."""
+    def _storage(self, pruned: np.ndarray, w: Value, ops: list[Op]) -> tuple[TensorType, object, str]:
+        """(type, stored data, reason it stays dense or '').
+
+        With ``storage=auto`` a sparse encoding is chosen only when the cost rule says it pays,
+        every layer using the weight has a native kernel for it, and the bytes those kernels
+        embed (their compile-time layouts, ``mcir.stats.try_kernel``) are fewer than dense.
+        """
         rows, cols = pruned.shape[0], pruned.size // pruned.shape[0]
         nnz = int(np.count_nonzero(pruned))
         dense = (TensorType(pruned.shape, w.type.dtype), pruned)
@@ -228,6 +253,21 @@ class _Unstructured:
             limit = MAX_DENSITY[(kind, "f32")]
             return (*dense, f"density {density:.2f}; #{kind} f32 pays at <= {limit:.2f} and fewer bytes")
         t, data = to_csr(pruned) if kind == "csr" else to_nm(pruned, n, m)
+        if self.opts.storage == "auto":
+            target = self.target
+            # layers sharing the weight share a layout when their forms agree: count each layout once
+            sparse_layouts: dict[str, int] = {}
+            dense_layouts: dict[str, int] = {}
+            for op in ops:
+                trial = try_kernel(op, {1: (t, data)}, target)
+                if not trial.ok:
+                    return (*dense, f"no native kernel for {op.name} with a {t.dtype} #{kind} weight of this form")
+                before = try_kernel(op, {1: dense}, target)
+                sparse_layouts[trial.layouts.get(1, "")] = trial.operand_bytes.get(1, 0)
+                dense_layouts[before.layouts.get(1, "")] = before.operand_bytes.get(1, 0)
+            sparse_bytes, dense_bytes = sum(sparse_layouts.values()), sum(dense_layouts.values())
+            if sparse_bytes >= dense_bytes:
+                return (*dense, f"#{kind} would embed {sparse_bytes} B, dense {dense_bytes} B")
         return t, data, ""
 
     def _set_weight(self, w: Value, ops: list[Op], t: TensorType, data) -> None:
@@ -487,23 +527,15 @@ def _storage_name(t: TensorType) -> str:
 
 def _stored(t: TensorType) -> int:
     """Elements a tensor stores (sparse weights: only their values), as GraphStats counts parameters."""
-    if isinstance(t.encoding, Csr):
-        return t.encoding.nnz
-    if isinstance(t.encoding, NMEncoding):
-        return t.numel * t.encoding.n // t.encoding.m
-    return t.numel
+    return round(t.numel * stored_fraction(t))
 
 
 def _effective_macs(op: Op) -> int:
     from mcir.ops import registry
 
     macs = registry.get(op.name).count_macs([v.type for v in op.operands], op.result.type, op.attrs)
-    if op.name in LAYERS and macs:
-        w = op.operands[1].type
-        if isinstance(w.encoding, Csr):  # a sparse kernel multiplies only the stored non-zeros
-            macs = macs * w.encoding.nnz // max(1, w.numel)
-        elif isinstance(w.encoding, NMEncoding):
-            macs = macs * w.encoding.n // w.encoding.m
+    if op.name in LAYERS and macs:  # a sparse kernel multiplies only the stored non-zeros
+        macs = round(macs * stored_fraction(op.operands[1].type))
     return macs
 
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from collections import Counter
 
+from mcir.encodings import NM, Csr, Quant
 from mcir.ir import Graph, Op
 from mcir.pass_base import rules_pass
 from mcir.patterns import Match, Pat, RuleSet
 from mcir.rewriter import Rewriter
-from mcir.sparse import NM, Csr
-from mcir.types import Quant
 
 # -- the contract with the int8 backend ------------------------------------------------------------
 # These name what mcir/codegen/kernels runs in int8 (gemm_i8.py, conv_i8.py, quant.py). They are a

@@ -42,6 +42,7 @@ from mcir import dtypes
 from mcir.analysis.calibration import affine_params, check_method, choose_range, observe
 from mcir.analysis.layers import check_skip, is_skipped, weighted_layers
 from mcir.analysis.sparse_cost import prefer_sparse
+from mcir.encodings import NM, Csr, Quant, to_csr, to_nm
 from mcir.errors import McirError
 from mcir.interp import check_input
 from mcir.ir import Graph, Op, Value
@@ -51,8 +52,7 @@ from mcir.passes.quant_fusion import FUSION, INT8_ACTIVATION_OPS, INT8_LAYERS, T
 from mcir.patterns import RuleSet, apply_rules, constant_array
 from mcir.rewriter import Rewriter
 from mcir.sample_inputs import random_batches
-from mcir.sparse import NM, Csr, to_csr, to_nm
-from mcir.types import Quant, TensorType
+from mcir.types import TensorType
 
 #: recurrences whose W_hh (second-to-last operand) becomes int8; their state meets it on a fixed u8 grid
 RECURRENT = frozenset({"lstm", "gru"})
@@ -96,8 +96,44 @@ class Quantize(Pass):
         if self.fuse:
             apply_rules(graph, FUSION)
         notes = remaining_conversions(graph)
+        notes += dense_where_sparse_int8_does_not_pay(graph, ctx.data.get("target", "native"))
         if notes:
             ctx.warn("quantize: " + "; ".join(notes))
+
+
+def dense_where_sparse_int8_does_not_pay(graph: Graph, target: str = "native") -> list[str]:
+    """Store an int8 ``#csr``/``#nm`` weight densely (``#quant<axis=0>``, same per-row scales, so
+    the values and the int32 bias are unchanged: exact) where the layer has no native kernel for
+    the sparse form or its kernel would embed no fewer bytes than the dense int8 kernel."""
+    from mcir.stats import try_kernel
+
+    rw = Rewriter(graph)
+    kept = []
+    for op in list(graph.compute_ops()):
+        if len(op.operands) < 2:
+            continue
+        w = op.operands[1]
+        if not (isinstance(w.type.encoding, Csr | NM) and w.type.dtype == dtypes.i8 and w.is_constant):
+            continue
+        stored = w.producer.data
+        scale = np.asarray(stored["scale"], np.float32)
+        per_row = scale.astype(np.float64).reshape((-1,) + (1,) * (w.type.rank - 1))
+        q = np.rint(w.type.decode(stored) / per_row).astype(np.int8)
+        dense = (TensorType(w.type.shape, dtypes.i8, Quant(axis=0)), {"data": q, "scale": scale})
+        sparse_trial, dense_trial = try_kernel(op, target=target), try_kernel(op, {1: dense}, target)
+        if sparse_trial.ok and not (dense_trial.ok and dense_trial.weight_bytes <= sparse_trial.weight_bytes):
+            continue
+        why = (
+            "no native kernel"
+            if not sparse_trial.ok
+            else f"{sparse_trial.weight_bytes} B vs dense {dense_trial.weight_bytes} B"
+        )
+        kept.append(f"{op.loc.module or op.result.name} ({why})")
+        if len(w.uses) == 1:
+            rw.set_data(w.producer, dense[1], dense[0])
+        else:
+            rw.set_operand(op, 1, rw.const(f"{w.name}.dense", dense[1], dense[0]))
+    return [f"int8 sparse weights stored dense: {', '.join(kept)}"] if kept else []
 
 
 def check_batches(graph: Graph, batches) -> list[tuple[np.ndarray, ...]]:

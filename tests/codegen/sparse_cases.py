@@ -1,13 +1,13 @@
 """Sparse weights for the sparse kernel tests: random patterns with a given density, empty
-rows, N:M patterns, in f32 or int8 (per-row scales), built with mcir.sparse's own encoders."""
+rows, N:M patterns, in f32 or int8 (per-row scales), built with mcir.encodings' own encoders."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from mcir import dtypes
+from mcir.encodings import to_csr, to_nm
 from mcir.ir import Graph
-from mcir.sparse import to_csr, to_nm
 from mcir.types import TensorType
 
 
@@ -30,7 +30,7 @@ def nm_pruned(rng: np.random.Generator, n: int, k: int, keep: int, group: int) -
 
 
 def sparse_const(g: Graph, name: str, dense: np.ndarray, encoding: str, dtype=dtypes.f32, nm: tuple[int, int] = (2, 4)):
-    """A #csr or #nm constant (shape of ``dense``) in f32 or i8, via mcir.sparse.to_csr / to_nm."""
+    """A #csr or #nm constant (shape of ``dense``) in f32 or i8, via mcir.encodings.to_csr / to_nm."""
     flat = dense.reshape(dense.shape[0], -1)
     t, parts = to_csr(flat, dtype) if encoding == "csr" else to_nm(flat, *nm, dtype=dtype)
     t = TensorType(dense.shape, t.dtype, t.encoding)

@@ -15,10 +15,11 @@ import pytest
 from mcir import dtypes
 from mcir.codegen import Artifacts, abi, default_name
 from mcir.codegen import compile as compile_graph
+from mcir.encodings import Quant
 from mcir.errors import CodegenError, RuntimeCallError
 from mcir.ir import Graph
 from mcir.runtime import DTYPES, ERRORS, Library, library_names
-from mcir.types import Quant, TensorType, tensor
+from mcir.types import TensorType, tensor
 
 from .helpers import randn, undefined_symbols
 

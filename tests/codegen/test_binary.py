@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 import mcir
 from mcir import dtypes
 from mcir.codegen.kernels.binary import RowPanels
+from mcir.encodings import Binary, Ternary
 from mcir.ir import Graph, Value
-from mcir.packed import Binary, Ternary
 from mcir.types import TensorType, tensor
 
 from .helpers import assert_close, build, check_native, randn

@@ -9,8 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mcir import dtypes
+from mcir.encodings import Quant
 from mcir.ir import Graph
-from mcir.types import Quant, TensorType, tensor
+from mcir.types import TensorType, tensor
 
 from .helpers import check_native, randn, runnable_targets
 

@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 
 from mcir import dtypes
 from mcir.codegen.kernels import conv_i8, gemm_i8
+from mcir.encodings import Quant
 from mcir.ir import Graph
 from mcir.ops.nn import conv_out
-from mcir.types import Quant, TensorType
+from mcir.types import TensorType
 
 from .test_int8_gemm import TARGETS, _portable, affine, check_int8, int8_weight, int32_bias
 

@@ -11,9 +11,10 @@ from hypothesis import strategies as st
 
 import mcir
 from mcir import dtypes
+from mcir.encodings import Quant
 from mcir.errors import CodegenError
 from mcir.ir import Graph
-from mcir.types import Quant, TensorType, tensor
+from mcir.types import TensorType, tensor
 
 from .helpers import build
 from .test_int8_gemm import TARGETS, check_int8

@@ -1,6 +1,7 @@
-"""Sparse f32 kernels (``linear`` and 1x1 ``conv2d`` with #csr / #nm f32 weights) against the
+"""Sparse f32 kernels (``linear`` and ``conv2d`` with #csr / #nm f32 weights) against the
 interpreter: random shapes with odd K and N, densities from 0 to 1, empty rows, batch 1 (window
-GEMV) and batched (CSR) paths, every target level. Tolerance: helpers.RTOL (1e-5 relative)."""
+GEMV) and batched (CSR) paths, convolutions of kernel sizes 1-7 with strides, padding and
+dilation, every target level. Tolerance: helpers.RTOL (1e-5 relative)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mcir.codegen.kernels import sparse
 from mcir.codegen.kernels.sparse import BATCH_MIN
 from mcir.errors import CodegenError
 from mcir.ir import Graph
@@ -109,10 +111,74 @@ def test_pointwise_conv(tmp_path_factory, case):
     check_native(g, tmp_path_factory.mktemp("spc"), randn(rng, batch, cin, h, w))
 
 
-def test_other_convolutions_raise_a_clear_error(tmp_path, rng):
-    g = Graph("spconv3")
+#: (cin, cout, kernel (kh, kw), stride, padding, dilation, image h, w): every kernel size 1-7, strides 1/2,
+#: padding, dilation, odd channel counts, rectangular kernels and images, a 1x1 that still needs im2col
+CONV_CASES = [
+    (3, 5, (1, 1), (2, 2), (0, 0), (1, 1), 9, 9),
+    (5, 7, (1, 1), (1, 1), (1, 1), (1, 1), 6, 5),
+    (3, 9, (3, 3), (1, 1), (1, 1), (1, 1), 8, 8),
+    (7, 5, (3, 3), (2, 2), (1, 1), (1, 1), 11, 9),
+    (5, 3, (3, 3), (1, 1), (2, 2), (2, 2), 7, 10),
+    (4, 13, (5, 5), (1, 1), (2, 2), (1, 1), 9, 9),
+    (3, 6, (5, 5), (2, 2), (0, 0), (1, 1), 13, 12),
+    (3, 11, (7, 7), (2, 2), (3, 3), (1, 1), 16, 15),
+    (2, 5, (7, 7), (1, 1), (0, 0), (1, 1), 7, 9),
+    (6, 4, (3, 5), (1, 2), (1, 0), (2, 1), 10, 11),
+]
+
+
+def sparse_conv(rng, batch, cin, cout, kernel, stride, padding, dilation, h, w, density, bias=True, act="relu"):
+    g = Graph("spconvk")
+    x = g.add_input("x", tensor([batch, cin, h, w]))
+    dense = pruned(rng, cout, cin * kernel[0] * kernel[1], density).reshape(cout, cin, *kernel)
+    ops = [x, sparse_const(g, "w", dense, "csr")]
+    if bias:
+        ops.append(g.const("b", randn(rng, cout)))
+    attrs = {"stride": list(stride), "padding": list(padding), "dilation": list(dilation)}
+    y = g.add("conv2d", ops, attrs)
+    g.set_outputs([g.add(act, [y]) if act else y])
+    return g
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"k{c[2][0]}x{c[2][1]}s{c[3][0]}p{c[4][0]}d{c[5][0]}")
+@pytest.mark.parametrize("block", ["whole", "rows"])
+def test_conv_of_any_kernel_size_stride_padding_dilation(tmp_path, monkeypatch, case, block):
+    cin, cout, kernel, stride, padding, dilation, h, w = case
+    if block == "rows":  # patches built 2 output rows at a time, the last block shorter when OH is odd
+        monkeypatch.setattr(sparse, "PATCH_BLOCK_BYTES", 4 * cin * kernel[0] * kernel[1] * w * 2)
+    rng = np.random.default_rng(cin * 131 + cout * 7 + kernel[0] * kernel[1] + h)
+    batch = 2 if kernel[0] == 3 else 1
+    g = sparse_conv(rng, batch, cin, cout, kernel, stride, padding, dilation, h, w, 0.3, bias=kernel[0] != 5)
+    check_native(g, tmp_path, randn(rng, batch, cin, h, w))
+
+
+@pytest.mark.parametrize("density", [0.0, 0.1, 1.0])
+def test_conv_densities_from_empty_to_full(tmp_path, density):
+    rng = np.random.default_rng(int(density * 10))
+    g = sparse_conv(rng, 1, 5, 7, (3, 3), (1, 1), (1, 1), (1, 1), 6, 6, density, act=None)
+    check_native(g, tmp_path, randn(rng, 1, 5, 6, 6))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_conv_on_each_target(tmp_path, target):
+    rng = np.random.default_rng(3)
+    g = sparse_conv(rng, 1, 8, 16, (3, 3), (2, 2), (1, 1), (1, 1), 12, 12, 0.1)
+    check_native(g, tmp_path, randn(rng, 1, 8, 12, 12), target=target)
+
+
+def test_grouped_convolutions_raise_a_clear_error(tmp_path, rng):
+    g = Graph("spconvg")
     x = g.add_input("x", tensor([1, 4, 8, 8]))
-    w = sparse_const(g, "w", pruned(rng, 8, 36, 0.2).reshape(8, 4, 3, 3), "csr")
-    g.set_outputs([g.add("conv2d", [x, w], {"padding": [1, 1]})])
-    with pytest.raises(CodegenError, match=r"1x1 kernels with stride 1.*kernel \[3, 3\]"):
+    w = sparse_const(g, "w", pruned(rng, 8, 18, 0.2).reshape(8, 2, 3, 3), "csr")
+    g.set_outputs([g.add("conv2d", [x, w], {"padding": [1, 1], "groups": 2})])
+    with pytest.raises(CodegenError, match=r"sparse convolution weights need groups=1 \(got groups 2\)"):
         build(g, tmp_path)
+
+
+def test_nm_conv_of_a_3x3_kernel(tmp_path):
+    rng = np.random.default_rng(11)
+    g = Graph("spconvnm")
+    x = g.add_input("x", tensor([1, 4, 9, 9]))
+    w = sparse_const(g, "w", nm_pruned(rng, 6, 36, 2, 4).reshape(6, 4, 3, 3), "nm")
+    g.set_outputs([g.add("conv2d", [x, w, g.const("b", randn(rng, 6))], {"stride": [2, 2], "padding": [1, 1]})])
+    check_native(g, tmp_path, randn(rng, 1, 4, 9, 9))

@@ -1,4 +1,4 @@
-"""Sparse int8 kernels (``linear`` / 1x1 ``conv2d`` with #csr / #nm int8 weights on u8 inputs)
+"""Sparse int8 kernels (``linear`` / ``conv2d`` of any kernel size with #csr / #nm int8 weights on u8 inputs)
 against the interpreter: random shapes with odd K and N, densities 0..1, empty rows, zero points,
 folded and float biases, u8 and f32 results, batch 1 (VBMI+VNNI kernel) and batched, every target.
 Tolerance: u8 results within 1 LSB, f32 results within helpers.RTOL relative to the largest."""
@@ -12,11 +12,12 @@ from hypothesis import strategies as st
 
 import mcir
 from mcir import dtypes
-from mcir.codegen.kernels import lookup
+from mcir.codegen.kernels import lookup, sparse
 from mcir.codegen.kernels.sparse_i8 import BATCH_MIN_I8
+from mcir.encodings import Quant
 from mcir.errors import CodegenError
 from mcir.ir import Graph
-from mcir.types import Quant, TensorType, tensor
+from mcir.types import TensorType, tensor
 
 from .helpers import assert_close, build, runnable_targets
 from .sparse_cases import nm_pruned, pruned, sparse_const
@@ -25,7 +26,7 @@ TARGETS = runnable_targets()
 X_SCALE, X_ZERO = 0.02, 117
 
 
-def _graph(rng, shape, weight, encoding, bias, result, act, op="linear") -> Graph:
+def _graph(rng, shape, weight, encoding, bias, result, act, op="linear", conv=None) -> Graph:
     """x: u8 #quant input; weight: int8 sparse; bias: int (folded), float (another scale) or None."""
     g = Graph("spq")
     x = g.add_input("x", TensorType(shape, dtypes.u8, Quant(scale=X_SCALE, zero_point=X_ZERO)))
@@ -39,7 +40,7 @@ def _graph(rng, shape, weight, encoding, bias, result, act, op="linear") -> Grap
             scale = scale * np.float32(0.75)  # not the accumulator's scale: added as a float
         data = rng.integers(-3000, 3000, n).astype(np.int32)
         ops.append(g.const("b", {"data": data, "scale": scale}, TensorType((n,), dtypes.i32, Quant(axis=0))))
-    attrs = {} if op == "linear" else {"stride": [1, 1], "padding": [0, 0]}
+    attrs = {} if op == "linear" else (conv or {"stride": [1, 1], "padding": [0, 0]})
     if result == "f32":
         y = g.add(op, ops, attrs)
         g.set_outputs([g.add(act, [y]) if act else y])
@@ -123,6 +124,32 @@ def test_pointwise_conv(tmp_path_factory, batch, cin, cout, hw, density, result)
     check_int8(g, tmp_path_factory.mktemp("spqc"), rng.integers(0, 256, (batch, cin, 1, hw)).astype(np.uint8))
 
 
+#: (cin, cout, kernel, stride, padding, dilation, h, w): kernel sizes 1-7, strides, padding (where the
+#: zero point stands in for the real 0), dilation, odd channel counts
+CONV_CASES = [
+    (3, 5, (1, 1), (2, 2), (0, 0), (1, 1), 9, 9),
+    (5, 7, (3, 3), (1, 1), (1, 1), (1, 1), 8, 7),
+    (7, 5, (3, 3), (2, 2), (1, 1), (2, 2), 11, 9),
+    (4, 9, (5, 5), (1, 1), (2, 2), (1, 1), 9, 9),
+    (3, 11, (7, 7), (2, 2), (3, 3), (1, 1), 16, 15),
+    (6, 4, (3, 5), (1, 2), (1, 0), (1, 1), 10, 11),
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"k{c[2][0]}x{c[2][1]}s{c[3][0]}p{c[4][0]}d{c[5][0]}")
+@pytest.mark.parametrize("result", ["u8", "f32"])
+def test_conv_of_any_kernel_size_stride_padding_dilation(tmp_path, monkeypatch, case, result):
+    cin, cout, kernel, stride, padding, dilation, h, w = case
+    if result == "f32":  # patches built 2 output rows at a time, the last block shorter when OH is odd
+        monkeypatch.setattr(sparse, "PATCH_BLOCK_BYTES", 4 * cin * kernel[0] * kernel[1] * w * 2)
+    rng = np.random.default_rng(cin * 131 + cout * 7 + kernel[0] * kernel[1] + h)
+    dense = pruned(rng, cout, cin * kernel[0] * kernel[1], 0.3).reshape(cout, cin, *kernel)
+    attrs = {"stride": list(stride), "padding": list(padding), "dilation": list(dilation)}
+    batch = 2 if kernel == (3, 3) else 1
+    g = _graph(rng, (batch, cin, h, w), dense, "csr", "int", result, "relu", op="conv2d", conv=attrs)
+    check_int8(g, tmp_path, rng.integers(0, 256, (batch, cin, h, w)).astype(np.uint8))
+
+
 def test_long_rows_and_window(tmp_path):
     """Rows with gaps of thousands of columns (escapes) and rows far apart (window stalls)."""
     rng = np.random.default_rng(5)
@@ -191,7 +218,7 @@ def test_runtime_bias_is_refused(tmp_path):
     b = g.add_input("b", tensor([4]))
     w = sparse_const(g, "w", pruned(np.random.default_rng(0), 4, 8, 0.5), "csr", dtypes.i8)
     g.set_outputs([g.add("linear", [x, w, b])])
-    with pytest.raises(CodegenError, match="bias of a sparse int8 layer must be a constant"):
+    with pytest.raises(CodegenError, match=r"its bias %b : f32\[4\] must be a compile-time constant"):
         build(g, tmp_path)
 
 
@@ -227,3 +254,11 @@ def test_unsupported_operands_raise_the_registry_error(tmp_path):
     g.set_outputs([g.add("linear", [x, w])])
     with pytest.raises(CodegenError, match=r"no native kernel for op 'linear'.*\(f32, i8#csr\).*u8#quant, i8#csr"):
         build(g, tmp_path)
+
+
+def test_nm_conv_of_a_3x3_kernel(tmp_path):
+    rng = np.random.default_rng(12)
+    dense = nm_pruned(rng, 6, 36, 1, 4).reshape(6, 4, 3, 3)
+    attrs = {"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1]}
+    g = _graph(rng, (1, 4, 7, 7), dense, "nm", "int", "u8", None, op="conv2d", conv=attrs)
+    check_int8(g, tmp_path, rng.integers(0, 256, (1, 4, 7, 7)).astype(np.uint8))

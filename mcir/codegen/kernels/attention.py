@@ -125,5 +125,4 @@ def _mask_row(k: KernelContext, em: Emitter, row: ir.Value, qi: ir.Value, S: int
         em.store(s, row, j)
 
 
-kernel("scaled_dot_product_attention", ("f32", "f32", "f32", "bool|f32"), scratch=_scratch)(_sdpa)
-kernel("scaled_dot_product_attention", ("f32", "f32", "f32"), scratch=_scratch)(_sdpa)
+kernel("scaled_dot_product_attention", ("f32", "f32", "f32", "bool|f32?"), scratch=_scratch)(_sdpa)

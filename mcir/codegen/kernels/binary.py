@@ -47,9 +47,9 @@ from mcir.codegen.emit import F32, F64, I1, I64, Emitter, const, i64, vec
 from mcir.codegen.kernels import KernelContext, kernel
 from mcir.codegen.memory_plan import view_root
 from mcir.codegen.target import Target
+from mcir.encodings.bits import words
 from mcir.errors import CodegenError
 from mcir.ir import Op, Value
-from mcir.packed import words
 
 # -- shared helpers ------------------------------------------------------------------------
 
@@ -57,6 +57,12 @@ from mcir.packed import words
 def u64_lanes(target: Target) -> int:
     """64-bit lanes of one vector register."""
     return max(2, target.vector_bits // 64)
+
+
+def popcount_variant(target: Target) -> str:
+    """The code path of the XNOR kernels on ``target``, for the kernel table."""
+    native = target.is_x86 and target.has("avx512vpopcntdq")
+    return f"xnor+popcount {u64_lanes(target)}x64-bit" + (" (vpopcntq)" if native else "")
 
 
 def ctpop(em: Emitter, v: ir.Value) -> ir.Value:
@@ -534,8 +540,15 @@ def _xnor_linear(k: KernelContext) -> None:
 
 
 for _w in ("b1#binary", "t2#ternary"):
-    kernel("linear", ("b1#binary", _w, "f32"), pack=_pack_xnor, scratch=_xnor_scratch, epilogue=True)(_xnor_linear)
-    kernel("linear", ("b1#binary", _w), pack=_pack_xnor, scratch=_xnor_scratch, epilogue=True)(_xnor_linear)
+    kernel(
+        "linear",
+        ("b1#binary", _w, "f32?"),
+        constant=(1,),
+        variant=popcount_variant,
+        pack=_pack_xnor,
+        scratch=_xnor_scratch,
+        epilogue=True,
+    )(_xnor_linear)
 
 
 # -- sign-select linear: packed weights x float activations ---------------------------------
@@ -698,8 +711,9 @@ def _select_linear(k: KernelContext) -> None:
 
 
 for _w in ("b1#binary", "t2#ternary"):
-    kernel("linear", ("f32", _w, "f32"), pack=_pack_select, scratch=_select_scratch, epilogue=True)(_select_linear)
-    kernel("linear", ("f32", _w), pack=_pack_select, scratch=_select_scratch, epilogue=True)(_select_linear)
+    kernel("linear", ("f32", _w, "f32?"), constant=(1,), pack=_pack_select, scratch=_select_scratch, epilogue=True)(
+        _select_linear
+    )
 
 
 # -- quantize f32 -> b1 #binary and dequantize back -------------------------------------------
@@ -745,13 +759,13 @@ def _pack_canonical(op: Op, index: int, data, target: Target):
     return "components", np.concatenate([np.ascontiguousarray(data[c]).view(np.uint8).reshape(-1) for c in names])
 
 
-@kernel("dequantize", ("b1#binary",), pack=_pack_canonical)
+@kernel("dequantize", ("b1#binary",), result="f32", pack=_pack_canonical)
 def dequantize_binary(k: KernelContext) -> None:
     """x = α (bit ? +1 : -1), α per slice."""
     _dequantize_packed(k, planes=1)
 
 
-@kernel("dequantize", ("t2#ternary",), pack=_pack_canonical)
+@kernel("dequantize", ("t2#ternary",), result="f32", pack=_pack_canonical)
 def dequantize_ternary(k: KernelContext) -> None:
     """x = α (nonzero ? (sign ? -1 : +1) : 0), α per slice."""
     _dequantize_packed(k, planes=2)

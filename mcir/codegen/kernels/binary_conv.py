@@ -50,6 +50,7 @@ from mcir.codegen.kernels.binary import (
     panel_nv,
     part_offsets,
     planes_of,
+    popcount_variant,
     reads_alpha_at,
     slices,
     store_lanes,
@@ -59,9 +60,9 @@ from mcir.codegen.kernels.binary import (
 from mcir.codegen.kernels.conv import _conv, _scratch
 from mcir.codegen.memory_plan import align_up
 from mcir.codegen.target import Target
+from mcir.encodings.bits import pack_bits, unpack_bits, words
 from mcir.ir import Op, Value
 from mcir.ops.nn import conv_out
-from mcir.packed import pack_bits, unpack_bits, words
 from mcir.types import TensorType
 
 
@@ -495,8 +496,15 @@ def _xnor_conv(k: KernelContext) -> None:
 
 
 for _w in ("b1#binary", "t2#ternary"):
-    kernel("conv2d", ("b1#binary", _w, "f32"), pack=_pack_xnor_conv, scratch=_xnor_scratch, epilogue=True)(_xnor_conv)
-    kernel("conv2d", ("b1#binary", _w), pack=_pack_xnor_conv, scratch=_xnor_scratch, epilogue=True)(_xnor_conv)
+    kernel(
+        "conv2d",
+        ("b1#binary", _w, "f32?"),
+        constant=(1,),
+        variant=popcount_variant,
+        pack=_pack_xnor_conv,
+        scratch=_xnor_scratch,
+        epilogue=True,
+    )(_xnor_conv)
 
 
 # -- float activations: decode the weights, then the fp32 convolution ------------------------------
@@ -537,5 +545,11 @@ def _decode_conv(k: KernelContext) -> None:
 
 
 for _w in ("b1#binary", "t2#ternary"):
-    kernel("conv2d", ("f32", _w, "f32"), pack=_pack_canonical, scratch=_decode_scratch, epilogue=True)(_decode_conv)
-    kernel("conv2d", ("f32", _w), pack=_pack_canonical, scratch=_decode_scratch, epilogue=True)(_decode_conv)
+    kernel(
+        "conv2d",
+        ("f32", _w, "f32?"),
+        constant=(1,),
+        pack=_pack_canonical,
+        scratch=_decode_scratch,
+        epilogue=True,
+    )(_decode_conv)

@@ -37,7 +37,8 @@ from mcir.ir import Op
 from mcir.ops.nn import conv_out
 
 
-def _geometry(op: Op) -> dict[str, int]:
+def geometry(op: Op) -> dict[str, int]:
+    """Sizes of a conv2d: image n, c, h, w; weight o, cg, kh, kw; stride, padding, dilation; output oh, ow."""
     n, c, h, w = op.operands[0].type.shape
     o, cg, kh, kw = op.operands[1].type.shape
     (sh, sw), (ph, pw), (dh, dw) = op.attrs["stride"], op.attrs["padding"], op.attrs["dilation"]
@@ -71,12 +72,12 @@ def _uses_gemm(g: dict[str, int]) -> bool:
 
 
 def _tiling(op: Op, target: Target):
-    g = _geometry(op)
+    g = geometry(op)
     return choose_tiling(g["og"], g["oh"] * g["ow"], g["cg"] * g["kh"] * g["kw"], target)
 
 
 def _scratch(op: Op, target: Target) -> int:
-    g = _geometry(op)
+    g = geometry(op)
     if not _uses_gemm(g):
         return 0
     return packed_b_bytes(g["cg"] * g["kh"] * g["kw"], g["oh"] * g["ow"], _tiling(op, target).nr)
@@ -134,7 +135,7 @@ def _im2col_rows(em: Emitter, x: ir.Value, g: dict[str, int], nr: int, dst: ir.V
             d2 = b.add(base2, b.mul(kidx, i64(nr)))
             # ox reads column ox*sw - pw + j*dw: inside the image for ox in [lo, hi)
             off = j * dw - pw
-            lo, hi = _tap_range(ow, sw, off, g["w"])
+            lo, hi = tap_range(ow, sw, off, g["w"])
             with b.if_else(row_ok) as (inside, outside):
                 with inside:
                     fill(0, lo, d1, d2, s1)
@@ -171,7 +172,7 @@ def _im2col_general(em: Emitter, x: ir.Value, g: dict[str, int], nr: int, dst: i
 
 def _pack_weights(op: Op, index: int, data, target: Target):
     """Weights of a GEMM convolution as A row panels of the GEMM's MR, group after group."""
-    g = _geometry(op)
+    g = geometry(op)
     if index != 1 or not _uses_gemm(g):
         return None
     mr = _tiling(op, target).mr
@@ -187,7 +188,7 @@ def _conv_gemm(k: KernelContext) -> None:
     """Per image and group: im2col of the group's channels, then out[og, P] = W_g @ cols."""
     em, b = k.em, k.em.b
     packed = view_root(k.op.operands[1]).is_constant
-    g = _geometry(k.op)
+    g = geometry(k.op)
     t = _tiling(k.op, k.target)
     og, cg = g["og"], g["cg"]
     ck = cg * g["kh"] * g["kw"]
@@ -224,8 +225,8 @@ def _conv_gemm(k: KernelContext) -> None:
         )
 
 
-def _tap_range(ow: int, sw: int, off: int, w: int) -> tuple[int, int]:
-    """Output columns ox whose input column ox*sw + off lies inside [0, w)."""
+def tap_range(ow: int, sw: int, off: int, w: int) -> tuple[int, int]:
+    """[lo, hi): output columns ox whose input column ox*sw + off lies inside [0, w)."""
     lo = 0
     while lo < ow and lo * sw + off < 0:
         lo += 1
@@ -245,7 +246,7 @@ def _conv_direct(k: KernelContext) -> None:
     over the finished row.
     """
     em, b = k.em, k.em.b
-    g = _geometry(k.op)
+    g = geometry(k.op)
     og = g["o"] // g["groups"]
     x, w = k.args[0], k.args[1]
     bias = k.args[2] if len(k.args) > 2 else None
@@ -269,7 +270,7 @@ def _conv_direct(k: KernelContext) -> None:
                         src = b.add(plane, b.mul(iy, i64(g["w"])))
                         for j in range(g["kw"]):
                             off = j * g["dw"] - g["pw"]
-                            lo, hi = _tap_range(ow, sw, off, g["w"])
+                            lo, hi = tap_range(ow, sw, off, g["w"])
                             if hi <= lo:
                                 continue
                             wv = load_b(em, w, b.add(wrow, i64(i * g["kw"] + j)), 1, w_dtype)
@@ -286,14 +287,12 @@ def _conv_direct(k: KernelContext) -> None:
 def _conv(k: KernelContext) -> None:
     """conv2d: im2col + register-blocked GEMM per group, or direct rows for depthwise."""
     check_half_target(k.op, k.op.operands[1].type.dtype.name, k.target)
-    if _uses_gemm(_geometry(k.op)):
+    if _uses_gemm(geometry(k.op)):
         _conv_gemm(k)
     else:
         _conv_direct(k)
 
 
-kernel("conv2d", ("f32", "f32", "f32"), pack=_pack_weights, scratch=_scratch, epilogue=True)(_conv)
-kernel("conv2d", ("f32", "f32"), pack=_pack_weights, scratch=_scratch, epilogue=True)(_conv)
+kernel("conv2d", ("f32", "f32", "f32?"), pack=_pack_weights, scratch=_scratch, epilogue=True)(_conv)
 # 16-bit weights (the half pass): the same kernels, weights widened to f32 as they are loaded
-kernel("conv2d", ("f32", "f16|bf16", "f32"), pack=_pack_weights, scratch=_scratch, epilogue=True)(_conv)
-kernel("conv2d", ("f32", "f16|bf16"), pack=_pack_weights, scratch=_scratch, epilogue=True)(_conv)
+kernel("conv2d", ("f32", "f16|bf16", "f32?"), pack=_pack_weights, scratch=_scratch, epilogue=True)(_conv)

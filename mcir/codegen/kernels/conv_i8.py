@@ -29,12 +29,14 @@ import numpy as np
 from mcir.codegen.emit import F32, I8, I16, I32, Emitter, i64
 from mcir.codegen.kernels import KernelContext, kernel
 from mcir.codegen.kernels.gemm_i8 import (
+    INT8_RESULT,
     IntGemm,
     IntTiling,
     activation_quant,
     choose_tiling,
     dot_isa,
     emit_gemm,
+    isa_name,
     pack_weights_and_table,
     panel_bytes,
     requantize,
@@ -291,5 +293,13 @@ def _conv_i8(k: KernelContext) -> None:
         _conv_direct(k, g)
 
 
-kernel("conv2d", ("u8#quant", "i8#quant", "i32#quant|f32"), pack=_pack, scratch=_scratch, epilogue=True)(_conv_i8)
-kernel("conv2d", ("u8#quant", "i8#quant"), pack=_pack, scratch=_scratch, epilogue=True)(_conv_i8)
+kernel(
+    "conv2d",
+    ("u8#quant", "i8#quant", "i32#quant|f32?"),
+    result=INT8_RESULT,
+    constant=(1, 2),
+    pack=_pack,
+    scratch=_scratch,
+    epilogue=True,
+    variant=isa_name,
+)(_conv_i8)

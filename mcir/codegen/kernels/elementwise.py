@@ -20,9 +20,10 @@ import numpy as np
 from mcir.codegen.emit import F32, I1, I8, Emitter, const, i64, is_signed, storage_type
 from mcir.codegen.kernels import KernelContext, kernel, math_approx
 from mcir.dtypes import DType
+from mcir.encodings import Quant
 from mcir.errors import CodegenError
 from mcir.ir import Op
-from mcir.types import Quant, TensorType
+from mcir.types import TensorType
 
 Unary = Callable[[Emitter, ir.Value], ir.Value]
 
@@ -404,7 +405,7 @@ def _per_tensor(t: TensorType) -> Quant | None:
     return enc if isinstance(enc, Quant) and enc.axis is None else None
 
 
-@kernel("quantize", ("f32",))
+@kernel("quantize", ("f32",), result="i8#quant|u8#quant|i16#quant|i32#quant")
 def quantize(k: KernelContext) -> None:
     """q = clamp(round_half_even(x / scale) + zero_point, qmin, qmax) into the result's integer type."""
     t = k.result_type
@@ -431,7 +432,7 @@ def quantize(k: KernelContext) -> None:
     emit_broadcast(k, [k.operand_types[0].dtype], body, t.dtype)
 
 
-@kernel("dequantize", ("i8#quant|u8#quant|i16#quant|i32#quant",))
+@kernel("dequantize", ("i8#quant|u8#quant|i16#quant|i32#quant",), result="f32")
 def dequantize(k: KernelContext) -> None:
     """x = scale * (q - zero_point) for per-tensor quantised operands."""
     t = k.operand_types[0]

@@ -363,7 +363,7 @@ def _linear_scratch(op: Op, target: Target) -> int:
     return packed_b_bytes(k, n, nv * lanes)
 
 
-@kernel("linear", ("f32", "f32", "f32"), pack=_pack_linear, scratch=_linear_scratch, epilogue=True)
+@kernel("linear", ("f32", "f32", "f32?"), pack=_pack_linear, scratch=_linear_scratch, epilogue=True)
 def linear(k: KernelContext) -> None:
     """y = x @ W^T + b: W pre-packed into panels at compile time (or at run time if not constant)."""
     m, n, kk = _linear_dims(k.op)
@@ -380,8 +380,7 @@ def _linear_half_scratch(op: Op, target: Target) -> int:
     return 0
 
 
-@kernel("linear", ("f32", "f16|bf16", "f32"), pack=_pack_linear, scratch=_linear_half_scratch, epilogue=True)
-@kernel("linear", ("f32", "f16|bf16"), pack=_pack_linear, scratch=_linear_half_scratch, epilogue=True)
+@kernel("linear", ("f32", "f16|bf16", "f32?"), pack=_pack_linear, scratch=_linear_half_scratch, epilogue=True)
 def linear_half(k: KernelContext) -> None:
     """y = x @ W^T + b with W stored in f16/bf16 panels (half the bytes), widened to f32 as it streams."""
     m, n, kk = _linear_dims(k.op)

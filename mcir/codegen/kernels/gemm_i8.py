@@ -49,9 +49,10 @@ from mcir.codegen.kernels import KernelContext, kernel
 from mcir.codegen.kernels.gemm_f32 import _matmul_dims, batch_strides  # matmul's batch broadcasting, as for f32
 from mcir.codegen.memory_plan import ALIGN, align_up, view_offset, view_root
 from mcir.codegen.target import Target
+from mcir.encodings import Quant
 from mcir.errors import CodegenError
 from mcir.ir import Op
-from mcir.types import Quant, TensorType
+from mcir.types import TensorType
 
 # -- the dot-product instruction of a target ------------------------------------------------
 
@@ -88,6 +89,16 @@ def dot_isa(target: Target, a_signed: bool = False, b_signed: bool = True) -> Do
             return DotIsa("madd", 8, 2)
         return DotIsa("madd", 4, 2)  # SSE2 is part of x86-64
     return DotIsa("generic", max(4, target.vector_bits // 32), 1)
+
+
+def isa_name(target: Target) -> str:
+    """The dot instruction an int8 kernel uses on ``target`` (u8 activations, i8 weights), for the kernel table."""
+    isa = dot_isa(target)
+    return {"vnni": "vpdpbusd", "madd": "vpmaddwd", "generic": "int32 mul-add"}[isa.kind] + f" x{isa.lanes}"
+
+
+#: int8 kernels write f32 or per-tensor quantised u8/i8 (``result_requant``)
+INT8_RESULT = "u8#quant|i8#quant|f32"
 
 
 def _vnni_fn(em: Emitter, lanes: int) -> ir.Function:
@@ -607,8 +618,16 @@ def _linear_i8(k: KernelContext) -> None:
     emit_gemm(k.em, gemm, t)
 
 
-for _ops in (("u8#quant", "i8#quant", "i32#quant|f32"), ("u8#quant", "i8#quant")):
-    kernel("linear", _ops, pack=_pack_linear, scratch=_linear_scratch, epilogue=True)(_linear_i8)
+kernel(
+    "linear",
+    ("u8#quant", "i8#quant", "i32#quant|f32?"),
+    result=INT8_RESULT,
+    constant=(1, 2),
+    pack=_pack_linear,
+    scratch=_linear_scratch,
+    epilogue=True,
+    variant=isa_name,
+)(_linear_i8)
 
 
 # -- matmul of two quantised activations (attention, quantize(attention=true)) ---------------------------
@@ -713,4 +732,4 @@ def _matmul_u8(k: KernelContext) -> None:
         one(em.byte_offset(k.args[0], a_off), em.byte_offset(k.args[1], b_off), out, not shared_b)
 
 
-kernel("matmul", ("u8#quant", "u8#quant"), scratch=_matmul_scratch, epilogue=True)(_matmul_u8)
+kernel("matmul", ("u8#quant", "u8#quant"), result=INT8_RESULT, scratch=_matmul_scratch, epilogue=True)(_matmul_u8)

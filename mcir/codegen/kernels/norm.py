@@ -104,7 +104,7 @@ kernel("softmax", ("f32",), scratch=_softmax_scratch)(_softmax_gen)
 kernel("log_softmax", ("f32",), scratch=_softmax_scratch)(_softmax_gen)
 
 
-@kernel("layer_norm", ("f32", "f32", "f32"))
+@kernel("layer_norm", ("f32", "f32?", "f32?"))
 def layer_norm(k: KernelContext) -> None:
     """y = (x - mean) / sqrt(var + eps) * weight + bias over the trailing ``dims`` axes (two-pass variance)."""
     em, b = k.em, k.em.b
@@ -146,10 +146,6 @@ def layer_norm(k: KernelContext) -> None:
                 if bias is not None:
                     y = b.fadd(y, em.load(bias, i, F32))
                 em.store(y, dst, i)
-
-
-kernel("layer_norm", ("f32", "f32"))(layer_norm)
-kernel("layer_norm", ("f32",))(layer_norm)
 
 
 @kernel("batch_norm", ("f32", "f32", "f32", "f32", "f32"), epilogue=True)

@@ -27,12 +27,15 @@ from mcir.codegen.kernels.elementwise import emit_broadcast
 from mcir.codegen.kernels.movement import strides_of
 from mcir.codegen.kernels.reduce import _collapse, _nest
 from mcir.dtypes import DType
+from mcir.encodings import Quant
 from mcir.errors import CodegenError
 from mcir.ops.nn import adaptive_bounds
 from mcir.ops.registry import norm_axis
-from mcir.types import Quant, TensorType
+from mcir.types import TensorType
 
 QUANT = "u8#quant|i8#quant"
+#: what decode-compute-encode kernels write: the quantised type, or f32 (``_store_result``)
+QUANT_OR_F32 = QUANT + "|f32"
 
 
 def per_tensor(t: TensorType, where: str) -> Quant:
@@ -89,7 +92,7 @@ def _requantize(k: KernelContext) -> None:
     emit_broadcast(k, [src.dtype], lambda v: _store_result(k, decode(k.em, v[0], src.dtype, enc)), k.result_type.dtype)
 
 
-kernel("quantize", (QUANT,))(_requantize)
+kernel("quantize", (QUANT,), result=QUANT)(_requantize)
 
 
 def _add(k: KernelContext) -> None:
@@ -104,7 +107,7 @@ def _add(k: KernelContext) -> None:
     emit_broadcast(k, [ta.dtype, tb.dtype], body, k.result_type.dtype)
 
 
-kernel("add", (QUANT, QUANT))(_add)
+kernel("add", (QUANT, QUANT), result=QUANT_OR_F32)(_add)
 
 
 # -- data movement: copies of the stored integers --------------------------------------------------
@@ -131,8 +134,8 @@ for _name, _gen in (
     ("select", movement.select),
     ("expand", movement.expand),
 ):
-    kernel(_name, (QUANT,))(_same_quant(_gen))
-kernel("concat", (QUANT + "*",))(_same_quant(movement.concat))
+    kernel(_name, (QUANT,), result=QUANT)(_same_quant(_gen))
+kernel("concat", (QUANT + "*",), result=QUANT)(_same_quant(movement.concat))
 
 
 # -- pooling -------------------------------------------------------------------------------------
@@ -206,11 +209,11 @@ def _pool(k: KernelContext) -> None:
             em.store(out, k.out, b.add(dst, b.add(b.mul(oy, i64(ow)), ox)))
 
 
-kernel("max_pool2d", (QUANT,))(_pool)
-kernel("avg_pool2d", (QUANT,))(_pool)
+kernel("max_pool2d", (QUANT,), result=QUANT_OR_F32)(_pool)
+kernel("avg_pool2d", (QUANT,), result=QUANT_OR_F32)(_pool)
 
 
-@kernel("adaptive_avg_pool2d", (QUANT,))
+@kernel("adaptive_avg_pool2d", (QUANT,), result=QUANT_OR_F32)
 def adaptive_avg_pool2d(k: KernelContext) -> None:
     """Mean over torch's adaptive windows: exact integer sums, decoded and divided once."""
     em, b = k.em, k.em.b
@@ -242,7 +245,7 @@ def adaptive_avg_pool2d(k: KernelContext) -> None:
             em.store(out, k.out, b.add(dst, b.add(b.mul(oy, i64(ow)), ox)))
 
 
-@kernel("mean", (QUANT,))
+@kernel("mean", (QUANT,), result=QUANT_OR_F32)
 def mean(k: KernelContext) -> None:
     """Mean over ``axes``: an exact integer sum per output, decoded and divided once."""
     em, b = k.em, k.em.b

@@ -58,10 +58,10 @@ from mcir.codegen.kernels.gemm_i8 import choose_tiling as choose_int8_tiling
 from mcir.codegen.kernels.gemm_i8 import emit_gemm as emit_int8_gemm
 from mcir.codegen.memory_plan import align_up, view_root
 from mcir.codegen.target import Target
+from mcir.encodings import Quant
 from mcir.errors import CodegenError
 from mcir.ir import Op
 from mcir.ops.rnn import STATE_SCALE
-from mcir.types import Quant
 
 
 def _dims(op: Op) -> tuple[int, int, int, int]:

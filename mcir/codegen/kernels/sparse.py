@@ -1,4 +1,4 @@
-"""Sparse f32 kernels: ``linear`` and 1x1 ``conv2d`` with ``#csr`` / ``#nm`` f32 weights.
+"""Sparse f32 kernels: ``linear`` and ``conv2d`` with ``#csr`` / ``#nm`` f32 weights.
 
 ``y = x @ W^T + b`` where W keeps only its non-zeros. The IR's storage is repacked at
 compile time (``sparse_pack``) into the layout the kernel streams:
@@ -9,7 +9,7 @@ compile time (``sparse_pack``) into the layout the kernel streams:
   16 columns, 8 lanes, two ``vpermps`` and a blend). At 90 % sparsity
   the weight stream is ~0.9 bytes per dense weight (dense f32: 4) and a window serves
   about 40 non-zeros, so the kernel runs 3-4x faster than the dense GEMV it replaces
-  (measurements in ``mcir.passes.sparse_cost`` and ``docs/benchmarks.md``).
+  (measurements in ``mcir.analysis.sparse_cost`` and ``docs/benchmarks.md``).
 * **batched** (``rows`` layout, CSR): x is transposed into scratch, ``x^T[K][M]``, and
   each non-zero ``W[n, k]`` is broadcast against row k of x^T, so one load of the weight
   serves every column of the batch (two FMAs per non-zero for 32 columns); the
@@ -18,7 +18,9 @@ compile time (``sparse_pack``) into the layout the kernel streams:
   output image, so it needs no transposes. Targets without AVX2 (x86-64-v2, aarch64) also
   use this kernel for batch 1 (correct everywhere, tuned for AVX-512).
 
-Other convolutions with sparse weights raise a CodegenError. Results match the
+Convolutions of any kernel size, stride, padding and dilation (groups=1) are the same
+product per image with X^T built by im2col into scratch (``emit_patches``, ``[C*kh*kw][OH*OW]``
+in f32); grouped convolutions with sparse weights raise a CodegenError. Results match the
 interpreter within the backend's f32 contract (sums in a different order).
 """
 
@@ -32,6 +34,7 @@ import llvmlite.ir as ir
 from mcir.codegen.emit import F32, I8, I32, I64, Emitter, const, i64, vec
 from mcir.codegen.kernels import KernelContext, kernel
 from mcir.codegen.kernels import sparse_pack as sp
+from mcir.codegen.kernels.conv import geometry, tap_range
 from mcir.codegen.memory_plan import align_up
 from mcir.codegen.target import Target
 from mcir.errors import CodegenError
@@ -106,29 +109,58 @@ class Product:
     k: int
     images: int
     conv: bool
+    #: elements of one input image (C*H*W) for a convolution
+    x_image: int = 0
+    #: the conv's geometry (``conv.geometry``) when X^T is built by im2col; None when the image is X^T
+    patches: dict[str, int] | None = None
+    #: output rows whose patches are built and multiplied at a time (``patch_rows``)
+    block_rows: int = 0
+
+    @property
+    def block_columns(self) -> int:
+        """Columns of one block of patches (output pixels of ``block_rows`` output rows)."""
+        return self.block_rows * self.patches["ow"] if self.patches is not None else self.m
+
+
+#: bytes of f32 patches one block may take: the block stays in L2 while every non-zero streams its
+#: row. One block for the whole image put rows OH*OW*4 bytes apart (12.5 KB for 56x56), so each
+#: non-zero's load hit another page and the 3x3 conv at 10 % density ran ~5x slower (measured)
+PATCH_BLOCK_BYTES = 256 * 1024
+
+
+def patch_rows(k: int, oh: int, ow: int) -> int:
+    """Output rows per block of patches: as many as fit ``PATCH_BLOCK_BYTES`` (at least one)."""
+    return max(1, min(oh, PATCH_BLOCK_BYTES // (4 * k * ow)))
 
 
 def product(op: Op) -> Product:
-    """The product an op computes; CodegenError for convolutions that are not 1x1 pointwise."""
+    """The product an op computes; CodegenError for grouped convolutions.
+
+    A convolution is ``Y^T[O][OH*OW] = W[O][C*kh*kw] @ X^T[C*kh*kw][OH*OW]`` per image, with
+    the rows of W in torch's (c, i, j) order. A 1x1, stride-1, unpadded convolution reads the
+    image as X^T; every other one builds X^T by im2col (``emit_patches``).
+    """
     w = op.operands[1].type
     n, k = sp.rows_of(w)
     if op.name == "linear":
         return Product(op.operands[0].type.numel // max(k, 1), n, k, 1, False)
-    a = op.attrs
-    if (
-        w.shape[2:] != (1, 1)
-        or tuple(a.get("stride", (1, 1))) != (1, 1)
-        or tuple(a.get("padding", (0, 0))) != (0, 0)
-        or a.get("groups", 1) != 1
-    ):
+    g = geometry(op)
+    if g["groups"] != 1:
         raise CodegenError(
-            f"no native kernel for {op.where()}: sparse convolution weights are supported for 1x1 kernels "
-            f"with stride 1, no padding and groups=1 (got kernel {list(w.shape[2:])}, "
-            f"stride {list(a.get('stride', (1, 1)))}, padding {list(a.get('padding', (0, 0)))}, "
-            f"groups {a.get('groups', 1)}); prune it with storage=dense or run it with mcir.interpret"
+            f"no native kernel for {op.where()}: sparse convolution weights need groups=1 (got groups "
+            f"{g['groups']}); prune it with storage=dense or run it with mcir.interpret"
         )
-    x = op.operands[0].type
-    return Product(x.shape[2] * x.shape[3], n, k, x.shape[0], True)
+    pointwise = (g["kh"], g["kw"], g["sh"], g["sw"], g["ph"], g["pw"]) == (1, 1, 1, 1, 0, 0)
+    if pointwise:
+        return Product(g["oh"] * g["ow"], n, k, g["n"], True, g["c"] * g["h"] * g["w"])
+    rows = patch_rows(k, g["oh"], g["ow"])
+    return Product(g["oh"] * g["ow"], n, k, g["n"], True, g["c"] * g["h"] * g["w"], g, rows)
+
+
+def _variant(target: Target) -> str:
+    """The code paths ``target`` gets, for the kernel table."""
+    shape = window_shape(target)
+    return f"batch 1: window {shape.isa}; batched: csr" if shape is not None else "csr"
 
 
 def uses_window(p: Product, target: Target) -> bool:
@@ -154,7 +186,7 @@ def _scratch_f32(op: Op, target: Target) -> int:
     if uses_window(p, target):
         return align_up((p.k + window_shape(target).width) * 4)
     if p.conv:
-        return 0
+        return align_up(p.k * p.block_columns * 4) if p.patches is not None else 0
     mpad = _round(p.m, lanes_of(target))
     return align_up(p.k * mpad * 4) + align_up(p.n * mpad * 4)
 
@@ -292,6 +324,68 @@ def transpose_out(
         tiles(em, n, lanes, n_tile, "tn")
 
     tiles(em, m, lanes, m_tile, "tm")
+
+
+# -- im2col for sparse convolutions ---------------------------------------------------------------------
+
+
+def emit_patches(
+    em: Emitter,
+    x: ir.Value,
+    g: dict[str, int],
+    dst: ir.Value,
+    ld: int,
+    elem: ir.Type,
+    to_f32: Callable[[ir.Value], ir.Value],
+    fill: float,
+    oy0: ir.Value | int = 0,
+    rows: int | None = None,
+) -> None:
+    """X^T of output rows ``[oy0, oy0 + rows)`` of one image as f32: ``dst[kidx * ld + p] =
+    x[c, iy, ix]`` for kidx = (c, i, j) and p = (oy - oy0) * OW + ox, ``fill`` where the tap falls
+    in the padding; columns ``[rows * OW, ld)`` are 0.
+
+    ``x`` holds the image's ``elem`` values (f32, or u8 converted by ``to_f32``). For an int8
+    conv, ``fill`` is the input zero point: a padding tap then decodes to the real 0, which is
+    what the compile-time folding of ``z_x * sum(W)`` into each row's offset assumes. Which
+    output columns of a tap read inside the image is static (``tap_range``), so the copy is a
+    unit- (or stride-) step loop without per-element tests, edges filled apart.
+    """
+    b = em.b
+    rows = g["oh"] if rows is None else rows
+    ow, sw, m = g["ow"], g["sw"], rows * g["ow"]
+    oy0 = i64(oy0) if isinstance(oy0, int) else oy0
+    pad = const(F32, fill)
+
+    def run(lo: int, hi: int, at: ir.Value, value: Callable[[ir.Value], ir.Value]) -> None:
+        if hi > lo:
+            with em.loop(hi, name="px", start=lo) as ox:
+                em.store(value(ox), dst, b.add(at, ox))
+
+    with em.loop(g["c"], name="pc") as c, em.loop(g["kh"], name="pi") as i, em.loop(rows, name="py") as r:
+        oy = b.add(oy0, r)
+        iy = b.add(b.mul(oy, i64(g["sh"])), b.sub(b.mul(i, i64(g["dh"])), i64(g["ph"])))
+        src = b.mul(b.add(b.mul(c, i64(g["h"])), iy), i64(g["w"]))
+        for j in range(g["kw"]):
+            kidx = b.add(b.mul(b.add(b.mul(c, i64(g["kh"])), i), i64(g["kw"])), i64(j))
+            at = b.add(b.mul(kidx, i64(ld)), b.mul(r, i64(ow)))
+            off = j * g["dw"] - g["pw"]
+            lo, hi = tap_range(ow, sw, off, g["w"])
+
+            def tap(ox: ir.Value, off: int = off) -> ir.Value:
+                return to_f32(em.load(x, b.add(src, b.add(b.mul(ox, i64(sw)), i64(off))), elem))
+
+            with b.if_else(em.in_range(iy, g["h"])) as (inside, outside):
+                with inside:
+                    run(0, lo, at, lambda ox: pad)
+                    run(lo, hi, at, tap)
+                    run(hi, ow, at, lambda ox: pad)
+                with outside:
+                    run(0, ow, at, lambda ox: pad)
+    if ld > m:
+        zero = const(F32, 0.0)
+        with em.loop(g["c"] * g["kh"] * g["kw"], name="pz") as r:
+            run(m, ld, b.mul(r, i64(ld)), lambda ox: zero)
 
 
 # -- the batched product (rows layout) -----------------------------------------------------------------
@@ -461,9 +555,19 @@ def _sparse_f32(k: KernelContext) -> None:
     if p.conv:
         hw = p.m
         with em.loop(p.images, name="img") as img:
-            xi = em.gep(x, b.mul(img, i64(p.k * hw)), F32)
+            xi = em.gep(x, b.mul(img, i64(p.x_image)), F32)
             yi = em.gep(out, b.mul(img, i64(p.n * hw)), F32)
-            emit_rows_product(em, w, p.n, xi, hw, yi, hw, hw, lanes, bias, k.epilogue)
+            if p.patches is None:
+                emit_rows_product(em, w, p.n, xi, hw, yi, hw, hw, lanes, bias, k.epilogue)
+            else:
+                ow, ld = p.patches["ow"], p.block_columns
+
+                def block(oy0: ir.Value, rows: int, xi=xi, yi=yi) -> None:
+                    emit_patches(em, xi, p.patches, k.scratch, ld, F32, lambda v: v, 0.0, oy0, rows)
+                    yb = em.gep(yi, b.mul(oy0, i64(ow)), F32)
+                    emit_rows_product(em, w, p.n, k.scratch, ld, yb, hw, rows * ow, lanes, bias, k.epilogue)
+
+                tiles(em, p.patches["oh"], p.block_rows, block, "blk")
         return
     mpad = _round(p.m, lanes)
     xt = k.scratch
@@ -482,9 +586,21 @@ def _doc(fn: Callable[[KernelContext], None], text: str) -> Callable[[KernelCont
     return gen
 
 
-kernel("linear", ("f32", SPARSE_F32, "f32"), pack=_pack_f32, scratch=_scratch_f32, epilogue=True)(
-    _doc(_sparse_f32, "linear y = x @ W^T + b with a #csr/#nm f32 weight: window GEMV (batch 1) or batched CSR")
-)
-kernel("conv2d", ("f32", SPARSE_F32, "f32"), pack=_pack_f32, scratch=_scratch_f32, epilogue=True)(
-    _doc(_sparse_f32, "conv2d 1x1 with a #csr/#nm f32 weight: one batched sparse product per image")
-)
+kernel(
+    "linear",
+    ("f32", SPARSE_F32, "f32?"),
+    constant=(1,),
+    variant=_variant,
+    pack=_pack_f32,
+    scratch=_scratch_f32,
+    epilogue=True,
+)(_doc(_sparse_f32, "linear y = x @ W^T + b with a #csr/#nm f32 weight: window GEMV (batch 1) or batched CSR"))
+kernel(
+    "conv2d",
+    ("f32", SPARSE_F32, "f32?"),
+    constant=(1,),
+    variant=_variant,
+    pack=_pack_f32,
+    scratch=_scratch_f32,
+    epilogue=True,
+)(_doc(_sparse_f32, "conv2d with a #csr/#nm f32 weight: per image, im2col (unless 1x1) and one batched sparse product"))

@@ -1,4 +1,4 @@
-"""Sparse int8 kernels: ``linear`` and 1x1 ``conv2d`` with ``#csr`` / ``#nm`` int8 weights
+"""Sparse int8 kernels: ``linear`` and ``conv2d`` with ``#csr`` / ``#nm`` int8 weights
 (per-row scales, from ``prune,quant8``) on u8 activations.
 
 ``acc[n] = sum_k q_w[n, k] * q_x[k] + offset[n]``, ``y = float(acc) * mult[n] (+ fbias[n])``,
@@ -15,10 +15,11 @@ about 1.75 bytes per non-zero at 90 % sparsity) on every path:
   256 bytes of x at R fetch the 64 activations and one ``vpdpbusd`` multiplies and sums
   them into the 16 row accumulators. About 20 vector instructions per 64 entries, no
   gathers (``vpgatherdd`` costs ~25 cycles on this CPU class).
-* **everything else** (a batch of rows, 1x1 convolutions, other targets): each row's
+* **everything else** (a batch of rows, convolutions, other targets): each row's
   entries are decoded once into (x row, value) pairs in scratch, then every non-zero is
-  broadcast against a row of ``x^T[K][M]`` (x transposed, or a 1x1 convolution's image,
-  converted to f32) with FMAs; runs of 512 products sum exactly in f32 (integers below
+  broadcast against a row of ``x^T[K][M]`` (x transposed, a 1x1 convolution's image, or
+  any other convolution's im2col patches with the zero point in the padding, converted to
+  f32) with FMAs; runs of 512 products sum exactly in f32 (integers below
   2^24) before they join the int32 accumulator.
 """
 
@@ -38,6 +39,7 @@ from mcir.codegen.kernels.sparse import (
     BATCH_MIN,
     Product,
     copy_padded,
+    emit_patches,
     emit_window_gemv,
     field,
     load_part,
@@ -51,9 +53,9 @@ from mcir.codegen.kernels.sparse import (
 )
 from mcir.codegen.memory_plan import align_up, view_root
 from mcir.codegen.target import Target
+from mcir.encodings import Quant
 from mcir.errors import CodegenError
 from mcir.ir import Op
-from mcir.types import Quant
 
 SPARSE_I8 = "i8#csr|i8#nm"
 V64 = ir.VectorType(I8, 64)
@@ -97,6 +99,17 @@ BATCH_MIN_I8 = 12
 
 def _uses_vector(p: Product, target: Target) -> bool:
     return not p.conv and p.m < BATCH_MIN_I8 and vector_gemv(target)
+
+
+def _variant(target: Target) -> str:
+    """The code paths ``target`` gets, for the kernel table: batch 1 (linear), then batched."""
+    if vector_gemv(target):
+        one = "gemv vpermi2b+vpdpbusd"
+    elif window_shape(target) is not None:
+        one = f"window {window_shape(target).isa}"
+    else:
+        one = "batched"
+    return f"batch 1: {one}; batched: {'vbmi slots' if vector_decode(target) else 'scalar decode'}"
 
 
 def _uses_window(p: Product, target: Target) -> bool:
@@ -171,8 +184,8 @@ def _scratch_i8(op: Op, target: Target) -> int:
     lanes = lanes_of(target)
     # one row's decoded entries (x^T row offset i32, value f32), or one slot's and a 16 x 32 tile
     decoded = max(align_up((p.k + 1) * 8), 2560)
-    mpad = max(lanes, -(-p.m // lanes) * lanes)
-    xt = align_up(p.k * mpad * 4)  # x^T as f32
+    mpad = max(lanes, -(-p.block_columns // lanes) * lanes)
+    xt = align_up(p.k * mpad * 4)  # x^T as f32 (a block of patches for a convolution)
     return decoded + xt + (0 if p.conv else align_up(p.n * mpad * 4))
 
 
@@ -572,36 +585,52 @@ def _sparse_i8(k: KernelContext) -> None:
     lanes = lanes_of(k.target)
     decoded = k.scratch
     finish = _output(k)
-    mpad = max(lanes, -(-p.m // lanes) * lanes)
+    mpad = max(lanes, -(-p.block_columns // lanes) * lanes)  # a block of patches for a convolution
     xt = em.byte_offset(k.scratch, max(align_up((p.k + 1) * 8), 2560))
 
-    def batched(xt: ir.Value, m: int, store) -> None:
+    def batched(xt: ir.Value, m: int, store, ld: int = mpad) -> None:
         if vector_decode(k.target):
-            _emit_batched_slots(k, rows, p.n, xt, mpad, p.k, m, decoded, store)
+            _emit_batched_slots(k, rows, p.n, xt, ld, p.k, m, decoded, store)
         else:
-            _emit_batched(k, rows, p.n, xt, mpad, m, decoded, lanes, store)
+            _emit_batched(k, rows, p.n, xt, ld, m, decoded, lanes, store)
 
     if p.conv:
         hw = p.m
+        zx = _x_quant(k.op).zero_point
         with em.loop(p.images, name="img") as img:
-            xi = em.gep(x, b.mul(img, i64(p.k * hw)), I8)
+            xi = em.gep(x, b.mul(img, i64(p.x_image)), I8)
             yi = em.gep(out, b.mul(img, i64(p.n * hw)), out_ty)
-            # the image [C][H*W] is x^T already: only converted to f32 (rows padded to mpad)
-            load = _u8_as_f32(em, lanes)
+            if p.patches is not None:
+                ow = p.patches["ow"]
 
-            def convert(r0: ir.Value, nr: int, xi=xi) -> None:
-                def cols(c0: ir.Value, nc: int) -> None:
-                    v = load(em, xi, b.add(b.mul(r0, i64(hw)), c0), nc)
-                    em.store(v, xt, b.add(b.mul(r0, i64(mpad)), c0))
+                def block(oy0: ir.Value, nrows: int, xi=xi, yi=yi) -> None:
+                    # im2col, padding taps at the zero point (they decode to 0, as the folded offset assumes)
+                    emit_patches(em, xi, p.patches, xt, mpad, I8, lambda v: b.uitofp(v, F32), float(zx), oy0, nrows)
+                    p0 = b.mul(oy0, i64(ow))
 
-                tiles(em, hw, lanes, cols, "cc")
+                    def store_block(y: ir.Value, orig: ir.Value, c0: ir.Value, live: int) -> None:
+                        store_part(em, finish(y), yi, b.add(b.mul(orig, i64(hw)), b.add(p0, c0)), live)
 
-            tiles(em, p.k, 1, convert, "cr")
+                    batched(xt, nrows * ow, store_block)
 
-            def store_image(y: ir.Value, orig: ir.Value, c0: ir.Value, live: int, yi=yi) -> None:
-                store_part(em, finish(y), yi, b.add(b.mul(orig, i64(hw)), c0), live)
+                tiles(em, p.patches["oh"], p.block_rows, block, "blk")
+            else:
+                # the image [C][H*W] is x^T already: only converted to f32 (rows padded to mpad)
+                load = _u8_as_f32(em, lanes)
 
-            batched(xt, hw, store_image)
+                def convert(r0: ir.Value, nr: int, xi=xi) -> None:
+                    def cols(c0: ir.Value, nc: int) -> None:
+                        v = load(em, xi, b.add(b.mul(r0, i64(hw)), c0), nc)
+                        em.store(v, xt, b.add(b.mul(r0, i64(mpad)), c0))
+
+                    tiles(em, hw, lanes, cols, "cc")
+
+                tiles(em, p.k, 1, convert, "cr")
+
+                def store_image(y: ir.Value, orig: ir.Value, c0: ir.Value, live: int, yi=yi) -> None:
+                    store_part(em, finish(y), yi, b.add(b.mul(orig, i64(hw)), c0), live)
+
+                batched(xt, hw, store_image)
         return
     yt = em.byte_offset(xt, align_up(p.k * mpad * 4))
     transpose_in(em, x, p.m, p.k, xt, mpad, lanes, _u8_as_f32(em, lanes))
@@ -622,10 +651,13 @@ def _gen(text: str) -> Callable[[KernelContext], None]:
     return gen
 
 
-_BIAS = "i32#quant|f32"
-kernel("linear", ("u8#quant", SPARSE_I8, _BIAS), pack=_pack_i8, scratch=_scratch_i8, epilogue=True)(
+_BIAS = "i32#quant|f32?"
+_ENTRY = dict(
+    result="u8#quant|i8#quant|f32", constant=(1, 2), pack=_pack_i8, scratch=_scratch_i8, epilogue=True, variant=_variant
+)
+kernel("linear", ("u8#quant", SPARSE_I8, _BIAS), **_ENTRY)(
     _gen("linear with a #csr/#nm int8 weight on u8 activations: compact gap layout, VBMI+VNNI at batch 1")
 )
-kernel("conv2d", ("u8#quant", SPARSE_I8, _BIAS), pack=_pack_i8, scratch=_scratch_i8, epilogue=True)(
-    _gen("conv2d 1x1 with a #csr/#nm int8 weight on u8 activations: batched sparse product per image")
+kernel("conv2d", ("u8#quant", SPARSE_I8, _BIAS), **_ENTRY)(
+    _gen("conv2d with a #csr/#nm int8 weight on u8 activations: per image, im2col (unless 1x1), a batched product")
 )

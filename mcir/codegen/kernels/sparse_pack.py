@@ -46,8 +46,8 @@ import math
 import numpy as np
 
 from mcir import dtypes
+from mcir.encodings import NM, Csr
 from mcir.errors import CodegenError
-from mcir.sparse import NM, Csr
 from mcir.types import TensorType
 
 HEADER = 128  # bytes: 16 little-endian i64 fields

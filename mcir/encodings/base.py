@@ -1,0 +1,105 @@
+"""The ``Encoding`` base class and the registry of encodings by text name.
+
+An encoding says how a tensor's *logical* f32 values are stored. Each encoding is a frozen
+dataclass in its own module of this package and owns its facts:
+
+* its text syntax: ``params()`` / ``from_params()`` (``#quant<axis=0>``);
+* its storage: ``components(t)`` (the named arrays a constant of that type holds, saved as
+  ``NAME::component``), ``decode`` / ``encode``, and ``storage_bytes(t)``;
+* its cost: ``stored_fraction(t)`` (the share of elements actually stored, which scales
+  parameters and MACs) and ``mac_kind`` (how a MAC against such a weight is done).
+
+Two facts belong to the backend, which imports the encodings (so they cannot ask it): for
+which ops and op forms a native kernel exists, and the bytes a library embeds for a constant
+(kernels pad, interleave and fold tables into their layouts). ``mcir.stats`` answers both
+from the kernel registry and the kernels' own pack hooks: ``has_kernel(op, index, t)``,
+``embedded_bytes(op, index, t, stored)``, ``try_kernel`` and ``stats(graph).weight_bytes``.
+
+This module imports nothing of ``mcir.types`` at run time, so ``types.py`` and the encoding
+modules both depend on it without a circle.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from mcir.errors import McirError
+from mcir.literals import format_attr
+
+if TYPE_CHECKING:
+    from mcir.dtypes import DType
+    from mcir.types import TensorType
+
+
+class Encoding(abc.ABC):
+    """How a tensor's logical f32 values are stored. Subclasses are frozen dataclasses."""
+
+    name: ClassVar[str]
+    #: True when decoding needs arrays beyond the primary data (per-axis scales, packed bits)
+    needs_components: ClassVar[bool] = False
+    #: True when an op may produce values of this encoding at run time (``encode`` computes the
+    #: components from the data, e.g. the per-sample scale of binary activations); otherwise
+    #: an encoding with components is for constants only
+    computed: ClassVar[bool] = False
+    #: how a MAC against a weight of this encoding is done: "f32", "int8", "bit" (XNOR/popcount
+    #: or sign-select) or "sparse" (only the stored values are multiplied)
+    mac_kind: ClassVar[str] = "f32"
+
+    @abc.abstractmethod
+    def params(self) -> dict[str, Any]:
+        """Parameters printed in ``#name<k=v, ...>``, in a fixed order."""
+
+    @classmethod
+    @abc.abstractmethod
+    def from_params(cls, params: dict[str, Any]) -> Encoding:
+        """Build from parsed parameters; raise McirError naming a bad or missing one."""
+
+    def check(self, t: TensorType) -> None:  # noqa: B027 - optional hook: most encodings accept any type
+        """Raise McirError if this encoding cannot apply to a tensor of type ``t`` (default: no check)."""
+
+    def components(self, t: TensorType) -> dict[str, tuple[DType, tuple[int, ...]]]:
+        """Storage arrays of a constant of type ``t``: name -> (dtype, shape)."""
+        return {"data": (t.dtype, t.shape)}
+
+    @abc.abstractmethod
+    def decode(self, t: TensorType, stored: Any) -> Any:
+        """Logical values of a stored tensor: f32 values (quantised ones exactly, in float64)."""
+
+    @abc.abstractmethod
+    def encode(self, t: TensorType, x: Any) -> Any:
+        """Stored form of logical values ``x`` (the inverse of decode, up to rounding)."""
+
+    def storage_bytes(self, t: TensorType) -> int:
+        """Bytes of the canonical storage (all components, as saved in the weights file).
+
+        What a compiled library embeds can differ: kernels pad and interleave their
+        operands; ``mcir.stats`` reports those bytes.
+        """
+        return sum(-(-_numel(shape) * dt.bits // 8) for dt, shape in self.components(t).values())
+
+    def stored_fraction(self, t: TensorType) -> float:
+        """Share of the logical elements actually stored (1 unless the encoding is sparse)."""
+        return 1.0
+
+    def __str__(self) -> str:
+        body = ", ".join(f"{k}={format_attr(v)}" for k, v in self.params().items())
+        return f"#{self.name}<{body}>"
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+ENCODINGS: dict[str, type[Encoding]] = {}
+
+
+def register_encoding(cls: type[Encoding]) -> type[Encoding]:
+    """Class decorator: make an encoding known to the parser and printer."""
+    if cls.name in ENCODINGS:
+        raise McirError(f"encoding '{cls.name}' is registered twice")
+    ENCODINGS[cls.name] = cls
+    return cls
