@@ -17,7 +17,13 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SUITES = {"fp32": "bench_fp32.py", "int8": "bench_int8.py", "sparse": "bench_sparse.py", "binary": "bench_binary.py"}
+SUITES = {
+    "fp32": "bench_fp32.py",
+    "int8": "bench_int8.py",
+    "sparse": "bench_sparse.py",
+    "binary": "bench_binary.py",
+    "text": "bench_bert.py",
+}
 
 
 def main() -> int:

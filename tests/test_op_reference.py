@@ -775,8 +775,91 @@ def quant_cases() -> list[Case]:
     return cases
 
 
+def indexing_cases() -> list[Case]:
+    cases = []
+    x = randn(3, 5, 4)
+    for axis in (0, 1, -1):
+        idx = randint(0, x.shape[axis], *[2 if d == axis % 3 else n for d, n in enumerate(x.shape)], dtype=np.int64)
+        cases.append(
+            Case("gather", (x, idx), {"axis": axis}, lambda t, i, a=axis: torch.gather(t, a, i), f"axis{axis}")
+        )
+    small = randint(0, 3, 2, 2, 4, dtype=np.int64)  # smaller than x on the other axes
+    cases.append(Case("gather", (x, small), {"axis": 0}, lambda t, i: torch.gather(t, 0, i), "smaller-index"))
+    for axis in (0, 1, 2):
+        idx = randint(0, x.shape[axis], 6, dtype=np.int32)
+        cases.append(
+            Case("index_select", (x, idx), {"axis": axis}, lambda t, i, a=axis: torch.index_select(t, a, i.long()))
+        )
+    grid = randint(0, 5, 2, 3, dtype=np.int64)  # any index shape: torch's x[:, grid]
+    cases.append(Case("index_select", (x, grid), {"axis": 1}, lambda t, i: t[:, i], "2-d-index"))
+    for axis in (0, 1, -1):
+        cases.append(Case("cumsum", (x,), {"axis": axis}, lambda t, a=axis: torch.cumsum(t, a), f"f32-{axis}"))
+    xi = randint(-100, 100, 3, 4, dtype=np.int64)
+    cases.append(Case("cumsum", (xi,), {"axis": 1}, lambda t: torch.cumsum(t, 1), "i64"))
+    return cases
+
+
+def _torch_rnn(kind: str, reverse: bool = False, cell: bool = False) -> Callable[..., torch.Tensor]:
+    """torch's LSTM/GRU with W_ih = identity and b_ih = 0 computes exactly the recurrence of the op on gx
+    (``int8_state`` is compared by test_rnn_int8_state_rounds_what_meets_the_weights)."""
+
+    def fn(gx, h0, *rest):
+        w_hh, b_hh = rest[-2], rest[-1]
+        n, hidden = gx.shape[2], h0.shape[1]
+        layer = (torch.nn.LSTM if kind == "lstm" else torch.nn.GRU)(n, hidden).double()
+        with torch.no_grad():
+            layer.weight_ih_l0.copy_(torch.eye(n, dtype=torch.float64))
+            layer.bias_ih_l0.zero_()
+            layer.weight_hh_l0.copy_(w_hh)
+            layer.bias_hh_l0.copy_(b_hh)
+            x = gx.flip(0) if reverse else gx
+            state = (h0[None], rest[0][None]) if kind == "lstm" else h0[None]
+            if cell:  # the cell states: run step by step and collect c
+                ys, st = [], state
+                for t in range(x.shape[0]):
+                    _, st = layer(x[t : t + 1], st)
+                    ys.append(st[1][0])
+                y = torch.stack(ys)
+            else:
+                y = layer(x, state)[0]
+        return y.flip(0) if reverse else y
+
+    return fn
+
+
+def rnn_cases() -> list[Case]:
+    cases = []
+    steps, batch, hidden = 5, 2, 3
+    for reverse in (False, True):
+        args = (randn(steps, batch, 4 * hidden), randn(batch, hidden), randn(batch, hidden))
+        args += (randn(4 * hidden, hidden, scale=0.5), randn(4 * hidden))
+        for cell in (False, True):
+            attrs = {"reverse": reverse, "cell": cell}
+            cases.append(Case("lstm", args, attrs, _torch_rnn("lstm", reverse, cell), f"rev{reverse}-cell{cell}"))
+        gru_args = (randn(steps, batch, 3 * hidden), randn(batch, hidden), randn(3 * hidden, hidden), randn(3 * hidden))
+        cases.append(Case("gru", gru_args, {"reverse": reverse}, _torch_rnn("gru", reverse), f"rev{reverse}"))
+    return cases
+
+
+def test_rnn_int8_state_rounds_what_meets_the_weights():
+    # with int8_state the recurrence sees h rounded to multiples of 1/127; an h already on the grid
+    # (a one-step sequence from h0 on the grid) gives exactly the unrounded result
+    from mcir.ops.rnn import lstm
+
+    rng = np.random.default_rng(0)
+    gx, c0 = rng.standard_normal((1, 2, 8)), rng.standard_normal((2, 2))
+    w, b = rng.standard_normal((8, 2)), rng.standard_normal(8)
+    h_grid = np.rint(rng.uniform(-1, 1, (2, 2)) * 127) / 127
+    np.testing.assert_array_equal(lstm(gx, h_grid, c0, w, b, int8_state=True), lstm(gx, h_grid, c0, w, b))
+    h_off = h_grid + 0.3 / 127
+    assert not np.array_equal(lstm(gx, h_off, c0, w, b, int8_state=True), lstm(gx, h_off, c0, w, b))
+    np.testing.assert_array_equal(lstm(gx, h_off, c0, w, b, int8_state=True), lstm(gx, h_grid, c0, w, b))
+
+
 CASES: list[Case] = (
     elementwise_cases()
+    + rnn_cases()
+    + indexing_cases()
     + binary_cases()
     + cast_cases()
     + shape_cases()

@@ -355,6 +355,38 @@ def gen_embedding(b: RandomGraph, op: str) -> None:
     b.add(op, [b.g.const(b.draw(names), indices), weight])
 
 
+def gen_indexing(b: RandomGraph, op: str) -> None:
+    # indices are constants in range (random inputs would be out of range)
+    x = b.operand(("f32",), min_rank=1)
+    axis = b.axis(x.type.rank)
+    size = x.type.shape[axis]
+    if op == "gather":
+        shape = [b.draw(st.integers(1, d)) for d in x.type.shape]
+        shape[axis] = b.draw(st.integers(1, 4))
+    else:
+        shape = b.draw(st.lists(st.integers(1, 3), max_size=2))
+    index = b.rng.integers(0, size, size=tuple(shape)).astype(np.int64)
+    b.add(op, [x, b.g.const(b.draw(names), index)], {"axis": axis})
+
+
+def gen_cumsum(b: RandomGraph, op: str) -> None:
+    x = b.operand(NUMERIC, min_rank=1)
+    b.add(op, [x], {"axis": b.axis(x.type.rank)})
+
+
+def gen_recurrent(b: RandomGraph, op: str) -> None:
+    steps, batch, hidden = (b.draw(st.integers(1, 3)) for _ in range(3))
+    gates = 4 if op == "lstm" else 3
+    gx = b.operand(("f32",), shape=(steps, batch, gates * hidden))
+    states = [b.operand(("f32",), shape=(batch, hidden)) for _ in range(2 if op == "lstm" else 1)]
+    w = b.operand(("f32",), shape=(gates * hidden, hidden))
+    bias = b.operand(("f32",), shape=(gates * hidden,))
+    attrs = {"reverse": b.draw(st.booleans()), "int8_state": b.draw(st.booleans())}
+    if op == "lstm":
+        attrs["cell"] = b.draw(st.booleans())
+    b.add(op, [gx, *states, w, bias], attrs)
+
+
 def gen_attention(b: RandomGraph, op: str) -> None:
     q = b.operand(("f32",), min_rank=2)
     *batch, _, e = q.type.shape
@@ -438,6 +470,11 @@ GENERATORS: dict[str, Callable[[RandomGraph, str], None]] = {
     "softmax": gen_softmax,
     "log_softmax": gen_softmax,
     "embedding": gen_embedding,
+    "gather": gen_indexing,
+    "index_select": gen_indexing,
+    "cumsum": gen_cumsum,
+    "lstm": gen_recurrent,
+    "gru": gen_recurrent,
     "scaled_dot_product_attention": gen_attention,
     **dict.fromkeys(["mean", "sum", "amax"], gen_reduce),
     "argmax": gen_argmax,

@@ -187,7 +187,7 @@ def index_tensor(cx: Converter, x: Value, index: Any) -> Value:
     """Basic indexing ``x[1, :, None, ..., ::2]`` as select, slice and reshape ops."""
     index = index if isinstance(index, tuple) else (index,)
     if any(isinstance(i, Value | Param | Folded | list) for i in index):
-        raise UnsupportedError("indexing with a tensor or a list (advanced indexing) is not supported")
+        return _advanced(cx, x, index)
     n_real = sum(1 for i in index if i is not None and i is not Ellipsis)
     if Ellipsis in index:
         at = index.index(Ellipsis)
@@ -204,6 +204,23 @@ def index_tensor(cx: Converter, x: Value, index: Any) -> Value:
         else:
             raise UnsupportedError(f"index {i!r} is not supported")
     return reshape_to(cx, x, cx.out_shape())  # None inserts size-1 axes: torch recorded the final shape
+
+
+def _advanced(cx: Converter, x: Value, index: tuple[Any, ...]) -> Value:
+    """``x[idx]`` with index tensors (symbolic tracing): only tensors and full slices, one per leading axis."""
+    from mcir.frontend.aten_index import emit_advanced_index
+
+    per_axis = []
+    for i in index:
+        if isinstance(i, slice) and i == slice(None):
+            per_axis.append(None)
+        elif isinstance(i, Value | Param | Folded):
+            per_axis.append(i)
+        elif isinstance(i, list):
+            per_axis.append(Folded(torch.tensor(i), "index"))
+        else:
+            raise UnsupportedError(f"advanced indexing mixed with {i!r} is not supported; index with tensors and ':'")
+    return emit_advanced_index(cx, x, per_axis)
 
 
 # -- values made at trace time ---------------------------------------------------------------------

@@ -156,7 +156,9 @@ class Converter:
         self.env: dict[fx.Node, Any] = {}
         self.node: fx.Node | None = None
         self.loc = Location()
-        self._consts: dict[int, Value] = {}  # id(Param / Folded) -> its constant
+        # id(Param / Folded) -> (it, its constant): holding the object keeps its id from being reused
+        # by a later temporary (handlers create Folded tensors that live only for one call)
+        self._consts: dict[int, tuple[Param | Folded, Value]] = {}
         self._params: dict[str, Param] = {}  # module path -> Param, so a weight used twice is one constant
 
     def add_input(self, node: fx.Node, name: str) -> Value:
@@ -187,8 +189,8 @@ class Converter:
             if key not in self._consts:
                 name = x.path if isinstance(x, Param) else x.name
                 what = f"tensor '{name}'"
-                self._consts[key] = self.graph.const(self.graph.fresh_name(name), to_numpy(x.tensor, what))
-            return self._consts[key]
+                self._consts[key] = (x, self.graph.const(self.graph.fresh_name(name), to_numpy(x.tensor, what)))
+            return self._consts[key][1]
         if isinstance(x, Unavailable):
             raise UnsupportedError(f"{self.describe()} uses {x.what}, which mcir does not compute")
         if isinstance(x, bool | int | float):
@@ -211,7 +213,14 @@ class Converter:
         return val
 
     def out_shape(self, index: int | None = None) -> tuple[int, ...]:
-        return tuple(int(d) for d in self.out_meta(index).shape)
+        shape = self.out_meta(index).shape
+        if not all(isinstance(d, int) for d in shape):
+            raise UnsupportedError(
+                f"{self.describe()} has a data-dependent shape {list(shape)} under torch.export (e.g. a boolean "
+                "mask, even a constant one, selects a number of elements torch.export does not know); index with "
+                "integer positions (torch.nonzero of the mask, computed outside the model) or use tracer='fx'"
+            )
+        return tuple(shape)
 
     def out_dtype(self, index: int | None = None) -> dtypes.DType:
         return mcir_dtype(self.out_meta(index).dtype, f"result of {self.describe()}")

@@ -22,7 +22,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from mcir.errors import UnsupportedError
-from mcir.frontend import aten_elementwise, aten_nn, aten_shape  # noqa: F401 (importing them fills ATEN)
+from mcir.frontend import (  # noqa: F401 (importing them fills ATEN)
+    aten_elementwise,
+    aten_index,
+    aten_nn,
+    aten_seq,
+    aten_shape,
+    aten_spatial,
+)
 from mcir.frontend.convert import Converter, Param, target_name, torch_dtype
 from mcir.frontend.torch_ops import ATEN, Args, Handler, aten
 from mcir.ir import Value
@@ -124,6 +131,11 @@ _SAME_AS_ATEN: list[tuple[Callable[..., Any], Any]] = [
     (operator.pow, aten.pow), (operator.matmul, aten.matmul), (operator.eq, aten.eq), (operator.ne, aten.ne),
     (operator.lt, aten.lt), (operator.le, aten.le), (operator.gt, aten.gt), (operator.ge, aten.ge),
     (operator.and_, aten.logical_and), (operator.or_, aten.logical_or), (operator.invert, aten.logical_not),
+    (torch.gather, aten.gather), (torch.index_select, aten.index_select), (torch.cumsum, aten.cumsum),
+    (F.conv1d, aten.conv1d), (torch.conv1d, aten.conv1d), (F.max_pool1d, aten.max_pool1d),
+    (F.avg_pool1d, aten.avg_pool1d), (F.adaptive_avg_pool1d, aten.adaptive_avg_pool1d),
+    (F.adaptive_max_pool1d, aten.adaptive_max_pool1d), (F.group_norm, aten.group_norm),
+    (F.conv_transpose1d, aten.conv_transpose1d), (F.conv_transpose2d, aten.conv_transpose2d),
 ]
 # fmt: on
 
@@ -216,7 +228,8 @@ _METHOD_PACKETS = {
     "to": aten.to, "type_as": aten.type_as, "float": aten.to, "half": aten.to, "bfloat16": aten.to,
     "long": aten.to, "int": aten.to, "short": aten.to, "char": aten.to, "byte": aten.to, "bool": aten.to,
     "type": aten.to, "new_zeros": aten.new_zeros, "new_ones": aten.new_ones, "new_full": aten.new_full,
-    "new_empty": aten.new_empty,
+    "new_empty": aten.new_empty, "gather": aten.gather, "index_select": aten.index_select, "cumsum": aten.cumsum,
+    "repeat": aten.repeat,
 }
 # fmt: on
 
@@ -340,6 +353,29 @@ def m_conv2d(cx, mod, path, a):
             ]
         ),
     )
+
+
+MODULES[nn.LSTM] = MODULES[nn.GRU] = aten_seq.module_rnn
+MODULES[nn.GroupNorm] = aten_spatial.module_group_norm
+MODULES[nn.InstanceNorm1d] = MODULES[nn.InstanceNorm2d] = aten_spatial.module_instance_norm
+MODULES[nn.ConvTranspose1d] = MODULES[nn.ConvTranspose2d] = aten_spatial.module_conv_transpose
+FUNCTIONS[F.interpolate] = aten_spatial.interpolate
+MODULES[nn.AdaptiveAvgPool1d] = _module_call(aten.adaptive_avg_pool1d, lambda m: [m.output_size])
+MODULES[nn.AdaptiveMaxPool1d] = _module_call(aten.adaptive_max_pool1d, lambda m: [m.output_size])
+MODULES[nn.MaxPool1d] = _module_call(
+    aten.max_pool1d, lambda m: [m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, m.return_indices]
+)
+MODULES[nn.AvgPool1d] = _module_call(
+    aten.avg_pool1d, lambda m: [m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad]
+)
+
+
+@on_module(nn.Conv1d)
+def m_conv1d(cx, mod, path, a):
+    if mod.padding_mode != "zeros":
+        raise UnsupportedError(f"Conv1d padding_mode='{mod.padding_mode}' is not supported, only 'zeros'")
+    weight, bias = param(cx, mod, path, "weight"), param(cx, mod, path, "bias")
+    return ATEN[aten.conv1d](cx, Args([a(0, "input"), weight, bias, mod.stride, mod.padding, mod.dilation, mod.groups]))
 
 
 @on_module(nn.BatchNorm1d, nn.BatchNorm2d)

@@ -5,7 +5,7 @@ modules: they register themselves with the registry, so the registry never impor
 (the registry stays below its definitions, no import circle).
 """
 
-from mcir.ops import elementwise, nn, quant, shape  # noqa: F401  (registration)
+from mcir.ops import elementwise, nn, quant, rnn, shape  # noqa: F401  (registration)
 from mcir.ops.registry import Attr, OpDef, all_ops, defop, exists, get
 
 __all__ = ["Attr", "OpDef", "all_ops", "defop", "exists", "get"]

@@ -23,6 +23,7 @@ from mcir.ops.traits import (
     NORMALIZATION,
     POOLING,
     REDUCTION,
+    SCAN,
     UNARY,
     WEIGHTED,
     WeightLayout,
@@ -398,7 +399,9 @@ def _embedding_infer(types: list[TensorType]) -> TensorType:
         raise McirError(f"embedding indices must be integers, got {idx}")
     if w.rank != 2:
         raise McirError(f"embedding table must be 2-D [num, dim], got {w}")
-    return TensorType(idx.shape + (w.shape[1],), w.dtype)
+    # a 16-bit float table is storage (the half pass): its rows are computed with as f32
+    dtype = F32 if w.dtype in (dtypes.f16, dtypes.bf16) else w.dtype
+    return TensorType(idx.shape + (w.shape[1],), dtype)
 
 
 @defop(
@@ -410,11 +413,12 @@ def _embedding_infer(types: list[TensorType]) -> TensorType:
     weight=WeightLayout(operand=1, out_axis=1, in_axis=None),
 )
 def embedding(indices, weight):
-    """y[..., :] = weight[indices[...], :]; an index out of range is an error"""
+    """y[..., :] = weight[indices[...], :]; an index out of range is an error; f16/bf16 tables give f32 rows"""
     idx = np.asarray(indices)
     if idx.size and (idx.min() < 0 or idx.max() >= weight.shape[0]):
         raise McirError(f"embedding index out of range [0, {weight.shape[0]}): min {idx.min()}, max {idx.max()}")
-    return np.asarray(weight)[idx]
+    rows = np.asarray(weight)[idx]
+    return rows.astype(np.float32) if rows.dtype in (dtypes.f16.np, dtypes.bf16.np) else rows
 
 
 def _sdpa_infer(types: list[TensorType], is_causal, scale) -> TensorType:
@@ -539,6 +543,24 @@ def sum_(x, axes=(), keepdim=False):
 def amax(x, axes=(), keepdim=False):
     """y = max of x over axes"""
     return np.max(x, axis=_axes(x, axes), keepdims=keepdim)
+
+
+def _cumsum_infer(types: list[TensorType], axis) -> TensorType:
+    x = types[0]
+    if x.dtype == dtypes.boolean:
+        raise McirError(f"cumsum of bool {x}: cast it to an integer type first")
+    norm_axis(axis, x.rank)
+    return x
+
+
+@defop("cumsum", attrs={"axis": Attr("int", doc="the axis to scan")}, infer=_cumsum_infer, traits={SCAN})
+def cumsum(x, axis):
+    """y[..., i, ...] = sum of x[..., :i+1, ...] along axis (floats summed in float64, integers exactly)"""
+    x = np.asarray(x)
+    if x.ndim == 0:
+        return x.copy()
+    acc = np.float64 if x.dtype.kind == "f" else x.dtype
+    return np.asarray(np.cumsum(x, axis=axis, dtype=acc), x.dtype)
 
 
 def _argmax_infer(types: list[TensorType], axis, keepdim) -> TensorType:

@@ -186,3 +186,75 @@ def pad(x, pads, value=0.0):
     y = np.pad(x, grow, constant_values=value)
     crop = tuple(slice(max(-pads[2 * i], 0), y.shape[i] - max(-pads[2 * i + 1], 0)) for i in range(x.ndim))
     return np.asarray(y[crop], order="C")
+
+
+# -- indexing with index tensors ------------------------------------------------------------
+
+
+def _index_dtype(t: TensorType, what: str) -> None:
+    if not t.dtype.is_integer:
+        raise McirError(f"{what} indices must be integers, got {t}")
+
+
+def _index_select_infer(types: list[TensorType], axis) -> TensorType:
+    x, idx = types
+    _index_dtype(idx, "index_select")
+    if x.rank == 0:
+        raise McirError(f"cannot index the rank-0 tensor {x}")
+    ax = norm_axis(axis, x.rank)
+    if x.shape[ax] == 0 and idx.numel:
+        raise McirError(f"index_select from the empty axis {axis} of {x}")
+    return TensorType(x.shape[:ax] + idx.shape + x.shape[ax + 1 :], x.dtype)
+
+
+def _check_range(idx: np.ndarray, size: int, what: str) -> np.ndarray:
+    """The indices as int64; McirError unless 0 <= i < size (torch.gather / index_select reject negatives too)."""
+    idx = np.asarray(idx, np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= size):
+        raise McirError(f"{what} index out of range [0, {size}): min {idx.min()}, max {idx.max()}")
+    return idx
+
+
+@defop(
+    "index_select",
+    operands="x, index",
+    attrs={"axis": Attr("int", doc="the axis the indices pick from")},
+    infer=_index_select_infer,
+    traits={MOVEMENT},
+)
+def index_select(x, index, axis):
+    """y = x with axis replaced by index's axes: y[a.., i.., b..] = x[a.., index[i..], b..]; 0 <= index < n"""
+    x = np.asarray(x)
+    ax = axis % x.ndim
+    return np.asarray(np.take(x, _check_range(index, x.shape[ax], "index_select"), axis=ax), order="C")
+
+
+def _gather_infer(types: list[TensorType], axis) -> TensorType:
+    x, idx = types
+    _index_dtype(idx, "gather")
+    if idx.rank != x.rank:
+        raise McirError(f"gather index {idx} must have the rank of {x}")
+    ax = norm_axis(axis, max(x.rank, 1))
+    for d in range(x.rank):
+        if d != ax and idx.shape[d] > x.shape[d]:
+            raise McirError(f"gather index {idx} is larger than {x} along axis {d}")
+    return TensorType(idx.shape, x.dtype)
+
+
+@defop(
+    "gather",
+    operands="x, index",
+    attrs={"axis": Attr("int", doc="the axis index picks along")},
+    infer=_gather_infer,
+    traits={MOVEMENT},
+)
+def gather(x, index, axis):
+    """y[i, j, k] = x[index[i, j, k], j, k] for axis 0 (torch.gather): y has index's shape; 0 <= index < n"""
+    x = np.asarray(x)
+    if x.ndim == 0:
+        return x.copy()
+    ax = axis % x.ndim
+    idx = _check_range(index, x.shape[ax], "gather")
+    # index may be smaller than x on the other axes: take the leading block of x there
+    block = tuple(slice(0, n) if d != ax else slice(None) for d, n in enumerate(idx.shape))
+    return np.asarray(np.take_along_axis(x[block], idx, axis=ax), order="C")

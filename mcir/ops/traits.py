@@ -24,6 +24,7 @@ LOOKUP = "lookup"
 NORMALIZATION = "normalization"
 REDUCTION = "reduction"
 POOLING = "pooling"
+SCAN = "scan"
 SOURCE = "source"
 
 # -- properties --------------------------------------------------------------------------------
@@ -37,6 +38,7 @@ QUANTIZATION = "quantization"
 WEIGHTED = "weighted"
 ATTENTION = "attention"
 SHAPE_ATTR = "shape_attr"
+RECURRENT = "recurrent"
 
 KINDS: dict[str, str] = {
     ELEMENTWISE: "result[i] depends only on the operands at i (after broadcasting)",
@@ -47,6 +49,7 @@ KINDS: dict[str, str] = {
     NORMALIZATION: "rescales values by statistics (given or computed) along some axes",
     REDUCTION: "combines the values along some axes into one",
     POOLING: "combines the values in spatial windows",
+    SCAN: "a running combination along an axis: result[i] combines operand[..., :i+1] (cumsum)",
     SOURCE: "has no operands: its value comes from data",
 }
 
@@ -61,6 +64,7 @@ PROPERTIES: dict[str, str] = {
     WEIGHTED: "has a weight operand (a constant in a trained model); see WeightLayout",
     ATTENTION: "scaled dot-product attention over (query, key, value)",
     SHAPE_ATTR: "its 'shape' attribute spells a static shape (traced example sizes, not a property of the op)",
+    RECURRENT: "steps through a sequence carrying a state (LSTM/GRU): step t needs step t-1's result",
 }
 
 VOCABULARY: dict[str, str] = {**KINDS, **PROPERTIES}

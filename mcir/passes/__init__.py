@@ -33,6 +33,7 @@ BUILTIN: dict[str, str] = {
     "share": "mcir.passes.share:Share",
     "prune": "mcir.passes.prune:Prune",
     "cluster": "mcir.passes.cluster:Cluster",
+    "half": "mcir.passes.half:Half",
 }
 
 #: aliases: name -> (pass name, preset options)

@@ -60,6 +60,9 @@ from mcir.rewriter import Rewriter
 from mcir.sample_inputs import random_batches
 from mcir.types import TensorType
 
+#: recurrences whose W_hh (second-to-last operand) becomes int8; their state meets it on a fixed u8 grid
+RECURRENT = frozenset({"lstm", "gru"})
+
 
 @dataclass(frozen=True)
 class Quantize(Pass):
@@ -276,6 +279,8 @@ class _Quantizer:
                 continue
             if op.name in INT8_LAYERS:
                 self.weighted(op)
+            elif op.name in RECURRENT:
+                self.recurrent(op)
             elif op.name == "matmul" and self.opts.attention:
                 self.activations(op, range(2))
             elif op.name in INT8_ACTIVATION_OPS and feeds_int8(op.result, self.graph, int8_ops):
@@ -324,6 +329,17 @@ class _Quantizer:
         if b is not None:
             x_scale = xq.type.encoding.scale
             self.rw.set_operand(op, 2, self.bias(b, x_scale * w_scale, op))
+
+    def recurrent(self, op: Op) -> None:
+        """An LSTM/GRU recurrence: W_hh int8 per row; the hidden state, always inside (-1, 1), is
+        fed on the fixed grid q/127 (``int8_state``), so it needs no calibration."""
+        index = len(op.operands) - 2
+        w = op.operands[index]
+        if not (w.is_constant and w.producer.data is not None and w.type.dtype.is_float and w.type.encoding is None):
+            return
+        wq, _ = self.weight(w)
+        self.rw.set_operand(op, index, wq)
+        self.rw.set_attrs(op, int8_state=True)
 
     def weight(self, w: Value) -> tuple[Value, np.ndarray]:
         """Symmetric int8 weights with one scale per output channel (axis 0) or per tensor."""

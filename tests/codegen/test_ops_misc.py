@@ -132,6 +132,10 @@ def test_embedding(tmp_path, rng, idx_dtype):
         ((2, 3, 7, 5), (2, 3, 9, 5), (2, 3, 9, 6), ((7, 9), "bool"), {"scale": 0.3}),
         ((2, 3, 7, 5), (2, 3, 9, 5), (2, 3, 9, 6), ((2, 1, 7, 9), "f32"), {}),
         ((1, 2, 4, 8), (1, 2, 4, 8), (1, 2, 4, 8), ((1, 1, 1, 4), "bool"), {}),
+        # key rows of at least one vector: the vectorised mask pass, then its scalar tail
+        ((1, 2, 20, 8), (1, 2, 37, 8), (1, 2, 37, 8), ((1, 1, 20, 37), "bool"), {}),
+        ((1, 2, 20, 8), (1, 2, 37, 8), (1, 2, 37, 8), ((1, 1, 1, 37), "bool"), {}),
+        ((2, 20, 8), (2, 32, 8), (2, 32, 8), ((2, 20, 32), "f32"), {}),
     ],
 )
 def test_scaled_dot_product_attention(tmp_path, rng, q, k, v, mask, attrs):

@@ -17,7 +17,7 @@ class CumulativeHead(nn.Module):
 
     def forward(self, x):
         h = self.fc(x)
-        return torch.cumsum(h, dim=1)  # no IR op for this
+        return torch.cumprod(h, dim=1)  # no IR op for this
 
 
 class BranchOnValues(nn.Module):
@@ -30,7 +30,7 @@ class BranchOnValues(nn.Module):
 class Recurrent(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.rnn = nn.LSTM(4, 4)
+        self.rnn = nn.RNN(4, 4)  # Elman RNN: mcir has LSTM and GRU only
 
     def forward(self, x):
         return self.rnn(x)[0]
@@ -41,20 +41,20 @@ class Noisy(nn.Module):
         return x + torch.randn(4)
 
 
-@pytest.mark.parametrize(("tracer", "op"), [("export", "aten.cumsum"), ("fx", "torch.cumsum")])
+@pytest.mark.parametrize(("tracer", "op"), [("export", "aten.cumprod"), ("fx", "torch.cumprod")])
 def test_unsupported_op_names_op_module_and_source_line(tracer, op):
     with pytest.raises(mcir.UnsupportedError) as info:
         mcir.trace(CumulativeHead(), torch.randn(2, 4), tracer=tracer)
     text = str(info.value)
     assert op in text
     assert "top-level module" in text
-    assert "test_trace_errors.py:" in text and "torch.cumsum(h, dim=1)" in text
+    assert "test_trace_errors.py:" in text and "torch.cumprod(h, dim=1)" in text
 
 
 def test_unsupported_module_names_its_path():
-    with pytest.raises(mcir.UnsupportedError, match=r"aten\.lstm.*module 'rnn'.*test_trace_errors\.py:\d+"):
+    with pytest.raises(mcir.UnsupportedError, match=r"aten\.rnn_tanh.*module 'rnn'.*test_trace_errors\.py:\d+"):
         mcir.trace(Recurrent(), torch.randn(3, 2, 4))
-    with pytest.raises(mcir.UnsupportedError, match=r"torch\.nn\.LSTM.*module 'rnn'.*tracer='export'"):
+    with pytest.raises(mcir.UnsupportedError, match=r"torch\.nn\.RNN.*module 'rnn'.*tracer='export'"):
         mcir.trace(Recurrent(), torch.randn(3, 2, 4), tracer="fx")
 
 

@@ -109,7 +109,9 @@ FAMILIES = {
     "bool": ("bool",),
     "any": ("f32", "i64", "i32", "i16", "i8", "u8", "bool"),
 }
-_PLAIN = frozenset(FAMILIES["any"])
+# plain dtypes a pattern may name; f16/bf16 only by name (16-bit weight storage, the half pass),
+# never through a family, so no float kernel takes them by accident
+_PLAIN = frozenset(FAMILIES["any"]) | {"f16", "bf16"}
 
 
 @functools.cache

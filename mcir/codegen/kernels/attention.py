@@ -90,7 +90,28 @@ def _mask_row(k: KernelContext, em: Emitter, row: ir.Value, qi: ir.Value, S: int
     """Apply the causal mask and/or the given (bool or additive) mask to one score row."""
     b = em.b
     ninf = const(F32, float("-inf"))
-    with em.loop(S, name="kj") as j:
+    lanes = k.target.f32_lanes
+    start = 0
+    if mask_t is not None and not causal and mst[-1] == 1 and lanes > 1 and lanes <= S:
+        # a contiguous mask row (the usual [B, 1, L, S] padding mask): whole vectors of scores and
+        # mask bytes at once; LLVM does not vectorise the scalar loop below (the score row and
+        # the mask might alias as far as it knows)
+        base = b.add(moff, b.mul(qi, i64(mst[-2])))
+        vf, vb = ir.VectorType(F32, lanes), ir.VectorType(I8, lanes)
+        vninf = const(vf, float("-inf"))
+        full = S - S % lanes
+        with em.loop(full, name="kv", step=lanes) as j:
+            sv = em.load(row, j, vf)
+            if mask_t.dtype.name == "bool":
+                keep = b.icmp_unsigned("!=", em.load(k.args[3], b.add(base, j), vb), const(vb, 0))
+                sv = b.select(keep, sv, vninf)
+            else:
+                sv = b.fadd(sv, em.load(k.args[3], b.add(base, j), vf))
+            em.store(sv, row, j)
+        start = full
+    if start == S:
+        return
+    with em.loop(S, name="kj", start=start) as j:
         s = em.load(row, j, F32)
         if causal:
             s = b.select(b.icmp_signed(">", j, qi), ninf, s)

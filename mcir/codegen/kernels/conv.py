@@ -19,9 +19,20 @@ import numpy as np
 
 from mcir.codegen.emit import F32, Emitter, const, i64
 from mcir.codegen.kernels import KernelContext, kernel
-from mcir.codegen.kernels.gemm_f32 import GemmArgs, choose_tiling, emit_gemm, pack_a, packed_b_bytes
+from mcir.codegen.kernels.gemm_f32 import (
+    HALF_STORAGE,
+    GemmArgs,
+    check_half_target,
+    choose_tiling,
+    emit_gemm,
+    half_panels,
+    load_b,
+    pack_a,
+    packed_b_bytes,
+)
 from mcir.codegen.memory_plan import view_root
 from mcir.codegen.target import Target
+from mcir.errors import CodegenError
 from mcir.ir import Op
 from mcir.ops.nn import conv_out
 
@@ -165,8 +176,12 @@ def _pack_weights(op: Op, index: int, data, target: Target):
     if index != 1 or not _uses_gemm(g):
         return None
     mr = _tiling(op, target).mr
-    per_group = np.asarray(data, np.float32).reshape(g["groups"], g["og"], -1)
-    return f"conv_a:{mr}", np.concatenate([pack_a(wg, mr).reshape(-1) for wg in per_group])
+    per_group = np.asarray(data).astype(np.float32).reshape(g["groups"], g["og"], -1)  # f16/bf16: exact in f32
+    panels = np.concatenate([pack_a(wg, mr).reshape(-1) for wg in per_group])
+    dtype = op.operands[1].type.dtype.name
+    if dtype == "f32":
+        return f"conv_a:{mr}", panels
+    return f"conv_a:{mr}:{dtype}", half_panels(panels, dtype)
 
 
 def _conv_gemm(k: KernelContext) -> None:
@@ -180,6 +195,9 @@ def _conv_gemm(k: KernelContext) -> None:
     pix = g["oh"] * g["ow"]
     plane = g["h"] * g["w"]
     a_group = math.ceil(og / t.mr) * t.mr * ck if packed else og * ck  # weight floats per group
+    w_dtype = k.op.operands[1].type.dtype.name
+    if w_dtype != "f32" and not packed:
+        raise CodegenError(f"{k.op.where()}: {w_dtype} convolution weights computed at run time have no kernel")
     gg = dict(g, c=cg)  # im2col sees only the group's channels
     with em.loop(g["n"], name="img") as n, em.loop(g["groups"], name="grp") as gi:
         first = b.add(b.mul(n, i64(g["groups"])), gi)  # index of the group's first channel block
@@ -191,7 +209,7 @@ def _conv_gemm(k: KernelContext) -> None:
                 og,
                 pix,
                 ck,
-                em.gep(k.args[1], b.mul(gi, i64(a_group)), F32),
+                em.gep(k.args[1], b.mul(gi, i64(a_group)), HALF_STORAGE.get(w_dtype, F32)),
                 ck,
                 1,
                 k.scratch,
@@ -201,6 +219,7 @@ def _conv_gemm(k: KernelContext) -> None:
                 bias_per_row=True,
                 epilogue=k.epilogue,
                 a_packed=packed,
+                a_dtype=w_dtype,
             ),
             t,
         )
@@ -232,6 +251,7 @@ def _conv_direct(k: KernelContext) -> None:
     x, w = k.args[0], k.args[1]
     bias = k.args[2] if len(k.args) > 2 else None
     ow, sw = g["ow"], g["sw"]
+    w_dtype = k.op.operands[1].type.dtype.name  # f16/bf16 weights (the half pass) widen as they load
     with em.loop(g["n"], name="img") as n, em.loop(g["o"], name="oc") as o:
         grp = b.udiv(o, i64(og))
         b0 = em.load(bias, o, F32) if bias is not None else const(F32, 0.0)
@@ -253,7 +273,7 @@ def _conv_direct(k: KernelContext) -> None:
                             lo, hi = tap_range(ow, sw, off, g["w"])
                             if hi <= lo:
                                 continue
-                            wv = em.load(w, b.add(wrow, i64(i * g["kw"] + j)), F32)
+                            wv = load_b(em, w, b.add(wrow, i64(i * g["kw"] + j)), 1, w_dtype)
                             with em.loop(hi, name="ox", start=lo) as ox:
                                 v = em.load(x, b.add(src, b.add(b.mul(ox, i64(sw)), i64(off))), F32)
                                 at = b.add(row, ox)
@@ -266,6 +286,7 @@ def _conv_direct(k: KernelContext) -> None:
 
 def _conv(k: KernelContext) -> None:
     """conv2d: im2col + register-blocked GEMM per group, or direct rows for depthwise."""
+    check_half_target(k.op, k.op.operands[1].type.dtype.name, k.target)
     if _uses_gemm(geometry(k.op)):
         _conv_gemm(k)
     else:
@@ -273,3 +294,5 @@ def _conv(k: KernelContext) -> None:
 
 
 kernel("conv2d", ("f32", "f32", "f32?"), pack=_pack_weights, scratch=_scratch, epilogue=True)(_conv)
+# 16-bit weights (the half pass): the same kernels, weights widened to f32 as they are loaded
+kernel("conv2d", ("f32", "f16|bf16", "f32?"), pack=_pack_weights, scratch=_scratch, epilogue=True)(_conv)

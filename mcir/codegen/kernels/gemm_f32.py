@@ -156,6 +156,8 @@ class GemmArgs:
     bias_per_row: bool = False  # conv: one bias per output channel (a row of C)
     a_packed: bool = False  # A in row panels of the tiling's MR (see pack_a)
     epilogue: object = None  # Callable[[Emitter, ir.Value], ir.Value] | None
+    b_dtype: str = "f32"  # storage of the B panels: f32, or f16 / bf16 widened to f32 as they are loaded
+    a_dtype: str = "f32"  # storage of A (convolution weights): f32, f16 or bf16
 
 
 def emit_gemm(em: Emitter, g: GemmArgs, t: Tiling) -> None:
@@ -202,6 +204,45 @@ def emit_gemm(em: Emitter, g: GemmArgs, t: Tiling) -> None:
         chunk_passes(lambda ks, kl, f, la: panels(i64(m_main), m_tail, ks, kl, f, la))
 
 
+HALF_STORAGE = {"f16": ir.HalfType(), "bf16": ir.IntType(16)}
+
+
+def load_b(em: Emitter, ptr: ir.Value, index: ir.Value, lanes: int, dtype: str) -> ir.Value:
+    """``lanes`` B values at ``ptr[index]`` as f32: a plain load, or a half-width load widened on the fly.
+
+    f16 -> f32 is ``fpext`` (``vcvtph2ps`` with F16C / AVX-512); bf16 is the top half of an f32,
+    so it is a zero-extend and a shift by 16 (exact, any target)."""
+    b = em.b
+    if dtype == "f32":
+        return em.load(ptr, index, vec(F32, lanes), align=4 * lanes)
+    elem = HALF_STORAGE[dtype]
+    raw = em.load(ptr, index, vec(elem, lanes), align=2 * lanes)
+    if dtype == "f16":
+        return b.fpext(raw, vec(F32, lanes))
+    wide = b.shl(b.zext(raw, vec(ir.IntType(32), lanes)), const(vec(ir.IntType(32), lanes), 16))
+    return b.bitcast(wide, vec(F32, lanes))
+
+
+def half_panels(panels: np.ndarray, dtype: str) -> np.ndarray:
+    """f32 panels stored as f16 (round to nearest even) or as the bf16 bits of the values."""
+    if dtype == "f16":
+        return panels.astype(np.float16)
+    import ml_dtypes
+
+    return panels.astype(ml_dtypes.bfloat16).view(np.uint16)
+
+
+def check_half_target(op: Op, dtype: str, target: Target) -> None:
+    """f16 -> f32 needs F16C on x86 (else LLVM calls a libgcc helper, and the object must stay freestanding)."""
+    if dtype == "f16" and target.is_x86 and not target.has("f16c"):
+        from mcir.errors import CodegenError
+
+        raise CodegenError(
+            f"{op.where()}: f16 weights need a target with F16C (x86-64-v3 or later) to convert them; "
+            "use bf16 storage (`half(dtype=bf16)`), which converts with integer shifts on any target"
+        )
+
+
 def _k_chunks(k: int, kc: int) -> list[int]:
     n = max(1, math.ceil(k / kc))
     return [kc] * (n - 1) + [k - (n - 1) * kc]
@@ -225,22 +266,24 @@ def _tile(
     b = em.b
     vt = vec(F32, t.lanes)
     zero = const(vt, 0.0)
+    a_elem = HALF_STORAGE.get(g.a_dtype, F32)
     if g.a_packed:  # panel of the tile: A[row + r, k] at a[row * K + k * MR + r]
-        a_row = em.gep(g.a, b.mul(row, i64(g.k)), F32)
+        a_row = em.gep(g.a, b.mul(row, i64(g.k)), a_elem)
         a_rs, a_cs = 1, t.mr
     else:
-        a_row = em.gep(g.a, b.mul(row, i64(g.a_rs)), F32)
+        a_row = em.gep(g.a, b.mul(row, i64(g.a_rs)), a_elem)
         a_rs, a_cs = g.a_rs, g.a_cs
-    b_pan = em.gep(g.b_packed, b.add(b.mul(panel, i64(g.k * t.nr)), b.mul(kstart, i64(t.nr))), F32)
+    b_elem = HALF_STORAGE.get(g.b_dtype, F32)
+    b_pan = em.gep(g.b_packed, b.add(b.mul(panel, i64(g.k * t.nr)), b.mul(kstart, i64(t.nr))), b_elem)
     a_k0 = b.mul(kstart, i64(a_cs))
     ku = min(t.ku, max(1, klen))
 
     def step(kk: ir.Value, accs: list[ir.Value]) -> list[ir.Value]:
-        bv = [em.load(b_pan, b.add(b.mul(kk, i64(t.nr)), i64(j * t.lanes)), vt, align=4 * t.lanes) for j in range(nv)]
+        bv = [load_b(em, b_pan, b.add(b.mul(kk, i64(t.nr)), i64(j * t.lanes)), t.lanes, g.b_dtype) for j in range(nv)]
         out = list(accs)
         a_k = b.add(a_k0, b.mul(kk, i64(a_cs)))
         for r in range(mr):
-            av = em.splat(em.load(a_row, b.add(a_k, i64(r * a_rs)), F32), t.lanes)
+            av = em.splat(load_b(em, a_row, b.add(a_k, i64(r * a_rs)), 1, g.a_dtype), t.lanes)
             for j in range(nv):
                 out[r * nv + j] = em.fma(av, bv[j], accs[r * nv + j])
         return out
@@ -304,8 +347,12 @@ def _pack_linear(op: Op, index: int, data, target: Target):
         return None
     _, n, k = _linear_dims(op)
     nv, lanes = panel_width(n, target)
-    w = np.asarray(data, np.float32).reshape(n, k)
-    return f"gemm_b_t:{nv * lanes}", pack_b(w.T, nv * lanes)
+    dtype = op.operands[1].type.dtype.name
+    w = np.asarray(data).astype(np.float32).reshape(n, k)  # f16/bf16 values are exact in f32
+    panels = pack_b(w.T, nv * lanes)
+    if dtype == "f32":
+        return f"gemm_b_t:{nv * lanes}", panels
+    return f"gemm_b_t:{nv * lanes}:{dtype}", half_panels(panels, dtype)
 
 
 def _linear_scratch(op: Op, target: Target) -> int:
@@ -327,6 +374,26 @@ def linear(k: KernelContext) -> None:
         w = k.scratch
     bias = k.args[2] if len(k.args) > 2 else None
     emit_gemm(k.em, GemmArgs(m, n, kk, k.args[0], kk, 1, w, k.out, n, bias, epilogue=k.epilogue), t)
+
+
+def _linear_half_scratch(op: Op, target: Target) -> int:
+    return 0
+
+
+@kernel("linear", ("f32", "f16|bf16", "f32?"), pack=_pack_linear, scratch=_linear_half_scratch, epilogue=True)
+def linear_half(k: KernelContext) -> None:
+    """y = x @ W^T + b with W stored in f16/bf16 panels (half the bytes), widened to f32 as it streams."""
+    m, n, kk = _linear_dims(k.op)
+    dtype = k.op.operands[1].type.dtype.name
+    check_half_target(k.op, dtype, k.target)
+    if not view_root(k.op.operands[1]).is_constant:
+        from mcir.errors import CodegenError
+
+        raise CodegenError(f"{k.op.where()}: {dtype} weights computed at run time have no kernel; cast them to f32")
+    t = choose_tiling(m, n, kk, k.target)
+    bias = k.args[2] if len(k.args) > 2 else None
+    g = GemmArgs(m, n, kk, k.args[0], kk, 1, k.args[1], k.out, n, bias, epilogue=k.epilogue, b_dtype=dtype)
+    emit_gemm(k.em, g, t)
 
 
 # -- matmul ---------------------------------------------------------------------------------
