@@ -7,6 +7,7 @@ The public API::
     ys = mcir.interpret(g, x)                      # numpy reference interpreter
     g2 = mcir.run_passes(g, "fold,quant8", calibration=batches)
     mcir.save(g, "out/model"); g = mcir.load("out/model")
+    m = mcir.to_torch(g)                           # a trainable torch module (mcir.train)
 """
 
 from __future__ import annotations
@@ -46,6 +47,13 @@ def compile(graph: Graph, path: Any, target: str = "native", name: str | None = 
     return _compile(graph, path, target=target, name=name, triple=triple, pipeline=graph.meta.get("pipeline", ""))
 
 
+def to_torch(graph: Graph, **options: Any) -> Any:
+    """The graph as a trainable ``torch.nn.Module`` (encodings in their training forms); see ``mcir.train``."""
+    from mcir.train.to_torch import to_torch as _to_torch
+
+    return _to_torch(graph, **options)
+
+
 def replace_pattern(graph: Graph, pattern: Any, replacement: Any, example_inputs: Any = None) -> int:
     """Replace every match of the torch function ``pattern`` by ``replacement``; see ``mcir.replace``."""
     from mcir.replace import replace_pattern as _replace
@@ -83,6 +91,7 @@ __all__ = [
     "run_passes",
     "save",
     "tensor",
+    "to_torch",
     "trace",
     "verify",
 ]
