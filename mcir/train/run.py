@@ -90,3 +90,25 @@ def evaluate(graph: Graph, data: Any) -> float:
     """Accuracy of ``graph`` on evaluation data (any form ``eval=`` takes)."""
     batches = data if isinstance(data, Batches) else Batches(data, "eval")
     return accuracy(to_torch(graph, trainable=False), batches)
+
+
+def native_accuracy(library: Any, data: Any) -> float:
+    """Accuracy of a compiled library (a path without suffix, or a loaded ``Library``) on
+    evaluation data, one sample at a time (the graph's batch of 1): argmax of the first output."""
+    import numpy as np
+
+    from mcir.runtime import Library
+
+    lib = library if isinstance(library, Library) else Library(f"{library}.so")
+    batches = data if isinstance(data, Batches) else Batches(data, "eval")
+    right = total = 0
+    for batch in batches.epoch(256, seed=None):
+        *inputs, target = (b.numpy() for b in batch)
+        for i in range(len(target)):
+            out = lib(*(x[i : i + 1] for x in inputs))
+            first = np.asarray(out[0] if isinstance(out, list | tuple) else out)
+            right += int(np.argmax(first.reshape(-1)) == int(target[i]))
+            total += 1
+    if total == 0:
+        raise McirError("native accuracy: no samples to evaluate")
+    return right / total
