@@ -600,7 +600,7 @@ def run_passes(
     for i, p in enumerate(passes):
         if progress:
             print(f"[{i + 1}/{len(passes)}] {p}", file=sys.stderr, flush=True)
-        if p.preserves != "exact" and "original" not in ctx.data:
+        if not p.preserves.startswith("exact") and "original" not in ctx.data:
             ctx.data["original"] = g.copy()  # the teacher of distill: the graph before the first lossy pass
         t0 = time.perf_counter()
         try:

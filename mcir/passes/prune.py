@@ -88,6 +88,10 @@ class Prune(Pass):
     )
     round_to: int = option(1, "structured: keep a multiple of this many channels per group (vector widths)")
     max_layer_sparsity: float = option(0.95, "scope=global: no layer or group loses more than this fraction")
+    steps: int = option(
+        1, "prune gradually in N steps (Zhu & Gupta's cubic schedule), fine-tuning between steps on data="
+    )
+    step_epochs: int = option(2, "steps > 1 with data=: epochs of fine-tuning after each step but the last")
 
     def __post_init__(self) -> None:
         if not (0.0 <= self.sparsity < 1.0):
@@ -112,6 +116,10 @@ class Prune(Pass):
             raise McirError(f"round_to={self.round_to} must be at least 1")
         if not (0.0 < self.max_layer_sparsity <= 1.0):
             raise McirError(f"max_layer_sparsity={self.max_layer_sparsity} must be in (0, 1]")
+        if self.steps < 1 or self.step_epochs < 1:
+            raise McirError(f"steps={self.steps} and step_epochs={self.step_epochs} must be at least 1")
+        if self.steps > 1 and (self.threshold is not None or self.pattern is not None):
+            raise McirError("steps=N prunes towards a sparsity; it does not combine with threshold or pattern")
         if self.granularity != "weight" and self.storage != "auto":
             raise McirError(f"storage={self.storage} applies to granularity=weight (structured pruning shrinks shapes)")
 
@@ -121,6 +129,18 @@ class Prune(Pass):
         return is_skipped(op, self.skip, layers)
 
     def apply(self, graph: Graph, ctx: PassContext) -> None:
+        if self.steps > 1:
+            from dataclasses import replace
+
+            from mcir.train.gradual import prune_gradually
+
+            def step(sparsity: float, last: bool) -> None:
+                # zeros stay dense until the last step: the next step ranks them with the other weights
+                storage = self.storage if last or self.granularity != "weight" else "dense"
+                replace(self, sparsity=sparsity, steps=1, storage=storage).apply(graph, ctx)
+
+            prune_gradually(graph, ctx, step, self.sparsity, self.steps, self.step_epochs, self.granularity != "weight")
+            return
         before, total_before = _stats(graph), _totals(graph)
         groups: list[str] = []
         if self.granularity == "weight":

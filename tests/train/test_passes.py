@@ -126,3 +126,26 @@ def test_report_has_an_accuracy_column_with_eval(digits):
     table = g.meta["report"].table()
     assert "accuracy" in table.splitlines()[0]
     assert accuracies(g)[0] == pytest.approx(evaluate(digits["graph"], (digits["x_test"], digits["y_test"])))
+
+
+def test_cubic_schedule_reaches_the_final_sparsity_fast_then_slowly():
+    from mcir.train.gradual import cubic_schedule
+
+    s = cubic_schedule(0.9, 4)
+    assert s[-1] == pytest.approx(0.9)
+    assert s[0] == pytest.approx(0.9 * (1 - 0.75**3))
+    steps = np.diff([0.0, *s])
+    assert all(a > b for a, b in zip(steps, steps[1:]))
+
+
+def test_gradual_pruning_ends_at_the_one_shot_sparsity_and_recovers_better(digits):
+    one_shot = run(digits, "prune(sparsity=0.95,storage=sparse)")
+    gradual = run(digits, "prune(sparsity=0.95,storage=sparse,steps=3,step_epochs=1)")
+    assert [op.result.type for op in gradual.constants()] == [op.result.type for op in one_shot.constants()]
+    assert accuracies(gradual)[-1] > accuracies(one_shot)[-1] + 0.05
+    assert [line.split(":")[0] for line in gradual.meta["train"]] == ["prune step 1/3", "prune step 2/3"]
+
+
+def test_gradual_channel_pruning_removes_the_requested_fraction(digits):
+    g = run(digits, "prune(granularity=neuron,sparsity=0.5,steps=2,step_epochs=1)")
+    assert g.value("fc1.weight").type.shape == (128, 64) and g.value("fc2.weight").type.shape == (64, 128)
