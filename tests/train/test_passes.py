@@ -7,6 +7,8 @@ while the compression (nnz, shapes, encodings) is exactly what the lossy pass le
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -135,7 +137,7 @@ def test_cubic_schedule_reaches_the_final_sparsity_fast_then_slowly():
     assert s[-1] == pytest.approx(0.9)
     assert s[0] == pytest.approx(0.9 * (1 - 0.75**3))
     steps = np.diff([0.0, *s])
-    assert all(a > b for a, b in zip(steps, steps[1:]))
+    assert all(a > b for a, b in itertools.pairwise(steps))
 
 
 def test_gradual_pruning_ends_at_the_one_shot_sparsity_and_recovers_better(digits):
