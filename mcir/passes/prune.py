@@ -16,6 +16,9 @@ the layer's weights lies (``scope=layer``) or of all pruned layers' weights (``s
 or given directly (``threshold=τ``). With ``pattern=N:M`` the N largest |w| of every M
 consecutive weights of a row are kept.
 
+``granularity=layer`` removes whole residual blocks / transformer layers
+(``mcir.passes.prune_layers``); ``steps=N`` prunes gradually (``mcir.train.gradual``).
+
 Structured pruning (``granularity=channel|filter|neuron|head``) removes whole channels,
 physically: weights, biases, BatchNorm parameters and the shapes of every value in between
 shrink, so the graph stays valid and runs with fewer parameters and MACs.
@@ -75,10 +78,10 @@ class Prune(Pass):
     scope: Literal["layer", "global"] = option(
         "layer", "rank weights/channels within each layer (group), or across all of them"
     )
-    granularity: Literal["weight", "channel", "filter", "neuron", "head"] = option(
+    granularity: Literal["weight", "channel", "filter", "neuron", "head", "layer"] = option(
         "weight",
         "weight: single weights; filter: conv output channels; neuron: linear outputs; channel: both; "
-        "head: attention heads",
+        "head: attention heads; layer: whole residual blocks / transformer layers",
     )
     pattern: NM | None = option(None, "N:M: keep the N largest of every M consecutive weights of a row (e.g. 2:4)")
     importance: Literal["l1", "l2"] = option("l1", "channel importance: l1 or l2 norm of its producer weights")
@@ -145,6 +148,12 @@ class Prune(Pass):
         groups: list[str] = []
         if self.granularity == "weight":
             notes = _Unstructured(self, graph).run()
+        elif self.granularity == "layer":
+            from mcir.passes.prune_layers import prune_layers
+            from mcir.passes.quantize import check_batches, random_batches
+
+            samples = check_batches(graph, ctx.get("calibration") or random_batches(graph, 4))[:16]
+            notes = prune_layers(graph, self.sparsity, self.skip, samples)
         else:
             plan = plan_structured(graph, self)
             shrink(graph, plan.deps, plan.removed)
