@@ -203,3 +203,16 @@ def test_any_batch_size(mlp_graph):
 def test_wrong_batch_shape_is_a_clear_error(mlp_graph):
     with pytest.raises(mcir.McirError, match=r"input %x: a batch must have shape \['B', 32\]"):
         mcir.to_torch(mlp_graph)(np.zeros((4, 31), np.float32))
+
+
+def test_encoder_with_heads_pruned_equals_interpreter_and_trains():
+    model, inputs = models.build("encoder")
+    g = mcir.run_passes(mcir.trace(model, (inputs[0][:1],)), "prune(granularity=head,sparsity=0.5)")
+    x = np.concatenate([inputs[0].numpy()] * 2)[:3]
+    module = mcir.to_torch(g)
+    with torch.no_grad():
+        assert_matches(module(x).numpy(), interpret_batch(g, x))
+    sgd_steps(module, x, steps=1)
+    write_back(module, g)
+    with torch.no_grad():
+        assert_matches(interpret_batch(g, x), module(x).numpy())
