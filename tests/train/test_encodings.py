@@ -9,7 +9,8 @@ factors, shared constants, channel-pruned layers) the module built by ``mcir.to_
 2. trains: a few SGD steps change the weights, but never a pruned or pattern-excluded one;
 3. writes back with the same types: same nnz and positions, same sharing, same shapes; the
    written-back graph computes what the trained module computes (within float32 rounding, and
-   for int8 layers within one step of the re-derived i32 bias grid).
+   for int8 layers within ``3e-3 · max|output|``: the i32 biases move to the grid of the new
+   scales ``s_x·s_w``).
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ PIPELINES = {
     "csr": "prune(sparsity=0.9,storage=sparse)",
     "nm": "prune(pattern=2:4,storage=sparse)",
     "quant8": "quant8",
+    "quant8-per-tensor": "quantize(weights=per_tensor)",
     "csr-int8": "prune(sparsity=0.9,storage=sparse),quant8",
     "binary": "binarize(activations=binary)",
     "binary-all": "binarize(skip=none)",
@@ -105,8 +107,9 @@ def test_mlp_form_equals_interpreter_trains_and_writes_back(mlp_graph, name):
     assert changed, "training changed no constant"
     with torch.no_grad():
         want = module(x).numpy()
-    # int8 layers: the i32 bias is re-quantised in the new s_x·s_w, a shift of < one grid step
-    assert_matches(interpret_batch(trained, x), want, rtol=1e-3 if "int8" in name or name == "quant8" else 1e-5)
+    # int8 layers: the i32 bias is re-quantised in the new s_x·s_w, a shift of up to half a grid step per
+    # bias (1e-4 with per-tensor weight scales), carried through the following layers
+    assert_matches(interpret_batch(trained, x), want, rtol=3e-3 if "int8" in name or "quant8" in name else 1e-5)
 
 
 def _same(a, b) -> bool:
