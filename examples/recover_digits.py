@@ -92,17 +92,17 @@ def train_torch(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, see
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few epochs: a smoke run, not the documented numbers")
+    parser.add_argument("--only", metavar="TEXT", help="run only the pipelines containing TEXT (and the baselines)")
     args = parser.parse_args()
     e = 2 if args.quick else 1  # epoch divisor
 
     x_train, x_test, y_train, y_test = load()
-    mlp = train_torch(MLP(), x_train, y_train, epochs=40 // e)
-    cnn = train_torch(CNN(), x_train.reshape(-1, 1, 8, 8), y_train, epochs=20 // e)
-
     cases = [
         ("MLP", None, "", 0.0),
         ("MLP", None, "prune(sparsity=0.9),quant8", None),
         ("MLP", None, f"prune(sparsity=0.9),finetune(epochs={30 // e}),quant8", 1.5),
+        ("MLP", None, "prune(sparsity=0.9,skip=none),quant8", None),
+        ("MLP", None, f"prune(sparsity=0.9,skip=none),finetune(epochs={30 // e}),quant8", 1.5),
         ("MLP", None, "prune(sparsity=0.97),quant8", None),
         ("MLP", None, f"prune(sparsity=0.97),finetune(epochs={40 // e},lr=0.003),quant8", 1.5),
         ("MLP", None, "prune(granularity=neuron,sparsity=0.5),quant8", None),
@@ -115,10 +115,15 @@ def main() -> None:
         ("CNN", None, f"fold,prune(granularity=channel,sparsity=0.5),finetune(epochs={15 // e})", 1.5),
         ("CNN", None, f"fold,prune(granularity=channel,sparsity=0.5),finetune(epochs={15 // e}),quant8", 1.5),
     ]
-    graphs = {
-        "MLP": mcir.trace(mlp, (torch.zeros(1, 64),)),
-        "CNN": mcir.trace(cnn, (torch.zeros(1, 1, 8, 8),)),
-    }
+    if args.only:
+        cases = [c for c in cases if c[3] == 0.0 or args.only in c[2]]
+    graphs = {}
+    if any(c[0] == "MLP" for c in cases[1:]):
+        graphs["MLP"] = mcir.trace(train_torch(MLP(), x_train, y_train, epochs=40 // e), (torch.zeros(1, 64),))
+    if any(c[0] == "CNN" for c in cases[1:] if c[2] != "fold"):
+        cnn = train_torch(CNN(), x_train.reshape(-1, 1, 8, 8), y_train, epochs=20 // e)
+        graphs["CNN"] = mcir.trace(cnn, (torch.zeros(1, 1, 8, 8),))
+    cases = [c for c in cases if c[0] in graphs]
     data = {"MLP": (x_train, y_train), "CNN": (x_train.reshape(-1, 1, 8, 8), y_train)}
     evals = {"MLP": (x_test, y_test), "CNN": (x_test.reshape(-1, 1, 8, 8), y_test)}
     baseline: dict[str, tuple[float, int]] = {}
