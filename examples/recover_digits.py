@@ -103,6 +103,8 @@ def main() -> None:
         ("MLP", None, f"prune(sparsity=0.9),finetune(epochs={30 // e}),quant8", 1.5),
         ("MLP", None, "prune(sparsity=0.9,skip=none),quant8", None),
         ("MLP", None, f"prune(sparsity=0.9,skip=none),finetune(epochs={30 // e}),quant8", 1.5),
+        ("MLP", None, "prune(sparsity=0.92),quant8", None),
+        ("MLP", None, f"prune(sparsity=0.92),finetune(epochs={30 // e}),quant8", 1.5),
         ("MLP", None, "prune(sparsity=0.97),quant8", None),
         ("MLP", None, f"prune(sparsity=0.97),finetune(epochs={40 // e},lr=0.003),quant8", 1.5),
         ("MLP", None, "prune(granularity=neuron,sparsity=0.5),quant8", None),
