@@ -9,6 +9,7 @@ The public API::
     mcir.save(g, "out/model"); g = mcir.load("out/model")
     s = mcir.stats(g2)                             # params, library weight bytes, MACs by kind
     g = mcir.from_onnx("model.onnx"); mcir.to_onnx(g2, "model_int8.onnx")   # ONNX in and out
+    m = mcir.to_torch(g)                           # a trainable torch module (mcir.train)
 """
 
 from __future__ import annotations
@@ -65,6 +66,13 @@ def compile(graph: Graph, path: Any, target: str = "native", name: str | None = 
     return _compile(graph, path, target=target, name=name, triple=triple, pipeline=graph.meta.get("pipeline", ""))
 
 
+def to_torch(graph: Graph, **options: Any) -> Any:
+    """The graph as a trainable ``torch.nn.Module`` (encodings in their training forms); see ``mcir.train``."""
+    from mcir.train.to_torch import to_torch as _to_torch
+
+    return _to_torch(graph, **options)
+
+
 def replace_pattern(graph: Graph, pattern: Any, replacement: Any, example_inputs: Any = None) -> int:
     """Replace every match of the torch function ``pattern`` by ``replacement``; see ``mcir.replace``."""
     from mcir.replace import replace_pattern as _replace  # lazy: it traces with torch
@@ -106,6 +114,7 @@ __all__ = [
     "stats",
     "tensor",
     "to_onnx",
+    "to_torch",
     "trace",
     "verify",
 ]

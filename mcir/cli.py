@@ -136,6 +136,8 @@ def _add_pipeline_args(p: argparse.ArgumentParser, required: bool = False) -> No
         "--no-verify-each", dest="verify_each", action="store_false", help="do not verify the graph after every pass"
     )
     p.add_argument("--calibration", metavar="FILE", help="calibration inputs (.npz) for quantisation passes")
+    p.add_argument("--data", metavar="TRAIN.npz", help="training data (arrays x... and y) for finetune/distill/qat")
+    p.add_argument("--eval", metavar="TEST.npz", help="evaluation data (x... and y): accuracy after every pass")
 
 
 def load_calibration(path: str, graph) -> list[tuple[np.ndarray, ...]]:
@@ -181,6 +183,11 @@ def _run_pipeline(graph, args: argparse.Namespace, sample_inputs=None):
     context: dict[str, Any] = {}
     if getattr(args, "calibration", None):
         context["calibration"] = load_calibration(args.calibration, graph)
+    for key in ("data", "eval"):  # training / evaluation arrays for the passes that train (mcir.train)
+        if getattr(args, key, None):
+            from mcir.train.data import Dataset
+
+            context[key] = Dataset.from_npz(args.__dict__[key])
     if not args.passes:
         return graph
     return mcir.run_passes(

@@ -213,6 +213,10 @@ def compile_model(graph: Graph, args: argparse.Namespace, torch_model: Any = Non
         compare=getattr(args, "compare", True),
     )
     print(text)
+    if getattr(args, "eval", None):
+        from mcir.train.run import native_accuracy
+
+        print(f"native accuracy on {args.eval}: {100 * native_accuracy(args.output, args.eval):.2f}%")
 
 
 def bench_library(args: argparse.Namespace) -> None:

@@ -34,6 +34,7 @@ class PassRecord:
     max_abs_err: float | None = None
     sqnr_db: float | None = None
     rules: dict[str, RuleStat] = field(default_factory=dict)  # rewrite rules the pass ran, by rule
+    accuracy: float | None = None  # on eval= data, when given
 
 
 @dataclass
@@ -54,6 +55,8 @@ class PipelineReport:
         head += (["int8 MACs"] if with_int8 else []) + (["bit MACs"] if with_bits else [])
         head += ["sparse MACs"] if with_sparse else []
         head += ["max |Δ|", "SQNR"] if with_err else []
+        with_acc = any(r.accuracy is not None for r in self.rows)
+        head += ["accuracy"] if with_acc else []
         body = []
         for r in self.rows:
             row = [
@@ -72,6 +75,7 @@ class PipelineReport:
                     "-" if r.max_abs_err is None else f"{r.max_abs_err:.3g}",
                     "-" if r.sqnr_db is None else ("inf" if r.sqnr_db == float("inf") else f"{r.sqnr_db:.1f} dB"),
                 ]
+            row += ["-" if r.accuracy is None else f"{100 * r.accuracy:.2f}%"] if with_acc else []
             body.append(row)
         text = format_table(head, body, align="l" + "r" * (len(head) - 1))
         if not all(r.stats.exact for r in self.rows):
@@ -107,9 +111,12 @@ def run_passes(
 ) -> Graph:
     """Run a pipeline on a copy of ``graph`` and return the result.
 
-    ``context`` is visible to passes (``calibration=[(x,), ...]`` for quantisation).
+    ``context`` is visible to passes (``calibration=[(x,), ...]`` for quantisation,
+    ``data=`` training data for ``finetune``/``distill``, see ``mcir.train.data``).
     With ``sample_inputs`` each pass's output error against the input graph is measured
-    (max |Δ| and SQNR over the samples). The report is ``result.meta["report"]``.
+    (max |Δ| and SQNR over the samples); with ``eval=`` data each pass's accuracy. The
+    report is ``result.meta["report"]``. The graph before the first lossy pass is kept as
+    ``ctx.data["original"]`` (the default teacher of ``distill``).
     """
     if isinstance(pipeline, str):
         passes = build_pipeline(pipeline)
@@ -120,17 +127,27 @@ def run_passes(
     for name in print_ir_after:
         if name not in known:
             raise McirError(f"--print-ir-after {name}: no pass of that name in the pipeline ({text})")
+    for p in passes:  # a pass that trains stops the pipeline before anything runs when there is no data
+        if getattr(p, "needs_data", False) and context.get("data") is None:
+            raise McirError(
+                f"pass '{p}' trains the model and needs data: pass data=... to run_passes or --data train.npz"
+            )
     g = graph.copy()
     ctx = PassContext(data=dict(context))
     report = PipelineReport(text)
     refs = [interpret(graph, *x) for x in sample_inputs] if sample_inputs else None
+    accuracy = _accuracy_meter(context.get("eval"))
     report.rows.append(
-        PassRecord("(input)", 0.0, GraphStats.of(g), 0.0 if refs else None, float("inf") if refs else None)
+        PassRecord(
+            "(input)", 0.0, GraphStats.of(g), 0.0 if refs else None, float("inf") if refs else None, {}, accuracy(g)
+        )
     )
     stream = out or sys.stderr
     for i, p in enumerate(passes):
         if progress:
             print(f"[{i + 1}/{len(passes)}] {p}", file=sys.stderr, flush=True)
+        if not p.preserves.startswith("exact") and "original" not in ctx.data:
+            ctx.data["original"] = g.copy()  # the teacher of distill: the graph before the first lossy pass
         t0 = time.perf_counter()
         try:
             with track_rules() as rules:
@@ -148,7 +165,7 @@ def run_passes(
             errs = [compare_outputs(r, interpret(g, *x)) for r, x in zip(refs, sample_inputs)]
             err = max(e for e, _ in errs)
             sqnr = min(s for _, s in errs)
-        report.rows.append(PassRecord(str(p), seconds, GraphStats.of(g), err, sqnr, rules))
+        report.rows.append(PassRecord(str(p), seconds, GraphStats.of(g), err, sqnr, rules, accuracy(g)))
         if print_ir_after_all or p.name in print_ir_after:
             print(f"// ----- IR after {p} -----", file=stream)
             print(g, file=stream, end="")
@@ -156,3 +173,15 @@ def run_passes(
     g.meta["report"] = report
     g.meta["pipeline"] = ",".join([graph.meta.get("pipeline", "")] + [str(p) for p in passes]).strip(",")
     return g
+
+
+def _accuracy_meter(data: Any) -> Any:
+    """graph -> accuracy on ``data`` (None without data), through ``mcir.train.evaluate``."""
+    if data is None:
+        return lambda g: None
+    # lazy: mcir.train needs torch, which a pipeline without eval data never imports
+    from mcir.train.data import Batches
+    from mcir.train.run import evaluate
+
+    batches = Batches(data, "eval")
+    return lambda g: evaluate(g, batches)

@@ -32,6 +32,8 @@ BUILTIN: dict[str, str] = {
     "lowrank": "mcir.passes.lowrank:LowRank",
     "share": "mcir.passes.share:Share",
     "prune": "mcir.passes.prune:Prune",
+    "finetune": "mcir.passes.finetune:Finetune",
+    "distill": "mcir.passes.distill:Distill",
     "cluster": "mcir.passes.cluster:Cluster",
     "half": "mcir.passes.half:Half",
 }

@@ -16,6 +16,9 @@ the layer's weights lies (``scope=layer``) or of all pruned layers' weights (``s
 or given directly (``threshold=τ``). With ``pattern=N:M`` the N largest |w| of every M
 consecutive weights of a row are kept.
 
+``granularity=layer`` removes whole residual blocks / transformer layers
+(``mcir.passes.prune_layers``); ``steps=N`` prunes gradually (``mcir.train.gradual``).
+
 Structured pruning (``granularity=channel|filter|neuron|head``) removes whole channels,
 physically: weights, biases, BatchNorm parameters and the shapes of every value in between
 shrink, so the graph stays valid and runs with fewer parameters and MACs.
@@ -78,10 +81,10 @@ class Prune(Pass):
     scope: Literal["layer", "global"] = option(
         "layer", "rank weights/channels within each layer (group), or across all of them"
     )
-    granularity: Literal["weight", "channel", "filter", "neuron", "head"] = option(
+    granularity: Literal["weight", "channel", "filter", "neuron", "head", "layer"] = option(
         "weight",
         "weight: single weights; filter: conv output channels; neuron: linear outputs; channel: both; "
-        "head: attention heads",
+        "head: attention heads; layer: whole residual blocks / transformer layers",
     )
     pattern: NM | None = option(None, "N:M: keep the N largest of every M consecutive weights of a row (e.g. 2:4)")
     importance: Literal["l1", "l2"] = option("l1", "channel importance: l1 or l2 norm of its producer weights")
@@ -91,6 +94,10 @@ class Prune(Pass):
     )
     round_to: int = option(1, "structured: keep a multiple of this many channels per group (vector widths)")
     max_layer_sparsity: float = option(0.95, "scope=global: no layer or group loses more than this fraction")
+    steps: int = option(
+        1, "prune gradually in N steps (Zhu & Gupta's cubic schedule), fine-tuning between steps on data="
+    )
+    step_epochs: int = option(2, "steps > 1 with data=: epochs of fine-tuning after each step but the last")
 
     def __post_init__(self) -> None:
         if not (0.0 <= self.sparsity < 1.0):
@@ -115,6 +122,10 @@ class Prune(Pass):
             raise McirError(f"round_to={self.round_to} must be at least 1")
         if not (0.0 < self.max_layer_sparsity <= 1.0):
             raise McirError(f"max_layer_sparsity={self.max_layer_sparsity} must be in (0, 1]")
+        if self.steps < 1 or self.step_epochs < 1:
+            raise McirError(f"steps={self.steps} and step_epochs={self.step_epochs} must be at least 1")
+        if self.steps > 1 and (self.threshold is not None or self.pattern is not None):
+            raise McirError("steps=N prunes towards a sparsity; it does not combine with threshold or pattern")
         if self.granularity != "weight" and self.storage != "auto":
             raise McirError(f"storage={self.storage} applies to granularity=weight (structured pruning shrinks shapes)")
 
@@ -124,10 +135,29 @@ class Prune(Pass):
         return is_skipped(op, self.skip, layers)
 
     def apply(self, graph: Graph, ctx: PassContext) -> None:
+        if self.steps > 1:
+            from dataclasses import replace
+
+            from mcir.train.gradual import prune_gradually
+
+            def step(sparsity: float, last: bool) -> None:
+                # zeros stay dense until the last step: the next step ranks them with the other weights
+                storage = self.storage if last or self.granularity != "weight" else "dense"
+                replace(self, sparsity=sparsity, steps=1, storage=storage).apply(graph, ctx)
+
+            prune_gradually(graph, ctx, step, self.sparsity, self.steps, self.step_epochs, self.granularity != "weight")
+            return
         before, total_before = _stats(graph), _totals(graph)
         groups: list[str] = []
         if self.granularity == "weight":
             notes = _Unstructured(self, graph, ctx.data.get("target", "native")).run()
+        elif self.granularity == "layer":
+            from mcir.passes.prune_layers import prune_layers
+            from mcir.passes.quantize import check_batches
+            from mcir.sample_inputs import random_batches
+
+            samples = check_batches(graph, ctx.get("calibration") or random_batches(graph, 4))[:16]
+            notes = prune_layers(graph, self.sparsity, self.skip, samples)
         else:
             plan = plan_structured(graph, self)
             shrink(graph, plan.deps, plan.removed)

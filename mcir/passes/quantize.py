@@ -82,6 +82,7 @@ class Quantize(Pass):
     attention: bool = option(False, "also quantise attention matmuls (matmul ops)")
     fuse: bool = option(True, "keep consecutive int8 layers integer (fuse requantisation, ReLU, pooling)")
     samples: int = option(16, "random calibration batches used when no calibration data is given")
+    qat: int = option(0, "quantisation-aware training: epochs of finetuning through fake quantisation (needs data=)")
 
     def __post_init__(self) -> None:
         check_low_bits(self)
@@ -89,8 +90,23 @@ class Quantize(Pass):
         check_skip(self.skip)
         if self.samples < 1:
             raise McirError(f"samples={self.samples} must be at least 1")
+        if self.qat < 0:
+            raise McirError(f"qat={self.qat} must be a number of epochs >= 0")
+        if self.qat and (self.activations == "dynamic" or self.bits < 8 or self.scheme == "pow2"):
+            raise McirError(
+                f"qat={self.qat} trains the static int8 path only (bits=8, activations=static); for low-bit or "
+                "dynamic weights, follow the pass with finetune(...)"
+            )
+
+    @property
+    def needs_data(self) -> bool:
+        return self.qat > 0
 
     def apply(self, graph: Graph, ctx: PassContext) -> None:
+        if self.qat:
+            from mcir.train.run import require_data
+
+            require_data(ctx, f"quantize(qat={self.qat})")  # before changing anything
         apply_rules(graph, NOOPS + RuleSet("fold.batch_norm", [FoldBatchNorm()]))
         if self.activations == "dynamic":
             dynamic(graph, self, ctx)
@@ -114,6 +130,11 @@ class Quantize(Pass):
         notes += dense_where_sparse_int8_does_not_pay(graph, ctx.data.get("target", "native"))
         if notes:
             ctx.warn("quantize: " + "; ".join(notes))
+        if self.qat:
+            from mcir.train.run import train_graph
+
+            # a small lr: the int8 grid is already close; training mostly moves weights across rounding steps
+            train_graph(graph, ctx, label="qat", epochs=self.qat, lr=1e-4, batch_size=64, optimizer="adam", seed=0)
 
 
 def dense_where_sparse_int8_does_not_pay(graph: Graph, target: str = "native") -> list[str]:
