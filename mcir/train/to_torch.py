@@ -137,6 +137,52 @@ def _clamp(x, min=None, max=None):
 
 
 #: op name -> torch function taking the logical operands and the op's attributes
+def _gather(x, index, axis):
+    # index may be smaller than x on the other axes: the reference takes the leading block of x there
+    block = tuple(slice(0, n) if d != axis % x.dim() else slice(None) for d, n in enumerate(index.shape))
+    return torch.gather(x[block], axis, index.long())
+
+
+def _index_select(x, index, axis):
+    ax = axis % x.dim()
+    picked = torch.index_select(x, ax, index.reshape(-1).long())
+    return picked.reshape(x.shape[:ax] + index.shape + x.shape[ax + 1 :])
+
+
+def _rnn_state(h, int8_state):
+    """The hidden state as it meets W_hh: itself, or on the u8 grid 1/127 with a straight-through round."""
+    if not int8_state:
+        return h
+    q = torch.clamp(torch.round(h * 127.0), -128, 127) / 127.0
+    return h + (q - h).detach()
+
+
+def _lstm(gx, h0, c0, w_hh, b_hh, reverse=False, cell=False, int8_state=False):
+    h, c, hidden, ys = h0, c0, h0.shape[-1], []
+    steps = range(gx.shape[0] - 1, -1, -1) if reverse else range(gx.shape[0])
+    for t in steps:
+        g = gx[t] + _rnn_state(h, int8_state) @ w_hh.T + b_hh
+        i, f, gg, o = (g[..., k * hidden : (k + 1) * hidden] for k in range(4))
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(gg)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        ys.append(c if cell else h)
+    return torch.stack(ys[::-1] if reverse else ys)  # vmap-friendly: no in-place writes
+
+
+def _gru(gx, h0, w_hh, b_hh, reverse=False, int8_state=False):
+    h, hidden, ys = h0, h0.shape[-1], []
+    steps = range(gx.shape[0] - 1, -1, -1) if reverse else range(gx.shape[0])
+    for t in steps:
+        gh = _rnn_state(h, int8_state) @ w_hh.T + b_hh
+        xr, xz, xn = (gx[t][..., k * hidden : (k + 1) * hidden] for k in range(3))
+        hr, hz, hn = (gh[..., k * hidden : (k + 1) * hidden] for k in range(3))
+        r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+        n = torch.tanh(xn + r * hn)
+        h = (1.0 - z) * n + z * h
+        ys.append(h)
+    return torch.stack(ys[::-1] if reverse else ys)
+
+
 TORCH_OPS: dict[str, Callable[..., torch.Tensor]] = {
     # elementwise
     "relu": torch.relu,
@@ -203,6 +249,11 @@ TORCH_OPS: dict[str, Callable[..., torch.Tensor]] = {
     "select": lambda x, axis, index: torch.select(x, axis, index),
     "expand": lambda x, shape: x.expand(tuple(shape)),
     "concat": lambda *xs, axis=0: torch.cat(xs, dim=axis),
+    "gather": _gather,
+    "index_select": _index_select,
+    "cumsum": lambda x, axis: torch.cumsum(x, dim=axis) if x.dim() else x.clone(),
+    "lstm": _lstm,
+    "gru": _gru,
     "pad": _pad,
     # encodings change types only: identities on logical values (the result type's form applies)
     "quantize": lambda x: x,
