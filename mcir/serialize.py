@@ -71,10 +71,23 @@ def save(graph: Graph, path: str | Path) -> Path:
     return dest
 
 
+def _require_text(path: Path) -> None:
+    from mcir.file_kind import advice, file_kind
+
+    kind = file_kind(path)
+    if kind.name not in ("mcir-text", "text"):  # plain text gets the parser's positioned error
+        hint = "trace torch model files with mcir.trace or 'mcir compile'" if kind.name.startswith("torch") else ""
+        raise McirError(
+            f"{path}: {kind.what}, not an mcir graph (mcir.load reads a folder written by mcir.save or an .mcir "
+            f"text file); {hint or advice(kind)}"
+        )
+
+
 def load(path: str | Path) -> Graph:
     """Read a folder written by ``save`` (or a bare ``.mcir`` file whose constants are all inline)."""
     src = Path(path)
     if src.is_file():
+        _require_text(src)
         graph_file, weights_file = src, src.with_name(WEIGHTS_FILE)
     else:
         graph_file, weights_file = src / GRAPH_FILE, src / WEIGHTS_FILE

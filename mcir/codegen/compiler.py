@@ -59,6 +59,8 @@ def compile(
     name: str | None = None,
     triple: str | None = None,
     pipeline: str = "",
+    cpu: str | None = None,
+    features: str | None = None,
     emit_llvm: bool = False,
 ) -> Any:
     """Compile ``graph`` to ``PATH.o``, ``PATH.so`` and ``PATH.h``; return the loaded library.
@@ -70,7 +72,8 @@ def compile(
     an ``Artifacts`` is returned instead of a ``mcir.runtime.Library`` (also when this CPU cannot
     run the chosen x86-64 level). ``pipeline`` is recorded in the metadata string.
     ``emit_llvm=True`` also writes ``PATH.ll``, the optimised LLVM IR with the weight bytes
-    elided (for reading kernels, not for compiling).
+    elided (for reading kernels, not for compiling). ``cpu`` and ``features`` refine the target
+    (``mcir.codegen.target.resolve``: ``target="aarch64", features="+dotprod"``).
     Raises CodegenError for unsupported ops, targets, or when no linker is available (the
     ``.o`` is kept).
     """
@@ -78,7 +81,7 @@ def compile(
     if stem.suffix in (".so", ".o", ".h"):
         stem = stem.with_suffix("")
     lib_name = name if name is not None else default_name(stem)
-    tgt = resolve(target, triple)
+    tgt = resolve(target, triple, cpu, features)
     lowered = lower(graph, tgt, lib_name, pipeline)
     obj = write_atomic(stem.with_name(stem.name + ".o"), link.emit_object(lowered.module, tgt.machine()))
     hdr = write_atomic(stem.with_name(stem.name + ".h"), header.render(lowered))

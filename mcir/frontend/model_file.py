@@ -34,6 +34,7 @@ from torch import nn
 
 from mcir import dtypes
 from mcir.errors import McirError, ModelFileError
+from mcir.file_kind import MCIR_TEXT, TORCH_EXPORT, require_model_file
 
 TRUST_HINT = "pass --trust (trust=True) only if you trust the file: a full load can run arbitrary code"
 
@@ -101,10 +102,15 @@ def load_model(
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
+    kind = require_model_file(path)  # an ONNX file or an image is named as such, never sent to the unpickler
+    if kind == MCIR_TEXT:
+        raise ModelFileError(
+            f"{path}: an mcir IR text file, not a torch model; load it with mcir.load or mcir.parse_file"
+        )
     for name in imports:
         _import_user_module(name)
     specs = [s if isinstance(s, InputSpec) else parse_input_spec(s) for s in (inputs or [])]
-    if _is_export_archive(path):
+    if kind == TORCH_EXPORT:
         program, stored = _load_export_archive(path, trust)
         return program, _example_inputs(path, specs, None, stored)
     obj = _load_pickle(path, imports, trust)
@@ -113,17 +119,6 @@ def load_model(
 
 
 # -- .pt2 archives -------------------------------------------------------------------------------
-
-
-def _is_export_archive(path: Path) -> bool:
-    """torch.export.save writes a zip with an ``archive_format`` entry; torch.save zips have ``data.pkl``."""
-    if path.suffix == ".pt2":
-        return True
-    try:
-        with zipfile.ZipFile(path) as z:
-            return any(n == "archive_format" or n.endswith("/archive_format") for n in z.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
 
 
 def _load_export_archive(path: Path, trust: bool) -> tuple[Any, tuple[torch.Tensor, ...] | None]:
