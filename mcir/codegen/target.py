@@ -176,7 +176,8 @@ def resolve(
     if triple is not None and triple != host:
         if target not in ("native", "generic"):
             raise CodegenError(
-                f"target '{target}' names a machine of its own; with triple='{triple}' use "
+                f"target '{target}' names {'an x86-64 CPU level' if target in X86_LEVELS else 'a machine'}; "
+                f"with triple='{triple}' use "
                 "target='native' (the triple's generic CPU) and cpu=/features= to refine it"
             )
         arch = triple.split("-", 1)[0]
