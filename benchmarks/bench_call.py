@@ -12,9 +12,11 @@ Contenders, timed interleaved in one process (timing.py), one thread, the same i
 * ``bind per call``: ``lib.bind([x], [np.empty(...)])()`` every time, which is what ``lib(x)`` did
   before its fast path (kept as the "before" figure).
 
-"overhead" is the median over rounds of ``lib(x) − bound`` measured in the same round (µs); the
-issue's bar is ≤ 2 µs. On a shared machine absolute times move with other processes; the paired
-difference moves much less.
+"lib(x) − bound" is the median over rounds of the difference measured in the same round (µs);
+"fastest rounds" is min(lib(x)) − min(bound), the difference when other processes interfered
+least. The issue's bar is ≤ 2 µs. The overhead does not depend on the kernel, so the no-work
+Linear 8->4 measures it most precisely; on the larger models the kernel's own run-to-run spread
+on a shared machine (tens of µs) hides a difference of one or two µs.
 """
 
 from __future__ import annotations
@@ -92,11 +94,20 @@ def main() -> None:
             fns = contenders(lib, x)
             t = interleaved(fns, rounds=args.rounds, target_s=0.01)
             overhead = statistics.median(a - b for a, b in zip(t["lib(x)"], t["bound"]))
+            quiet = min(t["lib(x)"]) - min(t["bound"])
             before = statistics.median(a - b for a, b in zip(t["bind per call"], t["bound"]))
             rows.append(
-                [name] + [f"{median(t[k]) * 1e6:.2f}" for k in fns] + [f"{overhead * 1e6:.2f}", f"{before * 1e6:.2f}"]
+                [name]
+                + [f"{median(t[k]) * 1e6:.2f}" for k in fns]
+                + [f"{overhead * 1e6:.2f}", f"{quiet * 1e6:.2f}", f"{before * 1e6:.2f}"]
             )
-    head = ["library", *[f"{k} µs" for k in fns], "lib(x) − bound µs", "before (bind per call) − bound µs"]
+    head = [
+        "library",
+        *[f"{k} µs" for k in fns],
+        "lib(x) − bound µs",
+        "same, fastest rounds µs",
+        "before (bind per call) − bound µs",
+    ]
     if args.markdown:
         print("| " + " | ".join(head) + " |")
         print("|" + "---|" * len(head))
