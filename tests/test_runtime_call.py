@@ -128,3 +128,15 @@ def test_plain_calls_from_many_threads_are_exact(lib):
     for t in threads:
         t.join()
     assert wrong == []
+
+
+def test_without_the_fast_address_reader_numpy_pointers_are_used(lib, monkeypatch):
+    """Another interpreter build or numpy layout: the same results through ``.ctypes.data``."""
+    import mcir.runtime
+
+    x = np.random.default_rng(5).standard_normal((8, 64)).astype(np.float32)
+    want = reference(lib, x)
+    monkeypatch.setattr(mcir.runtime, "_HEADER_ADDRESS", False)
+    np.testing.assert_array_equal(lib(x)[0], want)
+    with pytest.raises(RuntimeCallError, match="must be float32"):
+        lib(x.astype(np.float64))
