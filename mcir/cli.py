@@ -497,7 +497,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--triple", help="cross-compile for any LLVM triple (e.g. aarch64-linux-musl): .o + .h only")
     p.add_argument("--cpu", help="LLVM CPU name to tune and select instructions for (e.g. cortex-a76, znver4)")
     p.add_argument(
-        "--features", metavar="+F,-G", help="LLVM features to add or remove, comma-separated (e.g. +dotprod,+i8mm)"
+        "--features",
+        metavar="+F,-G",
+        help="LLVM features to add or remove, comma-separated (e.g. +dotprod,+i8mm; write --features=-sve when the "
+        "list starts with -)",
     )
     p.add_argument("--name", help="C symbol prefix (default: the output file's stem)")
     p.add_argument(

@@ -66,8 +66,11 @@ def save(graph: Graph, path: str | Path) -> Path:
         _fsync_folder(tmp)
         if not dest.exists():
             os.replace(tmp, dest)
-        elif _exchange(tmp, dest):
-            shutil.rmtree(tmp)  # it now holds the old graph
+        elif _exchange(tmp, dest):  # tmp now holds what was at the destination
+            if tmp.is_dir():
+                shutil.rmtree(tmp)
+            else:
+                tmp.unlink()
         else:
             old = dest.with_name(f".{dest.name}.old")
             if old.exists():
