@@ -307,7 +307,7 @@ def _dtype_name(a: np.ndarray) -> str:
 
 def cmd_opt(args: argparse.Namespace) -> int:
     import mcir
-    from mcir.serialize import write_atomic
+    from mcir.atomic_write import write_atomic
 
     graph = _run_pipeline(mcir.load(args.input_path), args)
     out = Path(args.output)

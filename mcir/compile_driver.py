@@ -28,7 +28,7 @@ from mcir.report import format_table, human_bytes, human_seconds
 
 def sample_inputs(graph: Graph, count: int = 4, seed: int = 1) -> list[tuple[np.ndarray, ...]]:
     """Random inputs for a graph (standard normal floats, in-range embedding indices)."""
-    from mcir.passes.quantize import random_batches
+    from mcir.sample_inputs import random_batches
 
     return random_batches(graph, count, seed=seed)
 
@@ -122,7 +122,7 @@ def compile_report(
         ]
     )
     if original is not None and original is not graph:
-        from mcir.pass_manager import compare_outputs
+        from mcir.metrics import compare_outputs
 
         ref = [interpret(original, *x) for x in samples]
         errs = [

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import safetensors.numpy
 
-from mcir.atomic_write import write_atomic  # noqa: F401  (re-exported: cli.py and codegen/compiler.py import it from here)
 from mcir.errors import McirError
 from mcir.ir import Graph, _freeze_data
 from mcir.parser import parse_file

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import mcir
-from mcir.passes.quantize import random_batches
+from mcir.sample_inputs import random_batches
 
 GOLDEN = Path(__file__).parent / "golden"
 MARKER = "// ----- expected -----\n"

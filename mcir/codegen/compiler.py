@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mcir.atomic_write import write_atomic
 from mcir.codegen import header, link
 from mcir.codegen.lowering import lower
 from mcir.codegen.target import host_supports, resolve
 from mcir.errors import CodegenError
 from mcir.ir import Graph
 from mcir.output_set import publishing
-from mcir.serialize import write_atomic
 
 
 @dataclass(frozen=True)
