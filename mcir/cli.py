@@ -6,7 +6,8 @@
     mcir verify graph.mcir
     mcir run model.pt|out/|graph.mcir|lib.so --input x.npy
     mcir opt in.mcir|in/ --passes 'fold,my_passes.py:fuse_gelu' -o out/
-    mcir compile model.pt --passes 'prune,quant8' -o build/mlp
+    mcir compile model.pt --passes 'prune,quant8' [-o build/mlp]     # default: build/<model name>
+    mcir compile model.pt2 --trust --target aarch64 --features +dotprod
     mcir export model.pt|model.onnx|out/ --passes 'fold,quant8' -o model_int8.onnx
     mcir bench build/mlp.so
     mcir passes | mcir ops
