@@ -3,7 +3,8 @@
 Each file holds a ``// pipeline: ...`` line, the input graph, a ``// ----- expected -----``
 marker and the expected output graph. The test runs the pipeline and compares the
 printed result byte for byte; both graphs must also round-trip through the parser, and
-when every constant has data the output must compute the same values as the input:
+when every constant has data (printed inline, or for larger ones in a sibling ``.npz`` of the
+same name) the output must compute the same values as the input:
 within 1e-6 relative to the largest output for exact passes, or within the file's
 ``// tolerance: T`` line for approximate ones (max |Δ| <= T · max(1, max |y|) on three
 standard-normal inputs; each file's comment says where its error comes from).
@@ -73,6 +74,20 @@ def _check_weights(source: mcir.Graph, graph: mcir.Graph, kind: str, delta: floa
     return source
 
 
+def _with_sidecar_data(graph: mcir.Graph, path: Path) -> mcir.Graph:
+    """Constants too large to print inline (more than 16 elements) take their data from ``<file>.npz``
+    beside the golden file, by constant name, so layers big enough for a pass to act on can be tested."""
+    sidecar = path.with_suffix(".npz")
+    if sidecar.exists():
+        arrays = np.load(sidecar)
+        for op in graph.constants():
+            if op.data is None and op.result.name in arrays.files:
+                data = np.asarray(arrays[op.result.name], dtype=np.float32)
+                data.setflags(write=False)
+                op.data = data
+    return graph
+
+
 def _tolerance(section: str) -> float:
     m = re.search(r"^// tolerance: (\S+)$", section, re.M)
     return float(m.group(1)) if m else 1e-6
@@ -85,7 +100,7 @@ def _code(section: str) -> str:
 @pytest.mark.parametrize("path", FILES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_golden(path: Path):
     pipeline, before, expected = _split(path)
-    source = mcir.parse(before, source=str(path))
+    source = _with_sidecar_data(mcir.parse(before, source=str(path)), path)
     assert str(source) == _code(before), "the input section is not in canonical printed form"
     graph = mcir.run_passes(source, pipeline, verify_each=True)
     result = str(graph)
@@ -99,7 +114,7 @@ def test_golden(path: Path):
     formula = _weight_formula(before)
     if formula is not None:
         # compare with the input graph whose weights follow the formula: the rest of the graph must be exact
-        source = _check_weights(mcir.parse(before, source=str(path)), graph, *formula)
+        source = _check_weights(_with_sidecar_data(mcir.parse(before, source=str(path)), path), graph, *formula)
     if all(op.data is not None for op in source.constants()):
         tolerance = _tolerance(before)
         for xs in random_batches(source, 3):
