@@ -99,7 +99,7 @@ def load_graph_and_model(args: argparse.Namespace):
         raise McirError(f"{path}: a folder without graph.mcir; give a model file or a folder written by mcir.save")
     if _is_mcir(path):
         return mcir.load(path), None
-    if path.suffix.lower() == ".onnx":
+    if _is_onnx(path):
         from mcir.frontend.onnx_import import shapes_from_specs
 
         return mcir.from_onnx(path, input_shapes=shapes_from_specs(getattr(args, "input", []))), None
@@ -110,6 +110,14 @@ def load_graph_and_model(args: argparse.Namespace):
     )
     name = _c_identifier(path.stem)
     return mcir.trace(model, example, tracer=args.tracer, name=name), model
+
+
+def _is_onnx(path: Path) -> bool:
+    """An ONNX model by content (whatever its name), or a ``.onnx`` file of no other recognisable kind."""
+    from mcir.file_kind import ONNX, file_kind
+
+    kind = file_kind(path)
+    return kind == ONNX or (path.suffix.lower() == ".onnx" and kind.name == "binary")
 
 
 def _c_identifier(text: str) -> str:

@@ -129,7 +129,7 @@ def _as_text(head: bytes) -> str | None:
 def advice(kind: FileKind) -> str:
     """What to do instead of loading a file of this kind as a model."""
     if kind == ONNX:
-        return "ONNX import is not built yet; export the model from PyTorch (torch.save, torch.export.save) instead"
+        return "import it with mcir.from_onnx(path); the command line takes ONNX files as models directly"
     if kind.name == "elf":
         return "a compiled library is run with 'mcir run LIB.so' or mcir.runtime.Library, not loaded as a model"
     if kind.name == "safetensors":

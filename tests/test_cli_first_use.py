@@ -78,7 +78,6 @@ def test_export_archive_is_a_first_class_input(capsys, files, tmp_path):
 @pytest.mark.parametrize(
     ("name", "kind", "advice"),
     [
-        ("model.onnx", "an ONNX model (protobuf)", "ONNX import is not built yet"),
         ("lib.pt", "an ELF binary", "mcir run LIB.so"),
         ("image.pt", "a PNG image", "torch.save"),
         ("noise.pt", "a binary file of unknown format", "torch.save"),
@@ -92,6 +91,21 @@ def test_non_model_files_are_named_not_sent_to_the_unpickler(capsys, files, tmp_
     with pytest.raises(McirError, match=re.escape(kind)) as info:
         mcir.load(files[name])
     assert "--trust" not in str(info.value)
+
+
+def test_onnx_files_are_imported_by_content_and_named_by_the_other_loaders(capsys, files, tmp_path):
+    (tmp_path / "model.bin").write_bytes(files["model.onnx"].read_bytes())  # an ONNX model under another name
+    code, _, err = run(capsys, "compile", tmp_path / "model.bin", "-o", tmp_path / "relu", "--no-compare")
+    assert code == 0, err
+    (y,) = mcir.runtime.Library(tmp_path / "relu.so")(np.arange(-4, 4, dtype=np.float32).reshape(1, 8))
+    np.testing.assert_array_equal(y, np.maximum(np.arange(-4, 4, dtype=np.float32), 0).reshape(1, 8))
+    with pytest.raises(McirError, match=r"an ONNX model \(protobuf\), not an mcir graph.*mcir.from_onnx") as info:
+        mcir.load(files["model.onnx"])
+    assert "--trust" not in str(info.value)
+    from mcir.frontend.model_file import load_model
+
+    with pytest.raises(ModelFileError, match=r"an ONNX model.*mcir.from_onnx"):
+        load_model(files["model.onnx"])
 
 
 def test_file_kinds_come_from_content_not_suffix(files, tmp_path):
