@@ -58,12 +58,30 @@ def to_onnx(graph: Graph, path: Any = None, opset: int | None = None, external_d
     return _to_onnx(graph, path, opset=opset, external_data=external_data)
 
 
-def compile(graph: Graph, path: Any, target: str = "native", name: str | None = None, triple: str | None = None) -> Any:
+def compile(
+    graph: Graph,
+    path: Any,
+    target: str = "native",
+    name: str | None = None,
+    triple: str | None = None,
+    cpu: str | None = None,
+    features: str | None = None,
+) -> Any:
     """Compile ``graph`` to ``PATH.o``, ``PATH.so`` and ``PATH.h`` and return the loaded library
-    (``lib(*arrays)`` runs it); see ``mcir.codegen.compile``."""
+    (``lib(*arrays)`` runs it); ``target`` is ``"native"``, an x86-64 level or a machine name
+    (``"aarch64"``...), refined by ``cpu`` and ``features`` (``"+dotprod"``); see ``mcir.codegen.compile``."""
     from mcir.codegen import compile as _compile  # lazy: only compiling needs llvmlite
 
-    return _compile(graph, path, target=target, name=name, triple=triple, pipeline=graph.meta.get("pipeline", ""))
+    return _compile(
+        graph,
+        path,
+        target=target,
+        name=name,
+        triple=triple,
+        cpu=cpu,
+        features=features,
+        pipeline=graph.meta.get("pipeline", ""),
+    )
 
 
 def to_torch(graph: Graph, **options: Any) -> Any:

@@ -6,7 +6,8 @@
     mcir verify graph.mcir
     mcir run model.pt|out/|graph.mcir|lib.so --input x.npy
     mcir opt in.mcir|in/ --passes 'fold,my_passes.py:fuse_gelu' -o out/
-    mcir compile model.pt --passes 'prune,quant8' -o build/mlp
+    mcir compile model.pt --passes 'prune,quant8' [-o build/mlp]     # default: build/<model name>
+    mcir compile model.pt2 --trust --target aarch64 --features +dotprod
     mcir export model.pt|model.onnx|out/ --passes 'fold,quant8' -o model_int8.onnx
     mcir bench build/mlp.so
     mcir passes | mcir ops
@@ -75,7 +76,11 @@ def _add_model_args(p: argparse.ArgumentParser, input_specs: bool = True) -> Non
 
 
 def _is_mcir(path: Path) -> bool:
-    return path.suffix == ".mcir" or (path.is_dir() and (path / "graph.mcir").exists())
+    from mcir.file_kind import MCIR_TEXT, file_kind
+
+    if path.is_dir():
+        return (path / "graph.mcir").exists()
+    return path.suffix == ".mcir" or file_kind(path) == MCIR_TEXT
 
 
 def load_graph(args: argparse.Namespace):
@@ -90,9 +95,11 @@ def load_graph_and_model(args: argparse.Namespace):
     path = Path(args.model)
     if not path.exists():
         raise McirError(f"{path}: no such file or folder")
+    if path.is_dir() and not _is_mcir(path):
+        raise McirError(f"{path}: a folder without graph.mcir; give a model file or a folder written by mcir.save")
     if _is_mcir(path):
         return mcir.load(path), None
-    if path.suffix.lower() == ".onnx":
+    if _is_onnx(path):
         from mcir.frontend.onnx_import import shapes_from_specs
 
         return mcir.from_onnx(path, input_shapes=shapes_from_specs(getattr(args, "input", []))), None
@@ -103,6 +110,14 @@ def load_graph_and_model(args: argparse.Namespace):
     )
     name = _c_identifier(path.stem)
     return mcir.trace(model, example, tracer=args.tracer, name=name), model
+
+
+def _is_onnx(path: Path) -> bool:
+    """An ONNX model by content (whatever its name), or a ``.onnx`` file of no other recognisable kind."""
+    from mcir.file_kind import ONNX, file_kind
+
+    kind = file_kind(path)
+    return kind == ONNX or (path.suffix.lower() == ".onnx" and kind.name == "binary")
 
 
 def _c_identifier(text: str) -> str:
@@ -185,9 +200,7 @@ def _run_pipeline(graph, args: argparse.Namespace, sample_inputs=None):
         context["calibration"] = load_calibration(args.calibration, graph)
     for key in ("data", "eval"):  # training / evaluation arrays for the passes that train (mcir.train)
         if getattr(args, key, None):
-            from mcir.train.data import Dataset
-
-            context[key] = Dataset.from_npz(args.__dict__[key])
+            context[key] = _dataset(getattr(args, key))
     if not args.passes:
         return graph
     return mcir.run_passes(
@@ -308,7 +321,7 @@ def _dtype_name(a: np.ndarray) -> str:
 
 def cmd_opt(args: argparse.Namespace) -> int:
     import mcir
-    from mcir.serialize import write_atomic
+    from mcir.atomic_write import write_atomic
 
     graph = _run_pipeline(mcir.load(args.input_path), args)
     out = Path(args.output)
@@ -393,18 +406,69 @@ def _add_kernels_command(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(fn=cmd_kernels)
 
 
+def default_output(model: str | Path) -> Path:
+    """Where ``mcir compile`` writes when no ``-o`` is given: ``build/<model name>`` in the current folder."""
+    path = Path(model)
+    stem = path.name if path.is_dir() else path.stem
+    return Path("build") / _c_identifier(stem)
+
+
+def _dataset(path: str | None) -> Any:
+    """Training or evaluation arrays from an .npz (x... and y), or None."""
+    if not path:
+        return None
+    from mcir.train.data import Dataset  # lazy: it imports torch
+
+    return Dataset.from_npz(path)
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
+    import torch
+
     from mcir.compile_driver import compile_model
 
     graph, model = load_graph_and_model(args)
-    compile_model(graph, args, torch_model=model if hasattr(model, "parameters") else None)
+    if isinstance(model, torch.export.ExportedProgram):
+        model = model.module()  # an exported program is called through its module
+    output = Path(args.output) if args.output else default_output(args.model)
+    calibration = load_calibration(args.calibration, graph) if args.calibration else None
+    lib = compile_model(
+        graph,
+        output,
+        passes=args.passes,
+        calibration=calibration,
+        verify_each=args.verify_each,
+        print_ir_after_all=args.print_ir_after_all,
+        print_ir_after=args.print_ir_after,
+        target=args.target,
+        triple=args.triple,
+        cpu=args.cpu,
+        features=args.features,
+        name=args.name,
+        compare=args.compare,
+        torch_model=model if isinstance(model, torch.nn.Module) else None,
+        data=_dataset(args.data),
+        eval=_dataset(args.eval),
+    )
+    files = ", ".join(str(p) for p in _written_files(lib))
+    note = "" if args.output else " (the default for this model; choose another place with -o PATH)"
+    print(f"\nwrote {files}{note}")
     return 0
+
+
+def _written_files(lib: Any) -> list[Path]:
+    from mcir.runtime import Library
+
+    if isinstance(lib, Library):
+        stem = lib.path.with_suffix("")
+        return [lib.path, stem.with_suffix(".h"), stem.with_suffix(".o")]
+    return [p for p in (lib.library_path, lib.header_path, lib.object_path) if p is not None]
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from mcir.compile_driver import bench_library
 
-    bench_library(args)
+    bench_library(args.library, runs=args.runs, warmup=args.warmup)
     return 0
 
 
@@ -448,9 +512,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compile", help="compile a model to a native library (.so, .o, .h) and print a report")
     _add_model_args(p)
     _add_pipeline_args(p)
-    p.add_argument("-o", "--output", required=True, metavar="PATH", help="output path without suffix: build/mlp")
-    p.add_argument("--target", default="native", help="native, x86-64-v2, x86-64-v3, x86-64-v4 (default: native)")
-    p.add_argument("--triple", help="cross-compile for an LLVM triple (e.g. aarch64-linux-gnu): .o + .h only")
+    p.add_argument("-o", "--output", metavar="PATH", help="output path without suffix (default: build/<model name>)")
+    p.add_argument(
+        "--target",
+        default="native",
+        help="native (default), x86-64-v2/-v3/-v4 (x86-64 levels), or a machine to cross-compile for: "
+        "aarch64, armv7, riscv64, x86-64 (cross targets get the .o and .h only)",
+    )
+    p.add_argument("--triple", help="cross-compile for any LLVM triple (e.g. aarch64-linux-musl): .o + .h only")
+    p.add_argument("--cpu", help="LLVM CPU name to tune and select instructions for (e.g. cortex-a76, znver4)")
+    p.add_argument(
+        "--features",
+        metavar="+F,-G",
+        help="LLVM features to add or remove, comma-separated (e.g. +dotprod,+i8mm; write --features=-sve when the "
+        "list starts with -)",
+    )
     p.add_argument("--name", help="C symbol prefix (default: the output file's stem)")
     p.add_argument(
         "--no-compare",

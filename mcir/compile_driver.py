@@ -13,12 +13,11 @@ The compile report puts measured numbers next to each other:
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -29,7 +28,7 @@ from mcir.report import format_table, human_bytes, human_seconds
 
 def sample_inputs(graph: Graph, count: int = 4, seed: int = 1) -> list[tuple[np.ndarray, ...]]:
     """Random inputs for a graph (standard normal floats, in-range embedding indices)."""
-    from mcir.passes.quantize import random_batches
+    from mcir.sample_inputs import random_batches
 
     return random_batches(graph, count, seed=seed)
 
@@ -67,6 +66,8 @@ def compile_report(
     *,
     target: str = "native",
     triple: str | None = None,
+    cpu: str | None = None,
+    features: str | None = None,
     name: str | None = None,
     samples: list[tuple[np.ndarray, ...]] | None = None,
     original: Graph | None = None,
@@ -77,7 +78,8 @@ def compile_report(
     """Compile ``graph`` to ``path`` and measure it; returns (library or artifacts, report text).
 
     ``original`` is the uncompressed graph (compiled too when ``compare``, for its size and
-    speed); ``torch_model`` is timed on the same inputs when given.
+    speed); ``torch_model`` is timed on the same inputs when given. ``cpu`` and ``features``
+    refine the target (``mcir.codegen.target.resolve``).
     """
     from mcir.codegen import compile as native_compile
     from mcir.interp import interpret
@@ -85,7 +87,16 @@ def compile_report(
 
     samples = samples or sample_inputs(graph)
     t0 = time.perf_counter()
-    lib = native_compile(graph, path, target=target, name=name, triple=triple, pipeline=graph.meta.get("pipeline", ""))
+    lib = native_compile(
+        graph,
+        path,
+        target=target,
+        name=name,
+        triple=triple,
+        cpu=cpu,
+        features=features,
+        pipeline=graph.meta.get("pipeline", ""),
+    )
     seconds = time.perf_counter() - t0
     rows: list[list[str]] = []
     stem = Path(path)
@@ -111,7 +122,7 @@ def compile_report(
         ]
     )
     if original is not None and original is not graph:
-        from mcir.pass_manager import compare_outputs
+        from mcir.metrics import compare_outputs
 
         ref = [interpret(original, *x) for x in samples]
         errs = [
@@ -125,7 +136,7 @@ def compile_report(
     buffers = [np.empty(d.shape, d.dtype) for d in lib.outputs]
     rows.append(["latency", _latency(time_call(lib.bind(list(x0), buffers), runs))])
     if compare and original is not None and original is not graph:
-        base = _compile_uncompressed(original, path, target)
+        base = _compile_uncompressed(original, path, target, cpu, features)
         if base is not None:
             t = time_call(base.bind(list(x0), [np.empty(d.shape, d.dtype) for d in base.outputs]), runs)
             rows.append(["uncompressed latency", _latency(t)])
@@ -153,7 +164,7 @@ def _weights_line(
 _UNCOMPRESSED: dict[int, Any] = {}
 
 
-def _compile_uncompressed(original: Graph, path: str | Path, target: str) -> Any:
+def _compile_uncompressed(original: Graph, path: str | Path, target: str, cpu: str | None, features: str | None) -> Any:
     from mcir.codegen import compile as native_compile
     from mcir.errors import CodegenError
 
@@ -161,7 +172,9 @@ def _compile_uncompressed(original: Graph, path: str | Path, target: str) -> Any
     if key not in _UNCOMPRESSED:
         stem = Path(path)
         try:
-            _UNCOMPRESSED[key] = native_compile(original, stem.with_name(stem.name + ".uncompressed"), target=target)
+            _UNCOMPRESSED[key] = native_compile(
+                original, stem.with_name(stem.name + ".uncompressed"), target=target, cpu=cpu, features=features
+            )
         except CodegenError:
             _UNCOMPRESSED[key] = None
     return _UNCOMPRESSED[key]
@@ -183,47 +196,89 @@ def _render(rows: list[list[str]]) -> str:
 # -- the CLI commands ------------------------------------------------------------------------
 
 
-def compile_model(graph: Graph, args: argparse.Namespace, torch_model: Any = None) -> None:
-    """``mcir compile``: run the pipeline, compile, print the pipeline table and the report."""
-    from mcir.cli import _run_pipeline
+def compile_model(
+    graph: Graph,
+    output: str | Path,
+    *,
+    passes: str = "",
+    calibration: list[tuple[np.ndarray, ...]] | None = None,
+    verify_each: bool = True,
+    print_ir_after_all: bool = False,
+    print_ir_after: Sequence[str] = (),
+    target: str = "native",
+    triple: str | None = None,
+    cpu: str | None = None,
+    features: str | None = None,
+    name: str | None = None,
+    compare: bool = True,
+    torch_model: Any = None,
+    data: Any = None,
+    eval: Any = None,
+    out: TextIO | None = None,
+) -> Any:
+    """``mcir compile``: run ``passes`` on ``graph``, compile to ``output`` (a stem: ``build/mlp``), print
+    the pipeline table and the compile report to ``out`` (default stdout); returns the library (or the
+    artifacts of a cross compile).
 
-    samples = sample_inputs(graph)
-    if getattr(args, "calibration", None):
-        from mcir.cli import load_calibration
+    ``calibration`` batches (tuples of arrays, one per graph input) feed the quantisation passes and,
+    the first four, the report's sample inputs; pass-manager options (``verify_each``,
+    ``print_ir_after_all``, ``print_ir_after``) are those of ``mcir.run_passes`` (IR goes to stderr).
+    ``target``/``triple``/``cpu``/``features`` select the machine (``mcir.codegen.target.resolve``).
+    ``data``/``eval`` (anything ``mcir.train.data`` accepts) feed the training passes and the per-pass
+    accuracy column; with ``eval`` the compiled library's own accuracy is printed too.
+    """
+    import mcir
 
-        samples = load_calibration(args.calibration, graph)[:4] or samples
-    compressed = _run_pipeline(graph, args, sample_inputs=samples)
+    out = out or sys.stdout
+    samples = (calibration or [])[:4] or sample_inputs(graph)
+    compressed = graph
+    if passes:
+        context: dict[str, Any] = {"calibration": calibration} if calibration else {}
+        context.update({k: v for k, v in (("data", data), ("eval", eval)) if v is not None})
+        compressed = mcir.run_passes(
+            graph,
+            passes,
+            verify_each=verify_each,
+            print_ir_after_all=print_ir_after_all,
+            print_ir_after=list(print_ir_after),
+            sample_inputs=samples,
+            out=sys.stderr,
+            progress=False,
+            **context,
+        )
     report = compressed.meta.get("report")
     if report is not None:
-        print(report.table())
-        print()
+        print(report.table(), file=out)
+        print(file=out)
     for prune in compressed.meta.get("prune", []):
-        print(f"{prune.table()}\n")
-    if args.triple is None and args.target == "native":
-        print(f"compiling {args.output} ...", file=sys.stderr, flush=True)
-    _, text = compile_report(
+        print(f"{prune.table()}\n", file=out)
+    print(f"compiling {output} ...", file=sys.stderr, flush=True)
+    lib, text = compile_report(
         compressed,
-        args.output,
-        target=args.target,
-        triple=args.triple,
-        name=args.name,
+        output,
+        target=target,
+        triple=triple,
+        cpu=cpu,
+        features=features,
+        name=name,
         samples=samples,
         original=graph,
         torch_model=torch_model,
-        compare=getattr(args, "compare", True),
+        compare=compare,
     )
-    print(text)
-    if getattr(args, "eval", None):
+    print(text, file=out)
+    if eval is not None and hasattr(lib, "inputs"):  # a cross compile cannot run here
         from mcir.train.run import native_accuracy
 
-        print(f"native accuracy on {args.eval}: {100 * native_accuracy(args.output, args.eval):.2f}%")
+        print(f"native accuracy on the evaluation data: {100 * native_accuracy(lib, eval):.2f}%", file=out)
+    return lib
 
 
-def bench_library(args: argparse.Namespace) -> None:
-    """``mcir bench``: median latency of a compiled library on random inputs."""
+def bench_library(path: str | Path, runs: int = 200, warmup: int = 20, out: TextIO | None = None) -> np.ndarray:
+    """``mcir bench``: print the median latency of the library at ``path`` on random inputs; returns the times."""
     from mcir.runtime import Library
 
-    lib = Library(args.library)
+    lib = Library(path)
     rng = np.random.default_rng(0)
     ins = []
     for d in lib.inputs:
@@ -234,9 +289,10 @@ def bench_library(args: argparse.Namespace) -> None:
         else:
             raise McirError(f"bench: input '{d.name}' has dtype {d.dtype}, which random inputs cannot fill")
     outs = [np.empty(d.shape, d.dtype) for d in lib.outputs]
-    times = time_call(lib.bind(ins, outs), runs=args.runs, warmup=args.warmup, budget=30.0)
+    times = time_call(lib.bind(ins, outs), runs=runs, warmup=warmup, budget=30.0)
     p = np.percentile(times, [0, 10, 50, 90])
     rows = [
         [lib.name, human_seconds(p[2]), human_seconds(p[1]), human_seconds(p[3]), human_seconds(p[0]), str(len(times))]
     ]
-    print(format_table(["model", "median", "p10", "p90", "min", "runs"], rows))
+    print(format_table(["model", "median", "p10", "p90", "min", "runs"], rows), file=out or sys.stdout)
+    return times

@@ -113,9 +113,13 @@ def parse_file(path: str | Path, *, verify: bool = True) -> Graph:
     """Parse an ``.mcir`` text file."""
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise McirError(f"cannot read IR file {p}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        from mcir.file_kind import file_kind
+
+        raise McirError(f"{p}: {file_kind(p).what}, not mcir IR text (which is UTF-8)") from None
     return parse(text, source=str(p), verify=verify)
 
 

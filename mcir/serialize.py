@@ -3,8 +3,8 @@
 
 A constant's primary array is stored under the value's name; extra components of an
 encoded constant (per-axis scales, packed bits) under ``name::component``. Loading
-never unpickles anything. Writes go to a temporary folder renamed into place, so an
-interrupted save leaves no half-written model.
+never unpickles anything. Writes go to a temporary folder swapped into place in one step
+(``save``), so the destination holds a complete graph at every instant.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import safetensors.numpy
 
-from mcir.atomic_write import write_atomic  # noqa: F401  (re-exported: cli.py and codegen/compiler.py import it from here)
 from mcir.errors import McirError
 from mcir.ir import Graph, _freeze_data
 from mcir.parser import parse_file
@@ -47,7 +46,14 @@ def weights_of(graph: Graph) -> dict[str, np.ndarray]:
 
 
 def save(graph: Graph, path: str | Path) -> Path:
-    """Write ``graph`` to the folder ``path`` (created or replaced atomically)."""
+    """Write ``graph`` to the folder ``path``, which holds a complete graph at every instant.
+
+    The new folder is written beside ``path`` and swapped with the old one in one step (Linux
+    ``renameat2(RENAME_EXCHANGE)``), so a reader, or a kill at any point, finds the old graph or the
+    new one. Where the exchange is unavailable (other systems, some file systems) the old folder is
+    renamed aside and the new one into place: two renames, between which ``path`` is briefly absent
+    (never half-written); the old graph is then in ``.NAME.old`` until the next save.
+    """
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
@@ -56,25 +62,76 @@ def save(graph: Graph, path: str | Path) -> Path:
         safetensors.numpy.save_file(
             weights_of(graph), str(tmp / WEIGHTS_FILE), metadata={"format": "mcir", "graph": graph.name}
         )
-        if dest.exists():
+        _fsync_folder(tmp)
+        if not dest.exists():
+            os.replace(tmp, dest)
+        elif _exchange(tmp, dest):  # tmp now holds what was at the destination
+            if tmp.is_dir():
+                shutil.rmtree(tmp)
+            else:
+                tmp.unlink()
+        else:
             old = dest.with_name(f".{dest.name}.old")
             if old.exists():
                 shutil.rmtree(old)
             os.replace(dest, old)
             os.replace(tmp, dest)
             shutil.rmtree(old)
-        else:
-            os.replace(tmp, dest)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the paths ``a`` and ``b`` atomically; False where the system or file system cannot."""
+    import ctypes
+    import errno
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):  # not glibc >= 2.28 / not Linux
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, f"cannot replace {b}: {os.strerror(err)}")
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Flush the files and the folder before they replace the old graph (a crash cannot publish empty files)."""
+    for p in [*folder.iterdir(), folder]:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _require_text(path: Path) -> None:
+    from mcir.file_kind import advice, file_kind
+
+    kind = file_kind(path)
+    if kind.name not in ("mcir-text", "text"):  # plain text gets the parser's positioned error
+        hint = "trace torch model files with mcir.trace or 'mcir compile'" if kind.name.startswith("torch") else ""
+        raise McirError(
+            f"{path}: {kind.what}, not an mcir graph (mcir.load reads a folder written by mcir.save or an .mcir "
+            f"text file); {hint or advice(kind)}"
+        )
+
+
 def load(path: str | Path) -> Graph:
     """Read a folder written by ``save`` (or a bare ``.mcir`` file whose constants are all inline)."""
     src = Path(path)
     if src.is_file():
+        _require_text(src)
         graph_file, weights_file = src, src.with_name(WEIGHTS_FILE)
     else:
         graph_file, weights_file = src / GRAPH_FILE, src / WEIGHTS_FILE

@@ -7,11 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mcir.atomic_write import write_atomic
 from mcir.codegen import header, link
 from mcir.codegen.lowering import lower
 from mcir.codegen.target import host_supports, resolve
+from mcir.errors import CodegenError
 from mcir.ir import Graph
-from mcir.serialize import write_atomic
+from mcir.output_set import publishing
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,8 @@ def compile(
     name: str | None = None,
     triple: str | None = None,
     pipeline: str = "",
+    cpu: str | None = None,
+    features: str | None = None,
     emit_llvm: bool = False,
 ) -> Any:
     """Compile ``graph`` to ``PATH.o``, ``PATH.so`` and ``PATH.h``; return the loaded library.
@@ -70,7 +74,8 @@ def compile(
     an ``Artifacts`` is returned instead of a ``mcir.runtime.Library`` (also when this CPU cannot
     run the chosen x86-64 level). ``pipeline`` is recorded in the metadata string.
     ``emit_llvm=True`` also writes ``PATH.ll``, the optimised LLVM IR with the weight bytes
-    elided (for reading kernels, not for compiling).
+    elided (for reading kernels, not for compiling). ``cpu`` and ``features`` refine the target
+    (``mcir.codegen.target.resolve``: ``target="aarch64", features="+dotprod"``).
     Raises CodegenError for unsupported ops, targets, or when no linker is available (the
     ``.o`` is kept).
     """
@@ -78,15 +83,26 @@ def compile(
     if stem.suffix in (".so", ".o", ".h"):
         stem = stem.with_suffix("")
     lib_name = name if name is not None else default_name(stem)
-    tgt = resolve(target, triple)
+    tgt = resolve(target, triple, cpu, features)
     lowered = lower(graph, tgt, lib_name, pipeline)
-    obj = write_atomic(stem.with_name(stem.name + ".o"), link.emit_object(lowered.module, tgt.machine()))
-    hdr = write_atomic(stem.with_name(stem.name + ".h"), header.render(lowered))
-    if emit_llvm:
-        write_atomic(stem.with_name(stem.name + ".ll"), readable_ir(str(lowered.module)))
-    so = None
-    if tgt.native:
-        so = link.link_shared(obj, stem.with_name(stem.name + ".so"))
+    obj_bytes = link.emit_object(lowered.module, tgt.machine())
+    link_error = None
+    # the files appear together or not at all (mcir.output_set): a reader never pairs an old .h with a new .so
+    with publishing(stem) as folder:
+        new = folder / stem.name
+        obj = write_atomic(new.with_name(stem.name + ".o"), obj_bytes)
+        write_atomic(new.with_name(stem.name + ".h"), header.render(lowered))
+        if emit_llvm:
+            write_atomic(new.with_name(stem.name + ".ll"), readable_ir(str(lowered.module)))
+        if tgt.native:
+            try:
+                link.link_shared(obj, new.with_name(stem.name + ".so"))
+            except CodegenError as e:  # no linker: the .o and .h are still published, as documented
+                link_error = e
+    if link_error is not None:
+        raise link_error
+    obj, hdr = stem.with_name(stem.name + ".o"), stem.with_name(stem.name + ".h")
+    so = stem.with_name(stem.name + ".so") if tgt.native else None
     arts = Artifacts(lowered.name, obj, hdr, so, lowered.metadata)
     if so is None or not host_supports(tgt):
         return arts

@@ -106,11 +106,10 @@ class Target:
 
 @functools.cache
 def _feature_set(target: Target) -> frozenset[str]:
-    if target.native:
-        if target.name == "native":
-            return frozenset(k for k, v in llvm.get_host_cpu_features().items() if v)
-        return frozenset(_LEVEL_FEATURES[target.name])
-    return frozenset(f[1:] for f in target.features.split(",") if f.startswith("+"))
+    listed = [f for f in target.features.split(",") if f]
+    on = {f[1:] for f in listed if f.startswith("+")}
+    off = {f[1:] for f in listed if f.startswith("-")}
+    return frozenset((set(_LEVEL_FEATURES.get(target.cpu, ())) | on) - off)
 
 
 # the features of each x86-64 psABI level that matter to the kernel generators
@@ -120,46 +119,104 @@ _V4 = (*_V3, "avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl")
 _LEVEL_FEATURES = {"x86-64-v2": _V2, "x86-64-v3": _V3, "x86-64-v4": _V4}
 
 
-def resolve(target: str = "native", triple: str | None = None) -> Target:
-    """The ``Target`` for a target name and optional cross triple; CodegenError if unsupported."""
+# target names for common machines: name -> (LLVM triple, CPU, baseline features). The baselines are what each
+# Linux distribution assumes: with no FPU features LLVM would call soft-float helpers (__addsf3...) from libgcc,
+# and the object must stay freestanding.
+CROSS_TARGETS = {
+    "aarch64": ("aarch64-unknown-linux-gnu", "generic", "+neon"),
+    "arm64": ("aarch64-unknown-linux-gnu", "generic", "+neon"),
+    "armv7": ("armv7-unknown-linux-gnueabihf", "generic", "+neon,+vfp3,+d32"),
+    "riscv64": ("riscv64-unknown-linux-gnu", "generic-rv64", "+m,+a,+f,+d,+c"),
+    "x86-64": ("x86_64-unknown-linux-gnu", "x86-64", ""),
+}
+_ARCH_BASELINE = {"aarch64": "+neon", "arm64": "+neon", "riscv64": "+m,+a,+f,+d,+c"}
+_FEATURE_RE = re.compile(r"^[+-][A-Za-z0-9_.-]+$")
+
+
+def target_names() -> tuple[str, ...]:
+    """Every name ``resolve`` accepts as ``target`` (besides a full LLVM triple given as ``triple``)."""
+    return (*TARGETS, *CROSS_TARGETS)
+
+
+def _merge_features(base: str, extra: str | None) -> str:
+    """``base`` with the user's ``+f,-g`` list applied (later entries win); CodegenError on bad syntax."""
+    if not extra:
+        return base
+    items = [f.strip() for f in extra.split(",") if f.strip()]
+    bad = [f for f in items if not _FEATURE_RE.match(f)]
+    if bad:
+        raise CodegenError(
+            f"bad feature '{bad[0]}' in '{extra}': write a comma-separated list of +name or -name, e.g. +dotprod,-sve"
+        )
+    merged = {f[1:]: f[0] for f in base.split(",") if f}
+    for f in items:
+        merged[f[1:]] = f[0]
+    return ",".join(sign + name for name, sign in merged.items())
+
+
+def resolve(
+    target: str = "native", triple: str | None = None, cpu: str | None = None, features: str | None = None
+) -> Target:
+    """The ``Target`` for a target name, an optional cross triple, CPU and extra features; CodegenError if
+    unsupported.
+
+    ``target`` is ``native``, an x86-64 level, or a machine name of ``CROSS_TARGETS`` (``aarch64``,
+    ``armv7``, ``riscv64``, ``x86-64``); ``triple`` names any other LLVM triple. ``cpu`` replaces the CPU
+    (an LLVM CPU name such as ``cortex-a76`` or ``skylake-avx512``; LLVM warns on stderr about names it
+    does not know) and ``features`` adds or removes LLVM features (``"+dotprod,+i8mm"``). Kernels
+    specialise only on features the target lists: with ``cpu`` alone they assume the triple's baseline.
+    """
     _init_llvm()
     host = llvm.get_process_triple()
+    if target in CROSS_TARGETS and triple is None:
+        triple, default_cpu, base = CROSS_TARGETS[target]
+        if triple.split("-", 1)[0] == host.split("-", 1)[0]:  # e.g. "x86-64" on an x86-64 machine: runs here
+            return Target(target, host, cpu or default_cpu, _merge_features(base, features), native=True)
+        return _cross(target, triple, cpu or default_cpu, _merge_features(base, features))
     if triple is not None and triple != host:
         if target not in ("native", "generic"):
             raise CodegenError(
-                f"target '{target}' names an x86-64 CPU level; with triple='{triple}' use "
-                "target='native' (the triple's generic CPU)"
+                f"target '{target}' names {'an x86-64 CPU level' if target in X86_LEVELS else 'a machine'}; "
+                f"with triple='{triple}' use "
+                "target='native' (the triple's generic CPU) and cpu=/features= to refine it"
             )
-        try:
-            tgt = llvm.Target.from_triple(triple)
-        except RuntimeError:
-            raise CodegenError(
-                f"unsupported triple '{triple}': LLVM has no backend for it; "
-                "use e.g. 'x86_64-linux-gnu' or 'aarch64-linux-gnu'"
-            ) from None
-        del tgt  # only checked for existence; Target.machine() builds the real one
         arch = triple.split("-", 1)[0]
-        # the baseline each Linux distribution assumes: with no FPU features LLVM would call
-        # soft-float helpers (__addsf3...) from libgcc, and the object must stay freestanding
-        features = {"aarch64": "+neon", "arm64": "+neon", "riscv64": "+m,+a,+f,+d,+c"}.get(arch, "")
-        return Target(triple, triple, "generic", features, native=False)
+        return _cross(triple, triple, cpu or "generic", _merge_features(_ARCH_BASELINE.get(arch, ""), features))
     if target not in TARGETS:
         raise CodegenError(
-            f"unknown target '{target}'; valid targets: {', '.join(TARGETS)} "
+            f"unknown target '{target}'; valid targets: {', '.join(target_names())} "
             "(or pass triple='...' for another architecture)"
         )
     if target == "native":
-        return Target("native", host, llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten(), native=True)
+        if cpu is None and features is None:
+            return Target("native", host, llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten(), native=True)
+        if cpu is None:  # the host CPU with features switched on or off
+            merged = _merge_features(llvm.get_host_cpu_features().flatten(), features)
+            return Target("native", host, llvm.get_host_cpu_name(), merged, native=True)
+        return Target(f"cpu={cpu}", host, cpu, _merge_features("", features), native=True)
     if not host.startswith(("x86_64", "amd64")):
         raise CodegenError(f"target '{target}' is an x86-64 level but this machine is {host}")
-    return Target(target, host, target, "", native=True)
+    level = "" if cpu is None else ",".join("+" + f for f in _LEVEL_FEATURES[target])  # a named CPU keeps the level
+    return Target(target, host, cpu or target, _merge_features(level, features), native=True)
+
+
+def _cross(name: str, triple: str, cpu: str, features: str) -> Target:
+    try:
+        llvm.Target.from_triple(triple)  # only checked for existence; Target.machine() builds the real one
+    except RuntimeError:
+        raise CodegenError(
+            f"unsupported triple '{triple}': LLVM has no backend for it; use e.g. 'x86_64-linux-gnu' or "
+            f"'aarch64-linux-gnu', or a target name: {', '.join(CROSS_TARGETS)}"
+        ) from None
+    return Target(name, triple, cpu, features, native=False)
 
 
 def host_supports(target: Target) -> bool:
-    """Whether this machine can run code built for ``target`` (for the x86-64 levels)."""
-    if target.name == "native":
-        return True
+    """Whether this machine can run code built for ``target``: same architecture, a CPU whose features
+    are known here (the host's, a generic one or an x86-64 level) and every listed feature present."""
     if not target.native:
         return False
+    if target.cpu not in (llvm.get_host_cpu_name(), "generic", "x86-64", *X86_LEVELS):
+        return False  # LLVM may use any instruction of a named CPU; its feature list is not known here
     host = frozenset(k for k, v in llvm.get_host_cpu_features().items() if v)
-    return all(f in host for f in _LEVEL_FEATURES[target.name] if f != "cx16")
+    return all(f in host for f in _feature_set(target) if f != "cx16")

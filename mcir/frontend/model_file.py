@@ -6,8 +6,15 @@ checked unless the user says they trust it (``--trust``):
 * ``model.pt`` holding a full pickled module: the globals the pickle needs are listed
   without running anything (``torch.serialization.get_unsafe_globals_in_checkpoint``);
   it is loaded with ``torch.load(weights_only=True)`` when each one is a ``torch.nn``
-  class or function, or comes from a module the user named (``--import mypkg.models``:
-  importing it is the user's decision). Anything else is refused, listing the globals.
+  class or function, or a model class (``nn.Module`` subclass, dataclass, enum, named tuple)
+  defined in a module the user named (``--import mypkg.models``: importing it is the user's
+  decision). Anything else is refused, listing the globals; functions and other callables
+  (``runpy._run_code``, ``subprocess.Popen``, ``eval``) are refused even from a named module,
+  no module a file names is imported to decide, and ``--import`` is suggested only for
+  non-standard-library modules of class-like names. Zips unpacking to far more than their
+  size are refused before anything is read (``UNPACK_RATIO``, ``UNPACK_SLACK``).
+* Files that are not models (ONNX, ELF, images, archives...) are named as such
+  (``mcir.file_kind``), never sent to the unpickler.
 * ``model.pt`` holding a state dict: weights only, always safe; the model comes from
   ``model_def="pkg.module:factory"`` or ``"path/to/file.py:factory"``.
 * ``model.pt2`` (``torch.export.save``): loading it unpickles data, so only with
@@ -34,6 +41,7 @@ from torch import nn
 
 from mcir import dtypes
 from mcir.errors import McirError, ModelFileError
+from mcir.file_kind import MCIR_TEXT, TORCH_EXPORT, TORCH_ZIP, require_model_file
 
 TRUST_HINT = "pass --trust (trust=True) only if you trust the file: a full load can run arbitrary code"
 
@@ -101,10 +109,17 @@ def load_model(
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
+    kind = require_model_file(path)  # an ONNX file or an image is named as such, never sent to the unpickler
+    if kind in (TORCH_ZIP, TORCH_EXPORT):
+        _check_unpacked_size(path)
+    if kind == MCIR_TEXT:
+        raise ModelFileError(
+            f"{path}: an mcir IR text file, not a torch model; load it with mcir.load or mcir.parse_file"
+        )
     for name in imports:
         _import_user_module(name)
     specs = [s if isinstance(s, InputSpec) else parse_input_spec(s) for s in (inputs or [])]
-    if _is_export_archive(path):
+    if kind == TORCH_EXPORT:
         program, stored = _load_export_archive(path, trust)
         return program, _example_inputs(path, specs, None, stored)
     obj = _load_pickle(path, imports, trust)
@@ -113,17 +128,6 @@ def load_model(
 
 
 # -- .pt2 archives -------------------------------------------------------------------------------
-
-
-def _is_export_archive(path: Path) -> bool:
-    """torch.export.save writes a zip with an ``archive_format`` entry; torch.save zips have ``data.pkl``."""
-    if path.suffix == ".pt2":
-        return True
-    try:
-        with zipfile.ZipFile(path) as z:
-            return any(n == "archive_format" or n.endswith("/archive_format") for n in z.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
 
 
 def _load_export_archive(path: Path, trust: bool) -> tuple[Any, tuple[torch.Tensor, ...] | None]:
@@ -141,6 +145,29 @@ def _load_export_archive(path: Path, trust: bool) -> tuple[Any, tuple[torch.Tens
     return program, args
 
 
+# at most this many bytes may come out of a model zip: torch.save stores entries uncompressed, so a legitimate
+# file unpacks to about its own size; a zip bomb declares far more
+UNPACK_RATIO = 4
+UNPACK_SLACK = 64 << 20
+
+
+def _check_unpacked_size(path: Path) -> None:
+    """Refuse a zip whose entries declare more than ``UNPACK_RATIO`` × its size + ``UNPACK_SLACK`` bytes: the
+    readers (zipfile, torch's) inflate an entry up to its declared size, so this bounds decompression."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            declared = sum(info.file_size for info in z.infolist())
+    except (zipfile.BadZipFile, OSError) as e:
+        raise ModelFileError(f"{path}: cannot read the model file: {_first_line(e)}; is it truncated?") from None
+    size = path.stat().st_size
+    limit = UNPACK_RATIO * size + UNPACK_SLACK
+    if declared > limit:
+        raise ModelFileError(
+            f"{path}: its zip entries unpack to {declared:,} bytes from a {size:,}-byte file (limit {limit:,}); "
+            "torch.save files are stored uncompressed, so this is not one (a decompression bomb?)"
+        )
+
+
 # -- pickles (torch.save) -------------------------------------------------------------------------
 
 
@@ -155,19 +182,14 @@ def _load_pickle(path: Path, imports: tuple[str, ...] | list[str], trust: bool) 
     else:  # a plain or legacy (pre-1.6) pickle: list its globals from the opcodes, executing nothing
         needed = _pickle_globals(path)
     allowed, refused = [], []
-    for name in sorted(needed):
+    for name in sorted({_python3_name(n) for n in needed}):
         obj = _allowed_global(name, imports)
         (refused if obj is None else allowed).append(obj if obj is not None else name)
     if refused:
-        user = sorted({n.rsplit(".", 1)[0] for n in refused if not n.startswith(("torch.", "builtins.", "io."))})
-        hint = (
-            f"if these are your model classes, name their modules with --import {' --import '.join(user)}; "
-            if user
-            else ""
-        )
         raise ModelFileError(
-            f"{path}: refusing to unpickle: the file needs globals that are neither torch.nn classes nor from "
-            f"modules you imported: {', '.join(refused)}. {hint}{TRUST_HINT}"
+            f"{path}: refusing to unpickle: the file needs globals that are neither torch.nn classes nor model "
+            f"classes (modules, dataclasses) of modules you named: {', '.join(refused)}. "
+            f"{_import_hint(refused, imports)}{TRUST_HINT}"
         )
     with torch.serialization.safe_globals(allowed):
         return _torch_load(path, weights_only=True)
@@ -246,26 +268,75 @@ def _torch_load(path: Path, weights_only: bool) -> Any:
 def _allowed_global(name: str, imports: tuple[str, ...] | list[str]) -> Any:
     """The object for global ``name`` ('pkg.mod.Class') if a pickle may use it, else None.
 
-    Allowed: torch.nn classes (modules, Parameter), the functions of torch.nn.functional
-    (activations modules store, e.g. TransformerEncoderLayer's F.gelu), and anything from
-    a module the user imported. Other torch globals are refused: ``torch.save`` or
-    ``torch.hub.load`` called by a pickle could write files or fetch code.
+    Allowed: torch.nn classes (modules, Parameter) and the functions of torch.nn.functional
+    (activations modules store, e.g. TransformerEncoderLayer's F.gelu), from torch modules that
+    are already imported; and, from a module the user named with ``--import``, the *model classes*
+    it defines: ``nn.Module`` subclasses, dataclasses, enums and named tuples. Everything else is
+    refused, whoever names it: functions (``runpy._run_code``, ``builtins.eval``), classes that run
+    things when called (``subprocess.Popen``), classes a named module merely re-exports, and
+    torch functions such as ``torch.save`` or ``torch.hub.load`` that could write files or fetch code.
+    A torch module the file names is never imported to decide (importing runs its code).
     """
     module_name, _, attr = name.rpartition(".")
     from_user = any(module_name == m or module_name.startswith(m + ".") for m in imports)
-    if not (from_user or module_name == "torch" or module_name.startswith("torch.")):
-        return None  # never import a module the user did not name: importing runs its code
-    try:
-        obj = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError):
-        return None
     if from_user:
-        return obj
+        try:
+            obj = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError):
+            return None
+        defined_there = getattr(obj, "__module__", None) == module_name
+        return obj if defined_there and _is_model_class(obj) else None
+    if not (module_name == "torch" or module_name.startswith("torch.")):
+        return None  # never import a module the user did not name: importing runs its code
+    module = sys.modules.get(module_name)  # loaded by ``import torch`` already, or not a model's business
+    obj = getattr(module, attr, None) if module is not None else None
     if isinstance(obj, type) and obj.__module__.startswith(("torch.nn.", "torch.ao.nn.")):
         return obj
     if callable(obj) and not isinstance(obj, type) and getattr(F, getattr(obj, "__name__", ""), None) is obj:
         return obj
     return None
+
+
+def _python3_name(name: str) -> str:
+    """The name the unpickler will really look up: protocol-2 pickles spell some globals the Python 2 way
+    (``subprocess.Popen`` is written ``commands.Popen``, ``builtins.eval`` ``__builtin__.eval``)."""
+    import _compat_pickle
+
+    module, _, attr = name.rpartition(".")
+    if (module, attr) in _compat_pickle.NAME_MAPPING:
+        module, attr = _compat_pickle.NAME_MAPPING[(module, attr)]
+    else:
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+    return f"{module}.{attr}"
+
+
+def _is_model_class(obj: Any) -> bool:
+    """A class whose unpickling builds data, not an action: a module, a dataclass, an enum, a named tuple."""
+    import dataclasses
+    import enum
+
+    if not isinstance(obj, type):
+        return False
+    named_tuple = issubclass(obj, tuple) and hasattr(obj, "_fields")
+    return issubclass(obj, nn.Module) or dataclasses.is_dataclass(obj) or issubclass(obj, enum.Enum) or named_tuple
+
+
+def _import_hint(refused: list[str], imports: tuple[str, ...] | list[str]) -> str:
+    """``--import`` advice, only for modules that may hold model classes: not torch, not the standard library
+    (``runpy``, ``subprocess``, ``builtins``...), not modules already named, and only for class-like names."""
+    modules = set()
+    for name in refused:
+        module_name, _, attr = name.rpartition(".")
+        top = module_name.split(".", 1)[0]
+        if top in ("torch", "__builtin__", "__main__") or top in sys.stdlib_module_names:
+            continue
+        if any(module_name == m or module_name.startswith(m + ".") for m in imports):
+            continue  # named already: what it asks for is not a model class
+        if attr[:1].isupper():
+            modules.add(module_name)
+    if not modules:
+        return ""
+    return f"if these are your model classes, name their modules with --import {' --import '.join(sorted(modules))}; "
 
 
 def _import_user_module(name: str) -> Any:

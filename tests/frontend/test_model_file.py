@@ -120,7 +120,7 @@ def test_truncated_file_is_reported(tmp_path, cut):
 
 def test_garbage_file_is_reported(tmp_path):
     (tmp_path / "noise.pt").write_bytes(b"this is not a model" * 10)
-    with pytest.raises(ModelFileError, match=r"noise\.pt: cannot read the model file"):
+    with pytest.raises(ModelFileError, match=r"noise\.pt: a text file, not a model file mcir can load"):
         load_model(tmp_path / "noise.pt", inputs=["4x32"])
     with pytest.raises(ModelFileError, match="no such model file"):
         load_model(tmp_path / "missing.pt")
