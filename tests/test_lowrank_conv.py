@@ -76,6 +76,20 @@ def test_spatial_factorisation_at_the_weights_separable_rank_is_exact():
     assert len(convs(refused)) == 2 and "would not shrink 32x32x3x3" in " ".join(refused.meta["report"].warnings)
 
 
+@pytest.mark.slow  # two native compiles
+def test_both_factorisations_compile_and_match_the_interpreter(tmp_path):
+    model = conv_model()
+    x = torch.randn(1, 3, 8, 8)
+    g = mcir.trace(model, (x,))
+    for conv in ("channel", "spatial"):
+        low = mcir.run_passes(g, f"lowrank(conv={conv},rank=6,skip='^0$|^5$')")
+        assert len(convs(low)) == 3
+        lib = mcir.compile(low, tmp_path / conv)
+        assert lib.weight_bytes == mcir.stats(low).weight_bytes
+        ref = mcir.interpret(low, x.numpy())[0]
+        np.testing.assert_allclose(lib(x.numpy())[0], ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
 def test_conv_off_and_grouped_convs_are_left_alone():
     model = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.Conv2d(16, 64, 3, padding=1)).eval()
     g = mcir.trace(model, (torch.randn(1, 16, 8, 8),))

@@ -39,7 +39,9 @@ types, and where each operand comes from). Before / after on a 2-layer encoder::
 ``keep=INDEX`` the named block, and ``keep=mean`` ``w = (1/L) Σ_l w_l``. ``layers=REGEX`` names
 the blocks instead: its first group is the block index (``layers='encoder\.layers\.(\d+)'``).
 ``embeddings=true`` ties an output projection (a ``linear`` weight of the embedding table's type)
-to the embedding table. Preserves: approximate (the tied model computes what its tied weights
+to the embedding table (one parameter; the library still embeds the table twice, raw for the
+lookup and packed for the GEMM, so this saves parameters and training state, not library bytes,
+until a GEMM kernel reads the raw layout). Preserves: approximate (the tied model computes what its tied weights
 say; recover with ``finetune``/``distill``, where a tied constant is one parameter).
 """
 
