@@ -63,10 +63,13 @@ from mcir.rewriter import Rewriter, dead_code_elimination
 
 @dataclass(frozen=True)
 class Share(Pass):
-    """One copy of constants that are equal (within a tolerance): fewer bytes in the library."""
+    """One copy of constants that are equal (within a tolerance), or of identical blocks' weights (layers=)."""
 
     name: ClassVar[str] = "share"
-    preserves: ClassVar[str] = "exact with tolerance=0; else each element moves by <= tolerance * max|w|"
+    preserves: ClassVar[str] = (
+        "exact with tolerance=0; else each element moves by <= tolerance * max|w|; "
+        "layers=/embeddings=: approximate (the tied weights' model)"
+    )
     tolerance: float = option(0.0, "relative max difference under which two constants are merged")
     average: bool = option(False, "replace a merged group by its mean instead of its first member")
     min_elements: int = option(64, "ignore constants smaller than this (scalars, small biases)")
