@@ -10,6 +10,7 @@
     mcir compile model.pt2 --trust --target aarch64 --features +dotprod
     mcir export model.pt|model.onnx|out/ --passes 'fold,quant8' -o model_int8.onnx
     mcir bench build/mlp.so
+    mcir analyze model.pt --data test.npz [--techniques int8,int4] [--json]   # per-layer sensitivity
     mcir passes | mcir ops
 
 User errors (bad files, options, shapes) print one ``mcir: error: ...`` line and exit
@@ -465,6 +466,49 @@ def _written_files(lib: Any) -> list[Path]:
     return [p for p in (lib.library_path, lib.header_path, lib.object_path) if p is not None]
 
 
+def analysis_batches(path: str, graph) -> tuple[list[tuple[np.ndarray, ...]], list[np.ndarray] | None]:
+    """Input batches shaped like ``graph``'s inputs (and target batches when the file has ``y``) from an
+    ``.npz`` with ``x`` (or ``x0``, ``x1``, ...) and optionally ``y``: samples split by the graph's batch size."""
+    from mcir.interp import check_input
+
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (OSError, ValueError) as e:
+        raise McirError(f"data file {path} is not a readable .npz ({e})") from None
+    xs = [arrays["x"]] if "x" in arrays else [arrays[f"x{i}"] for i in range(len(arrays)) if f"x{i}" in arrays]
+    if len(xs) != len(graph.inputs):
+        raise McirError(
+            f"data file {path} has arrays {sorted(arrays)}; the graph has {len(graph.inputs)} input(s): give 'x' "
+            "(one input) or x0, x1, ... and optionally the targets 'y'"
+        )
+    batch = graph.inputs[0].type.shape[0] if graph.inputs[0].type.shape else 1
+    count = min(len(x) for x in xs) // batch
+    if count == 0:
+        raise McirError(f"data file {path} has fewer samples than the graph's batch of {batch}")
+    inputs = [
+        tuple(check_input(v, x[i * batch : (i + 1) * batch]) for v, x in zip(graph.inputs, xs)) for i in range(count)
+    ]
+    y = arrays.get("y")
+    targets = None if y is None else [y[i * batch : (i + 1) * batch] for i in range(count)]
+    return inputs, targets
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    import json
+
+    from mcir.analysis.sensitivity import layer_sensitivity
+
+    graph = load_graph(args)
+    inputs, targets = analysis_batches(args.data, graph)
+    if args.samples:
+        inputs, targets = inputs[: args.samples], None if targets is None else targets[: args.samples]
+    techniques = [t.strip() for t in args.techniques.split(",") if t.strip()] if args.techniques else None
+    result = layer_sensitivity(graph, inputs, targets, techniques)
+    print(json.dumps(result.to_json(), indent=2) if args.json else result.table())
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from mcir.compile_driver import bench_library
 
@@ -535,6 +579,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not compile and time the uncompressed model for the report",
     )
     p.set_defaults(fn=cmd_compile)
+
+    p = sub.add_parser(
+        "analyze", help="per-layer sensitivity: accuracy or SQNR with one layer compressed, per technique"
+    )
+    _add_model_args(p)
+    p.add_argument(
+        "--data",
+        "--eval",
+        dest="data",
+        required=True,
+        metavar="DATA.npz",
+        help="inputs 'x' (or x0, x1, ...) and, for accuracy, targets 'y'; without 'y' the SQNR is measured",
+    )
+    p.add_argument("--techniques", help="comma-separated subset of prune50,prune90,int8,int4,cluster4,binarize")
+    p.add_argument("--samples", type=int, default=0, help="use at most this many batches (default: all)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.set_defaults(fn=cmd_analyze)
 
     p = sub.add_parser("bench", help="time a compiled library (median latency with spread)")
     p.add_argument("library", metavar="LIB.so")

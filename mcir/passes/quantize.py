@@ -32,11 +32,18 @@ in i8 with one scale per row, ``to_csr(w, i8)``; otherwise they become dense int
 become ``#int4`` / ``#int2`` (per channel or per ``group``) or ``#pow2``, activations stay f32
 and no calibration is needed.
 
+Mixed precision: ``bits_for='fc1:4,head:16'`` gives layers their own bits, one ``REGEX:BITS`` per
+comma (the regex is searched in the layer's module path, result name and weight name, as for
+``skip``; the first matching rule wins; BITS is 16 = keep float, 8, 4 or 2). Layers no rule names
+take ``bits``. The low-bit layers are encoded first, then the int8 layers are calibrated on that graph.
+
 Preserves: approximate; the pipeline report gives max |Δ| and SQNR against the float model.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -44,7 +51,7 @@ import numpy as np
 
 from mcir import dtypes
 from mcir.analysis.calibration import affine_params, check_method, choose_range, observe
-from mcir.analysis.layers import check_skip, is_skipped, select_layers, weighted_layers
+from mcir.analysis.layers import check_skip, is_skipped, layer_names, select_layers, weighted_layers
 from mcir.analysis.sparse_cost import prefer_sparse
 from mcir.encodings import NM, Csr, Quant, to_csr, to_nm
 from mcir.encodings.rows import quantize_rows
@@ -83,9 +90,11 @@ class Quantize(Pass):
     fuse: bool = option(True, "keep consecutive int8 layers integer (fuse requantisation, ReLU, pooling)")
     samples: int = option(16, "random calibration batches used when no calibration data is given")
     qat: int = option(0, "quantisation-aware training: epochs of finetuning through fake quantisation (needs data=)")
+    bits_for: str = option("", "per-layer bits: 'REGEX:BITS,...' with BITS 16 (keep float), 8, 4 or 2")
 
     def __post_init__(self) -> None:
         check_low_bits(self)
+        parse_bits_for(self.bits_for)
         check_method(self.calibration)
         check_skip(self.skip)
         if self.samples < 1:
@@ -103,6 +112,9 @@ class Quantize(Pass):
         return self.qat > 0
 
     def apply(self, graph: Graph, ctx: PassContext) -> None:
+        if self.bits_for:
+            mixed_precision(graph, self, ctx)
+            return
         if self.qat:
             from mcir.train.run import require_data
 
@@ -135,6 +147,56 @@ class Quantize(Pass):
 
             # a small lr: the int8 grid is already close; training mostly moves weights across rounding steps
             train_graph(graph, ctx, label="qat", epochs=self.qat, lr=1e-4, batch_size=64, optimizer="adam", seed=0)
+
+
+HOLD = "quantize.hold"  # op.meta key: a mixed-precision stage leaves this layer to another stage
+
+
+def parse_bits_for(text: str) -> list[tuple[re.Pattern[str], int]]:
+    """``'fc1:4,head:16'`` as (compiled regex, bits) rules; McirError naming the bad item."""
+    rules = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        pattern, sep, bits = item.rpartition(":")
+        if not sep or not pattern or bits not in ("16", "8", "4", "2"):
+            raise McirError(
+                f"quantize: bits_for item {item!r} must be REGEX:BITS with BITS 16 (keep float), 8, 4 or 2, "
+                "e.g. bits_for='fc1:4,head:16'"
+            )
+        try:
+            rules.append((re.compile(pattern), int(bits)))
+        except re.error as e:
+            raise McirError(f"quantize: bits_for item {item!r}: {pattern!r} is not a regular expression: {e}") from e
+    return rules
+
+
+def mixed_precision(graph: Graph, opts: Quantize, ctx: PassContext) -> None:
+    """bits_for: one quantize stage per bit width, each on its own layers (the others held in float)."""
+    # fold first, so the layers chosen here are the ops every stage sees (folding replaces conv+BN)
+    apply_rules(graph, NOOPS + RuleSet("fold.batch_norm", [FoldBatchNorm()]))
+    layers = select_layers(graph, opts.skip)
+    rules = parse_bits_for(opts.bits_for)
+    chosen: dict[int, int] = {}
+    for pattern, bits in rules:
+        matched = [op for op in layers if pattern.search(" ".join(layer_names(op))) and id(op) not in chosen]
+        if not any(pattern.search(" ".join(layer_names(op))) for op in layers):
+            names = ", ".join(op.loc.module or op.result.name for op in layers)
+            raise McirError(f"quantize: bits_for pattern {pattern.pattern!r} names no layer; the layers are: {names}")
+        for op in matched:
+            chosen[id(op)] = bits
+    level = {id(op): chosen.get(id(op), opts.bits) for op in layers}
+    # low-bit layers first: their encodings are final, and the int8 stage then calibrates on that graph
+    for bits in sorted({b for b in level.values() if b != 16}):
+        for op in graph.ops:
+            if op in layers and level[id(op)] != bits:
+                op.meta[HOLD] = True
+        stage = dataclasses.replace(opts, bits=bits, bits_for="", qat=opts.qat if bits == 8 else 0)
+        try:
+            stage.apply(graph, ctx)
+        finally:
+            for op in graph.ops:
+                op.meta.pop(HOLD, None)
+    counts = {b: sum(1 for v in level.values() if v == b) for b in sorted(set(level.values()), reverse=True)}
+    ctx.warn("quantize: mixed precision, layers per bit width: " + ", ".join(f"{b}: {n}" for b, n in counts.items()))
 
 
 def dense_where_sparse_int8_does_not_pay(graph: Graph, target: str = "native") -> list[str]:
@@ -209,6 +271,8 @@ def weight_only(graph: Graph, opts: Quantize, ctx: PassContext) -> None:
         enc, dt = (Int4 if opts.bits == 4 else Int2)(group=opts.group), dtypes.i8
     done: dict[int, tuple[TensorType, dict]] = {}
     for op in select_layers(graph, opts.skip):
+        if op.meta.get(HOLD):
+            continue
         w = op.operands[1]
         if id(w) not in done:
             t = TensorType(w.type.shape, dt, enc)
@@ -228,6 +292,8 @@ def dynamic(graph: Graph, opts: Quantize, ctx: PassContext) -> None:
     rw = Rewriter(graph)
     inputs: dict[int, Value] = {}
     for op in select_layers(graph, opts.skip):
+        if op.meta.get(HOLD):
+            continue
         x, w = op.operands[0], op.operands[1]
         if op.name != "linear" or x.type.encoding is not None or not x.type.dtype.is_float:
             continue
@@ -291,7 +357,7 @@ class _Quantizer:
         self.layers = weighted_layers(graph)
 
     def skipped(self, op: Op) -> bool:
-        return is_skipped(op, self.opts.skip, self.layers)
+        return op.meta.get(HOLD, False) or is_skipped(op, self.opts.skip, self.layers)
 
     def run(self) -> None:
         int8_ops = INT8_LAYERS | ({"matmul"} if self.opts.attention else set())
