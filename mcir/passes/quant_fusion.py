@@ -25,7 +25,7 @@ from mcir.rewriter import Rewriter
 #: weighted layers with u8-activation x i8-weight kernels (the weight is operand 1)
 INT8_LAYERS = frozenset({"linear", "conv2d"})
 #: ops with kernels on u8 activations, run in u8 when their result feeds int8 layers anyway
-INT8_ACTIVATION_OPS = frozenset({"add", "avg_pool2d", "adaptive_avg_pool2d", "mean"})
+INT8_ACTIVATION_OPS = frozenset({"add", "avg_pool2d", "adaptive_avg_pool2d", "mean", "gelu"})
 #: ops with int8 kernels that can write u8 results directly (requantisation in the epilogue)
 FUSABLE = INT8_LAYERS | {"matmul"} | INT8_ACTIVATION_OPS
 #: data movement and max with u8 kernels (or views): they commute with quantisation
