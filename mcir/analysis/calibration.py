@@ -1,8 +1,9 @@
 """Calibration: observe the float values of a graph on sample inputs and choose ranges.
 
 ``observe(graph, batches)`` runs the reference interpreter and records, for every float
-value, its min/max and a histogram; ``choose_range(stats, method)`` turns that into the
-[lo, hi] interval that an 8-bit affine quantisation will cover:
+value, its min/max and (for the values named in ``histograms``) a histogram;
+``choose_range(stats, method)`` turns that into the [lo, hi] interval that an 8-bit affine
+quantisation will cover:
 
 * ``minmax``: the observed extremes;
 * ``percentile(p)``: clip both tails at the p-th percentile of |x| mass (e.g. 99.99);
@@ -10,11 +11,19 @@ value, its min/max and a histogram; ``choose_range(stats, method)`` turns that i
   distribution and its 8-bit quantised version (TensorRT's calibration idea).
 
 The interval always contains 0, so zero is exactly representable (padding, ReLU).
+
+Cost. A histogram's range is the value's |x| maximum over *all* batches, known only after the
+last one, so histograms need the values twice. The observer keeps the arrays of the values it
+must histogram while they fit in ``KEEP_BYTES`` (one interpreter run), and runs the batches a
+second time only beyond that; histograms are taken only for the values a pass will quantise
+(the others need min/max alone). The entropy search evaluates all candidate thresholds in a few
+array operations instead of a Python loop per candidate and group.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +33,8 @@ from mcir.interp import Interpreter
 from mcir.ir import Graph, Op
 
 BINS = 2048
+#: bytes of observed arrays kept for histograms before falling back to a second run of the batches
+KEEP_BYTES = 512 * 2**20
 
 
 @dataclass
@@ -34,50 +45,91 @@ class ValueStats:
     hi: float = -np.inf
     hist: np.ndarray | None = None  # counts over [-amax, amax], BINS bins
     amax: float = 0.0
-    samples: list[np.ndarray] = field(default_factory=list)
+    samples: list[np.ndarray] = field(default_factory=list)  # finite values kept until the histogram is taken
+
+    def add_histogram(self, finite: np.ndarray) -> None:
+        """Add ``finite`` to the histogram over [-amax, amax] (amax from the final min/max)."""
+        self.amax = max(abs(self.lo), abs(self.hi), 1e-12)
+        h, _ = np.histogram(finite, bins=BINS, range=(-self.amax, self.amax))
+        self.hist = h if self.hist is None else self.hist + h
 
 
 class _Observer(Interpreter):
-    def __init__(self, graph: Graph, stats: dict[str, ValueStats], phase: int) -> None:
+    """Records min/max of every float value and keeps the arrays of ``wanted`` values (phase 0),
+    or adds the ``wanted`` values to their histograms (phase 1, the second run)."""
+
+    def __init__(self, graph: Graph, stats: dict[str, ValueStats], wanted: set[str], phase: int) -> None:
         super().__init__(graph)
         self.stats = stats
+        self.wanted = wanted
         self.phase = phase
+        self.kept = 0  # bytes held in ValueStats.samples
+        self.overflow = False  # kept arrays exceeded KEEP_BYTES: histograms need the second run
 
     def run_op(self, op: Op, args: list):
         out = super().run_op(op, args)
         if op.name != "const" and op.result.type.encoding is None and op.result.type.dtype.is_float:
-            self._record(op.result.name, np.asarray(out, np.float32))
+            self._record(op.result.name, out)
         return out
 
     def record_inputs(self, inputs) -> None:
         for v, x in zip(self.graph.inputs, inputs):
             if v.type.encoding is None and v.type.dtype.is_float:
-                self._record(v.name, np.asarray(x, np.float32))
+                self._record(v.name, x)
 
-    def _record(self, name: str, x: np.ndarray) -> None:
-        s = self.stats.setdefault(name, ValueStats())
-        finite = x[np.isfinite(x)]
+    def _record(self, name: str, x) -> None:
+        if self.phase == 1 and name not in self.wanted:
+            return
+        x = np.asarray(x, np.float32)
+        finite = x.ravel() if np.isfinite(x).all() else x[np.isfinite(x)]  # no copy in the usual case
         if finite.size == 0:
             return
-        if self.phase == 0:
-            s.lo = min(s.lo, float(finite.min()))
-            s.hi = max(s.hi, float(finite.max()))
-        else:
-            s.amax = max(abs(s.lo), abs(s.hi), 1e-12)
-            h, _ = np.histogram(finite, bins=BINS, range=(-s.amax, s.amax))
-            s.hist = h if s.hist is None else s.hist + h
+        s = self.stats.setdefault(name, ValueStats())
+        if self.phase == 1:
+            s.add_histogram(finite)
+            return
+        s.lo = min(s.lo, float(finite.min()))
+        s.hi = max(s.hi, float(finite.max()))
+        if name in self.wanted and not self.overflow:
+            self.kept += finite.nbytes
+            if self.kept > KEEP_BYTES:
+                self.overflow = True
+                for t in self.stats.values():
+                    t.samples.clear()
+            else:
+                s.samples.append(finite)
 
 
-def observe(graph: Graph, batches: list[tuple[np.ndarray, ...]], *, histograms: bool = True) -> dict[str, ValueStats]:
-    """Statistics of every float value (by name) over the calibration batches."""
+def observe(
+    graph: Graph, batches: list[tuple[np.ndarray, ...]], *, histograms: bool | Iterable[str] = True
+) -> dict[str, ValueStats]:
+    """Statistics of every float value (by name) over the calibration batches.
+
+    ``histograms``: True for every float value, False for none, or the names of the values that
+    need one (percentile and entropy ranges read it; min/max is recorded for all values)."""
     if not batches:
         raise McirError("calibration needs at least one input batch")
+    if histograms is True:
+        wanted = {v.name for v in graph.inputs} | {op.result.name for op in graph.ops}
+    else:
+        wanted = set(histograms or ())
     stats: dict[str, ValueStats] = {}
-    for phase in (0, 1) if histograms else (0,):
-        obs = _Observer(graph, stats, phase)
+    obs = _Observer(graph, stats, wanted, phase=0)
+    for batch in batches:
+        obs.record_inputs(batch)
+        obs.run(*batch)
+    if not wanted:
+        return stats
+    if obs.overflow:  # arrays did not fit: take the histograms on a second run of the batches
+        obs = _Observer(graph, stats, wanted, phase=1)
         for batch in batches:
             obs.record_inputs(batch)
             obs.run(*batch)
+        return stats
+    for s in stats.values():
+        for finite in s.samples:
+            s.add_histogram(finite)
+        s.samples.clear()
     return stats
 
 
@@ -117,31 +169,44 @@ def _percentile_range(s: ValueStats, p: float) -> tuple[float, float]:
     return lo, hi
 
 
-def _entropy_threshold(s: ValueStats, levels: int = 128) -> float:
+def _entropy_threshold(s: ValueStats, levels: int = 128, step: int = 8) -> float:
     """Clip threshold T on |x| minimising KL(P || Q), P the |x| histogram clipped at T and Q
-    its requantisation to ``levels`` levels."""
+    its requantisation to ``levels`` levels.
+
+    Candidates are T = i/half * amax for i = levels, levels + step, ... half bins; all are
+    evaluated at once on a [candidates, bins] grid (bins past a candidate's i are masked)."""
     half = BINS // 2
-    absolute = s.hist[half:] + s.hist[:half][::-1]  # |x| histogram over [0, amax]
+    absolute = (s.hist[half:] + s.hist[:half][::-1]).astype(np.float64)  # |x| histogram over [0, amax]
     total = absolute.sum()
     if total == 0:
         return s.amax
-    best_t, best_kl = s.amax, np.inf
-    for i in range(levels, half + 1, 8):
-        ref = absolute[:i].astype(np.float64)
-        p = ref.copy()
-        p[i - 1] += absolute[i:].sum()  # P: the clipped mass lands in the last bin
-        # Q: the unclipped bins quantised to `levels` groups, each group's mass spread over its non-zero bins
-        q = np.zeros(i)
-        for g in np.array_split(np.arange(i), levels):
-            nz = ref[g] > 0
-            if nz.any():
-                q[g[nz]] = ref[g].sum() / nz.sum()
-        pn, qn = p / p.sum(), q / max(q.sum(), 1e-300)
-        mask = pn > 0
-        kl = float(np.sum(pn[mask] * np.log(pn[mask] / np.maximum(qn[mask], 1e-12))))
-        if kl < best_kl:
-            best_kl, best_t = kl, (i / half) * s.amax
-    return best_t
+    cuts = np.arange(levels, half + 1, step)  # i: bins kept by each candidate
+    j = np.arange(half)
+    inside = j[None, :] < cuts[:, None]
+    ref = np.where(inside, absolute[None, :], 0.0)
+    # P: the clipped mass lands in the last kept bin
+    tails = total - np.cumsum(absolute)[cuts - 1]
+    p = ref.copy()
+    p[np.arange(len(cuts)), cuts - 1] += tails
+    # Q: kept bins split into `levels` consecutive groups as np.array_split does (the first i % levels
+    # groups one bin longer), each group's mass spread evenly over its non-zero bins
+    size, longer = np.divmod(cuts, levels)
+    edge = (longer * (size + 1))[:, None]
+    group = np.where(
+        j[None, :] < edge, j[None, :] // (size + 1)[:, None], longer[:, None] + (j - edge) // size[:, None]
+    )
+    key = (np.arange(len(cuts))[:, None] * levels + np.clip(group, 0, levels - 1))[inside]
+    mass = np.bincount(key, weights=ref[inside], minlength=len(cuts) * levels)
+    count = np.bincount(key, weights=(ref[inside] > 0), minlength=len(cuts) * levels)
+    spread = np.zeros_like(ref)
+    spread[inside] = mass[key] / np.maximum(count[key], 1)
+    q = np.where(ref > 0, spread, 0.0)
+    pn = p / p.sum(axis=1, keepdims=True)
+    qn = q / np.maximum(q.sum(axis=1, keepdims=True), 1e-300)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(pn > 0, pn * np.log(pn / np.maximum(qn, 1e-12)), 0.0)
+    kl = terms.sum(axis=1)
+    return float(cuts[int(np.argmin(kl))] / half * s.amax)
 
 
 def affine_params(lo: float, hi: float, dtype_min: int = 0, dtype_max: int = 255) -> tuple[float, int]:

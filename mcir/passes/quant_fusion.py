@@ -14,6 +14,7 @@ from mcir.encodings import NM, Csr, Quant
 from mcir.ir import Graph, Op
 from mcir.pass_base import rules_pass
 from mcir.patterns import Match, Pat, RuleSet
+from mcir.report import format_table
 from mcir.rewriter import Rewriter
 
 # -- the contract with the int8 backend ------------------------------------------------------------
@@ -25,7 +26,7 @@ from mcir.rewriter import Rewriter
 #: weighted layers with u8-activation x i8-weight kernels (the weight is operand 1)
 INT8_LAYERS = frozenset({"linear", "conv2d"})
 #: ops with kernels on u8 activations, run in u8 when their result feeds int8 layers anyway
-INT8_ACTIVATION_OPS = frozenset({"add", "avg_pool2d", "adaptive_avg_pool2d", "mean"})
+INT8_ACTIVATION_OPS = frozenset({"add", "avg_pool2d", "adaptive_avg_pool2d", "mean", "gelu"})
 #: ops with int8 kernels that can write u8 results directly (requantisation in the epilogue)
 FUSABLE = INT8_LAYERS | {"matmul"} | INT8_ACTIVATION_OPS
 #: data movement and max with u8 kernels (or views): they commute with quantisation
@@ -125,18 +126,27 @@ FUSION = RuleSet(
 )
 
 
-def remaining_conversions(graph: Graph) -> list[str]:
-    """Human notes on float<->int8 conversions left in a quantised graph, and why."""
-    notes = []
-    sources: Counter[str] = Counter()
+#: why a float value next to the int8 path stays float, by the op on the float side
+FLOAT_REASONS = {
+    "graph inputs": "the model's inputs are float: one quantize where they enter",
+    "graph outputs": "the graph returns f32",
+    "layer_norm": "layer_norm runs in f32 (row mean and variance); no u8-in/u8-out kernel yet",
+    "scaled_dot_product_attention": "attention (QK^T, softmax, PV) runs in f32; int8 attention covers "
+    "matmul-written attention only (quantize(attention=true))",
+    "softmax": "softmax runs in f32 (exp and the row sum)",
+    "add": "an add with a float operand or a float consumer (a residual whose other side is f32)",
+    "embedding": "embedding tables stay float (f16 with the half pass)",
+}
+
+
+def float_islands(graph: Graph) -> list[list[str]]:
+    """Rows ``[conversion, float op, count, why]``: each place where the int8 path meets float,
+    grouped by the op on the float side (what still needs an integer kernel or fusion)."""
+    quantized: Counter[str] = Counter()
     for op in graph.compute_ops():
         if op.name == "quantize" and op.operands[0].type.encoding is None:
             src = op.operands[0].producer
-            sources["graph inputs" if src is None else f"{src.name}"] += 1
-    if sources:
-        total = sum(sources.values())
-        detail = ", ".join(f"{k} x{n}" if n > 1 else k for k, n in sorted(sources.items()))
-        notes.append(f"{total} quantize op(s) remain, after: {detail}")
+            quantized["graph inputs" if src is None else src.name] += 1
     float_out: Counter[str] = Counter()
     for op in graph.compute_ops():
         if op.name in FUSABLE and op.result.type.encoding is None and _int8_operands(op):
@@ -144,11 +154,33 @@ def remaining_conversions(graph: Graph) -> list[str]:
                 float_out["graph outputs"] += 1
             for user in op.result.users:
                 if user.name != "quantize":
-                    float_out[user.name] += 1
-    if float_out:
-        detail = ", ".join(f"{k} x{n}" if n > 1 else k for k, n in sorted(float_out.items()))
-        notes.append(f"int8 layers write f32 where float consumers read them: {detail}")
-    return notes
+                    float_out[_float_reader(user)] += 1
+    rows = []
+    for label, counts in (("f32 -> u8 (quantize after)", quantized), ("int8 layer -> f32 (read by)", float_out)):
+        for name, n in sorted(counts.items()):
+            last = name.rsplit(" -> ", 1)[-1]
+            rows.append([label, name, str(n), FLOAT_REASONS.get(last, f"{last} has no kernel on u8 values")])
+    return rows
+
+
+def _float_reader(op: Op) -> str:
+    """The op that needs a float value, seen through data movement: ``reshape -> permute -> softmax``."""
+    chain = [op.name]
+    while op.name in TRANSPARENT and len(op.result.users) == 1:
+        op = op.result.users[0]
+        chain.append(op.name)
+    return " -> ".join(chain)
+
+
+def remaining_conversions(graph: Graph) -> list[str]:
+    """Human notes on float<->int8 conversions left in a quantised graph, and why: one table
+    (``float_islands``), empty when the graph is integer from its first quantize to its end."""
+    rows = float_islands(graph)
+    if not rows:
+        return []
+    total = sum(int(r[2]) for r in rows if r[0].startswith("f32"))
+    head = ["conversion", "float op", "count", "why"]
+    return [f"{total} quantize op(s) remain; float islands:\n" + format_table(head, rows, "llrl")]
 
 
 QuantFusion = rules_pass(

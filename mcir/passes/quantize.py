@@ -133,7 +133,8 @@ class Quantize(Pass):
                 f"quantize: no calibration data given; calibrated on {self.samples} random batches "
                 "(pass calibration=... or --calibration FILE for representative ranges)"
             )
-        stats = observe(graph, check_batches(graph, batches), histograms=self.calibration != "minmax")
+        wanted = range_candidates(graph, self.attention) if self.calibration != "minmax" else set()
+        stats = observe(graph, check_batches(graph, batches), histograms=wanted)
         ranges = {name: choose_range(s, self.calibration) for name, s in stats.items()}
         _Quantizer(graph, self, ranges).run()
         if self.fuse:
@@ -197,6 +198,19 @@ def mixed_precision(graph: Graph, opts: Quantize, ctx: PassContext) -> None:
                 op.meta.pop(HOLD, None)
     counts = {b: sum(1 for v in level.values() if v == b) for b in sorted(set(level.values()), reverse=True)}
     ctx.warn("quantize: mixed precision, layers per bit width: " + ", ".join(f"{b}: {n}" for b, n in counts.items()))
+
+
+def range_candidates(graph: Graph, attention: bool) -> set[str]:
+    """Names of the float values ``_Quantizer`` may quantise (a superset): the activation operand
+    of int8 layers, both operands of attention matmuls, the operands of the ops run on u8.
+    Only these need histograms; every other value's range is never read."""
+    names: set[str] = set()
+    for op in graph.compute_ops():
+        if op.name in INT8_LAYERS:
+            names.add(op.operands[0].name)
+        elif op.name in INT8_ACTIVATION_OPS or (attention and op.name == "matmul"):
+            names.update(v.name for v in op.operands)
+    return names
 
 
 def dense_where_sparse_int8_does_not_pay(graph: Graph, target: str = "native") -> list[str]:
