@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from mcir.dtypes import DType
-from mcir.encodings.base import Encoding
+from mcir.encodings.base import Encoding, check_scales, check_zero_padding, int_param
 from mcir.errors import McirError
 
 if TYPE_CHECKING:
@@ -55,13 +55,21 @@ class PackedSlices(Encoding):
     def from_params(cls, params: dict[str, Any]) -> Encoding:
         if set(params) != {"axis"}:
             raise McirError(f"#{cls.name} takes exactly one parameter, axis (got {sorted(params)})")
-        return cls(axis=int(params["axis"]))
+        return cls(axis=int_param(cls.name, "axis", params["axis"], 0, 0))
 
     def check(self, t: TensorType) -> None:
         if t.dtype != self.dtype:
             raise McirError(f"#{self.name} needs dtype {self.dtype}, got {t.dtype} (in {t})")
         if self.axis != 0 or t.rank < 1:
             raise McirError(f"#{self.name} packs slices along axis 0 of a tensor of rank >= 1 (in {t})")
+
+    def check_stored(self, t: TensorType, stored: dict[str, Any]) -> None:
+        # XNOR/popcount kernels count whole words: a set bit past K changes the result
+        _, k = self.slices(t)
+        for key, (dt, _shape) in self.components(t).items():
+            if dt.name == "u64":
+                check_zero_padding(self.name, key, stored[key], k)
+        check_scales(self.name, "alpha", stored["alpha"], zero_ok=True)  # alpha = mean|w| is 0 for a zero slice
 
     @staticmethod
     def slices(t: TensorType) -> tuple[int, int]:
