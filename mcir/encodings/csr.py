@@ -55,7 +55,7 @@ class Csr(Encoding):
 
     def check_stored(self, t: TensorType, stored: dict[str, Any]) -> None:
         # kernels walk rowptr[i]..rowptr[i+1] and index the input row by indices[j]: both must stay inside
-        n, k = rows(t)
+        _, k = rows(t)
         rowptr = stored["rowptr"].astype(np.int64)
         if rowptr[0] != 0 or rowptr[-1] != self.nnz:
             raise McirError(
