@@ -43,8 +43,10 @@ from mcir.codegen.kernels import KernelContext, KernelGen
 from mcir.codegen.kernels.elementwise import fusable_epilogue
 from mcir.codegen.memory_plan import ALIGN, MemoryPlan, Step, plan, view_offset, view_root, view_source
 from mcir.codegen.target import Target
-from mcir.errors import CodegenError
+from mcir.errors import CodegenError, UnsupportedError
 from mcir.ir import Graph, Op, Value
+from mcir.ops import registry
+from mcir.ops.traits import CONTRACTION, NORMALIZATION, POOLING, REDUCTION
 from mcir.verifier import verify
 from mcir.version import __version__
 
@@ -91,9 +93,28 @@ def build_steps(graph: Graph, target: Target) -> list[tuple[Step, KernelGen]]:
                 step.epilogue.append(user)
                 absorbed.add(id(user))
                 step.result = user.result
-        step.scratch_bytes = gen.scratch(op, target) if gen.scratch else 0
+        _refuse_empty_reduction(op)
+        empty = op.result.type.numel == 0  # nothing to compute: kernel_function emits an empty body
+        step.scratch_bytes = gen.scratch(op, target) if gen.scratch and not empty else 0
         steps.append((step, gen))
     return steps
+
+
+# ops whose result reduces over an operand axis; when that axis has length 0 (matmul with K = 0,
+# attention with no keys, layer_norm over nothing) the kernels would divide by or index with 0
+_REDUCING = (CONTRACTION, NORMALIZATION, REDUCTION, POOLING)
+
+
+def _refuse_empty_reduction(op: Op) -> None:
+    """A clean error for a reduction over a zero-length axis (the interpreter defines it; kernels do not)."""
+    if op.result.type.numel == 0 or not any(registry.has_trait(op.name, t) for t in _REDUCING):
+        return
+    for v in op.operands:
+        if v.type.numel == 0:
+            raise UnsupportedError(
+                f"{op.where()}: operand %{v.name}: {v.type} is empty, so the op reduces over a zero-length axis; "
+                "the native backend does not compile that: remove the op or give the axis a length"
+            )
 
 
 def kernel_key(step: Step, gen: KernelGen) -> tuple:
@@ -239,6 +260,9 @@ class _Builder:
         for a in fn.args:
             a.add_attribute("noalias")
         builder = ir.IRBuilder(fn.append_basic_block("entry"))
+        if op.result.type.numel == 0:  # an empty result: nothing to write (kernels assume n > 0)
+            builder.ret(ir.Constant(I32, OK))
+            return fn
         em = Emitter(builder, self.module)
         epilogue = None
         if step.epilogue:

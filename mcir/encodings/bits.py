@@ -28,6 +28,8 @@ def words(k: int) -> int:
 def pack_bits(mask: np.ndarray) -> np.ndarray:
     """[N, K] bools -> [N, ceil(K/64)] u64, element k in bit k % 64 of word k // 64 (zero padding)."""
     n, k = mask.shape
+    if n == 0:  # reshape(0, -1, 8) below cannot infer its middle dimension
+        return np.zeros((0, words(k)), np.uint64)
     padded = np.zeros((n, words(k) * 64), np.uint8)
     padded[:, :k] = mask
     as_bytes = np.packbits(padded.reshape(n, -1, 8), axis=-1, bitorder="little").reshape(n, -1)
@@ -37,6 +39,8 @@ def pack_bits(mask: np.ndarray) -> np.ndarray:
 def unpack_bits(bits: np.ndarray, k: int) -> np.ndarray:
     """Inverse of pack_bits: [N, W] u64 -> [N, K] bools."""
     n = bits.shape[0]
+    if n == 0:
+        return np.zeros((0, k), bool)
     as_bytes = np.ascontiguousarray(bits.astype("<u8")).view(np.uint8).reshape(n, -1)
     return np.unpackbits(as_bytes, axis=-1, bitorder="little")[:, :k].astype(bool)
 

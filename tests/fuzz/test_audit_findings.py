@@ -5,6 +5,8 @@ or in the same answer from the interpreter and the native library.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -166,3 +168,109 @@ def test_saved_folder_with_out_of_range_csr_indices_is_refused_on_load(tmp_path)
     safetensors.numpy.save_file(weights, str(tmp_path / "m" / "weights.safetensors"))
     with pytest.raises(McirError, match="'indices' holds 0..99"):
         mcir.load(tmp_path / "m")
+
+
+# ---- edge semantics: the same in the interpreter and natively ---------------------------------
+
+
+def unary_graph(input_type: str, op: str, result_type: str) -> mcir.Graph:
+    return mcir.parse(f"graph @g(%x: {input_type}) -> ({result_type}) {{\n  %y = {op} : {result_type}\n  return %y\n}}")
+
+
+EDGE_FLOATS = np.array([-1.0, -3.7, 255.9, 256.0, 300.0, -200.0, 1e30, -1e30, np.nan, np.inf, -np.inf, 0.5], np.float32)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "expected"),
+    [
+        # truncate toward zero, saturate to int64 (NaN -> 0), wrap to the width: -1.0 -> 255 as in torch
+        ("u8", [255, 253, 255, 0, 44, 56, 255, 0, 0, 255, 0, 0]),
+        ("i8", [-1, -3, -1, 0, 44, 56, -1, 0, 0, -1, 0, 0]),
+        ("i32", [-1, -3, 255, 256, 300, -200, -1, 0, 0, -1, 0, 0]),
+        ("i64", [-1, -3, 255, 256, 300, -200, 2**63 - 1, -(2**63), 0, 2**63 - 1, -(2**63), 0]),
+    ],
+)
+def test_cast_of_out_of_range_floats_is_defined_and_native_agrees(tmp_path, dtype: str, expected: list[int]) -> None:
+    g = unary_graph("f32[12]", f'cast(%x) {{dtype="{dtype}"}}', f"{dtype}[12]")
+    with np.errstate(invalid="ignore"):
+        (ref,) = mcir.interpret(g, EDGE_FLOATS)
+    np.testing.assert_array_equal(ref, np.array(expected, dtype=ref.dtype))
+    (native,) = mcir.compile(g, tmp_path / "cast")(EDGE_FLOATS)
+    np.testing.assert_array_equal(native, ref)
+
+
+def test_cast_of_negative_floats_to_u8_wraps_like_torch() -> None:
+    torch = pytest.importorskip("torch")
+    x = np.array([-1.0, -3.7, -200.0, 2.9], np.float32)
+    (ref,) = mcir.interpret(unary_graph("f32[4]", 'cast(%x) {dtype="u8"}', "u8[4]"), x)
+    np.testing.assert_array_equal(ref, torch.from_numpy(x).to(torch.uint8).numpy())
+
+
+@pytest.mark.parametrize(
+    "op",
+    ["pow(%x) {exponent=inf}", "pow(%x) {exponent=nan}", "clamp(%x) {min=nan}", "clamp(%x) {max=-inf}"],
+)
+def test_non_finite_attributes_that_kernels_fold_are_refused(op: str) -> None:
+    with pytest.raises(McirError, match="needs a finite number"):
+        unary_graph("f32[4]", op, "f32[4]")
+
+
+@pytest.mark.parametrize(
+    ("input_type", "op", "result_type"),
+    [
+        ("f32[2,0]", "softmax(%x)", "f32[2,0]"),
+        ("f32[2,0]", "log_softmax(%x)", "f32[2,0]"),
+        ("f32[]", "softmax(%x) {axis=0}", "f32[]"),
+        ("f32[2,0]", "layer_norm(%x)", "f32[2,0]"),
+    ],
+)
+def test_degenerate_normalisations_run_natively_like_the_interpreter(tmp_path, input_type, op, result_type) -> None:
+    g = unary_graph(input_type, op, result_type)
+    x = np.full(g.inputs[0].type.shape, 1.5, np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # numpy's "mean of empty slice" on the empty case
+        (ref,) = mcir.interpret(g, x)
+    (native,) = mcir.compile(g, tmp_path / "deg")(x)
+    np.testing.assert_array_equal(native, ref)
+
+
+def test_interpreter_handles_zero_length_attention_and_binary_quantize() -> None:
+    g = mcir.parse(
+        "graph @g(%q: f32[1,2,4], %k: f32[1,0,4], %v: f32[1,0,4]) -> (f32[1,2,4]) {\n"
+        "  %y = scaled_dot_product_attention(%q, %k, %v) : f32[1,2,4]\n  return %y\n}"
+    )
+    (y,) = mcir.interpret(
+        g, np.ones((1, 2, 4), np.float32), np.zeros((1, 0, 4), np.float32), np.zeros((1, 0, 4), np.float32)
+    )
+    np.testing.assert_array_equal(y, np.zeros((1, 2, 4), np.float32))  # no keys: attends to nothing
+    gb = mcir.parse(
+        "graph @g(%x: f32[0,8]) -> (f32[0,8]) {\n  %b = quantize(%x) : b1[0,8] #binary<axis=0>\n"
+        "  %y = dequantize(%b) : f32[0,8]\n  return %y\n}"
+    )
+    (yb,) = mcir.interpret(gb, np.zeros((0, 8), np.float32))
+    assert yb.shape == (0, 8)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "op", "result"),
+    [
+        ("%a: f32[2,0], %b: f32[0,3]", "matmul(%a, %b)", "f32[2,3]"),
+        ("%q: f32[1,2,4], %k: f32[1,0,4], %v: f32[1,0,4]", "scaled_dot_product_attention(%q, %k, %v)", "f32[1,2,4]"),
+    ],
+)
+def test_native_reductions_over_zero_length_axes_are_refused_cleanly(tmp_path, inputs, op, result) -> None:
+    g = mcir.parse(f"graph @g({inputs}) -> ({result}) {{\n  %y = {op} : {result}\n  return %y\n}}")
+    with pytest.raises(McirError, match="reduces over a zero-length axis"):
+        mcir.compile(g, tmp_path / "empty")
+
+
+def test_interpreter_out_of_memory_is_a_mcir_error(monkeypatch) -> None:
+    g = unary_graph("f32[4]", "relu(%x)", "f32[4]")
+
+    # a huge attention's scores raised a raw MemoryError; simulate the allocation failing
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(mcir.interp.Interpreter, "run_op", no_memory)
+    with pytest.raises(McirError, match="not enough memory to interpret"):
+        mcir.interpret(g, np.ones(4, np.float32))
