@@ -67,6 +67,9 @@ def clamp(x, min=None, max=None):
     """y = min(max(x, min), max); relu6 is clamp{min=0, max=6}, hardtanh is clamp{min=-1, max=1}"""
     lo = -np.inf if min is None else min
     hi = np.inf if max is None else max
+    if np.asarray(x).dtype.kind in "iu":  # bounds beyond an integer dtype saturate to it (as natively)
+        info = np.iinfo(np.asarray(x).dtype)
+        lo, hi = (float(np.clip(b, info.min, info.max)) for b in (lo, hi))
     return _like(np.clip(x, lo, hi), x)
 
 

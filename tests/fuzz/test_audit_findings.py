@@ -337,3 +337,18 @@ def test_a_non_utf8_graph_file_is_a_mcir_error(tmp_path) -> None:
     (folder / "graph.mcir").write_bytes(b"graph @g(%x: f32[4]) \xff\xfe -> (f32[4])")
     with pytest.raises(McirError):
         mcir.load(folder)
+
+
+@pytest.mark.parametrize(
+    ("op", "x", "expected"),
+    [
+        ("clamp(%x) {min=1e30}", [1, 2, 3, 250], [255, 255, 255, 255]),  # bounds saturate to the dtype
+        ("clamp(%x) {min=-1e30, max=3.5}", [1, 2, 3, 250], [1, 2, 3, 3]),
+    ],
+)
+def test_clamp_bounds_beyond_an_integer_dtype_saturate_the_same_natively(tmp_path, op, x, expected) -> None:
+    g = unary_graph("u8[4]", op, "u8[4]")
+    x = np.array(x, np.uint8)
+    (ref,) = mcir.interpret(g, x)
+    np.testing.assert_array_equal(ref, np.array(expected, np.uint8))
+    np.testing.assert_array_equal(mcir.compile(g, tmp_path / "clamp")(x)[0], ref)
