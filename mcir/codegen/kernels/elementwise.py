@@ -232,7 +232,7 @@ def cast_value(em: Emitter, x: ir.Value, src: DType, dst: DType) -> ir.Value:
     if src.is_float and dst.is_float:
         return x
     if src.is_float:
-        # defined for every float (docs/ir.md, "cast"): truncate toward zero, saturate to int64 (NaN -> 0),
+        # defined for every float (docs/ir.md, "Edge values"): truncate toward zero, saturate to int64 (NaN -> 0),
         # then wrap to the target width like torch; a plain fptosi/fptoui out of range is poison
         wide_t = ir.VectorType(I64, x.type.count) if isinstance(x.type, ir.VectorType) else I64
         wide = b.call(em.intrinsic("llvm.fptosi.sat", [wide_t, x.type], wide_t, [x.type]), [x])
