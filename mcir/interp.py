@@ -41,6 +41,11 @@ class Interpreter:
                 if op.name == "const" or op.where() in str(e):  # the message already names the value
                     raise
                 raise type(e)(f"{e} (while running {describe(op)})") from None
+            except MemoryError:
+                # a verified graph may still need more memory than this machine has (huge attention scores)
+                raise McirError(
+                    f"not enough memory to interpret {describe(op)}; run the compiled library or smaller shapes"
+                ) from None
             except Exception as e:
                 # a failing reference is an mcir bug: keep the exception and its traceback, add where
                 if hasattr(e, "add_note"):  # Python 3.11+; on 3.10 the exception goes up unchanged

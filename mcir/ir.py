@@ -336,4 +336,5 @@ def _freeze_data(data: Any, type: TensorType) -> Any:
             raise McirError(f"component '{key}' is {arr.dtype}{list(arr.shape)}, expected {dt}{list(shape)} for {type}")
         arr.flags.writeable = False
         out[key] = arr
+    type.encoding.check_stored(type, out)  # indices, row pointers, padding bits, scales: what kernels rely on
     return out

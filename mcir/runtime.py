@@ -82,10 +82,21 @@ class TensorDesc:
 
 
 def library_names(path: str | Path) -> list[str]:
-    """The model names a shared library exports (``mcir_NAME_run`` symbols), read from its ELF."""
+    """The model names a shared library exports (``mcir_NAME_run`` symbols), read from its ELF;
+    RuntimeCallError when the file is an ELF whose tables do not fit in it (truncated, corrupt)."""
     data = Path(path).read_bytes()
-    if data[:4] != b"\x7fELF" or data[4] != 2:
+    if data[:4] != b"\x7fELF" or len(data) < 0x40 or data[4] != 2:
         return []
+    try:
+        return _elf_model_names(data)
+    except (struct.error, IndexError, ValueError, UnicodeDecodeError):
+        raise RuntimeCallError(
+            f"{path} is a truncated or corrupt ELF file ({len(data)} bytes): its section tables point past "
+            "its end; compile the library again"
+        ) from None
+
+
+def _elf_model_names(data: bytes) -> list[str]:
     end = "<" if data[5] == 1 else ">"
     (shoff,) = struct.unpack_from(end + "Q", data, 0x28)
     shentsize, shnum = struct.unpack_from(end + "HH", data, 0x3A)

@@ -34,6 +34,13 @@ if TYPE_CHECKING:  # encodings depend on this module, never the other way round 
     from mcir.encodings.base import Encoding
 
 
+#: the largest tensor (all its bytes, 1 byte per element at least) a type may describe: 1 TiB keeps every
+#: size, offset and workspace sum far inside int64 (see docs/ir.md, "Limits")
+MAX_TENSOR_BYTES = 2**40
+#: the largest rank; kernels keep per-dimension strides on the stack
+MAX_RANK = 16
+
+
 @dataclass(frozen=True)
 class TensorType:
     """The type of a value: static shape, element dtype, optional encoding."""
@@ -46,6 +53,15 @@ class TensorType:
         object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
         if any(d < 0 for d in self.shape):
             raise McirError(f"negative dimension in shape {list(self.shape)}")
+        # sizes are computed in int64 by the backend: refuse a tensor whose bytes could overflow
+        # (or that no machine holds) before anything multiplies its dimensions
+        if len(self.shape) > MAX_RANK:
+            raise McirError(f"shape {list(self.shape)} has rank {len(self.shape)}; mcir supports rank <= {MAX_RANK}")
+        if math.prod(self.shape) * max(self.dtype.bits, 8) // 8 > MAX_TENSOR_BYTES:
+            raise McirError(
+                f"shape {list(self.shape)} of {self.dtype} is {math.prod(self.shape)} elements, more than the "
+                f"{MAX_TENSOR_BYTES} bytes (2^40) mcir allows per tensor"
+            )
         if self.encoding is not None:
             self.encoding.check(self)
         elif self.dtype.kind == "packed":

@@ -4,8 +4,11 @@
 * Use lists agree with operands (no dangling uses of erased ops).
 * Every op is registered, its attributes are valid, and the type inferred from its
   operands equals its declared (logical) type.
-* Constants with data match their types; only constants have encodings with components
+* Constants with data match their types and their encodings' facts (``Encoding.check_stored``:
+  indices, row pointers, padding bits, scales); only constants have encodings with components
   (per-axis scales, packed bits); outputs are values of the graph.
+* Resource limits (below): a graph within them compiles in time and memory linear in its size;
+  tensor sizes are limited by ``mcir.types.MAX_TENSOR_BYTES`` (2^40 bytes).
 """
 
 from __future__ import annotations
@@ -13,6 +16,32 @@ from __future__ import annotations
 from mcir.errors import McirError, VerifyError
 from mcir.ir import Graph, Value, _freeze_data
 from mcir.ops import registry
+
+#: operands of one op: a kernel takes one pointer per operand (a 20,000-operand concat made LLVM run out
+#: of memory); split wider concatenations into a tree of concats
+MAX_OPERANDS = 1024
+#: graph inputs and outputs: each is a descriptor in the library and a pointer in every call
+MAX_INPUTS = 16384
+MAX_OUTPUTS = 16384
+#: ops of one graph (constants included)
+MAX_OPS = 1_000_000
+
+
+def check_limits(graph: Graph) -> None:
+    """Raise VerifyError when ``graph`` exceeds a resource limit above."""
+    for what, count, limit in (
+        ("inputs", len(graph.inputs), MAX_INPUTS),
+        ("outputs", len(graph.outputs), MAX_OUTPUTS),
+        ("ops", len(graph.ops), MAX_OPS),
+    ):
+        if count > limit:
+            raise VerifyError(f"@{graph.name} has {count} {what}; mcir allows at most {limit} (docs/ir.md, Limits)")
+    for op in graph.ops:
+        if len(op.operands) > MAX_OPERANDS:
+            raise VerifyError(
+                f"@{graph.name}: {op.where()} has {len(op.operands)} operands; mcir allows at most {MAX_OPERANDS} "
+                "per op: split it (e.g. a concat into a tree of concats)"
+            )
 
 
 def _only_constants_have_components(graph: Graph, v: Value, where: str, computed_ok: bool = False) -> None:
@@ -25,6 +54,7 @@ def _only_constants_have_components(graph: Graph, v: Value, where: str, computed
 
 def verify(graph: Graph) -> Graph:
     """Check ``graph``; raise VerifyError naming the first broken op. Returns the graph."""
+    check_limits(graph)
     defined: set[int] = set()
     names: set[str] = set()
 

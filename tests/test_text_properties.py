@@ -49,6 +49,8 @@ names = st.text(NAME_CHARS, min_size=1, max_size=6)
 locations = st.builds(Location, st.text(max_size=8), st.text(max_size=8))
 # floats an attribute may hold: anything, with the printing corner cases made likely
 float_attrs = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([0.0, -0.0, 1e-7, 1e16, 5e-324, -2.5])
+# attributes kernels fold into code must be finite (docs/ir.md, "Edge values"): pow, clamp, eps, scale, p
+finite_attrs = st.floats(allow_nan=False, allow_infinity=False) | st.sampled_from([0.0, -0.0, 1e-7, 1e16, 5e-324, -2.5])
 SPECIAL_VALUES = np.array([np.nan, np.inf, -np.inf, -0.0, 0.0, 1e-40, -1e-45, 3.4e38, 1e-5, 123456.7])
 
 
@@ -168,16 +170,16 @@ def gen_gelu(b: RandomGraph, op: str) -> None:
 
 
 def gen_pow(b: RandomGraph, op: str) -> None:
-    b.add(op, [b.operand(FLOATS)], {"exponent": b.draw(float_attrs)})
+    b.add(op, [b.operand(FLOATS)], {"exponent": b.draw(finite_attrs)})
 
 
 def gen_clamp(b: RandomGraph, op: str) -> None:
-    bound = st.none() | float_attrs
+    bound = st.none() | finite_attrs
     b.add(op, [b.operand(NUMERIC)], {"min": b.draw(bound), "max": b.draw(bound)})
 
 
 def gen_dropout(b: RandomGraph, op: str) -> None:
-    b.add(op, [b.operand(ANY)], {"p": b.draw(float_attrs)})
+    b.add(op, [b.operand(ANY)], {"p": b.draw(finite_attrs)})
 
 
 def gen_cast(b: RandomGraph, op: str) -> None:
@@ -332,14 +334,14 @@ def gen_adaptive(b: RandomGraph, op: str) -> None:
 def gen_batch_norm(b: RandomGraph, op: str) -> None:
     x = b.operand(("f32",), min_rank=2)
     params = [b.operand(("f32",), shape=(x.type.shape[1],)) for _ in range(4)]
-    b.add(op, [x, *params], {"eps": b.draw(float_attrs)})
+    b.add(op, [x, *params], {"eps": b.draw(finite_attrs)})
 
 
 def gen_layer_norm(b: RandomGraph, op: str) -> None:
     x = b.operand(("f32",), min_rank=1)
     dims = b.draw(st.integers(1, min(2, x.type.rank)))
     affine = [b.operand(("f32",), shape=x.type.shape[x.type.rank - dims :]) for _ in range(b.draw(st.integers(0, 2)))]
-    b.add(op, [x, *affine], {"dims": dims, "eps": b.draw(float_attrs)})
+    b.add(op, [x, *affine], {"dims": dims, "eps": b.draw(finite_attrs)})
 
 
 def gen_softmax(b: RandomGraph, op: str) -> None:
@@ -393,7 +395,7 @@ def gen_attention(b: RandomGraph, op: str) -> None:
     s = b.draw(st.integers(1, 4))
     k = b.operand(("f32",), shape=(*b.broadcastable(tuple(batch)), s, e))
     v = b.operand(("f32",), shape=(*b.broadcastable(tuple(batch)), s, b.draw(st.integers(1, 4))))
-    attrs = {"scale": b.draw(st.none() | float_attrs)}
+    attrs = {"scale": b.draw(st.none() | finite_attrs)}
     mask = []
     if b.draw(st.booleans()):
         scores = (*batch, q.type.shape[-2], s)

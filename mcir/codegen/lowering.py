@@ -38,13 +38,15 @@ from mcir.codegen.abi import (
     QUANT_PER_AXIS,
     QUANT_PER_TENSOR,
 )
-from mcir.codegen.emit import I8, I32, I64, PTR, Emitter, i64
+from mcir.codegen.emit import I1, I8, I32, I64, PTR, Emitter, i64
 from mcir.codegen.kernels import KernelContext, KernelGen
 from mcir.codegen.kernels.elementwise import fusable_epilogue
 from mcir.codegen.memory_plan import ALIGN, MemoryPlan, Step, plan, view_offset, view_root, view_source
 from mcir.codegen.target import Target
-from mcir.errors import CodegenError
+from mcir.errors import CodegenError, UnsupportedError
 from mcir.ir import Graph, Op, Value
+from mcir.ops import registry
+from mcir.ops.traits import CONTRACTION, NORMALIZATION, POOLING, REDUCTION
 from mcir.verifier import verify
 from mcir.version import __version__
 
@@ -91,9 +93,28 @@ def build_steps(graph: Graph, target: Target) -> list[tuple[Step, KernelGen]]:
                 step.epilogue.append(user)
                 absorbed.add(id(user))
                 step.result = user.result
-        step.scratch_bytes = gen.scratch(op, target) if gen.scratch else 0
+        _refuse_empty_reduction(op)
+        empty = op.result.type.numel == 0  # nothing to compute: kernel_function emits an empty body
+        step.scratch_bytes = gen.scratch(op, target) if gen.scratch and not empty else 0
         steps.append((step, gen))
     return steps
+
+
+# ops whose result reduces over an operand axis; when that axis has length 0 (matmul with K = 0,
+# attention with no keys, layer_norm over nothing) the kernels would divide by or index with 0
+_REDUCING = (CONTRACTION, NORMALIZATION, REDUCTION, POOLING)
+
+
+def _refuse_empty_reduction(op: Op) -> None:
+    """A clean error for a reduction over a zero-length axis (the interpreter defines it; kernels do not)."""
+    if op.result.type.numel == 0 or not any(registry.has_trait(op.name, t) for t in _REDUCING):
+        return
+    for v in op.operands:
+        if v.type.numel == 0:
+            raise UnsupportedError(
+                f"{op.where()}: operand %{v.name}: {v.type} is empty, so the op reduces over a zero-length axis; "
+                "the native backend does not compile that: remove the op or give the axis a length"
+            )
 
 
 def kernel_key(step: Step, gen: KernelGen) -> tuple:
@@ -239,6 +260,9 @@ class _Builder:
         for a in fn.args:
             a.add_attribute("noalias")
         builder = ir.IRBuilder(fn.append_basic_block("entry"))
+        if op.result.type.numel == 0:  # an empty result: nothing to write (kernels assume n > 0)
+            builder.ret(ir.Constant(I32, OK))
+            return fn
         em = Emitter(builder, self.module)
         epilogue = None
         if step.epilogue:
@@ -296,18 +320,34 @@ class _Builder:
             low = b.and_(b.ptrtoint(ws, I64), i64(ALIGN - 1))
             fail_if(b.icmp_unsigned("!=", low, i64(0)), ERR_WORKSPACE_ALIGNMENT)
         palign = self.target.pointer_bits // 8
-        in_ptrs = [em.load(inputs, i, PTR, align=palign) for i in range(len(self.graph.inputs))]
-        out_ptrs = [em.load(outputs, j, PTR, align=palign) for j in range(len(self.graph.outputs))]
-        for p in in_ptrs + out_ptrs:
-            fail_if(b.icmp_unsigned("==", p, null), ERR_NULL_TENSOR)
+
+        # the tensor pointers are checked by a loop and loaded where first used: straight-line code with a
+        # load, compare and branch per pointer made LLVM's O3 quadratic in the number of inputs
+        # (4,000 inputs took 22.7 s to compile)
+        def any_null(array: ir.Value, count: int) -> ir.Value:
+            with em.loop_carried(count, [ir.Constant(I1, 0)], name="p") as lp:
+                p = em.load(array, lp.index, PTR, align=palign)
+                lp.next([b.or_(lp.values[0], b.icmp_unsigned("==", p, null))])
+            return lp.results[0]
+
+        nulls = [any_null(arr, len(vals)) for arr, vals in ((inputs, self.graph.inputs), (outputs, self.graph.outputs))]
+        fail_if(b.or_(*nulls) if len(nulls) == 2 else nulls[0], ERR_NULL_TENSOR)
+        loaded: dict[tuple[int, int], ir.Value] = {}
+
+        def tensor_ptr(which: int, index: int) -> ir.Value:
+            # every use is in the run function's single straight-line block after the checks, so a load
+            # emitted at the first use dominates all later ones
+            if (which, index) not in loaded:
+                loaded[which, index] = em.load(outputs if which else inputs, index, PTR, align=palign)
+            return loaded[which, index]
 
         def where(v: Value, step_op: Op | None = None, index: int = 0, gen: KernelGen | None = None) -> ir.Value:
             s = mp.of(v)
             off = view_offset(v)
             if s.kind == "input":
-                return em.byte_offset(in_ptrs[s.index], off)
+                return em.byte_offset(tensor_ptr(0, s.index), off)
             if s.kind == "output":
-                return em.byte_offset(out_ptrs[s.index], off)
+                return em.byte_offset(tensor_ptr(1, s.index), off)
             if s.kind == "const":
                 return self.constant(v, step_op, index, gen)
             return em.byte_offset(ws, s.index + off)
@@ -315,7 +355,7 @@ class _Builder:
         for s, step in enumerate(mp.steps):
             if step.op is None:  # copy into an output buffer
                 src = where(step.source)
-                b.call(self.copy_function(), [out_ptrs[step.out_index], src, i64(step.result.type.nbytes)])
+                b.call(self.copy_function(), [tensor_ptr(1, step.out_index), src, i64(step.result.type.nbytes)])
                 continue
             gen = gens[id(step)]
             key = kernel_key(step, gen)

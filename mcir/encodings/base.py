@@ -58,6 +58,11 @@ class Encoding(abc.ABC):
     def check(self, t: TensorType) -> None:  # noqa: B027 - optional hook: most encodings accept any type
         """Raise McirError if this encoding cannot apply to a tensor of type ``t`` (default: no check)."""
 
+    def check_stored(self, t: TensorType, stored: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Raise McirError if stored components (already of the right dtypes and shapes) break a fact
+        the kernels rely on: indices in range, row pointers monotone, padding bits zero, scales
+        finite and positive. Called on every constant's data (verifier, loader, ``Rewriter.set_data``)."""
+
     def components(self, t: TensorType) -> dict[str, tuple[DType, tuple[int, ...]]]:
         """Storage arrays of a constant of type ``t``: name -> (dtype, shape)."""
         return {"data": (t.dtype, t.shape)}
@@ -85,6 +90,39 @@ class Encoding(abc.ABC):
     def __str__(self) -> str:
         body = ", ".join(f"{k}={format_attr(v)}" for k, v in self.params().items())
         return f"#{self.name}<{body}>"
+
+
+def int_param(encoding: str, key: str, value: Any, lo: int, hi: int) -> int:
+    """A parsed parameter that must be an integer in [lo, hi] (not a bool, float, string or none)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise McirError(f"#{encoding} {key} must be an integer in {lo}..{hi}, got {format_attr(value)}")
+    return value
+
+
+def check_scales(encoding: str, key: str, scales: Any, zero_ok: bool = False) -> None:
+    """Per-slice scales must be finite and positive (kernels divide by them or fold them into
+    integer arithmetic; the passes that make them never write 0, NaN or inf)."""
+    import numpy as np  # numpy is a dependency of every caller; kept local so the base stays light
+
+    s = np.asarray(scales, np.float64)
+    bad = ~np.isfinite(s) | ((s < 0) if zero_ok else (s <= 0))
+    if bad.any():
+        i = np.unravel_index(int(np.argmax(bad)), s.shape)
+        need = "finite and >= 0" if zero_ok else "finite and > 0"
+        raise McirError(f"#{encoding} component '{key}'{list(i)} is {float(s[i])}; scales must be {need}")
+
+
+def check_zero_padding(encoding: str, key: str, packed: Any, used_bits: int) -> None:
+    """The bits of each row past ``used_bits`` must be zero: kernels read whole words or bytes."""
+    import numpy as np
+
+    rows = np.ascontiguousarray(packed).view(np.uint8).reshape(packed.shape[0], -1)
+    bits = np.unpackbits(rows, axis=1, bitorder="little")[:, used_bits:]
+    if bits.any():
+        row = int(np.argmax(bits.any(axis=1)))
+        raise McirError(
+            f"#{encoding} component '{key}' row {row} has padding bits set past bit {used_bits}; they must be zero"
+        )
 
 
 def _numel(shape: tuple[int, ...]) -> int:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from mcir.dtypes import DType
-from mcir.encodings.base import Encoding
+from mcir.encodings.base import Encoding, check_scales, check_zero_padding, int_param
 from mcir.errors import McirError
 
 if TYPE_CHECKING:
@@ -28,6 +28,8 @@ def words(k: int) -> int:
 def pack_bits(mask: np.ndarray) -> np.ndarray:
     """[N, K] bools -> [N, ceil(K/64)] u64, element k in bit k % 64 of word k // 64 (zero padding)."""
     n, k = mask.shape
+    if n == 0:  # reshape(0, -1, 8) below cannot infer its middle dimension
+        return np.zeros((0, words(k)), np.uint64)
     padded = np.zeros((n, words(k) * 64), np.uint8)
     padded[:, :k] = mask
     as_bytes = np.packbits(padded.reshape(n, -1, 8), axis=-1, bitorder="little").reshape(n, -1)
@@ -37,6 +39,8 @@ def pack_bits(mask: np.ndarray) -> np.ndarray:
 def unpack_bits(bits: np.ndarray, k: int) -> np.ndarray:
     """Inverse of pack_bits: [N, W] u64 -> [N, K] bools."""
     n = bits.shape[0]
+    if n == 0:
+        return np.zeros((0, k), bool)
     as_bytes = np.ascontiguousarray(bits.astype("<u8")).view(np.uint8).reshape(n, -1)
     return np.unpackbits(as_bytes, axis=-1, bitorder="little")[:, :k].astype(bool)
 
@@ -55,13 +59,21 @@ class PackedSlices(Encoding):
     def from_params(cls, params: dict[str, Any]) -> Encoding:
         if set(params) != {"axis"}:
             raise McirError(f"#{cls.name} takes exactly one parameter, axis (got {sorted(params)})")
-        return cls(axis=int(params["axis"]))
+        return cls(axis=int_param(cls.name, "axis", params["axis"], 0, 0))
 
     def check(self, t: TensorType) -> None:
         if t.dtype != self.dtype:
             raise McirError(f"#{self.name} needs dtype {self.dtype}, got {t.dtype} (in {t})")
         if self.axis != 0 or t.rank < 1:
             raise McirError(f"#{self.name} packs slices along axis 0 of a tensor of rank >= 1 (in {t})")
+
+    def check_stored(self, t: TensorType, stored: dict[str, Any]) -> None:
+        # XNOR/popcount kernels count whole words: a set bit past K changes the result
+        _, k = self.slices(t)
+        for key, (dt, _shape) in self.components(t).items():
+            if dt.name == "u64":
+                check_zero_padding(self.name, key, stored[key], k)
+        check_scales(self.name, "alpha", stored["alpha"], zero_ok=True)  # alpha = mean|w| is 0 for a zero slice
 
     @staticmethod
     def slices(t: TensorType) -> tuple[int, int]:

@@ -24,7 +24,7 @@ import numpy as np
 
 from mcir import dtypes
 from mcir.dtypes import DType
-from mcir.encodings.base import Encoding, register_encoding
+from mcir.encodings.base import Encoding, check_zero_padding, register_encoding
 from mcir.errors import McirError
 
 if TYPE_CHECKING:
@@ -98,6 +98,11 @@ class Codebook(Encoding):
     def tables(self, t: TensorType) -> int:
         """Number of centroid tables: 1 per layer or one per row."""
         return 1 if self.scope == "layer" else t.shape[0]
+
+    def check_stored(self, t: TensorType, stored: dict[str, Any]) -> None:
+        # every B-bit code indexes a table of 2^B entries, so codes are in range by construction; the bits
+        # past K*B in a row must be zero (kernels load whole bytes and the canonical form is unique)
+        check_zero_padding(self.name, "indices", stored["indices"], slices(t)[1] * self.bits)
 
     def components(self, t: TensorType) -> dict[str, tuple[DType, tuple[int, ...]]]:
         n, k = slices(t)

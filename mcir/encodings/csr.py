@@ -20,7 +20,7 @@ import numpy as np
 
 from mcir import dtypes
 from mcir.dtypes import DType
-from mcir.encodings.base import Encoding, register_encoding
+from mcir.encodings.base import Encoding, check_scales, int_param, register_encoding
 from mcir.encodings.rows import check_dtype, quantize_rows, row_scales, rows, scale_component
 from mcir.errors import McirError
 
@@ -43,15 +43,36 @@ class Csr(Encoding):
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> Csr:
-        if set(params) != {"nnz"} or not isinstance(params["nnz"], int):
-            raise McirError(f"#csr takes exactly one integer parameter, nnz (got {params})")
-        return cls(nnz=params["nnz"])
+        if set(params) != {"nnz"}:
+            raise McirError(f"#csr takes exactly one integer parameter, nnz (got {sorted(params)})")
+        return cls(nnz=int_param("csr", "nnz", params["nnz"], 0, 2**62))
 
     def check(self, t: TensorType) -> None:
         check_dtype(self, t)
         n, k = rows(t)
         if not 0 <= self.nnz <= n * k:
             raise McirError(f"#csr nnz={self.nnz} is outside [0, {n * k}] for {list(t.shape)}")
+
+    def check_stored(self, t: TensorType, stored: dict[str, Any]) -> None:
+        # kernels walk rowptr[i]..rowptr[i+1] and index the input row by indices[j]: both must stay inside
+        _, k = rows(t)
+        rowptr = stored["rowptr"].astype(np.int64)
+        if rowptr[0] != 0 or rowptr[-1] != self.nnz:
+            raise McirError(
+                f"#csr<nnz={self.nnz}> component 'rowptr' must start at 0 and end at nnz, "
+                f"got {int(rowptr[0])}..{int(rowptr[-1])}"
+            )
+        steps = np.diff(rowptr)
+        if (steps < 0).any():
+            row = int(np.argmax(steps < 0))
+            raise McirError(f"#csr component 'rowptr' decreases at row {row}: row pointers must be monotone")
+        indices = stored["indices"]
+        if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= k):
+            raise McirError(
+                f"#csr component 'indices' holds {int(indices.min())}..{int(indices.max())}, must be in 0..{k - 1}"
+            )
+        if "scale" in stored:
+            check_scales("csr", "scale", stored["scale"])
 
     def components(self, t: TensorType) -> dict[str, tuple[DType, tuple[int, ...]]]:
         n, _ = rows(t)

@@ -50,7 +50,12 @@ class Dynamic(Encoding):
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> Dynamic:
-        if params != {"axis": 0}:
+        if (
+            set(params) != {"axis"}
+            or isinstance(params["axis"], bool)
+            or params["axis"] != 0
+            or not isinstance(params["axis"], int)
+        ):
             raise McirError(f"#dynamic takes exactly axis=0 (one scale per sample), got {params}")
         return cls(axis=0)
 

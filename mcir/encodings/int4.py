@@ -24,7 +24,7 @@ import numpy as np
 
 from mcir import dtypes
 from mcir.dtypes import DType
-from mcir.encodings.base import Encoding, register_encoding
+from mcir.encodings.base import Encoding, check_scales, check_zero_padding, register_encoding
 from mcir.encodings.codebook import pack_indices, row_bytes, slices, unpack_indices
 from mcir.errors import McirError
 
@@ -68,6 +68,12 @@ class _LowInt(Encoding):
     def group_size(self, t: TensorType) -> int:
         """Elements per scale: G, or the whole row for group=0."""
         return self.group or max(1, slices(t)[1])
+
+    def check_stored(self, t: TensorType, stored: dict[str, Any]) -> None:
+        # every B-bit code indexes a table of 2^B entries, so codes are in range by construction; the bits
+        # past K*B in a row must be zero (kernels load whole bytes and the canonical form is unique)
+        check_zero_padding(self.name, "data", stored["data"], slices(t)[1] * self.bits)
+        check_scales(self.name, "scale", stored["scale"])
 
     def components(self, t: TensorType) -> dict[str, tuple[DType, tuple[int, ...]]]:
         n, k = slices(t)

@@ -18,7 +18,7 @@ import numpy as np
 
 from mcir import dtypes
 from mcir.dtypes import DType
-from mcir.encodings.base import Encoding, register_encoding
+from mcir.encodings.base import Encoding, check_scales, int_param, register_encoding
 from mcir.encodings.rows import check_dtype, quantize_rows, row_scales, rows, scale_component
 from mcir.errors import McirError
 
@@ -44,7 +44,8 @@ class NM(Encoding):
     def from_params(cls, params: dict[str, Any]) -> NM:
         if set(params) != {"n", "m"}:
             raise McirError(f"#nm takes exactly n and m (got {sorted(params)})")
-        return cls(n=int(params["n"]), m=int(params["m"]))
+        m = int_param("nm", "m", params["m"], 2, 256)
+        return cls(n=int_param("nm", "n", params["n"], 1, m - 1), m=m)
 
     def fits(self, t: TensorType) -> bool:
         """Whether rows of ``t`` split into whole groups of m (the one shape condition)."""
@@ -58,6 +59,17 @@ class NM(Encoding):
             raise McirError(
                 f"#nm<n={self.n}, m={self.m}>: row length {rows(t)[1]} of {list(t.shape)} is not a multiple of {self.m}"
             )
+
+    def check_stored(self, t: TensorType, stored: dict[str, Any]) -> None:
+        # the kernels scatter each value to its group's base + index: an index >= m lands in the next group
+        # (or past the row)
+        index = stored["index"]
+        if index.size and int(index.max()) >= self.m:
+            raise McirError(
+                f"#nm<n={self.n}, m={self.m}> component 'index' holds {int(index.max())}, must be < {self.m}"
+            )
+        if "scale" in stored:
+            check_scales("nm", "scale", stored["scale"])
 
     def components(self, t: TensorType) -> dict[str, tuple[DType, tuple[int, ...]]]:
         n_rows, k = rows(t)

@@ -24,7 +24,7 @@ import numpy as np
 
 from mcir import dtypes
 from mcir.dtypes import DType
-from mcir.encodings.base import Encoding, register_encoding
+from mcir.encodings.base import Encoding, check_zero_padding, register_encoding
 from mcir.encodings.codebook import check_bits, pack_indices, row_bytes, slices, unpack_indices
 from mcir.errors import McirError
 
@@ -66,6 +66,11 @@ class Pow2(Encoding):
         check_bits("pow2", self.bits, 2, 4)
         if t.dtype != dtypes.f32 or t.rank < 1:
             raise McirError(f"#pow2 holds f32 powers of two in a tensor of rank >= 1, not {t}")
+
+    def check_stored(self, t: TensorType, stored: dict[str, Any]) -> None:
+        # every B-bit code indexes a table of 2^B entries, so codes are in range by construction; the bits
+        # past K*B in a row must be zero (kernels load whole bytes and the canonical form is unique)
+        check_zero_padding(self.name, "codes", stored["codes"], slices(t)[1] * self.bits)
 
     def components(self, t: TensorType) -> dict[str, tuple[DType, tuple[int, ...]]]:
         n, k = slices(t)

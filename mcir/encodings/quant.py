@@ -19,7 +19,7 @@ import numpy as np
 
 from mcir import dtypes
 from mcir.dtypes import DType
-from mcir.encodings.base import Encoding, register_encoding
+from mcir.encodings.base import Encoding, check_scales, register_encoding
 from mcir.errors import McirError
 
 if TYPE_CHECKING:
@@ -85,6 +85,10 @@ class Quant(Encoding):
             lo, hi = int_range(t.dtype)
             if not lo <= self.zero_point <= hi:
                 raise McirError(f"#quant zero_point {self.zero_point} outside the range of {t.dtype} (in {t})")
+
+    def check_stored(self, t: TensorType, stored: dict[str, Any]) -> None:
+        if self.axis is not None:
+            check_scales("quant", "scale", stored["scale"])
 
     def components(self, t: TensorType) -> dict[str, tuple[DType, tuple[int, ...]]]:
         if self.axis is None:

@@ -58,8 +58,8 @@ def relu(x):
 @defop(
     "clamp",
     attrs={
-        "min": Attr("float?", None, "lower bound, none for -inf"),
-        "max": Attr("float?", None, "upper bound, none for +inf"),
+        "min": Attr("float?", None, "lower bound, none for -inf", finite=True),
+        "max": Attr("float?", None, "upper bound, none for +inf", finite=True),
     },
     traits=ACT,
 )
@@ -67,6 +67,9 @@ def clamp(x, min=None, max=None):
     """y = min(max(x, min), max); relu6 is clamp{min=0, max=6}, hardtanh is clamp{min=-1, max=1}"""
     lo = -np.inf if min is None else min
     hi = np.inf if max is None else max
+    if np.asarray(x).dtype.kind in "iu":  # bounds beyond an integer dtype saturate to it (as natively)
+        info = np.iinfo(np.asarray(x).dtype)
+        lo, hi = (float(np.clip(b, info.min, info.max)) for b in (lo, hi))
     return _like(np.clip(x, lo, hi), x)
 
 
@@ -176,14 +179,23 @@ def abs_(x):
     return np.abs(x)
 
 
-@defop("pow", attrs={"exponent": Attr("float", doc="the constant exponent")}, infer=_float_only, traits=UNARY_EW)
+@defop(
+    "pow",
+    attrs={"exponent": Attr("float", doc="the constant exponent", finite=True)},
+    infer=_float_only,
+    traits=UNARY_EW,
+)
 def pow_(x, exponent):
     """y = x ** exponent (constant exponent)"""
     with np.errstate(invalid="ignore", divide="ignore"):
         return _like(np.power(_f(x), exponent), x)
 
 
-@defop("dropout", attrs={"p": Attr("float", 0.5, "drop probability (training only)")}, traits=UNARY_EW | {VIEW})
+@defop(
+    "dropout",
+    attrs={"p": Attr("float", 0.5, "drop probability (training only)", finite=True)},
+    traits=UNARY_EW | {VIEW},
+)
 def dropout(x, p=0.5):
     """y = x: inference semantics; the fold pass removes it"""
     return x
@@ -196,8 +208,17 @@ def dropout(x, p=0.5):
     traits=UNARY_EW | {CONVERSION},
 )
 def cast(x, dtype):
-    """y = x converted to dtype (float -> int truncates toward zero, like torch)"""
-    return np.asarray(x).astype(dtypes.by_name(dtype).np)
+    """y = x converted to dtype; float -> int truncates toward zero, saturates to int64 (NaN -> 0) and
+    wraps to the target width (as torch does on x86: -1.0 -> u8 255), the same natively"""
+    x = np.asarray(x)
+    target = dtypes.by_name(dtype).np
+    if x.dtype.kind == "f" and np.dtype(target).kind in "iu":
+        t = np.trunc(x.astype(np.float64))
+        hi = 2.0**63  # the first float above int64's range
+        wide = np.where(t >= hi, 0, np.where(np.isnan(t) | (t < -hi), 0, t)).astype(np.int64)
+        wide = np.where(t >= hi, np.iinfo(np.int64).max, np.where(t < -hi, np.iinfo(np.int64).min, wide))
+        return wide.astype(target)
+    return x.astype(target)
 
 
 # -- binary arithmetic with broadcasting ----------------------------------------

@@ -207,7 +207,7 @@ def _bn_infer(types: list[TensorType], eps) -> TensorType:
 @defop(
     "batch_norm",
     operands="x, weight, bias, mean, var",
-    attrs={"eps": Attr("float", 1e-5)},
+    attrs={"eps": Attr("float", 1e-5, finite=True)},
     infer=_bn_infer,
     traits={NORMALIZATION},
 )
@@ -234,7 +234,7 @@ def _ln_infer(types: list[TensorType], dims, eps) -> TensorType:
 @defop(
     "layer_norm",
     operands="x, weight?, bias?",
-    attrs={"dims": Attr("int", 1, "number of trailing dimensions normalised"), "eps": Attr("float", 1e-5)},
+    attrs={"dims": Attr("int", 1, "number of trailing dimensions normalised"), "eps": Attr("float", 1e-5, finite=True)},
     infer=_ln_infer,
     traits={NORMALIZATION},
 )
@@ -262,6 +262,8 @@ def _axis_infer(types: list[TensorType], axis) -> TensorType:
 def softmax(x, axis=-1):
     """y = exp(x - max) / sum(exp(x - max)) along axis"""
     xf = np.asarray(x, np.float64)
+    if xf.size == 0:  # a zero-length axis (or none to reduce): nothing to normalise
+        return _out32(xf)
     e = np.exp(xf - xf.max(axis=axis, keepdims=True))
     return _out32(e / e.sum(axis=axis, keepdims=True))
 
@@ -270,6 +272,8 @@ def softmax(x, axis=-1):
 def log_softmax(x, axis=-1):
     """y = x - max - log(sum(exp(x - max))) along axis"""
     xf = np.asarray(x, np.float64)
+    if xf.size == 0:
+        return _out32(xf)
     z = xf - xf.max(axis=axis, keepdims=True)
     return _out32(z - np.log(np.exp(z).sum(axis=axis, keepdims=True)))
 
@@ -449,7 +453,7 @@ def _sdpa_infer(types: list[TensorType], is_causal, scale) -> TensorType:
     operands="q, k, v, mask?",
     attrs={
         "is_causal": Attr("bool", False, "mask out future positions"),
-        "scale": Attr("float?", None, "score scale, none for 1/sqrt(head size)"),
+        "scale": Attr("float?", None, "score scale, none for 1/sqrt(head size)", finite=True),
     },
     infer=_sdpa_infer,
     macs=lambda t, r, **a: numel(r.shape[:-1]) * t[1].shape[-2] * (t[0].shape[-1] + r.shape[-1]),
@@ -466,6 +470,8 @@ def scaled_dot_product_attention(q, k, v, mask=None, is_causal=False, scale=None
     if mask is not None:
         m = np.asarray(mask)
         scores = np.where(m, scores, -np.inf) if m.dtype == np.bool_ else scores + m
+    if scores.shape[-1] == 0:  # no keys: every row attends to nothing, zeros as for a fully masked row
+        return _out32(np.zeros(scores.shape[:-1] + vf.shape[-1:]))
     mx = scores.max(axis=-1, keepdims=True)
     mx = np.where(np.isfinite(mx), mx, 0.0)
     e = np.exp(scores - mx)

@@ -42,11 +42,13 @@ _KINDS = {"int", "float", "bool", "str", "ints", "floats", "dtype"}
 @dataclass(frozen=True)
 class Attr:
     """An attribute declaration. ``kind`` is one of int, float, bool, str, ints, floats,
-    dtype; a trailing ``?`` allows ``none``."""
+    dtype; a trailing ``?`` allows ``none``. ``finite`` refuses NaN and ±inf for a float whose
+    kernels fold it into integer or closed-form code (a pow exponent, clamp bounds, an eps)."""
 
     kind: str
     default: Any = REQUIRED
     doc: str = ""
+    finite: bool = False
 
     def __post_init__(self) -> None:
         if self.kind.rstrip("?") not in _KINDS:
@@ -76,6 +78,8 @@ class Attr:
             raise McirError(f"{where}: expected {kind}, got {value!r}")
         try:
             if kind == "float":
+                if self.finite and not math.isfinite(float(value)):
+                    raise McirError(f"{where}: needs a finite number, got {value!r}")
                 return float(value)
             if kind == "floats":
                 return tuple(float(x) for x in value)

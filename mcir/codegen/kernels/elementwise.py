@@ -17,7 +17,7 @@ from collections.abc import Callable
 import llvmlite.ir as ir
 import numpy as np
 
-from mcir.codegen.emit import F32, I1, I8, Emitter, const, i64, is_signed, storage_type
+from mcir.codegen.emit import F32, I1, I8, I64, Emitter, const, i64, is_signed, storage_type
 from mcir.codegen.kernels import KernelContext, kernel, math_approx
 from mcir.dtypes import DType
 from mcir.encodings import Quant
@@ -232,7 +232,13 @@ def cast_value(em: Emitter, x: ir.Value, src: DType, dst: DType) -> ir.Value:
     if src.is_float and dst.is_float:
         return x
     if src.is_float:
-        return b.fptosi(x, dty) if is_signed(dst) else b.fptoui(x, dty)
+        # defined for every float (docs/ir.md, "Edge values"): truncate toward zero, saturate to int64 (NaN -> 0),
+        # then wrap to the target width like torch; a plain fptosi/fptoui out of range is poison
+        wide_t = ir.VectorType(I64, x.type.count) if isinstance(x.type, ir.VectorType) else I64
+        wide = b.call(em.intrinsic("llvm.fptosi.sat", [wide_t, x.type], wide_t, [x.type]), [x])
+        return (
+            wide if dty.width == 64 else b.trunc(wide, ir.VectorType(dty, x.type.count) if wide_t is not I64 else dty)
+        )
     if dst.is_float:
         return b.sitofp(x, dty) if is_signed(src) else b.uitofp(x, dty)
     if x.type.width == dty.width:

@@ -564,6 +564,16 @@ def layer_table(op: Op, count: int, weights=None) -> np.ndarray:
     w, sw = weight_data(op, weights)
     acc_scale = (np.float64(xq.scale) * sw.astype(np.float64)).astype(np.float32)
     offset = bias_accumulator(op, 2, acc_scale) - np.int64(xq.zero_point) * w.astype(np.int64).sum(axis=1)
+    # the int32 accumulators start at offset and add at most 255·Σ|w| per channel: refuse a bias that
+    # can overflow them (wrapping would be a silent wrong answer; the interpreter computes exactly)
+    w64 = w.astype(np.int64).reshape(w.shape[0], -1)
+    reach = np.abs(offset) + 255 * np.abs(w64).sum(axis=1)
+    if np.any(reach > 2**31 - 1):
+        n = int(np.argmax(reach > 2**31 - 1))
+        raise CodegenError(
+            f"{op.where()}: int8 layer: channel {n}'s bias ({int(offset[n])} in accumulator units) can overflow "
+            "the int32 accumulator; requantise the bias (the quantize pass keeps it in range)"
+        )
     out_scale = op.result.type.encoding.scale if rq.out != "f32" else 1.0
     return channel_table(offset, acc_scale, rq, out_scale, count)
 

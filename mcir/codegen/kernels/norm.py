@@ -21,7 +21,9 @@ from mcir.ops.registry import norm_axis
 
 
 def _split(shape: tuple[int, ...], axis: int) -> tuple[int, int, int]:
-    """(outer, n, inner) sizes around ``axis``."""
+    """(outer, n, inner) sizes around ``axis``; a scalar is one row of one element."""
+    if not shape:
+        return 1, 1, 1
     return math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1 :])
 
 
