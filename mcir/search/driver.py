@@ -185,7 +185,8 @@ def search(
     """
     import optuna
 
-    import mcir
+    from mcir.codegen import compile as compile_graph  # lazy: llvmlite
+    from mcir.instrument import run_passes
     from mcir.ir import Graph
     from mcir.train.run import native_accuracy
 
@@ -197,7 +198,9 @@ def search(
     if not isinstance(graph, Graph):
         if example_inputs is None:
             raise McirError("search: a torch module needs example_inputs= (or trace it first with mcir.trace)")
-        graph = mcir.trace(model_or_graph, example_inputs)
+        from mcir.frontend.torch_import import trace
+
+        graph = trace(model_or_graph, example_inputs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     train = _arrays(data, "data") if data is not None else None
@@ -269,7 +272,7 @@ def search(
         if train is not None:
             context["data"] = train
         with contextlib.redirect_stderr(io.StringIO()):  # training progress again: the trial's log has it
-            lib = mcir.compile(mcir.run_passes(graph, best["pipeline"], **context), out / graph.name)
+            lib = compile_graph(run_passes(graph, best["pipeline"], **context), out / graph.name)
         verified = {"weight_bytes": lib.weight_bytes, "accuracy": native_accuracy(lib, test)}
         library = Path(lib.path)
     np.savez(out / "calibration.npz", *(np.concatenate(col) for col in zip(*calibration)))

@@ -22,10 +22,10 @@ import numpy as np
 
 def graph_files(graph: Any) -> dict[str, bytes]:
     """The saved form of ``graph`` (``graph.mcir`` + weights) as {file name: bytes}: what a worker needs."""
-    import mcir
+    from mcir.serialize import save
 
     with tempfile.TemporaryDirectory(prefix="mcir-search-") as tmp:
-        folder = mcir.save(graph, Path(tmp) / "graph")
+        folder = save(graph, Path(tmp) / "graph")
         return {p.name: p.read_bytes() for p in Path(folder).iterdir() if p.is_file()}
 
 
@@ -42,12 +42,16 @@ def cpu_name() -> str:
 
 def measure(lib: Any, eval_arrays: tuple[np.ndarray, ...], latency_runs: int) -> dict[str, Any]:
     """Native bytes, median latency (µs over ``latency_runs`` calls) and accuracy of a loaded library."""
-    from mcir.compile_driver import time_call
     from mcir.train.run import native_accuracy
 
-    ins = lib.example_inputs()
-    outs = [np.empty(d.shape, d.dtype) for d in lib.outputs]
-    times = time_call(lib.bind(ins, outs), runs=latency_runs, warmup=max(5, latency_runs // 10), budget=3.0)
+    call = lib.bind(lib.example_inputs(), [np.empty(d.shape, d.dtype) for d in lib.outputs])
+    for _ in range(max(5, latency_runs // 10)):  # warm caches and branch predictors first
+        call()
+    times = []
+    for _ in range(latency_runs):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
     return {
         "weight_bytes": int(lib.weight_bytes),
         "latency_us": float(np.median(times) * 1e6),
@@ -64,7 +68,9 @@ def run_trial(
     latency_runs: int = 200,
 ) -> dict[str, Any]:
     """Compress the graph with ``pipeline``, compile it into a temporary folder and measure it."""
-    import mcir
+    from mcir.codegen import compile as compile_graph  # lazy: llvmlite, in the worker only
+    from mcir.instrument import run_passes
+    from mcir.serialize import load
 
     t0 = time.perf_counter()
     result: dict[str, Any] = {"pipeline": pipeline, "cpu": cpu_name(), "host": platform.node()}
@@ -80,14 +86,14 @@ def run_trial(
             folder.mkdir()
             for name, blob in files.items():
                 (folder / name).write_bytes(blob)
-            graph = mcir.load(folder)
+            graph = load(folder)
             context: dict[str, Any] = {}
             if data is not None:
                 context["data"] = data
             if calibration:
                 context["calibration"] = calibration
-            compressed = mcir.run_passes(graph, pipeline, **context) if pipeline else graph
-            lib = mcir.compile(compressed, Path(tmp) / "trial")
+            compressed = run_passes(graph, pipeline, **context) if pipeline else graph
+            lib = compile_graph(compressed, Path(tmp) / "trial")
             result.update(measure(lib, eval_arrays, latency_runs))
         result["status"] = "ok"
     except Exception as e:  # any failure of a candidate is a result to record, not a crash
