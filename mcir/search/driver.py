@@ -275,7 +275,8 @@ def search(
             lib = compile_graph(run_passes(graph, best["pipeline"], **context), out / graph.name)
         verified = {"weight_bytes": lib.weight_bytes, "accuracy": native_accuracy(lib, test)}
         library = Path(lib.path)
-    np.savez(out / "calibration.npz", *(np.concatenate(col) for col in zip(*calibration)))
+    # one array per graph input, by name, shaped [samples, *input shape]: what `mcir compile --calibration` reads
+    np.savez(out / "calibration.npz", **{v.name: np.stack(col) for v, col in zip(graph.inputs, zip(*calibration))})
     summary = {
         "objective": names,
         "constraints": {"max_drop": max_drop, "max_bytes": max_bytes, "max_latency_us": max_latency_us},

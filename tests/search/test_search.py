@@ -20,6 +20,7 @@ optuna = pytest.importorskip("optuna", reason="mcir search needs optuna: pip ins
 
 import mcir  # noqa: E402
 import mcir.search.driver as driver  # noqa: E402
+from mcir.cli import load_calibration  # noqa: E402
 from mcir.errors import McirError  # noqa: E402
 from mcir.passes import build_pipeline  # noqa: E402
 from mcir.search.report import pareto_front  # noqa: E402
@@ -101,6 +102,10 @@ def test_search_records_every_trial_and_recompiles_the_best(task, tmp_path):
     assert result.library == out / f"{task['graph'].name}.so" and result.library.exists()
     for name in ("study.db", "pareto.png", "pareto.svg", "calibration.npz"):
         assert (out / name).stat().st_size > 0
+    # the calibration file is what `mcir compile --calibration` reads: 64 samples shaped like the input
+    batches = load_calibration(str(out / "calibration.npz"), task["graph"])
+    assert len(batches) == 64 and batches[0][0].shape == (1, 64)
+    np.testing.assert_array_equal(batches[5][0], task["data"][0][5:6])
 
 
 @pytest.mark.slow  # a worker process imports torch; minutes on a loaded 2-core machine
