@@ -15,6 +15,7 @@ import contextlib
 import io
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -221,7 +222,6 @@ def search(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     directions = [OBJECTIVES[n][1] for n in names]
-    sampler_cls = optuna.samplers.TPESampler if len(names) == 1 else optuna.samplers.NSGAIISampler
     # a resumed study gets a sampler seeded by how far it got, so it does not replay the first run's draws
     storage = optuna.storages.RDBStorage(f"sqlite:///{(out / 'study.db').resolve()}")
     probe = optuna.create_study(study_name=STUDY_NAME, storage=storage, load_if_exists=True, directions=directions)
@@ -232,7 +232,14 @@ def search(
         )
     requeued = _requeue_interrupted(probe)
     recorded = len(_trial_rows(probe))
-    sampler = sampler_cls(seed=seed + recorded)
+    if len(names) == 1:
+        # multivariate + group: TPE models the choices of one pipeline shape together (the space is
+        # conditional: sparsity exists only when prune does), which Optuna recommends for such spaces
+        with warnings.catch_warnings():  # chosen knowingly: Optuna marks `group` experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler = optuna.samplers.TPESampler(seed=seed + recorded, multivariate=True, group=True)
+    else:
+        sampler = optuna.samplers.NSGAIISampler(seed=seed + recorded)
     study = optuna.load_study(study_name=STUDY_NAME, storage=storage, sampler=sampler)
     if recorded:
         print(f"resuming: {recorded} trial(s) recorded, {requeued} interrupted one(s) queued again", file=log)
