@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mcir import search  # a callable package: mcir.search(...) runs a search
 from mcir.errors import McirError, ParseError, UnsupportedError, VerifyError
 from mcir.instrument import run_passes
 from mcir.interp import Interpreter, interpret
@@ -129,6 +130,7 @@ __all__ = [
     "replace_pattern",
     "run_passes",
     "save",
+    "search",
     "stats",
     "tensor",
     "to_onnx",

@@ -509,6 +509,43 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    import mcir
+
+    graph = load_graph(args)
+    result = mcir.search(
+        graph,
+        data=_dataset(args.data),
+        eval=_dataset(args.eval),
+        objective=args.objective,
+        max_drop=args.max_drop,
+        max_bytes=args.max_bytes,
+        max_latency_us=args.max_latency_us,
+        trials=args.trials,
+        out=args.output,
+        executor=args.executor,
+        workers=args.workers,
+        ray_address=args.ray_address,
+        seed=args.seed,
+        latency_runs=args.latency_runs,
+    )
+    base = result.baseline
+    print(
+        f"fp32: {base['weight_bytes']} B, {base['latency_us']:.2f} µs, {100 * base['accuracy']:.2f}% on {base['cpu']}"
+    )
+    if result.best is None:
+        print(f"no trial met the constraints; every trial is in {result.out / 'search.json'}")
+        return 0
+    m = result.best_metrics
+    print(
+        f"best: '{result.best}'\n  {m['weight_bytes']} B ({base['weight_bytes'] / m['weight_bytes']:.1f}x smaller), "
+        f"{m['latency_us']:.2f} µs ({base['latency_us'] / m['latency_us']:.1f}x faster), {100 * m['accuracy']:.2f}% "
+        f"({100 * (m['accuracy'] - base['accuracy']):+.2f} pt)"
+    )
+    print(f"wrote {result.library}, {result.out / 'search.json'}, {result.out / 'pareto.png'} (and .svg)")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from mcir.compile_driver import bench_library
 
@@ -596,6 +633,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=0, help="use at most this many batches (default: all)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.set_defaults(fn=cmd_analyze)
+    p = sub.add_parser("search", help="search compression pipelines, each compiled and measured natively (Optuna)")
+    _add_model_args(p)
+    p.add_argument("--data", metavar="TRAIN.npz", help="training data (x..., y): calibration, finetune and distill")
+    p.add_argument("--eval", required=True, metavar="TEST.npz", help="evaluation data (x..., y): accuracy")
+    p.add_argument(
+        "--objective",
+        default="size",
+        help="size (library weight bytes), latency (µs per call), accuracy, or a comma list (multi-objective)",
+    )
+    p.add_argument("--max-drop", type=float, default=0.01, help="largest accuracy loss, a fraction (0.01 = 1 pt)")
+    p.add_argument("--max-bytes", type=int, help="largest library weight bytes")
+    p.add_argument("--max-latency-us", type=float, help="largest median latency per call, µs")
+    p.add_argument("--trials", type=int, default=20, help="trials the study holds at the end (a rerun continues)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="folder: study.db, search.json, plot, library")
+    p.add_argument("--executor", choices=("local", "ray"), default="local", help="where trials run (default local)")
+    p.add_argument("--workers", type=int, default=1, help="trials at once (processes or Ray CPUs; default 1)")
+    p.add_argument("--ray-address", help="a running Ray cluster (auto, ray://HOST:10001); default: start one")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed")
+    p.add_argument("--latency-runs", type=int, default=200, help="timed calls per latency measurement")
+    p.set_defaults(fn=cmd_search)
 
     p = sub.add_parser("bench", help="time a compiled library (median latency with spread)")
     p.add_argument("library", metavar="LIB.so")

@@ -1,0 +1,146 @@
+"""The issue's "done when" for ``mcir search``, on the bundled digits MLP, through the command line.
+
+Trains ``examples/digits/model.py`` (fixed seed), saves it as an mcir folder and the data as
+``train.npz`` / ``test.npz``, then runs::
+
+    mcir search MODEL --data train.npz --eval test.npz --objective size    --max-drop 0.015 --trials 24 -o OUT/size
+    mcir search MODEL --data train.npz --eval test.npz --objective latency --max-drop 0.015 --trials 24 -o OUT/latency
+
+compiles each ``best`` again with ``mcir compile --passes BEST`` and measures it (bytes, native
+accuracy, latency against the fp32 library), and checks resuming: a third search is killed
+after its first recorded trials and started again. Prints a markdown table (docs/benchmarks.md)
+and copies the Pareto plots to ``docs/search/``::
+
+    python benchmarks/search_digits.py [--trials 24] [--out /tmp/mcir-search-digits]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import mcir  # noqa: E402
+from examples.digits.model import load_data, train  # noqa: E402
+from mcir.compile_driver import time_call  # noqa: E402
+from mcir.runtime import Library  # noqa: E402
+from mcir.train.run import native_accuracy  # noqa: E402
+
+
+def mcir_cli(*args: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "mcir.cli", *args], env=env, **kw)
+
+
+def latency_us(lib: Library) -> float:
+    outs = [np.empty(d.shape, d.dtype) for d in lib.outputs]
+    return float(np.median(time_call(lib.bind(lib.example_inputs(), outs), runs=2000, warmup=200, budget=5.0)) * 1e6)
+
+
+def recorded(db: Path) -> int:
+    """Trials recorded whole (COMPLETE or FAIL) in a study database, read without Optuna."""
+    if not db.exists():
+        return 0
+    with sqlite3.connect(db) as con:
+        try:
+            return con.execute("select count(*) from trials where state in ('COMPLETE', 'FAIL')").fetchone()[0]
+        except sqlite3.OperationalError:  # tables not created yet
+            return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=24)
+    parser.add_argument("--out", default="/tmp/mcir-search-digits")
+    parser.add_argument("--skip-resume", action="store_true")
+    args = parser.parse_args()
+    out = Path(args.out)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    model, _ = train()
+    x_train, y_train, x_test, y_test = load_data()
+    graph = mcir.trace(model, (torch.zeros(1, 64),))
+    mcir.save(graph, out / "model")
+    np.savez(out / "train.npz", x=x_train, y=y_train)
+    np.savez(out / "test.npz", x=x_test, y=y_test)
+    base_lib = mcir.compile(graph, out / "fp32")
+    base = {"bytes": base_lib.weight_bytes, "acc": native_accuracy(base_lib, (x_test, y_test))}
+    base["us"] = latency_us(base_lib)
+    common = [str(out / "model"), "--data", str(out / "train.npz"), "--eval", str(out / "test.npz")]
+    common += ["--max-drop", "0.015", "--trials", str(args.trials)]
+    rows = []
+    for objective in ("size", "latency"):
+        t0 = time.perf_counter()
+        rc = mcir_cli("search", *common, "--objective", objective, "-o", str(out / objective)).wait()
+        minutes = (time.perf_counter() - t0) / 60
+        summary = json.loads((out / objective / "search.json").read_text())
+        best = summary["best"]
+        if rc != 0 or best is None:
+            rows.append((objective, best, None, None, None, None, minutes, summary))
+            continue
+        # `best` as it is, given to `mcir compile --passes`: the same library again
+        again = out / objective / "again"
+        compile_args = ["compile", *common[:5], "--passes", best, "--no-compare", "-o", str(again)]
+        compile_args += ["--calibration", str(out / objective / "calibration.npz")]
+        proc = mcir_cli(*compile_args, stdout=subprocess.DEVNULL)
+        if proc.wait() != 0:
+            raise SystemExit(f"mcir compile --passes '{best}' failed")
+        lib = Library(f"{again}.so")
+        acc = native_accuracy(lib, (x_test, y_test))
+        rows.append((objective, best, lib.weight_bytes, acc, latency_us(lib), latency_us(base_lib), minutes, summary))
+        for ext in ("png", "svg"):
+            (ROOT / "docs" / "search").mkdir(exist_ok=True)
+            shutil.copy(out / objective / f"pareto.{ext}", ROOT / "docs" / "search" / f"digits_{objective}.{ext}")
+
+    print(f"fp32 library: {base['bytes']} B, {100 * base['acc']:.2f}%, {base['us']:.2f} µs (median of 2000 calls)")
+    print("\n| objective | best pipeline (found by the search) | weights | smaller | accuracy | vs fp32 | latency "
+          "| faster | trials ok / failed / feasible | minutes |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|---:|")
+    for objective, best, nbytes, acc, us, base_us, minutes, summary in rows:
+        t = summary["trials"]
+        counts = (
+            f"{sum(r['status'] == 'ok' for r in t)} / {sum(r['status'] == 'fail' for r in t)} / "
+            f"{sum(r['feasible'] for r in t)}"
+        )
+        if nbytes is None:
+            print(f"| {objective} | (none met the constraints) | | | | | | | {counts} | {minutes:.1f} |")
+            continue
+        print(
+            f"| {objective} | `{best}` | {nbytes / 1024:.1f} KiB | {base['bytes'] / nbytes:.1f}x | {100 * acc:.2f}% "
+            f"| {100 * (acc - base['acc']):+.2f} pt | {us:.2f} µs | {base_us / us:.1f}x | {counts} | {minutes:.1f} |"
+        )
+    if args.skip_resume:
+        return
+    # kill a search after its second recorded trial, then start it again: it continues the same study
+    target = out / "resume"
+    cmd = ["search", *common[:-1], "6", "--objective", "size", "-o", str(target)]
+    proc = mcir_cli(*cmd, stderr=subprocess.DEVNULL, start_new_session=True)
+    while recorded(target / "study.db") < 2 and proc.poll() is None:
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole session: driver and its worker
+    proc.wait()
+    before = recorded(target / "study.db")
+    rc = mcir_cli(*cmd, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL).wait()
+    after = json.loads((target / "search.json").read_text())["trials"]
+    print(
+        f"\nresume: killed (SIGKILL) with {before} trial(s) recorded; the second run (exit {rc}) ended with "
+        f"{len(after)} recorded trials, numbers {[t['number'] for t in after]}"
+    )
+
+
+if __name__ == "__main__":
+    main()
