@@ -48,6 +48,7 @@ from mcir.codegen.emit import F32, I8, I16, I32, I64, Emitter, const, i64
 from mcir.codegen.kernels import KernelContext, kernel
 from mcir.codegen.kernels.gemm_f32 import _matmul_dims, batch_strides  # matmul's batch broadcasting, as for f32
 from mcir.codegen.memory_plan import ALIGN, align_up, view_offset, view_root
+from mcir.codegen.parallel import parallel_for
 from mcir.codegen.target import Target
 from mcir.encodings import Quant
 from mcir.errors import CodegenError
@@ -371,8 +372,11 @@ def widen_a(em: Emitter, g: IntGemm, dst: ir.Value) -> IntGemm:
     return replace(g, a=dst, a_rs=row, a_kpad=True, a_wide=True)
 
 
-def emit_gemm(em: Emitter, g: IntGemm, t: IntTiling) -> None:
-    """Panels outer, row tiles inner; static edge tiles for the last rows and columns."""
+def emit_gemm(em: Emitter, g: IntGemm, t: IntTiling, panel_range: tuple[ir.Value, ir.Value] | None = None) -> None:
+    """Panels outer, row tiles inner; static edge tiles for the last rows and columns.
+
+    ``panel_range`` = (lo, hi) restricts it to panels ``[lo, hi)`` (one task of a threaded GEMM);
+    integer arithmetic per element is the same for any split."""
     lanes = t.isa.lanes
     p_full, n_tail = divmod(g.n, t.nr)
     m_main = g.m - g.m % t.mr
@@ -385,12 +389,16 @@ def emit_gemm(em: Emitter, g: IntGemm, t: IntTiling) -> None:
         if m_tail:
             _tile(em, g, t, i64(m_main), m_tail, panel, nv, last)
 
+    b = em.b
+    lo, hi = panel_range if panel_range is not None else (i64(0), i64(p_full + (n_tail > 0)))
     if p_full:
-        with em.loop(p_full, name="p") as p:
+        end = b.select(b.icmp_signed("<", hi, i64(p_full)), hi, i64(p_full))
+        with em.loop(end, name="p", start=lo) as p:
             rows(p, t.nv, lanes)
     if n_tail:
         nv_t = math.ceil(n_tail / lanes)
-        rows(i64(p_full), nv_t, n_tail - (nv_t - 1) * lanes)
+        with b.if_then(b.icmp_signed(">", hi, i64(p_full))):
+            rows(i64(p_full), nv_t, n_tail - (nv_t - 1) * lanes)
 
 
 def _tile(em: Emitter, g: IntGemm, t: IntTiling, row: ir.Value, mr: int, panel: ir.Value, nv: int, last: int) -> None:
@@ -614,8 +622,13 @@ def _linear_i8(k: KernelContext) -> None:
     table = table_pointer(k, panel_bytes(n, kk, t.nr, t.isa.group))
     gemm = IntGemm(m, n, kk, k.args[0], kk, False, k.args[1], True, k.out, n, table, count, rq, epilogue=k.epilogue)
     if t.isa.kind == "madd":
-        gemm = widen_a(k.em, gemm, k.scratch)
-    emit_gemm(k.em, gemm, t)
+        gemm = widen_a(k.em, gemm, k.scratch)  # on the calling thread, before the split
+
+    def body(em: Emitter, p: list[ir.Value], lo: ir.Value, hi: ir.Value) -> None:
+        emit_gemm(em, replace(gemm, a=p[0], b_packed=p[1], c=p[2], table=p[3]), t, (lo, hi))
+
+    pointers = [gemm.a, gemm.b_packed, gemm.c, gemm.table]
+    parallel_for(k.em, f"linear_i8_{m}x{n}x{kk}", math.ceil(n / t.nr), m * n * kk, pointers, body)
 
 
 kernel(
