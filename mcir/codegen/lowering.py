@@ -41,8 +41,8 @@ from mcir.codegen.abi import (
 from mcir.codegen.emit import I8, I32, I64, PTR, Emitter, i64
 from mcir.codegen.kernels import KernelContext, KernelGen
 from mcir.codegen.kernels.elementwise import fusable_epilogue
-from mcir.codegen.parallel import emit_set_parallel
 from mcir.codegen.memory_plan import ALIGN, MemoryPlan, Step, plan, view_offset, view_root, view_source
+from mcir.codegen.parallel import emit_set_parallel
 from mcir.codegen.target import Target
 from mcir.errors import CodegenError
 from mcir.ir import Graph, Op, Value
