@@ -45,7 +45,7 @@ import llvmlite.ir as ir
 import numpy as np
 
 from mcir.codegen.emit import F32, I8, I16, I32, I64, Emitter, const, i64
-from mcir.codegen.kernels import KernelContext, kernel
+from mcir.codegen.kernels import KernelContext, gemm_amx, kernel
 from mcir.codegen.kernels.gemm_f32 import _matmul_dims, batch_strides  # matmul's batch broadcasting, as for f32
 from mcir.codegen.memory_plan import ALIGN, align_up, view_offset, view_root
 from mcir.codegen.parallel import parallel_for
@@ -95,7 +95,10 @@ def dot_isa(target: Target, a_signed: bool = False, b_signed: bool = True) -> Do
 def isa_name(target: Target) -> str:
     """The dot instruction an int8 kernel uses on ``target`` (u8 activations, i8 weights), for the kernel table."""
     isa = dot_isa(target)
-    return {"vnni": "vpdpbusd", "madd": "vpmaddwd", "generic": "int32 mul-add"}[isa.kind] + f" x{isa.lanes}"
+    name = {"vnni": "vpdpbusd", "madd": "vpmaddwd", "generic": "int32 mul-add"}[isa.kind] + f" x{isa.lanes}"
+    if gemm_amx.amx_applies(gemm_amx.TILE_ROWS, target):
+        return f"AMX tdpbusd for M >= {gemm_amx.TILE_ROWS}, else {name}"
+    return name
 
 
 #: int8 kernels write f32 or per-tensor quantised u8/i8 (``result_requant``)
@@ -600,15 +603,20 @@ def table_pointer(k: KernelContext, weight_bytes: int) -> ir.Value:
 
 
 def _pack_linear(op: Op, index: int, data, target: Target):
-    _, n, _ = _linear_dims(op)
+    m, n, _ = _linear_dims(op)
     t = _linear_plan(op, target)
+    if gemm_amx.amx_applies(m, target):
+        count = math.ceil(n / gemm_amx.TILE_COLS) * gemm_amx.TILE_COLS
+        return pack_weights_and_table(op, index, data, "i8amx", gemm_amx.pack_weights, count)
     count = math.ceil(n / t.nr) * t.nr
     layout = f"i8panels:{t.isa.key}:nr{t.nr}"
     return pack_weights_and_table(op, index, data, layout, lambda w: pack_panels(w, t.nr, t.isa.group), count)
 
 
 def _linear_scratch(op: Op, target: Target) -> int:
-    m, _, k = _linear_dims(op)
+    m, n, k = _linear_dims(op)
+    if gemm_amx.amx_applies(m, target):
+        return gemm_amx.scratch_bytes(m, n, k)
     return widened_bytes(m, k, _linear_plan(op, target).isa)
 
 
@@ -618,6 +626,14 @@ def _linear_i8(k: KernelContext) -> None:
     t = _linear_plan(k.op, k.target)
     rq = result_requant(k.op)
     activation_quant(k.op)
+    if gemm_amx.amx_applies(m, k.target):  # batched, on a CPU with AMX tiles
+        count = math.ceil(n / gemm_amx.TILE_COLS) * gemm_amx.TILE_COLS
+        table = table_pointer(k, gemm_amx.weight_bytes(n, kk))
+        gemm = IntGemm(m, n, kk, k.args[0], kk, False, k.args[1], True, k.out, n, table, count, rq, epilogue=k.epilogue)
+        a_pad = k.scratch
+        c32 = k.em.byte_offset(k.scratch, align_up(math.ceil(m / 16) * 16 * gemm_amx.padded_k(kk), ALIGN))
+        gemm_amx.emit_linear(k.em, gemm, a_pad, c32)
+        return
     count = math.ceil(n / t.nr) * t.nr
     table = table_pointer(k, panel_bytes(n, kk, t.nr, t.isa.group))
     gemm = IntGemm(m, n, kk, k.args[0], kk, False, k.args[1], True, k.out, n, table, count, rq, epilogue=k.epilogue)
