@@ -123,8 +123,12 @@ def parallel_for(
     n = b.select(b.icmp_signed("<", n, i64(units)), n, i64(units))
     serial = b.or_(b.icmp_unsigned("==", hook, ir.Constant(PTR, None)), b.icmp_signed("<=", n, i64(1)))
     n = b.select(serial, i64(1), n)
+    # the block lives in the entry block, so a kernel may split inside its loops (one alloca per call)
+    here = b.block
+    b.position_at_start(b.function.entry_basic_block)
     block = b.alloca(I64, size=i64(len(pointers) + 1))
     block.align = 8
+    b.position_at_end(here)
     em.store(n, block, 0, align=8)
     for i, p in enumerate(pointers):
         em.store(b.ptrtoint(p, I64), block, i + 1, align=8)

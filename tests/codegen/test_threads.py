@@ -19,7 +19,9 @@ import pytest
 from mcir.codegen.parallel import MIN_PARALLEL_MACS
 from mcir.errors import RuntimeCallError
 from mcir.interp import interpret
+from mcir.ir import Graph
 from mcir.runtime import Library
+from mcir.types import tensor
 
 from .helpers import assert_close, build, randn
 from .test_gemm_conv import linear_graph
@@ -64,6 +66,24 @@ def test_int8_linear_is_bit_identical_for_1_2_3_threads(tmp_path, rng, out):
         assert np.abs(results[0][0].astype(np.int32) - ref.astype(np.int32)).max() <= 1
     else:
         assert_close(results[0][0], ref, rtol=1e-5)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_f32_conv2d_is_bit_identical_for_1_2_3_threads(tmp_path, rng, groups):
+    """im2col per image on the calling thread, then the image's GEMM split by pixel panels (400 pixels:
+    a partial last panel)."""
+    g = Graph("convt")
+    x = g.add_input("x", tensor([2, 32, 20, 20]))
+    w = g.const("w", randn(rng, 48, 32 // groups, 3, 3, scale=0.1))
+    conv = g.add("conv2d", [x, w, g.const("b", randn(rng, 48))], {"padding": [1, 1], "groups": groups})
+    g.set_outputs([g.add("relu", [conv])])
+    assert 400 * (48 // groups) * (32 // groups) * 9 >= MIN_PARALLEL_MACS
+    xs = randn(rng, 2, 32, 20, 20)
+    lib = build(g, tmp_path)
+    results = outputs_for_each_thread_count(lib, xs)
+    for out in results[1:]:
+        np.testing.assert_array_equal(out[0], results[0][0])
+    assert_close(results[0][0], interpret(g, xs)[0])
 
 
 def test_library_threads_argument_and_switching_off(tmp_path, rng):
