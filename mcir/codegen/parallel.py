@@ -90,7 +90,8 @@ def parallel_for(
 
     ``body`` emits the work for units ``[lo, hi)`` using only ``pointers`` (re-read inside the
     task function: values of the calling function are not visible there) and compile-time
-    constants. With fewer than two units or less than ``MIN_PARALLEL_MACS`` of work, the body
+    constants; it is emitted twice, into the task function and inline for the single-threaded
+    case. With fewer than two units or less than ``MIN_PARALLEL_MACS`` of work, the body
     is emitted inline over the whole range and no hook is consulted.
     """
     if units < 2 or macs < MIN_PARALLEL_MACS:
@@ -134,6 +135,8 @@ def parallel_for(
         em.store(b.ptrtoint(p, I64), block, i + 1, align=8)
     with b.if_else(serial) as (then, otherwise):
         with then:
-            b.call(task, [block, i64(0)])
+            # no hook: the body inline over all units with constant bounds, exactly the code a
+            # kernel had before threading (the task function's bounds are only known at run time)
+            body(em, pointers, i64(0), i64(units))
         with otherwise:
             b.call(hook, [b.load(hctx_g, typ=PTR), task, block, n])
