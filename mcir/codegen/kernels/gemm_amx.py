@@ -33,6 +33,7 @@ LLVM (``*.internal`` with a configuration pass) are not needed for this fixed bl
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 
 import llvmlite.ir as ir
@@ -206,11 +207,10 @@ def emit_tiles(em: Emitter, a_pad: ir.Value, w: ir.Value, c32: ir.Value, m: int,
     _asm(em, "tilerelease", "~{memory}", [])
 
 
-def emit_epilogue(em: Emitter, g, c32: ir.Value, lo, hi) -> None:
+def emit_epilogue(em: Emitter, g, c32: ir.Value, lo, hi, requantize: Callable) -> None:
     """Offset + requantisation (or f32 scale and fused activation) of columns of panel pairs
-    ``[lo, hi)``, for every row: the arithmetic of ``gemm_i8._tile``'s stores."""
-    from mcir.codegen.kernels.gemm_i8 import requantize
-
+    ``[lo, hi)``, for every row: the arithmetic of ``gemm_i8._tile``'s stores (``requantize`` is
+    ``gemm_i8.requantize``, passed in: this module is imported by gemm_i8, never the reverse)."""
     b = em.b
     lanes = TILE_COLS
     panels = math.ceil(g.n / TILE_COLS)
@@ -246,11 +246,10 @@ def emit_epilogue(em: Emitter, g, c32: ir.Value, lo, hi) -> None:
                 column(r, i64(full), g.n % lanes)
 
 
-def emit_linear(em: Emitter, g, a_pad: ir.Value, c32: ir.Value) -> None:
-    """The whole AMX linear: pad A, then per task (panel pairs) tiles + epilogue; the VNNI
-    fallback over the same packed weights if the permission is refused."""
-    from mcir.codegen.kernels.gemm_i8 import DotIsa, IntTiling
-    from mcir.codegen.kernels.gemm_i8 import emit_gemm as emit_vnni
+def emit_linear(em: Emitter, g, a_pad: ir.Value, c32: ir.Value, requantize: Callable, fallback: Callable) -> None:
+    """The whole AMX linear for ``g`` (a ``gemm_i8.IntGemm``): pad A, then per task (panel pairs)
+    tiles + epilogue; if the permission is refused, ``fallback(em, gemm, lo, hi)`` (gemm_i8's VNNI
+    kernel on 16-column panels) over the same packed weights, A padded to ``K64``."""
     from mcir.codegen.parallel import parallel_for
 
     b = em.b
@@ -264,15 +263,14 @@ def emit_linear(em: Emitter, g, a_pad: ir.Value, c32: ir.Value) -> None:
 
             def tiles(tem: Emitter, p: list[ir.Value], lo: ir.Value, hi: ir.Value) -> None:
                 emit_tiles(tem, p[0], p[1], p[2], m, n, k, lo, hi)
-                emit_epilogue(tem, replace(g, c=p[3], table=p[4]), p[2], lo, hi)
+                emit_epilogue(tem, replace(g, c=p[3], table=p[4]), p[2], lo, hi, requantize)
 
             parallel_for(em, "linear_amx", pairs, macs, [a_pad, g.b_packed, c32, g.c, g.table], tiles)
         with vnni:
             # the AMX weight layout is the VNNI panel layout with 16 columns and K padded to 64
-            t = IntTiling(min(m, 8), 1, 1, DotIsa("vnni", 16, 4))
-            fallback = replace(g, a=a_pad, a_rs=kp, k=kp, a_kpad=True)
+            padded = replace(g, a=a_pad, a_rs=kp, k=kp, a_kpad=True)
 
             def dots(tem: Emitter, p: list[ir.Value], lo: ir.Value, hi: ir.Value) -> None:
-                emit_vnni(tem, replace(fallback, a=p[0], b_packed=p[1], c=p[2], table=p[3]), t, (lo, hi))
+                fallback(tem, replace(padded, a=p[0], b_packed=p[1], c=p[2], table=p[3]), lo, hi)
 
             parallel_for(em, "linear_amx_fallback", math.ceil(n / 16), macs, [a_pad, g.b_packed, g.c, g.table], dots)

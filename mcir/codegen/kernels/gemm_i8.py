@@ -620,6 +620,12 @@ def _linear_scratch(op: Op, target: Target) -> int:
     return widened_bytes(m, k, _linear_plan(op, target).isa)
 
 
+def _amx_fallback(em: Emitter, g: IntGemm, lo: ir.Value, hi: ir.Value) -> None:
+    """VNNI over the AMX weight layout (16-column panels, K padded to 64): the AMX kernel's path
+    when Linux refuses the tile permission."""
+    emit_gemm(em, g, IntTiling(min(g.m, 8), 1, 1, DotIsa("vnni", 16, 4)), (lo, hi))
+
+
 def _linear_i8(k: KernelContext) -> None:
     """y = x @ W^T + b on u8 activations and int8 weights (VNNI / int16 / portable dot)."""
     m, n, kk = _linear_dims(k.op)
@@ -632,7 +638,7 @@ def _linear_i8(k: KernelContext) -> None:
         gemm = IntGemm(m, n, kk, k.args[0], kk, False, k.args[1], True, k.out, n, table, count, rq, epilogue=k.epilogue)
         a_pad = k.scratch
         c32 = k.em.byte_offset(k.scratch, align_up(math.ceil(m / 16) * 16 * gemm_amx.padded_k(kk), ALIGN))
-        gemm_amx.emit_linear(k.em, gemm, a_pad, c32)
+        gemm_amx.emit_linear(k.em, gemm, a_pad, c32, requantize, _amx_fallback)
         return
     count = math.ceil(n / t.nr) * t.nr
     table = table_pointer(k, panel_bytes(n, kk, t.nr, t.isa.group))
