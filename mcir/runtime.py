@@ -444,7 +444,6 @@ def _dlopen_fresh(path: Path) -> ctypes.CDLL:
         Path(tmp).unlink(missing_ok=True)
 
 
-def load(path: str | Path, name: str | None = None, threads: int = 1) -> Library:
-    """Load a compiled library; ``name`` is needed only when the file holds several models;
-    ``threads`` > 1 runs its large kernels on mcir's native pool (``Library.set_threads``)."""
-    return Library(path, name, threads)
+def load(path: str | Path, name: str | None = None) -> Library:
+    """Load a compiled library; ``name`` is needed only when the file holds several models."""
+    return Library(path, name)

@@ -20,7 +20,7 @@ from mcir.codegen.parallel import MIN_PARALLEL_MACS
 from mcir.errors import RuntimeCallError
 from mcir.interp import interpret
 from mcir.ir import Graph
-from mcir.runtime import Library, load
+from mcir.runtime import Library
 from mcir.types import tensor
 
 from .helpers import assert_close, build, randn
@@ -91,7 +91,6 @@ def test_library_threads_argument_and_switching_off(tmp_path, rng):
     path = build(g, tmp_path).path
     lib = Library(path, threads=2)
     assert lib.threads == 2
-    assert load(path, threads=3).threads == 3
     x = randn(rng, 16, 256)
     two = lib(x)[0]
     lib.set_threads(1)
