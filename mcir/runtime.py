@@ -3,6 +3,7 @@
     lib = mcir.runtime.Library("build/mlp.so")
     (y,) = lib(x)                          # checks x, allocates y, one native call
     lib.run_into([x], [y])                 # reuse output buffers
+    lib = mcir.runtime.Library("build/mlp.so", threads=2)   # large GEMMs split over 2 threads
     call = lib.bind([x], [y]); call()      # pre-marshalled: the cheapest call, for benchmarks
 
 A library describes itself (``docs/abi.md``): ``lib.inputs`` / ``lib.outputs`` come from its
@@ -119,7 +120,7 @@ def _elf_model_names(data: bytes) -> list[str]:
 class Library:
     """A loaded mcir library: call it with numpy arrays, get numpy arrays back."""
 
-    def __init__(self, path: str | Path, name: str | None = None) -> None:
+    def __init__(self, path: str | Path, name: str | None = None, threads: int = 1) -> None:
         self.path = Path(path)
         if not self.path.exists():
             raise RuntimeCallError(f"no library at {self.path}: compile one with mcir.compile(graph, path)")
@@ -147,6 +148,43 @@ class Library:
         # what an array must look like to take the fast path of run(): exactly these (shape, dtype, strides)
         self._in_facts = tuple((d.shape, d.dtype, _c_strides(d.shape, d.dtype)) for d in self.inputs)
         self._out_facts = tuple((d.shape, d.dtype) for d in self.outputs)
+        self._pool = None
+        self.threads = 1
+        if threads != 1:
+            self.set_threads(threads)
+
+    def set_threads(self, threads: int) -> None:
+        """Run the kernels that split (large GEMMs) on ``threads`` threads: this library gets its own
+        native pool (``mcir.threadpool``) through ``mcir_NAME_set_parallel``; 1 turns threading off.
+
+        Outputs are bit-identical for every thread count. Not to be called while a run is in progress.
+        """
+        if not isinstance(threads, int) or threads < 1:
+            raise RuntimeCallError(f"threads must be a positive integer, got {threads!r}")
+        try:
+            set_parallel = getattr(self._dll, f"mcir_{self.name}_set_parallel")
+        except AttributeError:
+            if threads == 1:
+                return
+            raise RuntimeCallError(
+                f"{self.path} was compiled by an mcir without threading (no mcir_{self.name}_set_parallel); "
+                "recompile it to use threads"
+            ) from None
+        set_parallel.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32]
+        set_parallel.restype = None
+        old = self._pool
+        if threads == 1:
+            set_parallel(None, None, 1)
+            self._pool = None
+        else:
+            from mcir.threadpool import ThreadPool
+
+            pool = ThreadPool(threads)
+            set_parallel(pool.parallel_for, pool.handle, threads)
+            self._pool = pool
+        self.threads = threads
+        if old is not None:
+            old.close()
 
     def _sym(self, symbol: str, restype: Any) -> Callable[[], Any]:
         fn = getattr(self._dll, symbol)

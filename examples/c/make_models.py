@@ -2,6 +2,8 @@
 (softmax + argmax), plus an input and the interpreter's expected outputs.
 
     python examples/c/make_models.py build/c-example
+
+and ``wide`` (a 32 x 256 -> 700 linear + relu), which ``threads.c`` runs with a pthreads hook.
 """
 
 from __future__ import annotations
@@ -38,6 +40,12 @@ def main(out: Path) -> None:
     compile_graph(mlp, out / "mlp")  # -> mlp.o, mlp.so, mlp.h with symbols mcir_mlp_*
     compile_graph(classify, out / "classify")
     x = np.random.default_rng(1).standard_normal((1, 64)).astype(np.float32)
+    # threads.c: a batch-32 layer large enough to be split across threads
+    wide = Graph("wide")
+    xw = wide.add_input("x", tensor([32, 256]))
+    ww = wide.const("w", (np.random.default_rng(2).standard_normal((700, 256)) / 16).astype(np.float32))
+    wide.set_outputs([wide.add("relu", [wide.add("linear", [xw, ww])])])
+    compile_graph(wide, out / "wide")
     (logits,) = mcir.interpret(mlp, x)
     probs, label = mcir.interpret(classify, logits)
     x.tofile(out / "input.bin")

@@ -21,6 +21,10 @@ enum {
 {dtypes}
 };
 enum { MCIR_QUANT_NONE = 0, MCIR_QUANT_PER_TENSOR = 1, MCIR_QUANT_PER_AXIS = 2 };
+/* The host's parallel-for (docs/abi.md): calls body(body_ctx, t) once for every t in [0, n_tasks),
+ * on any threads, in any order, and returns when all have returned. */
+typedef void (*mcir_task_fn)(void *body_ctx, int64_t task);
+typedef void (*mcir_parallel_fn)(void *ctx, mcir_task_fn body, void *body_ctx, int64_t n_tasks);
 typedef struct mcir_tensor_desc {
   const char *name;      /* the graph value's name */
   const int64_t *shape;  /* rank entries */
@@ -84,6 +88,10 @@ int32_t mcir_{n}_num_inputs(void);
 int32_t mcir_{n}_num_outputs(void);
 const mcir_tensor_desc *mcir_{n}_inputs(void);
 const mcir_tensor_desc *mcir_{n}_outputs(void);
+/* Install a parallel-for that large kernels split their work through (at most n_threads tasks per
+ * kernel). fn == NULL or n_threads <= 1: single-threaded (the default). Outputs are bit-identical for
+ * any hook and thread count. Not to be called while a run is in progress. */
+void mcir_{n}_set_parallel(mcir_parallel_fn fn, void *ctx, int32_t n_threads);
 /* JSON: mcir_version, abi_version, name, graph, pipeline, target, triple, cpu, workspace_size, ... */
 const char *mcir_{n}_metadata(void);
 

@@ -42,6 +42,7 @@ from mcir.codegen.emit import I1, I8, I32, I64, PTR, Emitter, i64
 from mcir.codegen.kernels import KernelContext, KernelGen
 from mcir.codegen.kernels.elementwise import fusable_epilogue
 from mcir.codegen.memory_plan import ALIGN, MemoryPlan, Step, plan, view_offset, view_root, view_source
+from mcir.codegen.parallel import emit_set_parallel
 from mcir.codegen.target import Target
 from mcir.errors import CodegenError, UnsupportedError
 from mcir.ir import Graph, Op, Value
@@ -449,6 +450,7 @@ def lower(graph: Graph, target: Target, name: str, pipeline: str = "") -> Lowere
         fltused = ir.GlobalVariable(bld.module, I32, "_fltused")
         fltused.initializer = ir.Constant(I32, 0x9875)
         fltused.linkage = "weak"
+    emit_set_parallel(bld.module, name)
     bld.getter(f"mcir_{name}_workspace_size", bld.size_t, ir.Constant(bld.size_t, mp.workspace_size))
     bld.descriptors("inputs", graph.inputs)
     bld.descriptors("outputs", graph.outputs)

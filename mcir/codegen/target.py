@@ -32,6 +32,8 @@ def _init_llvm() -> None:
     llvm.initialize_all_asmprinters()
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
+    # inline assembly (the AMX kernel's tile instructions and system call) needs the parser, or LLVM aborts
+    llvm.initialize_native_asmparser()
 
 
 @dataclass(frozen=True)

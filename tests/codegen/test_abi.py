@@ -61,7 +61,7 @@ def test_object_is_freestanding_and_exports_only_the_abi(lib):
     names = sorted(line.split()[-1] for line in exported.splitlines())
     assert names == sorted(
         f"mcir_small_{s}"
-        for s in ("run", "workspace_size", "num_inputs", "num_outputs", "inputs", "outputs", "metadata")
+        for s in ("run", "workspace_size", "num_inputs", "num_outputs", "inputs", "outputs", "metadata", "set_parallel")
     )
     assert library_names(lib.path) == ["small"]
 

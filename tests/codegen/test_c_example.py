@@ -51,3 +51,17 @@ def test_c_program_runs_both_models(built, link):
     assert "-> 1 (MCIR_ERR_NULL_ARGUMENT = 1)" in run.stdout
     assert "-> 3 (MCIR_ERR_WORKSPACE_ALIGNMENT = 3)" in run.stdout
     assert '"mcir_version"' in run.stdout
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_c_pthreads_hook_gives_identical_outputs(built, threads):
+    app = built / "threads"
+    if not app.exists():
+        cmd = ["cc", "-O2", "-Wall", "-Wextra", "-Werror", "-std=c11", "-pthread", f"-I{built}"]
+        cmd += [str(EXAMPLE / "threads.c"), str(built / "wide.so"), f"-Wl,-rpath,{built}", "-o", str(app)]
+        subprocess.run(cmd, check=True, capture_output=True, text=True)
+    run = subprocess.run([str(app), str(threads)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "outputs bit-identical" in run.stdout
+    if threads > 1:
+        assert "hook called 1 time(s)" in run.stdout

@@ -29,8 +29,10 @@ from mcir.codegen.kernels.gemm_f32 import (
     load_b,
     pack_a,
     packed_b_bytes,
+    panel_count,
 )
 from mcir.codegen.memory_plan import view_root
+from mcir.codegen.parallel import parallel_for
 from mcir.codegen.target import Target
 from mcir.errors import CodegenError
 from mcir.ir import Op
@@ -202,27 +204,24 @@ def _conv_gemm(k: KernelContext) -> None:
     with em.loop(g["n"], name="img") as n, em.loop(g["groups"], name="grp") as gi:
         first = b.add(b.mul(n, i64(g["groups"])), gi)  # index of the group's first channel block
         emit_im2col(em, em.gep(k.args[0], b.mul(first, i64(cg * plane)), F32), gg, t.nr, k.scratch)
-        bias = em.gep(k.args[2], b.mul(gi, i64(og)), F32) if len(k.args) > 2 else None
-        emit_gemm(
-            em,
-            GemmArgs(
-                og,
-                pix,
-                ck,
-                em.gep(k.args[1], b.mul(gi, i64(a_group)), HALF_STORAGE.get(w_dtype, F32)),
-                ck,
-                1,
-                k.scratch,
-                em.gep(k.out, b.mul(first, i64(og * pix)), F32),
-                pix,
-                bias,
-                bias_per_row=True,
-                epilogue=k.epilogue,
-                a_packed=packed,
-                a_dtype=w_dtype,
-            ),
-            t,
-        )
+        pointers = [
+            em.gep(k.args[1], b.mul(gi, i64(a_group)), HALF_STORAGE.get(w_dtype, F32)),
+            k.scratch,
+            em.gep(k.out, b.mul(first, i64(og * pix)), F32),
+        ]
+        if len(k.args) > 2:
+            pointers.append(em.gep(k.args[2], b.mul(gi, i64(og)), F32))
+
+        def body(tem: Emitter, p: list[ir.Value], lo: ir.Value, hi: ir.Value) -> None:
+            # the image's GEMM, its pixel panels split across threads (im2col ran before, on this thread)
+            bias = p[3] if len(p) > 3 else None
+            args = GemmArgs(
+                og, pix, ck, p[0], ck, 1, p[1], p[2], pix, bias,
+                bias_per_row=True, epilogue=k.epilogue, a_packed=packed, a_dtype=w_dtype,
+            )  # fmt: skip
+            emit_gemm(tem, args, t, (lo, hi))
+
+        parallel_for(em, "conv_gemm", panel_count(pix, t), og * pix * ck, pointers, body)
 
 
 def tap_range(ow: int, sw: int, off: int, w: int) -> tuple[int, int]:

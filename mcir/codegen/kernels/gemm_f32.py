@@ -32,6 +32,7 @@ import numpy as np
 from mcir.codegen.emit import F32, Emitter, const, i64, vec
 from mcir.codegen.kernels import KernelContext, kernel
 from mcir.codegen.memory_plan import view_root
+from mcir.codegen.parallel import parallel_for
 from mcir.codegen.target import Target
 from mcir.ir import Op
 
@@ -160,8 +161,18 @@ class GemmArgs:
     a_dtype: str = "f32"  # storage of A (convolution weights): f32, f16 or bf16
 
 
-def emit_gemm(em: Emitter, g: GemmArgs, t: Tiling) -> None:
-    """Emit the blocked loops and micro-tiles of one GEMM."""
+def panel_count(n: int, t: Tiling) -> int:
+    """B panels of an N-column product (the last may be partial): the units a GEMM is split into."""
+    return math.ceil(n / t.nr)
+
+
+def emit_gemm(em: Emitter, g: GemmArgs, t: Tiling, panel_range: tuple[ir.Value, ir.Value] | None = None) -> None:
+    """Emit the blocked loops and micro-tiles of one GEMM.
+
+    ``panel_range`` = (lo, hi) restricts it to the columns of panels ``[lo, hi)`` (a task of a
+    threaded GEMM, see ``mcir.codegen.parallel``); each C element gets the same operations in the
+    same order whatever the range, so any split gives bit-identical results.
+    """
     b = em.b
     p_full, n_tail = divmod(g.n, t.nr)
     m_main = g.m - g.m % t.mr
@@ -169,13 +180,23 @@ def emit_gemm(em: Emitter, g: GemmArgs, t: Tiling) -> None:
     chunks = _k_chunks(g.k, t.kc)
 
     def panels(rows: ir.Value, mr: int, kstart: ir.Value, klen: int, first: bool, last: bool) -> None:
-        """All panels for the rows tile at ``rows`` over one K chunk."""
+        """All panels (of the range) for the rows tile at ``rows`` over one K chunk."""
+        nv_t = math.ceil(n_tail / t.lanes)
+        if panel_range is None:
+            if p_full:
+                with em.loop(p_full, name="p") as p:
+                    _tile(em, g, t, rows, mr, p, t.nv, t.lanes, kstart, klen, first, last)
+            if n_tail:
+                _tile(em, g, t, rows, mr, i64(p_full), nv_t, n_tail - (nv_t - 1) * t.lanes, kstart, klen, first, last)
+            return
+        lo, hi = panel_range
         if p_full:
-            with em.loop(p_full, name="p") as p:
+            end = b.select(b.icmp_signed("<", hi, i64(p_full)), hi, i64(p_full))
+            with em.loop(end, name="p", start=lo) as p:
                 _tile(em, g, t, rows, mr, p, t.nv, t.lanes, kstart, klen, first, last)
         if n_tail:
-            nv_t = math.ceil(n_tail / t.lanes)
-            _tile(em, g, t, rows, mr, i64(p_full), nv_t, n_tail - (nv_t - 1) * t.lanes, kstart, klen, first, last)
+            with b.if_then(b.icmp_signed(">", hi, i64(p_full))):
+                _tile(em, g, t, rows, mr, i64(p_full), nv_t, n_tail - (nv_t - 1) * t.lanes, kstart, klen, first, last)
 
     def chunk_passes(body) -> None:
         """body(kstart, klen, first, last) for every K chunk: static first/last, a loop between."""
@@ -365,15 +386,23 @@ def _linear_scratch(op: Op, target: Target) -> int:
 
 @kernel("linear", ("f32", "f32", "f32?"), pack=_pack_linear, scratch=_linear_scratch, epilogue=True)
 def linear(k: KernelContext) -> None:
-    """y = x @ W^T + b: W pre-packed into panels at compile time (or at run time if not constant)."""
+    """y = x @ W^T + b: W pre-packed into panels at compile time (or at run time if not constant).
+
+    Column panels are split across the host's threads when a parallel hook is installed (packing
+    a run-time W happens first, on the calling thread)."""
     m, n, kk = _linear_dims(k.op)
     t = choose_tiling(m, n, kk, k.target)
     w = k.args[1]
     if not view_root(k.op.operands[1]).is_constant:
         emit_pack_b(k.em, w, 1, kk, kk, n, t.nr, k.scratch)  # B[k, n] = W[n, k]
         w = k.scratch
-    bias = k.args[2] if len(k.args) > 2 else None
-    emit_gemm(k.em, GemmArgs(m, n, kk, k.args[0], kk, 1, w, k.out, n, bias, epilogue=k.epilogue), t)
+    pointers = [k.args[0], w, k.out] + ([k.args[2]] if len(k.args) > 2 else [])
+
+    def body(em: Emitter, p: list[ir.Value], lo: ir.Value, hi: ir.Value) -> None:
+        bias = p[3] if len(p) > 3 else None
+        emit_gemm(em, GemmArgs(m, n, kk, p[0], kk, 1, p[1], p[2], n, bias, epilogue=k.epilogue), t, (lo, hi))
+
+    parallel_for(k.em, f"linear{m}x{n}x{kk}", panel_count(n, t), m * n * kk, pointers, body)
 
 
 def _linear_half_scratch(op: Op, target: Target) -> int:
@@ -391,9 +420,14 @@ def linear_half(k: KernelContext) -> None:
 
         raise CodegenError(f"{k.op.where()}: {dtype} weights computed at run time have no kernel; cast them to f32")
     t = choose_tiling(m, n, kk, k.target)
-    bias = k.args[2] if len(k.args) > 2 else None
-    g = GemmArgs(m, n, kk, k.args[0], kk, 1, k.args[1], k.out, n, bias, epilogue=k.epilogue, b_dtype=dtype)
-    emit_gemm(k.em, g, t)
+
+    def body(em: Emitter, p: list[ir.Value], lo: ir.Value, hi: ir.Value) -> None:
+        bias = p[3] if len(p) > 3 else None
+        g = GemmArgs(m, n, kk, p[0], kk, 1, p[1], p[2], n, bias, epilogue=k.epilogue, b_dtype=dtype)
+        emit_gemm(em, g, t, (lo, hi))
+
+    pointers = [k.args[0], k.args[1], k.out] + ([k.args[2]] if len(k.args) > 2 else [])
+    parallel_for(k.em, f"linear_{dtype}", panel_count(n, t), m * n * kk, pointers, body)
 
 
 # -- matmul ---------------------------------------------------------------------------------

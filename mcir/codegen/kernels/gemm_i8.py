@@ -45,9 +45,10 @@ import llvmlite.ir as ir
 import numpy as np
 
 from mcir.codegen.emit import F32, I8, I16, I32, I64, Emitter, const, i64
-from mcir.codegen.kernels import KernelContext, kernel
+from mcir.codegen.kernels import KernelContext, gemm_amx, kernel
 from mcir.codegen.kernels.gemm_f32 import _matmul_dims, batch_strides  # matmul's batch broadcasting, as for f32
 from mcir.codegen.memory_plan import ALIGN, align_up, view_offset, view_root
+from mcir.codegen.parallel import parallel_for
 from mcir.codegen.target import Target
 from mcir.encodings import Quant
 from mcir.errors import CodegenError
@@ -94,7 +95,10 @@ def dot_isa(target: Target, a_signed: bool = False, b_signed: bool = True) -> Do
 def isa_name(target: Target) -> str:
     """The dot instruction an int8 kernel uses on ``target`` (u8 activations, i8 weights), for the kernel table."""
     isa = dot_isa(target)
-    return {"vnni": "vpdpbusd", "madd": "vpmaddwd", "generic": "int32 mul-add"}[isa.kind] + f" x{isa.lanes}"
+    name = {"vnni": "vpdpbusd", "madd": "vpmaddwd", "generic": "int32 mul-add"}[isa.kind] + f" x{isa.lanes}"
+    if gemm_amx.amx_applies(gemm_amx.TILE_ROWS, target):
+        return f"AMX tdpbusd for M >= {gemm_amx.TILE_ROWS}, else {name}"
+    return name
 
 
 #: int8 kernels write f32 or per-tensor quantised u8/i8 (``result_requant``)
@@ -371,8 +375,11 @@ def widen_a(em: Emitter, g: IntGemm, dst: ir.Value) -> IntGemm:
     return replace(g, a=dst, a_rs=row, a_kpad=True, a_wide=True)
 
 
-def emit_gemm(em: Emitter, g: IntGemm, t: IntTiling) -> None:
-    """Panels outer, row tiles inner; static edge tiles for the last rows and columns."""
+def emit_gemm(em: Emitter, g: IntGemm, t: IntTiling, panel_range: tuple[ir.Value, ir.Value] | None = None) -> None:
+    """Panels outer, row tiles inner; static edge tiles for the last rows and columns.
+
+    ``panel_range`` = (lo, hi) restricts it to panels ``[lo, hi)`` (one task of a threaded GEMM);
+    integer arithmetic per element is the same for any split."""
     lanes = t.isa.lanes
     p_full, n_tail = divmod(g.n, t.nr)
     m_main = g.m - g.m % t.mr
@@ -385,12 +392,16 @@ def emit_gemm(em: Emitter, g: IntGemm, t: IntTiling) -> None:
         if m_tail:
             _tile(em, g, t, i64(m_main), m_tail, panel, nv, last)
 
+    b = em.b
+    lo, hi = panel_range if panel_range is not None else (i64(0), i64(p_full + (n_tail > 0)))
     if p_full:
-        with em.loop(p_full, name="p") as p:
+        end = b.select(b.icmp_signed("<", hi, i64(p_full)), hi, i64(p_full))
+        with em.loop(end, name="p", start=lo) as p:
             rows(p, t.nv, lanes)
     if n_tail:
         nv_t = math.ceil(n_tail / lanes)
-        rows(i64(p_full), nv_t, n_tail - (nv_t - 1) * lanes)
+        with b.if_then(b.icmp_signed(">", hi, i64(p_full))):
+            rows(i64(p_full), nv_t, n_tail - (nv_t - 1) * lanes)
 
 
 def _tile(em: Emitter, g: IntGemm, t: IntTiling, row: ir.Value, mr: int, panel: ir.Value, nv: int, last: int) -> None:
@@ -602,16 +613,27 @@ def table_pointer(k: KernelContext, weight_bytes: int) -> ir.Value:
 
 
 def _pack_linear(op: Op, index: int, data, target: Target):
-    _, n, _ = _linear_dims(op)
+    m, n, _ = _linear_dims(op)
     t = _linear_plan(op, target)
+    if gemm_amx.amx_applies(m, target):
+        count = math.ceil(n / gemm_amx.TILE_COLS) * gemm_amx.TILE_COLS
+        return pack_weights_and_table(op, index, data, "i8amx", gemm_amx.pack_weights, count)
     count = math.ceil(n / t.nr) * t.nr
     layout = f"i8panels:{t.isa.key}:nr{t.nr}"
     return pack_weights_and_table(op, index, data, layout, lambda w: pack_panels(w, t.nr, t.isa.group), count)
 
 
 def _linear_scratch(op: Op, target: Target) -> int:
-    m, _, k = _linear_dims(op)
+    m, n, k = _linear_dims(op)
+    if gemm_amx.amx_applies(m, target):
+        return gemm_amx.scratch_bytes(m, n, k)
     return widened_bytes(m, k, _linear_plan(op, target).isa)
+
+
+def _amx_fallback(em: Emitter, g: IntGemm, lo: ir.Value, hi: ir.Value) -> None:
+    """VNNI over the AMX weight layout (16-column panels, K padded to 64): the AMX kernel's path
+    when Linux refuses the tile permission."""
+    emit_gemm(em, g, IntTiling(min(g.m, 8), 1, 1, DotIsa("vnni", 16, 4)), (lo, hi))
 
 
 def _linear_i8(k: KernelContext) -> None:
@@ -620,12 +642,25 @@ def _linear_i8(k: KernelContext) -> None:
     t = _linear_plan(k.op, k.target)
     rq = result_requant(k.op)
     activation_quant(k.op)
+    if gemm_amx.amx_applies(m, k.target):  # batched, on a CPU with AMX tiles
+        count = math.ceil(n / gemm_amx.TILE_COLS) * gemm_amx.TILE_COLS
+        table = table_pointer(k, gemm_amx.weight_bytes(n, kk))
+        gemm = IntGemm(m, n, kk, k.args[0], kk, False, k.args[1], True, k.out, n, table, count, rq, epilogue=k.epilogue)
+        a_pad = k.scratch
+        c32 = k.em.byte_offset(k.scratch, align_up(math.ceil(m / 16) * 16 * gemm_amx.padded_k(kk), ALIGN))
+        gemm_amx.emit_linear(k.em, gemm, a_pad, c32, requantize, _amx_fallback)
+        return
     count = math.ceil(n / t.nr) * t.nr
     table = table_pointer(k, panel_bytes(n, kk, t.nr, t.isa.group))
     gemm = IntGemm(m, n, kk, k.args[0], kk, False, k.args[1], True, k.out, n, table, count, rq, epilogue=k.epilogue)
     if t.isa.kind == "madd":
-        gemm = widen_a(k.em, gemm, k.scratch)
-    emit_gemm(k.em, gemm, t)
+        gemm = widen_a(k.em, gemm, k.scratch)  # on the calling thread, before the split
+
+    def body(em: Emitter, p: list[ir.Value], lo: ir.Value, hi: ir.Value) -> None:
+        emit_gemm(em, replace(gemm, a=p[0], b_packed=p[1], c=p[2], table=p[3]), t, (lo, hi))
+
+    pointers = [gemm.a, gemm.b_packed, gemm.c, gemm.table]
+    parallel_for(k.em, f"linear_i8_{m}x{n}x{kk}", math.ceil(n / t.nr), m * n * kk, pointers, body)
 
 
 kernel(

@@ -1,0 +1,202 @@
+"""Batched GEMM performance: mcir vs PyTorch vs ONNX Runtime at batch 32, with 1 and 2 threads (issue #16).
+
+    python benchmarks/bench_batch.py                         # linear4096 and mlp, batch 32, 1 and 2 threads
+    python benchmarks/bench_batch.py --models linear4096 --threads 1 --rounds 5
+
+Contenders, interleaved in one process (see timing.py), each given the same thread count:
+
+* ``mcir fp32`` / ``mcir int8``: the traced model, and ``quant8`` of it (calibrated), compiled for
+  ``native``; threads through ``Library.set_threads`` (mcir's pthreads pool behind
+  ``mcir_NAME_set_parallel``). On a CPU with AMX the int8 GEMMs use tiles (``gemm_amx.py``);
+* ``torch fp32`` (``torch.set_num_threads``) and ``torch dyn`` (``quantize_dynamic``, int8 Linear);
+* ``ORT fp32`` and ``ORT static`` (QDQ u8/s8 per channel, calibrated), ``intra_op_num_threads``.
+
+Efficiency is achieved ops / peak ops, with peak = threads x clock x ops per cycle per core;
+the clock is the ``cpu MHz`` of /proc/cpuinfo (the nominal clock here; turbo may run higher, so
+percentages can overstate), ops per cycle: fp32 2 FMA ports x 16 lanes x 2 flops = 64; int8
+VNNI 2 ports x 64 MACs x 2 = 256; AMX-INT8 1024 MACs x 2 = 2048 (one 16x16x64 ``tdpbusd``
+per 16 cycles, Intel's published figure). A model's ops are 2 x batch x sum of its Linear
+``in x out`` (activations and biases not counted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from timing import fmt_time, interleaved, machine_description, median, paired_ratio, single_thread
+
+single_thread()
+
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+import torch  # noqa: E402
+from models import MODELS, example  # noqa: E402
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static  # noqa: E402
+
+import mcir  # noqa: E402
+from mcir.codegen import compile as compile_graph  # noqa: E402
+
+warnings.filterwarnings("ignore")
+
+
+def clock_ghz() -> float:
+    """The clock /proc/cpuinfo reports (``cpu MHz`` of the first core)."""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("cpu MHz"):
+                return float(line.split(":")[1]) / 1000
+    raise RuntimeError("no 'cpu MHz' in /proc/cpuinfo")
+
+
+def cpu_flags() -> set[str]:
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("flags"):
+                return set(line.split(":")[1].split())
+    return set()
+
+
+OPS_PER_CYCLE = {"fp32": 64, "vnni": 256, "amx": 2048}
+
+
+def linear_ops(model: torch.nn.Module, batch: int) -> int:
+    return 2 * batch * sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+class _Reader(CalibrationDataReader):
+    def __init__(self, batches: list[np.ndarray]) -> None:
+        self.it = iter([{"x": b} for b in batches])
+
+    def get_next(self):
+        return next(self.it, None)
+
+
+def session(path: Path, threads: int) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def bench(name: str, batch: int, thread_counts: list[int], build: Path, rounds: int, tmp: Path) -> list[dict]:
+    torch.manual_seed(0)
+    model = MODELS[name]().eval()
+    x = example(name, batch)
+    calib = [example(name, batch) for _ in range(2)]
+    xn = x.numpy()
+    graph = mcir.trace(model, (x,), tracer="export", name=name)
+    q = mcir.run_passes(graph, "quant8", calibration=[(c.numpy(),) for c in calib])
+    lib8 = compile_graph(q, build / f"{name}_int8_b{batch}")
+    lib32 = compile_graph(graph, build / f"{name}_fp32_b{batch}")
+    y8 = np.empty(lib8.outputs[0].shape, lib8.outputs[0].dtype)
+    y32 = np.empty(lib32.outputs[0].shape, lib32.outputs[0].dtype)
+    run8, run32 = lib8.bind([xn], [y8]), lib32.bind([xn], [y32])
+    dyn = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+    buf = io.BytesIO()
+    torch.onnx.export(model, (x,), buf, dynamo=False, input_names=["x"], output_names=["y"])
+    f32 = tmp / f"{name}.onnx"
+    f32.write_bytes(buf.getvalue())
+    static = tmp / f"{name}_static.onnx"
+    quantize_static(
+        str(f32),
+        str(static),
+        _Reader([c.numpy() for c in calib]),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+    )
+    ops = linear_ops(model, batch)
+    rows = []
+    for threads in thread_counts:
+        torch.set_num_threads(threads)
+        lib8.set_threads(threads)
+        lib32.set_threads(threads)
+        s32, s8 = session(f32, threads), session(static, threads)
+        fns = {
+            "mcir fp32": run32,
+            "torch fp32": lambda: model(x),
+            "ORT fp32": lambda s=s32: s.run(None, {"x": xn}),
+            "mcir int8": run8,
+            "torch dyn": lambda: dyn(x),
+            "ORT static": lambda s=s8: s.run(None, {"x": xn}),
+        }
+        with torch.inference_mode():
+            samples = interleaved(fns, rounds=rounds, target_s=0.05)
+        rows.append(
+            {
+                "model": name,
+                "batch": batch,
+                "threads": threads,
+                "ops": ops,
+                "times": {k: median(v) for k, v in samples.items()},
+                "fp32 vs ORT": paired_ratio(samples["ORT fp32"], samples["mcir fp32"]),
+                "int8 vs best": paired_ratio(
+                    [min(a, b) for a, b in zip(samples["torch dyn"], samples["ORT static"])], samples["mcir int8"]
+                ),
+            }
+        )
+    lib8.set_threads(1)
+    lib32.set_threads(1)
+    torch.set_num_threads(1)
+    return rows
+
+
+def table(rows: list[dict], ghz: float, int8_path: str) -> str:
+    cols = ["mcir fp32", "torch fp32", "ORT fp32", "mcir int8", "torch dyn", "ORT static"]
+    out = [
+        "| model | batch | threads | " + " | ".join(cols) + " | fp32 mcir/ORT | int8 mcir/best peer "
+        f"| mcir fp32 % peak | mcir int8 % {int8_path} peak |",
+        "|" + "---|" * (len(cols) + 7),
+    ]
+    for r in rows:
+        t = r["times"]
+        peak32 = r["threads"] * ghz * 1e9 * OPS_PER_CYCLE["fp32"]
+        peak8 = r["threads"] * ghz * 1e9 * OPS_PER_CYCLE[int8_path]
+        eff32 = 100 * r["ops"] / t["mcir fp32"] / peak32
+        eff8 = 100 * r["ops"] / t["mcir int8"] / peak8
+        out.append(
+            f"| {r['model']} | {r['batch']} | {r['threads']} | "
+            + " | ".join(fmt_time(t[c]) for c in cols)
+            + f" | {r['fp32 vs ORT']:.2f}x | {r['int8 vs best']:.2f}x | {eff32:.0f} % | {eff8:.0f} % |"
+        )
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["linear4096", "mlp"], choices=sorted(MODELS))
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--build", default="build/bench")
+    args = ap.parse_args()
+    build = Path(args.build)
+    build.mkdir(parents=True, exist_ok=True)
+    ghz = clock_ghz()
+    int8_path = "amx" if "amx_int8" in cpu_flags() else "vnni"
+    print(machine_description())
+    with open("/proc/loadavg") as f:
+        print(f"load average before: {f.read().split()[:3]}; clock {ghz:.2f} GHz; int8 peak path: {int8_path}")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            rows += bench(name, args.batch, args.threads, build, args.rounds, Path(tmp))
+    print(table(rows, ghz, int8_path))
+    with open("/proc/loadavg") as f:
+        print(f"load average after: {f.read().split()[:3]}")
+
+
+if __name__ == "__main__":
+    main()

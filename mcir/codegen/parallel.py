@@ -1,0 +1,142 @@
+"""Multi-core execution without a runtime: kernels split work through a host-supplied parallel-for.
+
+The library links no libc and starts no threads. The host may install a parallel-for
+(``docs/abi.md``)::
+
+    typedef void (*mcir_task_fn)(void *body_ctx, int64_t task);
+    typedef void (*mcir_parallel_fn)(void *ctx, mcir_task_fn body, void *body_ctx, int64_t n_tasks);
+    void mcir_NAME_set_parallel(mcir_parallel_fn fn, void *ctx, int32_t n_threads);
+
+``fn(ctx, body, body_ctx, n)`` must call ``body(body_ctx, t)`` exactly once for every
+``t`` in ``[0, n)``, on any threads, in any order, and return when all have returned (the
+shape of pthreadpool's ``parallelize_1d``). Without a hook, or with ``n_threads <= 1``,
+every kernel runs on the calling thread, exactly as before.
+
+A kernel that splits (``parallel_for``) moves its work into a separate *task function*
+``body(ctx, t)`` over a range of independent units (GEMM column panels): each unit's
+outputs are written by exactly one task and computed by the same instruction sequence
+whatever the range, so no reduction is ever split and results are bit-identical for any
+thread count. The kernel's pointers travel in a small struct on the caller's stack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import llvmlite.ir as ir
+
+from mcir.codegen.emit import I32, I64, PTR, Emitter, i64
+
+# Below this many multiply-adds a kernel stays on the calling thread: waking a pool costs a few
+# to tens of microseconds (a condition variable), about what one core does with 2^20 MACs.
+MIN_PARALLEL_MACS = 1 << 20
+
+_HOOK_FN = "mcir.parallel.fn"
+_HOOK_CTX = "mcir.parallel.ctx"
+_HOOK_N = "mcir.parallel.n"
+
+TASK_FN_TYPE = ir.FunctionType(ir.VoidType(), [PTR, I64])
+PARALLEL_FN_TYPE = ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR, I64])
+
+
+class _HookLoad(ir.LoadInstr):
+    """A load of the hook pointer, callable as a ``mcir_parallel_fn``."""
+
+    function_type = PARALLEL_FN_TYPE
+
+
+def _hook_global(module: ir.Module, name: str, ty: ir.Type) -> ir.GlobalVariable:
+    """The library's one piece of mutable state: the installed hook (zero = none)."""
+    if name in module.globals:
+        return module.globals[name]
+    gv = ir.GlobalVariable(module, ty, name)
+    gv.linkage = "internal"
+    gv.initializer = ir.Constant(ty, None)
+    return gv
+
+
+def hook_globals(module: ir.Module) -> tuple[ir.GlobalVariable, ir.GlobalVariable, ir.GlobalVariable]:
+    """(fn, ctx, n_threads) globals of the parallel hook, created on first use."""
+    return _hook_global(module, _HOOK_FN, PTR), _hook_global(module, _HOOK_CTX, PTR), _hook_global(module, _HOOK_N, I32)
+
+
+def emit_set_parallel(module: ir.Module, name: str) -> None:
+    """The exported ``mcir_NAME_set_parallel(fn, ctx, n_threads)``: stores the hook.
+
+    A NULL ``fn`` or ``n_threads <= 1`` turns threading off. Not to be called while a run
+    is in progress (it is a plain store, like configuring any library before use).
+    """
+    fn_g, ctx_g, n_g = hook_globals(module)
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, I32]), f"mcir_{name}_set_parallel")
+    fn.attributes.add("nounwind")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    hook, ctx, n = fn.args
+    off = b.or_(b.icmp_unsigned("==", hook, ir.Constant(PTR, None)), b.icmp_signed("<=", n, ir.Constant(I32, 1)))
+    b.store(b.select(off, ir.Constant(PTR, None), hook), fn_g)
+    b.store(ctx, ctx_g)
+    b.store(b.select(off, ir.Constant(I32, 1), n), n_g)
+    b.ret_void()
+
+
+def parallel_for(
+    em: Emitter,
+    name: str,
+    units: int,
+    macs: int,
+    pointers: list[ir.Value],
+    body: Callable[[Emitter, list[ir.Value], ir.Value, ir.Value], None],
+) -> None:
+    """Run ``body(em, pointers, lo, hi)`` over ``[0, units)``, split across the host's threads.
+
+    ``body`` emits the work for units ``[lo, hi)`` using only ``pointers`` (re-read inside the
+    task function: values of the calling function are not visible there) and compile-time
+    constants; it is emitted twice, into the task function and inline for the single-threaded
+    case. With fewer than two units or less than ``MIN_PARALLEL_MACS`` of work, the body
+    is emitted inline over the whole range and no hook is consulted.
+    """
+    if units < 2 or macs < MIN_PARALLEL_MACS:
+        body(em, pointers, i64(0), i64(units))
+        return
+    module = em.module
+
+    task = ir.Function(module, TASK_FN_TYPE, module.get_unique_name(f"{name}.task"))
+    task.linkage = "internal"
+    task.attributes.add("nounwind")
+    tb = ir.IRBuilder(task.append_basic_block("entry"))
+    tem = Emitter(tb, module)
+    ctx, t = task.args
+    # the struct: slot 0 the task count, then the pointers, each slot an i64 (pointers widened)
+    n_tasks = tem.load(ctx, 0, I64, align=8)
+    ptrs = [tb.inttoptr(tem.load(ctx, i + 1, I64, align=8), PTR) for i in range(len(pointers))]
+    # an even split: unit ranges differ in length by at most one
+    lo = tb.sdiv(tb.mul(t, i64(units)), n_tasks)
+    hi = tb.sdiv(tb.mul(tb.add(t, i64(1)), i64(units)), n_tasks)
+    body(tem, ptrs, lo, hi)
+    tem.b.ret_void()
+
+    b = em.b
+    fn_g, hctx_g, n_g = hook_globals(module)
+    hook = b.load(fn_g, typ=PTR)
+    # an indirect call: llvmlite takes the callee's signature from ``function_type``, which an opaque
+    # ``ptr`` value cannot give, so the loaded pointer is given a class that states it
+    hook.__class__ = _HookLoad
+    n = b.sext(b.load(n_g, typ=I32), I64)
+    n = b.select(b.icmp_signed("<", n, i64(units)), n, i64(units))
+    serial = b.or_(b.icmp_unsigned("==", hook, ir.Constant(PTR, None)), b.icmp_signed("<=", n, i64(1)))
+    n = b.select(serial, i64(1), n)
+    # the block lives in the entry block, so a kernel may split inside its loops (one alloca per call)
+    here = b.block
+    b.position_at_start(b.function.entry_basic_block)
+    block = b.alloca(I64, size=i64(len(pointers) + 1))
+    block.align = 8
+    b.position_at_end(here)
+    em.store(n, block, 0, align=8)
+    for i, p in enumerate(pointers):
+        em.store(b.ptrtoint(p, I64), block, i + 1, align=8)
+    with b.if_else(serial) as (then, otherwise):
+        with then:
+            # no hook: the body inline over all units with constant bounds, exactly the code a
+            # kernel had before threading (the task function's bounds are only known at run time)
+            body(em, pointers, i64(0), i64(units))
+        with otherwise:
+            b.call(hook, [b.load(hctx_g, typ=PTR), task, block, n])

@@ -1,0 +1,221 @@
+"""A native thread pool for mcir libraries' parallel hook (``mcir_NAME_set_parallel``, docs/abi.md).
+
+The libraries start no threads of their own; the host supplies a parallel-for. This module is
+the host side for Python: a small pthreads pool written in C, compiled once with the system
+compiler (``$CC`` or ``cc``) into a cache directory (``$MCIR_CACHE``, else ``~/.cache/mcir``)
+and loaded with ctypes. Tasks run entirely in native code: no Python per chunk, and the GIL is
+released by ctypes for the whole model call.
+
+    pool = ThreadPool(2)                 # the calling thread + 1 worker
+    lib.set_threads(2)                   # what mcir.runtime.Library does with it
+
+The caller of ``parallel_for`` runs tasks too, so ``ThreadPool(n)`` starts ``n - 1`` workers.
+One ``parallel_for`` runs at a time per pool (a second caller waits): libraries called from
+several Python threads at once stay correct, sharing the pool's workers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+from mcir.errors import RuntimeCallError
+
+SOURCE = r"""
+/* mcir thread pool: the parallel-for of docs/abi.md (mcir_parallel_fn) on pthreads. */
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+typedef void (*mcir_task_fn)(void *body_ctx, int64_t task);
+
+typedef struct mcir_pool {
+  pthread_mutex_t lock;      /* guards everything below except next */
+  pthread_cond_t wake;       /* a new generation of tasks, or stop */
+  pthread_cond_t done;       /* finished reached n_tasks */
+  pthread_mutex_t dispatch;  /* one parallel_for at a time */
+  int n_workers;
+  pthread_t *threads;
+  uint64_t generation;
+  int stop;
+  mcir_task_fn body;
+  void *body_ctx;
+  int64_t n_tasks;
+  int64_t finished;
+  int64_t next;              /* next task to claim (atomic) */
+} mcir_pool;
+
+/* a value no task index reaches: a worker arriving late from the previous generation claims
+   nothing while the next one is being set up */
+#define CLOSED (INT64_MAX / 2)
+
+static void run_tasks(mcir_pool *p) {
+  for (;;) {
+    int64_t t = __atomic_fetch_add(&p->next, 1, __ATOMIC_ACQ_REL);
+    if (t >= __atomic_load_n(&p->n_tasks, __ATOMIC_ACQUIRE)) return;
+    p->body(p->body_ctx, t);
+    pthread_mutex_lock(&p->lock);
+    if (++p->finished == p->n_tasks) pthread_cond_signal(&p->done);
+    pthread_mutex_unlock(&p->lock);
+  }
+}
+
+static void *worker(void *arg) {
+  mcir_pool *p = (mcir_pool *)arg;
+  uint64_t seen = 0;
+  pthread_mutex_lock(&p->lock);
+  for (;;) {
+    while (!p->stop && p->generation == seen) pthread_cond_wait(&p->wake, &p->lock);
+    if (p->stop) break;
+    seen = p->generation;
+    pthread_mutex_unlock(&p->lock);
+    run_tasks(p);
+    pthread_mutex_lock(&p->lock);
+  }
+  pthread_mutex_unlock(&p->lock);
+  return NULL;
+}
+
+void mcir_pool_parallel_for(void *ctx, mcir_task_fn body, void *body_ctx, int64_t n_tasks) {
+  mcir_pool *p = (mcir_pool *)ctx;
+  if (p == NULL || p->n_workers == 0 || n_tasks <= 1) {
+    for (int64_t t = 0; t < n_tasks; t++) body(body_ctx, t);
+    return;
+  }
+  pthread_mutex_lock(&p->dispatch);
+  pthread_mutex_lock(&p->lock);
+  __atomic_store_n(&p->next, CLOSED, __ATOMIC_RELEASE);
+  p->body = body;
+  p->body_ctx = body_ctx;
+  __atomic_store_n(&p->n_tasks, n_tasks, __ATOMIC_RELEASE);
+  p->finished = 0;
+  __atomic_store_n(&p->next, 0, __ATOMIC_RELEASE);
+  p->generation++;
+  pthread_cond_broadcast(&p->wake);
+  pthread_mutex_unlock(&p->lock);
+  run_tasks(p);
+  pthread_mutex_lock(&p->lock);
+  while (p->finished < n_tasks) pthread_cond_wait(&p->done, &p->lock);
+  pthread_mutex_unlock(&p->lock);
+  pthread_mutex_unlock(&p->dispatch);
+}
+
+void *mcir_pool_create(int n_workers) {
+  mcir_pool *p = (mcir_pool *)calloc(1, sizeof(mcir_pool));
+  if (p == NULL) return NULL;
+  pthread_mutex_init(&p->lock, NULL);
+  pthread_mutex_init(&p->dispatch, NULL);
+  pthread_cond_init(&p->wake, NULL);
+  pthread_cond_init(&p->done, NULL);
+  p->next = CLOSED;
+  p->threads = (pthread_t *)calloc(n_workers > 0 ? n_workers : 1, sizeof(pthread_t));
+  if (p->threads == NULL) { free(p); return NULL; }
+  for (int i = 0; i < n_workers; i++) {
+    if (pthread_create(&p->threads[i], NULL, worker, p) != 0) break;
+    p->n_workers++;
+  }
+  return p;
+}
+
+int mcir_pool_workers(void *ctx) { return ((mcir_pool *)ctx)->n_workers; }
+
+void mcir_pool_destroy(void *ctx) {
+  mcir_pool *p = (mcir_pool *)ctx;
+  if (p == NULL) return;
+  pthread_mutex_lock(&p->lock);
+  p->stop = 1;
+  pthread_cond_broadcast(&p->wake);
+  pthread_mutex_unlock(&p->lock);
+  for (int i = 0; i < p->n_workers; i++) pthread_join(p->threads[i], NULL);
+  free(p->threads);
+  free(p);
+}
+"""
+
+_lock = threading.Lock()
+_dll: ctypes.CDLL | None = None
+
+
+def cache_dir() -> Path:
+    """Where the compiled pool lives: ``$MCIR_CACHE``, else ``~/.cache/mcir``."""
+    return Path(os.environ.get("MCIR_CACHE") or Path.home() / ".cache" / "mcir")
+
+
+def _compiler() -> str:
+    for cand in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if cand and shutil.which(cand):
+            return cand
+    raise RuntimeCallError(
+        "threads need mcir's native pool, which is compiled once with a C compiler, and none was found "
+        "($CC, cc, gcc, clang); install one, or run single-threaded (threads=1), or call "
+        "mcir_NAME_set_parallel from your own program (docs/abi.md)"
+    )
+
+
+def build() -> Path:
+    """The pool's shared library, compiled on first use (keyed by the source's hash)."""
+    digest = hashlib.sha256(SOURCE.encode()).hexdigest()[:16]
+    out = cache_dir() / f"threadpool-{digest}.so"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        src = Path(tmp) / "threadpool.c"
+        src.write_text(SOURCE)
+        lib = Path(tmp) / "threadpool.so"
+        cmd = [_compiler(), "-O2", "-shared", "-fPIC", "-pthread", str(src), "-o", str(lib)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeCallError(f"compiling mcir's thread pool failed ({' '.join(cmd)}):\n{done.stderr}")
+        os.replace(lib, out)  # atomic: a concurrent build leaves one complete file
+    return out
+
+
+def _library() -> ctypes.CDLL:
+    global _dll
+    with _lock:
+        if _dll is None:
+            dll = ctypes.CDLL(str(build()))
+            dll.mcir_pool_create.argtypes = [ctypes.c_int]
+            dll.mcir_pool_create.restype = ctypes.c_void_p
+            dll.mcir_pool_destroy.argtypes = [ctypes.c_void_p]
+            dll.mcir_pool_destroy.restype = None
+            dll.mcir_pool_workers.argtypes = [ctypes.c_void_p]
+            dll.mcir_pool_workers.restype = ctypes.c_int
+            _dll = dll
+        return _dll
+
+
+class ThreadPool:
+    """``threads`` threads for mcir kernels: the caller of a run plus ``threads - 1`` native workers."""
+
+    def __init__(self, threads: int) -> None:
+        if threads < 1:
+            raise RuntimeCallError(f"a thread pool needs at least 1 thread, got {threads}")
+        dll = _library()
+        self.threads = threads
+        self._destroy = dll.mcir_pool_destroy
+        self.handle = dll.mcir_pool_create(threads - 1)
+        if not self.handle:
+            raise RuntimeCallError("mcir's thread pool could not allocate its state")
+        started = dll.mcir_pool_workers(self.handle)
+        if started != threads - 1:
+            self.close()
+            raise RuntimeCallError(f"mcir's thread pool started {started} of {threads - 1} worker threads")
+        # the address of the parallel-for, as mcir_NAME_set_parallel takes it
+        self.parallel_for = ctypes.cast(dll.mcir_pool_parallel_for, ctypes.c_void_p).value
+
+    def close(self) -> None:
+        """Stop and join the workers (no run may be using the pool)."""
+        if self.handle:
+            self._destroy(self.handle)
+            self.handle = None
+
+    def __del__(self) -> None:
+        self.close()

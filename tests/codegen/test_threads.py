@@ -1,0 +1,161 @@
+"""Multi-core execution through the host's parallel hook (docs/abi.md, ``mcir_NAME_set_parallel``).
+
+Specification: a library runs single-threaded until a hook is installed; with mcir's native pool
+and 1, 2 or 3 threads, every output is bit-identical (each C element is computed by one task with
+the same instructions whatever the split), and equal to the interpreter within the usual tolerance.
+Shapes are chosen above ``MIN_PARALLEL_MACS`` so the split really happens, with ragged column
+panels (N not a multiple of the panel width) and ragged row tiles.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+import threading
+
+import numpy as np
+import pytest
+
+from mcir.codegen.parallel import MIN_PARALLEL_MACS
+from mcir.errors import RuntimeCallError
+from mcir.interp import interpret
+from mcir.ir import Graph
+from mcir.runtime import Library
+from mcir.types import tensor
+
+from .helpers import assert_close, build, randn
+from .test_gemm_conv import linear_graph
+from .test_int8_gemm import qlinear
+
+THREADS = (1, 2, 3)
+
+
+def outputs_for_each_thread_count(lib: Library, *inputs: np.ndarray) -> list[list[np.ndarray]]:
+    results = []
+    for n in THREADS:
+        lib.set_threads(n)
+        assert lib.threads == n
+        results.append(lib(*inputs))
+    lib.set_threads(1)
+    return results
+
+
+@pytest.mark.parametrize(("m", "n", "k"), [(7, 300, 520), (32, 1000, 97), (1, 4100, 300)])
+def test_f32_linear_is_bit_identical_for_1_2_3_threads(tmp_path, rng, m, n, k):
+    assert m * n * k >= MIN_PARALLEL_MACS
+    g = linear_graph(rng, (m,), n, k, act="relu")
+    x = randn(rng, m, k)
+    lib = build(g, tmp_path)
+    ref = interpret(g, x)[0]
+    results = outputs_for_each_thread_count(lib, x)
+    for out in results[1:]:
+        np.testing.assert_array_equal(out[0], results[0][0])
+    assert_close(results[0][0], ref)
+
+
+@pytest.mark.parametrize("out", ["u8", "f32"])
+def test_int8_linear_is_bit_identical_for_1_2_3_threads(tmp_path, rng, out):
+    m, n, k = 33, 700, 130  # 700 = 10 panels of 64 + 60: a partial last panel; 33 rows: a ragged row tile
+    g, xs = qlinear(rng, (m,), n, k, out=out)
+    lib = build(g, tmp_path)
+    results = outputs_for_each_thread_count(lib, xs)
+    for res in results[1:]:
+        np.testing.assert_array_equal(res[0], results[0][0])
+    ref = interpret(g, xs)[0]
+    if out == "u8":  # the int8 contract: within 1 LSB of the interpreter
+        assert np.abs(results[0][0].astype(np.int32) - ref.astype(np.int32)).max() <= 1
+    else:
+        assert_close(results[0][0], ref, rtol=1e-5)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_f32_conv2d_is_bit_identical_for_1_2_3_threads(tmp_path, rng, groups):
+    """im2col per image on the calling thread, then the image's GEMM split by pixel panels (400 pixels:
+    a partial last panel)."""
+    g = Graph("convt")
+    x = g.add_input("x", tensor([2, 32, 20, 20]))
+    w = g.const("w", randn(rng, 48, 32 // groups, 3, 3, scale=0.1))
+    conv = g.add("conv2d", [x, w, g.const("b", randn(rng, 48))], {"padding": [1, 1], "groups": groups})
+    g.set_outputs([g.add("relu", [conv])])
+    assert 400 * (48 // groups) * (32 // groups) * 9 >= MIN_PARALLEL_MACS
+    xs = randn(rng, 2, 32, 20, 20)
+    lib = build(g, tmp_path)
+    results = outputs_for_each_thread_count(lib, xs)
+    for out in results[1:]:
+        np.testing.assert_array_equal(out[0], results[0][0])
+    assert_close(results[0][0], interpret(g, xs)[0])
+
+
+def test_library_threads_argument_and_switching_off(tmp_path, rng):
+    g = linear_graph(rng, (16,), 512, 256)
+    path = build(g, tmp_path).path
+    lib = Library(path, threads=2)
+    assert lib.threads == 2
+    x = randn(rng, 16, 256)
+    two = lib(x)[0]
+    lib.set_threads(1)
+    np.testing.assert_array_equal(lib(x)[0], two)
+    with pytest.raises(RuntimeCallError, match="positive integer"):
+        lib.set_threads(0)
+
+
+def test_concurrent_callers_share_one_pool(tmp_path, rng):
+    """Two Python threads calling one 2-thread library at once: the pool serialises its
+    parallel-fors, every result is still exact."""
+    g = linear_graph(rng, (8,), 600, 300)
+    lib = build(g, tmp_path)
+    lib.set_threads(2)
+    xs = [randn(rng, 8, 300) for _ in range(4)]
+    expected = [lib(x)[0] for x in xs]
+    errors: list[str] = []
+
+    def worker(i: int) -> None:
+        for _ in range(20):
+            if not np.array_equal(lib(xs[i])[0], expected[i]):
+                errors.append(f"caller {i} got a different result")
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_hook_is_called_with_the_documented_signature(tmp_path, rng):
+    """A host hook written against docs/abi.md (here in Python via ctypes, to observe it): it gets
+    its own ctx back, a task count no larger than n_threads, and must run every task."""
+    g = linear_graph(rng, (4,), 1000, 300, bias=False, act=None)
+    lib = build(g, tmp_path)
+    task_fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
+    seen: list[tuple[int, int]] = []
+
+    @ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+    def hook(ctx, body, body_ctx, n_tasks):
+        seen.append((ctx, n_tasks))
+        run = task_fn(body)
+        for t in reversed(range(n_tasks)):  # any order is allowed
+            run(body_ctx, t)
+
+    set_parallel = getattr(lib._dll, f"mcir_{lib.name}_set_parallel")
+    set_parallel.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32]
+    x = randn(rng, 4, 300)
+    single = lib(x)[0]
+    set_parallel(ctypes.cast(hook, ctypes.c_void_p), 1234, 3)
+    np.testing.assert_array_equal(lib(x)[0], single)
+    assert seen == [(1234, 3)]
+    set_parallel(None, None, 0)  # NULL turns it off
+    lib(x)
+    assert len(seen) == 1
+
+
+def test_small_kernels_never_consult_the_hook(tmp_path, rng):
+    """Below MIN_PARALLEL_MACS the work is emitted inline: no task function in the module."""
+    from mcir.codegen.lowering import lower
+    from mcir.codegen.target import resolve
+
+    small = lower(linear_graph(rng, (2,), 64, 64), resolve("native"), "small")
+    large = lower(linear_graph(rng, (16,), 512, 256), resolve("native"), "large")
+    assert not re.search(r"\.task", small.ir_text)
+    assert re.search(r"define internal void @\"?linear16x512x256\.task", large.ir_text)
+    assert "mcir_small_set_parallel" in small.ir_text
