@@ -117,6 +117,10 @@ def _elf_model_names(data: bytes) -> list[str]:
     return sorted(names)
 
 
+#: the thread pool installed in each loaded library object (by dlopen handle); see Library.set_threads
+_POOLS: dict[int, Any] = {}
+
+
 class Library:
     """A loaded mcir library: call it with numpy arrays, get numpy arrays back."""
 
@@ -148,7 +152,6 @@ class Library:
         # what an array must look like to take the fast path of run(): exactly these (shape, dtype, strides)
         self._in_facts = tuple((d.shape, d.dtype, _c_strides(d.shape, d.dtype)) for d in self.inputs)
         self._out_facts = tuple((d.shape, d.dtype) for d in self.outputs)
-        self._pool = None
         self.threads = 1
         if threads != 1:
             self.set_threads(threads)
@@ -158,6 +161,8 @@ class Library:
         native pool (``mcir.threadpool``) through ``mcir_NAME_set_parallel``; 1 turns threading off.
 
         Outputs are bit-identical for every thread count. Not to be called while a run is in progress.
+        The setting belongs to the loaded file: Libraries opened on the same unchanged file share one
+        object, so the last ``set_threads`` on any of them applies to all (and their pool outlives them).
         """
         if not isinstance(threads, int) or threads < 1:
             raise RuntimeCallError(f"threads must be a positive integer, got {threads!r}")
@@ -172,16 +177,19 @@ class Library:
             ) from None
         set_parallel.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32]
         set_parallel.restype = None
-        old = self._pool
+        # the hook lives in the loaded object's globals, and the dynamic loader hands every Library of one
+        # unchanged file the same object: so the pool belongs to the loaded object, not to this Library.
+        # A pool owned by a Library would be freed with it while another Library still calls into it.
+        key = self._dll._handle
+        old = _POOLS.pop(key, None)
         if threads == 1:
             set_parallel(None, None, 1)
-            self._pool = None
         else:
             from mcir.threadpool import ThreadPool
 
             pool = ThreadPool(threads)
             set_parallel(pool.parallel_for, pool.handle, threads)
-            self._pool = pool
+            _POOLS[key] = pool
         self.threads = threads
         if old is not None:
             old.close()

@@ -159,3 +159,42 @@ def test_small_kernels_never_consult_the_hook(tmp_path, rng):
     assert not re.search(r"\.task", small.ir_text)
     assert re.search(r"define internal void @\"?linear16x512x256\.task", large.ir_text)
     assert "mcir_small_set_parallel" in small.ir_text
+
+
+_TWO_LIBRARIES = """
+import gc, sys
+import numpy as np
+from mcir.runtime import Library
+path, x = sys.argv[1], np.load(sys.argv[2])
+first = Library(path, threads=2)
+want = first(x)[0]
+second = Library(path, threads=3)  # the same unchanged file: the same loaded object and hook globals
+assert np.array_equal(second(x)[0], want)
+del second
+gc.collect()  # the second Library is gone; the pool installed through it must still be alive
+assert np.array_equal(first(x)[0], want)
+first.set_threads(1)
+assert np.array_equal(first(x)[0], want)
+print("ok")
+"""
+
+
+def test_two_libraries_on_one_file_share_the_hook_safely(tmp_path, rng):
+    """Regression: a second threaded Library on the same file, dropped, left the first one calling a
+    freed pool (it hung). A subprocess with a timeout, so a regression fails instead of hanging the suite."""
+    import subprocess
+    import sys
+
+    m, n, k = 32, 1000, 97
+    g = linear_graph(rng, (m,), n, k, act="relu")
+    x = randn(rng, m, k)
+    lib = build(g, tmp_path)
+    np.save(tmp_path / "x.npy", x)
+    done = subprocess.run(
+        [sys.executable, "-c", _TWO_LIBRARIES, str(lib.path), str(tmp_path / "x.npy")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
