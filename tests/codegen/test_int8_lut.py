@@ -43,20 +43,20 @@ class Ffn(torch.nn.Module):
         return self.down(torch.nn.functional.gelu(self.up(x)))
 
 
-def test_quant8_runs_gelu_between_linears_on_u8_and_native_matches_the_interpreter(tmp_path):
+def test_quant8_keeps_gelu_between_linears_float(tmp_path):
+    # the u8 table kernel is exact per op (the tests above); quant8 does not use it between layers because
+    # requantising before gelu amplifies 1-LSB differences of the producing layer (FLOAT_REASONS["gelu"])
     torch.manual_seed(0)
     model = Ffn().eval()
     x = torch.randn(1, 16, 64)
     g = mcir.trace(model, (x,))
     calib = [(np.random.default_rng(s).standard_normal((1, 16, 64)).astype(np.float32),) for s in range(4)]
     q = mcir.run_passes(g, "fold,quant8", calibration=calib)
-    ops = {op.name: op for op in q.compute_ops()}
-    assert [op.name for op in q.compute_ops()] == ["quantize", "linear", "gelu", "linear"], q
-    assert str(ops["gelu"].operands[0].type.dtype) == "u8" and str(ops["gelu"].result.type.dtype) == "u8"
+    (gelu,) = [op for op in q.compute_ops() if op.name == "gelu"]
+    assert gelu.operands[0].type.encoding is None and gelu.result.type.encoding is None
     native = build(q, tmp_path)(x.numpy())[0]
     ref = mcir.interpret(q, x.numpy())[0]
-    step = 1e-6 + np.abs(ref).max() / 127  # ±1 LSB of the int8 path, seen through the last linear's f32 output
-    assert np.abs(native - ref).max() <= step
+    assert np.abs(native - ref).max() <= 1e-6 + np.abs(ref).max() / 127
     with torch.inference_mode():
         y = model(x).numpy()
     sqnr = 10 * np.log10((y.astype(np.float64) ** 2).sum() / ((ref - y.astype(np.float64)) ** 2).sum())

@@ -16,14 +16,15 @@ def _quant8_bert():
     return mcir.run_passes(graph, "fold,quant8", calibration=calib)
 
 
-def test_bert_ffn_is_integer_from_linear_through_gelu_to_linear():
+def test_bert_ffn_gelu_stays_float_and_is_listed_as_an_island():
+    # gelu has an exact u8 table kernel (tests/codegen/test_int8_lut.py), but quant8 keeps it float:
+    # requantising its input amplifies 1-LSB differences of the up-projection to 3 LSB after it
     q = _quant8_bert()
     gelus = [op for op in q.compute_ops() if op.name == "gelu"]
     assert gelus
     for op in gelus:
-        assert str(op.operands[0].type.dtype) == "u8" and str(op.result.type.dtype) == "u8"
-        assert op.operands[0].producer.name == "linear"  # the up-projection writes u8 (requantised in its epilogue)
-        assert [u.name for u in op.result.users] == ["linear"]
+        assert op.operands[0].type.encoding is None and op.result.type.encoding is None
+    assert any(row[1].rsplit(" -> ", 1)[-1] == "gelu" for row in float_islands(q))
 
 
 def test_every_float_island_of_bert_is_listed_with_its_reason():
@@ -31,7 +32,6 @@ def test_every_float_island_of_bert_is_listed_with_its_reason():
     rows = float_islands(q)
     kinds = {row[1].rsplit(" -> ", 1)[-1] for row in rows}
     assert {"layer_norm", "scaled_dot_product_attention"} <= kinds
-    assert "gelu" not in kinds
     assert all(row[1].rsplit(" -> ", 1)[-1] in FLOAT_REASONS for row in rows), rows  # none unexplained
     quantizes = sum(1 for op in q.compute_ops() if op.name == "quantize" and op.operands[0].type.encoding is None)
     assert sum(int(r[2]) for r in rows if r[0].startswith("f32")) == quantizes
