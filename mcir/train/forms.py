@@ -23,6 +23,7 @@ stored type          training form (``value()``)
 
 from __future__ import annotations
 
+import abc
 import math
 from typing import Any
 
@@ -91,7 +92,7 @@ def _slice_shape(t: TensorType, axis: int) -> list[int]:
 # -- forms ------------------------------------------------------------------------------------
 
 
-class Form:
+class Form(abc.ABC):
     """A constant's training form. ``tensors`` are registered on the module (parameters when
     ``trainable``); ``value()`` is the logical tensor the ops see; ``stored()`` writes back."""
 
@@ -107,11 +108,13 @@ class Form:
         """Point the form at the module's registered tensors (same keys as created)."""
         self.params, self.buffers = params, buffers
 
+    @abc.abstractmethod
     def value(self) -> torch.Tensor:
-        raise NotImplementedError
+        """The logical tensor the ops see (a function of the registered tensors)."""
 
+    @abc.abstractmethod
     def stored(self, context: dict[str, Any]) -> tuple[TensorType, Any]:
-        raise NotImplementedError
+        """The type and stored components after training (write-back)."""
 
     def describe(self) -> str:
         return self.kind
