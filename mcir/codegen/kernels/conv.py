@@ -18,7 +18,7 @@ import math
 import llvmlite.ir as ir
 import numpy as np
 
-from mcir.codegen.emit import F32, Emitter, const, i64
+from mcir.codegen.emit import F32, I1, I32, PTR, VOID, Emitter, const, i64, vec
 from mcir.codegen.kernels import KernelContext, kernel
 from mcir.codegen.kernels.gemm_f32 import (
     HALF_STORAGE,
@@ -106,12 +106,63 @@ def _scratch(op: Op, target: Target) -> int:
     return image_tasks(op, target) * _cols_bytes(op, target)
 
 
-def emit_im2col(em: Emitter, x: ir.Value, g: dict[str, int], nr: int, dst: ir.Value) -> None:
-    """cols[kidx, p] for kidx = (c, i, j), p = (oy, ox), in packed panels of NR columns."""
-    if g["ow"] <= nr:
+def emit_im2col(em: Emitter, x: ir.Value, g: dict[str, int], nr: int, dst: ir.Value, lanes: int = 1) -> None:
+    """cols[kidx, p] for kidx = (c, i, j), p = (oy, ox), in packed panels of NR columns.
+
+    ``lanes`` > 1: the target has masked vector loads and stores of that width (AVX2, AVX-512)."""
+    if lanes > 1 and g["sw"] == 1 and nr % g["ow"] == 0:
+        _im2col_vector_rows(em, x, g, nr, dst, lanes)
+    elif g["ow"] <= nr:
         _im2col_rows(em, x, g, nr, dst)
     else:
         _im2col_general(em, x, g, nr, dst)
+
+
+def _lane_mask(lanes: int, lo: int, hi: int) -> ir.Constant:
+    """An i1 vector mask with lanes [lo, hi) set."""
+    return ir.Constant(ir.VectorType(I1, lanes), [ir.Constant(I1, int(lo <= i < hi)) for i in range(lanes)])
+
+
+def _im2col_vector_rows(em: Emitter, x: ir.Value, g: dict[str, int], nr: int, dst: ir.Value, lanes: int) -> None:
+    """im2col of a unit-stride convolution whose output rows tile a panel exactly (NR % OW == 0):
+    each (channel, tap, output row) is ceil(OW / lanes) masked vector copies.
+
+    The load mask covers the columns whose tap lies inside the image (a static range per kernel
+    column), so padding lanes read nothing and come out zero; the store mask covers the row. A
+    row outside the image stores zeros. About 16x fewer instructions than the element loops,
+    which made im2col ~20 % of a batch-32 3x3 convolution."""
+    b = em.b
+    ck = g["c"] * g["kh"] * g["kw"]
+    ow, pw, dw = g["ow"], g["pw"], g["dw"]
+    vt = vec(F32, lanes)
+    zero = const(vt, 0.0)
+    load_fn = em.intrinsic("llvm.masked.load", [vt, PTR], vt, [PTR, I32, ir.VectorType(I1, lanes), vt])
+    store_fn = em.intrinsic("llvm.masked.store", [vt, PTR], VOID, [vt, PTR, I32, ir.VectorType(I1, lanes)])
+    align = ir.Constant(I32, 4)
+    nvec = math.ceil(ow / lanes)
+    with em.loop(g["c"], name="ic") as c, em.loop(g["kh"], name="ki") as i, em.loop(g["oh"], name="oy") as oy:
+        iy = b.add(b.sub(b.mul(oy, i64(g["sh"])), i64(g["ph"])), b.mul(i, i64(g["dh"])))
+        row_ok = b.and_(b.icmp_signed(">=", iy, i64(0)), b.icmp_signed("<", iy, i64(g["h"])))
+        p0 = b.mul(oy, i64(ow))
+        base = b.add(b.mul(b.udiv(p0, i64(nr)), i64(ck * nr)), b.urem(p0, i64(nr)))  # the row never crosses
+        src_row = b.mul(b.add(b.mul(c, i64(g["h"])), b.select(row_ok, iy, i64(0))), i64(g["w"]))
+        for j in range(g["kw"]):
+            kidx = b.add(b.mul(b.add(b.mul(c, i64(g["kh"])), i), i64(g["kw"])), i64(j))
+            d = b.add(base, b.mul(kidx, i64(nr)))
+            off = j * dw - pw
+            lo, hi = tap_range(ow, 1, off, g["w"])  # ox in [lo, hi) reads column ox + off inside the image
+            for v in range(nvec):
+                c0 = v * lanes
+                store_mask = _lane_mask(lanes, 0, min(lanes, ow - c0))
+                vlo, vhi = max(lo - c0, 0), min(hi - c0, lanes)
+                if vhi > vlo:
+                    # lane l reads x[src_row + c0 + l + off]; only lanes inside the image are touched
+                    src = em.gep(x, b.add(src_row, i64(c0 + off)), F32)
+                    mask = b.and_(_lane_mask(lanes, vlo, vhi), em.splat(row_ok, lanes))
+                    val = b.call(load_fn, [src, align, mask, zero])
+                else:
+                    val = zero
+                b.call(store_fn, [val, em.gep(dst, b.add(d, i64(c0)), F32), align, store_mask])
 
 
 def _im2col_rows(em: Emitter, x: ir.Value, g: dict[str, int], nr: int, dst: ir.Value) -> None:
@@ -228,6 +279,8 @@ def _conv_gemm(k: KernelContext) -> None:
         raise CodegenError(f"{k.op.where()}: {w_dtype} convolution weights computed at run time have no kernel")
     w_elem = HALF_STORAGE.get(w_dtype, F32)
     gg = dict(g, c=cg)  # im2col sees only the group's channels
+    # masked vector copies where the ISA has them (AVX2 vmaskmov, AVX-512 masks), else element loops
+    vector_lanes = t.lanes if k.target.has("avx2") or k.target.has("avx512f") else 1
     macs = g["n"] * g["groups"] * og * pix * ck
     has_bias = len(k.args) > 2
 
@@ -244,7 +297,7 @@ def _conv_gemm(k: KernelContext) -> None:
 
     def im2col(tem: Emitter, x: ir.Value, n: ir.Value, gi: ir.Value, cols: ir.Value) -> None:
         first = tem.b.add(tem.b.mul(n, i64(g["groups"])), gi)
-        emit_im2col(tem, tem.gep(x, tem.b.mul(first, i64(cg * plane)), F32), gg, t.nr, cols)
+        emit_im2col(tem, tem.gep(x, tem.b.mul(first, i64(cg * plane)), F32), gg, t.nr, cols, vector_lanes)
 
     operands = [k.args[1], k.args[0], k.out] + ([k.args[2]] if has_bias else [])
     tasks = image_tasks(k.op, k.target)

@@ -65,6 +65,9 @@ def panel_width(n: int, target: Target) -> tuple[int, int]:
 # L1: 32 KiB is the L1d of Zen 4 and two thirds of Sapphire Rapids' 48 KiB. (A 64 KiB chunk, the
 # previous KC = 256 at NR = 64, measured ~10 % slower on Linear 4096 at batch 32.)
 PANEL_CHUNK_BYTES = 32 * 1024
+# Below this size B is expected in L2 already (im2col columns, small weights), where the hardware
+# prefetchers keep up and software prefetches would only cost issue slots.
+PREFETCH_ABOVE_BYTES = 1 << 20
 # An A block (MC x KC floats) reused by every panel should stay in L2 (1-2 MiB per core here).
 A_BLOCK_BYTES = 512 * 1024
 
@@ -228,6 +231,7 @@ def emit_gemm(
     nv_t = math.ceil(n_tail / t.lanes)
     tail_lanes = n_tail - (nv_t - 1) * t.lanes
     n_panels = panel_count(g.n, t)
+    b_bytes = n_panels * t.nr * g.k * (2 if g.b_dtype in HALF_STORAGE else 4)
     last_panel = i64(n_panels - 1) if panel_range is None else b.sub(panel_range[1], i64(1))
 
     def panels(tiles, kstart: ir.Value, klen: int, first: bool, last: bool) -> None:
@@ -264,7 +268,7 @@ def emit_gemm(
 
         def tiles(panel, nv, last_lanes, kstart, klen, first, last) -> None:
             pf = None
-            if n_tiles >= 2:
+            if n_tiles >= 2 and b_bytes > PREFETCH_ABOVE_BYTES:
                 # while the row tiles reuse this panel's K chunk from cache, they prefetch the next
                 # panel's chunk into L2 (clamped to this panel at the end of the range: never past B)
                 nxt = b.add(panel, i64(1))
