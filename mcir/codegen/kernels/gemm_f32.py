@@ -11,10 +11,15 @@
   AVX-512: 24 accumulators, 4 B loads and 6 A broadcasts per 24 FMAs); batch-1 GEMV
   (M = 1) instead splits K over ``ku`` accumulator sets to hide the FMA latency, and is
   bound by the weight stream, which the panel layout makes one linear read.
-* Cache blocking: K in chunks of ``KC`` (a panel chunk stays in L1/L2 while it is
-  reused by every row tile), rows in blocks of ``MC`` (an A block stays in L2 while every
-  panel passes over it). Edges are static: the last rows use a smaller MR, the last
-  panel masked stores.
+* Cache blocking, outer to inner: rows in blocks of ``MC`` (an A block stays in L2 while
+  every panel passes over it), K in chunks of ``KC`` (a panel's chunk fits L1), panels,
+  row tiles. So every row tile of a block re-reads a panel chunk from L1 and a large
+  weight streams from memory once per row block; the tiles prefetch the next panel's
+  chunk into L2 when B is too big to be there already. Edges are static: the last rows
+  use a smaller MR, the last panel masked loads and stores; nothing outside A, B, C and
+  the bias is read or written.
+* Threads: a task computes a range of panels or of row tiles (``choose_split``), every C
+  element by the same instructions whatever the range (bit-identical for any thread count).
 
 A is addressed with strides (``A[m,k] = a[m*a_rs + k*a_cs]``), or, when it is a
 constant (convolution weights), pre-packed in row panels ``[ceil(M/MR)][K][MR]`` so
@@ -63,7 +68,7 @@ def panel_width(n: int, target: Target) -> tuple[int, int]:
 
 # The K chunk of a B panel (KC x NR floats) that every row tile of a block re-reads should stay in
 # L1: 32 KiB is the L1d of Zen 4 and two thirds of Sapphire Rapids' 48 KiB. (A 64 KiB chunk, the
-# previous KC = 256 at NR = 64, measured ~10 % slower on Linear 4096 at batch 32.)
+# previous KC = 256 at NR = 64, measured 5-10 % slower on Linear 4096 at batch 32, loaded machine.)
 PANEL_CHUNK_BYTES = 32 * 1024
 # Below this size B is expected in L2 already (im2col columns, small weights), where the hardware
 # prefetchers keep up and software prefetches would only cost issue slots.
@@ -311,7 +316,7 @@ def emit_gemm(
         r1 = b.select(b.icmp_signed("<", r1, i64(m_main)), r1, i64(m_main))
         block(r0, r1, t.mc // t.mr, False)
     if m_tail:
-        block(i64(m_main), i64(m_main), 1, True)
+        block(i64(m_main), i64(m_main), 1, True)  # an empty main range: only the tail tile
 
 
 def emit_split_gemm(em: Emitter, g: GemmArgs, t: Tiling, split: Split, lo: ir.Value, hi: ir.Value) -> None:
