@@ -68,6 +68,63 @@ def test_rnn_layer_matches_torch_with_both_tracers(tmp_path, cls, config):
             _close(got, ref)
 
 
+PROJ_CONFIGS = [
+    dict(),
+    dict(num_layers=2, bidirectional=True, batch_first=True),
+    dict(bias=False),
+]
+
+
+@pytest.mark.parametrize("config", PROJ_CONFIGS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "default")
+def test_lstm_with_projection_matches_torch_with_both_tracers(tmp_path, config):
+    # LSTMP: h = (o * tanh(c)) W_hr^T each step; h, y and W_hh are proj_size wide, c stays hidden wide.
+    # 40 and 24 are not multiples of the vector width: both GEMMs of a step have partial panels
+    torch.manual_seed(11)
+    model = AllOutputs(nn.LSTM(6, 40, proj_size=24, **config)).eval()
+    x = torch.randn(7, 3, 6)
+    with torch.no_grad():
+        refs = [r.numpy() for r in model(x)]
+    assert [r.shape[-1] for r in refs] == [24 * (2 if config.get("bidirectional") else 1), 24, 40]
+    for tracer in ("export", "fx"):
+        graph = mcir.trace(model, x, tracer=tracer)
+        assert all(len(op.operands) == 6 for op in graph.compute_ops() if op.name == "lstm")
+        for got, ref in zip(check_native(graph, tmp_path, x.numpy()), refs):
+            _close(got, ref)
+
+
+def test_lstm_with_projection_and_a_given_state(tmp_path):
+    torch.manual_seed(12)
+    model = AllOutputs(nn.LSTM(5, 12, proj_size=4, num_layers=2), with_state=True).eval()
+    x, h0, c0 = torch.randn(6, 2, 5), torch.randn(2, 2, 4), torch.randn(2, 2, 12)
+    graph = mcir.trace(model, (x, h0, c0))
+    with torch.no_grad():
+        refs = [r.numpy() for r in model(x, h0, c0)]
+    for got, ref in zip(check_native(graph, tmp_path, x.numpy(), h0.numpy(), c0.numpy()), refs):
+        _close(got, ref)
+
+
+def test_quant8_of_an_lstm_with_projection_keeps_the_recurrence_float(tmp_path):
+    # the projected state is not bounded by 1, so the fixed int8 state grid does not apply: the input
+    # projections become int8 layers, W_hh and W_hr stay f32
+    torch.manual_seed(13)
+    model = AllOutputs(nn.LSTM(16, 32, proj_size=12, bidirectional=True)).eval()
+    gen = torch.Generator().manual_seed(14)
+    xs = [torch.randn(10, 2, 16, generator=gen) for _ in range(6)]
+    graph = mcir.trace(model, xs[0])
+    q = mcir.run_passes(graph, "fold,quant8", calibration=[(x.numpy(),) for x in xs[1:]])
+    recurrent = [op for op in q.compute_ops() if op.name == "lstm"]
+    assert recurrent and not any(op.attrs["int8_state"] for op in recurrent)
+    assert all(op.operands[3].type.dtype.name == "f32" for op in recurrent)
+    assert any(op.operands[1].type.dtype.name == "i8" for op in q.compute_ops() if op.name == "linear")
+    natives = build(q, tmp_path)(xs[0].numpy())
+    with torch.no_grad():
+        refs = [r.numpy() for r in model(xs[0])]
+    for got, want, ref in zip(natives, mcir.interpret(q, xs[0].numpy()), refs):
+        _close(got, want, 1e-4)
+        noise = ((got.astype(np.float64) - ref) ** 2).sum()
+        assert 10 * np.log10((ref.astype(np.float64) ** 2).sum() / noise) >= 30
+
+
 @pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU])
 def test_given_initial_state_is_an_input(tmp_path, cls):
     torch.manual_seed(1)
