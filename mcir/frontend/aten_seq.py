@@ -213,7 +213,16 @@ def adaptive_avg_pool1d(cx, a):
 
 @on(aten.adaptive_max_pool1d)
 def adaptive_max_pool1d(cx, a):
+    """Adaptive max pooling to S outputs of a length L that S divides: windows of L/S, as ``max_pool2d``
+    over a height-1 image (global max pooling is S = 1), so it runs on u8 values after quant8 too."""
     x = cx.tensor(a(0, "self"))
-    if ints(a(1, "output_size"), 1)[0] != 1:
-        raise UnsupportedError("adaptive max pooling is supported only to an output of length 1 (global max pooling)")
-    return with_extras(cx, cx.emit("amax", [x], {"axes": [x.type.rank - 1], "keepdim": True}), 2)
+    size, length = ints(a(1, "output_size"), 1)[0], x.type.shape[-1]
+    if size <= 0 or length % size:
+        raise UnsupportedError(
+            f"adaptive max pooling of length {length} to {size} outputs: windows of different lengths are not "
+            "supported; use an output size that divides the length (1: global max pooling)"
+        )
+    k = length // size
+    attrs = {"kernel": [1, k], "stride": [1, k], "padding": [0, 0], "dilation": [1, 1], "ceil_mode": False}
+    y = cx.emit("max_pool2d", [_as_2d(cx, x)], attrs)
+    return with_extras(cx, reshape_to(cx, y, cx.out_shape(0)), 2)

@@ -259,6 +259,7 @@ def test_keyword_spotting_conv1d_net_fp32_and_int8(tmp_path):
         lambda: nn.AvgPool1d(4, stride=2),
         lambda: nn.AdaptiveAvgPool1d(5),
         lambda: nn.AdaptiveMaxPool1d(1),
+        lambda: nn.AdaptiveMaxPool1d(4),
     ],
 )
 def test_1d_pooling(tmp_path, make):
@@ -268,6 +269,46 @@ def test_1d_pooling(tmp_path, make):
         graph = mcir.trace(model, x, tracer=tracer)
         (native,) = check_native(graph, tmp_path, x.numpy())
         _close(native, model(x).numpy())
+
+
+def test_adaptive_max_pool1d_with_uneven_windows_fails_clearly():
+    with pytest.raises(mcir.McirError, match="divides the length"):
+        mcir.trace(nn.AdaptiveMaxPool1d(3), torch.randn(1, 2, 20))
+
+
+@pytest.mark.parametrize(
+    "conv, pool",
+    [
+        (dict(kernel_size=3, padding=2, dilation=2), nn.MaxPool1d(3, stride=2, padding=1)),
+        (dict(kernel_size=5, padding="same", groups=4), nn.AvgPool1d(4, stride=2)),
+        (dict(kernel_size=3, padding=1, groups=16, bias=False), nn.AdaptiveAvgPool1d(5)),  # depthwise
+        (dict(kernel_size=3, stride=2), nn.AdaptiveMaxPool1d(1)),
+    ],
+    ids=["dilated-max", "grouped-avg", "depthwise-adaptive_avg", "strided-global_max"],
+)
+def test_conv1d_and_1d_pools_stay_int8_natively(tmp_path, conv, pool):
+    # after quant8 every conv1d is an int8 conv2d and every 1-D pool runs on u8 values (no float island);
+    # native vs interpreter: int32 sums are exact, only the f32 output's rounding differs
+    torch.manual_seed(15)
+    model = nn.Sequential(
+        nn.Conv1d(16, 16, 1), nn.ReLU(), nn.Conv1d(16, 16, **conv), nn.ReLU(), pool, nn.Conv1d(16, 8, 1)
+    ).eval()
+    gen = torch.Generator().manual_seed(16)
+    xs = [torch.randn(1, 16, 30, generator=gen) for _ in range(13)]
+    q = mcir.run_passes(mcir.trace(model, xs[0]), "fold,quant8", calibration=[(x.numpy(),) for x in xs[1:]])
+    ops = list(q.compute_ops())
+    assert [op.operands[1].type.dtype.name for op in ops if op.name == "conv2d"] == ["i8"] * 3
+    pools = [op for op in ops if "pool" in op.name]
+    assert len(pools) == 1 and pools[0].operands[0].type.dtype.name == "u8"
+    assert not any(op.name in ("relu", "amax") for op in ops)
+    (native,) = build(q, tmp_path)(xs[0].numpy())
+    (interp,) = mcir.interpret(q, xs[0].numpy())
+    _close(native, interp)
+    with torch.no_grad():
+        ref = model(xs[0]).numpy()
+    # xs[0] is held out of the calibration: its activations may pass the calibrated ranges and clip
+    noise = ((native.astype(np.float64) - ref) ** 2).sum()
+    assert 10 * np.log10((ref.astype(np.float64) ** 2).sum() / noise) >= 25
 
 
 @pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU])
