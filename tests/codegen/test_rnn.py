@@ -346,3 +346,35 @@ def test_recurrences_on_portable_targets(tmp_path, target):
     natives = build(q, tmp_path, target=target)(x.numpy())
     for got, want in zip(natives, mcir.interpret(q, x.numpy())):
         _close(got, want, 1e-3)
+
+
+def test_int8_w_hh_with_a_projection_is_a_clear_codegen_error(tmp_path):
+    # quant8 never makes it (the projected state is unbounded); written by hand it is refused, not miscompiled
+    text = """graph @g(%gx: f32[3,1,16], %h0: f32[1,2], %c0: f32[1,4]) -> (f32[3,1,2]) {
+  %w = const : i8[16,2] #quant<axis=0>
+  %b = const : f32[16]
+  %r = const : f32[2,4]
+  %y = lstm(%gx, %h0, %c0, %w, %b, %r) {int8_state=true} : f32[3,1,2]
+  return %y
+}"""
+    graph = mcir.parse(text)
+    consts = {op.result.name: op for op in graph.ops if op.name == "const"}
+    consts["w"].data = {"data": np.ones((16, 2), np.int8), "scale": np.full(16, 0.1, np.float32)}
+    consts["b"].data = np.zeros(16, np.float32)
+    consts["r"].data = np.ones((2, 4), np.float32)
+    with pytest.raises(mcir.McirError, match="int8 W_hh with a projection"):
+        build(graph, tmp_path)
+
+
+def test_half_stores_an_lstmp_w_hh_in_16_bits(tmp_path):
+    torch.manual_seed(17)
+    model = AllOutputs(nn.LSTM(8, 64, proj_size=32)).eval()
+    x = torch.randn(6, 2, 8)
+    half = mcir.run_passes(mcir.trace(model, x), "half")
+    (op,) = [op for op in half.compute_ops() if op.name == "lstm" and not op.attrs["cell"]]
+    assert op.operands[3].type.dtype.name == "f16"  # W_hh [256, 32]; the half pass leaves W_hr f32
+    natives = check_native(half, tmp_path, x.numpy())
+    with torch.no_grad():
+        refs = [r.numpy() for r in model(x)]
+    for got, ref in zip(natives, refs):
+        _close(got, ref, 1e-3)
