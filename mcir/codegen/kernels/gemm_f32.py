@@ -110,10 +110,15 @@ def choose_tiling(m: int, n: int, k: int, target: Target) -> Tiling:
 def pack_b(b_kn: np.ndarray, nr: int) -> np.ndarray:
     """``B[K,N]`` as zero-padded panels ``[ceil(N/NR)][K][NR]``."""
     k, n = b_kn.shape
-    p = math.ceil(n / nr)
-    padded = np.zeros((k, p * nr), np.float32)
-    padded[:, :n] = b_kn
-    return np.ascontiguousarray(padded.reshape(k, p, nr).transpose(1, 0, 2))
+    p, full = math.ceil(n / nr), n // nr
+    # one strided copy straight into the panels (b_kn is usually W.T, a view): a zero-padded
+    # intermediate and a second transposing copy made this 10x slower on BERT-sized weights
+    out = np.empty((p, k, nr), np.float32)
+    out[:full] = b_kn[:, : full * nr].reshape(k, full, nr).transpose(1, 0, 2)
+    if full < p:
+        out[full:] = 0.0
+        out[full, :, : n - full * nr] = b_kn[:, full * nr :]
+    return out
 
 
 def pack_a(a_mk: np.ndarray, mr: int) -> np.ndarray:
@@ -498,7 +503,7 @@ def _pack_linear(op: Op, index: int, data, target: Target):
     _, n, k = _linear_dims(op)
     nv, lanes = panel_width(n, target)
     dtype = op.operands[1].type.dtype.name
-    w = np.asarray(data).astype(np.float32).reshape(n, k)  # f16/bf16 values are exact in f32
+    w = np.asarray(data).astype(np.float32, copy=False).reshape(n, k)  # f16/bf16 values are exact in f32
     panels = pack_b(w.T, nv * lanes)
     if dtype == "f32":
         return f"gemm_b_t:{nv * lanes}", panels

@@ -672,6 +672,7 @@ kernel(
     scratch=_linear_scratch,
     epilogue=True,
     variant=isa_name,
+    scales_in_data=True,  # x's scale, s_w and the result's scale are all in the channel table
 )(_linear_i8)
 
 
