@@ -1,0 +1,153 @@
+"""Edge semantics that fuzzing found natively and in the interpreter to differ, now defined once and
+the same in both (issue #17, docs/ir.md "Edge values").
+
+* An int8 layer's bias is added in accumulator units: ``rint(b / (s_x·s_w[n]))`` (only a bias that
+  the quant8 pass stored at exactly that scale is exact; an f32 bias or an i32 bias at another
+  scale, e.g. after the input scale was edited, is rounded, natively and in the interpreter).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import mcir
+from mcir import dtypes
+from mcir.encodings.csr import to_csr
+from mcir.ir import _freeze_data
+
+# 0·inf and inf-inf inside the references are the point of some tests here
+pytestmark = pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+
+X_SCALE, X_ZP = 0.05, 7
+
+
+def graph_with(text: str, data: dict[str, object]) -> mcir.Graph:
+    g = mcir.parse(text, verify=False)
+    for op in g.constants():
+        op.data = _freeze_data(data[op.result.name], op.result.type)
+    return mcir.verify(g)
+
+
+def int8_layer(weight_type: str, weight: object, bias_type: str, bias: object) -> mcir.Graph:
+    text = f"""graph @g(%x: u8[3,16] #quant<scale={X_SCALE}, zero_point={X_ZP}>) -> (f32[3,4]) {{
+  %w = const : {weight_type}
+  %b = const : {bias_type}
+  %y = linear(%x, %w, %b) : f32[3,4]
+  return %y
+}}"""
+    return graph_with(text, {"w": weight, "b": bias})
+
+
+RNG = np.random.default_rng(0)
+Q_W = RNG.integers(-127, 128, (4, 16)).astype(np.int8)
+S_W = np.array([0.01, 0.02, 0.03, 0.04], np.float32)
+X_U8 = RNG.integers(0, 256, (3, 16)).astype(np.uint8)
+
+
+def acc_scale_dense() -> np.ndarray:
+    return (np.float64(X_SCALE) * S_W.astype(np.float64)).astype(np.float32)
+
+
+def reference(acc: np.ndarray, bias_units: np.ndarray) -> np.ndarray:
+    """x·wᵀ in float64 plus the bias as whole accumulator units."""
+    x = (X_U8.astype(np.float64) - X_ZP) * X_SCALE
+    w = Q_W.astype(np.float64) * S_W.astype(np.float64)[:, None]
+    return x @ w.T + bias_units * acc.astype(np.float64)
+
+
+# bias values between accumulator units (k + 0.4 units): the kernels cannot add them exactly
+BIAS_UNITS = np.array([3.4, -7.4, 12.4, 0.4])
+
+
+@pytest.mark.parametrize("bias_kind", ["f32", "i32 at 2.7x the accumulator scale"])
+def test_an_int8_layer_rounds_its_bias_to_accumulator_units_natively_and_in_the_interpreter(
+    tmp_path, bias_kind: str
+) -> None:
+    acc = acc_scale_dense()
+    real_bias = BIAS_UNITS * acc
+    if bias_kind == "f32":
+        bias_type, bias = "f32[4]", real_bias.astype(np.float32)
+    else:
+        # an i32 bias stored at another scale: q * s_b = k.4 units
+        s_b = (acc * np.float32(2.7)).astype(np.float32)
+        q = np.round(real_bias / s_b).astype(np.int32)
+        bias_type, bias = "i32[4] #quant<axis=0>", {"data": q, "scale": s_b}
+        real_bias = q * s_b.astype(np.float64)
+    g = int8_layer("i8[4,16] #quant<axis=0>", {"data": Q_W, "scale": S_W}, bias_type, bias)
+    expected = reference(acc, np.rint(real_bias / acc.astype(np.float64)))
+    (ref,) = mcir.interpret(g, X_U8)
+    np.testing.assert_allclose(ref, expected, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(ref, reference(acc, real_bias / acc), rtol=1e-6, atol=1e-7)  # rounding mattered
+    (native,) = mcir.compile(g, tmp_path / "lin")(X_U8)
+    np.testing.assert_allclose(native, ref, rtol=1e-6, atol=1e-7)  # the f32 of the same integers
+
+
+def test_a_sparse_int8_layer_rounds_its_bias_the_same_way(tmp_path) -> None:
+    dense = Q_W.astype(np.float32) * S_W[:, None]
+    dense[:, ::2] = 0  # half the weights pruned
+    t, parts = to_csr(dense, dtypes.i8)
+    acc = np.float32(X_SCALE) * parts["scale"].astype(np.float32)
+    bias = (BIAS_UNITS * acc).astype(np.float32)
+    g = int8_layer(str(t), parts, "f32[4]", bias)
+    (ref,) = mcir.interpret(g, X_U8)
+    x = (X_U8.astype(np.float64) - X_ZP) * X_SCALE
+    w = t.decode(parts)
+    expected = x @ w.T + np.rint(bias.astype(np.float64) / acc) * acc
+    np.testing.assert_allclose(ref, expected, rtol=1e-6, atol=1e-7)
+    (native,) = mcir.compile(g, tmp_path / "sparse")(X_U8)
+    np.testing.assert_allclose(native, ref, rtol=1e-6, atol=1e-7)
+
+
+# ---- sparse f32 layers and non-finite inputs --------------------------------------------------------
+# A sparse kernel skips absent weights, but unevenly (window padding multiplies 0 by some x), so 0·inf
+# has no single answer: the defined result is NaN for every output of a sample whose input holds an
+# inf or NaN, in the interpreter and natively; other samples are untouched.
+
+
+def sparse_linear(batch: int) -> tuple[mcir.Graph, np.ndarray]:
+    rng = np.random.default_rng(1)
+    dense = rng.standard_normal((40, 96)).astype(np.float32)
+    dense[rng.random(dense.shape) < 0.8] = 0
+    t, parts = to_csr(dense)
+    text = f"""graph @g(%x: f32[{batch},96]) -> (f32[{batch},40]) {{
+  %w = const : {t}
+  %y = linear(%x, %w) : f32[{batch},40]
+  %r = relu(%y) : f32[{batch},40]
+  return %r
+}}"""
+    x = rng.standard_normal((batch, 96)).astype(np.float32)
+    return graph_with(text, {"w": parts}), x
+
+
+@pytest.mark.parametrize("batch", [1, 8], ids=["window GEMV", "batched CSR"])
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_a_non_finite_input_makes_its_sample_nan_through_a_sparse_linear(tmp_path, batch: int, bad: float) -> None:
+    g, x = sparse_linear(batch)
+    x[0, 5] = bad
+    (ref,) = mcir.interpret(g, x)
+    assert np.isnan(ref[0]).all()
+    assert np.isfinite(ref[1:]).all()
+    (native,) = mcir.compile(g, tmp_path / "sp")(x)
+    np.testing.assert_array_equal(np.isnan(native), np.isnan(ref))
+    np.testing.assert_allclose(native[1:], ref[1:], rtol=1e-5, atol=1e-5)
+
+
+def test_a_non_finite_pixel_makes_its_image_nan_through_a_sparse_conv(tmp_path) -> None:
+    rng = np.random.default_rng(2)
+    dense = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
+    dense[rng.random(dense.shape) < 0.7] = 0
+    t, parts = to_csr(dense)
+    text = f"""graph @g(%x: f32[2,3,6,6]) -> (f32[2,8,6,6]) {{
+  %w = const : {t}
+  %y = conv2d(%x, %w) {{padding=[1, 1]}} : f32[2,8,6,6]
+  return %y
+}}"""
+    g = graph_with(text, {"w": parts})
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    x[1, 2, 0, 4] = np.inf
+    (ref,) = mcir.interpret(g, x)
+    assert np.isnan(ref[1]).all() and np.isfinite(ref[0]).all()
+    (native,) = mcir.compile(g, tmp_path / "spc")(x)
+    np.testing.assert_array_equal(np.isnan(native), np.isnan(ref))
+    np.testing.assert_allclose(native[0], ref[0], rtol=1e-5, atol=1e-5)
