@@ -151,3 +151,48 @@ def test_a_non_finite_pixel_makes_its_image_nan_through_a_sparse_conv(tmp_path) 
     (native,) = mcir.compile(g, tmp_path / "spc")(x)
     np.testing.assert_array_equal(np.isnan(native), np.isnan(ref))
     np.testing.assert_allclose(native[0], ref[0], rtol=1e-5, atol=1e-5)
+
+
+# ---- f32 overflow ------------------------------------------------------------------------------------
+# The interpreter computes a float op in float64 and rounds its result to f32; natively the same op
+# computes in f32. A result beyond the f32 range (|y| > 3.4028235e38) is ±inf in both, whether a
+# product or only the sum overflows. (Where only a *partial* sum overflows and later terms bring the
+# exact result back into range, f32 arithmetic depends on the order of the sum: docs/ir.md.)
+
+
+@pytest.mark.parametrize(
+    ("w", "x", "expected"),
+    [
+        ([[3.0e38, 3.0e38]], [[1.0, 1.0]], np.inf),  # only the sum overflows
+        ([[3.0e38, 1.0]], [[-2.0, 1.0]], -np.inf),  # a product overflows
+        ([[3.0e38, -3.0e38]], [[1.0, 1.0]], 0.0),  # in range all along
+    ],
+)
+def test_a_linear_result_beyond_the_f32_range_is_inf_in_both(tmp_path, w, x, expected) -> None:
+    text = """graph @g(%x: f32[1,2]) -> (f32[1,1]) {
+  %w = const : f32[1,2]
+  %y = linear(%x, %w) : f32[1,1]
+  return %y
+}"""
+    g = graph_with(text, {"w": np.array(w, np.float32)})
+    xs = np.array(x, np.float32)
+    with np.errstate(over="ignore"):
+        (ref,) = mcir.interpret(g, xs)
+    (native,) = mcir.compile(g, tmp_path / "ovf")(xs)
+    assert ref[0, 0] == expected and native[0, 0] == expected
+
+
+def test_an_elementwise_overflow_is_inf_in_both(tmp_path) -> None:
+    text = """graph @g(%a: f32[4], %b: f32[4]) -> (f32[4]) {
+  %s = add(%a, %b) : f32[4]
+  %p = mul(%s, %b) : f32[4]
+  return %p
+}"""
+    g = mcir.parse(text)
+    a = np.array([3e38, -3e38, 1e38, 1.0], np.float32)
+    b = np.array([1e38, -1e38, 1.0, 2.0], np.float32)
+    with np.errstate(over="ignore"):
+        (ref,) = mcir.interpret(g, a, b)
+    (native,) = mcir.compile(g, tmp_path / "ew")(a, b)
+    np.testing.assert_array_equal(ref, np.array([np.inf, np.inf, 1e38, 6.0], np.float32))
+    np.testing.assert_array_equal(native, ref)
