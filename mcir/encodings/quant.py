@@ -19,7 +19,7 @@ import numpy as np
 
 from mcir import dtypes
 from mcir.dtypes import DType
-from mcir.encodings.base import Encoding, check_scales, register_encoding
+from mcir.encodings.base import F32_MAX, Encoding, check_scales, register_encoding
 from mcir.errors import McirError
 
 if TYPE_CHECKING:
@@ -85,10 +85,16 @@ class Quant(Encoding):
             lo, hi = int_range(t.dtype)
             if not lo <= self.zero_point <= hi:
                 raise McirError(f"#quant zero_point {self.zero_point} outside the range of {t.dtype} (in {t})")
+            if self.scale * max(self.zero_point - lo, hi - self.zero_point) > F32_MAX:
+                raise McirError(
+                    f"#quant scale {self.scale} makes values beyond the f32 range (in {t}); every value must be a "
+                    "finite f32"
+                )
 
     def check_stored(self, t: TensorType, stored: dict[str, Any]) -> None:
         if self.axis is not None:
-            check_scales("quant", "scale", stored["scale"])
+            lo, hi = int_range(t.dtype)
+            check_scales("quant", "scale", stored["scale"], largest=max(-lo, hi))
 
     def components(self, t: TensorType) -> dict[str, tuple[DType, tuple[int, ...]]]:
         if self.axis is None:

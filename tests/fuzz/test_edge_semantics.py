@@ -196,3 +196,50 @@ def test_an_elementwise_overflow_is_inf_in_both(tmp_path) -> None:
     (native,) = mcir.compile(g, tmp_path / "ew")(a, b)
     np.testing.assert_array_equal(ref, np.array([np.inf, np.inf, 1e38, 6.0], np.float32))
     np.testing.assert_array_equal(native, ref)
+
+
+# ---- scales whose decoded values leave the f32 range ----------------------------------------------------
+# Every encoding expresses f32 values: a scale that makes a decoded value beyond the f32 range is refused
+# (kernels decode in f32, the interpreter in float64: an int4 row scaled by 3.4e38 was NaN natively and
+# finite in the interpreter, found by fuzzing)
+
+
+@pytest.mark.parametrize(
+    ("kind", "largest"),
+    [("int4", 7), ("quant i8", 128), ("quant i32", 2**31), ("csr i8", 128), ("nm i8", 128)],
+)
+def test_a_scale_whose_decoded_values_overflow_f32_is_refused(kind: str, largest: int) -> None:
+    from mcir.encodings import Int4, Quant
+    from mcir.encodings.nm import to_nm
+    from mcir.types import TensorType
+
+    dense = np.random.default_rng(0).standard_normal((4, 32)).astype(np.float32)
+    dense[:, 1::2] = 0
+    if kind == "int4":
+        t = TensorType((4, 32), dtypes.i8, Int4(0))  # (#int2 multiplies by at most 1: any f32 scale is fine)
+        stored = dict(t.encode(dense))
+    elif kind.startswith("quant"):
+        dt = dtypes.i8 if kind.endswith("i8") else dtypes.i32
+        t = TensorType((4, 32), dt, Quant(axis=0))
+        stored = {"data": np.ones((4, 32), dt.np), "scale": np.ones(4, np.float32)}
+    else:
+        t, stored = to_csr(dense, dtypes.i8) if kind.startswith("csr") else to_nm(dense, 2, 4, dtypes.i8)
+        stored = dict(stored)
+    limit = 3.4028234663852886e38 / largest
+    ok = np.array(stored["scale"], np.float32)
+    ok[1] = np.nextafter(np.float32(limit), np.float32(0))  # the largest allowed: still checks
+    t.encoding.check_stored(t, {**stored, "scale": ok})
+    over = np.array(stored["scale"], np.float32)
+    over[1] = np.float32(limit * 1.01) if limit * 1.01 < 3.4e38 else np.float32(3.4e38)
+    with pytest.raises(mcir.McirError, match=rf"'scale'\[1(, 0)?\] is .*so that {largest} x scale is a finite f32"):
+        t.encoding.check_stored(t, {**stored, "scale": over})
+
+
+def test_a_per_tensor_quant_scale_that_overflows_f32_is_refused() -> None:
+    def identity(scale: str) -> str:
+        t = f"u8[2] #quant<scale={scale}, zero_point=0>"
+        return f"graph @g(%x: {t}) -> ({t}) {{\n  return %x\n}}"
+
+    with pytest.raises(mcir.McirError, match="beyond the f32 range"):
+        mcir.parse(identity("3e36"))  # 255 x 3e36 > 3.4e38
+    mcir.parse(identity("1e36"))
