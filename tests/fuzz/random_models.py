@@ -15,6 +15,7 @@ reported as such) or a bug: any other exception, or numbers outside the toleranc
 from __future__ import annotations
 
 import random
+import re
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -220,5 +221,7 @@ def check_model(seed: int, compile_dir: Path | None = None) -> str:
                 if lsb > TOL["u8 LSB"]:
                     raise Mismatch(f"native int8: %{v.name} differs by {lsb} LSB")
         except McirError as e:
-            return f"refused at {stage}: {str(e).splitlines()[0][:160]}"
+            # one outcome per reason, not per module path: the report counts them
+            reason = re.sub(r"\s*\(at (?:[^`()]|`[^`]*`)*\)", "", str(e).splitlines()[0])
+            return f"refused at {stage}: {reason[:160]}"
     return "ok"

@@ -203,7 +203,7 @@ def _input(
     return v
 
 
-def _result_type(op: str, sig: str, inferred: TensorType) -> TensorType | None:
+def _result_type(sig: str, inferred: TensorType) -> TensorType | None:
     if sig == "any":
         return None
     dtype, _, enc = sig.partition("#")
@@ -242,7 +242,7 @@ def _build(case: Case, g: Graph, prefix: str, feeds: dict) -> list[Value]:
         inferred = TensorType(operands[0].type.shape, dtypes.f32)
     else:
         inferred = opdef.infer_type([v.type for v in operands], full, where=case.op)
-    y = g.add(case.op, operands, attrs, type=_result_type(case.op, case.result, inferred), result=prefix)
+    y = g.add(case.op, operands, attrs, type=_result_type(case.result, inferred), result=prefix)
     t = y.type
     if isinstance(t.encoding, Dynamic):  # no dequantize kernel: the int8 layer that reads it is the sink
         w = _constant(g, prefix + "_sink_w", "i8#quant", (4, t.shape[-1]), rng)
