@@ -271,8 +271,8 @@ def _gate(em: Emitter, gx: ir.Value, gs: ir.Value, row_g: ir.Value, index: ir.Va
     return em.b.fadd(em.load(gx, at, F32), em.load(gs, at, F32))
 
 
-@kernel("lstm", ("f32", "f32", "f32", "i8#quant", "f32", "f32?"), pack=_pack_int8, scratch=_scratch)
-@kernel("lstm", ("f32", "f32", "f32", "f32|f16|bf16", "f32", "f32?"), pack=_pack, scratch=_scratch)
+@kernel("lstm", ("f32", "f32", "f32", "i8#quant", "f32", "f32?"), pack=_pack_int8, scratch=_scratch, constant=(3, 5))
+@kernel("lstm", ("f32", "f32", "f32", "f32|f16|bf16", "f32", "f32?"), pack=_pack, scratch=_scratch, constant=(3, 5))
 def lstm(k: KernelContext) -> None:
     """LSTM recurrence: W_hh GEMV per step (packed panels) + fused gates (+ the W_hr projection GEMV
     of an LSTMP); y[t] = h_t (or c_t)."""
@@ -296,8 +296,8 @@ def lstm(k: KernelContext) -> None:
     _recurrence(k, update)
 
 
-@kernel("gru", ("f32", "f32", "i8#quant", "f32"), pack=_pack_int8, scratch=_scratch)
-@kernel("gru", ("f32", "f32", "f32|f16|bf16", "f32"), pack=_pack, scratch=_scratch)
+@kernel("gru", ("f32", "f32", "i8#quant", "f32"), pack=_pack_int8, scratch=_scratch, constant=(2,))
+@kernel("gru", ("f32", "f32", "f32|f16|bf16", "f32"), pack=_pack, scratch=_scratch, constant=(2,))
 def gru(k: KernelContext) -> None:
     """GRU recurrence: W_hh GEMV per step (packed panels, b_hh added) + fused gates; y[t] = h_t."""
     hidden = _dims(k.op)[2]
