@@ -103,6 +103,20 @@ FORMS: dict[str, Form] = {
     "gru": Form(((3, 2, 24), (2, 8), (24, 8), (24,)), {}),
 }
 
+#: second forms for ops whose optional operands change other shapes (an LSTMP's state is [B, P])
+MORE_FORMS: dict[str, Form] = {
+    "lstm": Form(((3, 2, 32), (2, 4), (2, 8), (32, 4), (32,), (4, 8)), {}),
+}
+
+
+def _forms(op: str) -> list[Form]:
+    return [f for f in (FORMS.get(op), MORE_FORMS.get(op)) if f is not None]
+
+
+def _form(op: str, count: int) -> Form:
+    return next(f for f in _forms(op) if len(f.shapes) == count)
+
+
 #: entries no graph selects, with the reason (reviewed: keep short, every line a fact)
 SKIPPED: dict[str, str] = {}
 
@@ -220,7 +234,7 @@ def _build(case: Case, g: Graph, prefix: str, feeds: dict) -> list[Value]:
     from mcir.ops import registry
 
     gen = next(k for k in registered()[case.op] if k.name == case.kernel)
-    form = FORMS[case.op]
+    form = _form(case.op, len(case.operands))
     rng = _rng(case.key)
     operands = []
     for i, sig in enumerate(case.operands):
@@ -259,19 +273,12 @@ def _choices(gen) -> list[tuple[tuple[str, ...], str]]:
     that puts it there (other positions: the same dtype where they allow it, else their first)."""
     from mcir.codegen.kernels import expand
 
-    form = FORMS.get(gen.op)
-    if form is None:
-        return []
-    n = len(form.shapes)
-    lo, _ = gen.arity
-    counts = [n] if n >= lo else []
-    pats = [gen.pattern_at(i) for i in range(n)]
-    alts = [sorted(expand(p)) for p in pats]
     res = sorted(expand(gen.result)) if gen.result != "any" else ["any"]
     if gen.op == "cast":  # the result dtype is the attribute: every plain one
         res = sorted(expand("any"))
     out = []
-    for count in counts:
+    for count in [len(f.shapes) for f in _forms(gen.op) if gen.accepts_arity(len(f.shapes))]:
+        alts = [sorted(expand(gen.pattern_at(i))) for i in range(count)]
         for pos in range(count + 1):  # pos == count: vary the result
             for alt in res if pos == count else alts[pos]:
                 sigs = []
