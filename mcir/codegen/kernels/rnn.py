@@ -211,7 +211,12 @@ def _recurrence(k: KernelContext, gates_fn) -> None:
     rounded = k.op.attrs["int8_state"]
     if int8 and not rounded:
         raise CodegenError(f"{k.op.where()}: an int8 W_hh needs int8_state=true (the quant8 pass sets both)")
-    if int8:  # no int8 entry takes a projection: an LSTMP's state is not bounded by 1 (quant8 keeps it f32)
+    if int8:
+        if proj:
+            raise CodegenError(
+                f"{k.op.where()}: an int8 W_hh with a projection W_hr has no kernel (its state is not bounded by 1, "
+                "so quant8 keeps such an LSTM f32): dequantize W_hh"
+            )
         t8 = _int8_plan(k.op, k.target)
         count = -(-n // t8.nr) * t8.nr
         table = em.byte_offset(w, align_up(panel_bytes(n, hidden, t8.nr, t8.isa.group)))
@@ -266,7 +271,7 @@ def _gate(em: Emitter, gx: ir.Value, gs: ir.Value, row_g: ir.Value, index: ir.Va
     return em.b.fadd(em.load(gx, at, F32), em.load(gs, at, F32))
 
 
-@kernel("lstm", ("f32", "f32", "f32", "i8#quant", "f32"), pack=_pack_int8, scratch=_scratch, constant=(3,))
+@kernel("lstm", ("f32", "f32", "f32", "i8#quant", "f32", "f32?"), pack=_pack_int8, scratch=_scratch, constant=(3, 5))
 @kernel("lstm", ("f32", "f32", "f32", "f32|f16|bf16", "f32", "f32?"), pack=_pack, scratch=_scratch, constant=(3, 5))
 def lstm(k: KernelContext) -> None:
     """LSTM recurrence: W_hh GEMV per step (packed panels) + fused gates (+ the W_hr projection GEMV
