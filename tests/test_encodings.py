@@ -32,7 +32,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_encoding_module_registers_itself_when_the_package_is_imported():
-    assert set(ENCODINGS) == {"quant", "binary", "ternary", "csr", "nm", "codebook", "int4", "int2", "pow2", "dynamic"}
+    assert set(ENCODINGS) == {
+        "quant",
+        "binary",
+        "ternary",
+        "csr",
+        "nm",
+        "codebook",
+        "int4",
+        "int2",
+        "pow2",
+        "dynamic",
+        "sparse_codebook",
+    }
     for name, cls in ENCODINGS.items():
         assert cls.__module__ == f"mcir.encodings.{ {'int2': 'int4'}.get(name, name) }"  # int2 shares int4.py
 
