@@ -17,6 +17,14 @@ choice Deep Compression found best: large weights keep a centroid), ``density`` 
 the quantiles of the weights, ``kmeans++`` draws them D²-weighted from a seeded sample.
 Weights that are exactly zero (a pruned layer) keep a centroid pinned at 0, so they stay 0.
 
+A pruned layer (``#csr``, or f32 with exact zeros; ``scope=layer``, float activations) also
+gets Deep Compression's storage as a candidate: only its non-zeros are clustered and stored as
+``#sparse_codebook`` (B-bit codes at relative G-bit gaps, ``mcir/encodings/sparse_codebook.py``).
+The candidate the library stores in the fewest bytes wins (``smallest``)::
+
+    %fc2.weight = const : f32[128,256] #csr<nnz=3277>                        # 27,136 bytes embedded
+    %fc2.weight = const : f32[128,256] #sparse_codebook<bits=5, gap_bits=5, nnz=3277, entries=3562>  # 4,584
+
 ``activations=dynamic`` (bits <= 4, scope=layer) rounds the centroids to an int8 grid
 ``s·q`` and quantises the layer's input per sample at run time (``u8 #dynamic``, as
 ``quantize(activations=dynamic)``): the kernel looks the 16 int8 centroids up with one
