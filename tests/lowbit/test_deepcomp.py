@@ -23,12 +23,12 @@ from mcir.errors import McirError
 from mcir.stats import try_kernel
 
 
-def random_sparse(n: int, k: int, density: float, seed: int = 0):
-    """(type, components, dense) of an [n, k] weight with random non-zeros drawn from 32 centroids."""
+def random_sparse(n: int, k: int, density: float, seed: int = 0, bits: int = 5):
+    """(type, components, dense) of an [n, k] weight with random non-zeros drawn from 2^bits centroids."""
     rng = np.random.default_rng(seed)
     pos = np.flatnonzero(rng.random(n * k) < density)
-    centroids = rng.standard_normal(32).astype(np.float32)
-    codes = rng.integers(0, 32, pos.size)
+    centroids = rng.standard_normal(2**bits).astype(np.float32)
+    codes = rng.integers(0, 2**bits, pos.size)
     t, stored = to_sparse_codebook((n, k), pos, codes, centroids)
     dense = np.zeros(n * k, np.float32)
     dense[pos] = centroids[codes]
@@ -128,11 +128,25 @@ def test_the_verifier_rejects_streams_the_kernel_cannot_trust():
             g.const(f"bad{len(g.ops)}", bad, t)
 
 
+# batch 1 runs 16 entries per step: chunks inside one row (long rows), chunks across rows (short rows),
+# dense (1-bit gaps) and very sparse (8-bit gaps, fillers) streams, fewer than 16 entries; batches run per entry
 @pytest.mark.parametrize(
-    "m, n, k, density", [(1, 32, 64, 0.1), (1, 7, 300, 0.02), (5, 20, 96, 0.1), (37, 24, 130, 0.2)]
+    "m, n, k, density, bits",
+    [
+        (1, 6, 3000, 0.3, 5),
+        (1, 32, 64, 0.1, 5),
+        (1, 5, 40, 0.9, 5),
+        (1, 40, 1000, 0.002, 5),
+        (1, 3, 5, 0.5, 5),
+        (1, 16, 700, 0.1, 3),  # <= 16 centroids: one register table
+        (1, 16, 700, 0.1, 7),  # > 32 centroids: a gather
+        (5, 20, 96, 0.1, 5),
+        (37, 24, 130, 0.2, 6),
+    ],
 )
-def test_native_kernel_equals_the_interpreter(tmp_path, m, n, k, density):
-    t, stored, _ = random_sparse(n, k, density, seed=m)
+def test_native_kernel_equals_the_interpreter(tmp_path, m, n, k, density, bits):
+    t, stored, _ = random_sparse(n, k, density, seed=m, bits=bits)
+    assert t.encoding.gap_bits == {0.9: 1, 0.002: 8}.get(density, t.encoding.gap_bits)
     g = _graph(t, stored, m)
     x = np.random.default_rng(3).standard_normal((m, k)).astype(np.float32)
     ref = mcir.interpret(g, x)[0]
@@ -145,7 +159,7 @@ def test_library_bytes_are_the_streams_and_the_table():
     t, stored, _ = random_sparse(64, 128, 0.1)
     layer = _graph(t, stored).value("y").producer
     enc = t.encoding
-    expected = 4 * 32 + -(-enc.entries * enc.bits // 8) + 1 + -(-enc.entries * enc.gap_bits // 8) + 1
+    expected = 4 * 2**enc.bits + -(-enc.entries * enc.bits // 8) + 1 + -(-enc.entries * enc.gap_bits // 8) + 1
     assert try_kernel(layer).operand_bytes[1] == expected
 
 
