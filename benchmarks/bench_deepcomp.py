@@ -68,12 +68,12 @@ LENET = [
         f"prune(sparsity=0.92),{FT.format(e=5)},cluster(bits=5),{FT.format(e=5)}",
     ),
     (
-        "prune(0.92, skip=none), finetune(5), cluster(5), finetune(5)",
-        f"prune(sparsity=0.92,skip=none),{FT.format(e=5)},cluster(bits=5),{FT.format(e=5)}",
+        "prune(0.94), finetune(10), cluster(5), finetune(10)",
+        f"prune(sparsity=0.94),{FT.format(e=10)},cluster(bits=5),{FT.format(e=10)}",
     ),
     (
-        "prune(0.95, skip=none), finetune(5), cluster(4), finetune(5)",
-        f"prune(sparsity=0.95,skip=none),{FT.format(e=5)},cluster(bits=4),{FT.format(e=5)}",
+        "prune(0.95, skip=none, steps=3), finetune(10), cluster(4), finetune(10)",
+        f"prune(sparsity=0.95,skip=none,steps=3),{FT.format(e=10)},cluster(bits=4),{FT.format(e=10)}",
     ),
 ]
 

@@ -90,6 +90,10 @@ def _weight(kind: str, shape: tuple[int, ...]) -> tuple[TensorType, object]:
         return to_csr(_sparse_weight(shape))
     if kind == "nm":
         return to_nm(_nm_weight(shape), 2, 4)
+    if kind == "sparse_codebook":  # Deep Compression's storage: codes of the non-zeros at relative gaps
+        from mcir.passes.cluster import cluster_sparse_weight
+
+        return cluster_sparse_weight(_sparse_weight(shape), 5)
     if kind in ("codebook", "int4", "pow2"):  # the low-bit weights of issue #14
         from mcir.passes.cluster import cluster_weight
 
@@ -128,7 +132,7 @@ def _graph(form: str, kind: str, quantized_input: bool) -> tuple[mcir.Graph, obj
 CASES = [
     (form, kind, q)
     for form in FORMS
-    for kind in ("f32", "quant", "binary", "ternary", "csr", "nm", "codebook", "int4", "pow2")
+    for kind in ("f32", "quant", "binary", "ternary", "csr", "nm", "codebook", "int4", "pow2", "sparse_codebook")
     for q in (False, True)
 ]
 
