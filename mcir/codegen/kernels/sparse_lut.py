@@ -8,25 +8,33 @@ the constant K (a multiply-shift, not a division) and looks the centroid up in t
 
     pos = p + g;  if g != 2^G - 1:  acc[row(pos), :] += c[code] · xT[col(pos), :];  p = pos + (g != 2^G - 1)
 
-For a batch of M rows x is first transposed into the scratch (``xT[K, M]``) so that one
-decoded weight feeds M contiguous FMAs (16 at a time), the accumulators ``acc[N, M]`` live in
-the scratch too, and the epilogue (bias, fused activation) writes them back as ``y[M, N]``.
-At batch 1 x is read in place.
+*Batch 1* decodes 16 entries per step (``_gemv_chunks``): 16 entries start on a byte boundary
+of each stream, so each lane's two bytes and shift are constants (one masked load, one byte
+shuffle, one variable shift per stream); positions are a prefix sum of the steps; centroids come
+from zmm registers (``vpermps``/``vpermi2ps``, B <= 5) or a gather, activations from a masked
+gather; a chunk inside the current row adds into one vector accumulator, one that crosses rows
+adds lane by lane. The last E mod 16 entries run one at a time.
+
+*Batches of M rows*: x is first transposed into the scratch (``xT[K, M]``) so that one decoded
+weight feeds M contiguous FMAs (16 at a time); the accumulators ``acc[N, M]`` live in the
+scratch too, and the epilogue (bias, fused activation) writes them back as ``y[M, N]``.
 
 Library layout (``_pack``): ``centroids f32[2^B]`` | ``codes`` + 1 zero byte | ``gaps`` + 1
 zero byte; the padding byte lets the last 16-bit load stay inside the global. The streams
 are the stored ones: about ``(B + G)/8`` bytes per non-zero plus fillers.
 
-Numerics: each output is an f32 sum in entry (column) order, against the interpreter's f64
-sums: within the backend's ``1e-5 × max|reference|``.
+Numerics: each output is an f32 sum (in entry order, or per lane at batch 1), against the
+interpreter's f64 sums: within the backend's ``1e-5 × max|reference|``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import llvmlite.ir as ir
 import numpy as np
 
-from mcir.codegen.emit import F32, I8, I16, I32, I64, PTR, const, i64
+from mcir.codegen.emit import F32, I8, I16, I32, I64, PTR, Emitter, const, i64
 from mcir.codegen.kernels import KernelContext, kernel
 from mcir.codegen.target import Target
 from mcir.encodings.sparse_codebook import SparseCodebook, stream_bytes
@@ -110,7 +118,9 @@ def _linear_sparse_lut(k: KernelContext) -> None:
             em.store(k.apply_epilogue(s), y, b.add(b.mul(r, i64(n)), row))
 
 
-def _entries(k: KernelContext, streams: tuple[ir.Value, ir.Value], acc: ir.Value, xt: ir.Value, first: int, p0):
+def _entries(
+    k: KernelContext, streams: tuple[ir.Value, ir.Value], acc: ir.Value, xt: ir.Value, first: int, p0: ir.Value
+) -> None:
     """Entries ``first``..E one at a time, cursor starting at ``p0``: ``acc[row, :] += c[code] · xT[col, :]``."""
     em, b = k.em, k.em.b
     enc: SparseCodebook = k.operand_types[1].encoding
@@ -214,7 +224,7 @@ def _gemv_chunks(k: KernelContext, streams: tuple[ir.Value, ir.Value], acc: ir.V
     return chunks * LANES, p_end
 
 
-def _register_table(k: KernelContext):
+def _register_table(k: KernelContext) -> Callable[[ir.Value], ir.Value] | None:
     """With AVX-512 and B <= 5: a function looking codes up in the centroids held in one or two zmm
     registers (``vpermps`` / ``vpermi2ps``), instead of a gather from memory; else None."""
     em, b = k.em, k.em.b
@@ -231,7 +241,8 @@ def _register_table(k: KernelContext):
     return lambda code: b.call(fn2, [lo, code, hi])
 
 
-def _add_to(em, acc: ir.Value, row: ir.Value, value: ir.Value) -> None:
+def _add_to(em: Emitter, acc: ir.Value, row: ir.Value, value: ir.Value) -> None:
+    """``acc[row] += value`` (f32)."""
     em.store(em.b.fadd(em.load(acc, row, F32), value), acc, row)
 
 
