@@ -273,3 +273,27 @@ def test_deep_compression_recipe_on_digits_is_within_one_point_at_five_percent_o
     lib = Library(str(tmp_path / "dc.so"))
     assert lib.weight_bytes == mcir.stats(q).weight_bytes <= 0.05 * fp32_param_bytes(model)
     assert native_accuracy(lib, (x_te, y_te)) >= fp32_acc - 0.01  # measured: 97.11 % vs 97.33 %
+
+
+def test_centroids_on_an_int8_grid_stay_on_it_after_training():
+    # cluster(activations=dynamic) stores s·q centroids, which its vpermb + VNNI kernel requires
+    from mcir.train import to_torch
+    from mcir.train.forms import on_int8_grid
+    from mcir.train.writeback import write_back
+
+    model, x = _pruned_model()
+    g = mcir.run_passes(mcir.trace(model, (x[:1],)), "cluster(bits=4,activations=dynamic)")
+    module = to_torch(g)
+    form = module.forms["0.weight"]
+    assert form.grid and on_int8_grid(g.value("0.weight").producer.data["centroids"])
+    with torch.no_grad():
+        form.params["centroids"].mul_(1.013).add_(0.0007)  # a training step's worth of drift off the grid
+    write_back(module, g)
+    table = g.value("0.weight").producer.data["centroids"]
+    assert on_int8_grid(table)
+    assert not np.array_equal(
+        table,
+        mcir.run_passes(mcir.trace(model, (x[:1],)), "cluster(bits=4,activations=dynamic)")
+        .value("0.weight")
+        .producer.data["centroids"],
+    )
