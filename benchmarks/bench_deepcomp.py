@@ -75,6 +75,19 @@ LENET = [
         "prune(0.95, skip=none, steps=3), finetune(10), cluster(4), finetune(10)",
         f"prune(sparsity=0.95,skip=none,steps=3),{FT.format(e=10)},cluster(bits=4),{FT.format(e=10)}",
     ),
+    # gradual pruning (3 steps, 5 epochs of fine-tuning after each), longer fine-tuning: the 40x rows
+    (
+        "prune(0.96, steps=3), finetune(20), cluster(4), finetune(20)",
+        f"prune(sparsity=0.96,steps=3,step_epochs=5),{FT.format(e=20)},cluster(bits=4),{FT.format(e=20)}",
+    ),
+    (
+        "prune(0.96, steps=3), finetune(20), cluster(3), finetune(20)",
+        f"prune(sparsity=0.96,steps=3,step_epochs=5),{FT.format(e=20)},cluster(bits=3),{FT.format(e=20)}",
+    ),
+    (
+        "prune(0.97, steps=3), finetune(20), cluster(4), finetune(20)",
+        f"prune(sparsity=0.97,steps=3,step_epochs=5),{FT.format(e=20)},cluster(bits=4),{FT.format(e=20)}",
+    ),
 ]
 
 
