@@ -15,8 +15,9 @@ Efficiency is achieved ops / peak ops, with peak = threads x clock x ops per cyc
 the clock is the ``cpu MHz`` of /proc/cpuinfo (the nominal clock here; turbo may run higher, so
 percentages can overstate), ops per cycle: fp32 2 FMA ports x 16 lanes x 2 flops = 64; int8
 VNNI 2 ports x 64 MACs x 2 = 256; AMX-INT8 1024 MACs x 2 = 2048 (one 16x16x64 ``tdpbusd``
-per 16 cycles, Intel's published figure). A model's ops are 2 x batch x sum of its Linear
-``in x out`` (activations and biases not counted).
+per 16 cycles, Intel's published figure). A model's ops are 2 x the multiply-adds of its Linear
+and Conv2d layers (activations, pooling and biases not counted). "% measured peak" divides by the
+fp32 FMA rate ``fma_peak.py`` measures on this core (turbo clock): the honest fp32 figure.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ import argparse
 import io
 import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import fma_peak
 from timing import fmt_time, interleaved, machine_description, median, paired_ratio, single_thread
 
 single_thread()
@@ -67,8 +70,26 @@ def cpu_flags() -> set[str]:
 OPS_PER_CYCLE = {"fp32": 64, "vnni": 256, "amx": 2048}
 
 
-def linear_ops(model: torch.nn.Module, batch: int) -> int:
-    return 2 * batch * sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
+def model_ops(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """2 x the multiply-adds of the model's Linear and Conv2d layers on input ``x`` (one forward pass
+    with hooks reads each layer's output size)."""
+    macs = []
+
+    def count(module: torch.nn.Module, _inputs, out: torch.Tensor) -> None:
+        if isinstance(module, torch.nn.Linear):
+            macs.append(out.numel() * module.in_features)
+        else:  # Conv2d: every output element sums in_channels / groups x kh x kw products
+            kh, kw = module.kernel_size
+            macs.append(out.numel() * module.in_channels // module.groups * kh * kw)
+
+    hooks = [
+        m.register_forward_hook(count) for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))
+    ]
+    with torch.inference_mode():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return 2 * sum(macs)
 
 
 class _Reader(CalibrationDataReader):
@@ -88,7 +109,9 @@ def session(path: Path, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def bench(name: str, batch: int, thread_counts: list[int], build: Path, rounds: int, tmp: Path) -> list[dict]:
+def bench(
+    name: str, batch: int, thread_counts: list[int], build: Path, rounds: int, tmp: Path, cpu_time: bool = False
+) -> list[dict]:
     torch.manual_seed(0)
     model = MODELS[name]().eval()
     x = example(name, batch)
@@ -117,7 +140,7 @@ def bench(name: str, batch: int, thread_counts: list[int], build: Path, rounds: 
         weight_type=QuantType.QInt8,
         per_channel=True,
     )
-    ops = linear_ops(model, batch)
+    ops = model_ops(model, x)
     rows = []
     for threads in thread_counts:
         torch.set_num_threads(threads)
@@ -133,7 +156,9 @@ def bench(name: str, batch: int, thread_counts: list[int], build: Path, rounds: 
             "ORT static": lambda s=s8: s.run(None, {"x": xn}),
         }
         with torch.inference_mode():
-            samples = interleaved(fns, rounds=rounds, target_s=0.05)
+            # CPU time of the calling thread only where every contender runs on it (1 thread)
+            clock = time.thread_time if cpu_time and threads == 1 else time.perf_counter
+            samples = interleaved(fns, rounds=rounds, target_s=0.05, clock=clock)
         rows.append(
             {
                 "model": name,
@@ -153,12 +178,13 @@ def bench(name: str, batch: int, thread_counts: list[int], build: Path, rounds: 
     return rows
 
 
-def table(rows: list[dict], ghz: float, int8_path: str) -> str:
+def table(rows: list[dict], ghz: float, int8_path: str, fp32_peak: float) -> str:
+    """Markdown rows; ``fp32_peak`` is the measured FMA peak of one core in flop/s (fma_peak.py)."""
     cols = ["mcir fp32", "torch fp32", "ORT fp32", "mcir int8", "torch dyn", "ORT static"]
     out = [
         "| model | batch | threads | " + " | ".join(cols) + " | fp32 mcir/ORT | int8 mcir/best peer "
-        f"| mcir fp32 % peak | mcir int8 % {int8_path} peak |",
-        "|" + "---|" * (len(cols) + 7),
+        f"| mcir fp32 % peak | mcir fp32 % measured peak | mcir int8 % {int8_path} peak |",
+        "|" + "---|" * (len(cols) + 8),
     ]
     for r in rows:
         t = r["times"]
@@ -166,10 +192,11 @@ def table(rows: list[dict], ghz: float, int8_path: str) -> str:
         peak8 = r["threads"] * ghz * 1e9 * OPS_PER_CYCLE[int8_path]
         eff32 = 100 * r["ops"] / t["mcir fp32"] / peak32
         eff8 = 100 * r["ops"] / t["mcir int8"] / peak8
+        eff32m = 100 * r["ops"] / t["mcir fp32"] / (r["threads"] * fp32_peak)
         out.append(
             f"| {r['model']} | {r['batch']} | {r['threads']} | "
             + " | ".join(fmt_time(t[c]) for c in cols)
-            + f" | {r['fp32 vs ORT']:.2f}x | {r['int8 vs best']:.2f}x | {eff32:.0f} % | {eff8:.0f} % |"
+            + f" | {r['fp32 vs ORT']:.2f}x | {r['int8 vs best']:.2f}x | {eff32:.0f} % | {eff32m:.0f} % | {eff8:.0f} % |"
         )
     return "\n".join(out)
 
@@ -181,6 +208,11 @@ def main() -> None:
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--build", default="build/bench")
+    ap.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time 1-thread rows by the calling thread's CPU time (steadier on a loaded machine)",
+    )
     args = ap.parse_args()
     build = Path(args.build)
     build.mkdir(parents=True, exist_ok=True)
@@ -192,8 +224,10 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
-            rows += bench(name, args.batch, args.threads, build, args.rounds, Path(tmp))
-    print(table(rows, ghz, int8_path))
+            rows += bench(name, args.batch, args.threads, build, args.rounds, Path(tmp), args.cpu_time)
+    fp32_peak = fma_peak.measure() * 1e9
+    print(f"measured fp32 FMA peak of one core: {fp32_peak / 1e9:.1f} GFLOP/s (fma_peak.py; turbo clock)")
+    print(table(rows, ghz, int8_path, fp32_peak))
     with open("/proc/loadavg") as f:
         print(f"load average after: {f.read().split()[:3]}")
 
