@@ -32,7 +32,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_encoding_module_registers_itself_when_the_package_is_imported():
-    assert set(ENCODINGS) == {"quant", "binary", "ternary", "csr", "nm", "codebook", "int4", "int2", "pow2", "dynamic"}
+    assert set(ENCODINGS) == {
+        "quant",
+        "binary",
+        "ternary",
+        "csr",
+        "nm",
+        "codebook",
+        "int4",
+        "int2",
+        "pow2",
+        "dynamic",
+        "sparse_codebook",
+    }
     for name, cls in ENCODINGS.items():
         assert cls.__module__ == f"mcir.encodings.{ {'int2': 'int4'}.get(name, name) }"  # int2 shares int4.py
 
@@ -78,6 +90,10 @@ def _weight(kind: str, shape: tuple[int, ...]) -> tuple[TensorType, object]:
         return to_csr(_sparse_weight(shape))
     if kind == "nm":
         return to_nm(_nm_weight(shape), 2, 4)
+    if kind == "sparse_codebook":  # Deep Compression's storage: codes of the non-zeros at relative gaps
+        from mcir.passes.cluster import cluster_sparse_weight
+
+        return cluster_sparse_weight(_sparse_weight(shape), 5)
     if kind in ("codebook", "int4", "pow2"):  # the low-bit weights of issue #14
         from mcir.passes.cluster import cluster_weight
 
@@ -116,7 +132,7 @@ def _graph(form: str, kind: str, quantized_input: bool) -> tuple[mcir.Graph, obj
 CASES = [
     (form, kind, q)
     for form in FORMS
-    for kind in ("f32", "quant", "binary", "ternary", "csr", "nm", "codebook", "int4", "pow2")
+    for kind in ("f32", "quant", "binary", "ternary", "csr", "nm", "codebook", "int4", "pow2", "sparse_codebook")
     for q in (False, True)
 ]
 

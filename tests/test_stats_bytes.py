@@ -37,6 +37,7 @@ PIPELINES = [
     "ternarize",
     "quant8",
     "prune(sparsity=0.9),quant8",
+    "prune(sparsity=0.9),cluster(bits=5)",
     "share",
 ]
 

@@ -21,13 +21,15 @@ LAYERS = registry.ops_with(WEIGHTED, CONTRACTION)
 KEYWORDS = ("none", "first", "last", "ends")
 
 
-def weighted_layers(graph: Graph) -> list[Op]:
-    """linear/conv2d ops whose weight is a float constant with data, in program order."""
+def weighted_layers(graph: Graph, accept: tuple[type, ...] = ()) -> list[Op]:
+    """linear/conv2d ops whose weight is a float constant with data, in program order; a weight
+    with an encoding of a class in ``accept`` counts too (``cluster`` re-stores pruned ``#csr`` weights)."""
     out = []
     for op in graph.compute_ops():
         if op.name in LAYERS:
             w = op.operands[registry.get(op.name).weight.operand]
-            if w.is_constant and w.producer.data is not None and w.type.encoding is None and w.type.dtype.is_float:
+            plain = w.type.encoding is None or isinstance(w.type.encoding, accept)
+            if w.is_constant and w.producer.data is not None and plain and w.type.dtype.is_float:
                 out.append(op)
     return out
 
@@ -64,7 +66,7 @@ def is_skipped(op: Op, skip: str, layers: list[Op]) -> bool:
     return any(pattern.search(n) for n in layer_names(op))
 
 
-def select_layers(graph: Graph, skip: str) -> list[Op]:
-    """The weighted layers ``skip`` does not leave alone."""
-    layers = weighted_layers(graph)
+def select_layers(graph: Graph, skip: str, accept: tuple[type, ...] = ()) -> list[Op]:
+    """The weighted layers ``skip`` does not leave alone (``accept``: as in ``weighted_layers``)."""
+    layers = weighted_layers(graph, accept)
     return [op for op in layers if not is_skipped(op, skip, layers)]

@@ -17,6 +17,14 @@ choice Deep Compression found best: large weights keep a centroid), ``density`` 
 the quantiles of the weights, ``kmeans++`` draws them D²-weighted from a seeded sample.
 Weights that are exactly zero (a pruned layer) keep a centroid pinned at 0, so they stay 0.
 
+A pruned layer (``#csr``, or f32 with exact zeros; ``scope=layer``, float activations) also
+gets Deep Compression's storage as a candidate: only its non-zeros are clustered and stored as
+``#sparse_codebook`` (B-bit codes at relative G-bit gaps, ``mcir/encodings/sparse_codebook.py``).
+The candidate the library stores in the fewest bytes wins (``smallest``)::
+
+    %fc2.weight = const : f32[128,256] #csr<nnz=3277>                        # 27,136 bytes embedded
+    %fc2.weight = const : f32[128,256] #sparse_codebook<bits=5, gap_bits=5, nnz=3277, entries=3562>  # 4,584
+
 ``activations=dynamic`` (bits <= 4, scope=layer) rounds the centroids to an int8 grid
 ``s·q`` and quantises the layer's input per sample at run time (``u8 #dynamic``, as
 ``quantize(activations=dynamic)``): the kernel looks the 16 int8 centroids up with one
@@ -41,7 +49,7 @@ import numpy as np
 
 from mcir import dtypes
 from mcir.analysis.layers import check_skip, select_layers
-from mcir.encodings import Codebook, Dynamic
+from mcir.encodings import Codebook, Csr, Dynamic, to_sparse_codebook
 from mcir.encodings.codebook import pack_indices
 from mcir.errors import McirError
 from mcir.ir import Graph
@@ -49,6 +57,7 @@ from mcir.pass_base import Pass, PassContext, option
 from mcir.passes.compressed_weight import dynamic_input, store_weight
 from mcir.patterns import constant_array
 from mcir.rewriter import Rewriter
+from mcir.stats import try_kernel
 from mcir.types import TensorType
 
 INITS = ("linear", "density", "kmeans++")
@@ -91,20 +100,20 @@ class Cluster(Pass):
         rw = Rewriter(graph)
         inputs: dict[int, Any] = {}  # float input -> its dynamic u8 version
         done: dict[int, tuple[TensorType, Any]] = {}  # a weight shared by several layers is clustered once
-        for op in select_layers(graph, self.skip):
+        sparse: dict[int, tuple[TensorType, Any] | None] = {}  # the #sparse_codebook candidate of a pruned weight
+        for op in select_layers(graph, self.skip, accept=(Csr,)):
             w = op.operands[1]
             if id(w) not in done:
+                dense = constant_array(w)
                 done[id(w)] = cluster_weight(
-                    constant_array(w),
-                    self.bits,
-                    self.scope,
-                    self.init,
-                    self.iters,
-                    self.seed,
-                    self.activations == "dynamic",
+                    dense, self.bits, self.scope, self.init, self.iters, self.seed, self.activations == "dynamic"
+                )
+                pruned = self.activations == "float" and self.scope == "layer" and bool((dense == 0).any())
+                sparse[id(w)] = (
+                    cluster_sparse_weight(dense, self.bits, self.init, self.iters, self.seed) if pruned else None
                 )
             if self.activations == "float":
-                store_weight(rw, op, *done[id(w)], ctx, "cluster")
+                store_weight(rw, op, *smallest(op, [done[id(w)], sparse[id(w)]]), ctx, "cluster")
                 continue
             x = op.operands[0]
             if op.name != "linear" or x.type.encoding is not None or not x.type.dtype.is_float:
@@ -136,6 +145,36 @@ def cluster_weight(
         centroids = int8_grid(centroids)
     t = TensorType(a.shape, dtypes.f32, Codebook(bits=bits, scope=scope))
     return t, {"indices": pack_indices(idx.reshape(n, -1), bits), "centroids": centroids}
+
+
+def cluster_sparse_weight(
+    w: np.ndarray, bits: int, init: str = "linear", iters: int = 30, seed: int = 0
+) -> tuple[TensorType, dict[str, np.ndarray]] | None:
+    """Deep Compression's storage of a pruned weight: its non-zeros clustered into 2^bits centroids
+    (no centroid is spent on the zeros), stored as ``#sparse_codebook`` with relative gaps of the
+    width that needs the fewest bytes. None when the weight has no non-zero."""
+    a = np.asarray(w, np.float32)
+    flat = a.reshape(-1)
+    pos = np.flatnonzero(flat)
+    if not pos.size:
+        return None
+    k = min(2**bits, pos.size)  # Lloyd needs at least as many values as centroids
+    centroids, idx = kmeans(flat[pos].reshape(1, -1), k, init, iters, seed)
+    table = np.zeros(2**bits, np.float32)
+    table[:k] = centroids[0]
+    return to_sparse_codebook(a.shape, pos, idx.reshape(-1), table)
+
+
+def smallest(op: Any, candidates: list[tuple[TensorType, Any] | None]) -> tuple[TensorType, Any]:
+    """The candidate storage of ``op``'s weight that a native kernel runs with the fewest embedded
+    bytes (``mcir.stats.try_kernel``); the first one when no kernel runs any (``store_weight`` warns)."""
+    options = [c for c in candidates if c is not None]
+    fits = []
+    for t, stored in options:
+        trial = try_kernel(op, {1: (t, stored)})
+        if trial.ok:
+            fits.append((trial.operand_bytes.get(1, 0), len(fits), (t, stored)))
+    return min(fits)[2] if fits else options[0]
 
 
 def int8_grid(centroids: np.ndarray) -> np.ndarray:

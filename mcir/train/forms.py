@@ -15,7 +15,14 @@ stored type          training form (``value()``)
 ``#csr``/``#nm``     ``w ⊙ m`` with ``m`` the stored pattern (fake-quantised per row when i8)
 ``#binary``          ``α ⊙ sign(w)``, α = mean|w| per slice; sign has a clipped-identity STE
 ``#ternary``         ``α ⊙ sign(w) ⊙ m``, ``m`` the stored non-zero pattern, α = mean|w| over it
+``#codebook``        ``c[i]``: the centroids ``c`` are the parameters, the indices ``i`` fixed
+``#sparse_codebook`` ``c[i]`` at the stored non-zero positions (indices and pattern fixed)
 ==================  ======================================================================
+
+The codebook forms are Deep Compression's centroid fine-tuning: a weight is a lookup
+``w = c[i]``, so autograd gives each centroid the *sum* of the gradients of the weights that
+share it, ``∂L/∂c_k = Σ_{i(w) = k} ∂L/∂w`` (the paper's rule), and the write-back changes only
+the table.
 
 ``stored()`` is the inverse: the trained form written back as components of the same type
 (``mcir.train.writeback``). Forms are plain objects; their tensors live in the ``GraphModule``.
@@ -31,7 +38,7 @@ import numpy as np
 import torch
 
 from mcir import dtypes
-from mcir.encodings import NM, Binary, Csr, Quant, Ternary
+from mcir.encodings import NM, Binary, Codebook, Csr, Quant, SparseCodebook, Ternary
 from mcir.encodings.bits import pack_bits, unpack_bits
 from mcir.errors import McirError
 from mcir.types import TensorType
@@ -330,6 +337,77 @@ class TernaryForm(Form):
         }
 
 
+class CodebookForm(Form):
+    """``#codebook`` weights: ``c[i]`` with trainable centroids ``c`` [T, 2^B] and fixed indices."""
+
+    kind = "c[i], trained centroids"
+
+    def __init__(self, t: TensorType, stored: Any, dtype: torch.dtype) -> None:
+        super().__init__(t, stored, dtype)
+        enc: Codebook = t.encoding
+        self.layer = enc.scope == "layer"
+        self.indices = stored["indices"]  # written back unchanged
+        table = np.asarray(stored["centroids"], np.float32)
+        # cluster(activations=dynamic) puts the table on an int8 grid s·q, which its kernel requires: keep it there
+        self.grid = on_int8_grid(table)
+        self.kind += ", on an int8 grid" if self.grid else ""
+        self.params["centroids"] = torch.tensor(table.astype(np.float64), dtype=dtype)
+        self.buffers["index"] = torch.from_numpy(enc.indices(t, stored).astype(np.int64))  # [N, K]
+
+    def table(self) -> torch.Tensor:
+        c = self.params["centroids"]
+        if not self.grid:
+            return c
+        s = torch.clamp(c.detach().abs().amax(dim=1, keepdim=True), min=1e-12) / 127
+        return fake_quant(c, s, 0.0, -127, 127)
+
+    def value(self) -> torch.Tensor:
+        c, idx = self.table(), self.buffers["index"]
+        w = c[0][idx] if self.layer else torch.gather(c, 1, idx)  # backward: scatter-add into the table
+        return w.reshape(self.type.shape)
+
+    def stored(self, context: dict[str, Any]) -> tuple[TensorType, Any]:
+        c = self.params["centroids"].detach().cpu().numpy().astype(np.float32)
+        if self.grid:
+            from mcir.passes.cluster import int8_grid  # the pass's own rounding (passes import train lazily too)
+
+            c = int8_grid(c)
+        return self.type, {"indices": self.indices, "centroids": c}
+
+
+def on_int8_grid(table: np.ndarray) -> bool:
+    """Whether every row of centroids is ``s·q`` with q integer in [-127, 127], s = max|c| / 127."""
+    amax = np.abs(table).max(axis=1, keepdims=True).astype(np.float32)
+    s = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
+    return bool(table.shape[1] <= 16 and np.array_equal((s * np.rint(table / s)).astype(np.float32), table))
+
+
+class SparseCodebookForm(Form):
+    """``#sparse_codebook`` weights: ``c[code]`` at the stored positions, zeros elsewhere; the
+    table ``c`` trains, the codes, gaps and so the sparsity pattern stay as stored."""
+
+    kind = "c[code] on the pattern, trained centroids"
+
+    def __init__(self, t: TensorType, stored: Any, dtype: torch.dtype) -> None:
+        super().__init__(t, stored, dtype)
+        enc: SparseCodebook = t.encoding
+        self.streams = {"codes": stored["codes"], "gaps": stored["gaps"]}
+        positions, codes = enc.positions(stored)
+        self.params["centroids"] = torch.tensor(np.asarray(stored["centroids"], np.float64), dtype=dtype)
+        self.buffers["positions"] = torch.from_numpy(positions)
+        self.buffers["codes"] = torch.from_numpy(codes)
+
+    def value(self) -> torch.Tensor:
+        c = self.params["centroids"]
+        flat = torch.zeros(self.type.numel, dtype=c.dtype, device=c.device)
+        flat = flat.index_put((self.buffers["positions"],), c[self.buffers["codes"]])
+        return flat.reshape(self.type.shape)
+
+    def stored(self, context: dict[str, Any]) -> tuple[TensorType, Any]:
+        c = self.params["centroids"].detach().cpu().numpy().astype(np.float32)
+        return self.type, {**self.streams, "centroids": c}
+
+
 def make_form(
     t: TensorType, stored: Any, dtype: torch.dtype, *, is_weight: bool, trainable: bool, learn_scales: bool, where: str
 ) -> Form:
@@ -345,6 +423,10 @@ def make_form(
         return BinaryForm(t, stored, dtype)
     if isinstance(enc, Ternary):
         return TernaryForm(t, stored, dtype)
+    if isinstance(enc, Codebook):
+        return CodebookForm(t, stored, dtype)
+    if isinstance(enc, SparseCodebook):
+        return SparseCodebookForm(t, stored, dtype)
     raise McirError(
         f"{where}: the encoding #{enc.name} has no training form in mcir.train; "
         "train before the pass that introduces it, or add a Form for it in mcir/train/forms.py"

@@ -182,6 +182,13 @@ def _constant(g: Graph, name: str, sig: str, shape: tuple[int, ...], rng: np.ran
 
         t, parts = cluster_weight(dense, 4, "layer", int8=True)  # an int8 grid: the dynamic kernel needs it
         return g.const(name, parts, t)
+    if enc == "sparse_codebook":
+        from mcir.passes.cluster import cluster_sparse_weight
+
+        flat = dense.reshape(-1).copy()
+        flat[1::3] = 0  # a third pruned: gaps of 0 and 1
+        t, parts = cluster_sparse_weight(flat.reshape(shape), 5)
+        return g.const(name, parts, t)
     encodings = {"binary": Binary(0), "ternary": Ternary(0), "int4": Int4(32), "int2": Int2(32), "pow2": Pow2(4)}
     t = TensorType(shape, dtypes.ALL[dtype], encodings[enc])
     return g.const(name, t.encode(dense), t)
