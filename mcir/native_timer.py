@@ -163,11 +163,11 @@ def _time_native(call: Any, repeats: int, repeat_seconds: float, max_calls: int)
             raise RuntimeCallError(f"the model returned status {status} in the native timing loop")
         return np.array(ns[:count], np.float64) * 1e-9
 
-    # calibrate: double the calls until one repeat lasts repeat_seconds (warms caches on the way)
+    loop(1, min(repeats, 3))  # warm up: the first call pays for cold caches and page faults (~100x a warm one)
+    # calibrate: double the calls until a repeat lasts repeat_seconds; the fastest of 3 tries, so that one
+    # repeat interrupted by another process does not stop the doubling early
     calls = 1
-    while calls < max_calls:
-        if loop(calls, 1)[0] >= repeat_seconds:
-            break
+    while calls < max_calls and loop(calls, min(repeats, 3)).min() < repeat_seconds:
         calls *= 2
     per_call = loop(calls, repeats) / calls
     return Timing(float(np.median(per_call)), NATIVE, calls, per_call)

@@ -33,7 +33,9 @@ def slow_lib(tmp_path_factory):
 
 def test_native_timing_reports_its_method_and_one_value_per_repeat(small_lib):
     t = time_library(small_lib, method=NATIVE, repeats=7)
-    assert t.method == NATIVE and len(t.per_call) == 7 and t.calls >= 1
+    assert t.method == NATIVE and len(t.per_call) == 7
+    # ~1 µs calls in repeats of ~0.2 ms: many calls per repeat (a cold first call must not end calibration)
+    assert t.calls >= 16
     assert t.seconds == pytest.approx(float(np.median(t.per_call)))
     # sane: more than a nanosecond (50k multiply-adds), less than a millisecond
     assert 1e-9 < t.seconds < 1e-3

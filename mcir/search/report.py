@@ -37,7 +37,10 @@ def plot(out: Path, trials: list[dict[str, Any]], baseline: dict[str, Any], best
 
     ok = [t for t in trials if t["status"] == "ok"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, key, label in ((axes[0], "weight_bytes", "library weight bytes"), (axes[1], "latency_us", "latency (µs)")):
+    method = str(baseline.get("latency_method") or "")
+    timed = "native loop" if method.startswith("native") else "per Python call" if method else ""
+    latency_label = f"latency (µs, {timed})" if timed else "latency (µs)"
+    for ax, key, label in ((axes[0], "weight_bytes", "library weight bytes"), (axes[1], "latency_us", latency_label)):
         for feasible, colour in ((True, "tab:blue"), (False, "tab:gray")):
             sel = [t for t in ok if t["feasible"] == feasible]
             ax.scatter(
