@@ -71,17 +71,26 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/mcir-search-digits")
     parser.add_argument("--skip-resume", action="store_true")
     parser.add_argument("--skip-ray", action="store_true")
+    parser.add_argument("--side-trials", type=int, default=6, help="trials of the Ray and the resume searches")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="continue the studies in OUT (a search that holds its trials only recompiles)",
+    )
     args = parser.parse_args()
     out = Path(args.out)
-    if out.exists():
+    if out.exists() and not args.keep:
         shutil.rmtree(out)
-    out.mkdir(parents=True)
-    model, _ = train()
+    out.mkdir(parents=True, exist_ok=True)
     x_train, y_train, x_test, y_test = load_data()
-    graph = mcir.trace(model, (torch.zeros(1, 64),))
-    mcir.save(graph, out / "model")
-    np.savez(out / "train.npz", x=x_train, y=y_train)
-    np.savez(out / "test.npz", x=x_test, y=y_test)
+    if (out / "model").exists() and args.keep:
+        graph = mcir.load(out / "model")  # the model the kept studies searched
+    else:
+        model, _ = train()
+        graph = mcir.trace(model, (torch.zeros(1, 64),))
+        mcir.save(graph, out / "model")
+        np.savez(out / "train.npz", x=x_train, y=y_train)
+        np.savez(out / "test.npz", x=x_test, y=y_test)
     base_lib = mcir.compile(graph, out / "fp32")
     base = {"bytes": base_lib.weight_bytes, "acc": native_accuracy(base_lib, (x_test, y_test))}
     base["us"] = latency_us(base_lib)
@@ -135,12 +144,14 @@ def main() -> None:
             f"| {us[2]:.2f} µs ({us[3]:.2f}) | {us[3] / us[2]:.1f}x | {counts} | {minutes:.1f} |"
         )
     if not args.skip_ray:
-        ray_search(common, out)
+        ray_search(common, out, args.side_trials)
     if args.skip_resume:
         return
     # kill a search after its second recorded trial, then start it again: it continues the same study
     target = out / "resume"
-    cmd = ["search", *common[:-1], "6", "--objective", "size", "-o", str(target)]
+    if target.exists():
+        shutil.rmtree(target)
+    cmd = ["search", *common[:-1], str(args.side_trials), "--objective", "size", "-o", str(target)]
     proc = mcir_cli(*cmd, stderr=subprocess.DEVNULL, start_new_session=True)
     while recorded(target / "study.db") < 2 and proc.poll() is None:
         time.sleep(0.5)
@@ -155,7 +166,7 @@ def main() -> None:
     )
 
 
-def ray_search(common: list[str], out: Path) -> None:
+def ray_search(common: list[str], out: Path, trials: int) -> None:
     """The same kind of search on a local Ray with 2 workers: every trial recorded in the one study."""
     try:
         import ray  # noqa: F401
@@ -163,7 +174,21 @@ def ray_search(common: list[str], out: Path) -> None:
         print("\nray: not installed in this environment; the Ray executor was not run")
         return
     target = out / "ray"
-    cmd = ["search", *common[:-1], "6", "--objective", "size", "--executor", "ray", "--workers", "2", "-o", str(target)]
+    if target.exists():
+        shutil.rmtree(target)
+    cmd = [
+        "search",
+        *common[:-1],
+        str(trials),
+        "--objective",
+        "size",
+        "--executor",
+        "ray",
+        "--workers",
+        "2",
+        "-o",
+        str(target),
+    ]
     t0 = time.perf_counter()
     rc = mcir_cli(*cmd, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL).wait()
     trials = json.loads((target / "search.json").read_text())["trials"] if rc == 0 else []
