@@ -34,6 +34,7 @@ def plot(out: Path, trials: list[dict[str, Any]], baseline: dict[str, Any], best
 
     matplotlib.use("Agg")  # files only: no display on a build machine
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     ok = [t for t in trials if t["status"] == "ok"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -58,6 +59,7 @@ def plot(out: Path, trials: list[dict[str, Any]], baseline: dict[str, Any], best
         if best is not None:
             ax.scatter([best[key]], [100 * best["accuracy"]], marker="*", s=160, c="tab:red", label="best")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap on a short range
         ax.set_xlabel(label)
         ax.set_ylabel("native accuracy (%)")
         ax.grid(True, alpha=0.3)
