@@ -536,11 +536,15 @@ def cmd_search(args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
         seed=args.seed,
         latency_runs=args.latency_runs,
+        timing=args.timing,
+        narrow=not args.no_narrow,
+        progress=args.progress,
     )
     base = result.baseline
     print(
         f"fp32: {base['weight_bytes']} B, {base['latency_us']:.2f} µs, {100 * base['accuracy']:.2f}% on {base['cpu']}"
     )
+    print(f"latency: {base['latency_method']}")
     if result.best is None:
         print(f"no trial met the constraints; every trial is in {result.out / 'search.json'}")
         return 0
@@ -665,7 +669,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="trials at once (processes or Ray CPUs; default 1)")
     p.add_argument("--ray-address", help="a running Ray cluster (auto, ray://HOST:10001); default: start one")
     p.add_argument("--seed", type=int, default=0, help="sampler seed")
-    p.add_argument("--latency-runs", type=int, default=200, help="timed calls per latency measurement")
+    p.add_argument(
+        "--latency-runs", type=int, default=200, help="timed samples per latency: native repeats or Python calls"
+    )
+    p.add_argument(
+        "--timing",
+        choices=("auto", "native", "python"),
+        default="auto",
+        help="latency: the entry point in a native C loop (auto when a C compiler exists) or per call from Python",
+    )
+    p.add_argument("--no-narrow", action="store_true", help="every per-layer option (no sensitivity narrowing)")
+    p.add_argument("--progress", choices=("auto", "bar", "lines"), default="auto", help="a bar or a line per trial")
     p.set_defaults(fn=cmd_search)
 
     p = sub.add_parser("bench", help="time a compiled library (median latency with spread)")

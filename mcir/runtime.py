@@ -325,6 +325,10 @@ class Library:
                 self._raise(status)
 
         call.buffers = (ins, outs, tables)  # type: ignore[attr-defined]  # alive as long as the closure
+        # what a native caller needs to make the same call (mcir.native_timer): the entry point's address and
+        # its three arguments; the workspace is the binding thread's, so such a caller must run on this thread
+        entry = ctypes.cast(run, ctypes.c_void_p).value
+        call.native = (entry, in_address, out_address, local.ws_address)  # type: ignore[attr-defined]
         return call
 
     def run_into(self, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> None:

@@ -149,7 +149,10 @@ def layer_sensitivity(
     ``inputs`` are batches shaped like the graph's inputs (they also calibrate ``int8``);
     ``targets`` (one array of class indices per batch) add the accuracy column.
     """
-    import mcir
+    # the modules themselves, not the facade: `mcir` imports mcir.search, which uses this module
+    from mcir.instrument import run_passes
+    from mcir.interp import interpret
+    from mcir.stats import stats
 
     chosen = list(TECHNIQUES) if techniques is None else techniques
     unknown = [t for t in chosen if t not in TECHNIQUES]
@@ -164,7 +167,7 @@ def layer_sensitivity(
         raise McirError(f"graph @{graph.name} has no weighted layer (linear or conv2d with a float weight)")
 
     def outputs(g: Graph) -> list[np.ndarray]:
-        return [np.asarray(mcir.interpret(g, *xs)[0]) for xs in inputs]
+        return [np.asarray(interpret(g, *xs)[0]) for xs in inputs]
 
     def accuracy(outs: list[np.ndarray]) -> float | None:
         if targets is None:
@@ -173,20 +176,20 @@ def layer_sensitivity(
         return right / sum(int(np.asarray(t).size) for t in targets)
 
     reference = outputs(graph)
-    result = Sensitivity(accuracy(reference), mcir.stats(graph).weight_bytes, chosen, [])
+    result = Sensitivity(accuracy(reference), stats(graph).weight_bytes, chosen, [])
     calibration = inputs[:16]
     for layer in layers:
         weight = layer.operands[1]
         row = LayerRow(layer.loc.module or layer.result.name, weight.name, weight.type.numel)
         skip = only(layer, layers)
         for technique in chosen:
-            compressed = mcir.run_passes(graph, TECHNIQUES[technique].format(skip=skip), calibration=calibration)
+            compressed = run_passes(graph, TECHNIQUES[technique].format(skip=skip), calibration=calibration)
             if _untouched(graph, compressed, weight.name):
                 row.cells[technique] = None
                 continue
             outs = outputs(compressed)
             sq = sqnr_db(np.concatenate([r.ravel() for r in reference]), np.concatenate([o.ravel() for o in outs]))
-            row.cells[technique] = Cell(accuracy(outs), sq, mcir.stats(compressed).weight_bytes)
+            row.cells[technique] = Cell(accuracy(outs), sq, stats(compressed).weight_bytes)
         result.rows.append(row)
     return result
 

@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from mcir.errors import McirError
+from mcir.search.progress import Progress
 from mcir.search.report import plot, write_json
-from mcir.search.space import suggest_pipeline
+from mcir.search.space import Space, suggest_pipeline
 from mcir.search.trial import graph_files, run_trial
 
 STUDY_NAME = "mcir-search"
@@ -86,6 +87,24 @@ def _constraints(m: dict[str, Any], base_acc: float, max_drop: float | None, max
     ]
 
 
+def _study_space(study: Any, graph: Any, samples: tuple[np.ndarray, ...], max_drop: float | None, narrow: bool,
+                 log: Any) -> Space:  # fmt: skip
+    """The study's space: made (and stored in the study) when it is new, read back when it is resumed,
+    so that every trial of a study asks the same questions whatever the later run's options."""
+    stored = study.user_attrs.get("space")
+    if stored is not None:
+        return Space.from_json(stored)
+    if narrow:
+        budget = max_drop if max_drop is not None else 0.01
+        space, sensitivity = narrowed_space(graph, samples, budget)
+        study.set_user_attr("sensitivity", sensitivity)
+        print(f"space narrowed by per-layer sensitivity (budget {100 * budget:g} pt):\n{space.table()}", file=log)
+    else:
+        space = Space.unnarrowed(_layer_names(graph))
+    study.set_user_attr("space", space.to_json())
+    return space
+
+
 def _requeue_interrupted(study: Any) -> int:
     """Mark RUNNING trials left by a killed run as FAIL and queue their choices again."""
     import optuna
@@ -121,6 +140,7 @@ def _trial_rows(study: Any) -> list[dict[str, Any]]:
                 "feasible": bool(a.get("constraints")) and all(c <= 0 for c in a["constraints"]),
                 "seconds": a.get("seconds"),
                 "cpu": a.get("cpu"),
+                "latency_method": a.get("latency_method"),
                 "host": a.get("host"),
                 "error": a.get("error"),
             }
@@ -138,20 +158,29 @@ def _best(rows: list[dict[str, Any]], objectives: list[str]) -> dict[str, Any] |
     return min(ok, key=lambda r: (sign * r[key], -r["accuracy"], r["weight_bytes"], r["number"]))
 
 
-def _progress(done: int, total: int, row: dict[str, Any], best: dict[str, Any] | None, base: dict[str, Any]) -> str:
-    if row["status"] == "ok":
-        what = f"{row['weight_bytes'] / 1024:.1f} KiB, {row['latency_us']:.1f} µs, {100 * row['accuracy']:.2f}%" + (
-            "" if row["feasible"] else " (infeasible)"
-        )
-    else:
-        what = f"failed: {str(row.get('error'))[:80]}"
-    line = f"[{done}/{total}] {row['pipeline']}: {what}"
-    if best is not None:
-        line += (
-            f" | best {base['weight_bytes'] / best['weight_bytes']:.1f}x smaller, "
-            f"{base['latency_us'] / best['latency_us']:.1f}x faster, {100 * best['accuracy']:.2f}%"
-        )
-    return line
+def narrowed_space(
+    graph: Any, samples: tuple[np.ndarray, ...], budget: float, count: int = 256
+) -> tuple[Space, dict[str, Any]]:
+    """The space narrowed by the per-layer sensitivity of ``graph`` on the first ``count`` samples (x..., y),
+    and the analysis as data (for search.json)."""
+    from mcir.analysis.sensitivity import layer_sensitivity
+    from mcir.interp import check_input
+
+    n = min(count, len(samples[0]))
+    inputs = [
+        tuple(check_input(v, x[i : i + 1].reshape(v.type.shape)) for v, x in zip(graph.inputs, samples[:-1]))
+        for i in range(n)
+    ]
+    targets = [samples[-1][i : i + 1] for i in range(n)]
+    with contextlib.redirect_stderr(io.StringIO()):  # the passes' warnings (one per layer and technique)
+        sensitivity = layer_sensitivity(graph, inputs, targets)
+    return Space.from_sensitivity(sensitivity, budget), sensitivity.to_json()
+
+
+def _layer_names(graph: Any) -> list[str]:
+    from mcir.analysis.layers import layer_names, weighted_layers
+
+    return list(dict.fromkeys(layer_names(op)[0] for op in weighted_layers(graph)))
 
 
 def search(
@@ -170,6 +199,9 @@ def search(
     seed: int = 0,
     example_inputs: Any = None,
     latency_runs: int = 200,
+    timing: str = "auto",
+    narrow: bool = True,
+    progress: str = "auto",
     log: Any = None,
 ) -> SearchResult:
     """Search compression pipelines for ``model_or_graph`` (a Graph, or a torch module with
@@ -183,6 +215,13 @@ def search(
     required (accuracy is measured on it); ``data=`` enables finetune/distill in the space.
     Writes ``out/study.db``, ``out/search.json``, ``out/pareto.{png,svg}`` and the best library
     ``out/<graph name>.so/.h/.o``.
+
+    ``timing``: how latency is measured (``mcir.native_timer``): ``auto`` (the entry point in a native
+    loop when a C compiler exists, else per call from Python), ``native`` or ``python``.
+    ``narrow``: narrow the per-layer options by the sensitivity analysis (on ``data=``'s first 256
+    samples, else ``eval=``'s) when the study is created; a resumed study keeps its space.
+    ``progress``: ``bar`` (tqdm if installed, else an in-place bar), ``lines`` (a line per trial) or
+    ``auto`` (a bar on a terminal, lines otherwise).
     """
     import optuna
 
@@ -210,12 +249,12 @@ def search(
     files = graph_files(graph)
 
     # the fp32 library: the reference for the accuracy drop and the "x smaller / x faster" figures
-    base = run_trial(files, "", None, test, None, latency_runs)
+    base = run_trial(files, "", None, test, None, latency_runs, timing)
     if base["status"] != "ok":
         raise McirError(f"search: the uncompressed model does not compile and run: {base['error']}")
     print(
         f"fp32: {base['weight_bytes'] / 1024:.1f} KiB, {base['latency_us']:.1f} µs, {100 * base['accuracy']:.2f}% "
-        f"on {base['cpu']}",
+        f"on {base['cpu']} (latency: {base['latency_method']})",
         file=log,
         flush=True,
     )
@@ -230,6 +269,7 @@ def search(
             f"search: {out / 'study.db'} holds a study with objectives {[d.name.lower() for d in probe.directions]}; "
             f"objective {objective!r} needs {directions}: use another -o folder"
         )
+    space = _study_space(probe, graph, train if train is not None else test, max_drop, narrow, log)
     requeued = _requeue_interrupted(probe)
     recorded = len(_trial_rows(probe))
     if len(names) == 1:
@@ -252,13 +292,14 @@ def search(
     running: dict[Any, Any] = {}
     rows = _trial_rows(study)
     best = _best(rows, names)
+    bar = Progress(trials, recorded, base, log, progress)
     try:
         while pool is not None and (recorded + len(running) < trials or running):
             while recorded + len(running) < trials and len(running) < workers:
                 trial = study.ask()
-                pipeline = suggest_pipeline(trial, train=train is not None)
+                pipeline = suggest_pipeline(trial, space, train=train is not None)
                 trial.set_user_attr("pipeline", pipeline)
-                running[pool.submit(files, pipeline, train, test, calibration, latency_runs)] = trial
+                running[pool.submit(files, pipeline, train, test, calibration, latency_runs, timing)] = trial
             for handle, result in pool.wait(list(running)):
                 trial = running.pop(handle)
                 _record(study, trial, result, base, names, max_drop, max_bytes, max_latency_us)
@@ -266,8 +307,9 @@ def search(
                 rows = _trial_rows(study)
                 best = _best(rows, names)
                 row = next(r for r in rows if r["number"] == trial.number)
-                print(_progress(recorded, trials, row, best, base), file=log, flush=True)
+                bar.update(row, best)
     finally:
+        bar.close()
         if pool is not None:
             pool.close()
 
@@ -287,7 +329,8 @@ def search(
     summary = {
         "objective": names,
         "constraints": {"max_drop": max_drop, "max_bytes": max_bytes, "max_latency_us": max_latency_us},
-        "baseline": {k: base[k] for k in ("weight_bytes", "latency_us", "accuracy", "cpu", "host")},
+        "baseline": {k: base[k] for k in ("weight_bytes", "latency_us", "latency_method", "accuracy", "cpu", "host")},
+        "space": {"layers": space.to_json(), "sensitivity": probe.user_attrs.get("sensitivity")},
         "best": best["pipeline"] if best else None,
         "best_trial": best,
         "best_recompiled": verified,
@@ -311,7 +354,7 @@ def _record(study: Any, trial: Any, result: dict[str, Any], base: dict[str, Any]
     """Tell the study one trial's result: attributes first, then values and state in one transaction."""
     import optuna
 
-    for key in ("cpu", "host", "seconds", "error", "traceback"):
+    for key in ("cpu", "host", "seconds", "error", "traceback", "latency_method"):
         if result.get(key) is not None:
             trial.set_user_attr(key, result[key])
     if result.get("status") != "ok":

@@ -34,10 +34,14 @@ def plot(out: Path, trials: list[dict[str, Any]], baseline: dict[str, Any], best
 
     matplotlib.use("Agg")  # files only: no display on a build machine
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     ok = [t for t in trials if t["status"] == "ok"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, key, label in ((axes[0], "weight_bytes", "library weight bytes"), (axes[1], "latency_us", "latency (µs)")):
+    method = str(baseline.get("latency_method") or "")
+    timed = "native loop" if method.startswith("native") else "per Python call" if method else ""
+    latency_label = f"latency (µs, {timed})" if timed else "latency (µs)"
+    for ax, key, label in ((axes[0], "weight_bytes", "library weight bytes"), (axes[1], "latency_us", latency_label)):
         for feasible, colour in ((True, "tab:blue"), (False, "tab:gray")):
             sel = [t for t in ok if t["feasible"] == feasible]
             ax.scatter(
@@ -55,6 +59,7 @@ def plot(out: Path, trials: list[dict[str, Any]], baseline: dict[str, Any], best
         if best is not None:
             ax.scatter([best[key]], [100 * best["accuracy"]], marker="*", s=160, c="tab:red", label="best")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap on a short range
         ax.set_xlabel(label)
         ax.set_ylabel("native accuracy (%)")
         ax.grid(True, alpha=0.3)

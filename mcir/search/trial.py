@@ -40,21 +40,21 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def measure(lib: Any, eval_arrays: tuple[np.ndarray, ...], latency_runs: int) -> dict[str, Any]:
-    """Native bytes, median latency (µs over ``latency_runs`` calls) and accuracy of a loaded library."""
+def measure(lib: Any, eval_arrays: tuple[np.ndarray, ...], latency_runs: int, timing: str = "auto") -> dict[str, Any]:
+    """Native bytes, median latency and accuracy of a loaded library.
+
+    Latency (µs per call) is timed by ``mcir.native_timer``: with ``timing="auto"`` the entry point
+    in a native loop (``latency_runs`` short repeats), or, without a C compiler, ``latency_runs``
+    calls timed from Python; ``latency_method`` says which.
+    """
+    from mcir.native_timer import time_library
     from mcir.train.run import native_accuracy
 
-    call = lib.bind(lib.example_inputs(), [np.empty(d.shape, d.dtype) for d in lib.outputs])
-    for _ in range(max(5, latency_runs // 10)):  # warm caches and branch predictors first
-        call()
-    times = []
-    for _ in range(latency_runs):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
+    t = time_library(lib, method=timing, repeats=latency_runs, python_runs=latency_runs)
     return {
         "weight_bytes": int(lib.weight_bytes),
-        "latency_us": float(np.median(times) * 1e6),
+        "latency_us": t.seconds * 1e6,
+        "latency_method": t.description,
         "accuracy": float(native_accuracy(lib, eval_arrays)),
     }
 
@@ -66,8 +66,10 @@ def run_trial(
     eval_arrays: tuple[np.ndarray, ...],
     calibration: list[tuple[np.ndarray, ...]] | None,
     latency_runs: int = 200,
+    timing: str = "auto",
 ) -> dict[str, Any]:
-    """Compress the graph with ``pipeline``, compile it into a temporary folder and measure it."""
+    """Compress the graph with ``pipeline``, compile it into a temporary folder and measure it
+    (``timing``: how latency is timed, see ``measure``)."""
     from mcir.codegen import compile as compile_graph  # lazy: llvmlite, in the worker only
     from mcir.instrument import run_passes
     from mcir.serialize import load
@@ -94,7 +96,7 @@ def run_trial(
                 context["calibration"] = calibration
             compressed = run_passes(graph, pipeline, **context) if pipeline else graph
             lib = compile_graph(compressed, Path(tmp) / "trial")
-            result.update(measure(lib, eval_arrays, latency_runs))
+            result.update(measure(lib, eval_arrays, latency_runs, timing))
         result["status"] = "ok"
     except Exception as e:  # any failure of a candidate is a result to record, not a crash
         result["status"] = "fail"

@@ -20,11 +20,12 @@ optuna = pytest.importorskip("optuna", reason="mcir search needs optuna: pip ins
 
 import mcir  # noqa: E402
 import mcir.search.driver as driver  # noqa: E402
+from mcir import native_timer  # noqa: E402
 from mcir.cli import load_calibration  # noqa: E402
 from mcir.errors import McirError  # noqa: E402
 from mcir.passes import build_pipeline  # noqa: E402
 from mcir.search.report import pareto_front  # noqa: E402
-from mcir.search.space import suggest_pipeline  # noqa: E402
+from mcir.search.space import Space, suggest_pipeline  # noqa: E402
 from mcir.search.trial import graph_files, run_trial  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,16 +48,19 @@ def _search(task, out: Path, trials: int, **kw):
     )
 
 
+SPACE = Space.unnarrowed(["fc1", "fc2", "fc3"])
+
+
 def test_every_point_of_the_space_is_a_pipeline_mcir_accepts():
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen = set()
     for _ in range(200):
         trial = study.ask()
-        text = suggest_pipeline(trial)
+        text = suggest_pipeline(trial, SPACE)
         assert build_pipeline(text), text  # parses and builds every pass with its options
-        seen.add(trial.params["weights"])
+        seen.add(trial.params["storage"])
         study.tell(trial, 0.0)
-    assert seen == {"f32", "quant8", "int4", "cluster", "binarize"}
+    assert seen == {"f32", "bits", "cluster", "binary"}
 
 
 def test_without_training_data_the_space_has_no_finetune_or_distill():
@@ -64,7 +68,7 @@ def test_without_training_data_the_space_has_no_finetune_or_distill():
     texts = []
     for _ in range(50):
         trial = study.ask()
-        texts.append(suggest_pipeline(trial, train=False))
+        texts.append(suggest_pipeline(trial, SPACE, train=False))
         study.tell(trial, 0.0)
     assert not any("finetune" in t or "distill" in t for t in texts)
 
@@ -118,7 +122,7 @@ def test_starting_again_continues_the_study_and_reruns_an_interrupted_trial(task
     storage = f"sqlite:///{out / 'study.db'}"
     study = optuna.load_study(study_name=driver.STUDY_NAME, storage=storage)
     killed = study.ask()
-    killed_pipeline = suggest_pipeline(killed)
+    killed_pipeline = suggest_pipeline(killed, Space.from_json(study.user_attrs["space"]))
     killed.set_user_attr("pipeline", killed_pipeline)
 
     _search(task, out, trials=3, seed=5)
@@ -131,7 +135,7 @@ def test_starting_again_continues_the_study_and_reruns_an_interrupted_trial(task
 
 
 def test_a_failed_trial_is_recorded_with_its_error(task, tmp_path, monkeypatch):
-    monkeypatch.setattr(driver, "suggest_pipeline", lambda trial, train=True: "prune(sparsity=2.0)")
+    monkeypatch.setattr(driver, "suggest_pipeline", lambda trial, space, train=True: "prune(sparsity=2.0)")
     result = _search(task, tmp_path / "out", trials=1)
     (row,) = result.trials
     assert row["status"] == "fail" and "sparsity" in row["error"]
@@ -158,12 +162,15 @@ def test_cli_search_writes_the_same_files(task, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "mcir.cli", "search", str(tmp_path / "model"), "--data", str(tmp_path / "train.npz")]
     cmd += ["--eval", str(tmp_path / "test.npz"), "--objective", "latency", "--max-drop", "0.05", "--trials", "2"]
-    cmd += ["--latency-runs", "20", "-o", str(tmp_path / "out")]
+    cmd += ["--latency-runs", "20", "--progress", "lines", "-o", str(tmp_path / "out")]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((tmp_path / "out" / "search.json").read_text())
     assert summary["objective"] == ["latency"] and len(summary["trials"]) == 2
     assert "[2/2]" in proc.stderr  # the progress line
+    assert "space narrowed by per-layer sensitivity" in proc.stderr
+    if native_timer.available():  # latency is the kernel's, timed in a native loop
+        assert "native loop" in proc.stdout and summary["baseline"]["latency_method"].startswith("native loop")
     if summary["best"]:
         assert f"best: '{summary['best']}'" in proc.stdout
 
