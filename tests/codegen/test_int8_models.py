@@ -3,10 +3,12 @@ encoder of ``tests/models.py`` against the interpreter of the quantised graph, a
 against the float model (SQNR), plus the size of the weights in the library.
 
 Bounds: every u8 activation inside the quantised graph within 1 LSB of the interpreter;
-the f32 model outputs within ``MODEL_RTOL`` of the largest interpreter output (a 1 LSB
-difference at a rounding tie moves the float outputs by a fraction of the last layer's
-input step); SQNR of the native outputs against the float PyTorch model >= 30 dB for the
-CNN and the encoder.
+the f32 model output within ``MODEL_RTOL`` of the largest interpreter output plus what the
+1-LSB differences of the last layer's u8 input explain, ``sum_k |w_ck| · s_x · |Δq_k|`` (one
+rounding tie flipped just before the head moves the outputs by a whole input step: on the
+4-layer encoder that alone is 0.1-0.7 % of the largest output, with or without the int8
+attention and layer norms, depending on the input drawn); SQNR of the native outputs against
+the float PyTorch model >= 30 dB for the CNN and the encoder.
 """
 
 from __future__ import annotations
@@ -64,14 +66,31 @@ def check_model(name: str, tmp_path, benchmark: bool = False) -> float:
     native = build(q, tmp_path)(*xs)
     refs = mcir.interpret(q, *xs)
     got, ref = native[0], refs[0]
-    err = float(np.abs(got - ref).max()) / float(np.abs(ref).max())
-    assert err <= MODEL_RTOL, f"{name}: native vs interpreter relative error {err:.3g}"
     for v, n8, r8 in zip(inner, native[1:], refs[1:]):
         diff = np.abs(n8.astype(np.int64) - r8.astype(np.int64))
         assert diff.max() <= 1, f"{name}: %{v.name} differs by {diff.max()} LSB"
+    explained = _explained_by_input_flips(q, inner, native[1:], refs[1:])
+    err = float(np.abs(got - ref).max())
+    bound = MODEL_RTOL * float(np.abs(ref).max()) + explained
+    assert err <= bound, (
+        f"{name}: native vs interpreter error {err:.3g} > {bound:.3g} (input flips explain {explained:.3g})"
+    )
     with torch.no_grad():
         want = model(*(torch.from_numpy(x) for x in xs)).numpy()
     return sqnr_db(want, got)
+
+
+def _explained_by_input_flips(q, inner, native, refs) -> float:
+    """How far the f32 output may move because its layer's u8 input differs (by <= 1 LSB, checked
+    above) between native and interpreter: max over outputs c of sum_k |w_ck| · s_x · |Δq_k|."""
+    out = q.outputs[0].producer
+    x = out.operands[0] if out.name == "linear" else None
+    if x is None or x not in inner:
+        return 0.0
+    i = inner.index(x)
+    dq = np.abs(native[i].astype(np.int64) - refs[i].astype(np.int64)).reshape(-1, x.type.shape[-1])
+    w = np.abs(out.operands[1].type.decode(out.operands[1].producer.data)).astype(np.float64)
+    return float((dq @ w.T).max()) * x.type.encoding.scale
 
 
 def test_mlp(tmp_path):

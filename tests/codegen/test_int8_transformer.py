@@ -12,7 +12,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import mcir
 from mcir import dtypes
 from mcir.encodings import Quant
 from mcir.ir import Graph
