@@ -58,14 +58,14 @@ QQ, QK, QV = Quant(scale=0.02, zero_point=128), Quant(scale=0.025, zero_point=12
 Y = Quant(scale=0.012, zero_point=128)
 
 
-def _attention(rng, L, S, E, mask: str, y_kind: str = "u8", u8_probs: bool = True, heads: int = 2):
+def _attention(rng, L, S, E, mask: str, y_kind: str = "u8", u8_probs: bool = True, heads: int = 2, q_kind="u8"):
     g = Graph("qsdpa")
-    q = g.add_input("q", q8((1, heads, L, E), QQ))
+    q = g.add_input("q", q8((1, heads, L, E), QQ if q_kind == "u8" else Quant(0.02, -3), q_kind))
     k = g.add_input("k", q8((1, heads, S, E), QK))
     v = g.add_input("v", q8((1, heads, S, E), QV))
     operands, inputs = (
         [q, k, v],
-        [stored(rng, (1, heads, L, E)), stored(rng, (1, heads, S, E)), stored(rng, (1, heads, S, E))],
+        [stored(rng, (1, heads, L, E), q_kind), stored(rng, (1, heads, S, E)), stored(rng, (1, heads, S, E))],
     )
     attrs = {"u8_probs": u8_probs, "is_causal": mask == "causal"}
     if mask == "padding":  # the [B, 1, L, S] bool mask of an HF encoder: the last two keys are padding
@@ -94,6 +94,11 @@ def test_int8_attention_within_one_lsb(tmp_path, rng, mask, L, S, E):
 @pytest.mark.parametrize("u8_probs", [True, False])
 def test_int8_attention_with_f32_result(tmp_path, rng, u8_probs):
     g, inputs = _attention(rng, 6, 10, 8, "padding", y_kind="f32", u8_probs=u8_probs)
+    check_int8(g, tmp_path, *inputs)
+
+
+def test_int8_attention_with_an_i8_operand(tmp_path, rng):
+    g, inputs = _attention(rng, 7, 9, 16, "causal", q_kind="i8")
     check_int8(g, tmp_path, *inputs)
 
 
