@@ -22,7 +22,9 @@ Contenders, single-threaded, interleaved in one process (see timing.py):
   embedding tables, which int8 leaves float, in f16);
 * ``torch fp32``: eager; ``torch dyn``: ``quantize_dynamic`` of ``nn.Linear`` (and ``nn.LSTM``);
 * ``ORT fp32``, ``ORT dyn``: the ``torch.onnx.export`` of the model in ONNX Runtime, the latter
-  after ``onnxruntime.quantization.quantize_dynamic`` (int8 weights).
+  after ``onnxruntime.quantization.quantize_dynamic`` (int8 weights);
+* ``ORT qdq``: ``onnxruntime.quantization.quantize_static`` in the QDQ format, int8 weights per
+  channel, u8 activations calibrated (min/max) on the same 4 inputs as ``mcir int8``.
 
 Latencies are medians over rounds; "x" columns are medians of per-round ratios against
 ``mcir int8`` (> 1: mcir int8 is faster). SQNR compares each int8 output with torch fp32.
@@ -49,15 +51,21 @@ single_thread()
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
-from onnxruntime.quantization import QuantType, quantize_dynamic  # noqa: E402
+from onnxruntime.quantization import (  # noqa: E402
+    CalibrationDataReader,
+    QuantFormat,
+    QuantType,
+    quantize_dynamic,
+    quantize_static,
+)
 
 import mcir  # noqa: E402
 from mcir.codegen import compile as compile_graph  # noqa: E402
 
 warnings.filterwarnings("ignore")  # torch.ao deprecation notices, export chatter
 
-TIMED = ("torch fp32", "torch dyn", "ORT fp32", "ORT dyn", "mcir fp32", "mcir f16", "mcir int8")
-INT8_PEERS = ("torch dyn", "ORT dyn")
+TIMED = ("torch fp32", "torch dyn", "ORT fp32", "ORT dyn", "ORT qdq", "mcir fp32", "mcir f16", "mcir int8")
+INT8_PEERS = ("torch dyn", "ORT dyn", "ORT qdq")
 #: int8 layers; what stays float (embedding tables) stored in f16
 INT8_PIPELINE = "fold,quant8,half"
 
@@ -129,18 +137,45 @@ def _session(path: str) -> ort.InferenceSession:
     return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
 
 
-def ort_models(model: torch.nn.Module, xs: tuple[torch.Tensor, ...], tmp: Path) -> dict[str, Callable]:
+class _Calibration(CalibrationDataReader):
+    """The calibration inputs of ``mcir int8``, fed to ORT's static quantiser."""
+
+    def __init__(self, names: list[str], batches: list[tuple[np.ndarray, ...]]) -> None:
+        self.feeds = iter([dict(zip(names, batch)) for batch in batches])
+
+    def get_next(self) -> dict | None:
+        return next(self.feeds, None)
+
+
+def ort_models(
+    model: torch.nn.Module, xs: tuple[torch.Tensor, ...], tmp: Path, calib: list[tuple[np.ndarray, ...]]
+) -> tuple[dict[str, Callable], list[str]]:
+    """The ORT contenders, and notes on any that could not be built (the table then says n/a)."""
     names = [f"in{i}" for i in range(len(xs))]
     buf = io.BytesIO()
     torch.onnx.export(model, xs, buf, dynamo=False, input_names=names, output_names=["y"])
     (tmp / "f32.onnx").write_bytes(buf.getvalue())
     quantize_dynamic(str(tmp / "f32.onnx"), str(tmp / "dyn.onnx"), weight_type=QuantType.QInt8)
+    files, notes = [("ORT fp32", "f32.onnx"), ("ORT dyn", "dyn.onnx")], []
+    try:
+        quantize_static(
+            str(tmp / "f32.onnx"),
+            str(tmp / "qdq.onnx"),
+            _Calibration(names, calib),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+        files.append(("ORT qdq", "qdq.onnx"))
+    except Exception as e:  # report, do not hide
+        notes.append(f"ORT static QDQ failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
     feeds = {n: x.numpy() for n, x in zip(names, xs)}
     out = {}
-    for key, file in (("ORT fp32", "f32.onnx"), ("ORT dyn", "dyn.onnx")):
+    for key, file in files:
         sess = _session(str(tmp / file))
         out[key] = lambda s=sess: s.run(None, feeds)[0]
-    return out
+    return out, notes
 
 
 def bench(name: str, batch: int, build: Path, rounds: int) -> dict:
@@ -168,7 +203,9 @@ def bench(name: str, batch: int, build: Path, rounds: int) -> dict:
     fns: dict[str, Callable] = {"torch fp32": lambda: model(*xs), "torch dyn": lambda: qdyn(*xs)}
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            fns |= ort_models(model, xs, Path(tmp))
+            ort_fns, ort_notes = ort_models(model, xs, Path(tmp), calib)
+            fns |= ort_fns
+            notes += [f"{name}: {n}" for n in ort_notes]
         except Exception as e:  # report, do not hide: the table says n/a and why
             notes.append(f"{name}: ONNX export/ORT failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
         fns["mcir fp32"], fns["mcir f16"], fns["mcir int8"] = run32, run16, run8
@@ -204,13 +241,20 @@ def bench(name: str, batch: int, build: Path, rounds: int) -> dict:
 
 def table(rows: list[dict], markdown: bool) -> str:
     head = ["model", *TIMED, "int8: best peer / mcir", "fp32: best peer / mcir", "SQNR mcir int8"]
-    head += ["SQNR torch dyn", "SQNR ORT dyn", "weights int8/f16/fp32", "f16 max rel err", "trace+quant8 / compile"]
+    head += [
+        "SQNR torch dyn",
+        "SQNR ORT dyn",
+        "SQNR ORT qdq",
+        "weights int8/f16/fp32",
+        "f16 max rel err",
+        "trace+quant8 / compile",
+    ]
     body = []
     for r in rows:
         t, q, s = r["times"], r["ratios"], r["sqnr"]
         cells = [r["model"], *[fmt_time(t[k]) if k in t else "n/a" for k in TIMED]]
         cells += [f"{q['best int8 peer']:.2f}x", f"{q['fp32: best peer / mcir']:.2f}x"]
-        cells += [f"{s[k]:.1f} dB" if k in s else "n/a" for k in ("mcir int8", "torch dyn", "ORT dyn")]
+        cells += [f"{s[k]:.1f} dB" if k in s else "n/a" for k in ("mcir int8", "torch dyn", "ORT dyn", "ORT qdq")]
         w8, w32 = r["weights"]
         w16, err16 = r["f16"]
         cells += [

@@ -660,6 +660,16 @@ def attention_cases() -> list[Case]:
                 f"fully-masked-row-{kind}",
             )
         )
+
+    def u8_probs(q, k, v, m):
+        # the int8 kernel's meaning: the probabilities on the u8 grid k/255 before @ v
+        p = torch.softmax((q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5).masked_fill(~m, -torch.inf), -1)
+        return (torch.round(p.double() * 255) / 255).to(p.dtype) @ v
+
+    q, k, v = randn(2, 6, 8), randn(2, 7, 8), randn(2, 7, 5)
+    mask = randbool(2, 6, 7)
+    mask[..., 0] = True
+    cases.append(Case("scaled_dot_product_attention", (q, k, v, mask), {"u8_probs": True}, u8_probs, "u8-probs"))
     return cases
 
 

@@ -475,6 +475,9 @@ def _attention(ex: _Exporter, op: Op, ins: list[str], out: str | None) -> str:
         else:
             scores = ex.node("Add", [scores, ins[3]])
     weights = ex.node("Softmax", [scores], axis=-1)
+    if op.attrs["u8_probs"]:  # the probabilities on the u8 grid k/255, as the reference rounds them
+        step, zero = ex.floats("prob_scale", 1.0 / 255.0), ex.constant(f"{op.result.name}.prob_zp", np.uint8(0))
+        weights = ex.node("DequantizeLinear", [ex.node("QuantizeLinear", [weights, step, zero]), step, zero])
     return ex.node("MatMul", [weights, ins[2]], out)
 
 

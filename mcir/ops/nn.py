@@ -425,7 +425,7 @@ def embedding(indices, weight):
     return rows.astype(np.float32) if rows.dtype in (dtypes.f16.np, dtypes.bf16.np) else rows
 
 
-def _sdpa_infer(types: list[TensorType], is_causal, scale) -> TensorType:
+def _sdpa_infer(types: list[TensorType], is_causal, scale, u8_probs) -> TensorType:
     q, k, v = types[:3]
     for t, n in ((q, "query"), (k, "key"), (v, "value")):
         _need_float(t, n)
@@ -454,13 +454,17 @@ def _sdpa_infer(types: list[TensorType], is_causal, scale) -> TensorType:
     attrs={
         "is_causal": Attr("bool", False, "mask out future positions"),
         "scale": Attr("float?", None, "score scale, none for 1/sqrt(head size)", finite=True),
+        "u8_probs": Attr(
+            "bool", False, "round the softmax probabilities to u8 (p ≈ k/255) before @ v, as the int8 kernel does"
+        ),
     },
     infer=_sdpa_infer,
     macs=lambda t, r, **a: numel(r.shape[:-1]) * t[1].shape[-2] * (t[0].shape[-1] + r.shape[-1]),
     traits={CONTRACTION, ATTENTION},
 )
-def scaled_dot_product_attention(q, k, v, mask=None, is_causal=False, scale=None):
-    """y = softmax(q @ k^T * scale + mask) @ v; a bool mask keeps positions where true; a fully masked row gives 0"""
+def scaled_dot_product_attention(q, k, v, mask=None, is_causal=False, scale=None, u8_probs=False):
+    """y = softmax(q @ k^T * scale + mask) @ v; a bool mask keeps positions where true; a fully masked row gives 0;
+    with u8_probs, y = (rint(255 p) / 255) @ v: the probabilities on the u8 grid of the int8 kernel"""
     qf, kf, vf = (np.asarray(a, np.float64) for a in (q, k, v))
     s = (1.0 / math.sqrt(qf.shape[-1])) if scale is None else scale
     scores = np.matmul(qf, np.swapaxes(kf, -1, -2)) * s
@@ -479,6 +483,8 @@ def scaled_dot_product_attention(q, k, v, mask=None, is_causal=False, scale=None
         p = e / e.sum(axis=-1, keepdims=True)
     # a fully masked row attends to nothing: zeros, as torch gives (its _safe_softmax), not 0/0 = nan
     p = np.where(np.all(scores == -np.inf, axis=-1, keepdims=True), 0.0, p)
+    if u8_probs:
+        p = np.rint(p * 255.0) / 255.0
     return _out32(np.matmul(p, vf))
 
 

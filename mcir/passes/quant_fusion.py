@@ -27,8 +27,11 @@ from mcir.rewriter import Rewriter
 INT8_LAYERS = frozenset({"linear", "conv2d"})
 #: ops with kernels on u8 activations, run in u8 when their result feeds int8 layers anyway
 INT8_ACTIVATION_OPS = frozenset({"add", "avg_pool2d", "adaptive_avg_pool2d", "mean"})
+#: ops of the int8 transformer path (norm_i8.py, attention_i8.py) and how many leading operands are
+#: u8 activations (the rest stay f32: layer_norm's weight and bias, attention's mask)
+INT8_TRANSFORMER_OPS = {"layer_norm": 1, "scaled_dot_product_attention": 3}
 #: ops with int8 kernels that can write u8 results directly (requantisation in the epilogue)
-FUSABLE = INT8_LAYERS | {"matmul"} | INT8_ACTIVATION_OPS
+FUSABLE = INT8_LAYERS | {"matmul"} | INT8_ACTIVATION_OPS | set(INT8_TRANSFORMER_OPS)
 #: data movement and max with u8 kernels (or views): they commute with quantisation
 MOVES = frozenset({"reshape", "permute", "slice", "select", "max_pool2d"})
 #: ops a u8 value passes through unchanged in meaning: MOVES, relu/clamp (the u8 range's saturation
@@ -49,6 +52,11 @@ def _int8_operands(op: Op) -> bool:
     if op.name in INT8_LAYERS:
         acts, params = op.operands[:1], op.operands[1:]
         return _per_tensor(acts[0].type) and all(_int_param(p.type) for p in params)
+    if op.name == "layer_norm":  # u8 -> u8 and f32 -> u8 both have kernels; weight and bias stay f32
+        x = op.operands[0].type
+        return _per_tensor(x) or (x.encoding is None and x.dtype.is_float)
+    if op.name in INT8_TRANSFORMER_OPS:
+        return all(_per_tensor(v.type) for v in op.operands[: INT8_TRANSFORMER_OPS[op.name]])
     return all(_per_tensor(v.type) for v in op.operands)
 
 
@@ -130,11 +138,13 @@ FUSION = RuleSet(
 FLOAT_REASONS = {
     "graph inputs": "the model's inputs are float: one quantize where they enter",
     "graph outputs": "the graph returns f32",
-    "layer_norm": "layer_norm runs in f32 (row mean and variance); no u8-in/u8-out kernel yet",
-    "scaled_dot_product_attention": "attention (QK^T, softmax, PV) runs in f32; int8 attention covers "
-    "matmul-written attention only (quantize(attention=true))",
-    "softmax": "softmax runs in f32 (exp and the row sum)",
-    "add": "an add with a float operand or a float consumer (a residual whose other side is f32)",
+    "layer_norm": "layer_norm reads the f32 residual: a u8 residual stream (quantize(int8_norm=true)) costs "
+    "too much accuracy in deep encoders (BERT-base 32.5 -> 23.9 dB); its result is quantised once for the next layers",
+    "scaled_dot_product_attention": "attention runs in f32 here: quantize(int8_sdpa=false), or q/k/v had no "
+    "calibrated range",
+    "softmax": "softmax runs in f32 (exp and the row sum); attention written as matmuls is int8 with "
+    "quantize(attention=true) around it",
+    "add": "an add with a float operand or a float consumer: the f32 residual stream (see layer_norm)",
     "embedding": "embedding tables stay float (f16 with the half pass)",
     "gelu": "gelu has an exact u8 table kernel, but requantising its input turns a 1-LSB rounding difference of "
     "the up-projection into up to 3 LSB after it (measured on a 4-layer encoder): kept float",
@@ -151,7 +161,9 @@ def float_islands(graph: Graph) -> list[list[str]]:
             quantized["graph inputs" if src is None else src.name] += 1
     float_out: Counter[str] = Counter()
     for op in graph.compute_ops():
-        if op.name in FUSABLE and op.result.type.encoding is None and _int8_operands(op):
+        # an int8 op writing f32 (a layer_norm of f32 into f32 is no int8 op, though it could write u8)
+        reads_int8 = any(_per_tensor(v.type) for v in op.operands)
+        if op.name in FUSABLE and op.result.type.encoding is None and _int8_operands(op) and reads_int8:
             if any(v is op.result for v in graph.outputs):
                 float_out["graph outputs"] += 1
             for user in op.result.users:

@@ -108,7 +108,7 @@ def _layer_norm(x, weight=None, bias=None, dims=1, eps=1e-5):
     return F.layer_norm(x, tuple(x.shape[x.dim() - dims :]), weight, bias, eps)
 
 
-def _sdpa(q, k, v, mask=None, is_causal=False, scale=None):
+def _sdpa(q, k, v, mask=None, is_causal=False, scale=None, u8_probs=False):
     # written out (not F.scaled_dot_product_attention) to give a fully masked row 0, as the reference does
     s = (1.0 / math.sqrt(q.shape[-1])) if scale is None else scale
     scores = torch.matmul(q, k.transpose(-1, -2)) * s
@@ -120,7 +120,10 @@ def _sdpa(q, k, v, mask=None, is_causal=False, scale=None):
         scores = torch.where(mask, scores, -math.inf) if mask.dtype == torch.bool else scores + mask
     dead = torch.all(scores == -math.inf, dim=-1, keepdim=True)
     p = torch.softmax(torch.where(dead, torch.zeros_like(scores), scores), dim=-1)
-    return torch.matmul(torch.where(dead, torch.zeros_like(p), p), v)
+    p = torch.where(dead, torch.zeros_like(p), p)
+    if u8_probs:  # the reference's u8 grid, with a straight-through gradient (as fake quantisation elsewhere)
+        p = p + (torch.round(p * 255.0) / 255.0 - p).detach()
+    return torch.matmul(p, v)
 
 
 def _embedding(indices, weight):

@@ -80,13 +80,13 @@ def _sdpa(k: KernelContext) -> None:
         with em.loop(L, name="qi") as qi:
             row = em.gep(scores, b.mul(qi, i64(S)), F32)
             if causal or mask_t is not None:
-                _mask_row(k, em, row, qi, S, causal, mask_t, moff, mst if mask_t is not None else None)
+                mask_row(k, em, row, qi, S, causal, mask_t, moff, mst if mask_t is not None else None)
             softmax_row(em, row, row, S, lanes, log=False, masked_rows_zero=True)
         emit_pack_b(em, vp, Ev, 1, S, Ev, t2.nr, vpack)
         emit_gemm(em, GemmArgs(L, Ev, S, scores, S, 1, vpack, em.gep(k.out, b.mul(bi, i64(L * Ev)), F32), Ev), t2)
 
 
-def _mask_row(k: KernelContext, em: Emitter, row: ir.Value, qi: ir.Value, S: int, causal: bool, mask_t, moff, mst):
+def mask_row(k: KernelContext, em: Emitter, row: ir.Value, qi: ir.Value, S: int, causal: bool, mask_t, moff, mst):
     """Apply the causal mask and/or the given (bool or additive) mask to one score row."""
     b = em.b
     ninf = const(F32, float("-inf"))

@@ -106,48 +106,56 @@ kernel("softmax", ("f32",), scratch=_softmax_scratch)(_softmax_gen)
 kernel("log_softmax", ("f32",), scratch=_softmax_scratch)(_softmax_gen)
 
 
+def layer_norm_row(
+    em: Emitter, src: ir.Value, dst: ir.Value, d: int, lanes: int, w: ir.Value | None, bias: ir.Value | None, eps: float
+) -> None:
+    """dst = (src - mean) / sqrt(var + eps) * w + bias over one contiguous f32 row of ``d`` (two-pass
+    variance); ``dst`` may be ``src``. The int8 layer norm (norm_i8.py) runs it on a decoded row."""
+    b = em.b
+    vt = ir.VectorType(F32, lanes)
+    mean = b.fmul(reduce_row(em, src, d, lanes, "sum"), const(F32, 1.0 / d))
+    mv = em.splat(mean, lanes)
+    var = reduce_row(em, src, d, lanes, "sum", lambda v: b.fmul(b.fsub(v, mv), b.fsub(v, mv)))
+    var = b.fmul(var, const(F32, 1.0 / d))
+    rstd = em.splat(b.fdiv(const(F32, 1.0), em.call_unary("sqrt", b.fadd(var, const(F32, eps)))), lanes)
+
+    def norm(v: ir.Value, i: ir.Value) -> ir.Value:
+        y = b.fmul(b.fsub(v, mv), rstd)
+        if w is not None:
+            y = b.fmul(y, em.load(w, i, vt))
+        if bias is not None:
+            y = b.fadd(y, em.load(bias, i, vt))
+        return y
+
+    if d % lanes == 0:
+        map_row(em, src, dst, d, lanes, norm)
+        return
+    # weight/bias are d long: the masked tail must not read past them either
+    full = d - d % lanes
+    if full:
+        map_row(em, src, dst, full, lanes, norm)
+    with em.loop(d, name="t", start=full) as i:
+        y = b.fmul(b.fsub(em.load(src, i, F32), mean), b.extract_element(rstd, ir.Constant(ir.IntType(32), 0)))
+        if w is not None:
+            y = b.fmul(y, em.load(w, i, F32))
+        if bias is not None:
+            y = b.fadd(y, em.load(bias, i, F32))
+        em.store(y, dst, i)
+
+
 @kernel("layer_norm", ("f32", "f32?", "f32?"))
 def layer_norm(k: KernelContext) -> None:
     """y = (x - mean) / sqrt(var + eps) * weight + bias over the trailing ``dims`` axes (two-pass variance)."""
     em, b = k.em, k.em.b
     t = k.operand_types[0]
-    dims, eps = k.op.attrs["dims"], k.op.attrs["eps"]
-    d = math.prod(t.shape[t.rank - dims :])
+    d = math.prod(t.shape[t.rank - k.op.attrs["dims"] :])
     rows = t.numel // max(d, 1)
-    lanes = k.target.f32_lanes
     w = k.args[1] if len(k.args) > 1 else None
     bias = k.args[2] if len(k.args) > 2 else None
-    vt = ir.VectorType(F32, lanes)
     with em.loop(rows, name="row") as r:
         off = b.mul(r, i64(d))
         src, dst = em.gep(k.args[0], off, F32), em.gep(k.out, off, F32)
-        mean = b.fmul(reduce_row(em, src, d, lanes, "sum"), const(F32, 1.0 / d))
-        mv = em.splat(mean, lanes)
-        var = reduce_row(em, src, d, lanes, "sum", lambda v: b.fmul(b.fsub(v, mv), b.fsub(v, mv)))
-        var = b.fmul(var, const(F32, 1.0 / d))
-        rstd = em.splat(b.fdiv(const(F32, 1.0), em.call_unary("sqrt", b.fadd(var, const(F32, eps)))), lanes)
-
-        def norm(v: ir.Value, i: ir.Value) -> ir.Value:
-            y = b.fmul(b.fsub(v, mv), rstd)
-            if w is not None:
-                y = b.fmul(y, em.load(w, i, vt))
-            if bias is not None:
-                y = b.fadd(y, em.load(bias, i, vt))
-            return y
-
-        if d % lanes == 0:
-            map_row(em, src, dst, d, lanes, norm)
-        else:  # weight/bias are d long: the masked tail must not read past them either
-            full = d - d % lanes
-            if full:
-                map_row(em, src, dst, full, lanes, norm)
-            with em.loop(d, name="t", start=full) as i:
-                y = b.fmul(b.fsub(em.load(src, i, F32), mean), b.extract_element(rstd, ir.Constant(ir.IntType(32), 0)))
-                if w is not None:
-                    y = b.fmul(y, em.load(w, i, F32))
-                if bias is not None:
-                    y = b.fadd(y, em.load(bias, i, F32))
-                em.store(y, dst, i)
+        layer_norm_row(em, src, dst, d, k.target.f32_lanes, w, bias, k.op.attrs["eps"])
 
 
 @kernel("batch_norm", ("f32", "f32", "f32", "f32", "f32"), epilogue=True)

@@ -1,0 +1,140 @@
+"""Scaled dot-product attention on u8/i8 q, k, v: integer products, the softmax in f32 registers.
+
+The interpreter's meaning (``mcir/ops/nn.py``): decode q, k, v, ``p = softmax(q k^T · scale + mask)``,
+with ``u8_probs`` round ``p`` to the u8 grid ``rint(255 p) / 255`` (a u8 probability tensor of scale
+1/255, zero point 0), ``y = p v``, encode y into the result type. Per (batch, head) this kernel does
+
+    S_int = (q - z_q) (k - z_k)^T          integer products: |S_int| <= E · 255²
+    s     = S_int · (s_q s_k scale)          one multiply, fused into the product's store
+    p     = softmax(s + mask)                the score row in f32 registers (own exp)
+    P     = rint(255 p)                      integers 0..255 (u8_probs)
+    Y_int = P (v - z_v)                      integer products: |Y_int| <= S · 255²
+    y     = Y_int · s_v / 255  -> encode     the requantisation, one row at a time
+
+The integer products run on the register-blocked f32 GEMM of ``gemm_f32.py`` with the centred
+integers as f32 operands: every product and partial sum is an integer below 2^24 while the
+reduction length is at most 258 (E, S <= 258: 258 · 255² < 2^24), so the f32 FMA computes the
+int32 result exactly, in any order; longer reductions round like an f32 GEMM (2^-24 relative).
+The centred operands and the score matrix live in the op's scratch; the result leaves in u8.
+Against the interpreter: the scores differ by f32 rounding of one multiply, the exp by its
+approximation; a probability at a rounding tie of ``255 p`` may flip by one step, which moves an
+output by at most ``|v| / 255``, about one LSB of the result.
+"""
+
+from __future__ import annotations
+
+import math
+
+import llvmlite.ir as ir
+
+from mcir.codegen.emit import F32, const, i64, storage_type
+from mcir.codegen.kernels import KernelContext, kernel, math_approx
+from mcir.codegen.kernels.attention import mask_row
+from mcir.codegen.kernels.gemm_f32 import GemmArgs, batch_strides, choose_tiling, emit_gemm, emit_pack_b, packed_b_bytes
+from mcir.codegen.kernels.norm import softmax_row
+from mcir.codegen.kernels.norm_i8 import decode_row, encode_row
+from mcir.codegen.kernels.quant import QUANT, QUANT_OR_F32, per_tensor
+from mcir.codegen.kernels.rows import map_row
+from mcir.codegen.memory_plan import align_up
+from mcir.codegen.target import Target
+from mcir.encodings import Quant
+from mcir.ir import Op
+from mcir.ops.registry import broadcast_shapes
+
+
+def _dims(op: Op):
+    q, k, v = (o.type.shape for o in op.operands[:3])
+    return op.result.type.shape[:-2], q[-2], k[-2], q[-1], v[-1]
+
+
+def _layout(op: Op, target: Target) -> list[int]:
+    """Byte offsets in the scratch of: centred q, centred k, packed k^T, scores, centred v, packed v,
+    the f32 result rows; the last entry is the total size."""
+    _, L, S, E, Ev = _dims(op)
+    t1, t2 = choose_tiling(L, S, E, target), choose_tiling(L, Ev, S, target)
+    sizes = [L * E * 4, S * E * 4, packed_b_bytes(E, S, t1.nr), L * S * 4, S * Ev * 4, packed_b_bytes(S, Ev, t2.nr)]
+    sizes.append(L * Ev * 4)
+    offsets = [0]
+    for size in sizes:
+        offsets.append(offsets[-1] + align_up(size))
+    return offsets
+
+
+def _scratch(op: Op, target: Target) -> int:
+    return _layout(op, target)[-1]
+
+
+def _centred(enc: Quant) -> Quant:
+    """Decoding with this gives the integer ``q - z`` (scale 1): the operand of an exact integer product."""
+    return Quant(scale=1.0, zero_point=enc.zero_point)
+
+
+def _sdpa_q(k: KernelContext) -> None:
+    """Attention on quantised q, k, v per batch index: integer QK^T, f32 softmax, u8 probabilities, integer PV."""
+    em, b = k.em, k.em.b
+    op = k.op
+    batch, L, S, E, Ev = _dims(op)
+    where = op.where()
+    encs = [per_tensor(t, where) for t in k.operand_types[:3]]
+    dts = [t.dtype for t in k.operand_types[:3]]
+    y_t = k.result_type
+    y_enc = per_tensor(y_t, where) if y_t.encoding is not None else None
+    scale = op.attrs["scale"] if op.attrs["scale"] is not None else 1.0 / math.sqrt(E)
+    u8_probs = op.attrs["u8_probs"]
+    causal = op.attrs["is_causal"]
+    lanes = k.target.f32_lanes
+    t1, t2 = choose_tiling(L, S, E, k.target), choose_tiling(L, Ev, S, k.target)
+    qf, kf, kpack, scores, vf, vpack, yf = (em.byte_offset(k.scratch, o) for o in _layout(op, k.target)[:-1])
+    shapes = [o.type.shape for o in op.operands]
+    strides = [batch_strides(s, batch) for s in shapes[:3]]
+    mask_t = op.operands[3].type if len(op.operands) > 3 else None
+    mst = [0] * len(batch)
+    if mask_t is not None:
+        full = broadcast_shapes(mask_t.shape, batch + (L, S))
+        mshape = (1,) * (len(full) - mask_t.rank) + mask_t.shape
+        mst, acc = [0] * len(full), 1
+        for d in range(len(full) - 1, -1, -1):
+            mst[d] = 0 if mshape[d] == 1 else acc
+            acc *= mshape[d]
+    score_scale = encs[0].scale * encs[1].scale * scale
+    # P = rint(255 p) carries the 1/255 of the u8 probabilities; without u8_probs P = p
+    out_scale = encs[2].scale / 255.0 if u8_probs else encs[2].scale
+    with em.loop(math.prod(batch), name="bh") as bi:
+        *offs, moff = em.batch_offsets(bi, batch, [*strides, mst])
+        qp, kp, vp = (em.gep(a, o, storage_type(dt)) for a, o, dt in zip(k.args[:3], offs, dts))
+        decode_row(em, qp, qf, L * E, lanes, dts[0], _centred(encs[0]))
+        decode_row(em, kp, kf, S * E, lanes, dts[1], _centred(encs[1]))
+        emit_pack_b(em, kf, 1, E, E, S, t1.nr, kpack)
+        emit_gemm(
+            em,
+            GemmArgs(
+                L, S, E, qf, E, 1, kpack, scores, S, epilogue=lambda em, v: em.b.fmul(v, const(v.type, score_scale))
+            ),
+            t1,
+        )
+        with em.loop(L, name="qi") as qi:
+            row = em.gep(scores, b.mul(qi, i64(S)), F32)
+            if causal or mask_t is not None:
+                mask_row(k, em, row, qi, S, causal, mask_t, moff, mst if mask_t is not None else None)
+            softmax_row(em, row, row, S, lanes, log=False, masked_rows_zero=True)
+            if u8_probs:
+                step = const(ir.VectorType(F32, lanes), 255.0)
+                map_row(em, row, row, S, lanes, lambda v, _: math_approx.rint(em, b.fmul(v, step)))
+        decode_row(em, vp, vf, S * Ev, lanes, dts[2], _centred(encs[2]))
+        emit_pack_b(em, vf, Ev, 1, S, Ev, t2.nr, vpack)
+        y_rows = em.gep(k.out, b.mul(bi, i64(L * Ev)), F32) if y_enc is None else yf
+        emit_gemm(
+            em,
+            GemmArgs(
+                L, Ev, S, scores, S, 1, vpack, y_rows, Ev, epilogue=lambda em, v: em.b.fmul(v, const(v.type, out_scale))
+            ),
+            t2,
+        )
+        if y_enc is not None:
+            dst = em.gep(k.out, b.mul(bi, i64(L * Ev)), storage_type(y_t.dtype))
+            encode_row(em, yf, dst, L * Ev, lanes, y_t.dtype, y_enc)
+
+
+kernel("scaled_dot_product_attention", (QUANT, QUANT, QUANT, "bool|f32?"), result=QUANT_OR_F32, scratch=_scratch)(
+    _sdpa_q
+)
