@@ -16,7 +16,9 @@ A kernel that splits (``parallel_for``) moves its work into a separate *task fun
 ``body(ctx, t)`` over a range of independent units (GEMM column panels): each unit's
 outputs are written by exactly one task and computed by the same instruction sequence
 whatever the range, so no reduction is ever split and results are bit-identical for any
-thread count. The kernel's pointers travel in a small struct on the caller's stack.
+thread count. The kernel's pointers travel in a small struct on the caller's stack. A kernel
+gives the hook up to ``TASKS_PER_THREAD`` tasks per thread, so that the pool's dynamic claiming
+evens out threads that start late.
 """
 
 from __future__ import annotations
@@ -27,9 +29,18 @@ import llvmlite.ir as ir
 
 from mcir.codegen.emit import I32, I64, PTR, Emitter, i64
 
-# Below this many multiply-adds a kernel stays on the calling thread: waking a pool costs a few
-# to tens of microseconds (a condition variable), about what one core does with 2^20 MACs.
+# Below this many multiply-adds a kernel stays on the calling thread: handing work to a pool costs a
+# few microseconds even with spinning workers (tens when one sleeps), about what one core does with
+# 2^20 MACs.
 MIN_PARALLEL_MACS = 1 << 20
+
+# Tasks per thread: more tasks than threads let a thread that starts late (a worker that was asleep,
+# or preempted on a shared machine) be covered by the others claiming its share; each task still
+# covers a contiguous range of at least one unit.
+TASKS_PER_THREAD = 4
+
+# A task below this many multiply-adds costs more to hand out than it saves
+MIN_TASK_MACS = 1 << 18
 
 _HOOK_FN = "mcir.parallel.fn"
 _HOOK_CTX = "mcir.parallel.ctx"
@@ -84,7 +95,8 @@ def parallel_for(
     units: int,
     macs: int,
     pointers: list[ir.Value],
-    body: Callable[[Emitter, list[ir.Value], ir.Value, ir.Value], None],
+    body: Callable[..., None],
+    slots: int | None = None,
 ) -> None:
     """Run ``body(em, pointers, lo, hi)`` over ``[0, units)``, split across the host's threads.
 
@@ -93,11 +105,20 @@ def parallel_for(
     constants; it is emitted twice, into the task function and inline for the single-threaded
     case. With fewer than two units or less than ``MIN_PARALLEL_MACS`` of work, the body
     is emitted inline over the whole range and no hook is consulted.
+
+    The hook gets ``min(TASKS_PER_THREAD * n_threads, units, macs / MIN_TASK_MACS)`` tasks. With
+    ``slots``, at most ``slots`` tasks run and ``body`` gets a fifth argument, the task index in
+    ``[0, slots)`` (0 when inline): tasks may run at the same time, so a kernel that needs private
+    scratch per task keeps ``slots`` copies of it and uses copy ``slot``.
     """
     if units < 2 or macs < MIN_PARALLEL_MACS:
-        body(em, pointers, i64(0), i64(units))
+        if slots is None:
+            body(em, pointers, i64(0), i64(units))
+        else:
+            body(em, pointers, i64(0), i64(units), i64(0))
         return
     module = em.module
+    cap = min(units, max(2, macs // MIN_TASK_MACS), slots if slots is not None else units)
 
     task = ir.Function(module, TASK_FN_TYPE, module.get_unique_name(f"{name}.task"))
     task.linkage = "internal"
@@ -111,7 +132,10 @@ def parallel_for(
     # an even split: unit ranges differ in length by at most one
     lo = tb.sdiv(tb.mul(t, i64(units)), n_tasks)
     hi = tb.sdiv(tb.mul(tb.add(t, i64(1)), i64(units)), n_tasks)
-    body(tem, ptrs, lo, hi)
+    if slots is None:
+        body(tem, ptrs, lo, hi)
+    else:
+        body(tem, ptrs, lo, hi, t)
     tem.b.ret_void()
 
     b = em.b
@@ -120,9 +144,10 @@ def parallel_for(
     # an indirect call: llvmlite takes the callee's signature from ``function_type``, which an opaque
     # ``ptr`` value cannot give, so the loaded pointer is given a class that states it
     hook.__class__ = _HookLoad
-    n = b.sext(b.load(n_g, typ=I32), I64)
-    n = b.select(b.icmp_signed("<", n, i64(units)), n, i64(units))
-    serial = b.or_(b.icmp_unsigned("==", hook, ir.Constant(PTR, None)), b.icmp_signed("<=", n, i64(1)))
+    threads = b.sext(b.load(n_g, typ=I32), I64)
+    serial = b.or_(b.icmp_unsigned("==", hook, ir.Constant(PTR, None)), b.icmp_signed("<=", threads, i64(1)))
+    n = b.mul(threads, i64(TASKS_PER_THREAD))
+    n = b.select(b.icmp_signed("<", n, i64(cap)), n, i64(cap))
     n = b.select(serial, i64(1), n)
     # the block lives in the entry block, so a kernel may split inside its loops (one alloca per call)
     here = b.block
@@ -137,6 +162,9 @@ def parallel_for(
         with then:
             # no hook: the body inline over all units with constant bounds, exactly the code a
             # kernel had before threading (the task function's bounds are only known at run time)
-            body(em, pointers, i64(0), i64(units))
+            if slots is None:
+                body(em, pointers, i64(0), i64(units))
+            else:
+                body(em, pointers, i64(0), i64(units), i64(0))
         with otherwise:
             b.call(hook, [b.load(hctx_g, typ=PTR), task, block, n])

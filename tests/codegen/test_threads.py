@@ -10,13 +10,14 @@ panels (N not a multiple of the panel width) and ragged row tiles.
 from __future__ import annotations
 
 import ctypes
+import math
 import re
 import threading
 
 import numpy as np
 import pytest
 
-from mcir.codegen.parallel import MIN_PARALLEL_MACS
+from mcir.codegen.parallel import MIN_PARALLEL_MACS, MIN_TASK_MACS, TASKS_PER_THREAD
 from mcir.errors import RuntimeCallError
 from mcir.interp import interpret
 from mcir.ir import Graph
@@ -124,7 +125,8 @@ def test_concurrent_callers_share_one_pool(tmp_path, rng):
 
 def test_hook_is_called_with_the_documented_signature(tmp_path, rng):
     """A host hook written against docs/abi.md (here in Python via ctypes, to observe it): it gets
-    its own ctx back, a task count no larger than n_threads, and must run every task."""
+    its own ctx back, ``min(TASKS_PER_THREAD * n_threads, panels, MACs / MIN_TASK_MACS)`` tasks
+    (here the work bounds it: 4 x 1000 x 300 MACs), and must run every task."""
     g = linear_graph(rng, (4,), 1000, 300, bias=False, act=None)
     lib = build(g, tmp_path)
     task_fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
@@ -143,7 +145,9 @@ def test_hook_is_called_with_the_documented_signature(tmp_path, rng):
     single = lib(x)[0]
     set_parallel(ctypes.cast(hook, ctypes.c_void_p), 1234, 3)
     np.testing.assert_array_equal(lib(x)[0], single)
-    assert seen == [(1234, 3)]
+    panels = math.ceil(1000 / 16)
+    assert seen == [(1234, min(TASKS_PER_THREAD * 3, panels, 4 * 1000 * 300 // MIN_TASK_MACS))]
+    assert seen[0][1] == 4
     set_parallel(None, None, 0)  # NULL turns it off
     lib(x)
     assert len(seen) == 1
