@@ -646,9 +646,7 @@ def _linear_i8(k: KernelContext) -> None:
         count = math.ceil(n / gemm_amx.TILE_COLS) * gemm_amx.TILE_COLS
         table = table_pointer(k, gemm_amx.weight_bytes(n, kk))
         gemm = IntGemm(m, n, kk, k.args[0], kk, False, k.args[1], True, k.out, n, table, count, rq, epilogue=k.epilogue)
-        a_pad = k.scratch
-        c32 = k.em.byte_offset(k.scratch, align_up(math.ceil(m / 16) * 16 * gemm_amx.padded_k(kk), ALIGN))
-        gemm_amx.emit_linear(k.em, gemm, a_pad, c32, requantize, _amx_fallback)
+        gemm_amx.emit_linear(k.em, gemm, k.scratch, requantize, _amx_fallback)
         return
     count = math.ceil(n / t.nr) * t.nr
     table = table_pointer(k, panel_bytes(n, kk, t.nr, t.isa.group))
