@@ -1,22 +1,26 @@
-"""Batched GEMM performance: mcir vs PyTorch vs ONNX Runtime at batch 32, with 1 and 2 threads (issue #16).
+"""Batched GEMM performance: mcir vs PyTorch vs ONNX Runtime at batch 8 and 32, with 1 and 2 threads (issue #16).
 
     python benchmarks/bench_batch.py                         # linear4096 and mlp, batch 32, 1 and 2 threads
-    python benchmarks/bench_batch.py --models linear4096 --threads 1 --rounds 5
+    python benchmarks/bench_batch.py --models linear4096 encoder --batch 8 32 --threads 1 2 --rounds 5
 
 Contenders, interleaved in one process (see timing.py), each given the same thread count:
 
 * ``mcir fp32`` / ``mcir int8``: the traced model, and ``quant8`` of it (calibrated), compiled for
   ``native``; threads through ``Library.set_threads`` (mcir's pthreads pool behind
   ``mcir_NAME_set_parallel``). On a CPU with AMX the int8 GEMMs use tiles (``gemm_amx.py``);
-* ``torch fp32`` (``torch.set_num_threads``) and ``torch dyn`` (``quantize_dynamic``, int8 Linear);
+* ``torch fp32`` (``torch.set_num_threads``) and ``torch dyn`` (``quantize_dynamic``, int8 Linear;
+  for the encoder only ``linear1``/``linear2`` are quantised, as torch leaves the attention's
+  projections float, and the layers run with torch's MHA fast path off: its eligibility check
+  reads ``.weight.device``, which a dynamically quantised Linear does not have);
 * ``ORT fp32`` and ``ORT static`` (QDQ u8/s8 per channel, calibrated), ``intra_op_num_threads``.
 
 Efficiency is achieved ops / peak ops, with peak = threads x clock x ops per cycle per core;
 the clock is the ``cpu MHz`` of /proc/cpuinfo (the nominal clock here; turbo may run higher, so
 percentages can overstate), ops per cycle: fp32 2 FMA ports x 16 lanes x 2 flops = 64; int8
 VNNI 2 ports x 64 MACs x 2 = 256; AMX-INT8 1024 MACs x 2 = 2048 (one 16x16x64 ``tdpbusd``
-per 16 cycles, Intel's published figure). A model's ops are 2 x batch x sum of its Linear
-``in x out`` (activations and biases not counted).
+per 16 cycles, Intel's published figure). A model's ops are 2 x its multiply-adds in Linear
+and Conv2d layers and in attention (projections, scores and the weighted sum), counted from
+the shapes one forward pass sees (activations, norms and biases not counted).
 """
 
 from __future__ import annotations
@@ -67,8 +71,51 @@ def cpu_flags() -> set[str]:
 OPS_PER_CYCLE = {"fp32": 64, "vnni": 256, "amx": 2048}
 
 
-def linear_ops(model: torch.nn.Module, batch: int) -> int:
-    return 2 * batch * sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
+def model_ops(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """2 x the multiply-adds of the Linear, Conv2d and attention layers on input ``x`` (forward hooks)."""
+    macs = [0]
+
+    def linear(m, inp, out):
+        macs[0] += out.numel() * m.in_features
+
+    def conv(m, inp, out):
+        macs[0] += out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+
+    def attention(m, inp, out):
+        # batch_first (B, L, E): in-projection 3 E^2, out-projection E^2 per token (MHA applies both with
+        # F.linear, so the Linear hooks do not see them), scores and weighted sum L x S x E per batch
+        q, k = inp[0], inp[1]
+        bsz, L, e = q.shape
+        macs[0] += bsz * L * 4 * e * e + 2 * bsz * L * k.shape[1] * e
+
+    hooks = []
+    for m in model.modules():
+        if isinstance(m, torch.nn.MultiheadAttention):
+            hooks.append(m.register_forward_hook(attention))
+        elif isinstance(m, torch.nn.Linear) and not isinstance(
+            m, torch.nn.modules.linear.NonDynamicallyQuantizableLinear
+        ):
+            hooks.append(m.register_forward_hook(linear))
+        elif isinstance(m, torch.nn.Conv2d):
+            hooks.append(m.register_forward_hook(conv))
+    with torch.inference_mode():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return 2 * macs[0]
+
+
+def without_mha_fastpath(fn):
+    """``fn`` with torch's MHA fast path off (a dynamically quantised encoder cannot take it)."""
+
+    def run():
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            return fn()
+        finally:
+            torch.backends.mha.set_fastpath_enabled(True)
+
+    return run
 
 
 class _Reader(CalibrationDataReader):
@@ -117,7 +164,7 @@ def bench(name: str, batch: int, thread_counts: list[int], build: Path, rounds: 
         weight_type=QuantType.QInt8,
         per_channel=True,
     )
-    ops = linear_ops(model, batch)
+    ops = model_ops(model, x)
     rows = []
     for threads in thread_counts:
         torch.set_num_threads(threads)
@@ -129,7 +176,7 @@ def bench(name: str, batch: int, thread_counts: list[int], build: Path, rounds: 
             "torch fp32": lambda: model(x),
             "ORT fp32": lambda s=s32: s.run(None, {"x": xn}),
             "mcir int8": run8,
-            "torch dyn": lambda: dyn(x),
+            "torch dyn": without_mha_fastpath(lambda: dyn(x)),
             "ORT static": lambda s=s8: s.run(None, {"x": xn}),
         }
         with torch.inference_mode():
@@ -177,7 +224,7 @@ def table(rows: list[dict], ghz: float, int8_path: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["linear4096", "mlp"], choices=sorted(MODELS))
-    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--batch", nargs="+", type=int, default=[32])
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--build", default="build/bench")
@@ -192,7 +239,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
-            rows += bench(name, args.batch, args.threads, build, args.rounds, Path(tmp))
+            for batch in args.batch:
+                rows += bench(name, batch, args.threads, build, args.rounds, Path(tmp))
     print(table(rows, ghz, int8_path))
     with open("/proc/loadavg") as f:
         print(f"load average after: {f.read().split()[:3]}")

@@ -228,3 +228,35 @@ def test_attention_heads_are_bit_identical_for_1_2_3_threads(tmp_path, rng, mask
     for out in results[1:]:
         np.testing.assert_array_equal(out[0], results[0][0])
     assert_close(results[0][0], interpret(g, *data)[0])
+
+
+@pytest.mark.parametrize(
+    ("n", "c", "o", "hw", "groups", "padding", "target"),
+    [
+        (3, 16, 40, (20, 18), 1, (1, 1), "native"),  # images split: 3 images over 4/8/12 tasks, padded copies
+        (1, 16, 40, (30, 26), 1, (1, 0), "native"),  # one image: its GEMM split by pixel panels (780: ragged)
+        (3, 16, 40, (20, 18), 1, (1, 1), "x86-64-v3"),  # int16 path: weights widened once, read by every task
+        (3, 32, 32, (40, 40), 32, (1, 1), "native"),  # depthwise, images split
+        (1, 32, 64, (40, 40), 16, (0, 1), "native"),  # grouped, one image: output channels split
+    ],
+)
+def test_int8_conv2d_is_bit_identical_for_1_2_3_threads(tmp_path, rng, n, c, o, hw, groups, padding, target):
+    from mcir.codegen.kernels.conv_i8 import _Geom, _macs
+    from mcir.codegen.lowering import lower
+    from mcir.codegen.target import resolve
+
+    from .test_int8_conv import qconv
+    from .test_int8_gemm import host_supports
+
+    if not host_supports(resolve(target)):
+        pytest.skip(f"this CPU cannot run {target}")
+    g, xs = qconv(rng, n, c, o, hw, (3, 3), padding=padding, groups=groups)
+    conv = next(op for op in g.ops if op.name == "conv2d")
+    assert _macs(_Geom(conv, resolve(target))) >= MIN_PARALLEL_MACS
+    assert re.search(r"conv_i8\w*\.task", lower(g, resolve(target), "c").ir_text)  # it really splits
+    lib = build(g, tmp_path, target=target)
+    results = outputs_for_each_thread_count(lib, xs)
+    for out in results[1:]:
+        np.testing.assert_array_equal(out[0], results[0][0])
+    ref = interpret(g, xs)[0]
+    assert np.abs(results[0][0].astype(np.int32) - ref.astype(np.int32)).max() <= 1
