@@ -42,6 +42,11 @@ TASKS_PER_THREAD = 4
 # A task below this many multiply-adds costs more to hand out than it saves
 MIN_TASK_MACS = 1 << 18
 
+# Work of one element of a memory-bound kernel (an element-wise op, a copy), in multiply-add
+# equivalents for the thresholds above: one core moves an element in roughly the time of 16 MACs,
+# so element-wise kernels split from 64 Ki elements on
+ELEMENT_WORK = 16
+
 _HOOK_FN = "mcir.parallel.fn"
 _HOOK_CTX = "mcir.parallel.ctx"
 _HOOK_N = "mcir.parallel.n"
@@ -103,7 +108,8 @@ def parallel_for(
     ``body`` emits the work for units ``[lo, hi)`` using only ``pointers`` (re-read inside the
     task function: values of the calling function are not visible there) and compile-time
     constants; it is emitted twice, into the task function and inline for the single-threaded
-    case. With fewer than two units or less than ``MIN_PARALLEL_MACS`` of work, the body
+    case, both times through ``em`` (its builder is moved into the task function meanwhile).
+    With fewer than two units or less than ``MIN_PARALLEL_MACS`` of work, the body
     is emitted inline over the whole range and no hook is consulted.
 
     The hook gets ``min(TASKS_PER_THREAD * n_threads, units, macs / MIN_TASK_MACS)`` tasks. With
@@ -123,22 +129,25 @@ def parallel_for(
     task = ir.Function(module, TASK_FN_TYPE, module.get_unique_name(f"{name}.task"))
     task.linkage = "internal"
     task.attributes.add("nounwind")
-    tb = ir.IRBuilder(task.append_basic_block("entry"))
-    tem = Emitter(tb, module)
+    # the task is emitted by the caller's own builder, moved into the task function and back: code
+    # that captured the emitter or its builder (an epilogue, an element function) emits into the task
+    b = em.b
+    here = b.block
+    b.position_at_end(task.append_basic_block("entry"))
     ctx, t = task.args
     # the struct: slot 0 the task count, then the pointers, each slot an i64 (pointers widened)
-    n_tasks = tem.load(ctx, 0, I64, align=8)
-    ptrs = [tb.inttoptr(tem.load(ctx, i + 1, I64, align=8), PTR) for i in range(len(pointers))]
+    n_tasks = em.load(ctx, 0, I64, align=8)
+    ptrs = [b.inttoptr(em.load(ctx, i + 1, I64, align=8), PTR) for i in range(len(pointers))]
     # an even split: unit ranges differ in length by at most one
-    lo = tb.sdiv(tb.mul(t, i64(units)), n_tasks)
-    hi = tb.sdiv(tb.mul(tb.add(t, i64(1)), i64(units)), n_tasks)
+    lo = b.sdiv(b.mul(t, i64(units)), n_tasks)
+    hi = b.sdiv(b.mul(b.add(t, i64(1)), i64(units)), n_tasks)
     if slots is None:
-        body(tem, ptrs, lo, hi)
+        body(em, ptrs, lo, hi)
     else:
-        body(tem, ptrs, lo, hi, t)
-    tem.b.ret_void()
+        body(em, ptrs, lo, hi, t)
+    b.ret_void()
+    b.position_at_end(here)
 
-    b = em.b
     fn_g, hctx_g, n_g = hook_globals(module)
     hook = b.load(fn_g, typ=PTR)
     # an indirect call: llvmlite takes the callee's signature from ``function_type``, which an opaque

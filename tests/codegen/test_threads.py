@@ -260,3 +260,36 @@ def test_int8_conv2d_is_bit_identical_for_1_2_3_threads(tmp_path, rng, n, c, o, 
         np.testing.assert_array_equal(out[0], results[0][0])
     ref = interpret(g, xs)[0]
     assert np.abs(results[0][0].astype(np.int32) - ref.astype(np.int32)).max() <= 1
+
+
+def test_elementwise_copies_and_layer_norm_are_bit_identical_for_1_2_3_threads(tmp_path, rng):
+    """The memory-bound ops of an encoder block, each large enough to split (ELEMENT_WORK per element):
+    a broadcast add, GELU, a head permute (a strided copy), layer_norm with a ragged row (d = 250 is
+    not a multiple of the vector width), quantize and dequantize; odd outer sizes give ragged splits."""
+    from mcir.codegen.lowering import lower
+    from mcir.codegen.parallel import ELEMENT_WORK
+    from mcir.codegen.target import resolve
+    from mcir.encodings import Quant
+
+    g = Graph("ew")
+    x = g.add_input("x", tensor([3, 129, 250]))
+    assert 3 * 129 * 250 * ELEMENT_WORK >= MIN_PARALLEL_MACS
+    y = g.add("add", [x, g.const("b", randn(rng, 250))])
+    y = g.add("gelu", [y])
+    y = g.add(
+        "layer_norm", [y, g.const("w", randn(rng, 250)), g.const("lb", randn(rng, 250))], {"dims": 1, "eps": 1e-5}
+    )
+    p = g.add("permute", [g.add("reshape", [y], {"shape": [3, 129, 10, 25]})], {"dims": [0, 2, 1, 3]})
+    q = g.add("quantize", [p], type=tensor([3, 10, 129, 25], "u8", Quant(0.02, 128)))
+    g.set_outputs([p, g.add("dequantize", [q])])
+    ir_text = lower(g, resolve("native"), "ew").ir_text
+    for name in ("add_elementwise", "gelu_elementwise", "layer_norm", "copy", "quantize_elementwise"):
+        assert re.search(rf"{name}\w*\.task", ir_text), name  # each of them really splits
+    xs = randn(rng, 3, 129, 250)
+    lib = build(g, tmp_path)
+    results = outputs_for_each_thread_count(lib, xs)
+    for out in results[1:]:
+        for got, want in zip(out, results[0]):
+            np.testing.assert_array_equal(got, want)
+    ref = interpret(g, xs)
+    assert_close(results[0][0], ref[0], rtol=1e-4)

@@ -15,6 +15,7 @@ import llvmlite.ir as ir
 from mcir.codegen.emit import F32, Emitter, const, i64
 from mcir.codegen.kernels import KernelContext, kernel, math_approx
 from mcir.codegen.kernels.rows import map_row, reduce_row
+from mcir.codegen.parallel import ELEMENT_WORK, parallel_for
 from mcir.codegen.target import Target
 from mcir.ir import Op
 from mcir.ops.registry import norm_axis
@@ -109,45 +110,54 @@ kernel("log_softmax", ("f32",), scratch=_softmax_scratch)(_softmax_gen)
 @kernel("layer_norm", ("f32", "f32?", "f32?"))
 def layer_norm(k: KernelContext) -> None:
     """y = (x - mean) / sqrt(var + eps) * weight + bias over the trailing ``dims`` axes (two-pass variance)."""
-    em, b = k.em, k.em.b
+    em = k.em
     t = k.operand_types[0]
     dims, eps = k.op.attrs["dims"], k.op.attrs["eps"]
     d = math.prod(t.shape[t.rank - dims :])
     rows = t.numel // max(d, 1)
     lanes = k.target.f32_lanes
-    w = k.args[1] if len(k.args) > 1 else None
-    bias = k.args[2] if len(k.args) > 2 else None
     vt = ir.VectorType(F32, lanes)
-    with em.loop(rows, name="row") as r:
-        off = b.mul(r, i64(d))
-        src, dst = em.gep(k.args[0], off, F32), em.gep(k.out, off, F32)
-        mean = b.fmul(reduce_row(em, src, d, lanes, "sum"), const(F32, 1.0 / d))
-        mv = em.splat(mean, lanes)
-        var = reduce_row(em, src, d, lanes, "sum", lambda v: b.fmul(b.fsub(v, mv), b.fsub(v, mv)))
-        var = b.fmul(var, const(F32, 1.0 / d))
-        rstd = em.splat(b.fdiv(const(F32, 1.0), em.call_unary("sqrt", b.fadd(var, const(F32, eps)))), lanes)
 
-        def norm(v: ir.Value, i: ir.Value) -> ir.Value:
-            y = b.fmul(b.fsub(v, mv), rstd)
-            if w is not None:
-                y = b.fmul(y, em.load(w, i, vt))
-            if bias is not None:
-                y = b.fadd(y, em.load(bias, i, vt))
-            return y
+    def run(em: Emitter, p: list[ir.Value], lo: ir.Value, hi: ir.Value) -> None:
+        """Rows ``[lo, hi)``: each row is reduced and normalised by one task (bit-identical for any split)."""
+        b = em.b
+        x, out = p[0], p[-1]
+        w = p[1] if len(p) > 2 else None
+        bias = p[2] if len(p) > 3 else None
+        with em.loop(hi, name="row", start=lo) as r:
+            off = b.mul(r, i64(d))
+            src, dst = em.gep(x, off, F32), em.gep(out, off, F32)
+            mean = b.fmul(reduce_row(em, src, d, lanes, "sum"), const(F32, 1.0 / d))
+            mv = em.splat(mean, lanes)
+            var = reduce_row(em, src, d, lanes, "sum", lambda v: b.fmul(b.fsub(v, mv), b.fsub(v, mv)))
+            var = b.fmul(var, const(F32, 1.0 / d))
+            rstd = em.splat(b.fdiv(const(F32, 1.0), em.call_unary("sqrt", b.fadd(var, const(F32, eps)))), lanes)
 
-        if d % lanes == 0:
-            map_row(em, src, dst, d, lanes, norm)
-        else:  # weight/bias are d long: the masked tail must not read past them either
-            full = d - d % lanes
-            if full:
-                map_row(em, src, dst, full, lanes, norm)
-            with em.loop(d, name="t", start=full) as i:
-                y = b.fmul(b.fsub(em.load(src, i, F32), mean), b.extract_element(rstd, ir.Constant(ir.IntType(32), 0)))
+            def norm(v: ir.Value, i: ir.Value) -> ir.Value:
+                y = b.fmul(b.fsub(v, mv), rstd)
                 if w is not None:
-                    y = b.fmul(y, em.load(w, i, F32))
+                    y = b.fmul(y, em.load(w, i, vt))
                 if bias is not None:
-                    y = b.fadd(y, em.load(bias, i, F32))
-                em.store(y, dst, i)
+                    y = b.fadd(y, em.load(bias, i, vt))
+                return y
+
+            if d % lanes == 0:
+                map_row(em, src, dst, d, lanes, norm)
+            else:  # weight/bias are d long: the masked tail must not read past them either
+                full = d - d % lanes
+                if full:
+                    map_row(em, src, dst, full, lanes, norm)
+                with em.loop(d, name="t", start=full) as i:
+                    y = b.fmul(
+                        b.fsub(em.load(src, i, F32), mean), b.extract_element(rstd, ir.Constant(ir.IntType(32), 0))
+                    )
+                    if w is not None:
+                        y = b.fmul(y, em.load(w, i, F32))
+                    if bias is not None:
+                        y = b.fadd(y, em.load(bias, i, F32))
+                    em.store(y, dst, i)
+
+    parallel_for(em, "layer_norm", rows, t.numel * ELEMENT_WORK, [*k.args, k.out], run)
 
 
 @kernel("batch_norm", ("f32", "f32", "f32", "f32", "f32"), epilogue=True)
