@@ -58,8 +58,9 @@ typedef struct mcir_pool {
 
 /* a task index no task count reaches: nothing can be claimed while a generation is set up */
 #define CLOSED 0xffffffffu
-/* iterations of `pause` a worker spins before it sleeps (about 100-300 us on current x86) */
-#define SPIN 4000
+/* iterations of `pause` a worker spins before it sleeps (about 40-60 us on current x86: longer than
+   the serial stretch between two split kernels, short enough not to steal a shared core for long) */
+#define SPIN 1000
 
 static inline void relax(void) {
 #if defined(__x86_64__) || defined(__i386__)

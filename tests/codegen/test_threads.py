@@ -293,3 +293,31 @@ def test_elementwise_copies_and_layer_norm_are_bit_identical_for_1_2_3_threads(t
             np.testing.assert_array_equal(got, want)
     ref = interpret(g, xs)
     assert_close(results[0][0], ref[0], rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("sa", "sb", "out"),
+    [
+        ((2, 3, 40, 100), (2, 3, 100, 50), "u8"),  # B per batch index: packed by each task in its own scratch
+        ((6, 40, 100), (100, 50), "f32"),  # one B for the whole batch: packed once before the split
+        ((2, 3, 40, 100), (3, 100, 50), "u8"),  # B broadcast over the leading axis
+    ],
+)
+def test_int8_matmul_is_bit_identical_for_1_2_3_threads(tmp_path, rng, sa, sb, out):
+    from mcir.codegen.lowering import lower
+    from mcir.codegen.target import resolve
+
+    from .test_int8_gemm import qmatmul
+
+    g, xs = qmatmul(rng, sa, sb, za=120, zb=131, out=out)
+    assert math.prod(sa) * sb[-1] >= MIN_PARALLEL_MACS
+    assert "matmul_u8.task" in lower(g, resolve("native"), "mm").ir_text  # it really splits
+    lib = build(g, tmp_path)
+    results = outputs_for_each_thread_count(lib, *xs)
+    for res in results[1:]:
+        np.testing.assert_array_equal(res[0], results[0][0])
+    ref = interpret(g, *xs)[0]
+    if out == "u8":
+        assert np.abs(results[0][0].astype(np.int32) - ref.astype(np.int32)).max() <= 1
+    else:
+        assert_close(results[0][0], ref, rtol=1e-5)
