@@ -70,6 +70,10 @@ static inline void relax(void) {
 #endif
 }
 
+/* set while this thread runs tasks: a parallel-for from inside a task runs inline (it would wait
+   for the dispatch lock its own caller holds) */
+static __thread int in_task;
+
 /* A claim is a compare-and-swap on `next`, whose high half names the generation: a worker that
    read `next` of an earlier generation (it arrived late) cannot claim an index of the current one
    with the previous task count or body; it fails the swap, re-reads, and finds the current state. */
@@ -82,7 +86,9 @@ static void run_tasks(mcir_pool *p) {
     int64_t t = (int64_t)(v & 0xffffffffu);
     if (t >= n) return;
     if (!__atomic_compare_exchange_n(&p->next, &v, v + 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) continue;
+    in_task = 1;
     body(body_ctx, t);
+    in_task = 0;
     __atomic_fetch_add(&p->finished, 1, __ATOMIC_RELEASE);
   }
 }
@@ -113,7 +119,7 @@ static void *worker(void *arg) {
 
 void mcir_pool_parallel_for(void *ctx, mcir_task_fn body, void *body_ctx, int64_t n_tasks) {
   mcir_pool *p = (mcir_pool *)ctx;
-  if (p == NULL || p->n_workers == 0 || n_tasks <= 1) {
+  if (p == NULL || p->n_workers == 0 || n_tasks <= 1 || in_task) {
     for (int64_t t = 0; t < n_tasks; t++) body(body_ctx, t);
     return;
   }

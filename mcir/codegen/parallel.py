@@ -117,7 +117,10 @@ def parallel_for(
     ``[0, slots)`` (0 when inline): tasks may run at the same time, so a kernel that needs private
     scratch per task keeps ``slots`` copies of it and uses copy ``slot``.
     """
-    if units < 2 or macs < MIN_PARALLEL_MACS:
+    # inside another kernel's task (a split kernel whose body uses a splitting helper): inline, as a
+    # host's parallel-for need not be re-entrant
+    nested = em.b.function.name.endswith(".task")
+    if units < 2 or macs < MIN_PARALLEL_MACS or nested:
         if slots is None:
             body(em, pointers, i64(0), i64(units))
         else:

@@ -321,3 +321,26 @@ def test_int8_matmul_is_bit_identical_for_1_2_3_threads(tmp_path, rng, sa, sb, o
         assert np.abs(results[0][0].astype(np.int32) - ref.astype(np.int32)).max() <= 1
     else:
         assert_close(results[0][0], ref, rtol=1e-5)
+
+
+def test_pool_runs_every_task_exactly_once_across_many_parallel_fors():
+    """The pool's generation-tagged claims: back-to-back parallel-fors with changing task counts (late
+    workers from one must not claim or repeat tasks of the next), every task once per call."""
+    from mcir.threadpool import ThreadPool
+
+    pool = ThreadPool(3)
+    task_fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
+    parallel_for = ctypes.CFUNCTYPE(None, ctypes.c_void_p, task_fn, ctypes.c_void_p, ctypes.c_int64)(pool.parallel_for)
+    counts: dict[tuple[int, int], int] = {}
+
+    @task_fn
+    def body(ctx, t):
+        key = (ctx, t)
+        counts[key] = counts.get(key, 0) + 1
+
+    sizes = [(i * 7) % 13 + 1 for i in range(150)]
+    for call, n in enumerate(sizes):
+        parallel_for(ctypes.c_void_p(pool.handle), body, ctypes.c_void_p(call + 1), n)
+    pool.close()
+    expected = {(call + 1, t): 1 for call, n in enumerate(sizes) for t in range(n)}
+    assert counts == expected
