@@ -97,9 +97,12 @@ static void *worker(void *arg) {
   mcir_pool *p = (mcir_pool *)arg;
   uint64_t seen = 0;
   for (;;) {
+    /* spinning, but yielding every 128 turns: on a machine shared with other processes (more runnable
+       threads than cores) a spinning worker must not hold a core someone else could use */
     for (int i = 0; i < SPIN && __atomic_load_n(&p->generation, __ATOMIC_ACQUIRE) == seen
-                    && !__atomic_load_n(&p->stop, __ATOMIC_ACQUIRE); i++)
-      relax();
+                    && !__atomic_load_n(&p->stop, __ATOMIC_ACQUIRE); i++) {
+      if ((i & 127) == 127) sched_yield(); else relax();
+    }
     if (__atomic_load_n(&p->generation, __ATOMIC_ACQUIRE) == seen) {
       /* the generation is checked again under the lock: the dispatcher bumps it before it takes
          the lock to look for sleepers, so a wake-up cannot be lost */
@@ -139,7 +142,7 @@ void mcir_pool_parallel_for(void *ctx, mcir_task_fn body, void *body_ctx, int64_
   /* the remaining tasks are running on workers: spin, yielding now and then in case one of them
      was preempted (an oversubscribed machine) */
   for (int i = 0; __atomic_load_n(&p->finished, __ATOMIC_ACQUIRE) < n_tasks; i++) {
-    if ((i & 1023) == 1023) sched_yield(); else relax();
+    if ((i & 127) == 127) sched_yield(); else relax();
   }
   pthread_mutex_unlock(&p->dispatch);
 }
