@@ -344,3 +344,37 @@ def test_pool_runs_every_task_exactly_once_across_many_parallel_fors():
     pool.close()
     expected = {(call + 1, t): 1 for call, n in enumerate(sizes) for t in range(n)}
     assert counts == expected
+
+
+def test_small_elementwise_ops_stay_inline_and_nested_splits_are_inline():
+    """An element-wise op under 64 Ki elements never consults the hook; a splitting helper used inside
+    another kernel's task is emitted inline (a host's parallel-for need not be re-entrant)."""
+    import llvmlite.ir as ir
+
+    from mcir.codegen.emit import PTR, Emitter
+    from mcir.codegen.lowering import lower
+    from mcir.codegen.parallel import ELEMENT_WORK, parallel_for
+    from mcir.codegen.target import resolve
+
+    g = Graph("small_ew")
+    x = g.add_input("x", tensor([100, 100]))
+    g.set_outputs([g.add("relu", [g.add("add", [x, x])])])
+    assert 100 * 100 * ELEMENT_WORK < MIN_PARALLEL_MACS
+    assert ".task" not in lower(g, resolve("native"), "small_ew").ir_text
+
+    module = ir.Module("nested")
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR]), "kernel")
+    em = Emitter(ir.IRBuilder(fn.append_basic_block("entry")), module)
+
+    def inner(em, p, lo, hi):
+        with em.loop(hi, start=lo) as i:
+            em.store(ir.Constant(ir.IntType(8), 0), p[0], i)
+
+    def outer(em, p, lo, hi):
+        parallel_for(em, "inner", 1000, MIN_PARALLEL_MACS, p, inner)
+
+    parallel_for(em, "outer", 1000, MIN_PARALLEL_MACS, [fn.args[0]], outer)
+    em.b.ret_void()
+    outer_task = str(module.get_global("outer.task"))
+    assert "inner" not in outer_task and "call" not in outer_task  # inside the task: inline, no hook call
+    # (the kernel's own single-threaded branch may still split the inner loop: no hook is running there)
