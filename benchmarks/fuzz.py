@@ -1,10 +1,15 @@
-"""Fuzz mcir with mutated real graphs (issue #17): ``python benchmarks/fuzz.py --n 20000``.
+"""Fuzz mcir with mutated real graphs and random torch models (issue #17):
+``python benchmarks/fuzz.py --n 20000 --models 200``.
 
 Each case is a seed graph of ``tests/fuzz/harness.py`` (an MLP and a conv net through quant8, CSR and
 2:4 pruning, binarize, ternarize, cluster, int4) with one random mutation of its text, its lines or
 one element of a stored component; it runs parse -> verify -> interpret, and every ``--compile-every``
 th case also compiles and runs natively against the interpreter. Prints how far cases got and every
 failure that is not a ``McirError`` (with its mutation, to replay); exits 1 if there was any.
+
+``--models N`` also runs N random torch models (``tests/fuzz/random_models.py``, seeds ``--model-seed``
+on) through trace, fold, quant8 and compile, differentially against torch and the interpreter; a
+model's failure is a non-McirError exception or numbers outside ``random_models.TOL``.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.fuzz.harness import HOSTILE_VALUES, mutate_component, mutate_line, mutate_text, run_case, seeds
+from tests.fuzz.random_models import check_model, random_model
 
 
 def random_case(rng: random.Random):
@@ -40,7 +46,38 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--compile-every", type=int, default=50, help="compile and run natively every Nth case (0: never)")
     ap.add_argument("--time-limit", type=float, default=0, help="stop after this many seconds (0: no limit)")
+    ap.add_argument("--models", type=int, default=0, help="random torch models to run (0: none)")
+    ap.add_argument("--model-seed", type=int, default=0, help="the first random model's seed")
     args = ap.parse_args()
+    failed = run_mutations(args) if args.n else False
+    if args.models:
+        failed = run_models(args.models, args.model_seed) or failed
+    return 1 if failed else 0
+
+
+def run_models(count: int, first: int) -> bool:
+    """Run ``count`` random models; print outcomes and failures; True if any model failed."""
+    outcomes: collections.Counter[str] = collections.Counter()
+    failures = []
+    start = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in range(first, first + count):
+            try:
+                outcome = check_model(seed, Path(tmp))
+            except Exception as e:  # numbers outside the tolerance (Mismatch) or a bug
+                outcome = f"FAILED {type(e).__name__}"
+                failures.append((random_model(seed)[2], "".join(traceback.format_exception_only(e)).strip()))
+            outcomes[outcome] += 1
+    print(f"{count} random models in {time.time() - start:.0f} s (seeds {first}..{first + count - 1})")
+    for what, n in outcomes.most_common():
+        print(f"  {n:6d}  {what}")
+    for describe, error in failures[:50]:
+        print(f"FAIL {describe}\n     {error[:300]}")
+    return bool(failures)
+
+
+def run_mutations(args: argparse.Namespace) -> bool:
+    """The mutated-text cases of ``--n``; True if any raised something other than a McirError."""
     rng = random.Random(args.seed)
     outcomes: collections.Counter[str] = collections.Counter()
     failures = []
@@ -73,7 +110,7 @@ def main() -> int:
         print(f"DIFFERS {describe}")
     for describe, error in failures[:50]:
         print(f"FAIL {describe}\n     {error[:300]}")
-    return 1 if failures else 0
+    return bool(failures)
 
 
 if __name__ == "__main__":

@@ -67,10 +67,13 @@ def compile(
     triple: str | None = None,
     cpu: str | None = None,
     features: str | None = None,
+    memory_limit: int | str | None = None,
 ) -> Any:
     """Compile ``graph`` to ``PATH.o``, ``PATH.so`` and ``PATH.h`` and return the loaded library
     (``lib(*arrays)`` runs it); ``target`` is ``"native"``, an x86-64 level or a machine name
-    (``"aarch64"``...), refined by ``cpu`` and ``features`` (``"+dotprod"``); see ``mcir.codegen.compile``."""
+    (``"aarch64"``...), refined by ``cpu`` and ``features`` (``"+dotprod"``); see ``mcir.codegen.compile``.
+    ``memory_limit`` (bytes or ``"32G"``) overrides the compile-memory limit (``$MCIR_COMPILE_MEMORY``,
+    default 16 GiB; docs/ir.md "Limits")."""
     from mcir.codegen import compile as _compile  # lazy: only compiling needs llvmlite
 
     return _compile(
@@ -82,6 +85,7 @@ def compile(
         cpu=cpu,
         features=features,
         pipeline=graph.meta.get("pipeline", ""),
+        memory_limit=memory_limit,
     )
 
 

@@ -20,6 +20,7 @@ with status 2; an unexpected internal error prints its traceback and exits with 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -428,6 +429,13 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     from mcir.compile_driver import compile_model
 
+    if args.compile_memory is not None:
+        # the flag is the environment variable for this process: every compile below (the model and
+        # its uncompressed baseline) reads the same limit
+        from mcir.codegen.compile_memory import ENV, parse_size
+
+        parse_size(args.compile_memory, "--compile-memory")  # a typo fails now, not after loading
+        os.environ[ENV] = args.compile_memory
     graph, model = load_graph_and_model(args)
     if isinstance(model, torch.export.ExportedProgram):
         model = model.module()  # an exported program is called through its module
@@ -609,6 +617,12 @@ def build_parser() -> argparse.ArgumentParser:
         "list starts with -)",
     )
     p.add_argument("--name", help="C symbol prefix (default: the output file's stem)")
+    p.add_argument(
+        "--compile-memory",
+        metavar="SIZE",
+        help="refuse graphs whose compilation is estimated to need more than SIZE (e.g. 32G, or none; default "
+        "$MCIR_COMPILE_MEMORY or 16G)",
+    )
     p.add_argument(
         "--no-compare",
         dest="compare",

@@ -13,6 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from mcir import dtypes
+from mcir.encodings import NM, Csr, Quant
+from mcir.encodings.quant import bias_accumulator_units
+from mcir.encodings.rows import row_scales
 from mcir.errors import McirError
 from mcir.ir import Graph, Op, Value
 from mcir.ops import registry
@@ -65,11 +69,71 @@ class Interpreter:
                 )
             return op.data
         logical = [v.type.decode(a) for v, a in zip(op.operands, args)]
+        if len(args) == 3 and op.name in ("linear", "conv2d"):
+            logical[2] = int8_layer_bias(op, args, logical[2])
         out = np.asarray(registry.get(op.name).reference(*logical, **op.attrs))
+        if op.name in ("linear", "conv2d") and _sparse_f32_weight(op):
+            out = nan_samples_with_non_finite_input(op, logical[0], out)
         t = op.result.type
         if out.shape != t.shape:
             raise McirError(f"internal error: reference of {op.where()} gave shape {list(out.shape)}, type says {t}")
         return t.encode(out)
+
+
+def int8_layer_bias(op: Op, args: list[Any], bias: Any) -> Any:
+    """The bias of an int8 layer (u8 ``#quant`` input, i8 ``#quant``/``#csr``/``#nm`` weight) as the
+    layer adds it: rounded to accumulator units ``s_x·s_w[n]`` (``bias_accumulator_units``, shared
+    with the native kernels), so a bias not stored at that scale gives the same result in both.
+    Any other layer's bias is returned unchanged."""
+    x, w, b = (v.type for v in op.operands)
+    if not (x.dtype == dtypes.u8 and isinstance(x.encoding, Quant) and x.encoding.axis is None):
+        return bias
+    if w.dtype != dtypes.i8 or w.rank < 2:
+        return bias
+    n = w.shape[0]
+    if isinstance(w.encoding, Quant) and w.encoding.zero_point == 0:
+        if w.encoding.axis is None:
+            sw = np.full(n, w.encoding.scale, np.float32)
+        elif w.encoding.axis % w.rank == 0:
+            sw = np.asarray(args[1]["scale"], np.float32).reshape(n)
+        else:
+            return bias  # no kernel takes it (CodegenError natively): keep the exact float meaning
+    elif isinstance(w.encoding, (Csr, NM)):
+        sw = row_scales(w, args[1])
+    else:
+        return bias
+    if b.numel != n:
+        return bias
+    # the accumulator scale exactly as the kernels form it: the dense ones round the f64 product of
+    # the type's scale and the weight's, the sparse ones multiply in f32 (gemm_i8, sparse_i8)
+    if isinstance(w.encoding, Quant):
+        acc = (np.float64(x.encoding.scale) * sw.astype(np.float64)).astype(np.float32)
+    else:
+        acc = np.float32(x.encoding.scale) * sw.astype(np.float32)
+    units = bias_accumulator_units(b, args[2], acc)
+    return (units.astype(np.float64) * acc.astype(np.float64)).reshape(b.shape)
+
+
+def _sparse_f32_weight(op: Op) -> bool:
+    w = op.operands[1].type
+    return op.operands[0].type.dtype == dtypes.f32 and w.dtype == dtypes.f32 and isinstance(w.encoding, (Csr, NM))
+
+
+def nan_samples_with_non_finite_input(op: Op, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """A layer with a sparse f32 weight gives NaN for every result of a sample (a row of x for
+    ``linear``, an image for ``conv2d``) whose input holds an inf or NaN, as its native kernel does:
+    the kernels skip absent weights unevenly, so 0·inf has no single dense answer there (docs/ir.md)."""
+    x = np.asarray(x)
+    if op.name == "linear":
+        k = x.shape[-1] if x.ndim else 1
+        bad = ~np.isfinite(x.reshape(-1, k)).all(axis=1)
+        out = np.array(out, copy=True).reshape(bad.shape[0], -1)
+    else:
+        bad = ~np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1)
+        out = np.array(out, copy=True).reshape(bad.shape[0], -1)
+    if bad.any():
+        out[bad] = np.nan
+    return out.reshape(op.result.type.shape)
 
 
 def describe(op: Op) -> str:

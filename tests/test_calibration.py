@@ -84,3 +84,25 @@ def test_histograms_of_the_candidates_only_give_the_same_ranges(method):
         assert choose_range(some[name], method) == choose_range(everything[name], method), name
     others = set(some) - wanted
     assert others and all(some[n].hist is None for n in others)  # min/max only: their ranges are never read
+
+
+def test_op_by_op_run_of_all_batches_records_what_the_interpreter_computes():
+    # run_batches shares a linear's float64 weight across the batches: every value must still be,
+    # bit for bit, what running each batch alone through the reference interpreter gives
+    graph, batches = _encoder_and_batches()
+    stats = observe(graph, batches, histograms=False)
+    seen: dict[str, list[np.ndarray]] = {}
+
+    class Recorder(mcir.interp.Interpreter):
+        def run_op(self, op, args):
+            out = super().run_op(op, args)
+            if op.name != "const" and op.result.type.dtype.is_float:
+                seen.setdefault(op.result.name, []).append(np.asarray(out))
+            return out
+
+    for batch in batches:
+        Recorder(graph).run(*batch)
+    assert any(op.name == "linear" for op in graph.ops)
+    for name, outs in seen.items():
+        assert stats[name].lo == min(float(o.min()) for o in outs), name
+        assert stats[name].hi == max(float(o.max()) for o in outs), name

@@ -804,14 +804,20 @@ def _torch_rnn(kind: str, reverse: bool = False, cell: bool = False) -> Callable
     (``int8_state`` is compared by test_rnn_int8_state_rounds_what_meets_the_weights)."""
 
     def fn(gx, h0, *rest):
-        w_hh, b_hh = rest[-2], rest[-1]
-        n, hidden = gx.shape[2], h0.shape[1]
-        layer = (torch.nn.LSTM if kind == "lstm" else torch.nn.GRU)(n, hidden).double()
+        proj = kind == "lstm" and len(rest) == 4  # LSTMP: c0, w_hh, b_hh, w_hr
+        w_hh, b_hh = (rest[1], rest[2]) if proj else (rest[-2], rest[-1])
+        n = gx.shape[2]
+        if proj:
+            layer = torch.nn.LSTM(n, rest[0].shape[1], proj_size=h0.shape[1]).double()
+        else:
+            layer = (torch.nn.LSTM if kind == "lstm" else torch.nn.GRU)(n, h0.shape[1]).double()
         with torch.no_grad():
             layer.weight_ih_l0.copy_(torch.eye(n, dtype=torch.float64))
             layer.bias_ih_l0.zero_()
             layer.weight_hh_l0.copy_(w_hh)
             layer.bias_hh_l0.copy_(b_hh)
+            if proj:
+                layer.weight_hr_l0.copy_(rest[3])
             x = gx.flip(0) if reverse else gx
             state = (h0[None], rest[0][None]) if kind == "lstm" else h0[None]
             if cell:  # the cell states: run step by step and collect c
@@ -836,6 +842,13 @@ def rnn_cases() -> list[Case]:
         for cell in (False, True):
             attrs = {"reverse": reverse, "cell": cell}
             cases.append(Case("lstm", args, attrs, _torch_rnn("lstm", reverse, cell), f"rev{reverse}-cell{cell}"))
+        width = 2  # LSTMP: h, y and W_hh are 2 wide, the cell 3
+        proj_args = (randn(steps, batch, 4 * hidden), randn(batch, width), randn(batch, hidden))
+        proj_args += (randn(4 * hidden, width, scale=0.5), randn(4 * hidden), randn(width, hidden))
+        for cell in (False, True):
+            attrs = {"reverse": reverse, "cell": cell}
+            fn = _torch_rnn("lstm", reverse, cell)
+            cases.append(Case("lstm", proj_args, attrs, fn, f"proj-rev{reverse}-cell{cell}"))
         gru_args = (randn(steps, batch, 3 * hidden), randn(batch, hidden), randn(3 * hidden, hidden), randn(3 * hidden))
         cases.append(Case("gru", gru_args, {"reverse": reverse}, _torch_rnn("gru", reverse), f"rev{reverse}"))
     return cases

@@ -25,11 +25,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from mcir.errors import McirError
-from mcir.interp import Interpreter
+from mcir.interp import Interpreter, _last_uses, check_input, describe
 from mcir.ir import Graph, Op
 
 BINS = 2048
@@ -65,6 +66,46 @@ class _Observer(Interpreter):
         self.phase = phase
         self.kept = 0  # bytes held in ValueStats.samples
         self.overflow = False  # kept arrays exceeded KEEP_BYTES: histograms need the second run
+
+    def run_batches(self, batches: list[tuple[np.ndarray, ...]]) -> None:
+        """Run every batch op by op (each op on all batches before the next op).
+
+        Same values as ``run`` per batch, bit for bit; the order lets an op share work across the
+        batches: a ``linear``'s f32 weight is widened to float64 (what its reference computes in)
+        once instead of once per batch, which was a third of BERT-base's calibration time."""
+        g = self.graph
+        envs: list[dict[int, Any]] = []
+        for batch in batches:
+            if len(batch) != len(g.inputs):
+                raise McirError(f"graph @{g.name} takes {len(g.inputs)} input(s), a calibration batch has {len(batch)}")
+            self.record_inputs(batch)
+            envs.append({id(v): check_input(v, x) for v, x in zip(g.inputs, batch)})
+        last_use = _last_uses(g)
+        for i, op in enumerate(g.ops):
+            shared = self._shared_operands(op)
+            for env in envs:
+                args = [shared.get(j, env.get(id(v))) for j, v in enumerate(op.operands)]
+                try:
+                    env[id(op.result)] = self.run_op(op, args)
+                except McirError as e:
+                    if op.name == "const" or op.where() in str(e):
+                        raise
+                    raise type(e)(f"{e} (while running {describe(op)})") from None
+                for v in last_use.get(i, ()):
+                    env.pop(id(v), None)
+
+    @staticmethod
+    def _shared_operands(op: Op) -> dict[int, np.ndarray]:
+        """Operands computed once for all batches: a plain f32 constant weight of ``linear`` in float64
+        (its logical value unchanged; the reference widens it anyway)."""
+        if op.name != "linear":
+            return {}
+        w = op.operands[1]
+        if w.type.encoding is not None or w.producer is None or w.producer.name != "const":
+            return {}
+        if w.producer.data is None:
+            return {}
+        return {1: np.asarray(w.producer.data, np.float64)}
 
     def run_op(self, op: Op, args: list):
         out = super().run_op(op, args)
@@ -115,16 +156,12 @@ def observe(
         wanted = set(histograms or ())
     stats: dict[str, ValueStats] = {}
     obs = _Observer(graph, stats, wanted, phase=0)
-    for batch in batches:
-        obs.record_inputs(batch)
-        obs.run(*batch)
+    obs.run_batches(batches)
     if not wanted:
         return stats
     if obs.overflow:  # arrays did not fit: take the histograms on a second run of the batches
         obs = _Observer(graph, stats, wanted, phase=1)
-        for batch in batches:
-            obs.record_inputs(batch)
-            obs.run(*batch)
+        obs.run_batches(batches)
         return stats
     for s in stats.values():
         for finite in s.samples:

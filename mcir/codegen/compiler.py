@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mcir.atomic_write import write_atomic
-from mcir.codegen import header, link
+from mcir.codegen import compile_memory, header, link
 from mcir.codegen.lowering import lower
 from mcir.codegen.target import host_supports, resolve
 from mcir.errors import CodegenError
@@ -64,6 +64,7 @@ def compile(
     cpu: str | None = None,
     features: str | None = None,
     emit_llvm: bool = False,
+    memory_limit: int | str | None = None,
 ) -> Any:
     """Compile ``graph`` to ``PATH.o``, ``PATH.so`` and ``PATH.h``; return the loaded library.
 
@@ -77,8 +78,11 @@ def compile(
     elided (for reading kernels, not for compiling). ``cpu`` and ``features`` refine the target
     (``mcir.codegen.target.resolve``: ``target="aarch64", features="+dotprod"``).
     Raises CodegenError for unsupported ops, targets, or when no linker is available (the
-    ``.o`` is kept).
+    ``.o`` is kept), and a CompileMemoryError before any work when the estimated memory of the
+    compilation exceeds ``memory_limit`` (bytes or ``"32G"``; default ``$MCIR_COMPILE_MEMORY`` or
+    16 GiB: ``mcir.codegen.compile_memory``).
     """
+    compile_memory.check(graph, memory_limit)
     stem = Path(path)
     if stem.suffix in (".so", ".o", ".h"):
         stem = stem.with_suffix("")

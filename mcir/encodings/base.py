@@ -99,17 +99,27 @@ def int_param(encoding: str, key: str, value: Any, lo: int, hi: int) -> int:
     return value
 
 
-def check_scales(encoding: str, key: str, scales: Any, zero_ok: bool = False) -> None:
+#: the largest finite f32: every encoding expresses f32 values, so no decoded value may exceed it
+F32_MAX = 3.4028234663852886e38
+
+
+def check_scales(encoding: str, key: str, scales: Any, zero_ok: bool = False, largest: int = 1) -> None:
     """Per-slice scales must be finite and positive (kernels divide by them or fold them into
-    integer arithmetic; the passes that make them never write 0, NaN or inf)."""
+    integer arithmetic; the passes that make them never write 0, NaN or inf), and ``largest``
+    (the largest integer magnitude a scale multiplies) times a scale must be a finite f32: kernels
+    decode in f32 where the interpreter decodes in float64, and a decoded weight of inf made
+    0·inf = NaN natively where the interpreter had a finite value."""
     import numpy as np  # numpy is a dependency of every caller; kept local so the base stays light
 
     s = np.asarray(scales, np.float64)
-    bad = ~np.isfinite(s) | ((s < 0) if zero_ok else (s <= 0))
+    bad = ~np.isfinite(s) | ((s < 0) if zero_ok else (s <= 0)) | (s * largest > F32_MAX)
     if bad.any():
         i = np.unravel_index(int(np.argmax(bad)), s.shape)
         need = "finite and >= 0" if zero_ok else "finite and > 0"
-        raise McirError(f"#{encoding} component '{key}'{list(i)} is {float(s[i])}; scales must be {need}")
+        raise McirError(
+            f"#{encoding} component '{key}'{[int(j) for j in i]} is {float(s[i])}; scales must be {need}, and at most "
+            f"{F32_MAX / largest:.4g} so that {largest} x scale is a finite f32"
+        )
 
 
 def check_zero_padding(encoding: str, key: str, packed: Any, used_bits: int) -> None:

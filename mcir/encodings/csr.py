@@ -72,7 +72,7 @@ class Csr(Encoding):
                 f"#csr component 'indices' holds {int(indices.min())}..{int(indices.max())}, must be in 0..{k - 1}"
             )
         if "scale" in stored:
-            check_scales("csr", "scale", stored["scale"])
+            check_scales("csr", "scale", stored["scale"], largest=128)  # i8 values (-128 included)
 
     def components(self, t: TensorType) -> dict[str, tuple[DType, tuple[int, ...]]]:
         n, _ = rows(t)

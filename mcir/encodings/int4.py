@@ -73,7 +73,7 @@ class _LowInt(Encoding):
         # every B-bit code indexes a table of 2^B entries, so codes are in range by construction; the bits
         # past K*B in a row must be zero (kernels load whole bytes and the canonical form is unique)
         check_zero_padding(self.name, "data", stored["data"], slices(t)[1] * self.bits)
-        check_scales(self.name, "scale", stored["scale"])
+        check_scales(self.name, "scale", stored["scale"], largest=(1 << (self.bits - 1)) - 1)
 
     def components(self, t: TensorType) -> dict[str, tuple[DType, tuple[int, ...]]]:
         n, k = slices(t)

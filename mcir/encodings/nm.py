@@ -69,7 +69,7 @@ class NM(Encoding):
                 f"#nm<n={self.n}, m={self.m}> component 'index' holds {int(index.max())}, must be < {self.m}"
             )
         if "scale" in stored:
-            check_scales("nm", "scale", stored["scale"])
+            check_scales("nm", "scale", stored["scale"], largest=128)  # i8 values (-128 included)
 
     def components(self, t: TensorType) -> dict[str, tuple[DType, tuple[int, ...]]]:
         n_rows, k = rows(t)

@@ -19,7 +19,7 @@ import numpy as np
 
 from mcir import dtypes
 from mcir.dtypes import DType
-from mcir.encodings.base import Encoding, check_scales, register_encoding
+from mcir.encodings.base import F32_MAX, Encoding, check_scales, register_encoding
 from mcir.errors import McirError
 
 if TYPE_CHECKING:
@@ -85,10 +85,16 @@ class Quant(Encoding):
             lo, hi = int_range(t.dtype)
             if not lo <= self.zero_point <= hi:
                 raise McirError(f"#quant zero_point {self.zero_point} outside the range of {t.dtype} (in {t})")
+            if self.scale * max(self.zero_point - lo, hi - self.zero_point) > F32_MAX:
+                raise McirError(
+                    f"#quant scale {self.scale} makes values beyond the f32 range (in {t}); every value must be a "
+                    "finite f32"
+                )
 
     def check_stored(self, t: TensorType, stored: dict[str, Any]) -> None:
         if self.axis is not None:
-            check_scales("quant", "scale", stored["scale"])
+            lo, hi = int_range(t.dtype)
+            check_scales("quant", "scale", stored["scale"], largest=max(-lo, hi))
 
     def components(self, t: TensorType) -> dict[str, tuple[DType, tuple[int, ...]]]:
         if self.axis is None:
@@ -117,3 +123,27 @@ class Quant(Encoding):
         lo, hi = int_range(t.dtype)
         q = np.rint(np.asarray(x, np.float32) / np.float32(self.scale)) + self.zero_point
         return np.clip(q, lo, hi).astype(t.dtype.np)
+
+
+def bias_accumulator_units(bias_type: TensorType, stored: Any, acc_scale: np.ndarray) -> np.ndarray:
+    """An int8 layer's bias in accumulator units ``s_x·s_w[n]``: int64, one per output channel.
+
+    This is the semantics of a bias on ``linear``/``conv2d`` with a ``u8 #quant`` input and an i8
+    weight, the same in the interpreter and in every native int8 kernel: the int32 accumulators
+    start at the bias, so a bias is *rounded* to the accumulator's scale. The quant8 pass stores
+    int32 biases at exactly that scale (no rounding, ``q`` itself); an f32 bias, or an i32 bias at
+    another scale (a graph edited by hand or by a mutation: input scale changed afterwards), is
+    rounded half to even, ``rint(b / (s_x·s_w[n]))``.
+    """
+    acc = np.asarray(acc_scale, np.float64).reshape(-1)
+    n = acc.shape[0]
+    enc = bias_type.encoding
+    if isinstance(enc, Quant) and bias_type.dtype == dtypes.i32 and enc.zero_point == 0:
+        q = np.asarray(stored["data"] if isinstance(stored, dict) else stored, np.int64).reshape(n)
+        sb = np.broadcast_to(np.asarray(enc.scales(bias_type, stored), np.float64).reshape(-1), (n,))
+        ratio = sb / acc
+        if np.all(np.abs(ratio - 1.0) <= 1e-6):  # stored at the accumulator scale (up to f32 rounding)
+            return q
+        return np.rint(q * ratio).astype(np.int64)
+    real = np.asarray(bias_type.decode(stored), np.float64).reshape(n)
+    return np.rint(real / acc).astype(np.int64)

@@ -99,6 +99,35 @@ def leaky_relu(cx, a):
     return cx.emit("where", [positive, x, cx.emit("mul", [x, slope])])
 
 
+def emit_elu(cx: Converter, x: Value, alpha: float, scale: float = 1.0, input_scale: float = 1.0) -> Value:
+    """y = scale * (x if x > 0 else alpha * (exp(input_scale * x) - 1)): torch's ELU, which SELU and CELU are."""
+    dt = x.type.dtype
+    z = x if input_scale == 1.0 else cx.emit("mul", [x, cx.scalar(input_scale, dt)])
+    negative = cx.emit("mul", [cx.emit("sub", [cx.emit("exp", [z]), cx.scalar(1.0, dt)]), cx.scalar(alpha, dt)])
+    y = cx.emit("where", [cx.emit("gt", [x, cx.scalar(0.0, dt)]), x, negative])
+    return y if scale == 1.0 else cx.emit("mul", [y, cx.scalar(scale, dt)])
+
+
+@on(aten.elu)
+def elu(cx, a):
+    alpha, scale, input_scale = (float(a(i, name, 1.0)) for i, name in ((1, "alpha"), (2, "scale"), (3, "input_scale")))
+    return emit_elu(cx, float_input(cx, a), alpha, scale, input_scale)
+
+
+@on(aten.selu)
+def selu(cx, a):
+    # torch's constants (Klambauer et al.): alpha and scale of the self-normalising ELU
+    return emit_elu(cx, float_input(cx, a), 1.6732632423543772848170429916717, 1.0507009873554804934193349852946)
+
+
+@on(aten.celu)
+def celu(cx, a):
+    alpha = float(a(1, "alpha", 1.0))
+    if alpha == 0.0:
+        raise UnsupportedError(f"{cx.describe()}: celu with alpha=0 divides by zero (x / alpha); use relu")
+    return emit_elu(cx, float_input(cx, a), alpha, 1.0, 1.0 / alpha)
+
+
 @on(aten.dropout, aten.feature_dropout, aten.alpha_dropout, aten.feature_alpha_dropout)
 def dropout(cx, a):
     # kept as an op (identity at inference) so the model's structure stays visible; the fold pass removes it

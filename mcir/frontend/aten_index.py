@@ -6,7 +6,9 @@ Advanced indexing becomes one ``index_select`` on the flattened tensor. When eve
 tensor is known at trace time (the attention-mask builders of ``transformers`` index with
 ``arange`` grids; a boolean mask that is a constant), the flat positions are computed here
 by indexing an ``arange`` stand-in with torch itself, so torch's rules (broadcasting, ``None``,
-boolean masks, where the indexed axes land) hold by construction. Index tensors computed
+boolean masks, where the indexed axes land) hold by construction. A boolean mask's count is
+data-dependent for torch.export (an unbacked size ``u0``) even when the mask is a constant; the
+count computed here binds that size (``Converter.sizes``) for every later shape that mentions it. Index tensors computed
 at run time are combined into flat positions with integer ops; they must index adjacent axes.
 """
 
@@ -56,13 +58,13 @@ def index(cx, a):
 
 def emit_advanced_index(cx: Converter, x: Value, indices: list[Any]) -> Value:
     """``x[indices]`` for ``aten.index.Tensor``: ``indices[d]`` indexes axis ``d`` (None keeps it whole)."""
-    out = cx.out_shape()
     if all(_known(i) for i in indices):
         # run torch's own indexing on the positions 0..n-1: the result is the flat position of every element
         positions = torch.arange(x.type.numel, dtype=torch.int64).reshape(x.type.shape)
         flat = torch.ops.aten.index.Tensor(positions, [_as_torch(i) for i in indices])
         flat_x = reshape_to(cx, x, (x.type.numel,))
         return cx.emit("index_select", [flat_x, cx.tensor(Folded(flat, "index"))], {"axis": 0})
+    out = cx.out_shape()  # fails for a boolean mask computed at run time: its count is data-dependent
     axes = [d for d, i in enumerate(indices) if i is not None]
     if axes != list(range(axes[0], axes[-1] + 1)):
         raise UnsupportedError(
@@ -73,9 +75,13 @@ def emit_advanced_index(cx: Converter, x: Value, indices: list[Any]) -> Value:
     shape = x.type.shape
     flat: Value | None = None
     for d in axes:
+        if cx.tensor(indices[d]).type.dtype == dtypes.boolean:
+            raise UnsupportedError(
+                "a boolean mask computed at run time gives a data-dependent shape (how many elements it selects "
+                "depends on the input's values). Keep the shape: torch.where(mask, x, 0) or x.masked_fill(~mask, 0); "
+                "or index with a mask that is a constant or is computed from shapes only"
+            )
         idx = tensor_as(cx, indices[d], dtypes.i64)
-        if idx.type.dtype == dtypes.boolean:
-            raise UnsupportedError("a boolean mask computed at run time gives a data-dependent shape")
         # torch counts negative indices from the end: wrap them per axis before combining
         size = cx.scalar(shape[d], dtypes.i64)
         negative = cx.emit("lt", [idx, cx.scalar(0, dtypes.i64)])
@@ -88,6 +94,14 @@ def emit_advanced_index(cx: Converter, x: Value, indices: list[Any]) -> Value:
         flat = cx.emit("expand", [flat], {"shape": list(bshape)})
     grouped = reshape_to(cx, x, (*shape[:first], math.prod(shape[first:last]), *shape[last:]))
     return reshape_to(cx, cx.emit("index_select", [grouped, flat], {"axis": first}), out)
+
+
+@on(aten.sym_size)
+def sym_size(cx, a):
+    """``x.shape[d]`` that torch.export kept symbolic (after a boolean mask): mcir's shapes are static."""
+    x = a(0, "self")
+    shape = x.type.shape if isinstance(x, Value) else tuple(_as_torch(x).shape)
+    return int(shape[norm_dim(a(1, "dim"), len(shape))])
 
 
 @on(aten.cumsum)

@@ -4,6 +4,7 @@ and 1-D pooling.
 An RNN layer becomes, per direction, one ``linear`` for the input projection of all steps (a
 GEMM that quant8 and the other weight passes see as an ordinary layer) and one ``lstm`` /
 ``gru`` op for the recurrence; directions are concatenated on the feature axis, layers chained.
+An LSTM with ``proj_size`` passes its ``W_hr`` to the ``lstm`` op (its sixth operand).
 ``h_n`` is read from the outputs (the last step forward, the first step backward); ``c_n`` of an
 LSTM needs the cell states, so an ``lstm {cell=true}`` op is emitted only when the model uses it.
 1-D pooling is 2-D pooling over a height-1 image, like ``conv1d``.
@@ -64,10 +65,14 @@ def emit_rnn(
     x = cx.tensor(x)
     dirs = 2 if bidirectional else 1
     per = 4 if has_biases else 2
+    # torch's flat weights per layer and direction: w_ih, w_hh, [b_ih, b_hh], [w_hr (LSTM proj_size > 0)]
+    proj = kind == "lstm" and len(params) == layers * dirs * (per + 1)
+    if proj:
+        per += 1
     if len(params) != layers * dirs * per:
         raise UnsupportedError(
-            f"{kind.upper()} with {len(params)} weight tensors for {layers} layer(s) x {dirs} direction(s): "
-            "projections (proj_size > 0) are not supported"
+            f"{kind.upper()} with {len(params)} weight tensors for {layers} layer(s) x {dirs} direction(s), "
+            f"{'with' if has_biases else 'without'} biases: expected {layers * dirs * per}"
         )
     unbatched = x.type.rank == 2
     if unbatched:
@@ -76,18 +81,20 @@ def emit_rnn(
         x = cx.emit("permute", [x], {"dims": [1, 0, 2]})
     steps, batch, _ = x.type.shape
     gates = _GATES[kind]
-    hidden = _shape(params[1])[1]
+    hidden = _shape(params[1])[0] // gates  # W_hh is [G*H, P]
+    width = _shape(params[1])[1]  # the hidden state: H, or P with a projection
     h_last, c_last = [], []
     inp = x
     for layer in range(layers):
         outs = []
         for d in range(dirs):
-            w_ih, w_hh, *biases = params[(layer * dirs + d) * per : (layer * dirs + d + 1) * per]
-            b_ih, b_hh = biases if biases else (None, Folded(torch.zeros(gates * hidden), "rnn_bias_hh"))
+            w_ih, w_hh, *rest = params[(layer * dirs + d) * per : (layer * dirs + d + 1) * per]
+            w_hr = [cx.tensor(rest.pop())] if proj else []
+            b_ih, b_hh = rest if rest else (None, Folded(torch.zeros(gates * hidden), "rnn_bias_hh"))
             gx = cx.emit("linear", [inp, cx.tensor(w_ih)] + ([cx.tensor(b_ih)] if b_ih is not None else []))
             index = layer * dirs + d
-            h0 = cx.tensor(_state(cx, hx[0], index, batch, hidden, unbatched))
-            rec = [cx.tensor(w_hh), cx.tensor(b_hh)]
+            h0 = cx.tensor(_state(cx, hx[0], index, batch, width, unbatched))
+            rec = [cx.tensor(w_hh), cx.tensor(b_hh), *w_hr]
             at = steps - 1 if d == 0 else 0  # the last step each direction takes
             if kind == "lstm":
                 c0 = cx.tensor(_state(cx, hx[1], index, batch, hidden, unbatched))
@@ -106,15 +113,17 @@ def emit_rnn(
     elif batch_first:
         out = cx.emit("permute", [out], {"dims": [1, 0, 2]})
 
-    def stacked(parts: list[Any]) -> Any:
-        shape = (len(parts), hidden) if unbatched else (len(parts), batch, hidden)
+    def stacked(parts: list[Any], size: int) -> Any:
+        shape = (len(parts), size) if unbatched else (len(parts), batch, size)
         parts = [reshape_to(cx, p, (1, *shape[1:])) for p in parts]
         return parts[0] if len(parts) == 1 else cx.emit("concat", parts, {"axis": 0})
 
-    h_n = stacked(h_last)
+    h_n = stacked(h_last, width)
     if kind == "gru":
         return out, h_n
-    c_n = stacked(c_last) if want_cell else Unavailable("the final cell state c_n of an LSTM that was not traced")
+    c_n = (
+        stacked(c_last, hidden) if want_cell else Unavailable("the final cell state c_n of an LSTM that was not traced")
+    )
     return out, h_n, c_n
 
 
@@ -144,14 +153,14 @@ def module_rnn(cx: Converter, mod: torch.nn.Module, path: str, a: Args) -> Any:
     """``nn.LSTM`` / ``nn.GRU`` under symbolic tracing: ``y, (h, c) = lstm(x[, (h0, c0)])``."""
     kind = "lstm" if isinstance(mod, torch.nn.LSTM) else "gru"
     x = cx.tensor(a(0, "input"))
-    if getattr(mod, "proj_size", 0):
-        raise UnsupportedError("LSTM with proj_size > 0 is not supported")
     dirs = 2 if mod.bidirectional else 1
     hx = a(1, "hx", None)
     if hx is None:
         batch = () if x.type.rank == 2 else (x.type.shape[0 if mod.batch_first else 1],)
         zeros = Folded(torch.zeros(mod.num_layers * dirs, *batch, mod.hidden_size), "zeros")
-        hx = [zeros, zeros] if kind == "lstm" else [zeros]
+        proj = getattr(mod, "proj_size", 0)  # LSTMP: h is P wide, c stays H wide
+        h_zeros = Folded(torch.zeros(mod.num_layers * dirs, *batch, proj), "zeros_h") if proj else zeros
+        hx = [h_zeros, zeros] if kind == "lstm" else [zeros]
     elif kind == "gru":
         hx = [hx]
     else:
@@ -204,7 +213,16 @@ def adaptive_avg_pool1d(cx, a):
 
 @on(aten.adaptive_max_pool1d)
 def adaptive_max_pool1d(cx, a):
+    """Adaptive max pooling to S outputs of a length L that S divides: windows of L/S, as ``max_pool2d``
+    over a height-1 image (global max pooling is S = 1), so it runs on u8 values after quant8 too."""
     x = cx.tensor(a(0, "self"))
-    if ints(a(1, "output_size"), 1)[0] != 1:
-        raise UnsupportedError("adaptive max pooling is supported only to an output of length 1 (global max pooling)")
-    return with_extras(cx, cx.emit("amax", [x], {"axes": [x.type.rank - 1], "keepdim": True}), 2)
+    size, length = ints(a(1, "output_size"), 1)[0], x.type.shape[-1]
+    if size <= 0 or length % size:
+        raise UnsupportedError(
+            f"adaptive max pooling of length {length} to {size} outputs: windows of different lengths are not "
+            "supported; use an output size that divides the length (1: global max pooling)"
+        )
+    k = length // size
+    attrs = {"kernel": [1, k], "stride": [1, k], "padding": [0, 0], "dilation": [1, 1], "ceil_mode": False}
+    y = cx.emit("max_pool2d", [_as_2d(cx, x)], attrs)
+    return with_extras(cx, reshape_to(cx, y, cx.out_shape(0)), 2)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import sympy
 import torch
 import torch.fx as fx
 
@@ -160,6 +161,9 @@ class Converter:
         # by a later temporary (handlers create Folded tensors that live only for one call)
         self._consts: dict[int, tuple[Param | Folded, Value]] = {}
         self._params: dict[str, Param] = {}  # module path -> Param, so a weight used twice is one constant
+        # torch.export's unbacked sizes (``u0``: how many elements a boolean mask selects) -> the count mcir
+        # computed from a mask known at trace time; later shapes that mention the symbol resolve through it
+        self.sizes: dict[sympy.Symbol, sympy.Integer] = {}
 
     def add_input(self, node: fx.Node, name: str) -> Value:
         val = node.meta.get("val")
@@ -213,14 +217,37 @@ class Converter:
         return val
 
     def out_shape(self, index: int | None = None) -> tuple[int, ...]:
-        shape = self.out_meta(index).shape
-        if not all(isinstance(d, int) for d in shape):
+        """The current node's result shape, with torch.export's symbolic sizes resolved (see ``concrete``)."""
+        shape = self.concrete(self.out_meta(index).shape)
+        if shape is None:
             raise UnsupportedError(
-                f"{self.describe()} has a data-dependent shape {list(shape)} under torch.export (e.g. a boolean "
-                "mask, even a constant one, selects a number of elements torch.export does not know); index with "
-                "integer positions (torch.nonzero of the mask, computed outside the model) or use tracer='fx'"
+                f"{self.describe()} has a data-dependent shape {list(self.out_meta(index).shape)} under torch.export: "
+                "its size depends on the values of a run-time tensor (e.g. x[mask] with a mask computed from an "
+                "input), which a static graph cannot express. Keep the shape: torch.where(mask, x, 0) or "
+                "x.masked_fill(~mask, 0); or index with a mask that is a constant or is computed from shapes only"
             )
-        return tuple(shape)
+        return shape
+
+    def concrete(self, shape: Any) -> tuple[int, ...] | None:
+        """``shape`` as ints: symbolic sizes are replaced by the counts bound in ``sizes``; None if one is unknown."""
+        dims = []
+        for d in shape:
+            if isinstance(d, int):
+                dims.append(d)
+                continue
+            expr = d.node.expr.xreplace(self.sizes) if isinstance(d, torch.SymInt) else None
+            if expr is None or not expr.is_Integer:
+                return None
+            dims.append(int(expr))
+        return tuple(dims)
+
+    def bind_sizes(self, want: torch.Size, got: tuple[int, ...]) -> None:
+        """Bind each bare unbacked size of ``want`` (torch's recorded shape) to mcir's count in ``got``."""
+        if len(want) != len(got):
+            return
+        for d, n in zip(want, got):
+            if isinstance(d, torch.SymInt) and d.node.expr.is_Symbol and d.node.expr not in self.sizes:
+                self.sizes[d.node.expr] = sympy.Integer(int(n))
 
     def out_dtype(self, index: int | None = None) -> dtypes.DType:
         return mcir_dtype(self.out_meta(index).dtype, f"result of {self.describe()}")

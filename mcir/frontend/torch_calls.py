@@ -304,6 +304,7 @@ for _cls, _packet in [
 MODULES[nn.GELU] = lambda cx, mod, path, a: ATEN[aten.gelu](cx, Args([a(0, "input")], {"approximate": mod.approximate}))
 MODULES[nn.Hardtanh] = _module_call(aten.hardtanh, lambda m: [m.min_val, m.max_val])
 MODULES[nn.LeakyReLU] = _module_call(aten.leaky_relu, lambda m: [m.negative_slope])
+MODULES[nn.ELU] = _module_call(aten.elu, lambda m: [m.alpha])
 MODULES[nn.Softmax] = _module_call(aten.softmax, lambda m: [m.dim])
 MODULES[nn.LogSoftmax] = _module_call(aten.log_softmax, lambda m: [m.dim])
 MODULES[nn.Flatten] = _module_call(aten.flatten)

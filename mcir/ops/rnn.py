@@ -15,6 +15,12 @@ stacks directions and layers. Gate order is torch's: LSTM ``i, f, g, o``; GRU ``
 
     %gx = linear(%x, %rnn.weight_ih_l0, %rnn.bias_ih_l0) : f32[50,1,1024]
     %y = lstm(%gx, %h0, %c0, %rnn.weight_hh_l0, %rnn.bias_hh_l0) : f32[50,1,256]
+
+An LSTM with a projection (torch's ``proj_size = P``, "LSTMP") takes a sixth operand ``w_hr``
+``[P, H]``: each step's ``o * tanh(c)`` is projected to ``h = (o * tanh(c)) W_hr^T``, so the
+hidden state, the output and ``W_hh`` (``[4H, P]``) are P wide while the cell state stays H wide::
+
+    %y = lstm(%gx, %h0, %c0, %rnn.weight_hh_l0, %rnn.bias_hh_l0, %rnn.weight_hr_l0) : f32[50,1,64]
 """
 
 from __future__ import annotations
@@ -59,6 +65,40 @@ def _rnn_macs(types: list[TensorType], result: TensorType, **_) -> int:
     return steps * batch * types[-2].shape[0] * hidden
 
 
+def _lstm_infer(types: list[TensorType], cell: bool) -> TensorType:
+    gx, h0, c0, w, b = types[:5]
+    proj = types[5] if len(types) == 6 else None
+    for t in types:
+        if not t.dtype.is_float:
+            raise McirError(f"lstm operands must be floating point, got {t}")
+    if gx.rank != 3:
+        raise McirError(f"lstm input gates must be [T, B, 4*H], got {gx}")
+    if c0.rank != 2 or c0.shape[0] != gx.shape[1]:
+        raise McirError(f"lstm cell state must be [B={gx.shape[1]}, H], got {c0}")
+    hidden = c0.shape[1]
+    if gx.shape[2] != 4 * hidden:
+        raise McirError(f"lstm input gates {gx} must have 4 x H = {4 * hidden} features (H from the cell state)")
+    width = hidden
+    if proj is not None:
+        if proj.rank != 2 or proj.shape[1] != hidden:
+            raise McirError(f"lstm projection weight must be [P, H={hidden}], got {proj}")
+        width = proj.shape[0]
+    if h0.shape != (gx.shape[1], width):
+        raise McirError(f"lstm initial hidden state must be [B={gx.shape[1]}, {width}], got {h0}")
+    if w.shape != (4 * hidden, width):
+        raise McirError(f"lstm recurrent weight must be [{4 * hidden}, {width}], got {w}")
+    if b.shape != (4 * hidden,):
+        raise McirError(f"lstm recurrent bias must be [{4 * hidden}], got {b}")
+    return TensorType((gx.shape[0], gx.shape[1], hidden if cell else width), gx.dtype)
+
+
+def _lstm_macs(types: list[TensorType], result: TensorType, **_) -> int:
+    steps, batch = result.shape[:2]
+    gates, width = types[3].shape  # W_hh [4H, P]
+    proj = types[5].shape[0] * types[5].shape[1] if len(types) == 6 else 0
+    return steps * batch * (gates * width + proj)
+
+
 def _steps(count: int, reverse: bool) -> range:
     return range(count - 1, -1, -1) if reverse else range(count)
 
@@ -83,27 +123,31 @@ _INT8_STATE = Attr(
 
 @defop(
     "lstm",
-    operands="gx, h0, c0, w_hh, b_hh",
+    operands="gx, h0, c0, w_hh, b_hh, w_hr?",
     attrs={
         "reverse": Attr("bool", False, "run from the last step to the first (a bidirectional layer's backward half)"),
         "cell": Attr("bool", False, "give the cell states c_t instead of the hidden states h_t"),
         "int8_state": _INT8_STATE,
     },
-    infer=lambda t, reverse, cell, int8_state: _rnn_infer(t, 4, "lstm"),
+    infer=lambda t, reverse, cell, int8_state: _lstm_infer(t, cell),
     traits={CONTRACTION, RECURRENT},
-    macs=_rnn_macs,
+    macs=_lstm_macs,
 )
-def lstm(gx, h0, c0, w_hh, b_hh, reverse=False, cell=False, int8_state=False):
-    """g = gx[t] + h W_hh^T + b_hh = [i f g o]; c = s(f) c + s(i) tanh(g); h = s(o) tanh(c); y[t] = h (or c)"""
+def lstm(gx, h0, c0, w_hh, b_hh, w_hr=None, reverse=False, cell=False, int8_state=False):
+    """g = gx[t] + h W_hh^T + b_hh = [i f g o]; c = s(f) c + s(i) tanh(g); h = s(o) tanh(c) (W_hr^T);
+    y[t] = h (or c)"""
     gx, w, b = (np.asarray(a, np.float64) for a in (gx, w_hh, b_hh))
     h, c = np.asarray(h0, np.float64), np.asarray(c0, np.float64)
-    hidden = h.shape[1]
-    y = np.empty(gx.shape[:2] + (hidden,), np.float64)
+    wr = None if w_hr is None else np.asarray(w_hr, np.float64)
+    hidden = c.shape[1]
+    y = np.empty(gx.shape[:2] + ((hidden if cell else h.shape[1]),), np.float64)
     for t in _steps(gx.shape[0], reverse):
         g = gx[t] + _state_for_weights(h, int8_state) @ w.T + b
         i, f, gg, o = (g[:, k * hidden : (k + 1) * hidden] for k in range(4))
         c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(gg)
         h = _sigmoid(o) * np.tanh(c)
+        if wr is not None:
+            h = h @ wr.T
         y[t] = c if cell else h
     return y.astype(np.float32)
 

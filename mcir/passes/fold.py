@@ -190,17 +190,49 @@ def constant_digest(op: Op) -> str:
     return digest.hexdigest()
 
 
+#: elements of each component a constant's quick key samples (evenly spaced, the first and last included)
+SAMPLE = 64
+
+
+def constant_sample(op: Op) -> tuple:
+    """A cheap key of a const op's data: a few evenly spaced elements of every component.
+
+    Equal constants have equal samples; constants with equal samples are compared in full
+    (``same_data``) before they are merged. Hashing all of a BERT-base's 340 MB of weights
+    to find the (usually no) duplicates took 2.4 s of ``fold``."""
+    parts = op.data if isinstance(op.data, dict) else {"data": op.data}
+    key = []
+    for name in sorted(parts):
+        flat = np.asarray(parts[name]).reshape(-1)
+        picks = np.unique(np.linspace(0, flat.size - 1, num=min(SAMPLE, flat.size)).astype(np.int64))
+        key.append((name, flat.size, flat[picks].tobytes()))
+    return tuple(key)
+
+
+def same_data(a: Op, b: Op) -> bool:
+    """Whether two const ops store identical components (bit for bit: -0.0 and NaN payloads count)."""
+    pa = a.data if isinstance(a.data, dict) else {"data": a.data}
+    pb = b.data if isinstance(b.data, dict) else {"data": b.data}
+    if sorted(pa) != sorted(pb):
+        return False
+    for name in pa:
+        x, y = np.ascontiguousarray(pa[name]), np.ascontiguousarray(pb[name])
+        if x.dtype != y.dtype or x.shape != y.shape or x.tobytes() != y.tobytes():
+            return False
+    return True
+
+
 def _cse_key(op: Op) -> Any:
     t = op.result.type
     if op.name == "const":
-        return None if op.data is None else ("const", str(t), constant_digest(op))
+        return None if op.data is None else ("const", str(t), constant_sample(op))
     return (op.name, tuple(id(v) for v in op.operands), tuple(sorted(op.attrs.items())), str(t))
 
 
 def eliminate_common_subexpressions(graph: Graph, rw: Rewriter) -> int:
     """Merge ops computing the same thing (same kind, operands, attributes, type) and identical
     constants; the first occurrence survives. Returns how many ops were merged."""
-    seen: dict[Any, Op] = {}
+    seen: dict[Any, list[Op]] = {}  # key -> the surviving ops with it (constants: equal samples, different data)
     merged = 0
     for op in list(graph.ops):
         if op.graph is not graph:
@@ -208,9 +240,10 @@ def eliminate_common_subexpressions(graph: Graph, rw: Rewriter) -> int:
         key = _cse_key(op)
         if key is None:
             continue
-        first = seen.get(key)
+        candidates = seen.setdefault(key, [])
+        first = next((c for c in candidates if op.name != "const" or same_data(c, op)), None)
         if first is None:
-            seen[key] = op
+            candidates.append(op)
             continue
         rw.replace_op(op, first.result, keep_name=False)
         merged += 1

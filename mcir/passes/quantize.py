@@ -69,6 +69,7 @@ from mcir.types import TensorType
 
 #: recurrences whose W_hh (second-to-last operand) becomes int8; their state meets it on a fixed u8 grid
 RECURRENT = frozenset({"lstm", "gru"})
+RECURRENT_WEIGHT = {"lstm": 3, "gru": 2}  # operand index of W_hh
 
 
 @dataclass(frozen=True)
@@ -433,8 +434,12 @@ class _Quantizer:
 
     def recurrent(self, op: Op) -> None:
         """An LSTM/GRU recurrence: W_hh int8 per row; the hidden state, always inside (-1, 1), is
-        fed on the fixed grid q/127 (``int8_state``), so it needs no calibration."""
-        index = len(op.operands) - 2
+        fed on the fixed grid q/127 (``int8_state``), so it needs no calibration. An LSTM with a
+        projection (``w_hr``) stays float: its projected state is not bounded by 1, so the fixed grid
+        would clip it."""
+        if op.name == "lstm" and len(op.operands) == 6:
+            return
+        index = RECURRENT_WEIGHT[op.name]
         w = op.operands[index]
         if not (w.is_constant and w.producer.data is not None and w.type.dtype.is_float and w.type.encoding is None):
             return

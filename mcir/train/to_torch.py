@@ -157,14 +157,16 @@ def _rnn_state(h, int8_state):
     return h + (q - h).detach()
 
 
-def _lstm(gx, h0, c0, w_hh, b_hh, reverse=False, cell=False, int8_state=False):
-    h, c, hidden, ys = h0, c0, h0.shape[-1], []
+def _lstm(gx, h0, c0, w_hh, b_hh, w_hr=None, reverse=False, cell=False, int8_state=False):
+    h, c, hidden, ys = h0, c0, c0.shape[-1], []
     steps = range(gx.shape[0] - 1, -1, -1) if reverse else range(gx.shape[0])
     for t in steps:
         g = gx[t] + _rnn_state(h, int8_state) @ w_hh.T + b_hh
         i, f, gg, o = (g[..., k * hidden : (k + 1) * hidden] for k in range(4))
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(gg)
         h = torch.sigmoid(o) * torch.tanh(c)
+        if w_hr is not None:  # LSTMP: the hidden state is projected
+            h = h @ w_hr.T
         ys.append(c if cell else h)
     return torch.stack(ys[::-1] if reverse else ys)  # vmap-friendly: no in-place writes
 

@@ -107,11 +107,50 @@ def test_advanced_indexing_with_constant_grids_becomes_one_index_select(tmp_path
 
 def test_constant_boolean_mask_and_none_axes(tmp_path):
     keep = torch.tensor([True, False, True, True, False])
-    # symbolic tracing runs the model, so the mask's count is known; torch.export leaves it symbolic
-    _check(tmp_path, lambda x: x[:, keep], X, tracers=("fx",))
-    with pytest.raises(McirError, match="data-dependent shape"):
-        mcir.trace(Fn(lambda x: x[:, keep]), X)
+    # torch.export leaves the mask's count symbolic (u0) even for a constant: mcir counts it at trace time
+    graph = _check(tmp_path, lambda x: x[:, keep], X)
+    assert graph.outputs[0].type.shape == (3, 3, 4)
     _check(tmp_path, lambda x: x[None, :, torch.tensor([[0, 1], [3, 2]])], X, tracers=("export",))
+
+
+def test_boolean_mask_from_static_shapes_feeds_later_layers(tmp_path):
+    # the mask is computed from shapes only (folded at trace time); the layers after the selection see the
+    # count in their shapes (reshape with -1, a reduction over the selected axis, a linear)
+    class EveryOtherToken(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            even = torch.arange(x.shape[1]) % 2 == 0
+            picked = x[:, even]
+            return self.fc(picked.reshape(x.shape[0], -1, 4)).sum(1) + picked.shape[1]
+
+    torch.manual_seed(0)
+    model = EveryOtherToken().eval()
+    graph = mcir.trace(model, X)
+    (native,) = check_native(graph, tmp_path, X.numpy())
+    np.testing.assert_allclose(native, model(X).detach().numpy(), rtol=0, atol=1e-5)
+
+
+class Positives(nn.Module):
+    def forward(self, x):
+        return x[x > 0]
+
+
+def test_boolean_mask_from_run_time_values_fails_with_the_op_line_and_the_way_out():
+    # x[x > 0]: how many elements survive depends on the input's values: no static shape exists
+    with pytest.raises(McirError, match=r"aten.index.Tensor .*test_indexing.py:\d+: `return x\[x > 0\]`.*torch.where"):
+        mcir.trace(Positives(), X)
+    with pytest.raises(McirError, match=r"test_indexing.py:\d+: `return x\[x > 0\]`.*boolean mask computed at run"):
+        mcir.trace(Positives(), X, tracer="fx")
+
+
+def test_masked_fill_and_where_with_run_time_boolean_masks(tmp_path):
+    # shape-preserving masking is what a static graph can do with a run-time mask: exact natively
+    mask = torch.rand(3, 5, 4, generator=torch.Generator().manual_seed(3)) > 0.5
+    _check(tmp_path, lambda x, m: x.masked_fill(m, -1.5) + torch.where(m, x, 2 * x), X, mask)
+    _check(tmp_path, lambda x, m: x.masked_fill(~m[:, :, :1], -1e4).softmax(-1), X, mask)  # broadcast mask
 
 
 def test_runtime_index_tensors_on_adjacent_axes(tmp_path):

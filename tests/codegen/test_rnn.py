@@ -68,6 +68,63 @@ def test_rnn_layer_matches_torch_with_both_tracers(tmp_path, cls, config):
             _close(got, ref)
 
 
+PROJ_CONFIGS = [
+    dict(),
+    dict(num_layers=2, bidirectional=True, batch_first=True),
+    dict(bias=False),
+]
+
+
+@pytest.mark.parametrize("config", PROJ_CONFIGS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "default")
+def test_lstm_with_projection_matches_torch_with_both_tracers(tmp_path, config):
+    # LSTMP: h = (o * tanh(c)) W_hr^T each step; h, y and W_hh are proj_size wide, c stays hidden wide.
+    # 40 and 24 are not multiples of the vector width: both GEMMs of a step have partial panels
+    torch.manual_seed(11)
+    model = AllOutputs(nn.LSTM(6, 40, proj_size=24, **config)).eval()
+    x = torch.randn(7, 3, 6)
+    with torch.no_grad():
+        refs = [r.numpy() for r in model(x)]
+    assert [r.shape[-1] for r in refs] == [24 * (2 if config.get("bidirectional") else 1), 24, 40]
+    for tracer in ("export", "fx"):
+        graph = mcir.trace(model, x, tracer=tracer)
+        assert all(len(op.operands) == 6 for op in graph.compute_ops() if op.name == "lstm")
+        for got, ref in zip(check_native(graph, tmp_path, x.numpy()), refs):
+            _close(got, ref)
+
+
+def test_lstm_with_projection_and_a_given_state(tmp_path):
+    torch.manual_seed(12)
+    model = AllOutputs(nn.LSTM(5, 12, proj_size=4, num_layers=2), with_state=True).eval()
+    x, h0, c0 = torch.randn(6, 2, 5), torch.randn(2, 2, 4), torch.randn(2, 2, 12)
+    graph = mcir.trace(model, (x, h0, c0))
+    with torch.no_grad():
+        refs = [r.numpy() for r in model(x, h0, c0)]
+    for got, ref in zip(check_native(graph, tmp_path, x.numpy(), h0.numpy(), c0.numpy()), refs):
+        _close(got, ref)
+
+
+def test_quant8_of_an_lstm_with_projection_keeps_the_recurrence_float(tmp_path):
+    # the projected state is not bounded by 1, so the fixed int8 state grid does not apply: the input
+    # projections become int8 layers, W_hh and W_hr stay f32
+    torch.manual_seed(13)
+    model = AllOutputs(nn.LSTM(16, 32, proj_size=12, bidirectional=True)).eval()
+    gen = torch.Generator().manual_seed(14)
+    xs = [torch.randn(10, 2, 16, generator=gen) for _ in range(6)]
+    graph = mcir.trace(model, xs[0])
+    q = mcir.run_passes(graph, "fold,quant8", calibration=[(x.numpy(),) for x in xs[1:]])
+    recurrent = [op for op in q.compute_ops() if op.name == "lstm"]
+    assert recurrent and not any(op.attrs["int8_state"] for op in recurrent)
+    assert all(op.operands[3].type.dtype.name == "f32" for op in recurrent)
+    assert any(op.operands[1].type.dtype.name == "i8" for op in q.compute_ops() if op.name == "linear")
+    natives = build(q, tmp_path)(xs[0].numpy())
+    with torch.no_grad():
+        refs = [r.numpy() for r in model(xs[0])]
+    for got, want, ref in zip(natives, mcir.interpret(q, xs[0].numpy()), refs):
+        _close(got, want, 1e-4)
+        noise = ((got.astype(np.float64) - ref) ** 2).sum()
+        assert 10 * np.log10((ref.astype(np.float64) ** 2).sum() / noise) >= 30
+
+
 @pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU])
 def test_given_initial_state_is_an_input(tmp_path, cls):
     torch.manual_seed(1)
@@ -202,6 +259,7 @@ def test_keyword_spotting_conv1d_net_fp32_and_int8(tmp_path):
         lambda: nn.AvgPool1d(4, stride=2),
         lambda: nn.AdaptiveAvgPool1d(5),
         lambda: nn.AdaptiveMaxPool1d(1),
+        lambda: nn.AdaptiveMaxPool1d(4),
     ],
 )
 def test_1d_pooling(tmp_path, make):
@@ -211,6 +269,46 @@ def test_1d_pooling(tmp_path, make):
         graph = mcir.trace(model, x, tracer=tracer)
         (native,) = check_native(graph, tmp_path, x.numpy())
         _close(native, model(x).numpy())
+
+
+def test_adaptive_max_pool1d_with_uneven_windows_fails_clearly():
+    with pytest.raises(mcir.McirError, match="divides the length"):
+        mcir.trace(nn.AdaptiveMaxPool1d(3), torch.randn(1, 2, 20))
+
+
+@pytest.mark.parametrize(
+    "conv, pool",
+    [
+        (dict(kernel_size=3, padding=2, dilation=2), nn.MaxPool1d(3, stride=2, padding=1)),
+        (dict(kernel_size=5, padding="same", groups=4), nn.AvgPool1d(4, stride=2)),
+        (dict(kernel_size=3, padding=1, groups=16, bias=False), nn.AdaptiveAvgPool1d(5)),  # depthwise
+        (dict(kernel_size=3, stride=2), nn.AdaptiveMaxPool1d(1)),
+    ],
+    ids=["dilated-max", "grouped-avg", "depthwise-adaptive_avg", "strided-global_max"],
+)
+def test_conv1d_and_1d_pools_stay_int8_natively(tmp_path, conv, pool):
+    # after quant8 every conv1d is an int8 conv2d and every 1-D pool runs on u8 values (no float island);
+    # native vs interpreter: int32 sums are exact, only the f32 output's rounding differs
+    torch.manual_seed(15)
+    model = nn.Sequential(
+        nn.Conv1d(16, 16, 1), nn.ReLU(), nn.Conv1d(16, 16, **conv), nn.ReLU(), pool, nn.Conv1d(16, 8, 1)
+    ).eval()
+    gen = torch.Generator().manual_seed(16)
+    xs = [torch.randn(1, 16, 30, generator=gen) for _ in range(13)]
+    q = mcir.run_passes(mcir.trace(model, xs[0]), "fold,quant8", calibration=[(x.numpy(),) for x in xs[1:]])
+    ops = list(q.compute_ops())
+    assert [op.operands[1].type.dtype.name for op in ops if op.name == "conv2d"] == ["i8"] * 3
+    pools = [op for op in ops if "pool" in op.name]
+    assert len(pools) == 1 and pools[0].operands[0].type.dtype.name == "u8"
+    assert not any(op.name in ("relu", "amax") for op in ops)
+    (native,) = build(q, tmp_path)(xs[0].numpy())
+    (interp,) = mcir.interpret(q, xs[0].numpy())
+    _close(native, interp)
+    with torch.no_grad():
+        ref = model(xs[0]).numpy()
+    # xs[0] is held out of the calibration: its activations may pass the calibrated ranges and clip
+    noise = ((native.astype(np.float64) - ref) ** 2).sum()
+    assert 10 * np.log10((ref.astype(np.float64) ** 2).sum() / noise) >= 25
 
 
 @pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU])
@@ -248,3 +346,35 @@ def test_recurrences_on_portable_targets(tmp_path, target):
     natives = build(q, tmp_path, target=target)(x.numpy())
     for got, want in zip(natives, mcir.interpret(q, x.numpy())):
         _close(got, want, 1e-3)
+
+
+def test_int8_w_hh_with_a_projection_is_a_clear_codegen_error(tmp_path):
+    # quant8 never makes it (the projected state is unbounded); written by hand it is refused, not miscompiled
+    text = """graph @g(%gx: f32[3,1,16], %h0: f32[1,2], %c0: f32[1,4]) -> (f32[3,1,2]) {
+  %w = const : i8[16,2] #quant<axis=0>
+  %b = const : f32[16]
+  %r = const : f32[2,4]
+  %y = lstm(%gx, %h0, %c0, %w, %b, %r) {int8_state=true} : f32[3,1,2]
+  return %y
+}"""
+    graph = mcir.parse(text)
+    consts = {op.result.name: op for op in graph.ops if op.name == "const"}
+    consts["w"].data = {"data": np.ones((16, 2), np.int8), "scale": np.full(16, 0.1, np.float32)}
+    consts["b"].data = np.zeros(16, np.float32)
+    consts["r"].data = np.ones((2, 4), np.float32)
+    with pytest.raises(mcir.McirError, match="int8 W_hh with a projection"):
+        build(graph, tmp_path)
+
+
+def test_half_stores_an_lstmp_w_hh_in_16_bits(tmp_path):
+    torch.manual_seed(17)
+    model = AllOutputs(nn.LSTM(8, 64, proj_size=32)).eval()
+    x = torch.randn(6, 2, 8)
+    half = mcir.run_passes(mcir.trace(model, x), "half")
+    (op,) = [op for op in half.compute_ops() if op.name == "lstm" and not op.attrs["cell"]]
+    assert op.operands[3].type.dtype.name == "f16"  # W_hh [256, 32]; the half pass leaves W_hr f32
+    natives = check_native(half, tmp_path, x.numpy())
+    with torch.no_grad():
+        refs = [r.numpy() for r in model(x)]
+    for got, ref in zip(natives, refs):
+        _close(got, ref, 1e-3)

@@ -142,6 +142,10 @@ CASES = [
     Case("gelu", lambda m, x: F.gelu(x), (X2,), ("gelu",)),
     Case("gelu_tanh", lambda m, x: m.act(x), (X2,), ("gelu",), modules={"act": nn.GELU(approximate="tanh")}),
     Case("leaky_relu", lambda m, x: F.leaky_relu(x, 0.2), (X2,), ("where",)),
+    Case("elu", lambda m, x: m.act(x), (X2,), ("where", "exp"), modules={"act": nn.ELU(0.7)}),
+    # torch.export reaches aten.elu from selu/celu; symbolic_trace maps only the nn.ELU module
+    Case("selu", lambda m, x: F.selu(x), (X2,), ("where", "exp"), fx=False),
+    Case("celu", lambda m, x: F.celu(x, 0.5), (X2,), ("where", "exp"), fx=False),
     Case("clamp", lambda m, x: torch.clamp(x, -0.5, 0.7), (X2,), ("clamp",)),
     Case("clamp_min", lambda m, x: x.clamp(min=0.1), (X2,), ("clamp",)),
     Case("clamp_tensor", lambda m, x, y: torch.clamp(x, min=y), (X2, randn(6, seed=1)), ("maximum",)),

@@ -49,8 +49,8 @@ def test_extreme_component_values_are_refused_or_run(seed, pick, element, which)
 @given(seed=seed_index, pick=st.integers(0, 1 << 16), element=st.integers(0, 1 << 30), which=st.integers(0, 7))
 def test_mutated_graphs_that_verify_compile_and_run_or_are_refused(seed, pick, element, which) -> None:
     # the contract is "only McirError"; a native result that differs from the interpreter is an event,
-    # not a failure: scales a mutation set near the float range (3.4e38) overflow f32 natively where the
-    # interpreter computes in f64 (docs/benchmarks.md counts these)
+    # not a failure: partial sums beyond the f32 range depend on the summation order (docs/ir.md, "Edge
+    # values"; docs/benchmarks.md counts these)
     case = mutate_component(seed, pick, element, which)
     with tempfile.TemporaryDirectory() as tmp:
         event(run_case(case, Path(tmp)))

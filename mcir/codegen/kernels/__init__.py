@@ -148,6 +148,9 @@ class KernelGen:
     result: str = "any"
     constant: tuple[int, ...] = ()  # operand positions that must be compile-time constants
     variant: Callable[[Target], str] | None = None  # the code path a target gets (for the table)
+    # the emitted code reads per-tensor quantisation scales only from packed constants (the channel
+    # table), never as immediates: ops that differ only in scales can share one kernel function
+    scales_in_data: bool = False
 
     @property
     def name(self) -> str:
@@ -212,10 +215,12 @@ def kernel(
     result: str = "any",
     constant: tuple[int, ...] = (),
     variant: Callable[[Target], str] | None = None,
+    scales_in_data: bool = False,
 ) -> Callable[[Callable[[KernelContext], None]], Callable[[KernelContext], None]]:
     """Decorator: register the decorated function as the generator of ``op`` for ``operands``
     and ``result`` patterns (see the module docstring); ``constant`` lists operand positions
-    that must be compile-time constants, ``variant(target)`` names the code path a target gets."""
+    that must be compile-time constants, ``variant(target)`` names the code path a target gets,
+    ``scales_in_data`` promises that the code reads per-tensor scales only from packed constants."""
 
     def deco(fn: Callable[[KernelContext], None]) -> Callable[[KernelContext], None]:
         for p in (*operands, result):
@@ -233,6 +238,7 @@ def kernel(
                 result,
                 tuple(constant),
                 variant,
+                scales_in_data,
             )
         )
         return fn

@@ -12,24 +12,26 @@ window taps unrolled, the output row the vectorised inner loop.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import llvmlite.ir as ir
 import numpy as np
 
-from mcir.codegen.emit import F32, Emitter, const, i64
+from mcir.codegen.emit import F32, I1, I32, PTR, VOID, Emitter, const, i64, vec
 from mcir.codegen.kernels import KernelContext, kernel
 from mcir.codegen.kernels.gemm_f32 import (
     HALF_STORAGE,
     GemmArgs,
     check_half_target,
+    choose_split,
     choose_tiling,
     emit_gemm,
+    emit_split_gemm,
     half_panels,
     load_b,
     pack_a,
     packed_b_bytes,
-    panel_count,
 )
 from mcir.codegen.memory_plan import view_root
 from mcir.codegen.parallel import parallel_for
@@ -78,19 +80,89 @@ def _tiling(op: Op, target: Target):
     return choose_tiling(g["og"], g["oh"] * g["ow"], g["cg"] * g["kh"] * g["kw"], target)
 
 
-def _scratch(op: Op, target: Target) -> int:
+# Batched convolutions split across threads by images: each task runs whole images (im2col and
+# GEMM) in its own im2col buffer, so the images' buffers are up to this many, within this budget.
+MAX_IMAGE_TASKS = 8
+IMAGE_SCRATCH_BUDGET = 8 << 20
+
+
+def _cols_bytes(op: Op, target: Target) -> int:
+    """Bytes of one image's (one group's) im2col panels, 64-byte aligned."""
     g = geometry(op)
-    if not _uses_gemm(g):
+    nbytes = packed_b_bytes(g["cg"] * g["kh"] * g["kw"], g["oh"] * g["ow"], _tiling(op, target).nr)
+    return -(-nbytes // 64) * 64
+
+
+def image_tasks(op: Op, target: Target) -> int:
+    """Units a batched GEMM convolution is split into: groups of images, one im2col buffer each.
+    1 for a single image (its GEMM is split by panels or row tiles instead)."""
+    g = geometry(op)
+    return max(1, min(g["n"], MAX_IMAGE_TASKS, IMAGE_SCRATCH_BUDGET // _cols_bytes(op, target)))
+
+
+def _scratch(op: Op, target: Target) -> int:
+    if not _uses_gemm(geometry(op)):
         return 0
-    return packed_b_bytes(g["cg"] * g["kh"] * g["kw"], g["oh"] * g["ow"], _tiling(op, target).nr)
+    return image_tasks(op, target) * _cols_bytes(op, target)
 
 
-def emit_im2col(em: Emitter, x: ir.Value, g: dict[str, int], nr: int, dst: ir.Value) -> None:
-    """cols[kidx, p] for kidx = (c, i, j), p = (oy, ox), in packed panels of NR columns."""
-    if g["ow"] <= nr:
+def emit_im2col(em: Emitter, x: ir.Value, g: dict[str, int], nr: int, dst: ir.Value, lanes: int = 1) -> None:
+    """cols[kidx, p] for kidx = (c, i, j), p = (oy, ox), in packed panels of NR columns.
+
+    ``lanes`` > 1: the target has masked vector loads and stores of that width (AVX2, AVX-512)."""
+    if lanes > 1 and g["sw"] == 1 and nr % g["ow"] == 0:
+        _im2col_vector_rows(em, x, g, nr, dst, lanes)
+    elif g["ow"] <= nr:
         _im2col_rows(em, x, g, nr, dst)
     else:
         _im2col_general(em, x, g, nr, dst)
+
+
+def _lane_mask(lanes: int, lo: int, hi: int) -> ir.Constant:
+    """An i1 vector mask with lanes [lo, hi) set."""
+    return ir.Constant(ir.VectorType(I1, lanes), [ir.Constant(I1, int(lo <= i < hi)) for i in range(lanes)])
+
+
+def _im2col_vector_rows(em: Emitter, x: ir.Value, g: dict[str, int], nr: int, dst: ir.Value, lanes: int) -> None:
+    """im2col of a unit-stride convolution whose output rows tile a panel exactly (NR % OW == 0):
+    each (channel, tap, output row) is ceil(OW / lanes) masked vector copies.
+
+    The load mask covers the columns whose tap lies inside the image (a static range per kernel
+    column), so padding lanes read nothing and come out zero; the store mask covers the row. A
+    row outside the image stores zeros. About 16x fewer instructions than the element loops,
+    which made im2col ~20 % of a batch-32 3x3 convolution."""
+    b = em.b
+    ck = g["c"] * g["kh"] * g["kw"]
+    ow, pw, dw = g["ow"], g["pw"], g["dw"]
+    vt = vec(F32, lanes)
+    zero = const(vt, 0.0)
+    load_fn = em.intrinsic("llvm.masked.load", [vt, PTR], vt, [PTR, I32, ir.VectorType(I1, lanes), vt])
+    store_fn = em.intrinsic("llvm.masked.store", [vt, PTR], VOID, [vt, PTR, I32, ir.VectorType(I1, lanes)])
+    align = ir.Constant(I32, 4)
+    nvec = math.ceil(ow / lanes)
+    with em.loop(g["c"], name="ic") as c, em.loop(g["kh"], name="ki") as i, em.loop(g["oh"], name="oy") as oy:
+        iy = b.add(b.sub(b.mul(oy, i64(g["sh"])), i64(g["ph"])), b.mul(i, i64(g["dh"])))
+        row_ok = b.and_(b.icmp_signed(">=", iy, i64(0)), b.icmp_signed("<", iy, i64(g["h"])))
+        p0 = b.mul(oy, i64(ow))
+        base = b.add(b.mul(b.udiv(p0, i64(nr)), i64(ck * nr)), b.urem(p0, i64(nr)))  # the row never crosses
+        src_row = b.mul(b.add(b.mul(c, i64(g["h"])), b.select(row_ok, iy, i64(0))), i64(g["w"]))
+        for j in range(g["kw"]):
+            kidx = b.add(b.mul(b.add(b.mul(c, i64(g["kh"])), i), i64(g["kw"])), i64(j))
+            d = b.add(base, b.mul(kidx, i64(nr)))
+            off = j * dw - pw
+            lo, hi = tap_range(ow, 1, off, g["w"])  # ox in [lo, hi) reads column ox + off inside the image
+            for v in range(nvec):
+                c0 = v * lanes
+                store_mask = _lane_mask(lanes, 0, min(lanes, ow - c0))
+                vlo, vhi = max(lo - c0, 0), min(hi - c0, lanes)
+                if vhi > vlo:
+                    # lane l reads x[src_row + c0 + l + off]; only lanes inside the image are touched
+                    src = em.gep(x, b.add(src_row, i64(c0 + off)), F32)
+                    mask = b.and_(_lane_mask(lanes, vlo, vhi), em.splat(row_ok, lanes))
+                    val = b.call(load_fn, [src, align, mask, zero])
+                else:
+                    val = zero
+                b.call(store_fn, [val, em.gep(dst, b.add(d, i64(c0)), F32), align, store_mask])
 
 
 def _im2col_rows(em: Emitter, x: ir.Value, g: dict[str, int], nr: int, dst: ir.Value) -> None:
@@ -187,8 +259,13 @@ def _pack_weights(op: Op, index: int, data, target: Target):
 
 
 def _conv_gemm(k: KernelContext) -> None:
-    """Per image and group: im2col of the group's channels, then out[og, P] = W_g @ cols."""
-    em, b = k.em, k.em.b
+    """Per image and group: im2col of the group's channels, then out[og, P] = W_g @ cols.
+
+    Threads (``parallel_for``): a batch is split by groups of whole images, each task with its own
+    im2col buffer (scratch slot = its first unit), so im2col runs in parallel too; a single image
+    splits its GEMMs by pixel panels or row tiles (``choose_split``) after the calling thread's
+    im2col. Every output element is computed by the same code whatever the split."""
+    em = k.em
     packed = view_root(k.op.operands[1]).is_constant
     g = geometry(k.op)
     t = _tiling(k.op, k.target)
@@ -200,28 +277,59 @@ def _conv_gemm(k: KernelContext) -> None:
     w_dtype = k.op.operands[1].type.dtype.name
     if w_dtype != "f32" and not packed:
         raise CodegenError(f"{k.op.where()}: {w_dtype} convolution weights computed at run time have no kernel")
+    w_elem = HALF_STORAGE.get(w_dtype, F32)
     gg = dict(g, c=cg)  # im2col sees only the group's channels
+    # masked vector copies where the ISA has them (AVX2 vmaskmov, AVX-512 masks), else element loops
+    vector_lanes = t.lanes if k.target.has("avx2") or k.target.has("avx512f") else 1
+    macs = g["n"] * g["groups"] * og * pix * ck
+    has_bias = len(k.args) > 2
+
+    def group_gemm(tem: Emitter, p: list[ir.Value], n: ir.Value, gi: ir.Value, cols: ir.Value) -> GemmArgs:
+        """The GEMM of image n, group gi, with p = [weights, input, output, bias?] as ``tem`` sees them."""
+        tb = tem.b
+        first = tb.add(tb.mul(n, i64(g["groups"])), gi)  # index of the group's first channel block
+        return GemmArgs(
+            og, pix, ck, tem.gep(p[0], tb.mul(gi, i64(a_group)), w_elem), ck, 1, cols,
+            tem.gep(p[2], tb.mul(first, i64(og * pix)), F32), pix,
+            tem.gep(p[3], tb.mul(gi, i64(og)), F32) if has_bias else None,
+            bias_per_row=True, epilogue=k.epilogue, a_packed=packed, a_dtype=w_dtype,
+        )  # fmt: skip
+
+    def im2col(tem: Emitter, x: ir.Value, n: ir.Value, gi: ir.Value, cols: ir.Value) -> None:
+        first = tem.b.add(tem.b.mul(n, i64(g["groups"])), gi)
+        emit_im2col(tem, tem.gep(x, tem.b.mul(first, i64(cg * plane)), F32), gg, t.nr, cols, vector_lanes)
+
+    operands = [k.args[1], k.args[0], k.out] + ([k.args[2]] if has_bias else [])
+    tasks = image_tasks(k.op, k.target)
+    if tasks > 1:
+        slot_floats = _cols_bytes(k.op, k.target) // 4
+
+        def images(tem: Emitter, p: list[ir.Value], lo: ir.Value, hi: ir.Value) -> None:
+            tb = tem.b
+            cols = tem.gep(p[-1], tb.mul(lo, i64(slot_floats)), F32)  # tasks have distinct first units
+            # units are groups of images: unit u holds images [u*N/T, (u+1)*N/T)
+            n0 = tb.sdiv(tb.mul(lo, i64(g["n"])), i64(tasks))
+            n1 = tb.sdiv(tb.mul(hi, i64(g["n"])), i64(tasks))
+            with tem.loop(n1, name="img", start=n0) as n, tem.loop(g["groups"], name="grp") as gi:
+                im2col(tem, p[1], n, gi, cols)
+                emit_gemm(tem, group_gemm(tem, p[:-1], n, gi, cols), t)
+
+        parallel_for(em, "conv_images", tasks, macs, [*operands, k.scratch], images)
+        return
+
+    split = choose_split(og, pix, t)
     with em.loop(g["n"], name="img") as n, em.loop(g["groups"], name="grp") as gi:
-        first = b.add(b.mul(n, i64(g["groups"])), gi)  # index of the group's first channel block
-        emit_im2col(em, em.gep(k.args[0], b.mul(first, i64(cg * plane)), F32), gg, t.nr, k.scratch)
-        pointers = [
-            em.gep(k.args[1], b.mul(gi, i64(a_group)), HALF_STORAGE.get(w_dtype, F32)),
-            k.scratch,
-            em.gep(k.out, b.mul(first, i64(og * pix)), F32),
-        ]
-        if len(k.args) > 2:
-            pointers.append(em.gep(k.args[2], b.mul(gi, i64(og)), F32))
+        im2col(em, k.args[0], n, gi, k.scratch)
+        one = group_gemm(em, operands, n, gi, k.scratch)  # the pointers of this image and group
+        pointers = [one.a, one.b_packed, one.c] + ([one.bias] if has_bias else [])
 
         def body(tem: Emitter, p: list[ir.Value], lo: ir.Value, hi: ir.Value) -> None:
-            # the image's GEMM, its pixel panels split across threads (im2col ran before, on this thread)
-            bias = p[3] if len(p) > 3 else None
-            args = GemmArgs(
-                og, pix, ck, p[0], ck, 1, p[1], p[2], pix, bias,
-                bias_per_row=True, epilogue=k.epilogue, a_packed=packed, a_dtype=w_dtype,
-            )  # fmt: skip
-            emit_gemm(tem, args, t, (lo, hi))
+            # the image's GEMM, its panels or row tiles split across threads
+            bias = p[3] if has_bias else None
+            args = dataclasses.replace(one, a=p[0], b_packed=p[1], c=p[2], bias=bias)
+            emit_split_gemm(tem, args, t, split, lo, hi)
 
-        parallel_for(em, "conv_gemm", panel_count(pix, t), og * pix * ck, pointers, body)
+        parallel_for(em, "conv_gemm", split.units, og * pix * ck, pointers, body)
 
 
 def tap_range(ow: int, sw: int, off: int, w: int) -> tuple[int, int]:

@@ -226,7 +226,10 @@ def _pack(op: Op, index: int, data, target: Target):
     t = op.operands[1].type
     if isinstance(t.encoding, Codebook) and not target.has("avx512vbmi"):
         raise CodegenError(f"{op.where()}: a #codebook weight with dynamic u8 activations needs AVX-512 VBMI (vpermb)")
-    return "dyn16", pack_dynamic(t, data)
+    try:
+        return "dyn16", pack_dynamic(t, data)
+    except CodegenError as e:  # the packer knows the weight, not the layer: name it
+        raise CodegenError(f"{op.where()}: {e}") from None
 
 
 def _rows(op: Op) -> tuple[int, int]:

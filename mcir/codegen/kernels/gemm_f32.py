@@ -11,10 +11,15 @@
   AVX-512: 24 accumulators, 4 B loads and 6 A broadcasts per 24 FMAs); batch-1 GEMV
   (M = 1) instead splits K over ``ku`` accumulator sets to hide the FMA latency, and is
   bound by the weight stream, which the panel layout makes one linear read.
-* Cache blocking: K in chunks of ``KC`` (a panel chunk stays in L1/L2 while it is
-  reused by every row tile), rows in blocks of ``MC`` (an A block stays in L2 while every
-  panel passes over it). Edges are static: the last rows use a smaller MR, the last
-  panel masked stores.
+* Cache blocking, outer to inner: rows in blocks of ``MC`` (an A block stays in L2 while
+  every panel passes over it), K in chunks of ``KC`` (a panel's chunk fits L1), panels,
+  row tiles. So every row tile of a block re-reads a panel chunk from L1 and a large
+  weight streams from memory once per row block; the tiles prefetch the next panel's
+  chunk into L2 when B is too big to be there already. Edges are static: the last rows
+  use a smaller MR, the last panel masked loads and stores; nothing outside A, B, C and
+  the bias is read or written.
+* Threads: a task computes a range of panels or of row tiles (``choose_split``), every C
+  element by the same instructions whatever the range (bit-identical for any thread count).
 
 A is addressed with strides (``A[m,k] = a[m*a_rs + k*a_cs]``), or, when it is a
 constant (convolution weights), pre-packed in row panels ``[ceil(M/MR)][K][MR]`` so
@@ -61,8 +66,23 @@ def panel_width(n: int, target: Target) -> tuple[int, int]:
     return max(1, min(nv_max, math.ceil(n / lanes))), lanes
 
 
+# The K chunk of a B panel (KC x NR floats) that every row tile of a block re-reads should stay in
+# L1: 32 KiB is the L1d of Zen 4 and two thirds of Sapphire Rapids' 48 KiB. (A 64 KiB chunk, the
+# previous KC = 256 at NR = 64, measured 5-10 % slower on Linear 4096 at batch 32, loaded machine.)
+PANEL_CHUNK_BYTES = 32 * 1024
+# Below this size B is expected in L2 already (im2col columns, small weights), where the hardware
+# prefetchers keep up and software prefetches would only cost issue slots.
+PREFETCH_ABOVE_BYTES = 1 << 20
+# An A block (MC x KC floats) reused by every panel should stay in L2 (1-2 MiB per core here).
+A_BLOCK_BYTES = 512 * 1024
+
+
 def choose_tiling(m: int, n: int, k: int, target: Target) -> Tiling:
-    """Blocking for an M x N x K product on ``target``."""
+    """Blocking for an M x N x K product on ``target``.
+
+    MR x NV: as many rows of accumulators as fit beside NV B vectors and one broadcast A value
+    (6 x 4 zmm on AVX-512, 6 x 2 ymm on AVX2 with 16 registers), fewer when that divides M more
+    evenly (a short tail tile wastes a tile's worth of loads on few rows)."""
     nv, lanes = panel_width(n, target)
     regs = target.vector_registers
     budget = regs - nv - 2  # accumulators that fit beside the B vectors and an A broadcast
@@ -78,24 +98,27 @@ def choose_tiling(m: int, n: int, k: int, target: Target) -> Tiling:
             lowest = min(mr, max(3, mr // 2))
             mr = min(range(mr, lowest - 1, -1), key=lambda r: (-(-m // r) * r - m, -r))
     nr = nv * lanes
-    if m <= mr or k * nr * 4 <= 128 * 1024:
-        kc = k  # no reuse of B (GEMV) or the whole panel already fits in L2 comfortably
+    if m <= mr or k * nr * 4 <= PANEL_CHUNK_BYTES:
+        kc = k  # no reuse of B across row tiles (GEMV), or the whole panel already fits in L1
     else:
-        kc = 256
-    mc = max(mr, (256 * 1024 // (kc * 4)) // mr * mr)
-    m_main = m - m % mr
-    if m_main * kc * 4 <= 512 * 1024:
-        mc = max(m_main, mr)
+        kc = max(64, PANEL_CHUNK_BYTES // (nr * 4))
+        kc = math.ceil(k / math.ceil(k / kc))  # equal chunks: no short last chunk
+    mc = max(mr, (A_BLOCK_BYTES // (kc * 4)) // mr * mr)
     return Tiling(mr, nv, lanes, ku, kc, mc)
 
 
 def pack_b(b_kn: np.ndarray, nr: int) -> np.ndarray:
     """``B[K,N]`` as zero-padded panels ``[ceil(N/NR)][K][NR]``."""
     k, n = b_kn.shape
-    p = math.ceil(n / nr)
-    padded = np.zeros((k, p * nr), np.float32)
-    padded[:, :n] = b_kn
-    return np.ascontiguousarray(padded.reshape(k, p, nr).transpose(1, 0, 2))
+    p, full = math.ceil(n / nr), n // nr
+    # one strided copy straight into the panels (b_kn is usually W.T, a view): a zero-padded
+    # intermediate and a second transposing copy made this 10x slower on BERT-sized weights
+    out = np.empty((p, k, nr), np.float32)
+    out[:full] = b_kn[:, : full * nr].reshape(k, full, nr).transpose(1, 0, 2)
+    if full < p:
+        out[full:] = 0.0
+        out[full, :, : n - full * nr] = b_kn[:, full * nr :]
+    return out
 
 
 def pack_a(a_mk: np.ndarray, mr: int) -> np.ndarray:
@@ -162,41 +185,82 @@ class GemmArgs:
 
 
 def panel_count(n: int, t: Tiling) -> int:
-    """B panels of an N-column product (the last may be partial): the units a GEMM is split into."""
+    """B panels of an N-column product (the last may be partial)."""
     return math.ceil(n / t.nr)
 
 
-def emit_gemm(em: Emitter, g: GemmArgs, t: Tiling, panel_range: tuple[ir.Value, ir.Value] | None = None) -> None:
+def row_tile_count(m: int, t: Tiling) -> int:
+    """Row tiles of an M-row product (the last may be shorter than MR)."""
+    return math.ceil(m / t.mr)
+
+
+@dataclass(frozen=True)
+class Split:
+    """How a threaded GEMM is cut into units: its B panels, or its row tiles when N has too few
+    panels to share (a convolution's 64-pixel image, a narrow layer). Either way every C element
+    is computed by one task with the same instructions, so results do not depend on the split."""
+
+    rows: bool  # True: units are row tiles; False: units are B panels
+    units: int
+
+
+def choose_split(m: int, n: int, t: Tiling) -> Split:
+    """Split along the axis with more units (panels on ties: then each task streams only its
+    share of B, which matters when B is a large weight read from memory)."""
+    panels, tiles = panel_count(n, t), row_tile_count(m, t)
+    return Split(True, tiles) if tiles > panels else Split(False, panels)
+
+
+def emit_gemm(
+    em: Emitter,
+    g: GemmArgs,
+    t: Tiling,
+    panel_range: tuple[ir.Value, ir.Value] | None = None,
+    row_range: tuple[ir.Value, ir.Value] | None = None,
+) -> None:
     """Emit the blocked loops and micro-tiles of one GEMM.
 
-    ``panel_range`` = (lo, hi) restricts it to the columns of panels ``[lo, hi)`` (a task of a
-    threaded GEMM, see ``mcir.codegen.parallel``); each C element gets the same operations in the
-    same order whatever the range, so any split gives bit-identical results.
+    Loop order (outer to inner): row blocks of ``MC`` -> K chunks of ``KC`` -> B panels -> row
+    tiles of ``MR`` -> k. A panel's K chunk (``KC x NR``, sized for L1) is read from memory once
+    per row block and then served from cache to every row tile of the block, while the tiles
+    prefetch the next panel's chunk into L2; the block of A (``MC x KC``) stays in L2 while all
+    panels pass over it. So a large constant B (the weights) is streamed once per row block, not
+    once per row tile.
+
+    ``panel_range`` = (lo, hi) restricts it to the columns of panels ``[lo, hi)``, ``row_range`` to
+    the rows of row tiles ``[lo, hi)`` (one task of a threaded GEMM, see ``choose_split`` and
+    ``mcir.codegen.parallel``); each C element gets the same operations in the same order whatever
+    the range, so any split gives bit-identical results.
     """
     b = em.b
     p_full, n_tail = divmod(g.n, t.nr)
     m_main = g.m - g.m % t.mr
     m_tail = g.m % t.mr
+    tiles_main = m_main // t.mr
     chunks = _k_chunks(g.k, t.kc)
+    nv_t = math.ceil(n_tail / t.lanes)
+    tail_lanes = n_tail - (nv_t - 1) * t.lanes
+    n_panels = panel_count(g.n, t)
+    b_bytes = n_panels * t.nr * g.k * (2 if g.b_dtype in HALF_STORAGE else 4)
+    last_panel = i64(n_panels - 1) if panel_range is None else b.sub(panel_range[1], i64(1))
 
-    def panels(rows: ir.Value, mr: int, kstart: ir.Value, klen: int, first: bool, last: bool) -> None:
-        """All panels (of the range) for the rows tile at ``rows`` over one K chunk."""
-        nv_t = math.ceil(n_tail / t.lanes)
+    def panels(tiles, kstart: ir.Value, klen: int, first: bool, last: bool) -> None:
+        """``tiles(panel, nv, last_lanes, ...)`` for every panel of the range over one K chunk."""
         if panel_range is None:
             if p_full:
                 with em.loop(p_full, name="p") as p:
-                    _tile(em, g, t, rows, mr, p, t.nv, t.lanes, kstart, klen, first, last)
+                    tiles(p, t.nv, t.lanes, kstart, klen, first, last)
             if n_tail:
-                _tile(em, g, t, rows, mr, i64(p_full), nv_t, n_tail - (nv_t - 1) * t.lanes, kstart, klen, first, last)
+                tiles(i64(p_full), nv_t, tail_lanes, kstart, klen, first, last)
             return
         lo, hi = panel_range
         if p_full:
             end = b.select(b.icmp_signed("<", hi, i64(p_full)), hi, i64(p_full))
             with em.loop(end, name="p", start=lo) as p:
-                _tile(em, g, t, rows, mr, p, t.nv, t.lanes, kstart, klen, first, last)
+                tiles(p, t.nv, t.lanes, kstart, klen, first, last)
         if n_tail:
             with b.if_then(b.icmp_signed(">", hi, i64(p_full))):
-                _tile(em, g, t, rows, mr, i64(p_full), nv_t, n_tail - (nv_t - 1) * t.lanes, kstart, klen, first, last)
+                tiles(i64(p_full), nv_t, tail_lanes, kstart, klen, first, last)
 
     def chunk_passes(body) -> None:
         """body(kstart, klen, first, last) for every K chunk: static first/last, a loop between."""
@@ -209,20 +273,65 @@ def emit_gemm(em: Emitter, g: GemmArgs, t: Tiling, panel_range: tuple[ir.Value, 
                 body(b.mul(kb, i64(t.kc)), t.kc, False, False)
         body(i64((len(chunks) - 1) * t.kc), chunks[-1], False, True)
 
-    if m_main:
-        nblocks = math.ceil(m_main / t.mc)
-        with em.loop(nblocks, name="mb") as mb:
-            r0 = b.mul(mb, i64(t.mc))
-            r1 = b.add(r0, i64(t.mc))
-            r1 = b.select(b.icmp_signed("<", r1, i64(m_main)), r1, i64(m_main))
+    def block(r0: ir.Value, r1: ir.Value, n_tiles: int, tail: ir.Value | bool) -> None:
+        """Main row tiles at rows [r0, r1), then the short tail tile if ``tail`` (static or run-time)."""
 
-            def block(kstart, klen, first, last, r0=r0, r1=r1):
+        def tiles(panel, nv, last_lanes, kstart, klen, first, last) -> None:
+            pf = None
+            if n_tiles >= 2 and b_bytes > PREFETCH_ABOVE_BYTES:
+                # while the row tiles reuse this panel's K chunk from cache, they prefetch the next
+                # panel's chunk into L2 (clamped to this panel at the end of the range: never past B)
+                nxt = b.add(panel, i64(1))
+                nxt = b.select(b.icmp_signed(">", nxt, last_panel), panel, nxt)
+                pf = _Prefetch(nxt, n_tiles)
+            if tiles_main:
                 with em.loop(r1, name="r", start=r0, step=t.mr) as row:
-                    panels(row, t.mr, kstart, klen, first, last)
+                    tile_no = b.udiv(b.sub(row, r0), i64(t.mr))
+                    _tile(em, g, t, row, t.mr, panel, nv, last_lanes, kstart, klen, first, last, pf, tile_no)
+            if tail is True or (tail is not False and m_tail):
+                tile_no = i64(n_tiles - 1)
 
-            chunk_passes(block)
+                def tail_tile() -> None:
+                    _tile(em, g, t, i64(m_main), m_tail, panel, nv, last_lanes, kstart, klen, first, last, pf, tile_no)
+
+                if tail is True:
+                    tail_tile()
+                else:
+                    with b.if_then(tail):
+                        tail_tile()
+
+        chunk_passes(lambda ks, kl, f, la: panels(tiles, ks, kl, f, la))
+
+    n_tiles = tiles_main + (m_tail > 0)
+    if row_range is not None:
+        # one task's row tiles; the tail tile (index tiles_main) belongs to whichever task reaches it
+        lo, hi = row_range
+        hi_main = b.select(b.icmp_signed("<", hi, i64(tiles_main)), hi, i64(tiles_main))
+        tail = b.icmp_signed(">", hi, i64(tiles_main)) if m_tail else False
+        block(b.mul(lo, i64(t.mr)), b.mul(hi_main, i64(t.mr)), n_tiles, tail)
+        return
+    nblocks = math.ceil(m_main / t.mc) if m_main else 0
+    if nblocks <= 1:
+        # the short tail tile rides along with the block's panels (each panel chunk read once)
+        block(i64(0), i64(m_main), n_tiles, m_tail > 0)
+        return
+    with em.loop(nblocks, name="mb") as mb:
+        r0 = b.mul(mb, i64(t.mc))
+        r1 = b.add(r0, i64(t.mc))
+        r1 = b.select(b.icmp_signed("<", r1, i64(m_main)), r1, i64(m_main))
+        block(r0, r1, t.mc // t.mr, False)
     if m_tail:
-        chunk_passes(lambda ks, kl, f, la: panels(i64(m_main), m_tail, ks, kl, f, la))
+        block(i64(m_main), i64(m_main), 1, True)  # an empty main range: only the tail tile
+
+
+def emit_split_gemm(em: Emitter, g: GemmArgs, t: Tiling, split: Split, lo: ir.Value, hi: ir.Value) -> None:
+    """The units ``[lo, hi)`` of ``split`` (one task of a ``parallel_for``, or all of them inline)."""
+    if isinstance(lo, ir.Constant) and isinstance(hi, ir.Constant) and (lo.constant, hi.constant) == (0, split.units):
+        emit_gemm(em, g, t)  # the whole product on one thread: the usual row blocking
+    elif split.rows:
+        emit_gemm(em, g, t, row_range=(lo, hi))
+    else:
+        emit_gemm(em, g, t, panel_range=(lo, hi))
 
 
 HALF_STORAGE = {"f16": ir.HalfType(), "bf16": ir.IntType(16)}
@@ -264,6 +373,14 @@ def check_half_target(op: Op, dtype: str, target: Target) -> None:
         )
 
 
+@dataclass(frozen=True)
+class _Prefetch:
+    """Software prefetch of the next panel's K chunk, shared out over the row tiles of a block."""
+
+    panel: ir.Value  # the panel to prefetch (same K range as the tile's)
+    tiles: int  # row tiles that share the work: tile i prefetches the cache lines i, i + tiles, ...
+
+
 def _k_chunks(k: int, kc: int) -> list[int]:
     n = max(1, math.ceil(k / kc))
     return [kc] * (n - 1) + [k - (n - 1) * kc]
@@ -282,8 +399,13 @@ def _tile(
     klen: int,
     first: bool,
     last: bool,
+    prefetch: _Prefetch | None = None,
+    tile_no: ir.Value | None = None,
 ) -> None:
-    """One MR x (nv vectors) tile of C over K range [kstart, kstart + klen)."""
+    """One MR x (nv vectors) tile of C over K range [kstart, kstart + klen).
+
+    With ``prefetch``, the k loop also prefetches (into L2) its share of the cache lines of the
+    next panel's rows ``[kstart, kstart + klen)``: one ``prefetcht1`` per k per line it owns."""
     b = em.b
     vt = vec(F32, t.lanes)
     zero = const(vt, 0.0)
@@ -299,7 +421,19 @@ def _tile(
     a_k0 = b.mul(kstart, i64(a_cs))
     ku = min(t.ku, max(1, klen))
 
+    pf_lines: list[ir.Value] = []
+    if prefetch is not None:
+        esize = 2 if g.b_dtype in HALF_STORAGE else 4
+        row_lines = math.ceil(t.nr * esize / 64)  # cache lines per panel row
+        per_tile = math.ceil(row_lines / min(prefetch.tiles, row_lines))
+        pf_base = em.gep(g.b_packed, b.add(b.mul(prefetch.panel, i64(g.k * t.nr)), b.mul(kstart, i64(t.nr))), b_elem)
+        for j in range(per_tile):
+            line = b.urem(b.add(b.mul(tile_no, i64(per_tile)), i64(j)), i64(row_lines))
+            pf_lines.append(em.gep(pf_base, b.mul(line, i64(64 // esize)), b_elem))
+
     def step(kk: ir.Value, accs: list[ir.Value]) -> list[ir.Value]:
+        for pl in pf_lines:
+            em.prefetch(em.gep(pl, b.mul(kk, i64(t.nr)), b_elem), level=2)
         bv = [load_b(em, b_pan, b.add(b.mul(kk, i64(t.nr)), i64(j * t.lanes)), t.lanes, g.b_dtype) for j in range(nv)]
         out = list(accs)
         a_k = b.add(a_k0, b.mul(kk, i64(a_cs)))
@@ -369,7 +503,7 @@ def _pack_linear(op: Op, index: int, data, target: Target):
     _, n, k = _linear_dims(op)
     nv, lanes = panel_width(n, target)
     dtype = op.operands[1].type.dtype.name
-    w = np.asarray(data).astype(np.float32).reshape(n, k)  # f16/bf16 values are exact in f32
+    w = np.asarray(data).astype(np.float32, copy=False).reshape(n, k)  # f16/bf16 values are exact in f32
     panels = pack_b(w.T, nv * lanes)
     if dtype == "f32":
         return f"gemm_b_t:{nv * lanes}", panels
@@ -397,12 +531,13 @@ def linear(k: KernelContext) -> None:
         emit_pack_b(k.em, w, 1, kk, kk, n, t.nr, k.scratch)  # B[k, n] = W[n, k]
         w = k.scratch
     pointers = [k.args[0], w, k.out] + ([k.args[2]] if len(k.args) > 2 else [])
+    split = choose_split(m, n, t)
 
     def body(em: Emitter, p: list[ir.Value], lo: ir.Value, hi: ir.Value) -> None:
         bias = p[3] if len(p) > 3 else None
-        emit_gemm(em, GemmArgs(m, n, kk, p[0], kk, 1, p[1], p[2], n, bias, epilogue=k.epilogue), t, (lo, hi))
+        emit_split_gemm(em, GemmArgs(m, n, kk, p[0], kk, 1, p[1], p[2], n, bias, epilogue=k.epilogue), t, split, lo, hi)
 
-    parallel_for(k.em, f"linear{m}x{n}x{kk}", panel_count(n, t), m * n * kk, pointers, body)
+    parallel_for(k.em, f"linear{m}x{n}x{kk}", split.units, m * n * kk, pointers, body)
 
 
 def _linear_half_scratch(op: Op, target: Target) -> int:
@@ -421,13 +556,15 @@ def linear_half(k: KernelContext) -> None:
         raise CodegenError(f"{k.op.where()}: {dtype} weights computed at run time have no kernel; cast them to f32")
     t = choose_tiling(m, n, kk, k.target)
 
+    split = choose_split(m, n, t)
+
     def body(em: Emitter, p: list[ir.Value], lo: ir.Value, hi: ir.Value) -> None:
         bias = p[3] if len(p) > 3 else None
         g = GemmArgs(m, n, kk, p[0], kk, 1, p[1], p[2], n, bias, epilogue=k.epilogue, b_dtype=dtype)
-        emit_gemm(em, g, t, (lo, hi))
+        emit_split_gemm(em, g, t, split, lo, hi)
 
     pointers = [k.args[0], k.args[1], k.out] + ([k.args[2]] if len(k.args) > 2 else [])
-    parallel_for(k.em, f"linear_{dtype}", panel_count(n, t), m * n * kk, pointers, body)
+    parallel_for(k.em, f"linear_{dtype}", split.units, m * n * kk, pointers, body)
 
 
 # -- matmul ---------------------------------------------------------------------------------

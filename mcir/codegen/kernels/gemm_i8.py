@@ -51,9 +51,9 @@ from mcir.codegen.memory_plan import ALIGN, align_up, view_offset, view_root
 from mcir.codegen.parallel import MIN_PARALLEL_MACS, parallel_for
 from mcir.codegen.target import Target
 from mcir.encodings import Quant
+from mcir.encodings.quant import bias_accumulator_units
 from mcir.errors import CodegenError
 from mcir.ir import Op
-from mcir.types import TensorType
 
 # -- the dot-product instruction of a target ------------------------------------------------
 
@@ -266,27 +266,12 @@ def weight_data(op: Op, stored=None) -> tuple[np.ndarray, np.ndarray]:
 
 
 def bias_accumulator(op: Op, index: int, acc_scale: np.ndarray) -> np.ndarray:
-    """The bias operand in accumulator units (int64 per output channel; zeros without a bias).
-
-    The quant8 pass stores int32 biases already in the accumulator scale ``s_x s_w[n]``;
-    any other bias (f32, or int32 at another scale) is rounded to that scale.
-    """
+    """The bias operand in accumulator units (int64 per output channel; zeros without a bias):
+    ``mcir.encodings.quant.bias_accumulator_units``, the rounding the interpreter applies too."""
     n = acc_scale.shape[0]
     if len(op.operands) <= index:
         return np.zeros(n, np.int64)
-    t: TensorType = op.operands[index].type
-    stored = const_data(op, index, "bias")
-    enc = t.encoding
-    if isinstance(enc, Quant) and t.dtype.name == "i32" and enc.zero_point == 0:
-        q = np.asarray(stored["data"] if isinstance(stored, dict) else stored, np.int64).reshape(n)
-        sb = np.asarray(enc.scales(t, stored), np.float64).reshape(-1)
-        sb = np.broadcast_to(sb, (n,))
-        ratio = sb / acc_scale.astype(np.float64)
-        if np.all(np.abs(ratio - 1.0) <= 1e-6):
-            return q
-        return np.rint(q * ratio).astype(np.int64)
-    real = np.asarray(t.decode(stored), np.float64).reshape(n)
-    return np.rint(real / acc_scale.astype(np.float64)).astype(np.int64)
+    return bias_accumulator_units(op.operands[index].type, const_data(op, index, "bias"), acc_scale)
 
 
 def channel_table(offset: np.ndarray, acc_scale: np.ndarray, rq: Requant, out_scale: float, count: int) -> np.ndarray:
@@ -670,6 +655,7 @@ kernel(
     scratch=_linear_scratch,
     epilogue=True,
     variant=isa_name,
+    scales_in_data=True,  # x's scale, s_w and the result's scale are all in the channel table
 )(_linear_i8)
 
 

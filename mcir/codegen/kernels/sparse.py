@@ -532,6 +532,40 @@ def emit_window_gemv(
 
 
 def _sparse_f32(k: KernelContext) -> None:
+    _sparse_f32_product(k)
+    p = product(k.op)
+    if p.conv:
+        nan_samples_with_non_finite_input(k.em, k.args[0], k.out, p.images, p.x_image, p.n * p.m)
+    else:
+        nan_samples_with_non_finite_input(k.em, k.args[0], k.out, p.m, p.k, p.n)
+
+
+def nan_samples_with_non_finite_input(
+    em: Emitter, x: ir.Value, out: ir.Value, samples: int, x_per: int, y_per: int
+) -> None:
+    """Set every result of a sample (a row of x, an image) whose input holds an inf or NaN to NaN.
+
+    A sparse kernel skips the absent weights, but not uniformly (a window's padding entries multiply
+    0 by some x), so 0·inf would give NaN in some outputs and ±inf in others depending on the packing.
+    The defined result (docs/ir.md, the interpreter does the same) is NaN for the whole sample. The
+    check is one integer max over the input's exponent bits (vectorised), a few % of the product.
+    """
+    b = em.b
+    exp_mask = const(I32, 0x7F800000)
+    with em.loop(samples, name="nf.s") as s:
+        xs = em.gep(x, b.mul(s, i64(x_per)), F32)
+        with em.loop_carried(x_per, [const(I32, 0)], name="nf.k") as lp:
+            bits = b.and_(b.bitcast(em.load(xs, lp.index, F32), I32), exp_mask)
+            (hi,) = lp.values
+            lp.next([b.select(b.icmp_unsigned(">", bits, hi), bits, hi)])
+        (worst,) = lp.results
+        with b.if_then(b.icmp_unsigned("==", worst, exp_mask)):
+            ys = em.gep(out, b.mul(s, i64(y_per)), F32)
+            with em.loop(y_per, name="nf.y") as j:
+                em.store(const(F32, float("nan")), ys, j)
+
+
+def _sparse_f32_product(k: KernelContext) -> None:
     em, b = k.em, k.em.b
     p = product(k.op)
     bias = k.args[2] if len(k.args) > 2 else None

@@ -54,6 +54,7 @@ from mcir.codegen.kernels.sparse import (
 from mcir.codegen.memory_plan import align_up, view_root
 from mcir.codegen.target import Target
 from mcir.encodings import Quant
+from mcir.encodings.quant import bias_accumulator_units
 from mcir.errors import CodegenError
 from mcir.ir import Op
 
@@ -131,17 +132,11 @@ def row_constants(op: Op, q: np.ndarray, w_scale: np.ndarray, bias) -> tuple[np.
     # the same f32 product quantize() gives the bias scale, so an int bias folds exactly
     mult = (np.float32(xq.scale) * np.asarray(w_scale, np.float32)).astype(np.float32)
     offset = -int(xq.zero_point) * q.astype(np.int64).sum(axis=1)
+    # the bias is rounded to accumulator units like every int8 layer's (bias_accumulator_units: the
+    # interpreter does the same), so fbias stays zero; the layout keeps the part for other producers
     fbias = np.zeros(q.shape[0], np.float32)
     if bias is not None:
-        bt = op.operands[2].type
-        if isinstance(bt.encoding, Quant) and bt.dtype == dtypes.i32 and bt.encoding.axis is not None:
-            scale = np.asarray(bias["scale"], np.float32)
-            if np.array_equal(scale.view(np.uint32), mult.view(np.uint32)):
-                offset = offset + np.asarray(bias["data"], np.int64)
-            else:
-                fbias = np.asarray(bt.decode(bias), np.float32).reshape(-1)
-        else:
-            fbias = np.asarray(bt.decode(bias), np.float32).reshape(-1)
+        offset = offset + bias_accumulator_units(op.operands[2].type, bias, mult)
     worst = 255 * np.abs(q.astype(np.int64)).sum(axis=1) + np.abs(offset)
     if worst.size and worst.max() >= 2**31:
         raise CodegenError(f"{op.where()}: int32 accumulators could overflow (rows of {q.shape[1]} int8 weights)")
