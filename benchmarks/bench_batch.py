@@ -1,23 +1,28 @@
-"""Batched GEMM performance: mcir vs PyTorch vs ONNX Runtime at batch 32, with 1 and 2 threads (issue #16).
+"""Batched GEMM performance: mcir vs PyTorch vs ONNX Runtime at batch 8 and 32, with 1 and 2 threads (issue #16).
 
     python benchmarks/bench_batch.py                         # linear4096 and mlp, batch 32, 1 and 2 threads
-    python benchmarks/bench_batch.py --models linear4096 --threads 1 --rounds 5
+    python benchmarks/bench_batch.py --models linear4096 encoder --batch 8 32 --threads 1 2 --rounds 5
 
 Contenders, interleaved in one process (see timing.py), each given the same thread count:
 
 * ``mcir fp32`` / ``mcir int8``: the traced model, and ``quant8`` of it (calibrated), compiled for
   ``native``; threads through ``Library.set_threads`` (mcir's pthreads pool behind
   ``mcir_NAME_set_parallel``). On a CPU with AMX the int8 GEMMs use tiles (``gemm_amx.py``);
-* ``torch fp32`` (``torch.set_num_threads``) and ``torch dyn`` (``quantize_dynamic``, int8 Linear);
+* ``torch fp32`` (``torch.set_num_threads``) and ``torch dyn`` (``quantize_dynamic``, int8 Linear;
+  for the encoder only ``linear1``/``linear2`` are quantised, as torch leaves the attention's
+  projections float, and the layers run with torch's MHA fast path off: its eligibility check
+  reads ``.weight.device``, which a dynamically quantised Linear does not have);
 * ``ORT fp32`` and ``ORT static`` (QDQ u8/s8 per channel, calibrated), ``intra_op_num_threads``.
 
 Efficiency is achieved ops / peak ops, with peak = threads x clock x ops per cycle per core;
 the clock is the ``cpu MHz`` of /proc/cpuinfo (the nominal clock here; turbo may run higher, so
 percentages can overstate), ops per cycle: fp32 2 FMA ports x 16 lanes x 2 flops = 64; int8
 VNNI 2 ports x 64 MACs x 2 = 256; AMX-INT8 1024 MACs x 2 = 2048 (one 16x16x64 ``tdpbusd``
-per 16 cycles, Intel's published figure). A model's ops are 2 x the multiply-adds of its Linear
-and Conv2d layers (activations, pooling and biases not counted). "% measured peak" divides by the
-fp32 FMA rate ``fma_peak.py`` measures on this core (turbo clock): the honest fp32 figure.
+per 16 cycles, Intel's published figure). A model's ops are 2 x its multiply-adds in Linear
+and Conv2d layers and in attention (projections, scores and the weighted sum), counted from
+the shapes one forward pass sees (activations, norms, pooling and biases not counted). "% measured
+peak" divides by the fp32 FMA rate ``fma_peak.py`` measures on this core (turbo clock): the honest
+fp32 figure.
 """
 
 from __future__ import annotations
@@ -71,25 +76,50 @@ OPS_PER_CYCLE = {"fp32": 64, "vnni": 256, "amx": 2048}
 
 
 def model_ops(model: torch.nn.Module, x: torch.Tensor) -> int:
-    """2 x the multiply-adds of the model's Linear and Conv2d layers on input ``x`` (one forward pass
-    with hooks reads each layer's output size)."""
-    macs = []
+    """2 x the multiply-adds of the Linear, Conv2d and attention layers on input ``x`` (forward hooks)."""
+    macs = [0]
 
-    def count(module: torch.nn.Module, _inputs, out: torch.Tensor) -> None:
-        if isinstance(module, torch.nn.Linear):
-            macs.append(out.numel() * module.in_features)
-        else:  # Conv2d: every output element sums in_channels / groups x kh x kw products
-            kh, kw = module.kernel_size
-            macs.append(out.numel() * module.in_channels // module.groups * kh * kw)
+    def linear(m, inp, out):
+        macs[0] += out.numel() * m.in_features
 
-    hooks = [
-        m.register_forward_hook(count) for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))
-    ]
+    def conv(m, inp, out):
+        macs[0] += out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+
+    def attention(m, inp, out):
+        # batch_first (B, L, E): in-projection 3 E^2, out-projection E^2 per token (MHA applies both with
+        # F.linear, so the Linear hooks do not see them), scores and weighted sum L x S x E per batch
+        q, k = inp[0], inp[1]
+        bsz, L, e = q.shape
+        macs[0] += bsz * L * 4 * e * e + 2 * bsz * L * k.shape[1] * e
+
+    hooks = []
+    for m in model.modules():
+        if isinstance(m, torch.nn.MultiheadAttention):
+            hooks.append(m.register_forward_hook(attention))
+        elif isinstance(m, torch.nn.Linear) and not isinstance(
+            m, torch.nn.modules.linear.NonDynamicallyQuantizableLinear
+        ):
+            hooks.append(m.register_forward_hook(linear))
+        elif isinstance(m, torch.nn.Conv2d):
+            hooks.append(m.register_forward_hook(conv))
     with torch.inference_mode():
         model(x)
     for h in hooks:
         h.remove()
-    return 2 * sum(macs)
+    return 2 * macs[0]
+
+
+def without_mha_fastpath(fn):
+    """``fn`` with torch's MHA fast path off (a dynamically quantised encoder cannot take it)."""
+
+    def run():
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            return fn()
+        finally:
+            torch.backends.mha.set_fastpath_enabled(True)
+
+    return run
 
 
 class _Reader(CalibrationDataReader):
@@ -152,7 +182,7 @@ def bench(
             "torch fp32": lambda: model(x),
             "ORT fp32": lambda s=s32: s.run(None, {"x": xn}),
             "mcir int8": run8,
-            "torch dyn": lambda: dyn(x),
+            "torch dyn": without_mha_fastpath(lambda: dyn(x)),
             "ORT static": lambda s=s8: s.run(None, {"x": xn}),
         }
         with torch.inference_mode():
@@ -204,7 +234,7 @@ def table(rows: list[dict], ghz: float, int8_path: str, fp32_peak: float) -> str
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["linear4096", "mlp"], choices=sorted(MODELS))
-    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--batch", nargs="+", type=int, default=[32])
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--build", default="build/bench")
@@ -224,7 +254,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
-            rows += bench(name, args.batch, args.threads, build, args.rounds, Path(tmp), args.cpu_time)
+            for batch in args.batch:
+                rows += bench(name, batch, args.threads, build, args.rounds, Path(tmp), args.cpu_time)
     fp32_peak = fma_peak.measure() * 1e9
     print(f"measured fp32 FMA peak of one core: {fp32_peak / 1e9:.1f} GFLOP/s (fma_peak.py; turbo clock)")
     print(table(rows, ghz, int8_path, fp32_peak))

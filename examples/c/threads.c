@@ -7,9 +7,10 @@
  *
  * The library starts no threads: mcir_wide_set_parallel installs the host's parallel-for, which
  * must call body(body_ctx, t) once for every t in [0, n_tasks) and return when all are done.
- * This hook is the simplest correct one (a thread per task beyond the first, joined at the end);
- * a real program keeps a pool (mcir/threadpool.py has one in C). Outputs are bit-identical for
- * every thread count, which the program checks.
+ * The library hands out up to 4 tasks per thread; this hook, the simplest correct one, starts
+ * n_threads - 1 threads per call that claim tasks from a shared counter with the calling thread
+ * and joins them at the end. A real program keeps a pool (mcir/threadpool.py has one in C).
+ * Outputs are bit-identical for every thread count, which the program checks.
  */
 #include <pthread.h>
 #include <stdint.h>
@@ -22,34 +23,28 @@
 typedef struct {
   void (*body)(void *, int64_t);
   void *body_ctx;
-  int64_t task;
+  int64_t n_tasks;
+  int64_t next; /* the next task to claim (atomic) */
 } job;
 
-static void *run_job(void *arg) {
+static void *claim_tasks(void *arg) {
   job *j = (job *)arg;
-  j->body(j->body_ctx, j->task);
+  for (int64_t t; (t = __atomic_fetch_add(&j->next, 1, __ATOMIC_RELAXED)) < j->n_tasks;) j->body(j->body_ctx, t);
   return NULL;
 }
 
 static int calls = 0; /* how many times the library used the hook (for the check below) */
 
 static void parallel_for(void *ctx, void (*body)(void *, int64_t), void *body_ctx, int64_t n_tasks) {
-  (void)ctx;
+  int n_threads = *(int *)ctx;
   calls++;
+  job j = {body, body_ctx, n_tasks, 0};
   pthread_t threads[64];
-  job jobs[64];
-  int64_t n = n_tasks < 64 ? n_tasks : 64;
-  for (int64_t t = 1; t < n; t++) {
-    jobs[t] = (job){body, body_ctx, t};
-    if (pthread_create(&threads[t], NULL, run_job, &jobs[t]) != 0) { /* no thread: run it here */
-      body(body_ctx, t);
-      threads[t] = 0;
-    }
-  }
-  body(body_ctx, 0);
-  for (int64_t t = n; t < n_tasks; t++) body(body_ctx, t);
-  for (int64_t t = 1; t < n; t++)
-    if (threads[t]) pthread_join(threads[t], NULL);
+  int started = 0;
+  for (int i = 1; i < n_threads && i < 64 && i < n_tasks; i++)
+    if (pthread_create(&threads[started], NULL, claim_tasks, &j) == 0) started++; /* else: fewer helpers */
+  claim_tasks(&j);
+  for (int i = 0; i < started; i++) pthread_join(threads[i], NULL);
 }
 
 int main(int argc, char **argv) {
@@ -62,7 +57,7 @@ int main(int argc, char **argv) {
   void *outn[] = {yn};
 
   if (mcir_wide_run(in, out1, ws) != MCIR_OK) return 1; /* no hook: single-threaded */
-  mcir_wide_set_parallel(parallel_for, NULL, n_threads);
+  mcir_wide_set_parallel(parallel_for, &n_threads, n_threads);
   if (mcir_wide_run(in, outn, ws) != MCIR_OK) return 1;
   mcir_wide_set_parallel(NULL, NULL, 1); /* back to single-threaded */
 

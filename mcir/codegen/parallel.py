@@ -16,7 +16,9 @@ A kernel that splits (``parallel_for``) moves its work into a separate *task fun
 ``body(ctx, t)`` over a range of independent units (GEMM column panels): each unit's
 outputs are written by exactly one task and computed by the same instruction sequence
 whatever the range, so no reduction is ever split and results are bit-identical for any
-thread count. The kernel's pointers travel in a small struct on the caller's stack.
+thread count. The kernel's pointers travel in a small struct on the caller's stack. A kernel
+gives the hook up to ``TASKS_PER_THREAD`` tasks per thread, so that the pool's dynamic claiming
+evens out threads that start late.
 """
 
 from __future__ import annotations
@@ -27,9 +29,23 @@ import llvmlite.ir as ir
 
 from mcir.codegen.emit import I32, I64, PTR, Emitter, i64
 
-# Below this many multiply-adds a kernel stays on the calling thread: waking a pool costs a few
-# to tens of microseconds (a condition variable), about what one core does with 2^20 MACs.
+# Below this many multiply-adds a kernel stays on the calling thread: handing work to a pool costs a
+# few microseconds even with spinning workers (tens when one sleeps), about what one core does with
+# 2^20 MACs.
 MIN_PARALLEL_MACS = 1 << 20
+
+# Tasks per thread: more tasks than threads let a thread that starts late (a worker that was asleep,
+# or preempted on a shared machine) be covered by the others claiming its share; each task still
+# covers a contiguous range of at least one unit.
+TASKS_PER_THREAD = 4
+
+# A task below this many multiply-adds costs more to hand out than it saves
+MIN_TASK_MACS = 1 << 18
+
+# Work of one element of a memory-bound kernel (an element-wise op, a copy), in multiply-add
+# equivalents for the thresholds above: one core moves an element in roughly the time of 16 MACs,
+# so element-wise kernels split from 64 Ki elements on
+ELEMENT_WORK = 16
 
 _HOOK_FN = "mcir.parallel.fn"
 _HOOK_CTX = "mcir.parallel.ctx"
@@ -78,51 +94,98 @@ def emit_set_parallel(module: ir.Module, name: str) -> None:
     b.ret_void()
 
 
+def _split_functions(module: ir.Module) -> set[str]:
+    """Names of the task and body functions ``parallel_for`` made in ``module``."""
+    if not hasattr(module, "_mcir_split_functions"):
+        module._mcir_split_functions = set()
+    return module._mcir_split_functions
+
+
 def parallel_for(
     em: Emitter,
     name: str,
     units: int,
     macs: int,
     pointers: list[ir.Value],
-    body: Callable[[Emitter, list[ir.Value], ir.Value, ir.Value], None],
+    body: Callable[..., None],
+    slots: int | None = None,
 ) -> None:
     """Run ``body(em, pointers, lo, hi)`` over ``[0, units)``, split across the host's threads.
 
     ``body`` emits the work for units ``[lo, hi)`` using only ``pointers`` (re-read inside the
     task function: values of the calling function are not visible there) and compile-time
     constants; it is emitted twice, into the task function and inline for the single-threaded
-    case. With fewer than two units or less than ``MIN_PARALLEL_MACS`` of work, the body
+    case, both times through ``em`` (its builder is moved into the task function meanwhile).
+    With fewer than two units or less than ``MIN_PARALLEL_MACS`` of work, the body
     is emitted inline over the whole range and no hook is consulted.
+
+    The hook gets ``min(TASKS_PER_THREAD * n_threads, units, macs / MIN_TASK_MACS)`` tasks. With
+    ``slots``, at most ``slots`` tasks run and ``body`` gets a fifth argument, the task index in
+    ``[0, slots)`` (0 when inline): tasks may run at the same time, so a kernel that needs private
+    scratch per task keeps ``slots`` copies of it and uses copy ``slot``.
     """
-    if units < 2 or macs < MIN_PARALLEL_MACS:
-        body(em, pointers, i64(0), i64(units))
+    # inside another kernel's task (a split kernel whose body uses a splitting helper): inline, as a
+    # host's parallel-for need not be re-entrant
+    nested = em.b.function.name in _split_functions(em.module)
+    if units < 2 or macs < MIN_PARALLEL_MACS or nested:
+        if slots is None:
+            body(em, pointers, i64(0), i64(units))
+        else:
+            body(em, pointers, i64(0), i64(units), i64(0))
         return
     module = em.module
+    cap = min(units, max(2, macs // MIN_TASK_MACS), slots if slots is not None else units)
 
     task = ir.Function(module, TASK_FN_TYPE, module.get_unique_name(f"{name}.task"))
     task.linkage = "internal"
     task.attributes.add("nounwind")
-    tb = ir.IRBuilder(task.append_basic_block("entry"))
-    tem = Emitter(tb, module)
+    # the task is emitted by the caller's own builder, moved into the task function and back: code
+    # that captured the emitter or its builder (an epilogue, an element function) emits into the task
+    # The body goes into its own function whose pointer parameters are ``noalias``, as the kernel's
+    # are, inlined into the task: pointers loaded from the block would otherwise be assumed to alias,
+    # and loops the kernel vectorises would stay scalar in the task (a head permute ran 1.5x slower)
+    body_fn = ir.Function(
+        module,
+        ir.FunctionType(ir.VoidType(), [PTR] * len(pointers) + [I64] * 3),
+        module.get_unique_name(f"{name}.body"),
+    )
+    _split_functions(module).update((task.name, body_fn.name))
+    body_fn.linkage = "internal"
+    body_fn.attributes.add("nounwind")
+    body_fn.attributes.add("alwaysinline")
+    for a in body_fn.args[: len(pointers)]:
+        a.add_attribute("noalias")
+    b = em.b
+    here = b.block
+    b.position_at_end(body_fn.append_basic_block("entry"))
+    *ptrs, lo, hi, slot = body_fn.args
+    if slots is None:
+        body(em, list(ptrs), lo, hi)
+    else:
+        body(em, list(ptrs), lo, hi, slot)
+    b.ret_void()
+
+    b.position_at_end(task.append_basic_block("entry"))
     ctx, t = task.args
     # the struct: slot 0 the task count, then the pointers, each slot an i64 (pointers widened)
-    n_tasks = tem.load(ctx, 0, I64, align=8)
-    ptrs = [tb.inttoptr(tem.load(ctx, i + 1, I64, align=8), PTR) for i in range(len(pointers))]
+    n_tasks = em.load(ctx, 0, I64, align=8)
+    loaded = [b.inttoptr(em.load(ctx, i + 1, I64, align=8), PTR) for i in range(len(pointers))]
     # an even split: unit ranges differ in length by at most one
-    lo = tb.sdiv(tb.mul(t, i64(units)), n_tasks)
-    hi = tb.sdiv(tb.mul(tb.add(t, i64(1)), i64(units)), n_tasks)
-    body(tem, ptrs, lo, hi)
-    tem.b.ret_void()
+    lo = b.sdiv(b.mul(t, i64(units)), n_tasks)
+    hi = b.sdiv(b.mul(b.add(t, i64(1)), i64(units)), n_tasks)
+    b.call(body_fn, [*loaded, lo, hi, t])
+    b.ret_void()
+    b.position_at_end(here)
 
-    b = em.b
     fn_g, hctx_g, n_g = hook_globals(module)
     hook = b.load(fn_g, typ=PTR)
     # an indirect call: llvmlite takes the callee's signature from ``function_type``, which an opaque
     # ``ptr`` value cannot give, so the loaded pointer is given a class that states it
     hook.__class__ = _HookLoad
-    n = b.sext(b.load(n_g, typ=I32), I64)
-    n = b.select(b.icmp_signed("<", n, i64(units)), n, i64(units))
-    serial = b.or_(b.icmp_unsigned("==", hook, ir.Constant(PTR, None)), b.icmp_signed("<=", n, i64(1)))
+    threads = b.sext(b.load(n_g, typ=I32), I64)
+    serial = b.or_(b.icmp_unsigned("==", hook, ir.Constant(PTR, None)), b.icmp_signed("<=", threads, i64(1)))
+    n = b.mul(threads, i64(TASKS_PER_THREAD))
+    n = b.select(b.icmp_signed("<", n, i64(cap)), n, i64(cap))
     n = b.select(serial, i64(1), n)
     # the block lives in the entry block, so a kernel may split inside its loops (one alloca per call)
     here = b.block
@@ -137,6 +200,9 @@ def parallel_for(
         with then:
             # no hook: the body inline over all units with constant bounds, exactly the code a
             # kernel had before threading (the task function's bounds are only known at run time)
-            body(em, pointers, i64(0), i64(units))
+            if slots is None:
+                body(em, pointers, i64(0), i64(units))
+            else:
+                body(em, pointers, i64(0), i64(units), i64(0))
         with otherwise:
             b.call(hook, [b.load(hctx_g, typ=PTR), task, block, n])

@@ -10,13 +10,14 @@ panels (N not a multiple of the panel width) and ragged row tiles.
 from __future__ import annotations
 
 import ctypes
+import math
 import re
 import threading
 
 import numpy as np
 import pytest
 
-from mcir.codegen.parallel import MIN_PARALLEL_MACS
+from mcir.codegen.parallel import MIN_PARALLEL_MACS, MIN_TASK_MACS, TASKS_PER_THREAD
 from mcir.errors import RuntimeCallError
 from mcir.interp import interpret
 from mcir.ir import Graph
@@ -124,7 +125,8 @@ def test_concurrent_callers_share_one_pool(tmp_path, rng):
 
 def test_hook_is_called_with_the_documented_signature(tmp_path, rng):
     """A host hook written against docs/abi.md (here in Python via ctypes, to observe it): it gets
-    its own ctx back, a task count no larger than n_threads, and must run every task."""
+    its own ctx back, ``min(TASKS_PER_THREAD * n_threads, panels, MACs / MIN_TASK_MACS)`` tasks
+    (here the work bounds it: 4 x 1000 x 300 MACs), and must run every task."""
     g = linear_graph(rng, (4,), 1000, 300, bias=False, act=None)
     lib = build(g, tmp_path)
     task_fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
@@ -143,7 +145,9 @@ def test_hook_is_called_with_the_documented_signature(tmp_path, rng):
     single = lib(x)[0]
     set_parallel(ctypes.cast(hook, ctypes.c_void_p), 1234, 3)
     np.testing.assert_array_equal(lib(x)[0], single)
-    assert seen == [(1234, 3)]
+    panels = math.ceil(1000 / 16)
+    assert seen == [(1234, min(TASKS_PER_THREAD * 3, panels, 4 * 1000 * 300 // MIN_TASK_MACS))]
+    assert seen[0][1] == 4
     set_parallel(None, None, 0)  # NULL turns it off
     lib(x)
     assert len(seen) == 1
@@ -198,3 +202,179 @@ def test_two_libraries_on_one_file_share_the_hook_safely(tmp_path, rng):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize(("mask", "causal"), [(None, True), ("bool", False), ("f32", False)])
+def test_attention_heads_are_bit_identical_for_1_2_3_threads(tmp_path, rng, mask, causal):
+    """Attention splits its (batch, head) indices (6 here: tasks get unequal counts with 4 or 12
+    tasks), each task in its own scratch copy; a broadcast mask is read by every task."""
+    from mcir.codegen.kernels.attention import SLOTS, _macs
+    from mcir.codegen.lowering import lower
+    from mcir.codegen.target import resolve
+
+    g = Graph("attn")
+    shapes = ((2, 3, 64, 32), (2, 3, 80, 32), (2, 3, 80, 40))
+    ins = [g.add_input(n, tensor(s)) for n, s in zip("qkv", shapes)]
+    data = [randn(rng, *s) for s in shapes]
+    if mask is not None:
+        ins.append(g.add_input("mask", tensor([2, 1, 64, 80], mask)))
+        data.append(rng.random((2, 1, 64, 80)) > 0.3 if mask == "bool" else randn(rng, 2, 1, 64, 80))
+    op = g.add("scaled_dot_product_attention", ins, {"is_causal": causal})
+    g.set_outputs([op])
+    assert _macs(g.ops[-1]) >= MIN_PARALLEL_MACS and SLOTS >= 2
+    assert "attention.task" in lower(g, resolve("native"), "attn").ir_text  # it really splits
+    lib = build(g, tmp_path)
+    results = outputs_for_each_thread_count(lib, *data)
+    for out in results[1:]:
+        np.testing.assert_array_equal(out[0], results[0][0])
+    assert_close(results[0][0], interpret(g, *data)[0])
+
+
+@pytest.mark.parametrize(
+    ("n", "c", "o", "hw", "groups", "padding", "target"),
+    [
+        (3, 16, 40, (20, 18), 1, (1, 1), "native"),  # images split: 3 images over 4/8/12 tasks, padded copies
+        (1, 16, 40, (30, 26), 1, (1, 0), "native"),  # one image: its GEMM split by pixel panels (780: ragged)
+        (3, 16, 40, (20, 18), 1, (1, 1), "x86-64-v3"),  # int16 path: weights widened once, read by every task
+        (3, 32, 32, (40, 40), 32, (1, 1), "native"),  # depthwise, images split
+        (1, 32, 64, (40, 40), 16, (0, 1), "native"),  # grouped, one image: output channels split
+    ],
+)
+def test_int8_conv2d_is_bit_identical_for_1_2_3_threads(tmp_path, rng, n, c, o, hw, groups, padding, target):
+    from mcir.codegen.kernels.conv_i8 import _Geom, _macs
+    from mcir.codegen.lowering import lower
+    from mcir.codegen.target import resolve
+
+    from .test_int8_conv import qconv
+    from .test_int8_gemm import host_supports
+
+    if not host_supports(resolve(target)):
+        pytest.skip(f"this CPU cannot run {target}")
+    g, xs = qconv(rng, n, c, o, hw, (3, 3), padding=padding, groups=groups)
+    conv = next(op for op in g.ops if op.name == "conv2d")
+    assert _macs(_Geom(conv, resolve(target))) >= MIN_PARALLEL_MACS
+    assert re.search(r"conv_i8\w*\.task", lower(g, resolve(target), "c").ir_text)  # it really splits
+    lib = build(g, tmp_path, target=target)
+    results = outputs_for_each_thread_count(lib, xs)
+    for out in results[1:]:
+        np.testing.assert_array_equal(out[0], results[0][0])
+    ref = interpret(g, xs)[0]
+    assert np.abs(results[0][0].astype(np.int32) - ref.astype(np.int32)).max() <= 1
+
+
+def test_elementwise_copies_and_layer_norm_are_bit_identical_for_1_2_3_threads(tmp_path, rng):
+    """The memory-bound ops of an encoder block, each large enough to split (ELEMENT_WORK per element):
+    a broadcast add, GELU, a head permute (a strided copy), layer_norm with a ragged row (d = 250 is
+    not a multiple of the vector width), quantize and dequantize; odd outer sizes give ragged splits."""
+    from mcir.codegen.lowering import lower
+    from mcir.codegen.parallel import ELEMENT_WORK
+    from mcir.codegen.target import resolve
+    from mcir.encodings import Quant
+
+    g = Graph("ew")
+    x = g.add_input("x", tensor([3, 129, 250]))
+    assert 3 * 129 * 250 * ELEMENT_WORK >= MIN_PARALLEL_MACS
+    y = g.add("add", [x, g.const("b", randn(rng, 250))])
+    y = g.add("gelu", [y])
+    y = g.add(
+        "layer_norm", [y, g.const("w", randn(rng, 250)), g.const("lb", randn(rng, 250))], {"dims": 1, "eps": 1e-5}
+    )
+    p = g.add("permute", [g.add("reshape", [y], {"shape": [3, 129, 10, 25]})], {"dims": [0, 2, 1, 3]})
+    q = g.add("quantize", [p], type=tensor([3, 10, 129, 25], "u8", Quant(0.02, 128)))
+    g.set_outputs([p, g.add("dequantize", [q])])
+    ir_text = lower(g, resolve("native"), "ew").ir_text
+    for name in ("add_elementwise", "gelu_elementwise", "layer_norm", "copy", "quantize_elementwise"):
+        assert re.search(rf"{name}\w*\.task", ir_text), name  # each of them really splits
+    xs = randn(rng, 3, 129, 250)
+    lib = build(g, tmp_path)
+    results = outputs_for_each_thread_count(lib, xs)
+    for out in results[1:]:
+        for got, want in zip(out, results[0]):
+            np.testing.assert_array_equal(got, want)
+    ref = interpret(g, xs)
+    assert_close(results[0][0], ref[0], rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("sa", "sb", "out"),
+    [
+        ((2, 3, 40, 100), (2, 3, 100, 50), "u8"),  # B per batch index: packed by each task in its own scratch
+        ((6, 40, 100), (100, 50), "f32"),  # one B for the whole batch: packed once before the split
+        ((2, 3, 40, 100), (3, 100, 50), "u8"),  # B broadcast over the leading axis
+    ],
+)
+def test_int8_matmul_is_bit_identical_for_1_2_3_threads(tmp_path, rng, sa, sb, out):
+    from mcir.codegen.lowering import lower
+    from mcir.codegen.target import resolve
+
+    from .test_int8_gemm import qmatmul
+
+    g, xs = qmatmul(rng, sa, sb, za=120, zb=131, out=out)
+    assert math.prod(sa) * sb[-1] >= MIN_PARALLEL_MACS
+    assert "matmul_u8.task" in lower(g, resolve("native"), "mm").ir_text  # it really splits
+    lib = build(g, tmp_path)
+    results = outputs_for_each_thread_count(lib, *xs)
+    for res in results[1:]:
+        np.testing.assert_array_equal(res[0], results[0][0])
+    ref = interpret(g, *xs)[0]
+    if out == "u8":
+        assert np.abs(results[0][0].astype(np.int32) - ref.astype(np.int32)).max() <= 1
+    else:
+        assert_close(results[0][0], ref, rtol=1e-5)
+
+
+def test_pool_runs_every_task_exactly_once_across_many_parallel_fors():
+    """The pool's generation-tagged claims: back-to-back parallel-fors with changing task counts (late
+    workers from one must not claim or repeat tasks of the next), every task once per call."""
+    from mcir.threadpool import ThreadPool
+
+    pool = ThreadPool(3)
+    task_fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
+    parallel_for = ctypes.CFUNCTYPE(None, ctypes.c_void_p, task_fn, ctypes.c_void_p, ctypes.c_int64)(pool.parallel_for)
+    counts: dict[tuple[int, int], int] = {}
+
+    @task_fn
+    def body(ctx, t):
+        key = (ctx, t)
+        counts[key] = counts.get(key, 0) + 1
+
+    sizes = [(i * 7) % 13 + 1 for i in range(150)]
+    for call, n in enumerate(sizes):
+        parallel_for(ctypes.c_void_p(pool.handle), body, ctypes.c_void_p(call + 1), n)
+    pool.close()
+    expected = {(call + 1, t): 1 for call, n in enumerate(sizes) for t in range(n)}
+    assert counts == expected
+
+
+def test_small_elementwise_ops_stay_inline_and_nested_splits_are_inline():
+    """An element-wise op under 64 Ki elements never consults the hook; a splitting helper used inside
+    another kernel's task is emitted inline (a host's parallel-for need not be re-entrant)."""
+    import llvmlite.ir as ir
+
+    from mcir.codegen.emit import PTR, Emitter
+    from mcir.codegen.lowering import lower
+    from mcir.codegen.parallel import ELEMENT_WORK, parallel_for
+    from mcir.codegen.target import resolve
+
+    g = Graph("small_ew")
+    x = g.add_input("x", tensor([100, 100]))
+    g.set_outputs([g.add("relu", [g.add("add", [x, x])])])
+    assert 100 * 100 * ELEMENT_WORK < MIN_PARALLEL_MACS
+    assert ".task" not in lower(g, resolve("native"), "small_ew").ir_text
+
+    module = ir.Module("nested")
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR]), "kernel")
+    em = Emitter(ir.IRBuilder(fn.append_basic_block("entry")), module)
+
+    def inner(em, p, lo, hi):
+        with em.loop(hi, start=lo) as i:
+            em.store(ir.Constant(ir.IntType(8), 0), p[0], i)
+
+    def outer(em, p, lo, hi):
+        parallel_for(em, "inner", 1000, MIN_PARALLEL_MACS, p, inner)
+
+    parallel_for(em, "outer", 1000, MIN_PARALLEL_MACS, [fn.args[0]], outer)
+    em.b.ret_void()
+    outer_body = str(module.get_global("outer.body"))  # the task's work (the task only loads and calls it)
+    assert "inner" not in outer_body and "call" not in outer_body  # inside the task: inline, no hook call
+    # (the kernel's own single-threaded branch may still split the inner loop: no hook is running there)

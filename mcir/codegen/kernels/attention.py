@@ -5,6 +5,11 @@ for the scores with the scale fused into its store, the mask / causal mask and t
 softmax on each score row (in the scratch, never written to memory the caller sees),
 pack ``v``, and one GEMM into the output. The L x S score matrix lives in the op's
 scratch, which the memory plan overlaps with buffers that are dead at this point.
+
+Threads: the (batch, head) indices are independent, so they are split through the parallel
+hook; each task works in its own copy of the scratch (``SLOTS`` copies when the op is large
+enough to split), and every output element is computed by the same instructions whatever the
+split (bit-identical for any thread count).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from mcir.codegen.kernels import KernelContext, kernel
 from mcir.codegen.kernels.gemm_f32 import GemmArgs, batch_strides, choose_tiling, emit_gemm, emit_pack_b, packed_b_bytes
 from mcir.codegen.kernels.norm import softmax_row
 from mcir.codegen.memory_plan import align_up
+from mcir.codegen.parallel import MIN_PARALLEL_MACS, parallel_for
 from mcir.codegen.target import Target
 from mcir.ir import Op
 from mcir.ops.registry import broadcast_shapes
@@ -40,13 +46,28 @@ def _layout(op: Op, target: Target) -> tuple[int, int, int, int]:
     return 0, kb, kb + sb, kb + sb + vb
 
 
+# Scratch copies for concurrent tasks: at most this many tasks run one op's (batch, head) indices
+SLOTS = 8
+
+
+def _macs(op: Op) -> int:
+    batch, L, S, E, Ev = _dims(op)
+    return math.prod(batch) * L * S * (E + Ev)
+
+
+def _slots(op: Op) -> int:
+    """Scratch copies: one per task when the op is large enough to split, else one."""
+    total = math.prod(_dims(op)[0])
+    return min(SLOTS, total) if total > 1 and _macs(op) >= MIN_PARALLEL_MACS else 1
+
+
 def _scratch(op: Op, target: Target) -> int:
-    return _layout(op, target)[3]
+    return _slots(op) * _layout(op, target)[3]
 
 
 def _sdpa(k: KernelContext) -> None:
     """Attention per batch index with GEMM micro-kernels and a vectorised row softmax."""
-    em, b = k.em, k.em.b
+    em = k.em
     op = k.op
     batch, L, S, E, Ev = _dims(op)
     scale = op.attrs["scale"] if op.attrs["scale"] is not None else 1.0 / math.sqrt(E)
@@ -55,7 +76,6 @@ def _sdpa(k: KernelContext) -> None:
     t1 = choose_tiling(L, S, E, k.target)
     t2 = choose_tiling(L, Ev, S, k.target)
     ko, so, vo, _ = _layout(op, k.target)
-    kpack, scores, vpack = (em.byte_offset(k.scratch, o) for o in (ko, so, vo))
     shapes = [o.type.shape for o in op.operands]
     strides = [batch_strides(s, batch) for s in shapes[:3]]
     mask_t = op.operands[3].type if len(op.operands) > 3 else None
@@ -67,26 +87,43 @@ def _sdpa(k: KernelContext) -> None:
             mst[d] = 0 if mshape[d] == 1 else acc
             acc *= mshape[d]
     total = math.prod(batch)
-    with em.loop(total, name="bh") as bi:
-        *offs, moff = em.batch_offsets(bi, batch, [*strides, mst if mask_t is not None else [0] * len(batch)])
-        qp, kp, vp = (em.gep(a, o, F32) for a, o in zip(k.args[:3], offs))
-        # scores = q @ k^T * scale
-        emit_pack_b(em, kp, 1, E, E, S, t1.nr, kpack)
-        emit_gemm(
-            em,
-            GemmArgs(L, S, E, qp, E, 1, kpack, scores, S, epilogue=lambda em, v: em.b.fmul(v, const(v.type, scale))),
-            t1,
-        )
-        with em.loop(L, name="qi") as qi:
-            row = em.gep(scores, b.mul(qi, i64(S)), F32)
-            if causal or mask_t is not None:
-                mask_row(k, em, row, qi, S, causal, mask_t, moff, mst if mask_t is not None else None)
-            softmax_row(em, row, row, S, lanes, log=False, masked_rows_zero=True)
-        emit_pack_b(em, vp, Ev, 1, S, Ev, t2.nr, vpack)
-        emit_gemm(em, GemmArgs(L, Ev, S, scores, S, 1, vpack, em.gep(k.out, b.mul(bi, i64(L * Ev)), F32), Ev), t2)
+    slot_bytes = _layout(op, k.target)[3]
+    pointers = [*k.args[:3], k.out, k.scratch] + ([k.args[3]] if mask_t is not None else [])
+
+    def heads(em: Emitter, p: list[ir.Value], lo: ir.Value, hi: ir.Value, slot: ir.Value) -> None:
+        """(batch, head) indices ``[lo, hi)`` in scratch copy ``slot``."""
+        b = em.b
+        qa, ka, va, out, scratch = p[:5]
+        mask = p[5] if mask_t is not None else None
+        base = em.byte_offset(scratch, b.mul(slot, i64(slot_bytes)))
+        kpack, scores, vpack = (em.byte_offset(base, o) for o in (ko, so, vo))
+        with em.loop(hi, name="bh", start=lo) as bi:
+            *offs, moff = em.batch_offsets(bi, batch, [*strides, mst if mask_t is not None else [0] * len(batch)])
+            qp, kp, vp = (em.gep(a, o, F32) for a, o in zip((qa, ka, va), offs))
+            # scores = q @ k^T * scale
+            emit_pack_b(em, kp, 1, E, E, S, t1.nr, kpack)
+            emit_gemm(
+                em,
+                GemmArgs(
+                    L, S, E, qp, E, 1, kpack, scores, S, epilogue=lambda em, v: em.b.fmul(v, const(v.type, scale))
+                ),
+                t1,
+            )
+            with em.loop(L, name="qi") as qi:
+                row = em.gep(scores, b.mul(qi, i64(S)), F32)
+                if causal or mask_t is not None:
+                    mask_row(k, em, row, qi, S, causal, mask_t, mask, moff, mst if mask_t is not None else None)
+                softmax_row(em, row, row, S, lanes, log=False, masked_rows_zero=True)
+            emit_pack_b(em, vp, Ev, 1, S, Ev, t2.nr, vpack)
+            emit_gemm(em, GemmArgs(L, Ev, S, scores, S, 1, vpack, em.gep(out, b.mul(bi, i64(L * Ev)), F32), Ev), t2)
+
+    # _slots is 1 exactly when parallel_for keeps the op inline (one index, or too little work)
+    parallel_for(em, "attention", total, _macs(op), pointers, heads, slots=_slots(op))
 
 
-def mask_row(k: KernelContext, em: Emitter, row: ir.Value, qi: ir.Value, S: int, causal: bool, mask_t, moff, mst):
+def mask_row(
+    k: KernelContext, em: Emitter, row: ir.Value, qi: ir.Value, S: int, causal: bool, mask_t, mask, moff, mst
+):
     """Apply the causal mask and/or the given (bool or additive) mask to one score row."""
     b = em.b
     ninf = const(F32, float("-inf"))
@@ -103,10 +140,10 @@ def mask_row(k: KernelContext, em: Emitter, row: ir.Value, qi: ir.Value, S: int,
         with em.loop(full, name="kv", step=lanes) as j:
             sv = em.load(row, j, vf)
             if mask_t.dtype.name == "bool":
-                keep = b.icmp_unsigned("!=", em.load(k.args[3], b.add(base, j), vb), const(vb, 0))
+                keep = b.icmp_unsigned("!=", em.load(mask, b.add(base, j), vb), const(vb, 0))
                 sv = b.select(keep, sv, vninf)
             else:
-                sv = b.fadd(sv, em.load(k.args[3], b.add(base, j), vf))
+                sv = b.fadd(sv, em.load(mask, b.add(base, j), vf))
             em.store(sv, row, j)
         start = full
     if start == S:
@@ -118,10 +155,10 @@ def mask_row(k: KernelContext, em: Emitter, row: ir.Value, qi: ir.Value, S: int,
         if mask_t is not None:
             off = b.add(moff, b.add(b.mul(qi, i64(mst[-2])), b.mul(j, i64(mst[-1]))))
             if mask_t.dtype.name == "bool":
-                keep = b.icmp_unsigned("!=", em.load(k.args[3], off, I8), ir.Constant(I8, 0))
+                keep = b.icmp_unsigned("!=", em.load(mask, off, I8), ir.Constant(I8, 0))
                 s = b.select(keep, s, ninf)
             else:
-                s = b.fadd(s, em.load(k.args[3], off, F32))
+                s = b.fadd(s, em.load(mask, off, F32))
         em.store(s, row, j)
 
 

@@ -115,7 +115,8 @@ def _sdpa_q(k: KernelContext) -> None:
         with em.loop(L, name="qi") as qi:
             row = em.gep(scores, b.mul(qi, i64(S)), F32)
             if causal or mask_t is not None:
-                mask_row(k, em, row, qi, S, causal, mask_t, moff, mst if mask_t is not None else None)
+                mask = k.args[3] if mask_t is not None else None
+                mask_row(k, em, row, qi, S, causal, mask_t, mask, moff, mst if mask_t is not None else None)
             softmax_row(em, row, row, S, lanes, log=False, masked_rows_zero=True)
             if u8_probs:
                 step = const(ir.VectorType(F32, lanes), 255.0)

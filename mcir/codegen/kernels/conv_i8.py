@@ -17,6 +17,12 @@ are reordered and padded the same way at compile time.
 ``groups > 1`` (depthwise, grouped): a direct loop nest accumulating a row of int32
 outputs per output channel, tap by tap (the inner loop over output columns vectorises),
 then requantised.
+
+Threads: a batch is split by images through the parallel hook, each task with its own copy
+of the scratch (padded image, im2col columns or accumulator row; ``SLOTS`` copies when the
+op is large enough to split); a single image's GEMM is split by pixel panels after its
+im2col (on the calling thread), and a single image of a grouped convolution by output
+channels. Every output element is computed by the same instructions for any split.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from mcir.codegen.kernels.gemm_i8 import (
     widened_bytes,
 )
 from mcir.codegen.memory_plan import align_up
+from mcir.codegen.parallel import MIN_PARALLEL_MACS, parallel_for
 from mcir.codegen.target import Target
 from mcir.ir import Op
 from mcir.ops.nn import conv_out
@@ -87,6 +94,19 @@ class _Geom:
             cols = align_up(panel_bytes(self.pix, self.kp, t.nr, t.isa.group))
             return self.padded_bytes + cols + widened_bytes(self.o, self.kp, t.isa)
         return self.padded_bytes + align_up(4 * self.ow)
+
+
+# Scratch copies for concurrent tasks: at most this many tasks split one op's images
+SLOTS = 8
+
+
+def _macs(g: _Geom) -> int:
+    return g.n * g.o * g.pix * (g.kp if g.groups == 1 else g.cg * g.kh * g.kw)
+
+
+def _slots(g: _Geom) -> int:
+    """Scratch copies: one per task when a batch of images is split, else one."""
+    return min(SLOTS, g.n) if g.n > 1 and _macs(g) >= MIN_PARALLEL_MACS else 1
 
 
 def _pack(op: Op, index: int, data, target: Target):
@@ -201,57 +221,76 @@ def _interleave_row(
 
 
 def _conv_gemm(k: KernelContext, g: _Geom) -> None:
-    em, b = k.em, k.em.b
+    em = k.em
     t = g.tiling
     xq = activation_quant(k.op)
     rq = result_requant(k.op)
     out_size = 4 if rq.out == "f32" else 1
-    xp_buf = k.scratch
-    cols = em.byte_offset(k.scratch, g.padded_bytes)
+    slot_bytes = g.scratch()
     table = table_pointer(k, g.o * g.kp)
 
-    def gemm(out: ir.Value, a: ir.Value = k.args[1], a_rs: int = g.kp, wide: bool = False) -> IntGemm:
+    def gemm(out: ir.Value, cols: ir.Value, a: ir.Value, table: ir.Value) -> IntGemm:
         return IntGemm(
             g.o, g.pix, g.kp, a, a_rs, True, cols, False, out, g.pix, table, g.o, rq,
             per_row=True, a_kpad=True, epilogue=k.epilogue, a_wide=wide,
         )  # fmt: skip
 
-    if t.isa.kind == "madd":  # the weights widened to int16 once per call, for every image
-        dst = em.byte_offset(cols, align_up(panel_bytes(g.pix, g.kp, t.nr, t.isa.group)))
-        w = widen_a(em, gemm(k.out), dst)
-        make = lambda out: gemm(out, w.a, w.a_rs, True)
-    else:
-        make = gemm
-    with em.loop(g.n, name="img") as n:
-        xp = _image(k, g, n, xp_buf, xq.zero_point)
-        _im2col(em, g, xp, cols)
-        emit_gemm(em, make(em.byte_offset(k.out, b.mul(n, i64(g.o * g.pix * out_size)))), t)
+    a, a_rs, wide = k.args[1], g.kp, False
+    if t.isa.kind == "madd":  # the weights widened to int16 once per call (in slot 0), for every image
+        dst = em.byte_offset(k.scratch, g.padded_bytes + align_up(panel_bytes(g.pix, g.kp, t.nr, t.isa.group)))
+        w = widen_a(em, gemm(k.out, k.scratch, a, table), dst)
+        a, a_rs, wide = w.a, w.a_rs, True
+    macs = _macs(g)
+
+    def out_of(em: Emitter, out: ir.Value, n: ir.Value) -> ir.Value:
+        return em.byte_offset(out, em.b.mul(n, i64(g.o * g.pix * out_size)))
+
+    if g.n == 1 and macs >= MIN_PARALLEL_MACS:
+        # one image: im2col here, then its GEMM split by pixel panels
+        cols = em.byte_offset(k.scratch, g.padded_bytes)
+        _im2col(em, g, _image(em, g, k.args[0], i64(0), k.scratch, xq.zero_point), cols)
+
+        def panels(em: Emitter, p: list[ir.Value], lo: ir.Value, hi: ir.Value) -> None:
+            emit_gemm(em, gemm(p[2], p[1], p[0], p[3]), t, (lo, hi))
+
+        parallel_for(em, "conv_i8_panels", math.ceil(g.pix / t.nr), macs, [a, cols, k.out, table], panels)
+        return
+
+    def images(em: Emitter, p: list[ir.Value], lo: ir.Value, hi: ir.Value, slot: ir.Value) -> None:
+        """Images ``[lo, hi)`` in scratch copy ``slot``."""
+        x, a, table, out, scratch = p
+        base = em.byte_offset(scratch, em.b.mul(slot, i64(slot_bytes)))
+        cols = em.byte_offset(base, g.padded_bytes)
+        with em.loop(hi, name="img", start=lo) as n:
+            _im2col(em, g, _image(em, g, x, n, base, xq.zero_point), cols)
+            emit_gemm(em, gemm(out_of(em, out, n), cols, a, table), t)
+
+    parallel_for(em, "conv_i8", g.n, macs, [k.args[0], a, table, k.out, k.scratch], images, slots=_slots(g))
 
 
-def _image(k: KernelContext, g: _Geom, n, xp_buf, zero_point: int):
-    """Image ``n`` of the input, copied into ``xp_buf`` with zero-point padding when the geometry needs it."""
-    x = k.em.byte_offset(k.args[0], k.em.b.mul(n, i64(g.c * g.h * g.w)))
+def _image(em: Emitter, g: _Geom, x: ir.Value, n: ir.Value, xp_buf: ir.Value, zero_point: int) -> ir.Value:
+    """Image ``n`` of the input ``x``, copied into ``xp_buf`` with zero-point padding when the geometry needs it."""
+    x = em.byte_offset(x, em.b.mul(n, i64(g.c * g.h * g.w)))
     if not g.copy:
         return x
-    _pad_image(k.em, g, x, xp_buf, zero_point)
+    _pad_image(em, g, x, xp_buf, zero_point)
     return xp_buf
 
 
 def _conv_direct(k: KernelContext, g: _Geom) -> None:
     """Grouped/depthwise: int32 row accumulators, one tap at a time, then the epilogue."""
-    em, b = k.em, k.em.b
     xq = activation_quant(k.op)
     rq = result_requant(k.op)
     og = g.o // g.groups
     taps = g.kh * g.kw
-    xp_buf = k.scratch
-    acc_row = em.byte_offset(k.scratch, g.padded_bytes)
-    w = k.args[1]
+    slot_bytes = g.scratch()
     table = table_pointer(k, g.o * g.kp)
-    offsets, scales, shifts = (em.byte_offset(table, 4 * g.o * i) for i in range(3))
-    with em.loop(g.n, name="img") as n:
-        xp = _image(k, g, n, xp_buf, xq.zero_point)
-        with em.loop(g.o, name="oc") as o:
+
+    def channels(em: Emitter, xp: ir.Value, w: ir.Value, table: ir.Value, out: ir.Value, acc_row, n, lo, hi) -> None:
+        """Output channels ``[lo, hi)`` of image ``n`` (already padded into ``xp``)."""
+        b = em.b
+        offsets, scales, shifts = (em.byte_offset(table, 4 * g.o * i) for i in range(3))
+        with em.loop(hi, name="oc", start=lo) as o:
             grp = b.udiv(o, i64(og))
             off0 = em.load(offsets, o, I32)
             out_base = b.mul(b.add(b.mul(n, i64(g.o)), o), i64(g.pix))
@@ -274,14 +313,42 @@ def _conv_direct(k: KernelContext, g: _Geom) -> None:
                 with em.loop(g.ow, name="ex") as ox:
                     acc = em.load(acc_row, ox, I32)
                     if rq.out == "f32":
-                        y = k.apply_epilogue(b.fmul(b.sitofp(acc, F32), em.load(scales, o, F32)))
+                        y = b.fmul(b.sitofp(acc, F32), em.load(scales, o, F32))
+                        y = y if k.epilogue is None else k.epilogue(em, y)
                     else:
                         y = requantize(em, acc, em.load(scales, o, I32), em.load(shifts, o, I32), rq)
-                    em.store(y, k.out, b.add(row_out, ox))
+                    em.store(y, out, b.add(row_out, ox))
+
+    macs = _macs(g)
+    if g.n == 1 and macs >= MIN_PARALLEL_MACS:
+        # one image: padded here, its output channels split, each task with its own accumulator row
+        xp = _image(k.em, g, k.args[0], i64(0), k.scratch, xq.zero_point)
+        rows = k.em.byte_offset(k.scratch, g.padded_bytes)  # SLOTS accumulator rows (see _scratch)
+
+        def split(em: Emitter, p: list[ir.Value], lo: ir.Value, hi: ir.Value, slot: ir.Value) -> None:
+            acc_row = em.byte_offset(p[4], em.b.mul(slot, i64(align_up(4 * g.ow))))
+            channels(em, p[0], p[1], p[2], p[3], acc_row, i64(0), lo, hi)
+
+        parallel_for(k.em, "conv_i8_channels", g.o, macs, [xp, k.args[1], table, k.out, rows], split, slots=SLOTS)
+        return
+
+    def images(em: Emitter, p: list[ir.Value], lo: ir.Value, hi: ir.Value, slot: ir.Value) -> None:
+        """Images ``[lo, hi)`` in scratch copy ``slot``."""
+        x, w, table, out, scratch = p
+        base = em.byte_offset(scratch, em.b.mul(slot, i64(slot_bytes)))
+        acc_row = em.byte_offset(base, g.padded_bytes)
+        with em.loop(hi, name="img", start=lo) as n:
+            xp = _image(em, g, x, n, base, xq.zero_point)
+            channels(em, xp, w, table, out, acc_row, n, i64(0), i64(g.o))
+
+    parallel_for(k.em, "conv_i8", g.n, macs, [k.args[0], k.args[1], table, k.out, k.scratch], images, slots=_slots(g))
 
 
 def _scratch(op: Op, target: Target) -> int:
-    return _Geom(op, target).scratch()
+    g = _Geom(op, target)
+    if g.groups != 1 and g.n == 1 and _macs(g) >= MIN_PARALLEL_MACS:
+        return g.padded_bytes + SLOTS * align_up(4 * g.ow)  # one image, channels split: an accumulator row per task
+    return _slots(g) * g.scratch()
 
 
 def _conv_i8(k: KernelContext) -> None:

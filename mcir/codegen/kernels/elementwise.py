@@ -19,6 +19,7 @@ import numpy as np
 
 from mcir.codegen.emit import F32, I1, I8, I64, Emitter, const, i64, is_signed, storage_type
 from mcir.codegen.kernels import KernelContext, kernel, math_approx
+from mcir.codegen.parallel import ELEMENT_WORK, parallel_for
 from mcir.dtypes import DType
 from mcir.encodings import Quant
 from mcir.errors import CodegenError
@@ -301,24 +302,37 @@ def broadcast_plan(out_shape: tuple[int, ...], shapes: list[tuple[int, ...]]) ->
 def emit_broadcast(
     k: KernelContext, dtypes_in: list[DType], body: Callable[[list[ir.Value]], ir.Value], out_dtype: DType
 ) -> None:
-    """Loop over the result, load each operand (broadcast), store ``body(values)``."""
+    """Loop over the result, load each operand (broadcast), store ``body(values)``.
+
+    The outermost (collapsed) loop is split through the parallel hook when the result is large
+    (``ELEMENT_WORK`` per element): every element is computed by the same instructions whatever
+    the split, so results are bit-identical for any thread count."""
     em = k.em
     shapes = [t.shape for t in k.operand_types]
     out_shape = k.result_type.shape
     sizes, strides = broadcast_plan(out_shape, [*shapes, out_shape])
 
-    def level(d: int, offsets: list[ir.Value]) -> None:
-        if d == len(sizes):
-            vals = [load_logical(em, p, off, dt) for p, off, dt in zip(k.args, offsets, dtypes_in)]
-            store_logical(em, body(vals), k.out, offsets[-1], out_dtype)
-            return
-        with em.loop(sizes[d], name=f"d{d}") as i:
-            level(
-                d + 1,
-                [off if st[d] == 0 else em.b.add(off, em.b.mul(i, i64(st[d]))) for off, st in zip(offsets, strides)],
-            )
+    def run(em: Emitter, ptrs: list[ir.Value], lo: ir.Value, hi: ir.Value) -> None:
+        def level(d: int, offsets: list[ir.Value]) -> None:
+            if d == len(sizes):
+                vals = [load_logical(em, p, off, dt) for p, off, dt in zip(ptrs, offsets, dtypes_in)]
+                store_logical(em, body(vals), ptrs[-1], offsets[-1], out_dtype)
+                return
+            count, start = (hi, lo) if d == 0 else (sizes[d], 0)
+            with em.loop(count, name=f"d{d}", start=start) as i:
+                level(
+                    d + 1,
+                    [
+                        off if st[d] == 0 else em.b.add(off, em.b.mul(i, i64(st[d])))
+                        for off, st in zip(offsets, strides)
+                    ],
+                )
 
-    level(0, [i64(0)] * (len(shapes) + 1))
+        level(0, [i64(0)] * (len(shapes) + 1))
+
+    units = sizes[0] if sizes else 1
+    work = math.prod(out_shape) * ELEMENT_WORK
+    parallel_for(em, f"{k.op.name}_elementwise", units, work, [*k.args[: len(shapes)], k.out], run)
 
 
 # -- generators --------------------------------------------------------------------------

@@ -77,10 +77,33 @@ def weight_bytes(n: int, k: int) -> int:
     return math.ceil(n / TILE_COLS) * TILE_COLS * padded_k(k)
 
 
+def reads_a_in_place(k: int) -> bool:
+    """Whether A's rows can be tile-loaded where they are (K a whole number of 64-byte tile rows);
+    then only the last ``M % 16`` rows are copied, else all of A is copied with rows padded to K64."""
+    return k % TILE_K == 0
+
+
+def padded_rows(m: int, k: int) -> int:
+    """Rows of A copied into the scratch (zero padded to whole tiles)."""
+    if reads_a_in_place(k):
+        return TILE_ROWS if m % TILE_ROWS else 0
+    return math.ceil(m / TILE_ROWS) * TILE_ROWS
+
+
 def scratch_bytes(m: int, n: int, k: int) -> int:
-    """The padded copy of A, then the int32 sums."""
-    m16 = math.ceil(m / TILE_ROWS) * TILE_ROWS
-    return align_up(m16 * padded_k(k), ALIGN) + m16 * math.ceil(n / TILE_COLS) * TILE_COLS * 4
+    """The padded rows of A (see ``padded_rows``)."""
+    return align_up(padded_rows(m, k) * padded_k(k), ALIGN)
+
+
+def panels_outer(m: int, k: int) -> bool:
+    """Loop order: column-panel pairs outer (a pair's B tiles stay in L1/L2 while every row block
+    passes, A is re-read per pair) when A fits comfortably in L2, else row blocks outer (a row
+    block's A tiles stay in L1 while the task's panels stream from L2)."""
+    return m * padded_k(k) <= A_IN_L2
+
+
+#: bytes of A re-read from L2 per panel pair in the panels-outer order (half this CPU class's 2 MiB L2)
+A_IN_L2 = 1 << 20
 
 
 # -- inline assembly -------------------------------------------------------------------------------
@@ -137,140 +160,193 @@ def _permission(em: Emitter) -> ir.Value:
 # -- the kernel ------------------------------------------------------------------------------------
 
 
-def emit_pad_a(em: Emitter, a: ir.Value, m: int, k: int, dst: ir.Value) -> None:
-    """A[M,K] into ``dst`` as [M16][K64] bytes, zero padded (rows and K)."""
+def emit_pad_a(em: Emitter, a: ir.Value, m: int, k: int, dst: ir.Value, first_row: int = 0) -> None:
+    """Rows ``[first_row, m)`` of A[M,K] into ``dst`` as [16-row tiles][K64] bytes, zero padded
+    (rows past M and K)."""
     b = em.b
     kp = padded_k(k)
-    m16 = math.ceil(m / TILE_ROWS) * TILE_ROWS
-    with em.loop(m16, name="ar") as r:
-        row_in = b.icmp_signed("<", r, i64(m))
+    rows = math.ceil((m - first_row) / TILE_ROWS) * TILE_ROWS
+    with em.loop(rows, name="ar") as r:
+        src_row = b.add(r, i64(first_row))
+        row_in = b.icmp_signed("<", src_row, i64(m))
         with em.loop(kp, name="ak") as kk:
             inside = b.and_(row_in, b.icmp_signed("<", kk, i64(k)))
-            at = b.select(inside, b.add(b.mul(r, i64(k)), kk), i64(0))
+            at = b.select(inside, b.add(b.mul(src_row, i64(k)), kk), i64(0))
             v = b.select(inside, em.load(a, at, I8), ir.Constant(I8, 0))
             em.store(v, dst, b.add(b.mul(r, i64(kp)), kk))
 
 
-def emit_tiles(em: Emitter, a_pad: ir.Value, w: ir.Value, c32: ir.Value, m: int, n: int, k: int, lo, hi) -> None:
-    """The int32 sums of column-panel pairs ``[lo, hi)`` (pairs of 16-column panels) into ``c32``."""
+def _entry_alloca(em: Emitter, nbytes: int) -> ir.Value:
+    """A 64-byte aligned stack buffer, allocated once in the function's entry block (a kernel may
+    be emitted inside loops)."""
     b = em.b
+    here = b.block
+    b.position_at_start(b.function.entry_basic_block)
+    buf = b.alloca(I8, size=i64(nbytes))
+    buf.align = 64
+    b.position_at_end(here)
+    return buf
+
+
+def emit_tiles(em: Emitter, g, a: ir.Value, a_tail: ir.Value, lo: ir.Value, hi: ir.Value, requantize: Callable) -> None:
+    """Panel pairs ``[lo, hi)`` (pairs of 16-column panels) of ``C = requant(offset + A @ W^T)``.
+
+    Each 32 x 32 block (2 x 2 C tiles; 1 x 2, 2 x 1, 1 x 1 at the edges) sums all of K in tiles,
+    is stored to a 4 KiB stack buffer and finished at once by the epilogue while it is in L1
+    (offset, requantisation or f32 scale and fused activation), straight into C. Full 16-row tiles
+    of A are loaded from ``a`` (the caller's A when ``reads_a_in_place``, else the padded copy); the
+    last ``M % 16`` rows from ``a_tail``, a zero-padded tile (rows ``K64`` bytes apart) in both cases.
+    """
+    b = em.b
+    m, n, k = g.m, g.n, g.k
     kp = padded_k(k)
+    in_place = reads_a_in_place(k)
+    a_rs = k if in_place else kp
+    full_tiles, tail_rows = divmod(m, TILE_ROWS)
     panels = math.ceil(n / TILE_COLS)
-    npad = panels * TILE_COLS
-    m16 = math.ceil(m / TILE_ROWS) * TILE_ROWS
+    full_pairs = (n // TILE_COLS) // 2  # pairs of two complete panels
+    tail_panels = panels - 2 * full_pairs  # 0, 1 or 2 panels in the last pair (the last may be ragged)
+    last_cols = n - TILE_COLS * (panels - 1)
     panel_stride = kp // GROUP * TILE_COLS * GROUP  # bytes of one B panel
+    buf = _entry_alloca(em, 2 * TILE_ROWS * 2 * TILE_COLS * 4)  # a 32 x 32 int32 block, rows 128 bytes
+    buf_rs = 2 * TILE_COLS
     _asm(em, "ldtilecfg ($0)", "r,~{memory}", [_tile_config(em.module)])
 
-    def block(row: ir.Value, mt: int, panel: ir.Value, nt: int) -> None:
-        """C rows [row, row + 16 mt) x panels [panel, panel + nt) over all of K."""
+    lanes = TILE_COLS
+    vi32, vf32 = ir.VectorType(I32, lanes), ir.VectorType(F32, lanes)
+    tab = [em.byte_offset(g.table, 4 * g.table_count * i) for i in range(3)]
+
+    def finish(row0: ir.Value, tile_rows: list[int], panel: ir.Value, nt: int, ragged: bool) -> None:
+        """The epilogue of a block from ``buf``: ``tile_rows[i]`` valid rows in row tile i."""
+        for j in range(nt):
+            col = b.add(b.mul(panel, i64(TILE_COLS)), i64(j * TILE_COLS))
+            valid = last_cols if ragged and j == nt - 1 else lanes
+            off = em.load(tab[0], col, vi32, align=4)
+            if g.rq.out == "f32":
+                scale = em.load(tab[1], col, vf32, align=4)
+            else:
+                m0, shift = em.load(tab[1], col, vi32, align=4), em.load(tab[2], col, vi32, align=4)
+            for i, rows in enumerate(tile_rows):
+                with em.loop(rows, name="er") as r:
+                    br = b.add(r, i64(i * TILE_ROWS))
+                    v = b.add(em.load(buf, b.add(b.mul(br, i64(buf_rs)), i64(j * lanes)), vi32, align=64), off)
+                    if g.rq.out == "f32":
+                        y = b.fmul(b.sitofp(v, vf32), scale)
+                        if g.epilogue is not None:
+                            y = g.epilogue(em, y)
+                    else:
+                        y = requantize(em, v, m0, shift, g.rq)
+                    at = b.add(b.mul(b.add(row0, br), i64(g.c_rs)), col)
+                    if valid == lanes:
+                        em.store(y, g.c, at)
+                    else:
+                        em.masked_store(y, g.c, at, valid)
+
+    def block(row0: ir.Value, srcs: list[ir.Value], tile_rows: list[int], panel: ir.Value, nt: int, ragged: bool):
+        """C rows from ``row0`` (row tile i read from ``srcs[i]``) x panels ``[panel, panel + nt)``."""
+        mt = len(srcs)
         for i in range(mt):
             for j in range(nt):
                 _asm(em, f"tilezero %tmm{2 * i + j}", "~{memory}", [])
+        stride = [a_rs if src is not a_tail else kp for src in srcs]
         with em.loop(kp // TILE_K, name="kb") as kb:
             for i in range(mt):
-                at = b.add(b.mul(b.add(row, i64(16 * i)), i64(kp)), b.mul(kb, i64(TILE_K)))
-                _asm(em, f"tileloadd ($0,$1,1), %tmm{4 + i}", "r,r,~{memory}", [em.byte_offset(a_pad, at), i64(kp)])
+                at = b.mul(kb, i64(TILE_K))
+                _asm(
+                    em,
+                    f"tileloadd ($0,$1,1), %tmm{4 + i}",
+                    "r,r,~{memory}",
+                    [em.byte_offset(srcs[i], at), i64(stride[i])],
+                )
             for j in range(nt):
                 at = b.add(b.mul(b.add(panel, i64(j)), i64(panel_stride)), b.mul(kb, i64(TILE_K * TILE_COLS)))
-                _asm(em, f"tileloadd ($0,$1,1), %tmm{6 + j}", "r,r,~{memory}", [em.byte_offset(w, at), i64(64)])
+                _asm(
+                    em, f"tileloadd ($0,$1,1), %tmm{6 + j}", "r,r,~{memory}", [em.byte_offset(g.b_packed, at), i64(64)]
+                )
             for i in range(mt):
                 for j in range(nt):
                     _asm(em, f"tdpbusd %tmm{6 + j}, %tmm{4 + i}, %tmm{2 * i + j}", "~{memory}", [])
         for i in range(mt):
             for j in range(nt):
-                at = b.mul(
-                    b.add(b.mul(b.add(row, i64(16 * i)), i64(npad)), b.mul(b.add(panel, i64(j)), i64(16))), i64(4)
-                )
+                at = 4 * (i * TILE_ROWS * buf_rs + j * TILE_COLS)
                 _asm(
                     em,
                     f"tilestored %tmm{2 * i + j}, ($0,$1,1)",
                     "r,r,~{memory}",
-                    [em.byte_offset(c32, at), i64(4 * npad)],
+                    [em.byte_offset(buf, at), i64(4 * buf_rs)],
                 )
+        finish(row0, tile_rows, panel, nt, ragged)
 
-    def rows(panel: ir.Value, nt: int) -> None:
-        pairs, odd = divmod(m16 // TILE_ROWS, 2)
+    def row_blocks(each: Callable) -> None:
+        """``each(row0, srcs, tile_rows)`` for every block of one or two 16-row tiles."""
+        pairs, odd = divmod(full_tiles, 2)
         if pairs:
             with em.loop(pairs * 32, name="rb", step=32) as row:
-                block(row, 2, panel, nt)
+                src = em.byte_offset(a, b.mul(row, i64(a_rs)))
+                each(row, [src, em.byte_offset(src, 16 * a_rs)], [TILE_ROWS, TILE_ROWS])
+        last = pairs * 32
+        srcs, tile_rows = [], []
         if odd:
-            block(i64(pairs * 32), 1, panel, nt)
+            srcs.append(em.byte_offset(a, i64(last * a_rs)))
+            tile_rows.append(TILE_ROWS)
+        if tail_rows:
+            srcs.append(a_tail)
+            tile_rows.append(tail_rows)
+        if srcs:
+            each(i64(last), srcs, tile_rows)
 
-    full, single = divmod(panels, 2)
-    if full:
-        end = b.select(b.icmp_signed("<", hi, i64(full)), hi, i64(full))
-        with em.loop(end, name="pq", start=lo) as q:
-            rows(b.mul(q, i64(2)), 2)
-    if single:
-        with b.if_then(b.icmp_signed(">", hi, i64(full))):
-            rows(i64(panels - 1), 1)
+    def pair_range(each: Callable) -> None:
+        """``each(panel, nt, ragged)`` for the task's panel pairs."""
+        if full_pairs:
+            end = b.select(b.icmp_signed("<", hi, i64(full_pairs)), hi, i64(full_pairs))
+            with em.loop(end, name="pq", start=lo) as q:
+                each(b.mul(q, i64(2)), 2, False)
+        if tail_panels:
+            with b.if_then(b.icmp_signed(">", hi, i64(full_pairs))):
+                each(i64(2 * full_pairs), tail_panels, last_cols != TILE_COLS)
+
+    if panels_outer(m, k):
+        pair_range(lambda p, nt, rg: row_blocks(lambda r0, srcs, tr: block(r0, srcs, tr, p, nt, rg)))
+    else:
+        row_blocks(lambda r0, srcs, tr: pair_range(lambda p, nt, rg: block(r0, srcs, tr, p, nt, rg)))
     _asm(em, "tilerelease", "~{memory}", [])
 
 
-def emit_epilogue(em: Emitter, g, c32: ir.Value, lo, hi, requantize: Callable) -> None:
-    """Offset + requantisation (or f32 scale and fused activation) of columns of panel pairs
-    ``[lo, hi)``, for every row: the arithmetic of ``gemm_i8._tile``'s stores (``requantize`` is
-    ``gemm_i8.requantize``, passed in: this module is imported by gemm_i8, never the reverse)."""
-    b = em.b
-    lanes = TILE_COLS
-    panels = math.ceil(g.n / TILE_COLS)
-    npad = panels * TILE_COLS
-    vi32 = ir.VectorType(I32, lanes)
-    tab = [em.byte_offset(g.table, 4 * g.table_count * i) for i in range(3)]
-    p0 = b.mul(lo, i64(2))
-    p1 = b.mul(hi, i64(2))
-    p1 = b.select(b.icmp_signed("<", p1, i64(panels)), p1, i64(panels))
-    full = g.n // lanes
-
-    def column(r: ir.Value, p: ir.Value, valid: int) -> None:
-        col = b.mul(p, i64(lanes))
-        v = b.add(em.load(c32, b.add(b.mul(r, i64(npad)), col), vi32, align=64), em.load(tab[0], col, vi32, align=4))
-        if g.rq.out == "f32":
-            y = b.fmul(b.sitofp(v, ir.VectorType(F32, lanes)), em.load(tab[1], col, ir.VectorType(F32, lanes), align=4))
-            if g.epilogue is not None:
-                y = g.epilogue(em, y)
-        else:
-            y = requantize(em, v, em.load(tab[1], col, vi32, align=4), em.load(tab[2], col, vi32, align=4), g.rq)
-        off = b.add(b.mul(r, i64(g.c_rs)), col)
-        if valid == lanes:
-            em.store(y, g.c, off)
-        else:
-            em.masked_store(y, g.c, off, valid)
-
-    with em.loop(g.m, name="er") as r:
-        end = b.select(b.icmp_signed("<", p1, i64(full)), p1, i64(full))
-        with em.loop(end, name="ep", start=p0) as p:
-            column(r, p, lanes)
-        if g.n % lanes:
-            with b.if_then(b.icmp_signed(">", p1, i64(full))):
-                column(r, i64(full), g.n % lanes)
-
-
-def emit_linear(em: Emitter, g, a_pad: ir.Value, c32: ir.Value, requantize: Callable, fallback: Callable) -> None:
-    """The whole AMX linear for ``g`` (a ``gemm_i8.IntGemm``): pad A, then per task (panel pairs)
-    tiles + epilogue; if the permission is refused, ``fallback(em, gemm, lo, hi)`` (gemm_i8's VNNI
-    kernel on 16-column panels) over the same packed weights, A padded to ``K64``."""
+def emit_linear(em: Emitter, g, scratch: ir.Value, requantize: Callable, fallback: Callable) -> None:
+    """The whole AMX linear for ``g`` (a ``gemm_i8.IntGemm``): copy the rows of A tiles cannot read
+    in place (``padded_rows``), then per task (panel pairs) tiles with the fused epilogue; if the
+    permission is refused, ``fallback(em, gemm, lo, hi)`` (gemm_i8's VNNI kernel on 16-column
+    panels) over the same packed weights and A rows of ``K64`` bytes."""
     from mcir.codegen.parallel import parallel_for
 
     b = em.b
     m, n, k = g.m, g.n, g.k
     kp = padded_k(k)
-    emit_pad_a(em, g.a, m, k, a_pad)
+    in_place = reads_a_in_place(k)
+    if in_place:
+        if m % TILE_ROWS:
+            emit_pad_a(em, g.a, m, k, scratch, first_row=m - m % TILE_ROWS)
+        a_full = g.a
+        a_tail = scratch if m % TILE_ROWS else g.a  # no tail: no scratch, and the pointer is never read
+    else:
+        emit_pad_a(em, g.a, m, k, scratch)
+        a_full = scratch
+        a_tail = em.byte_offset(scratch, (m - m % TILE_ROWS) * kp)
     pairs = math.ceil(math.ceil(n / TILE_COLS) / 2)
     macs = m * n * k
     with b.if_else(_permission(em)) as (amx, vnni):
         with amx:
 
             def tiles(tem: Emitter, p: list[ir.Value], lo: ir.Value, hi: ir.Value) -> None:
-                emit_tiles(tem, p[0], p[1], p[2], m, n, k, lo, hi)
-                emit_epilogue(tem, replace(g, c=p[3], table=p[4]), p[2], lo, hi, requantize)
+                emit_tiles(tem, replace(g, b_packed=p[2], c=p[3], table=p[4]), p[0], p[1], lo, hi, requantize)
 
-            parallel_for(em, "linear_amx", pairs, macs, [a_pad, g.b_packed, c32, g.c, g.table], tiles)
+            parallel_for(em, "linear_amx", pairs, macs, [a_full, a_tail, g.b_packed, g.c, g.table], tiles)
         with vnni:
-            # the AMX weight layout is the VNNI panel layout with 16 columns and K padded to 64
-            padded = replace(g, a=a_pad, a_rs=kp, k=kp, a_kpad=True)
+            # the AMX weight layout is the VNNI panel layout with 16 columns and K padded to 64;
+            # in place, K is already a multiple of 64 and A is read where it is
+            padded = replace(g, a=a_full, a_rs=kp, k=kp, a_kpad=True)
 
             def dots(tem: Emitter, p: list[ir.Value], lo: ir.Value, hi: ir.Value) -> None:
                 fallback(tem, replace(padded, a=p[0], b_packed=p[1], c=p[2], table=p[3]), lo, hi)
 
-            parallel_for(em, "linear_amx_fallback", math.ceil(n / 16), macs, [a_pad, g.b_packed, g.c, g.table], dots)
+            parallel_for(em, "linear_amx_fallback", math.ceil(n / 16), macs, [a_full, g.b_packed, g.c, g.table], dots)

@@ -48,7 +48,7 @@ from mcir.codegen.emit import F32, I8, I16, I32, I64, Emitter, const, i64
 from mcir.codegen.kernels import KernelContext, gemm_amx, kernel
 from mcir.codegen.kernels.gemm_f32 import _matmul_dims, batch_strides  # matmul's batch broadcasting, as for f32
 from mcir.codegen.memory_plan import ALIGN, align_up, view_offset, view_root
-from mcir.codegen.parallel import parallel_for
+from mcir.codegen.parallel import MIN_PARALLEL_MACS, parallel_for
 from mcir.codegen.target import Target
 from mcir.encodings import Quant
 from mcir.encodings.quant import bias_accumulator_units
@@ -631,9 +631,7 @@ def _linear_i8(k: KernelContext) -> None:
         count = math.ceil(n / gemm_amx.TILE_COLS) * gemm_amx.TILE_COLS
         table = table_pointer(k, gemm_amx.weight_bytes(n, kk))
         gemm = IntGemm(m, n, kk, k.args[0], kk, False, k.args[1], True, k.out, n, table, count, rq, epilogue=k.epilogue)
-        a_pad = k.scratch
-        c32 = k.em.byte_offset(k.scratch, align_up(math.ceil(m / 16) * 16 * gemm_amx.padded_k(kk), ALIGN))
-        gemm_amx.emit_linear(k.em, gemm, a_pad, c32, requantize, _amx_fallback)
+        gemm_amx.emit_linear(k.em, gemm, k.scratch, requantize, _amx_fallback)
         return
     count = math.ceil(n / t.nr) * t.nr
     table = table_pointer(k, panel_bytes(n, kk, t.nr, t.isa.group))
@@ -670,15 +668,30 @@ def _matmul_plan(op: Op, target: Target) -> tuple[tuple[int, ...], int, int, int
     return batch, m, n, k, choose_tiling(m, n, dot_isa(target, a_signed=False, b_signed=True), target)
 
 
-def _matmul_scratch(op: Op, target: Target) -> int:
+# Scratch copies for concurrent tasks of a batched matmul
+MATMUL_SLOTS = 8
+
+
+def _matmul_slot_bytes(op: Op, target: Target) -> int:
     _, m, n, k, t = _matmul_plan(op, target)
     count = math.ceil(n / t.nr) * t.nr
-    return (
+    return align_up(
         align_up(panel_bytes(n, k, t.nr, t.isa.group))
         + align_up(4 * count)
         + align_up(4 * m)
         + widened_bytes(m, k, t.isa)
     )
+
+
+def _matmul_slots(op: Op, target: Target) -> int:
+    """Scratch copies (packed B, offsets, widened A): one per task when the batch is split, else one."""
+    batch, m, n, k, _ = _matmul_plan(op, target)
+    total = math.prod(batch) if batch else 1
+    return min(MATMUL_SLOTS, total) if total > 1 and total * m * n * k >= MIN_PARALLEL_MACS else 1
+
+
+def _matmul_scratch(op: Op, target: Target) -> int:
+    return _matmul_slots(op, target) * _matmul_slot_bytes(op, target)
 
 
 def _matmul_u8(k: KernelContext) -> None:
@@ -687,8 +700,11 @@ def _matmul_u8(k: KernelContext) -> None:
     ``sum (a - za)(b - zb) = sum a (b - 128) + (128 - zb) rowsum(a) - za colsum(b) + K za zb``:
     B is packed at run time as s8 ``b - 128`` (so the u8 x s8 dot instruction applies) while its
     column sums are taken; A's row sums give the per-row term.
+
+    Threads: batch indices are split through the parallel hook, each task with its own scratch
+    copy (B packed per index; a B shared by the whole batch is packed once, before the split).
     """
-    em, b = k.em, k.em.b
+    em = k.em
     batch, m, n, kk, t = _matmul_plan(k.op, k.target)
     qa, qb = activation_quant(k.op, 0), activation_quant(k.op, 1)
     rq = result_requant(k.op)
@@ -697,9 +713,7 @@ def _matmul_u8(k: KernelContext) -> None:
     b_rs = n if len(k.op.operands[1].type.shape) >= 2 else 1
     grp = t.isa.group
     count = math.ceil(n / t.nr) * t.nr
-    packed = k.scratch
-    col_off = em.byte_offset(k.scratch, align_up(panel_bytes(n, kk, t.nr, grp)))
-    row_off = em.byte_offset(col_off, align_up(4 * count))
+    slot_bytes = _matmul_slot_bytes(k.op, k.target)
     scale = np.float64(qa.scale) * np.float64(qb.scale)
     if rq.out == "f32":
         uniform = (int(np.array([scale], np.float32).view(np.int32)[0]), 0)
@@ -709,8 +723,14 @@ def _matmul_u8(k: KernelContext) -> None:
     out_size = 4 if rq.out == "f32" else 1
     kg_total = math.ceil(kk / grp)
 
-    def pack_b(src: ir.Value) -> None:
+    def layout(em: Emitter, slot_base: ir.Value) -> tuple[ir.Value, ir.Value, ir.Value]:
+        """(packed B, column offsets, row offsets) of one scratch copy."""
+        col_off = em.byte_offset(slot_base, align_up(panel_bytes(n, kk, t.nr, grp)))
+        return slot_base, col_off, em.byte_offset(col_off, align_up(4 * count))
+
+    def pack_b(em: Emitter, src: ir.Value, packed: ir.Value, col_off: ir.Value) -> None:
         """Panels of s8 (b - 128), zero padded, and the column offsets -za*colsum + K*za*zb."""
+        b = em.b
         base = kk * qa.zero_point * qb.zero_point
         with em.loop(count, name="cz") as j:
             em.store(ir.Constant(I32, base), col_off, j)
@@ -733,9 +753,9 @@ def _matmul_u8(k: KernelContext) -> None:
                         b.add(dst0, b.add(b.mul(lane, i64(grp)), i64(u))),
                     )
 
-    def one(a: ir.Value, bsrc: ir.Value, out: ir.Value, pack: bool) -> None:
-        if pack:
-            pack_b(bsrc)
+    def one(em: Emitter, a: ir.Value, out: ir.Value, packed: ir.Value, col_off: ir.Value, row_off: ir.Value) -> None:
+        """One product into ``out`` with B already packed (``packed``, ``col_off``)."""
+        b = em.b
         coef = 128 - qb.zero_point
         with em.loop(m, name="ra") as r:
             with em.loop_carried(kk, [ir.Constant(I32, 0)], name="rk") as lp:
@@ -751,16 +771,31 @@ def _matmul_u8(k: KernelContext) -> None:
         emit_gemm(em, gemm, t)
 
     if not batch:
-        one(k.args[0], k.args[1], k.out, True)
+        packed, col_off, row_off = layout(em, k.scratch)
+        pack_b(em, k.args[1], packed, col_off)
+        one(em, k.args[0], k.out, packed, col_off, row_off)
         return
     shared_b = not any(sb)
-    if shared_b:
-        pack_b(k.args[1])
+    if shared_b:  # packed once, into copy 0, and read by every task
+        pack_b(em, k.args[1], *layout(em, k.scratch)[:2])
     total = math.prod(batch)
-    with em.loop(total, name="bt") as i:
-        a_off, b_off = em.batch_offsets(i, batch, [sa, sb])
-        out = em.byte_offset(k.out, b.mul(i, i64(m * n * out_size)))
-        one(em.byte_offset(k.args[0], a_off), em.byte_offset(k.args[1], b_off), out, not shared_b)
+
+    def products(em: Emitter, p: list[ir.Value], lo: ir.Value, hi: ir.Value, slot: ir.Value) -> None:
+        """Batch indices ``[lo, hi)`` in scratch copy ``slot`` (B's packing in copy 0 when shared)."""
+        b = em.b
+        a_ptr, b_ptr, out_ptr, scratch = p
+        mine = layout(em, em.byte_offset(scratch, b.mul(slot, i64(slot_bytes))))
+        packed, col_off = layout(em, scratch)[:2] if shared_b else mine[:2]
+        with em.loop(hi, name="bt", start=lo) as i:
+            a_off, b_off = em.batch_offsets(i, batch, [sa, sb])
+            out = em.byte_offset(out_ptr, b.mul(i, i64(m * n * out_size)))
+            if not shared_b:
+                pack_b(em, em.byte_offset(b_ptr, b_off), packed, col_off)
+            one(em, em.byte_offset(a_ptr, a_off), out, packed, col_off, mine[2])
+
+    macs = total * m * n * kk
+    slots = _matmul_slots(k.op, k.target)
+    parallel_for(em, "matmul_u8", total, macs, [k.args[0], k.args[1], k.out, k.scratch], products, slots=slots)
 
 
 kernel("matmul", ("u8#quant", "u8#quant"), result=INT8_RESULT, scratch=_matmul_scratch, epilogue=True)(_matmul_u8)

@@ -16,6 +16,7 @@ from mcir.codegen.abi import ERR_INDEX_OUT_OF_RANGE
 from mcir.codegen.emit import I1, Emitter, i64, storage_type
 from mcir.codegen.kernels import KernelContext, kernel
 from mcir.codegen.kernels.elementwise import cast_value, load_logical
+from mcir.codegen.parallel import ELEMENT_WORK, parallel_for
 from mcir.dtypes import DType
 from mcir.ops.registry import norm_axis
 
@@ -39,7 +40,9 @@ def strided_copy(
     dst_strides: list[int],
     shape: tuple[int, ...],
 ) -> None:
-    """dst[dst_off + sum i_d*dst_strides[d]] = src[src_off + sum i_d*src_strides[d]] over ``shape``."""
+    """dst[dst_off + sum i_d*dst_strides[d]] = src[src_off + sum i_d*src_strides[d]] over ``shape``
+    (split through the parallel hook over the outermost loop, or the outer two, when large: a copy is
+    exact anyway)."""
     dims = [(n, s, d) for n, s, d in zip(shape, src_strides, dst_strides) if n != 1]
     merged: list[tuple[int, int, int]] = []
     for n, s, d in dims:
@@ -49,17 +52,39 @@ def strided_copy(
             merged.append((n, s, d))
     if math.prod(shape) == 0:
         return
-    b = em.b
 
-    def level(k: int, so: ir.Value, do: ir.Value) -> None:
-        if k == len(merged):
-            em.store(em.load(src, so, elem), dst, do)
+    # the split runs over the outermost loop, or the outer two as one when the outermost is short (the
+    # q/k/v axis of attention's head split has 3): few units would share out unevenly
+    fused = len(merged) >= 2 and merged[0][0] < 16
+    inner_n = merged[1][0] if fused else 1
+
+    def run(em: Emitter, ptrs: list[ir.Value], lo: ir.Value, hi: ir.Value) -> None:
+        b = em.b
+
+        def level(k: int, so: ir.Value, do: ir.Value) -> None:
+            if k == len(merged):
+                em.store(em.load(ptrs[0], so, elem), ptrs[1], do)
+                return
+            n, s, d = merged[k]
+            with em.loop(n, name=f"c{k}") as i:
+                level(k + 1, b.add(so, b.mul(i, i64(s))) if s else so, b.add(do, b.mul(i, i64(d))))
+
+        def at(k: int, i: ir.Value, so: ir.Value, do: ir.Value) -> tuple[ir.Value, ir.Value]:
+            _, s, d = merged[k]
+            return (b.add(so, b.mul(i, i64(s))) if s else so), b.add(do, b.mul(i, i64(d)))
+
+        if not merged:  # a single element
+            level(0, i64(src_off), i64(dst_off))
             return
-        n, s, d = merged[k]
-        with em.loop(n, name=f"c{k}") as i:
-            level(k + 1, b.add(so, b.mul(i, i64(s))) if s else so, b.add(do, b.mul(i, i64(d))))
+        with em.loop(hi, name="cu", start=lo) as u:
+            if fused:
+                so, do = at(0, b.sdiv(u, i64(inner_n)), i64(src_off), i64(dst_off))
+                level(2, *at(1, b.srem(u, i64(inner_n)), so, do))
+            else:
+                level(1, *at(0, u, i64(src_off), i64(dst_off)))
 
-    level(0, i64(src_off), i64(dst_off))
+    units = (merged[0][0] * inner_n) if merged else 1
+    parallel_for(em, "copy", units, math.prod(shape) * ELEMENT_WORK, [src, dst], run)
 
 
 def _elem(k: KernelContext) -> ir.Type:

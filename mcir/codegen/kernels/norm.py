@@ -15,6 +15,7 @@ import llvmlite.ir as ir
 from mcir.codegen.emit import F32, Emitter, const, i64
 from mcir.codegen.kernels import KernelContext, kernel, math_approx
 from mcir.codegen.kernels.rows import map_row, reduce_row
+from mcir.codegen.parallel import ELEMENT_WORK, parallel_for
 from mcir.codegen.target import Target
 from mcir.ir import Op
 from mcir.ops.registry import norm_axis
@@ -146,16 +147,24 @@ def layer_norm_row(
 @kernel("layer_norm", ("f32", "f32?", "f32?"))
 def layer_norm(k: KernelContext) -> None:
     """y = (x - mean) / sqrt(var + eps) * weight + bias over the trailing ``dims`` axes (two-pass variance)."""
-    em, b = k.em, k.em.b
+    em = k.em
     t = k.operand_types[0]
     d = math.prod(t.shape[t.rank - k.op.attrs["dims"] :])
     rows = t.numel // max(d, 1)
-    w = k.args[1] if len(k.args) > 1 else None
-    bias = k.args[2] if len(k.args) > 2 else None
-    with em.loop(rows, name="row") as r:
-        off = b.mul(r, i64(d))
-        src, dst = em.gep(k.args[0], off, F32), em.gep(k.out, off, F32)
-        layer_norm_row(em, src, dst, d, k.target.f32_lanes, w, bias, k.op.attrs["eps"])
+    lanes = k.target.f32_lanes
+    eps = k.op.attrs["eps"]
+
+    def run(em: Emitter, p: list[ir.Value], lo: ir.Value, hi: ir.Value) -> None:
+        """Rows ``[lo, hi)``: each row is reduced and normalised by one task (bit-identical for any split)."""
+        b = em.b
+        x, out = p[0], p[-1]
+        w = p[1] if len(p) > 2 else None
+        bias = p[2] if len(p) > 3 else None
+        with em.loop(hi, name="row", start=lo) as r:
+            off = b.mul(r, i64(d))
+            layer_norm_row(em, em.gep(x, off, F32), em.gep(out, off, F32), d, lanes, w, bias, eps)
+
+    parallel_for(em, "layer_norm", rows, t.numel * ELEMENT_WORK, [*k.args, k.out], run)
 
 
 @kernel("batch_norm", ("f32", "f32", "f32", "f32", "f32"), epilogue=True)
