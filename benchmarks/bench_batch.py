@@ -136,6 +136,11 @@ def session(path: Path, threads: int) -> ort.InferenceSession:
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # ORT's idle workers spin after a run and take the second core from whichever contender the
+    # interleaved timing runs next (measured: mcir fp32 Linear-4096 b32 on 2 threads 9.6-10.1 ms
+    # right after a spinning ORT session, 4.9 ms after a non-spinning one); ORT's own time is the
+    # same either way (6.09 vs 5.93 ms), so its workers sleep between runs here
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
