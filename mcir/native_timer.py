@@ -23,11 +23,6 @@ small C file compiled once with the system compiler (``$CC`` or ``cc``) into mci
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -37,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from mcir.errors import RuntimeCallError
-from mcir.threadpool import cache_dir
+from mcir.threadpool import build_helper, find_compiler
 
 SOURCE = r"""
 /* mcir native timer: calls an mcir_NAME_run entry point `calls` times between two clock reads. */
@@ -98,36 +93,19 @@ class Timing:
 
 def compiler() -> str | None:
     """The C compiler the timer is built with (``$CC``, cc, gcc, clang), or None when there is none."""
-    for cand in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if cand and shutil.which(cand):
-            return cand
-    return None
+    return find_compiler()
 
 
 def build() -> Path:
     """The timer's shared library, compiled on first use into mcir's cache (keyed by the source's hash)."""
-    digest = hashlib.sha256(SOURCE.encode()).hexdigest()[:16]
-    out = cache_dir() / f"timer-{digest}.so"
-    if out.exists():
-        return out
-    cc = compiler()
-    if cc is None:
-        raise RuntimeCallError(
-            "the native timer is compiled once with a C compiler, and none was found ($CC, cc, gcc, clang); "
-            "install one, or time with method='python'"
-        )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        src = Path(tmp) / "timer.c"
-        src.write_text(SOURCE)
-        lib = Path(tmp) / "timer.so"
-        # -O2 but no inlining question: the entry is called through a pointer the compiler cannot see
-        cmd = [cc, "-O2", "-shared", "-fPIC", str(src), "-o", str(lib)]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeCallError(f"compiling mcir's native timer failed ({' '.join(cmd)}):\n{done.stderr}")
-        os.replace(lib, out)  # atomic: a concurrent build leaves one complete file
-    return out
+    return build_helper(
+        "timer",
+        SOURCE,
+        [],
+        "native timer",
+        "the native timer is compiled once with a C compiler, and none was found ($CC, cc, gcc, clang); "
+        "install one, or time with method='python'",
+    )
 
 
 def _library() -> ctypes.CDLL:

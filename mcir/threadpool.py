@@ -187,34 +187,49 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MCIR_CACHE") or Path.home() / ".cache" / "mcir")
 
 
-def _compiler() -> str:
+def find_compiler() -> str | None:
+    """The system C compiler mcir's small native helpers are built with (``$CC``, cc, gcc, clang), or None."""
     for cand in (os.environ.get("CC"), "cc", "gcc", "clang"):
         if cand and shutil.which(cand):
             return cand
-    raise RuntimeCallError(
-        "threads need mcir's native pool, which is compiled once with a C compiler, and none was found "
-        "($CC, cc, gcc, clang); install one, or run single-threaded (threads=1), or call "
-        "mcir_NAME_set_parallel from your own program (docs/abi.md)"
-    )
+    return None
+
+
+def build_helper(stem: str, source: str, flags: list[str], what: str, no_compiler: str) -> Path:
+    """``source`` compiled once into ``cache_dir()/STEM-HASH.so`` (keyed by the source's hash; a cached
+    build needs no compiler); the file appears by an atomic rename, so concurrent first uses leave one
+    complete library. ``no_compiler`` is the error's text when there is no C compiler to build it."""
+    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+    out = cache_dir() / f"{stem}-{digest}.so"
+    if out.exists():
+        return out
+    cc = find_compiler()
+    if cc is None:
+        raise RuntimeCallError(no_compiler)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        src = Path(tmp) / f"{stem}.c"
+        src.write_text(source)
+        lib = Path(tmp) / f"{stem}.so"
+        cmd = [cc, "-O2", "-shared", "-fPIC", *flags, str(src), "-o", str(lib)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeCallError(f"compiling mcir's {what} failed ({' '.join(cmd)}):\n{done.stderr}")
+        os.replace(lib, out)
+    return out
 
 
 def build() -> Path:
     """The pool's shared library, compiled on first use (keyed by the source's hash)."""
-    digest = hashlib.sha256(SOURCE.encode()).hexdigest()[:16]
-    out = cache_dir() / f"threadpool-{digest}.so"
-    if out.exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        src = Path(tmp) / "threadpool.c"
-        src.write_text(SOURCE)
-        lib = Path(tmp) / "threadpool.so"
-        cmd = [_compiler(), "-O2", "-shared", "-fPIC", "-pthread", str(src), "-o", str(lib)]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeCallError(f"compiling mcir's thread pool failed ({' '.join(cmd)}):\n{done.stderr}")
-        os.replace(lib, out)  # atomic: a concurrent build leaves one complete file
-    return out
+    return build_helper(
+        "threadpool",
+        SOURCE,
+        ["-pthread"],
+        "thread pool",
+        "threads need mcir's native pool, which is compiled once with a C compiler, and none was found "
+        "($CC, cc, gcc, clang); install one, or run single-threaded (threads=1), or call "
+        "mcir_NAME_set_parallel from your own program (docs/abi.md)",
+    )
 
 
 def _library() -> ctypes.CDLL:
