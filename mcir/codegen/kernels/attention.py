@@ -121,9 +121,7 @@ def _sdpa(k: KernelContext) -> None:
     parallel_for(em, "attention", total, _macs(op), pointers, heads, slots=_slots(op))
 
 
-def mask_row(
-    k: KernelContext, em: Emitter, row: ir.Value, qi: ir.Value, S: int, causal: bool, mask_t, mask, moff, mst
-):
+def mask_row(k: KernelContext, em: Emitter, row: ir.Value, qi: ir.Value, S: int, causal: bool, mask_t, mask, moff, mst):
     """Apply the causal mask and/or the given (bool or additive) mask to one score row."""
     b = em.b
     ninf = const(F32, float("-inf"))
