@@ -276,7 +276,7 @@ def bias_accumulator(op: Op, index: int, acc_scale: np.ndarray) -> np.ndarray:
 
 def channel_table(offset: np.ndarray, acc_scale: np.ndarray, rq: Requant, out_scale: float, count: int) -> np.ndarray:
     """Per-output-channel epilogue table, three int32 arrays of ``count`` (zero padded) bytes-packed:
-    ``offset``, then ``scale`` (f32 bits) and zeros for f32 results, or ``M0`` and ``shift``."""
+    ``offset``, then ``scale`` (f32 bits) and zeros for f32 results, or ``M0`` and ``shift_word``."""
     n = offset.shape[0]
     if np.any(offset > 2**31 - 1) or np.any(offset < -(2**31)):
         raise CodegenError("int8 layer: bias plus zero-point correction does not fit in int32")
@@ -286,9 +286,16 @@ def channel_table(offset: np.ndarray, acc_scale: np.ndarray, rq: Requant, out_sc
         tab[1, :n] = acc_scale.astype(np.float32).view(np.int32)
     else:
         m0, shift = fixed_point(acc_scale.astype(np.float64) / out_scale)
-        tab[1, :n], tab[2, :n] = m0, shift
-        tab[2, n:] = 1
+        tab[1, :n], tab[2, :n] = m0, shift_word(shift, rq.zero_point)
+        tab[2, n:] = shift_word(np.ones(count - n, np.int32), rq.zero_point)
     return tab.reshape(-1)
+
+
+def shift_word(shift: np.ndarray, zero_point: int) -> np.ndarray:
+    """The requantisation's third table word: ``shift`` (1..62) in the low byte, the result's zero point
+    above it, so the code reads both from data and layers differing only in scales and zero points share
+    one kernel function (``requantize`` takes them apart)."""
+    return (np.asarray(shift, np.int32) | np.int32(zero_point << 8)).astype(np.int32)
 
 
 def blob(*parts: np.ndarray) -> np.ndarray:
@@ -518,19 +525,21 @@ def _ext(b: ir.IRBuilder, v: ir.Value, ty: ir.Type, signed: bool) -> ir.Value:
     return b.sext(v, ty) if signed else b.zext(v, ty)
 
 
-def requantize(em: Emitter, acc: ir.Value, m0: ir.Value, shift: ir.Value, rq: Requant) -> ir.Value:
-    """``clamp(((acc * m0 + 2^(shift-1)) >> shift) + zero_point, lo, hi)`` as i8 (scalar or lanes; see module doc)."""
+def requantize(em: Emitter, acc: ir.Value, m0: ir.Value, word: ir.Value, rq: Requant) -> ir.Value:
+    """``clamp(((acc * m0 + 2^(shift-1)) >> shift) + zero_point, lo, hi)`` as i8 (scalar or lanes; see module
+    doc); ``word`` is the table's ``shift_word``: the shift in its low byte, the zero point above it."""
     b = em.b
     v64, v32, v8 = (_like(acc.type, t) for t in (I64, I32, I8))
     prod = b.mul(b.sext(acc, v64), b.sext(m0, v64))
-    sh = b.zext(shift, v64)
+    sh = b.zext(b.and_(word, const(v32, 0xFF)), v64)
+    zp = b.sext(b.ashr(word, const(v32, 8)), v64)
     rnd = b.shl(const(v64, 1), b.sub(sh, const(v64, 1)))
     y = b.ashr(b.add(prod, rnd), sh)
     # clamp in 64 bits (a large multiplier can push y past int32), then add the zero point
-    lo, hi = const(v64, rq.lo - rq.zero_point), const(v64, rq.hi - rq.zero_point)
+    lo, hi = b.sub(const(v64, rq.lo), zp), b.sub(const(v64, rq.hi), zp)
     y = b.select(b.icmp_signed("<", y, lo), lo, y)
     y = b.select(b.icmp_signed(">", y, hi), hi, y)
-    return b.trunc(b.add(b.trunc(y, v32), const(v32, rq.zero_point)), v8)
+    return b.trunc(b.add(y, zp), v8)
 
 
 def _like(ty: ir.Type, elem: ir.Type) -> ir.Type:
@@ -719,7 +728,7 @@ def _matmul_u8(k: KernelContext) -> None:
         uniform = (int(np.array([scale], np.float32).view(np.int32)[0]), 0)
     else:
         m0, shift = fixed_point(np.array([scale / k.op.result.type.encoding.scale]))
-        uniform = (int(m0[0]), int(shift[0]))
+        uniform = (int(m0[0]), int(shift_word(shift, rq.zero_point)[0]))
     out_size = 4 if rq.out == "f32" else 1
     kg_total = math.ceil(kk / grp)
 
