@@ -94,22 +94,9 @@ LENET = [
 @functools.cache
 def lenet_300_100(epochs: int = 30, seed: int = 0) -> nn.Module:
     """LeNet-300-100 with 64 inputs, trained on the digits training quarter like the digits MLP."""
-    from tests.lowbit.digits import digits_split
+    from tests.lowbit.digits import train_classifier
 
-    torch.manual_seed(seed)
-    x_tr, y_tr, _, _ = digits_split()
-    model = nn.Sequential(nn.Linear(64, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    xt, yt = torch.from_numpy(x_tr), torch.from_numpy(y_tr)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        perm = torch.randperm(len(xt), generator=gen)
-        for i in range(0, len(xt), 64):
-            idx = perm[i : i + 64]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
-            opt.step()
-    return model.eval()
+    return train_classifier((64, 300, 100, 10), epochs, seed)
 
 
 def accuracy_table(model: nn.Module, pipelines: list[tuple[str, str]], build: Path) -> str:
