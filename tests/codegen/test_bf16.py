@@ -107,6 +107,7 @@ SHAPES = [
     (17, 33, 131),  # one row past a tile, ragged panel, K not a multiple of 32 (padded copy)
     (48, 47, 192),  # AMX: rows read in place, an odd row tile, a full and a ragged panel
     (33, 200, 100),  # several panel groups and pairs
+    (9, 40, 520),  # vector paths: K in 3-5 chunks, partial sums kept in C between them
 ]
 
 
@@ -133,8 +134,8 @@ def test_forgetting_to_round_the_input_would_break_the_bound(rng):
 
 @pytest.mark.parametrize("path", ["amx", "dot", "widen"])
 def test_fused_relu_and_no_bias(tmp_path, rng, monkeypatch, path):
-    g = bf16_linear(rng, 32, 50, 96, bias=False, act="relu")
-    x = rng.standard_normal((32, 96)).astype(np.float32)
+    g = bf16_linear(rng, 32, 50, 600, bias=False, act="relu")  # several K chunks: relu only after the last
+    x = rng.standard_normal((32, 600)).astype(np.float32)
     got = compile_path(g, tmp_path, path, monkeypatch)(x)[0]
     assert (got >= 0).all()
     assert_within_f32_sum_bound(got, g, x, act="relu")
@@ -150,7 +151,7 @@ def test_amx_rows_outer_for_an_a_over_1_mib(tmp_path, rng):
 
 
 @pytest.mark.parametrize("path", ["amx", "refused", "dot"])
-@pytest.mark.parametrize(("m", "n", "k"), [(32, 1000, 200), (1, 2048, 512)])
+@pytest.mark.parametrize(("m", "n", "k"), [(32, 1000, 200), (1, 2048, 512), (8, 300, 1000)])
 def test_threads_give_identical_outputs(tmp_path, rng, monkeypatch, path, m, n, k):
     if path in ("amx", "refused") and m < 16:
         pytest.skip("AMX applies from 16 rows")
@@ -233,3 +234,14 @@ def test_quantize_and_dequantize_of_round_are_bit_exact(tmp_path, rng):
     same = (got.view(np.uint32) == want.view(np.uint32)) | (np.isnan(got) & np.isnan(want))
     assert same.all(), np.flatnonzero(~same)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(x))
+
+
+def test_k_is_chunked_only_when_several_row_blocks_reuse_the_panels():
+    """The (9, 40, 520) case above runs 5 chunks of 64 pairs with vdpbf16ps (4 x 4 blocks: 16 KiB of
+    panels per chunk), 3 chunks of 128 widening (4 x 2 blocks); a GEMV streams all of K at once."""
+    dot, widen = resolve("native", features="-amx-bf16"), resolve("native", features="-amx-bf16,-avx512bf16")
+    if HAS_DOT:
+        assert gemm_bf16.k_chunk(9, 260, dot) == 64
+    assert gemm_bf16.k_chunk(9, 260, widen) == 128
+    assert gemm_bf16.k_chunk(1, 2048, widen) == 2048
+    assert gemm_bf16.k_chunk(4, 260, widen) == 260  # a single row block

@@ -171,22 +171,51 @@ def _even_odd(em: Emitter, pairs: ir.Value) -> tuple[ir.Value, ir.Value]:
     return even, odd
 
 
+#: bytes of B panels one K chunk of a register block's panels may take (kept in L1 while every row block passes)
+CHUNK_BYTES = 16 * 1024
+
+
+def k_chunk(m: int, pairs: int, target: Target) -> int:
+    """K pairs per chunk: all of K for a single row block (the weights stream once anyway), else
+    as many as keep the block's panels in ``CHUNK_BYTES``."""
+    mr, nr = blocking(m, target)
+    if m <= mr:
+        return pairs
+    return min(pairs, max(16, CHUNK_BYTES // (nr * 4 * LANES)))
+
+
 def emit_vector(em: Emitter, g: _Gemm, lo: ir.Value, hi: ir.Value, target: Target) -> None:
-    """Panels ``[lo, hi)`` of ``C = A @ W^T + b``: register blocks of up to MR rows x NR panels."""
+    """Panels ``[lo, hi)`` of ``C = A @ W^T + b``: register blocks of up to MR rows x NR panels.
+
+    Per group of NR panels, K goes in chunks (``k_chunk``) and every row block runs over a chunk
+    before the next: the chunk's panels stay in L1. Partial sums wait in C between chunks; the
+    bias and the fused epilogue apply after the last one."""
     b = em.b
     mr, nr = blocking(g.m, target)
     dot = has_dot(target)
     full = g.n // LANES
     ragged = g.n % LANES
     panel_i32 = g.pairs * LANES  # i32 elements of one packed panel
+    kc = k_chunk(g.m, g.pairs, target)
+    chunks = math.ceil(g.pairs / kc)
 
-    def block(row0: ir.Value, rows: int, panel0: ir.Value, panels: int, last_cols: int) -> None:
-        """C rows ``[row0, row0 + rows)`` x panels ``[panel0, panel0 + panels)``; the last panel has
-        ``last_cols`` valid columns."""
-        zero = const(V16F, 0.0)
-        bases = [b.mul(b.add(panel0, i64(j)), i64(panel_i32)) for j in range(panels)]
-        a_rows = [b.mul(b.add(row0, i64(i)), i64(g.a_rs // 2)) for i in range(rows)]
-        with em.loop_carried(g.pairs, [zero] * (rows * panels), name="kp") as lp:
+    def block(row0, rows: int, panel0, panels: int, last_cols: int, k0, count: int, first: bool, last: bool) -> None:
+        """C rows ``[row0, row0 + rows)`` x panels ``[panel0, panel0 + panels)`` over K pairs
+        ``[k0, k0 + count)``; the last panel has ``last_cols`` valid columns. ``first``: start from
+        zero (else from the partial sums in C); ``last``: finish (bias, epilogue) into C."""
+        cols = [b.mul(b.add(panel0, i64(j)), i64(LANES)) for j in range(panels)]
+        valid = [last_cols if j == panels - 1 else LANES for j in range(panels)]
+        at = [[b.add(b.mul(b.add(row0, i64(i)), i64(g.n)), cols[j]) for j in range(panels)] for i in range(rows)]
+
+        def c_load(i: int, j: int) -> ir.Value:
+            if valid[j] == LANES:
+                return em.load(g.c, at[i][j], V16F, align=4)
+            return em.masked_load(g.c, at[i][j], V16F, valid[j])
+
+        init = [const(V16F, 0.0) if first else c_load(i, j) for i in range(rows) for j in range(panels)]
+        bases = [b.add(b.mul(b.add(panel0, i64(j)), i64(panel_i32)), b.mul(k0, i64(LANES))) for j in range(panels)]
+        a_rows = [b.add(b.mul(b.add(row0, i64(i)), i64(g.a_rs // 2)), k0) for i in range(rows)]
+        with em.loop_carried(count, init, name="kp") as lp:
             p = lp.index
             off = b.mul(p, i64(LANES))
             bs = [em.load(g.b, b.add(base, off), V16I, align=64) for base in bases]
@@ -206,32 +235,43 @@ def emit_vector(em: Emitter, g: _Gemm, lo: ir.Value, hi: ir.Value, target: Targe
             lp.next(accs)
         sums = lp.results
         for j in range(panels):
-            col = b.mul(b.add(panel0, i64(j)), i64(LANES))
-            valid = last_cols if j == panels - 1 else LANES
             bias = None
-            if g.bias is not None:
+            if last and g.bias is not None:
+                full_lanes = valid[j] == LANES
                 bias = (
-                    em.load(g.bias, col, V16F, align=4) if valid == LANES else em.masked_load(g.bias, col, V16F, valid)
+                    em.load(g.bias, cols[j], V16F, align=4)
+                    if full_lanes
+                    else em.masked_load(g.bias, cols[j], V16F, valid[j])
                 )
             for i in range(rows):
                 y = sums[i * panels + j]
                 if bias is not None:
                     y = b.fadd(y, bias)
-                if g.epilogue is not None:
+                if last and g.epilogue is not None:
                     y = g.epilogue(em, y)
-                at = b.add(b.mul(b.add(row0, i64(i)), i64(g.n)), col)
-                if valid == LANES:
-                    em.store(y, g.c, at, align=4)
+                if valid[j] == LANES:
+                    em.store(y, g.c, at[i][j], align=4)
                 else:
-                    em.masked_store(y, g.c, at, valid)
+                    em.masked_store(y, g.c, at[i][j], valid[j])
 
     def row_blocks(panel0: ir.Value, panels: int, last_cols: int) -> None:
         blocks, tail = divmod(g.m, mr)
-        if blocks:
-            with em.loop(blocks * mr, name="rb", step=mr) as row0:
-                block(row0, mr, panel0, panels, last_cols)
-        if tail:
-            block(i64(blocks * mr), tail, panel0, panels, last_cols)
+
+        def chunk(k0, count: int, first: bool, last: bool) -> None:
+            if blocks:
+                with em.loop(blocks * mr, name="rb", step=mr) as row0:
+                    block(row0, mr, panel0, panels, last_cols, k0, count, first, last)
+            if tail:
+                block(i64(blocks * mr), tail, panel0, panels, last_cols, k0, count, first, last)
+
+        if chunks == 1:
+            chunk(i64(0), g.pairs, True, True)
+            return
+        chunk(i64(0), kc, True, False)
+        if chunks > 2:
+            with em.loop((chunks - 1) * kc, name="kc", start=kc, step=kc) as k0:
+                chunk(k0, kc, False, False)
+        chunk(i64((chunks - 1) * kc), g.pairs - (chunks - 1) * kc, False, True)
 
     # whole panels of the task in groups of NR, the group sizes below NR chosen at run time
     end = b.select(b.icmp_signed("<", hi, i64(full)), hi, i64(full))
