@@ -116,3 +116,31 @@ def test_small_weights_stay_f32_by_default():
     bf = mcir.run_passes(mcir.trace(model, inputs), "bf16")
     kinds = [op.operands[1].type.dtype.name for op in bf.compute_ops() if op.name == "linear"]
     assert kinds == ["bf16", "bf16", "f32"]
+
+
+@pytest.mark.parametrize("pipeline", ["bf16(min_elements=1)", "half(dtype=bf16, min_elements=1)"])
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_torch_module_and_onnx_export_compute_what_the_interpreter_does(tmp_path, name, pipeline):
+    """``#round`` trains as round-to-bf16 forward / identity backward and exports as Cast(bf16) -> Cast(f32);
+    16-bit weights of f32 layers widen exactly in both (ONNX keeps them 16-bit in the file)."""
+    ort = pytest.importorskip("onnxruntime")
+    model, inputs = models.build(name)
+    bf = mcir.run_passes(mcir.trace(model, inputs), pipeline)
+    xs = [i.numpy() for i in inputs]
+    ref = mcir.interpret(bf, *xs)[0]
+    with torch.no_grad():
+        trained_form = mcir.to_torch(bf)(*inputs).numpy()
+    np.testing.assert_allclose(trained_form, ref, rtol=0, atol=1e-5 * float(np.abs(ref).max()))
+    mcir.to_onnx(bf, tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    exported = session.run(None, {i.name: x for i, x in zip(session.get_inputs(), xs)})[0]
+    np.testing.assert_allclose(exported, ref, rtol=0, atol=1e-5 * float(np.abs(ref).max()))
+
+
+def test_gradients_pass_straight_through_the_rounding():
+    model, inputs = models.build("mlp")
+    module = mcir.to_torch(mcir.run_passes(mcir.trace(model, inputs), "bf16(min_elements=1)"))
+    x = inputs[0].clone().requires_grad_(True)
+    module(x).square().sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+    assert all(p.grad is not None and float(p.grad.float().abs().sum()) > 0 for p in module.parameters())

@@ -141,13 +141,14 @@ def test_fused_relu_and_no_bias(tmp_path, rng, monkeypatch, path):
     assert_within_f32_sum_bound(got, g, x, act="relu")
 
 
-@pytest.mark.skipif(not HAS_AMX, reason="this CPU has no AMX-BF16")
-def test_amx_rows_outer_for_an_a_over_1_mib(tmp_path, rng):
-    """1100 rows x 500 K: A's padded copy is 1.1 MiB, so row blocks go outside the panel pairs."""
-    assert not gemm_amx.panels_outer(1100, 2 * 512)
+@pytest.mark.parametrize("path", ["amx", "refused", "dot", "widen"])
+def test_rows_outer_for_an_a_over_1_mib(tmp_path, rng, monkeypatch, path):
+    """1100 rows x 500 K: A is 1.1 MB (AMX: its padded copy), so row blocks go outside the panels."""
+    assert not gemm_amx.panels_outer(1100, 2 * 512) and gemm_bf16.rows_outer(1100, 500)
+    assert not gemm_bf16.rows_outer(1000, 500)
     g = bf16_linear(rng, 1100, 40, 500)
     x = rng.standard_normal((1100, 500)).astype(np.float32)
-    assert_within_f32_sum_bound(build(g, tmp_path)(x)[0], g, x)
+    assert_within_f32_sum_bound(compile_path(g, tmp_path, path, monkeypatch)(x)[0], g, x)
 
 
 @pytest.mark.parametrize("path", ["amx", "refused", "dot"])

@@ -184,12 +184,20 @@ def k_chunk(m: int, pairs: int, target: Target) -> int:
     return min(pairs, max(16, CHUNK_BYTES // (nr * 4 * LANES)))
 
 
+def rows_outer(m: int, a_rs: int) -> bool:
+    """Loop order of the vector paths: row blocks outer when A (bf16 rows ``a_rs`` elements apart) is
+    larger than ``gemm_amx.A_IN_L2`` (re-reading it per panel group would stream it from L3), else
+    panel groups outer."""
+    return m * a_rs * 2 > gemm_amx.A_IN_L2
+
+
 def emit_vector(em: Emitter, g: _Gemm, lo: ir.Value, hi: ir.Value, target: Target) -> None:
     """Panels ``[lo, hi)`` of ``C = A @ W^T + b``: register blocks of up to MR rows x NR panels.
 
-    Per group of NR panels, K goes in chunks (``k_chunk``) and every row block runs over a chunk
-    before the next: the chunk's panels stay in L1. Partial sums wait in C between chunks; the
-    bias and the fused epilogue apply after the last one."""
+    Panels outer (``rows_outer`` false): per group of NR panels, K goes in chunks (``k_chunk``) and
+    every row block runs over a chunk before the next, so the chunk's panels stay in L1; partial sums
+    wait in C between chunks, the bias and the fused epilogue apply after the last one. Rows outer:
+    each row block runs over all the task's panels with all of K."""
     b = em.b
     mr, nr = blocking(g.m, target)
     dot = has_dot(target)
@@ -254,39 +262,60 @@ def emit_vector(em: Emitter, g: _Gemm, lo: ir.Value, hi: ir.Value, target: Targe
                 else:
                     em.masked_store(y, g.c, at[i][j], valid[j])
 
-    def row_blocks(panel0: ir.Value, panels: int, last_cols: int) -> None:
-        blocks, tail = divmod(g.m, mr)
+    blocks, tail = divmod(g.m, mr)
 
-        def chunk(k0, count: int, first: bool, last: bool) -> None:
-            if blocks:
-                with em.loop(blocks * mr, name="rb", step=mr) as row0:
-                    block(row0, mr, panel0, panels, last_cols, k0, count, first, last)
-            if tail:
-                block(i64(blocks * mr), tail, panel0, panels, last_cols, k0, count, first, last)
+    def row_blocks(each: Callable) -> None:
+        """``each(row0, rows)`` for every register block of rows."""
+        if blocks:
+            with em.loop(blocks * mr, name="rb", step=mr) as row0:
+                each(row0, mr)
+        if tail:
+            each(i64(blocks * mr), tail)
 
+    def panel_groups(each: Callable) -> None:
+        """``each(panel0, panels, last_cols)`` for the task's panels in groups of NR (the group below
+        NR sized at run time), then the ragged last panel if the task has it."""
+        end = b.select(b.icmp_signed("<", hi, i64(full)), hi, i64(full))
+        count = b.select(b.icmp_signed(">", end, lo), b.sub(end, lo), i64(0))
+        groups = b.sdiv(count, i64(nr))
+        with em.loop(groups, name="pg") as q:
+            each(b.add(lo, b.mul(q, i64(nr))), nr, LANES)
+        rest = b.sub(count, b.mul(groups, i64(nr)))
+        start = b.add(lo, b.mul(groups, i64(nr)))
+        for size in range(1, nr):
+            with b.if_then(b.icmp_signed("==", rest, i64(size))):
+                each(start, size, LANES)
+        if ragged:
+            with b.if_then(b.icmp_signed(">", hi, i64(full))):
+                each(i64(full), 1, ragged)
+
+    def k_chunks(each: Callable) -> None:
+        """``each(k0, count, first, last)`` for the K chunks."""
         if chunks == 1:
-            chunk(i64(0), g.pairs, True, True)
+            each(i64(0), g.pairs, True, True)
             return
-        chunk(i64(0), kc, True, False)
+        each(i64(0), kc, True, False)
         if chunks > 2:
             with em.loop((chunks - 1) * kc, name="kc", start=kc, step=kc) as k0:
-                chunk(k0, kc, False, False)
-        chunk(i64((chunks - 1) * kc), g.pairs - (chunks - 1) * kc, False, True)
+                each(k0, kc, False, False)
+        each(i64((chunks - 1) * kc), g.pairs - (chunks - 1) * kc, False, True)
 
-    # whole panels of the task in groups of NR, the group sizes below NR chosen at run time
-    end = b.select(b.icmp_signed("<", hi, i64(full)), hi, i64(full))
-    count = b.select(b.icmp_signed(">", end, lo), b.sub(end, lo), i64(0))
-    groups = b.sdiv(count, i64(nr))
-    with em.loop(groups, name="pg") as q:
-        row_blocks(b.add(lo, b.mul(q, i64(nr))), nr, LANES)
-    rest = b.sub(count, b.mul(groups, i64(nr)))
-    start = b.add(lo, b.mul(groups, i64(nr)))
-    for size in range(1, nr):
-        with b.if_then(b.icmp_signed("==", rest, i64(size))):
-            row_blocks(start, size, LANES)
-    if ragged:
-        with b.if_then(b.icmp_signed(">", hi, i64(full))):
-            row_blocks(i64(full), 1, ragged)
+    if rows_outer(g.m, g.a_rs):
+        # a row block's pairs stay in L1 while the task's panels stream from L2, K in one go
+        row_blocks(
+            lambda r0, rows: panel_groups(
+                lambda p0, panels, cols: block(r0, rows, p0, panels, cols, i64(0), g.pairs, True, True)
+            )
+        )
+    else:
+        # a group's panels (one K chunk of them) stay in L1 while every row block passes
+        panel_groups(
+            lambda p0, panels, cols: k_chunks(
+                lambda k0, count, first, last: row_blocks(
+                    lambda r0, rows: block(r0, rows, p0, panels, cols, k0, count, first, last)
+                )
+            )
+        )
 
 
 def _copy_rows(em: Emitter, a: ir.Value, m: int, k: int, dst: ir.Value) -> None:
