@@ -144,3 +144,15 @@ def test_gradients_pass_straight_through_the_rounding():
     module(x).square().sum().backward()
     assert x.grad is not None and float(x.grad.abs().sum()) > 0
     assert all(p.grad is not None and float(p.grad.float().abs().sum()) > 0 for p in module.parameters())
+
+
+def test_finetune_after_bf16_keeps_bf16_weights_and_trains_them():
+    model, inputs = models.build("mlp")
+    graph = mcir.trace(model, inputs)
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((64, 32)).astype(np.float32), rng.integers(0, 10, 64)
+    before = mcir.run_passes(graph, "bf16(min_elements=1)")
+    after = mcir.run_passes(graph, "bf16(min_elements=1),finetune(epochs=2, lr=0.01)", data=(x, y))
+    assert {op.operands[1].type.dtype for op in after.compute_ops() if op.name == "linear"} == {dtypes.bf16}
+    x0 = inputs[0].numpy()
+    assert float(np.abs(mcir.interpret(after, x0)[0] - mcir.interpret(before, x0)[0]).max()) > 1e-3
