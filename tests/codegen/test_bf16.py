@@ -15,7 +15,9 @@ a kernel that forgot to round x. Paths, each run here whenever the CPU has it:
 * ``refused``: native with AMX but the permission refused (``gemm_amx.FORCE_FALLBACK``): the vector
   path over the AMX weight layout (K padded to 32);
 * ``dot``: ``-amx-bf16`` (``vdpbf16ps``);
-* ``widen``: ``-amx-bf16,-avx512bf16`` (bf16 -> f32 by shifts, FMA) and ``x86-64-v3`` (256-bit).
+* ``widen``: ``-amx-bf16,-avx512bf16`` (bf16 -> f32 by shifts, FMA), ``x86-64-v3`` (256-bit) and
+  ``x86-64`` (SSE2: 128-bit, multiply + add); the same IR is what other architectures compile
+  (aarch64 objects are built by ``test_other_architectures_compile``, not run here).
 
 The conversion kernels are bit-exact against ml_dtypes (round to nearest even, NaN stays NaN).
 """
@@ -51,6 +53,7 @@ PATHS = {
     "dot": ({"features": "-amx-bf16"}, HAS_DOT),
     "widen": ({"features": "-amx-bf16,-avx512bf16"}, True),
     "x86-64-v3": ({"target": "x86-64-v3"}, "x86-64-v3" in runnable_targets()),
+    "x86-64": ({"target": "x86-64"}, resolve("x86-64").native),  # SSE2 only: 128-bit vectors, no FMA
 }
 
 
@@ -246,3 +249,19 @@ def test_k_is_chunked_only_when_several_row_blocks_reuse_the_panels():
     assert gemm_bf16.k_chunk(9, 260, widen) == 128
     assert gemm_bf16.k_chunk(1, 2048, widen) == 2048
     assert gemm_bf16.k_chunk(4, 260, widen) == 260  # a single row block
+
+
+def test_other_architectures_compile(rng):
+    """aarch64 gets the widening path's IR (no x86 intrinsic, no inline assembly) and LLVM builds an object."""
+    import llvmlite.binding as llvm
+
+    from mcir.codegen.lowering import optimize
+
+    g = bf16_linear(rng, 8, 40, 65)
+    t = resolve("aarch64")
+    text = lower(g, t, "a").ir_text
+    assert "llvm.x86" not in text and "asm" not in text
+    module = llvm.parse_assembly(text)
+    machine = t.machine()
+    optimize(module, machine)
+    assert len(machine.emit_object(module)) > 0

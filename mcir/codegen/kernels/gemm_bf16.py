@@ -19,8 +19,9 @@ Paths, chosen from the target (``native`` reads the host's CPUID through LLVM):
 * **AVX-512 BF16** (``avx512bf16``): a register-blocked micro-kernel (up to 4 rows x 4 panels of
   16 f32 accumulators; 1 row x 8 panels at batch 1), one ``vdpbf16ps`` per (row, panel) per K pair
   with the row's pair broadcast from memory. At batch 1 it is bound by the weight stream.
-* **Any other target** (x86-64-v3, v4 without BF16, aarch64): the same blocking with each bf16
-  widened to f32 by a shift (``w << 16`` for even K, ``w & 0xffff0000`` for odd K) and two FMAs.
+* **Any other target** (x86-64 baseline, v3, v4 without BF16; other architectures build the same
+  IR, e.g. aarch64, compiled by the tests but not run): the same blocking with each bf16 widened to
+  f32 by a shift (``w << 16`` for even K, ``w & 0xffff0000`` for odd K) and two FMAs.
 
 A row of bf16 inputs is read where it is when its pairs are aligned (K even; K a multiple of 32
 for AMX tiles), else copied into scratch with zero padding; tail rows of AMX tiles are copied as
