@@ -156,3 +156,30 @@ def test_finetune_after_bf16_keeps_bf16_weights_and_trains_them():
     assert {op.operands[1].type.dtype for op in after.compute_ops() if op.name == "linear"} == {dtypes.bf16}
     x0 = inputs[0].numpy()
     assert float(np.abs(mcir.interpret(after, x0)[0] - mcir.interpret(before, x0)[0]).max()) > 1e-3
+
+
+def test_running_the_pass_twice_changes_nothing_more():
+    model, inputs = models.build("encoder")
+    once = mcir.run_passes(mcir.trace(model, inputs), "bf16(min_elements=1)")
+    assert str(mcir.run_passes(once, "bf16(min_elements=1)")) == str(once)
+
+
+def test_a_weight_shared_with_an_f32_reader_gets_a_bf16_copy():
+    """%w feeds a converted linear and an add (which needs f32): the linear reads its own bf16 copy."""
+    g = mcir.parse(
+        """graph @g(%x: f32[1,4]) -> (f32[1,4], f32[4,4]) {
+  %w = const dense<[1.1, 2.2, 3.3, 4.4, 5.5, 6.6, 7.7, 8.8, 9.9, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8]> : f32[4,4]
+  %y = linear(%x, %w) : f32[1,4]
+  %z = add(%w, %w) : f32[4,4]
+  return %y, %z
+}"""
+    )
+    bf = mcir.run_passes(g, "bf16(min_elements=1)")
+    linear = next(op for op in bf.ops if op.name == "linear")
+    add = next(op for op in bf.ops if op.name == "add")
+    assert linear.operands[1].name == "w.bf16" and linear.operands[1].type.dtype == dtypes.bf16
+    assert add.operands[0].name == "w" and add.operands[0].type.dtype == dtypes.f32
+    x = np.array([[1.0, -2.0, 0.5, 3.0]], np.float32)
+    y, z = mcir.interpret(bf, x)
+    np.testing.assert_array_equal(z, mcir.interpret(g, x)[1])
+    np.testing.assert_allclose(y, mcir.interpret(g, x)[0], rtol=1e-2)
