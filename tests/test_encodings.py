@@ -44,6 +44,7 @@ def test_every_encoding_module_registers_itself_when_the_package_is_imported():
         "pow2",
         "dynamic",
         "sparse_codebook",
+        "round",
     }
     for name, cls in ENCODINGS.items():
         assert cls.__module__ == f"mcir.encodings.{ {'int2': 'int4'}.get(name, name) }"  # int2 shares int4.py

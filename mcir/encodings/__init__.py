@@ -17,6 +17,7 @@ int4.py            ``#int4<group>``, ``#int2``  4/2-bit integers + f32 scale per
 pow2.py            ``#pow2<bits=B>``            sign + exponent codes + i8 exponent offset per row
 sparse_codebook.py ``#sparse_codebook``         B-bit codes of the non-zeros + G-bit gaps, f32 table
 dynamic.py         ``#dynamic<axis=0>``         u8 + f32 scale, i32 zero point per sample (run time)
+round.py           ``#round<>``                 bf16: f32 values rounded to nearest even (run time)
 ================== ============================ ===================================================
 """
 
@@ -31,6 +32,7 @@ from mcir.encodings.int4 import Int2, Int4
 from mcir.encodings.nm import NM, to_nm
 from mcir.encodings.pow2 import Pow2
 from mcir.encodings.quant import Quant
+from mcir.encodings.round import Round
 from mcir.encodings.sparse_codebook import SparseCodebook, to_sparse_codebook
 from mcir.encodings.ternary import Ternary
 
@@ -46,6 +48,7 @@ __all__ = [
     "Int4",
     "Pow2",
     "Quant",
+    "Round",
     "SparseCodebook",
     "Ternary",
     "register_encoding",

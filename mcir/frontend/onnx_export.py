@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from mcir import dtypes
-from mcir.encodings import Quant
+from mcir.encodings import Quant, Round
 from mcir.errors import UnsupportedError
 from mcir.ir import Graph, Op
 from mcir.types import TensorType
@@ -169,7 +169,12 @@ class _Exporter:
         if op.data is None:
             raise UnsupportedError(f"constant %{v.name} has no data: load the graph with its weights before exporting")
         enc = t.encoding
-        if enc is None:
+        if enc is None and t.dtype in (dtypes.f16, dtypes.bf16) and _widened_by_users(v):
+            # 16-bit weights of f32 layers (half, bf16): kept 16-bit in the file, widened exactly by a Cast
+            stored = self.constant(f"{v.name}_{t.dtype.name}", np.asarray(op.data))
+            self._reserve(v.name)
+            self.node("Cast", [stored], output=v.name, to=1)
+        elif enc is None:
             self._reserve(v.name)
             self.constant_named(v.name, np.asarray(op.data))
         elif isinstance(enc, Quant):
@@ -208,9 +213,15 @@ class _Exporter:
             raise UnsupportedError(
                 f"{op.where()}: op '{op.name}' has no ONNX export rule; add one in mcir/frontend/onnx_export.py"
             )
+        ins = [o.name for o in op.operands]
+        if isinstance(enc, Round) and op.name == "quantize":
+            # f32 -> bf16 -> f32: ONNX's Cast rounds to nearest even, so the float tensor holds the rounded values
+            rounded = self.node("Cast", ins, to=16)
+            self._reserve(v.name)
+            self.node("Cast", [rounded], output=v.name, to=1)
+            return
         if enc is not None and not isinstance(enc, Quant):
             raise UnsupportedError(f"{op.where()}: a run-time value of type {v.type} has no ONNX form")
-        ins = [o.name for o in op.operands]
         if op.name == "dequantize":
             self._reserve(v.name)
             self.node("Identity", ins, output=v.name)
@@ -232,6 +243,12 @@ class _Exporter:
 
     def floats(self, base: str, value: float) -> str:
         return self.constant(f"{self.op.result.name}.{base}", np.asarray(value, np.float32))
+
+
+def _widened_by_users(v) -> bool:
+    """Whether every op reading a 16-bit float constant computes in f32 (a ``half``/``bf16`` weight),
+    so ONNX, which does not mix element types in one node, must see it as f32."""
+    return bool(v.uses) and all(u.result.type.logical.dtype == dtypes.f32 for u in v.users)
 
 
 Rule = Callable[[_Exporter, Op, list[str], str | None], str]

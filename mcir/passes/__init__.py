@@ -36,6 +36,7 @@ BUILTIN: dict[str, str] = {
     "distill": "mcir.passes.distill:Distill",
     "cluster": "mcir.passes.cluster:Cluster",
     "half": "mcir.passes.half:Half",
+    "bf16": "mcir.passes.bf16:BF16",
 }
 
 #: aliases: name -> (pass name, preset options)

@@ -152,7 +152,10 @@ class PlainForm(Form):
         return w * self.buffers["mask"] if self.masked else w
 
     def stored(self, context: dict[str, Any]) -> tuple[TensorType, Any]:
-        return self.type, self.value().detach().cpu().numpy().astype(self.type.dtype.np)
+        v = self.value().detach().cpu()
+        if v.dtype == torch.bfloat16:  # numpy has no bfloat16: through f32, which holds every bf16 exactly
+            v = v.float()
+        return self.type, v.numpy().astype(self.type.dtype.np)
 
 
 class QuantForm(Form):

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mcir import dtypes
-from mcir.encodings import Binary, Quant
+from mcir.encodings import Binary, Quant, Round
 from mcir.errors import McirError
 from mcir.ir import Graph, Op
 from mcir.train.forms import Form, binary_value, fake_quant, int_range, make_form, torch_dtype
@@ -363,6 +363,9 @@ class GraphModule(nn.Module):
                 env[id(op.result)] = self.forms[op.result.name].value()
                 continue
             args = [env[id(v)] for v in op.operands]
+            if op.result.type.logical.dtype == dtypes.f32 and op.name != "cast":
+                # 16-bit weights of an f32 layer (half, bf16) widen exactly, as the kernels widen them
+                args = [a.to(self.compute_dtype) if _is_16_bit(a) else a for a in args]
             try:
                 out = TORCH_OPS[op.name](*args, **op.attrs)
             except McirError:
@@ -429,7 +432,12 @@ class GraphModule(nn.Module):
             return fake_quant(out, scale, float(enc.zero_point), lo, hi)
         if isinstance(enc, Binary):
             return binary_value(out)
-        raise McirError(f"{op.where()}: a value of type {t} has no training form (only u8/i8 #quant and #binary)")
+        if isinstance(enc, Round):
+            # rounded to bf16 forward (torch rounds to nearest even too), identity backward (straight through)
+            return out + (out.to(torch.bfloat16).to(out.dtype) - out).detach()
+        raise McirError(
+            f"{op.where()}: a value of type {t} has no training form (only u8/i8 #quant, #binary and bf16 #round)"
+        )
 
     def describe(self) -> str:
         """One line per constant: its name, type and training form."""
@@ -451,3 +459,7 @@ def to_torch(
 
     verify(graph)
     return GraphModule(graph, dtype=dtype, learn_scales=learn_scales, trainable=trainable)
+
+
+def _is_16_bit(x: Any) -> bool:
+    return isinstance(x, torch.Tensor) and x.dtype in (torch.float16, torch.bfloat16)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from mcir import dtypes
-from mcir.encodings import Binary, Dynamic, Int2, Int4, Pow2, Quant, Ternary, to_csr, to_nm
+from mcir.encodings import Binary, Dynamic, Int2, Int4, Pow2, Quant, Round, Ternary, to_csr, to_nm
 from mcir.errors import McirError
 from mcir.ir import Graph, Value
 from mcir.types import TensorType
@@ -147,7 +147,7 @@ def _quant_param(dtype: str) -> Quant:
 
 def _weight_like(sig: str) -> bool:
     """Signatures only constants can carry (per-axis components, packed weights, 16-bit storage)."""
-    return sig in ("f16", "bf16") or ("#" in sig and sig.split("#")[1] not in ("quant", "dynamic", "binary"))
+    return sig in ("f16", "bf16") or ("#" in sig and sig.split("#")[1] not in ("quant", "dynamic", "binary", "round"))
 
 
 def _constant(g: Graph, name: str, sig: str, shape: tuple[int, ...], rng: np.random.Generator) -> Value:
@@ -198,9 +198,9 @@ def _input(
     g: Graph, name: str, sig: str, shape: tuple[int, ...], role: str, feeds: dict, rng: np.random.Generator
 ) -> Value:
     dtype, _, enc = sig.partition("#")
-    if enc in ("binary", "dynamic"):  # run-time encoded values come from quantize of an f32 input
+    if enc in ("binary", "dynamic", "round"):  # run-time encoded values come from quantize of an f32 input
         x = _input(g, name + "_f", "f32", shape, role, feeds, rng)
-        t = TensorType(shape, dtypes.ALL[dtype], Binary(0) if enc == "binary" else Dynamic(0))
+        t = TensorType(shape, dtypes.ALL[dtype], {"binary": Binary(0), "dynamic": Dynamic(0), "round": Round()}[enc])
         return g.add("quantize", [x], type=t, result=name)
     t = TensorType(shape, dtypes.ALL[dtype], _quant_param(dtype) if enc == "quant" else None)
     v = g.add_input(name, t)
@@ -230,7 +230,7 @@ def _result_type(sig: str, inferred: TensorType) -> TensorType | None:
     dtype, _, enc = sig.partition("#")
     if not enc:
         return TensorType(inferred.shape, dtypes.ALL[dtype])
-    e = {"quant": _quant_param(dtype), "binary": Binary(0), "dynamic": Dynamic(0)}.get(enc)
+    e = {"quant": _quant_param(dtype), "binary": Binary(0), "dynamic": Dynamic(0), "round": Round()}.get(enc)
     if e is None:
         raise McirError(f"no run-time result of encoding #{enc}")
     return TensorType(inferred.shape, dtypes.ALL[dtype], e)

@@ -191,32 +191,16 @@ def _entry_alloca(em: Emitter, nbytes: int) -> ir.Value:
 def emit_tiles(em: Emitter, g, a: ir.Value, a_tail: ir.Value, lo: ir.Value, hi: ir.Value, requantize: Callable) -> None:
     """Panel pairs ``[lo, hi)`` (pairs of 16-column panels) of ``C = requant(offset + A @ W^T)``.
 
-    Each 32 x 32 block (2 x 2 C tiles; 1 x 2, 2 x 1, 1 x 1 at the edges) sums all of K in tiles,
-    is stored to a 4 KiB stack buffer and finished at once by the epilogue while it is in L1
-    (offset, requantisation or f32 scale and fused activation), straight into C. Full 16-row tiles
-    of A are loaded from ``a`` (the caller's A when ``reads_a_in_place``, else the padded copy); the
-    last ``M % 16`` rows from ``a_tail``, a zero-padded tile (rows ``K64`` bytes apart) in both cases.
+    The tile loop is ``emit_tile_blocks`` with ``tdpbusd``; each 32 x 32 block of int32 sums is
+    finished here (offset, requantisation or f32 scale and fused activation), straight into C.
     """
     b = em.b
-    m, n, k = g.m, g.n, g.k
-    kp = padded_k(k)
-    in_place = reads_a_in_place(k)
-    a_rs = k if in_place else kp
-    full_tiles, tail_rows = divmod(m, TILE_ROWS)
-    panels = math.ceil(n / TILE_COLS)
-    full_pairs = (n // TILE_COLS) // 2  # pairs of two complete panels
-    tail_panels = panels - 2 * full_pairs  # 0, 1 or 2 panels in the last pair (the last may be ragged)
-    last_cols = n - TILE_COLS * (panels - 1)
-    panel_stride = kp // GROUP * TILE_COLS * GROUP  # bytes of one B panel
-    buf = _entry_alloca(em, 2 * TILE_ROWS * 2 * TILE_COLS * 4)  # a 32 x 32 int32 block, rows 128 bytes
-    buf_rs = 2 * TILE_COLS
-    _asm(em, "ldtilecfg ($0)", "r,~{memory}", [_tile_config(em.module)])
-
     lanes = TILE_COLS
     vi32, vf32 = ir.VectorType(I32, lanes), ir.VectorType(F32, lanes)
     tab = [em.byte_offset(g.table, 4 * g.table_count * i) for i in range(3)]
+    last_cols = g.n - TILE_COLS * (math.ceil(g.n / TILE_COLS) - 1)
 
-    def finish(row0: ir.Value, tile_rows: list[int], panel: ir.Value, nt: int, ragged: bool) -> None:
+    def finish(row0: ir.Value, tile_rows: list[int], panel: ir.Value, nt: int, ragged: bool, buf: ir.Value) -> None:
         """The epilogue of a block from ``buf``: ``tile_rows[i]`` valid rows in row tile i."""
         for j in range(nt):
             col = b.add(b.mul(panel, i64(TILE_COLS)), i64(j * TILE_COLS))
@@ -229,7 +213,7 @@ def emit_tiles(em: Emitter, g, a: ir.Value, a_tail: ir.Value, lo: ir.Value, hi: 
             for i, rows in enumerate(tile_rows):
                 with em.loop(rows, name="er") as r:
                     br = b.add(r, i64(i * TILE_ROWS))
-                    v = b.add(em.load(buf, b.add(b.mul(br, i64(buf_rs)), i64(j * lanes)), vi32, align=64), off)
+                    v = b.add(em.load(buf, b.add(b.mul(br, i64(BLOCK_COLS)), i64(j * lanes)), vi32, align=64), off)
                     if g.rq.out == "f32":
                         y = b.fmul(b.sitofp(v, vf32), scale)
                         if g.epilogue is not None:
@@ -241,6 +225,49 @@ def emit_tiles(em: Emitter, g, a: ir.Value, a_tail: ir.Value, lo: ir.Value, hi: 
                         em.store(y, g.c, at)
                     else:
                         em.masked_store(y, g.c, at, valid)
+
+    a_rs = g.k if reads_a_in_place(g.k) else padded_k(g.k)
+    emit_tile_blocks(em, g.m, g.n, padded_k(g.k), a, a_rs, a_tail, g.b_packed, lo, hi, "tdpbusd", finish)
+
+
+#: columns of the 32 x 32 block buffer ``emit_tile_blocks`` hands to its ``finish`` (4-byte elements)
+BLOCK_COLS = 2 * TILE_COLS
+
+
+def emit_tile_blocks(
+    em: Emitter,
+    m: int,
+    n: int,
+    kp: int,
+    a: ir.Value,
+    a_rs: int,
+    a_tail: ir.Value,
+    b_packed: ir.Value,
+    lo: ir.Value,
+    hi: ir.Value,
+    instruction: str,
+    finish: Callable,
+) -> None:
+    """The tile loop shared by the int8 (``tdpbusd``) and bf16 (``tdpbf16ps``) kernels.
+
+    ``kp`` is the bytes of one padded row of A (a multiple of 64), ``a_rs`` the byte stride of
+    the full 16-row tiles read from ``a``; the last ``M % 16`` rows come from ``a_tail`` (rows
+    ``kp`` bytes apart). B panels are ``16 * kp`` bytes, each 64-byte K step one 16-row B tile.
+    Panel pairs ``[lo, hi)``: each 32 x 32 block (2 x 2 C tiles; 1 x 2, 2 x 1, 1 x 1 at the
+    edges) sums all of K in tiles, is stored to a 4 KiB stack buffer (rows ``BLOCK_COLS`` 4-byte
+    elements apart) and handed to ``finish(row0, tile_rows, panel, nt, ragged, buf)`` while it is
+    in L1. Both instructions accumulate 4-byte elements (int32, f32), so one configuration
+    (palette 1, all tiles 16 rows x 64 bytes) serves both.
+    """
+    b = em.b
+    full_tiles, tail_rows = divmod(m, TILE_ROWS)
+    panels = math.ceil(n / TILE_COLS)
+    full_pairs = (n // TILE_COLS) // 2  # pairs of two complete panels
+    tail_panels = panels - 2 * full_pairs  # 0, 1 or 2 panels in the last pair (the last may be ragged)
+    last_cols = n - TILE_COLS * (panels - 1)
+    panel_stride = kp * TILE_COLS  # bytes of one B panel
+    buf = _entry_alloca(em, 2 * TILE_ROWS * BLOCK_COLS * 4)  # a 32 x 32 block of 4-byte sums
+    _asm(em, "ldtilecfg ($0)", "r,~{memory}", [_tile_config(em.module)])
 
     def block(row0: ir.Value, srcs: list[ir.Value], tile_rows: list[int], panel: ir.Value, nt: int, ragged: bool):
         """C rows from ``row0`` (row tile i read from ``srcs[i]``) x panels ``[panel, panel + nt)``."""
@@ -260,22 +287,20 @@ def emit_tiles(em: Emitter, g, a: ir.Value, a_tail: ir.Value, lo: ir.Value, hi: 
                 )
             for j in range(nt):
                 at = b.add(b.mul(b.add(panel, i64(j)), i64(panel_stride)), b.mul(kb, i64(TILE_K * TILE_COLS)))
-                _asm(
-                    em, f"tileloadd ($0,$1,1), %tmm{6 + j}", "r,r,~{memory}", [em.byte_offset(g.b_packed, at), i64(64)]
-                )
+                _asm(em, f"tileloadd ($0,$1,1), %tmm{6 + j}", "r,r,~{memory}", [em.byte_offset(b_packed, at), i64(64)])
             for i in range(mt):
                 for j in range(nt):
-                    _asm(em, f"tdpbusd %tmm{6 + j}, %tmm{4 + i}, %tmm{2 * i + j}", "~{memory}", [])
+                    _asm(em, f"{instruction} %tmm{6 + j}, %tmm{4 + i}, %tmm{2 * i + j}", "~{memory}", [])
         for i in range(mt):
             for j in range(nt):
-                at = 4 * (i * TILE_ROWS * buf_rs + j * TILE_COLS)
+                at = 4 * (i * TILE_ROWS * BLOCK_COLS + j * TILE_COLS)
                 _asm(
                     em,
                     f"tilestored %tmm{2 * i + j}, ($0,$1,1)",
                     "r,r,~{memory}",
-                    [em.byte_offset(buf, at), i64(4 * buf_rs)],
+                    [em.byte_offset(buf, at), i64(4 * BLOCK_COLS)],
                 )
-        finish(row0, tile_rows, panel, nt, ragged)
+        finish(row0, tile_rows, panel, nt, ragged, buf)
 
     def row_blocks(each: Callable) -> None:
         """``each(row0, srcs, tile_rows)`` for every block of one or two 16-row tiles."""
@@ -305,7 +330,7 @@ def emit_tiles(em: Emitter, g, a: ir.Value, a_tail: ir.Value, lo: ir.Value, hi: 
             with b.if_then(b.icmp_signed(">", hi, i64(full_pairs))):
                 each(i64(2 * full_pairs), tail_panels, last_cols != TILE_COLS)
 
-    if panels_outer(m, k):
+    if m * kp <= A_IN_L2:  # panels outer (see ``panels_outer``)
         pair_range(lambda p, nt, rg: row_blocks(lambda r0, srcs, tr: block(r0, srcs, tr, p, nt, rg)))
     else:
         row_blocks(lambda r0, srcs, tr: pair_range(lambda p, nt, rg: block(r0, srcs, tr, p, nt, rg)))
