@@ -96,9 +96,21 @@ def build_steps(graph: Graph, target: Target) -> list[tuple[Step, KernelGen]]:
                 step.epilogue.append(user)
                 absorbed.add(id(user))
                 step.result = user.result
+        pool_bytes = None
+        if gen.pool and id(step.result) not in outputs and len(step.result.uses) == 1:
+            # a pooling op after the conv (and its activation): the conv pools each image while its
+            # result is in cache, so the unpooled tensor is never written to or read from memory
+            user = step.result.uses[0][0]
+            pool_bytes = gen.pool(op, user, target)
+            if pool_bytes is not None:
+                step.pool = user
+                absorbed.add(id(user))
+                step.result = user.result
         _refuse_empty_reduction(op)
         empty = op.result.type.numel == 0  # nothing to compute: kernel_function emits an empty body
         step.scratch_bytes = gen.scratch(op, target) if gen.scratch and not empty else 0
+        if pool_bytes is not None and not empty:
+            step.scratch_bytes += pool_bytes
         steps.append((step, gen))
     return steps
 
@@ -135,6 +147,9 @@ def kernel_key(step: Step, gen: KernelGen) -> tuple:
     shared = gen.scales_in_data and (not step.epilogue or op.result.type.encoding is None)
     operands = tuple((_spell(v.type, shared, False), view_root(v).is_constant) for v in op.operands)
     epilogue = tuple((e.name, tuple(sorted(e.attrs.items())), str(e.result.type)) for e in step.epilogue)
+    pool = (
+        None if step.pool is None else (step.pool.name, tuple(sorted(step.pool.attrs.items())), str(step.result.type))
+    )
     return (
         gen.name,
         op.name,
@@ -142,6 +157,7 @@ def kernel_key(step: Step, gen: KernelGen) -> tuple:
         tuple(sorted(op.attrs.items())),
         _spell(op.result.type, shared, True),
         epilogue,
+        pool,
         step.scratch_bytes,
     )
 
@@ -292,7 +308,14 @@ class _Builder:
                 return x
 
         ctx = KernelContext(
-            em, op, self.target, list(fn.args[:n]), fn.args[n], fn.args[n + 1] if step.scratch_bytes else None, epilogue
+            em,
+            op,
+            self.target,
+            list(fn.args[:n]),
+            fn.args[n],
+            fn.args[n + 1] if step.scratch_bytes else None,
+            epilogue,
+            step.pool,
         )
         gen.emit(ctx)
         if not builder.block.is_terminated:
