@@ -20,6 +20,8 @@ import numpy as np
 
 from mcir.codegen.emit import F32, I1, I32, PTR, VOID, Emitter, const, i64, vec
 from mcir.codegen.kernels import KernelContext, kernel
+from mcir.codegen.kernels.conv_implicit import emit_implicit_conv, emit_pad, implicit_ok, padded_bytes
+from mcir.codegen.kernels.conv_implicit import panel_count as implicit_panels
 from mcir.codegen.kernels.gemm_f32 import (
     HALF_STORAGE,
     GemmArgs,
@@ -87,9 +89,18 @@ MAX_IMAGE_TASKS = 8
 IMAGE_SCRATCH_BUDGET = 8 << 20
 
 
-def _cols_bytes(op: Op, target: Target) -> int:
-    """Bytes of one image's (one group's) im2col panels, 64-byte aligned."""
+def _implicit(op: Op, target: Target) -> bool:
+    """True if this convolution reads its GEMM operand straight from the image (conv_implicit.py):
+    constant (pre-packed) weights and a shape ``implicit_ok`` accepts."""
+    return view_root(op.operands[1]).is_constant and implicit_ok(geometry(op), _tiling(op, target))
+
+
+def _slot_bytes(op: Op, target: Target) -> int:
+    """Bytes of one task's B buffer, 64-byte aligned: one image's (one group's) im2col panels, or
+    for the implicit GEMM the image's zero-padded copy (at least 64 bytes, so the scratch exists)."""
     g = geometry(op)
+    if _implicit(op, target):
+        return max(64, padded_bytes(g))
     nbytes = packed_b_bytes(g["cg"] * g["kh"] * g["kw"], g["oh"] * g["ow"], _tiling(op, target).nr)
     return -(-nbytes // 64) * 64
 
@@ -98,13 +109,13 @@ def image_tasks(op: Op, target: Target) -> int:
     """Units a batched GEMM convolution is split into: groups of images, one im2col buffer each.
     1 for a single image (its GEMM is split by panels or row tiles instead)."""
     g = geometry(op)
-    return max(1, min(g["n"], MAX_IMAGE_TASKS, IMAGE_SCRATCH_BUDGET // _cols_bytes(op, target)))
+    return max(1, min(g["n"], MAX_IMAGE_TASKS, IMAGE_SCRATCH_BUDGET // _slot_bytes(op, target)))
 
 
 def _scratch(op: Op, target: Target) -> int:
     if not _uses_gemm(geometry(op)):
         return 0
-    return image_tasks(op, target) * _cols_bytes(op, target)
+    return image_tasks(op, target) * _slot_bytes(op, target)
 
 
 def _image_bytes(op: Op) -> int:
@@ -316,7 +327,7 @@ def _conv_gemm(k: KernelContext) -> None:
         emit_im2col(tem, tem.gep(x, tem.b.mul(first, i64(cg * plane)), F32), gg, t.nr, cols, vector_lanes)
 
     tasks = image_tasks(k.op, k.target)
-    slot_floats = _cols_bytes(k.op, k.target) // 4
+    slot_floats = _slot_bytes(k.op, k.target) // 4
     image_floats = _image_bytes(k.op) // 4
     pool = k.pool
     pooled = 0 if pool is None else g["o"] * math.prod(pool.result.type.shape[2:])  # floats per pooled image
@@ -336,6 +347,17 @@ def _conv_gemm(k: KernelContext) -> None:
         out = tem.gep(p[2], tem.b.mul(n, i64(pooled)), F32)
         emit_pool_rows(tem, pool, k.target, image_buffer(tem, p[-1], slot), out, g["o"])
 
+    implicit = _implicit(k.op, k.target)
+    padded = implicit and padded_bytes(g) > 0
+
+    def image_source(tem: Emitter, x: ir.Value, n: ir.Value, buf: ir.Value) -> ir.Value:
+        """The implicit GEMM's B for image n: its zero-padded copy in ``buf``, or the image itself."""
+        src = tem.gep(x, tem.b.mul(n, i64(g["c"] * plane)), F32)
+        if not padded:
+            return src
+        emit_pad(tem, g, src, buf)
+        return buf
+
     operands = [k.args[1], k.args[0], k.out] + ([k.args[2]] if has_bias else [])
     if tasks > 1:
 
@@ -347,13 +369,33 @@ def _conv_gemm(k: KernelContext) -> None:
             n1 = tb.sdiv(tb.mul(hi, i64(g["n"])), i64(tasks))
             with tem.loop(n1, name="img", start=n0) as n:
                 dst = [p[0], p[1], gemm_out(tem, p, n, lo)] + p[3:-1]
-                with tem.loop(g["groups"], name="grp") as gi:
-                    im2col(tem, p[1], n, gi, cols)
-                    emit_gemm(tem, group_gemm(tem, dst, gi, cols), t)
+                if implicit:
+                    xp = image_source(tem, p[1], n, cols)
+                    emit_implicit_conv(tem, g, t, p[0], w_dtype, xp, dst[2], dst[3] if has_bias else None, k.epilogue)
+                else:
+                    with tem.loop(g["groups"], name="grp") as gi:
+                        im2col(tem, p[1], n, gi, cols)
+                        emit_gemm(tem, group_gemm(tem, dst, gi, cols), t)
                 if pool is not None:
                     pool_image(tem, p, n, lo)
 
         parallel_for(em, "conv_images", tasks, macs, [*operands, k.scratch], images)
+        return
+
+    if implicit:
+        # one image at a time: pad it on the calling thread, then split its panels across threads
+        with em.loop(g["n"], name="img") as n:
+            dst = gemm_out(em, [*operands, k.scratch], n, i64(0))
+            xp = image_source(em, k.args[0], n, k.scratch)
+            pointers = [operands[0], xp, dst] + ([operands[3]] if has_bias else [])
+
+            def panels(tem: Emitter, p: list[ir.Value], lo: ir.Value, hi: ir.Value) -> None:
+                bias = p[3] if has_bias else None
+                emit_implicit_conv(tem, g, t, p[0], w_dtype, p[1], p[2], bias, k.epilogue, panels=(lo, hi))
+
+            parallel_for(em, "conv_implicit", implicit_panels(g, t), og * pix * ck, pointers, panels)
+            if pool is not None:
+                pool_image(em, [*operands, k.scratch], n, i64(0))
         return
 
     split = choose_split(og, pix, t)

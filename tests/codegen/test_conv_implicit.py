@@ -1,0 +1,100 @@
+"""Implicit-GEMM f32 convolution (kernels/conv_implicit.py): B read straight from the padded image.
+
+Specification: a unit-stride, ungrouped conv2d with constant weights whose output rows are whole
+vectors (OW a multiple of the target's f32 lanes) takes the implicit path; anything else keeps
+im2col. Either way the result equals the interpreter within the backend's f32 tolerance
+(helpers.RTOL: max |native - reference| <= 1e-5 x max |reference|; the implicit path sums each
+output in (c, i, j) order, im2col in K chunks: float reassociation only). Edges covered: batch 1 and
+3, padding 0/1/2 and unequal, dilation, 1x1/3x1/5x5 kernels, odd heights, rows of 1-3 vectors
+(panels crossing output rows), ragged channel tiles, a partial last panel, each x86 target level,
+and 1/2/3 threads bit-identical.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mcir.codegen.kernels.conv import _implicit
+from mcir.codegen.target import resolve
+from mcir.interp import interpret
+from mcir.ir import Graph
+from mcir.types import tensor
+
+from .helpers import assert_close, build, check_native, randn, runnable_targets
+
+LANES = resolve("native").f32_lanes
+
+
+def conv_graph(rng, xs, ws, attrs, runtime_weight: bool = False) -> Graph:
+    g = Graph("convi")
+    x = g.add_input("x", tensor(list(xs)))
+    w = g.add_input("w", tensor(list(ws))) if runtime_weight else g.const("w", randn(rng, *ws, scale=0.3))
+    y = g.add("conv2d", [x, w, g.const("b", randn(rng, ws[0]))], attrs)
+    g.set_outputs([g.add("relu", [y])])
+    return g
+
+
+def conv_op(g: Graph):
+    return next(op for op in g.ops if op.name == "conv2d")
+
+
+@pytest.mark.parametrize(
+    ("xs", "ws", "attrs", "implicit"),
+    [
+        ((1, 3, 32, 32), (32, 3, 3, 3), {"padding": [1, 1]}, True),
+        ((2, 4, 9, LANES), (5, 4, 1, 1), {}, True),  # no padding: the input is read in place
+        ((1, 3, 32, 32), (32, 3, 3, 3), {"padding": [1, 1], "stride": [2, 2]}, False),  # strided
+        ((1, 4, 8, LANES), (4, 2, 3, 3), {"padding": [1, 1], "groups": 2}, False),  # grouped
+        ((1, 3, 10, LANES + 1), (4, 3, 3, 3), {"padding": [1, 0]}, False),  # OW = lanes - 1
+    ],
+)
+def test_which_convolutions_take_the_implicit_path(rng, xs, ws, attrs, implicit):
+    assert _implicit(conv_op(conv_graph(rng, xs, ws, attrs)), resolve("native")) is implicit
+
+
+def test_runtime_weights_keep_im2col(tmp_path, rng):
+    g = conv_graph(rng, (1, 3, 6, LANES), (4, 3, 3, 3), {"padding": [1, 1]}, runtime_weight=True)
+    assert not _implicit(conv_op(g), resolve("native"))
+    check_native(g, tmp_path, randn(rng, 1, 3, 6, LANES), randn(rng, 4, 3, 3, 3))
+
+
+@pytest.mark.parametrize(
+    ("xs", "ws", "attrs"),
+    [
+        ((1, 3, 32, 32), (32, 3, 3, 3), {"padding": [1, 1]}),  # the CNN's first layer at batch 1
+        ((3, 32, 16, 16), (64, 32, 3, 3), {"padding": [1, 1]}),  # its second layer, batch 3: image tasks
+        ((2, 5, 7, LANES), (13, 5, 3, 3), {"padding": [1, 1]}),  # odd height, 13 channels: ragged row tile
+        ((1, 2, 5, 3 * LANES), (6, 2, 3, 3), {"padding": [1, 1]}),  # 3 vectors a row: panels cross rows
+        ((2, 3, 9, 2 * LANES), (7, 3, 5, 5), {"padding": [2, 2]}),
+        ((1, 4, 11, LANES), (8, 4, 3, 3), {"padding": [2, 1], "dilation": [2, 1]}),  # unequal padding
+        ((2, 3, 12, LANES + 4), (9, 3, 3, 3), {"padding": [1, 0], "dilation": [1, 2]}),  # OW = lanes
+        ((1, 6, 6, LANES), (10, 6, 3, 1), {"padding": [1, 0]}),  # 3x1: no column padding
+        ((3, 1, 4, LANES), (1, 1, 1, 1), {}),  # one channel in, one out
+    ],
+)
+def test_implicit_conv_matches_the_interpreter(tmp_path, rng, xs, ws, attrs):
+    g = conv_graph(rng, xs, ws, attrs)
+    assert _implicit(conv_op(g), resolve("native"))
+    check_native(g, tmp_path, randn(rng, *xs))
+
+
+@pytest.mark.parametrize("target", runnable_targets())
+def test_implicit_conv_on_each_target(tmp_path, rng, target):
+    # 16 columns: whole vectors for 4, 8 and 16 lanes (the baseline x86-64 target has no vector path)
+    g = conv_graph(rng, (2, 3, 9, 16), (11, 3, 3, 3), {"padding": [1, 1]})
+    check_native(g, tmp_path, randn(rng, 2, 3, 9, 16), target=target)
+
+
+@pytest.mark.parametrize(("batch", "c", "o"), [(1, 32, 64), (5, 16, 48)])
+def test_implicit_conv_is_bit_identical_for_1_2_3_threads(tmp_path, rng, batch, c, o):
+    # batch 1 splits the image's panels across threads, batch 5 splits images (unevenly)
+    xs = (batch, c, 16, 2 * LANES)
+    g = conv_graph(rng, xs, (o, c, 3, 3), {"padding": [1, 1]})
+    x = randn(rng, *xs)
+    lib = build(g, tmp_path)
+    one = lib(x)[0]
+    for threads in (2, 3):
+        lib.set_threads(threads)
+        np.testing.assert_array_equal(lib(x)[0], one)
+    assert_close(one, interpret(g, x)[0])
