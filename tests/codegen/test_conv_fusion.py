@@ -119,3 +119,24 @@ def test_pools_the_conv_cannot_fuse_keep_their_kernel(tmp_path, rng, xs, ws, con
     g = conv_pool(rng, xs, ws, conv, "max_pool2d", pool_attrs)
     assert kernel_ops(g) == ["conv2d", "max_pool2d"]
     check_native(g, tmp_path, randn(rng, *xs))
+
+
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        {"kernel": [2, 2], "stride": [2, 2]},  # one load per window row, taps picked from it
+        {"kernel": [3, 2], "stride": [1, 3], "dilation": [1, 2]},  # also: a gap between a window's columns
+        {"kernel": [3, 3], "stride": [1, 1]},  # overlapping windows: one load per tap
+    ],
+)
+def test_row_max_pool_propagates_nan_and_infinities_like_numpy(tmp_path, rng, attrs):
+    g = Graph("maxnan")
+    x = g.add_input("x", tensor([2, 3, 9, 40]))
+    g.set_outputs([g.add("max_pool2d", [x], attrs)])
+    data = randn(rng, 2, 3, 9, 40)
+    data.reshape(-1)[rng.choice(data.size, 40, replace=False)] = np.nan
+    data.reshape(-1)[rng.choice(data.size, 40, replace=False)] = np.inf
+    data.reshape(-1)[rng.choice(data.size, 40, replace=False)] = -np.inf
+    data[1, 2] = -np.inf  # whole windows of -inf
+    out = check_native(g, tmp_path, data)[0]  # NaN and infinities in the same places as numpy's
+    assert np.isnan(out).any() and np.isposinf(out).any() and np.isneginf(out).any()
