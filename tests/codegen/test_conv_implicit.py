@@ -1,13 +1,13 @@
-"""Implicit-GEMM f32 convolution (kernels/conv_implicit.py): B read straight from the padded image.
+"""Implicit-GEMM f32 convolution (kernels/conv_implicit.py): B read from kw column-shifted image copies.
 
-Specification: a unit-stride, ungrouped conv2d with constant weights whose output rows are whole
-vectors (OW a multiple of the target's f32 lanes) takes the implicit path; anything else keeps
-im2col. Either way the result equals the interpreter within the backend's f32 tolerance
-(helpers.RTOL: max |native - reference| <= 1e-5 x max |reference|; the implicit path sums each
-output in (c, i, j) order, im2col in K chunks: float reassociation only). Edges covered: batch 1 and
-3, padding 0/1/2 and unequal, dilation, 1x1/3x1/5x5 kernels, odd heights, rows of 1-3 vectors
-(panels crossing output rows), ragged channel tiles, a partial last panel, each x86 target level,
-and 1/2/3 threads bit-identical.
+Specification: an ungrouped conv2d with unit row stride and constant weights takes the implicit
+path on a vector target; row-strided, grouped and runtime-weight convolutions keep im2col. Either
+way the result equals the interpreter within the backend's f32 tolerance (helpers.RTOL:
+max |native - reference| <= 1e-5 x max |reference|; the implicit path sums each output in
+(c, i, j) order, im2col in K chunks: float reassociation only). Edges covered: batch 1 and 3,
+padding 0/1/2 and unequal, dilation, column stride 2, 1x1/3x1/5x5 kernels, odd sizes, output rows
+shorter and longer than a vector, a partial last vector (alone in its panel, or ending a full
+one), ragged channel tiles, each x86 target level, and 1/2/3 threads bit-identical.
 """
 
 from __future__ import annotations
@@ -43,10 +43,10 @@ def conv_op(g: Graph):
     ("xs", "ws", "attrs", "implicit"),
     [
         ((1, 3, 32, 32), (32, 3, 3, 3), {"padding": [1, 1]}, True),
-        ((2, 4, 9, LANES), (5, 4, 1, 1), {}, True),  # no padding: the input is read in place
-        ((1, 3, 32, 32), (32, 3, 3, 3), {"padding": [1, 1], "stride": [2, 2]}, False),  # strided
-        ((1, 4, 8, LANES), (4, 2, 3, 3), {"padding": [1, 1], "groups": 2}, False),  # grouped
-        ((1, 3, 10, LANES + 1), (4, 3, 3, 3), {"padding": [1, 0]}, False),  # OW = lanes - 1
+        ((2, 4, 9, 7), (5, 4, 1, 1), {}, True),
+        ((1, 3, 8, 9), (4, 3, 3, 3), {"padding": [1, 1], "stride": [1, 2]}, True),  # column stride only
+        ((1, 3, 32, 32), (32, 3, 3, 3), {"padding": [1, 1], "stride": [2, 2]}, False),  # row stride
+        ((1, 4, 8, 16), (4, 2, 3, 3), {"padding": [1, 1], "groups": 2}, False),  # grouped
     ],
 )
 def test_which_convolutions_take_the_implicit_path(rng, xs, ws, attrs, implicit):
@@ -54,9 +54,9 @@ def test_which_convolutions_take_the_implicit_path(rng, xs, ws, attrs, implicit)
 
 
 def test_runtime_weights_keep_im2col(tmp_path, rng):
-    g = conv_graph(rng, (1, 3, 6, LANES), (4, 3, 3, 3), {"padding": [1, 1]}, runtime_weight=True)
+    g = conv_graph(rng, (1, 3, 6, 10), (4, 3, 3, 3), {"padding": [1, 1]}, runtime_weight=True)
     assert not _implicit(conv_op(g), resolve("native"))
-    check_native(g, tmp_path, randn(rng, 1, 3, 6, LANES), randn(rng, 4, 3, 3, 3))
+    check_native(g, tmp_path, randn(rng, 1, 3, 6, 10), randn(rng, 4, 3, 3, 3))
 
 
 @pytest.mark.parametrize(
@@ -64,13 +64,16 @@ def test_runtime_weights_keep_im2col(tmp_path, rng):
     [
         ((1, 3, 32, 32), (32, 3, 3, 3), {"padding": [1, 1]}),  # the CNN's first layer at batch 1
         ((3, 32, 16, 16), (64, 32, 3, 3), {"padding": [1, 1]}),  # its second layer, batch 3: image tasks
+        ((2, 64, 8, 8), (128, 64, 3, 3), {"padding": [1, 1]}),  # its third: two output rows a vector
         ((2, 5, 7, LANES), (13, 5, 3, 3), {"padding": [1, 1]}),  # odd height, 13 channels: ragged row tile
-        ((1, 2, 5, 3 * LANES), (6, 2, 3, 3), {"padding": [1, 1]}),  # 3 vectors a row: panels cross rows
-        ((2, 3, 9, 2 * LANES), (7, 3, 5, 5), {"padding": [2, 2]}),
-        ((1, 4, 11, LANES), (8, 4, 3, 3), {"padding": [2, 1], "dilation": [2, 1]}),  # unequal padding
-        ((2, 3, 12, LANES + 4), (9, 3, 3, 3), {"padding": [1, 0], "dilation": [1, 2]}),  # OW = lanes
-        ((1, 6, 6, LANES), (10, 6, 3, 1), {"padding": [1, 0]}),  # 3x1: no column padding
-        ((3, 1, 4, LANES), (1, 1, 1, 1), {}),  # one channel in, one out
+        ((1, 2, 5, 3 * LANES), (6, 2, 3, 3), {"padding": [1, 1]}),  # rows of 3 vectors
+        ((2, 3, 9, 2 * LANES + 3), (7, 3, 5, 5), {"padding": [2, 2]}),  # rows end mid-vector
+        ((1, 4, 11, 13), (8, 4, 3, 3), {"padding": [2, 1], "dilation": [2, 1]}),  # unequal padding
+        ((2, 3, 12, 21), (9, 3, 3, 3), {"padding": [1, 0], "dilation": [1, 2]}),
+        ((1, 3, 7, 19), (5, 3, 3, 3), {"padding": [1, 1], "stride": [1, 2]}),  # column stride 2
+        ((1, 6, 6, 11), (10, 6, 3, 1), {"padding": [1, 0]}),  # 3x1: no column padding
+        ((3, 1, 4, 5), (1, 1, 1, 1), {}),  # one channel in and out, 20 pixels: one partial vector
+        ((1, 2, 4, 4 * LANES - 1), (3, 2, 1, 1), {}),  # 4 vectors, the last partial, in one full panel
     ],
 )
 def test_implicit_conv_matches_the_interpreter(tmp_path, rng, xs, ws, attrs):
@@ -81,15 +84,14 @@ def test_implicit_conv_matches_the_interpreter(tmp_path, rng, xs, ws, attrs):
 
 @pytest.mark.parametrize("target", runnable_targets())
 def test_implicit_conv_on_each_target(tmp_path, rng, target):
-    # 16 columns: whole vectors for 4, 8 and 16 lanes (the baseline x86-64 target has no vector path)
-    g = conv_graph(rng, (2, 3, 9, 16), (11, 3, 3, 3), {"padding": [1, 1]})
-    check_native(g, tmp_path, randn(rng, 2, 3, 9, 16), target=target)
+    g = conv_graph(rng, (2, 3, 9, 13), (11, 3, 3, 3), {"padding": [1, 1]})
+    check_native(g, tmp_path, randn(rng, 2, 3, 9, 13), target=target)
 
 
 @pytest.mark.parametrize(("batch", "c", "o"), [(1, 32, 64), (5, 16, 48)])
 def test_implicit_conv_is_bit_identical_for_1_2_3_threads(tmp_path, rng, batch, c, o):
     # batch 1 splits the image's panels across threads, batch 5 splits images (unevenly)
-    xs = (batch, c, 16, 2 * LANES)
+    xs = (batch, c, 16, 2 * LANES + 5)
     g = conv_graph(rng, xs, (o, c, 3, 3), {"padding": [1, 1]})
     x = randn(rng, *xs)
     lib = build(g, tmp_path)

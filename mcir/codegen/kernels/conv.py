@@ -20,7 +20,7 @@ import numpy as np
 
 from mcir.codegen.emit import F32, I1, I32, PTR, VOID, Emitter, const, i64, vec
 from mcir.codegen.kernels import KernelContext, kernel
-from mcir.codegen.kernels.conv_implicit import emit_implicit_conv, emit_pad, implicit_ok, padded_bytes
+from mcir.codegen.kernels.conv_implicit import copies_bytes, emit_copies, emit_implicit_conv, implicit_ok
 from mcir.codegen.kernels.conv_implicit import panel_count as implicit_panels
 from mcir.codegen.kernels.gemm_f32 import (
     HALF_STORAGE,
@@ -97,10 +97,10 @@ def _implicit(op: Op, target: Target) -> bool:
 
 def _slot_bytes(op: Op, target: Target) -> int:
     """Bytes of one task's B buffer, 64-byte aligned: one image's (one group's) im2col panels, or
-    for the implicit GEMM the image's zero-padded copy (at least 64 bytes, so the scratch exists)."""
+    for the implicit GEMM the image's kw column-shifted copies."""
     g = geometry(op)
     if _implicit(op, target):
-        return max(64, padded_bytes(g))
+        return copies_bytes(g, _tiling(op, target))
     nbytes = packed_b_bytes(g["cg"] * g["kh"] * g["kw"], g["oh"] * g["ow"], _tiling(op, target).nr)
     return -(-nbytes // 64) * 64
 
@@ -348,14 +348,10 @@ def _conv_gemm(k: KernelContext) -> None:
         emit_pool_rows(tem, pool, k.target, image_buffer(tem, p[-1], slot), out, g["o"])
 
     implicit = _implicit(k.op, k.target)
-    padded = implicit and padded_bytes(g) > 0
 
     def image_source(tem: Emitter, x: ir.Value, n: ir.Value, buf: ir.Value) -> ir.Value:
-        """The implicit GEMM's B for image n: its zero-padded copy in ``buf``, or the image itself."""
-        src = tem.gep(x, tem.b.mul(n, i64(g["c"] * plane)), F32)
-        if not padded:
-            return src
-        emit_pad(tem, g, src, buf)
+        """The implicit GEMM's B for image n: its column-shifted copies, written to ``buf``."""
+        emit_copies(tem, g, tem.gep(x, tem.b.mul(n, i64(g["c"] * plane)), F32), buf)
         return buf
 
     operands = [k.args[1], k.args[0], k.out] + ([k.args[2]] if has_bias else [])
@@ -383,7 +379,7 @@ def _conv_gemm(k: KernelContext) -> None:
         return
 
     if implicit:
-        # one image at a time: pad it on the calling thread, then split its panels across threads
+        # one image at a time: its copies on the calling thread, then its panels split across threads
         with em.loop(g["n"], name="img") as n:
             dst = gemm_out(em, [*operands, k.scratch], n, i64(0))
             xp = image_source(em, k.args[0], n, k.scratch)
