@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mcir.codegen.kernels.conv import _implicit
+from mcir.codegen.kernels.conv import _implicit, _tiling, geometry
+from mcir.codegen.kernels.conv_implicit import channel_chunks
 from mcir.codegen.target import resolve
 from mcir.interp import interpret
 from mcir.ir import Graph
@@ -80,6 +81,16 @@ def test_implicit_conv_matches_the_interpreter(tmp_path, rng, xs, ws, attrs):
     g = conv_graph(rng, xs, ws, attrs)
     assert _implicit(conv_op(g), resolve("native"))
     check_native(g, tmp_path, randn(rng, *xs))
+
+
+def test_many_input_channels_run_in_l1_sized_chunks(tmp_path, rng):
+    # 150 channels x 3 copies x (4 vectors + 2 rows) of 16-float rows: several channel chunks, whose
+    # partial sums are added in the output before the bias and the activation of the last chunk
+    g = conv_graph(rng, (2, 150, 8, 16), (7, 150, 3, 3), {"padding": [1, 1]})
+    op = conv_op(g)
+    chunks = channel_chunks(geometry(op), _tiling(op, resolve("native")))
+    assert len(chunks) >= 3 and chunks[0][0] == 0 and chunks[-1][1] == 150
+    check_native(g, tmp_path, randn(rng, 2, 150, 8, 16))
 
 
 @pytest.mark.parametrize("target", runnable_targets())

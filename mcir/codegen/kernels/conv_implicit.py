@@ -24,6 +24,7 @@ reads stay in L1 while every row tile of weights passes.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import llvmlite.ir as ir
@@ -52,6 +53,21 @@ def copies_bytes(g: dict[str, int], t: Tiling) -> int:
 def panel_count(g: dict[str, int], t: Tiling) -> int:
     """Panels (``NV`` output vectors each, the last maybe fewer) of one image."""
     return math.ceil(math.ceil(g["oh"] * g["ow"] / t.lanes) / t.nv)
+
+
+# The rows of the copies one panel reads over a channel chunk should stay in L1 while every row tile
+# of weights passes (the GEMM's K chunk, gemm_f32.PANEL_CHUNK_BYTES): the CNN's 64-channel 8x8 layer
+# reads 61 KiB a panel over all channels, more than the 48 KiB L1 of this Xeon.
+CHUNK_BYTES = 32 * 1024
+
+
+def channel_chunks(g: dict[str, int], t: Tiling) -> list[tuple[int, int]]:
+    """Equal ranges of input channels whose panel rows fit ``CHUNK_BYTES`` (one range if all do)."""
+    per_channel = g["kw"] * (t.nv * t.lanes + (g["kh"] - 1) * g["dh"] * g["ow"]) * 4
+    n = max(1, math.ceil(g["c"] * per_channel / CHUNK_BYTES))
+    n = min(n, g["c"])
+    bounds = [g["c"] * i // n for i in range(n + 1)]
+    return list(itertools.pairwise(bounds))
 
 
 def emit_copies(em: Emitter, g: dict[str, int], x: ir.Value, dst: ir.Value) -> None:
@@ -112,6 +128,7 @@ def emit_implicit_conv(
     if last_lanes < t.lanes and not tail:  # the partial vector ends a full panel: make that panel the tail
         full, tail = full - 1, t.nv
     m_main, m_tail = o - o % t.mr, o % t.mr
+    taps = g["kh"] * g["kw"]
     # k = (c, i, j) reads copy j at c*Hp*OW + i*dh*OW (plus the vector's first pixel)
     copy = _copy_floats(g)
     table = em.i64_table(
@@ -124,17 +141,22 @@ def emit_implicit_conv(
         "conv.taps",
     )
 
+    chunks = channel_chunks(g, t)
+
     def panel(p: ir.Value, nvec: int, partial: bool) -> None:
         p0 = b.mul(p, i64(t.nv * t.lanes))  # the panel's first pixel
         widths = [t.lanes] * nvec
         if partial:
             widths[-1] = last_lanes
         args = (em, g, t, a, a_dtype, copies, out, bias, epilogue)
-        if m_main:
-            with em.loop(m_main, name="r", step=t.mr) as row:
-                _tile(*args, row, t.mr, p0, widths, table, pix)
-        if m_tail:
-            _tile(*args, i64(m_main), m_tail, p0, widths, table, pix)
+        for ci, (c0, c1) in enumerate(chunks):
+            # the panel's rows of channels [c0, c1) stay in L1 while every row tile passes over them
+            k = (c0 * taps, c1 * taps, ci == 0, ci == len(chunks) - 1)
+            if m_main:
+                with em.loop(m_main, name="r", step=t.mr) as row:
+                    _tile(*args, row, t.mr, p0, widths, table, pix, *k)
+            if m_tail:
+                _tile(*args, i64(m_main), m_tail, p0, widths, table, pix, *k)
 
     if panels is None:
         if full:
@@ -169,8 +191,13 @@ def _tile(
     widths: list[int],
     tap_offsets: ir.Value,
     pix: int,
+    k0: int,
+    k1: int,
+    first: bool,
+    last: bool,
 ) -> None:
-    """An ``mr x len(widths)``-vector tile: output channels ``row..row+mr``, pixels from ``p0``, all of K."""
+    """An ``mr x len(widths)``-vector tile: output channels ``row..row+mr``, pixels from ``p0``, K range
+    ``[k0, k1)``. Not ``first``: added to the partial sums in ``out``; ``last``: bias and epilogue."""
     b = em.b
     vt = vec(F32, t.lanes)
     nvec = len(widths)
@@ -181,7 +208,7 @@ def _tile(
     # one k per iteration, its offset from the table: the GEMM's loop shape. (Channels in a loop with
     # the kh*kw taps unrolled let LLVM hoist the loads of several taps at once, and the 6 x 4 tile
     # spilled accumulators to the stack.)
-    with em.loop_carried(g["c"] * g["kh"] * g["kw"], [const(vt, 0.0)] * n_acc, name="k") as lp:
+    with em.loop_carried(k1, [const(vt, 0.0)] * n_acc, name="k", start=k0) as lp:
         acc = list(lp.values)
         x_k = em.gep(x0, em.load(tap_offsets, lp.index, ir.IntType(64)), F32)
         bv = [em.load(x_k, v * t.lanes, vt, align=4) for v in range(nvec)]
@@ -194,15 +221,18 @@ def _tile(
     acc = list(lp.results)
     for r in range(mr):
         ch = b.add(row, i64(r))
-        bias_v = em.splat(em.load(bias, ch, F32), t.lanes) if bias is not None else None
+        bias_v = em.splat(em.load(bias, ch, F32), t.lanes) if bias is not None and last else None
         at = b.add(b.mul(ch, i64(pix)), p0)
         for v, width in enumerate(widths):
             val = acc[r * nvec + v]
-            if bias_v is not None:
+            dst = b.add(at, i64(v * t.lanes))
+            if not first:
+                val = b.fadd(val, em.load(out, dst, vt) if width == t.lanes else em.masked_load(out, dst, vt, width))
+            if last and bias_v is not None:
                 val = b.fadd(val, bias_v)
-            if epilogue is not None:
+            if last and epilogue is not None:
                 val = epilogue(em, val)
             if width == t.lanes:
-                em.store(val, out, b.add(at, i64(v * t.lanes)), align=4)
+                em.store(val, out, dst, align=4)
             else:
-                em.masked_store(val, out, b.add(at, i64(v * t.lanes)), width)
+                em.masked_store(val, out, dst, width)
