@@ -17,9 +17,10 @@ The tile is the GEMM's: ``MR`` output channels (A = the weights, pre-packed in t
 panels ``[ceil(O/MR)][C*kh*kw][MR]`` as the im2col path) x ``NV`` vectors of consecutive output
 pixels (a panel); the last vector of an image may be partial: its loads read into the copies'
 slack (unused lanes) and its store is masked. Each output element is one FMA chain in
-``(c, i, j)`` order, so it differs from the im2col path (which sums K chunks separately) only by
-float reassociation. Loop order: panels outside, row tiles inside, so the copies' rows a panel
-reads stay in L1 while every row tile of weights passes.
+``(c, i, j)`` order per input-channel chunk, so it differs from the im2col path (which sums K
+chunks of other sizes) only by float reassociation. Loop order: panels, then channel chunks
+(``channel_chunks``), then row tiles, so the copies' rows a panel reads over a chunk stay in L1
+while every row tile of weights passes.
 """
 
 from __future__ import annotations
