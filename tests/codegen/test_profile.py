@@ -49,6 +49,9 @@ def test_profiled_library_counts_each_kernel_call(tmp_path, rng):
     assert sum(r.share for r in rows) == pytest.approx(1.0)
     profiled.reset_profile()
     assert all(r.ticks == 0 for r in profiled.profile())
+    header = profiled.path.with_suffix(".h").read_text()
+    assert f"uint64_t *mcir_{profiled.name}_profile(void);" in header
+    assert "_profile(void)" not in plain.path.with_suffix(".h").read_text()
 
 
 def test_unprofiled_library_says_how_to_profile(tmp_path, rng):
