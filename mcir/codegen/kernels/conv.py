@@ -20,7 +20,7 @@ import numpy as np
 
 from mcir.codegen.emit import F32, I1, I32, PTR, VOID, Emitter, const, i64, vec
 from mcir.codegen.kernels import KernelContext, kernel
-from mcir.codegen.kernels.conv_implicit import copies_bytes, emit_copies, emit_implicit_conv, implicit_ok
+from mcir.codegen.kernels.conv_implicit import copies_bytes, emit_copies, emit_implicit_conv, implicit_ok, tap_range
 from mcir.codegen.kernels.conv_implicit import panel_count as implicit_panels
 from mcir.codegen.kernels.gemm_f32 import (
     HALF_STORAGE,
@@ -411,17 +411,6 @@ def _conv_gemm(k: KernelContext) -> None:
             parallel_for(em, "conv_gemm", split.units, og * pix * ck, pointers, body)
         if pool is not None:
             pool_image(em, [*operands, k.scratch], n, i64(0))
-
-
-def tap_range(ow: int, sw: int, off: int, w: int) -> tuple[int, int]:
-    """[lo, hi): output columns ox whose input column ox*sw + off lies inside [0, w)."""
-    lo = 0
-    while lo < ow and lo * sw + off < 0:
-        lo += 1
-    hi = lo
-    while hi < ow and hi * sw + off < w:
-        hi += 1
-    return lo, hi
 
 
 def _conv_direct(k: KernelContext) -> None:

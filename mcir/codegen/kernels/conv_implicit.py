@@ -71,10 +71,19 @@ def channel_chunks(g: dict[str, int], t: Tiling) -> list[tuple[int, int]]:
     return list(itertools.pairwise(bounds))
 
 
+def tap_range(ow: int, sw: int, off: int, w: int) -> tuple[int, int]:
+    """[lo, hi): output columns ox whose input column ox*sw + off lies inside [0, w)."""
+    lo = 0
+    while lo < ow and lo * sw + off < 0:
+        lo += 1
+    hi = lo
+    while hi < ow and hi * sw + off < w:
+        hi += 1
+    return lo, hi
+
+
 def emit_copies(em: Emitter, g: dict[str, int], x: ir.Value, dst: ir.Value) -> None:
     """Write the kw copies ``X_j`` of image ``x`` (``[C][H][W]``) to ``dst`` (see the module docstring)."""
-    from mcir.codegen.kernels.conv import tap_range
-
     b = em.b
     hp, ow = g["h"] + 2 * g["ph"], g["ow"]
     h, w, ph, sw = g["h"], g["w"], g["ph"], g["sw"]
