@@ -455,6 +455,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         features=args.features,
         name=args.name,
         compare=args.compare,
+        profile=args.profile,
         torch_model=model if isinstance(model, torch.nn.Module) else None,
         data=_dataset(args.data),
         eval=_dataset(args.eval),
@@ -561,7 +562,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from mcir.compile_driver import bench_library
 
-    bench_library(args.library, runs=args.runs, warmup=args.warmup)
+    bench_library(args.library, runs=args.runs, warmup=args.warmup, per_op=args.per_op)
     return 0
 
 
@@ -633,6 +634,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="do not compile and time the uncompressed model for the report",
     )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="count the cycles of every kernel call (x86-64), for `mcir bench --per-op`",
+    )
     p.set_defaults(fn=cmd_compile)
 
     p = sub.add_parser(
@@ -686,6 +692,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("library", metavar="LIB.so")
     p.add_argument("--runs", type=int, default=200, help="timed runs (default 200)")
     p.add_argument("--warmup", type=int, default=20, help="untimed warm-up runs (default 20)")
+    p.add_argument(
+        "--per-op",
+        action="store_true",
+        help="also time each kernel call (the library must be compiled with --profile)",
+    )
     p.set_defaults(fn=cmd_bench)
 
     p = sub.add_parser("passes", help="list passes with their options")

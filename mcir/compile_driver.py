@@ -74,12 +74,14 @@ def compile_report(
     torch_model: Any = None,
     compare: bool = True,
     runs: int = 200,
+    profile: bool = False,
 ) -> tuple[Any, str]:
     """Compile ``graph`` to ``path`` and measure it; returns (library or artifacts, report text).
 
     ``original`` is the uncompressed graph (compiled too when ``compare``, for its size and
     speed); ``torch_model`` is timed on the same inputs when given. ``cpu`` and ``features``
-    refine the target (``mcir.codegen.target.resolve``).
+    refine the target (``mcir.codegen.target.resolve``); ``profile`` compiles the kernel-call cycle
+    counters in (``mcir.codegen.compile``).
     """
     from mcir.codegen import compile as native_compile
     from mcir.interp import interpret
@@ -96,6 +98,7 @@ def compile_report(
         cpu=cpu,
         features=features,
         pipeline=graph.meta.get("pipeline", ""),
+        profile=profile,
     )
     seconds = time.perf_counter() - t0
     rows: list[list[str]] = []
@@ -215,6 +218,7 @@ def compile_model(
     data: Any = None,
     eval: Any = None,
     out: TextIO | None = None,
+    profile: bool = False,
 ) -> Any:
     """``mcir compile``: run ``passes`` on ``graph``, compile to ``output`` (a stem: ``build/mlp``), print
     the pipeline table and the compile report to ``out`` (default stdout); returns the library (or the
@@ -225,7 +229,8 @@ def compile_model(
     ``print_ir_after_all``, ``print_ir_after``) are those of ``mcir.run_passes`` (IR goes to stderr).
     ``target``/``triple``/``cpu``/``features`` select the machine (``mcir.codegen.target.resolve``).
     ``data``/``eval`` (anything ``mcir.train.data`` accepts) feed the training passes and the per-pass
-    accuracy column; with ``eval`` the compiled library's own accuracy is printed too.
+    accuracy column; with ``eval`` the compiled library's own accuracy is printed too. ``profile``
+    compiles the per-kernel cycle counters in (``mcir bench --per-op``).
     """
     import mcir
 
@@ -265,6 +270,7 @@ def compile_model(
         original=graph,
         torch_model=torch_model,
         compare=compare,
+        profile=profile,
     )
     print(text, file=out)
     if eval is not None and hasattr(lib, "inputs"):  # a cross compile cannot run here
@@ -274,8 +280,14 @@ def compile_model(
     return lib
 
 
-def bench_library(path: str | Path, runs: int = 200, warmup: int = 20, out: TextIO | None = None) -> np.ndarray:
-    """``mcir bench``: print the median latency of the library at ``path`` on random inputs; returns the times."""
+def bench_library(
+    path: str | Path, runs: int = 200, warmup: int = 20, out: TextIO | None = None, per_op: bool = False
+) -> np.ndarray:
+    """``mcir bench``: print the median latency of the library at ``path`` on random inputs; returns the times.
+
+    ``per_op`` (a library compiled with ``profile=True``): then ``runs`` more runs with the kernels'
+    cycle counters zeroed first, and a table of every kernel call: its share of the runs' cycles and
+    that share of the median latency."""
     from mcir.runtime import Library
 
     lib = Library(path)
@@ -295,4 +307,25 @@ def bench_library(path: str | Path, runs: int = 200, warmup: int = 20, out: Text
         [lib.name, human_seconds(p[2]), human_seconds(p[1]), human_seconds(p[3]), human_seconds(p[0]), str(len(times))]
     ]
     print(format_table(["model", "median", "p10", "p90", "min", "runs"], rows), file=out or sys.stdout)
+    if per_op:
+        run = lib.bind(ins, outs)
+        lib.reset_profile()
+        for _ in range(len(times)):
+            run()
+        table = []
+        for r in lib.profile():
+            kernel = r.kernel + "".join(f" +{f}" for f in r.fused)
+            where = f"%{r.result}" if r.result else ""
+            table.append(
+                [r.op, where, kernel, f"{r.ticks:,.0f}", f"{100 * r.share:.1f} %", human_seconds(r.share * p[2])]
+            )
+        print(file=out or sys.stdout)
+        print(
+            format_table(["op", "result", "kernel (+ fused)", "ticks/run", "share", "≈ time"], table),
+            file=out or sys.stdout,
+        )
+        print(
+            "ticks: the time-stamp counter around each kernel call, summed over the runs; ≈ time = share x median",
+            file=out or sys.stdout,
+        )
     return times

@@ -121,6 +121,19 @@ def _elf_model_names(data: bytes) -> list[str]:
 _POOLS: dict[int, Any] = {}
 
 
+@dataclass(frozen=True)
+class ProfileRow:
+    """One kernel call of a profiled library (``Library.profile``)."""
+
+    op: str  # the op the kernel computes
+    result: str  # the value it writes (the last fused op's result)
+    at: str  # the op's location, as errors print it
+    kernel: str  # the generator that emitted it
+    fused: list[str]  # ops fused into the call (activations, a pool)
+    ticks: float  # time-stamp counter ticks per run
+    share: float  # fraction of the runs' ticks
+
+
 class Library:
     """A loaded mcir library: call it with numpy arrays, get numpy arrays back."""
 
@@ -219,6 +232,37 @@ class Library:
                 )
             )
         return out
+
+    # -- per-kernel profile (libraries compiled with profile=True) ---------------------------
+    def _profile_counters(self) -> np.ndarray:
+        """The library's live counters: cycles per kernel call, of whole runs, and the run count."""
+        steps = self.metadata.get("profile")
+        if steps is None:
+            raise RuntimeCallError(
+                f"{self.path} was compiled without profiling; compile it with mcir.compile(..., profile=True) "
+                "or `mcir compile --profile` to time each kernel"
+            )
+        ptr = self._sym(f"mcir_{self.name}_profile", ctypes.c_void_p)()
+        return np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_uint64)), shape=(len(steps) + 2,))
+
+    def reset_profile(self) -> None:
+        """Zero the cycle counters (e.g. after warm-up runs)."""
+        self._profile_counters()[:] = 0
+
+    def profile(self) -> list[ProfileRow]:
+        """Per kernel call since the last ``reset_profile``: its op, kernel and fused ops, and its
+        cycle-counter ticks per run and share of the runs' ticks (rdtsc: constant-rate ticks, wall
+        time on the calling thread, so threaded kernels count their whole parallel span)."""
+        counters = self._profile_counters().copy()
+        runs, total = int(counters[-1]), int(counters[-2])
+        rows = []
+        for meta, ticks in zip(self.metadata["profile"], counters[:-2]):
+            per_run = int(ticks) / runs if runs else 0.0
+            rows.append(ProfileRow(**meta, ticks=per_run, share=int(ticks) / total if total else 0.0))
+        rest = total - int(counters[:-2].sum())  # argument checks, copies into outputs, the counters themselves
+        if runs:
+            rows.append(ProfileRow("(between kernels)", "", "", "", [], rest / runs, rest / total if total else 0.0))
+        return rows
 
     # -- facts for reports and benchmarks ------------------------------------------------
     @property

@@ -190,6 +190,15 @@ def test_compile_writes_the_library_and_reports_measured_numbers(capsys, state_d
     assert code == 0 and "median" in text.splitlines()[0]
 
 
+def test_compile_with_profile_then_bench_per_op(capsys, state_dict, tmp_path):
+    out = tmp_path / "build" / "digits"
+    args = ("--model-def", FACTORY, "--input", "x=1x64", "-o", out, "--no-compare", "--profile")
+    code, _, err = run(capsys, "compile", state_dict, *args)
+    assert code == 0, err
+    code, text, _ = run(capsys, "bench", out.with_suffix(".so"), "--runs", "20", "--warmup", "2", "--per-op")
+    assert code == 0 and "ticks/run" in text and "linear +relu" in text
+
+
 @pytest.mark.parametrize("pipeline", ["quant8", "prune,quant8"])
 def test_compile_compressed_with_calibration_file(capsys, state_dict, tmp_path, pipeline):
     calib = np.random.default_rng(2).random((16, 1, 64), dtype=np.float32)

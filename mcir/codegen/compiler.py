@@ -65,6 +65,7 @@ def compile(
     features: str | None = None,
     emit_llvm: bool = False,
     memory_limit: int | str | None = None,
+    profile: bool = False,
 ) -> Any:
     """Compile ``graph`` to ``PATH.o``, ``PATH.so`` and ``PATH.h``; return the loaded library.
 
@@ -80,7 +81,8 @@ def compile(
     Raises CodegenError for unsupported ops, targets, or when no linker is available (the
     ``.o`` is kept), and a CompileMemoryError before any work when the estimated memory of the
     compilation exceeds ``memory_limit`` (bytes or ``"32G"``; default ``$MCIR_COMPILE_MEMORY`` or
-    16 GiB: ``mcir.codegen.compile_memory``).
+    16 GiB: ``mcir.codegen.compile_memory``). ``profile=True`` counts the cycles of every kernel
+    call (x86-64 only; ``Library.profile()``, ``mcir bench --per-op``).
     """
     compile_memory.check(graph, memory_limit)
     stem = Path(path)
@@ -88,7 +90,7 @@ def compile(
         stem = stem.with_suffix("")
     lib_name = name if name is not None else default_name(stem)
     tgt = resolve(target, triple, cpu, features)
-    lowered = lower(graph, tgt, lib_name, pipeline)
+    lowered = lower(graph, tgt, lib_name, pipeline, profile)
     obj_bytes = link.emit_object(lowered.module, tgt.machine())
     link_error = None
     # the files appear together or not at all (mcir.output_set): a reader never pairs an old .h with a new .so

@@ -96,9 +96,21 @@ def build_steps(graph: Graph, target: Target) -> list[tuple[Step, KernelGen]]:
                 step.epilogue.append(user)
                 absorbed.add(id(user))
                 step.result = user.result
+        pool_bytes = None
+        if gen.pool and id(step.result) not in outputs and len(step.result.uses) == 1:
+            # a pooling op after the conv (and its activation): the conv pools each image while its
+            # result is in cache, so the unpooled tensor is never written to or read from memory
+            user = step.result.uses[0][0]
+            pool_bytes = gen.pool(op, user, target)
+            if pool_bytes is not None:
+                step.pool = user
+                absorbed.add(id(user))
+                step.result = user.result
         _refuse_empty_reduction(op)
         empty = op.result.type.numel == 0  # nothing to compute: kernel_function emits an empty body
         step.scratch_bytes = gen.scratch(op, target) if gen.scratch and not empty else 0
+        if pool_bytes is not None and not empty:
+            step.scratch_bytes += pool_bytes
         steps.append((step, gen))
     return steps
 
@@ -135,6 +147,9 @@ def kernel_key(step: Step, gen: KernelGen) -> tuple:
     shared = gen.scales_in_data and (not step.epilogue or op.result.type.encoding is None)
     operands = tuple((_spell(v.type, shared, False), view_root(v).is_constant) for v in op.operands)
     epilogue = tuple((e.name, tuple(sorted(e.attrs.items())), str(e.result.type)) for e in step.epilogue)
+    pool = (
+        None if step.pool is None else (step.pool.name, tuple(sorted(step.pool.attrs.items())), str(step.result.type))
+    )
     return (
         gen.name,
         op.name,
@@ -142,6 +157,7 @@ def kernel_key(step: Step, gen: KernelGen) -> tuple:
         tuple(sorted(op.attrs.items())),
         _spell(op.result.type, shared, True),
         epilogue,
+        pool,
         step.scratch_bytes,
     )
 
@@ -292,7 +308,14 @@ class _Builder:
                 return x
 
         ctx = KernelContext(
-            em, op, self.target, list(fn.args[:n]), fn.args[n], fn.args[n + 1] if step.scratch_bytes else None, epilogue
+            em,
+            op,
+            self.target,
+            list(fn.args[:n]),
+            fn.args[n],
+            fn.args[n + 1] if step.scratch_bytes else None,
+            epilogue,
+            step.pool,
         )
         gen.emit(ctx)
         if not builder.block.is_terminated:
@@ -313,12 +336,19 @@ class _Builder:
         return self._copy_fn
 
     # -- the entry point -------------------------------------------------------------------
-    def run_function(self, mp: MemoryPlan, gens: dict[int, KernelGen]) -> None:
+    def run_function(self, mp: MemoryPlan, gens: dict[int, KernelGen], profile: bool = False) -> list[dict]:
+        """Emit ``mcir_NAME_run``; with ``profile``, also the cycle counters of every kernel call
+        (``profile_counters``). Returns the profiled steps' descriptions (empty without ``profile``)."""
         fn = ir.Function(self.module, ir.FunctionType(I32, [PTR, PTR, PTR]), f"mcir_{self.name}_run")
         fn.attributes.add("nounwind")
         inputs, outputs, ws = fn.args
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         em = Emitter(b, self.module)
+        steps = [s for s in mp.steps if s.op is not None]
+        counters = self.profile_counters(len(steps)) if profile else None
+        cycles = em.intrinsic("llvm.readcyclecounter", [], I64, []) if profile else None
+        run_start = b.call(cycles, []) if profile else None
+        kernel_index = 0  # the counter of the next kernel call
 
         def fail_if(cond: ir.Value, code: int | ir.Value) -> None:
             err = fn.append_basic_block("err")
@@ -383,10 +413,45 @@ class _Builder:
             args = [where(v, step.op, i, gen) for i, v in enumerate(step.op.operands)]
             args.append(where(step.result))
             args.append(em.byte_offset(ws, step.scratch_offset) if step.scratch_bytes else null)
+            start = b.call(cycles, []) if profile else None
             status = b.call(kfn, args)
+            if profile:
+                self.count(em, counters, kernel_index, b.sub(b.call(cycles, []), start))
+                kernel_index += 1
             if gen.can_fail:
                 fail_if(b.icmp_unsigned("!=", status, ir.Constant(I32, OK)), status)
+        if profile:
+            # the whole run (checks, copies and calls included), then the number of runs
+            self.count(em, counters, len(steps), b.sub(b.call(cycles, []), run_start))
+            self.count(em, counters, len(steps) + 1, i64(1))
         b.ret(ir.Constant(I32, OK))
+        if not profile:
+            return []
+        return [
+            {
+                "op": step.op.name,
+                "result": step.result.name,
+                "at": step.op.where(),
+                "kernel": gens[id(step)].name,
+                "fused": [e.name for e in step.epilogue] + ([step.pool.name] if step.pool is not None else []),
+            }
+            for step in steps
+        ]
+
+    def profile_counters(self, n_steps: int) -> ir.GlobalVariable:
+        """``u64 counters[n_steps + 2]``: cycles per kernel call, cycles of whole runs, runs; exported
+        by ``mcir_NAME_profile()`` (a pointer the host reads and may zero)."""
+        ty = ir.ArrayType(I64, n_steps + 2)
+        gv = ir.GlobalVariable(self.module, ty, "mcir.profile")
+        gv.linkage = "internal"
+        gv.initializer = ir.Constant(ty, [0] * (n_steps + 2))
+        self.getter(f"mcir_{self.name}_profile", PTR, gv)
+        return gv
+
+    @staticmethod
+    def count(em: Emitter, counters: ir.GlobalVariable, index: int, amount: ir.Value) -> None:
+        at = counters.gep([ir.Constant(I64, 0), ir.Constant(I64, index)])  # a constant address
+        em.b.store(em.b.add(em.b.load(at, typ=I64), amount), at)
 
     # -- descriptors and metadata -------------------------------------------------------------
     def cstring(self, text: str, name: str) -> ir.GlobalVariable:
@@ -446,10 +511,18 @@ class _Builder:
         b.ret(value)
 
 
-def lower(graph: Graph, target: Target, name: str, pipeline: str = "") -> Lowered:
-    """Lower ``graph`` to an optimised LLVM module for ``target`` with symbols ``mcir_NAME_*``."""
+def lower(graph: Graph, target: Target, name: str, pipeline: str = "", profile: bool = False) -> Lowered:
+    """Lower ``graph`` to an optimised LLVM module for ``target`` with symbols ``mcir_NAME_*``.
+
+    ``profile``: every kernel call is bracketed by cycle-counter reads (``rdtsc``) summed into a table
+    the host reads through ``mcir_NAME_profile()`` (``Library.profile``); x86-64 targets only."""
     verify(graph)
     name = c_name(name)
+    if profile and not target.is_x86:
+        raise CodegenError(
+            f"profile=True reads the x86 time-stamp counter (rdtsc); target {target.name} ({target.triple}) "
+            "has no user-mode cycle counter mcir can read: compile without profile for it"
+        )
     for which, values in (("input", graph.inputs), ("output", graph.outputs)):
         for v in values:
             if v.type.dtype.name not in DTYPE_CODES:  # e.g. a b1 #binary value: bits + scales, not a tensor
@@ -461,7 +534,7 @@ def lower(graph: Graph, target: Target, name: str, pipeline: str = "") -> Lowere
     mp = plan(graph, [s for s, _ in pairs])
     gens = {id(s): g for s, g in pairs}
     bld = _Builder(graph, target, name, pipeline)
-    bld.run_function(mp, gens)
+    profiled = bld.run_function(mp, gens, profile)
     if "windows" in target.triple or "msvc" in target.triple:
         # MSVC objects that use floating point reference _fltused (normally from the CRT)
         fltused = ir.GlobalVariable(bld.module, I32, "_fltused")
@@ -484,6 +557,8 @@ def lower(graph: Graph, target: Target, name: str, pipeline: str = "") -> Lowere
         "weight_bytes": bld.weight_bytes,
         "kernels": len([s for s in mp.steps if s.op is not None]),
     }
+    if profile:
+        metadata["profile"] = profiled
     bld.getter(f"mcir_{name}_metadata", PTR, bld.cstring(json.dumps(metadata, sort_keys=True), "metadata"))
     text = _finish_ir(str(bld.module), bld.blobs)
     try:

@@ -36,7 +36,8 @@ def align_up(n: int, a: int = ALIGN) -> int:
 
 @dataclass
 class Step:
-    """One kernel call: ``op`` (with fused unary ops ``epilogue``) writes ``result``.
+    """One kernel call: ``op`` (with fused unary ops ``epilogue``, then a fused pooling op ``pool``)
+    writes ``result``.
 
     ``op`` is None for a planned copy of ``source`` into an output.
     """
@@ -44,6 +45,7 @@ class Step:
     op: Op | None
     result: Value
     epilogue: list[Op] = field(default_factory=list)
+    pool: Op | None = None
     source: Value | None = None
     out_index: int = 0  # for a copy: which output it writes
     scratch_bytes: int = 0

@@ -128,36 +128,43 @@ def test_linear_split_by_row_tiles_is_bit_identical(tmp_path, rng, m, n, k):
     _assert_thread_invariant(g, build(g, tmp_path), randn(rng, m, k))
 
 
-def conv_graph(rng, xs: tuple[int, ...], cout: int) -> Graph:
+def conv_graph(rng, xs: tuple[int, ...], cout: int, runtime_weight: bool = False) -> Graph:
     g = Graph("convs")
     x = g.add_input("x", tensor(list(xs)))
-    w = g.const("w", randn(rng, cout, xs[1], 3, 3, scale=0.1))
+    if runtime_weight:  # weights computed at run time: the im2col path (the implicit GEMM needs packed weights)
+        w = g.add_input("w", tensor([cout, xs[1], 3, 3]))
+    else:
+        w = g.const("w", randn(rng, cout, xs[1], 3, 3, scale=0.1))
     y = g.add("conv2d", [x, w, g.const("b", randn(rng, cout))], {"padding": [1, 1]})
     g.set_outputs([g.add("relu", [y])])
     return g
 
 
 @pytest.mark.parametrize(
-    ("xs", "cout", "kind"),
+    ("xs", "cout", "runtime_weight", "kind"),
     [
-        ((5, 16, 12, 12), 24, "conv_images"),  # a batch: whole images per task (5 units for 3 threads)
-        ((1, 64, 8, 8), 128, "conv_gemm"),  # one image, one 64-pixel panel: split by row tiles
-        ((1, 16, 32, 32), 32, "conv_gemm"),  # one image, 16 panels: split by panels
+        ((5, 16, 12, 12), 24, False, "conv_images"),  # a batch: whole images per task (5 units for 3 threads)
+        ((1, 16, 32, 32), 32, False, "conv_implicit"),  # one image, implicit GEMM: split by its 16 panels
+        ((5, 16, 12, 12), 24, True, "conv_images"),  # the same batch through im2col
+        ((1, 64, 8, 8), 128, True, "conv_gemm"),  # one image, one 64-pixel im2col panel: split by row tiles
+        ((1, 16, 32, 32), 32, True, "conv_gemm"),  # one image, 16 im2col panels: split by panels
     ],
 )
-def test_conv_splits_are_bit_identical(tmp_path, rng, xs, cout, kind):
+def test_conv_splits_are_bit_identical(tmp_path, rng, xs, cout, runtime_weight, kind):
     from mcir.codegen.lowering import lower
 
-    g = conv_graph(rng, xs, cout)
+    g = conv_graph(rng, xs, cout, runtime_weight)
     assert re.search(rf"define internal void @\"?{kind}\.task", lower(g, NATIVE, "c").ir_text)
-    _assert_thread_invariant(g, build(g, tmp_path), randn(rng, *xs))
+    inputs = [randn(rng, *xs)] + ([randn(rng, cout, xs[1], 3, 3, scale=0.1)] if runtime_weight else [])
+    _assert_thread_invariant(g, build(g, tmp_path), *inputs)
 
 
 @pytest.mark.parametrize("target", runnable_targets())
 def test_im2col_vector_rows_match_the_element_loops(tmp_path, rng, target):
     """The masked-vector im2col (unit stride, rows tiling a panel: OW 8, 16, 32 with 64-column panels
     on AVX-512, 16 on AVX2) and the element loops (OW 10, stride 2; every shape on SSE) against the
-    interpreter, with padding on every side and dilation."""
+    interpreter, with padding on every side and dilation. The weights are a run-time input: constant
+    weights would take the implicit GEMM (test_conv_implicit.py) for all but the strided shape."""
     for xs, attrs in [
         ((2, 3, 16, 16), {"padding": [1, 1]}),
         ((1, 4, 8, 8), {"padding": [2, 2], "dilation": [2, 2]}),
@@ -167,7 +174,8 @@ def test_im2col_vector_rows_match_the_element_loops(tmp_path, rng, target):
     ]:
         g = Graph("i2c")
         x = g.add_input("x", tensor(list(xs)))
-        w = g.const("w", randn(rng, 8, xs[1], 3, 3, scale=0.2))
+        w = g.add_input("w", tensor([8, xs[1], 3, 3]))
         g.set_outputs([g.add("conv2d", [x, w, g.const("b", randn(rng, 8))], attrs)])
-        xv = randn(rng, *xs)
-        assert_close(build(g, tmp_path, target=target)(xv)[0], interpret(g, xv)[0], what=f"{target} conv {xs} {attrs}")
+        xv, wv = randn(rng, *xs), randn(rng, 8, xs[1], 3, 3, scale=0.2)
+        native = build(g, tmp_path, target=target)(xv, wv)[0]
+        assert_close(native, interpret(g, xv, wv)[0], what=f"{target} conv {xs} {attrs}")

@@ -66,7 +66,9 @@ class KernelContext:
     inputs, workspace buffers), ``out`` points at the result, ``scratch`` at this op's
     private workspace (``scratch_bytes`` of it, 64-byte aligned). ``epilogue`` is a
     chain of fused unary elementwise functions to apply to results before storing
-    (only given to generators registered with ``epilogue=True``).
+    (only given to generators registered with ``epilogue=True``). ``pool`` is a pooling op
+    fused after them (only for generators registered with ``pool=``, which accepted it): then
+    ``out`` is the pooled result, and the producer's own result is never stored.
     """
 
     em: Emitter
@@ -76,6 +78,7 @@ class KernelContext:
     out: ir.Value
     scratch: ir.Value | None
     epilogue: Callable[[Emitter, ir.Value], ir.Value] | None = None
+    pool: Op | None = None
 
     @property
     def operand_types(self) -> list[TensorType]:
@@ -151,6 +154,9 @@ class KernelGen:
     # the emitted code reads per-tensor quantisation scales only from packed constants (the channel
     # table), never as immediates: ops that differ only in scales can share one kernel function
     scales_in_data: bool = False
+    # pool(op, pool_op, target): extra scratch bytes if this generator can write ``pool_op`` applied
+    # to its (epilogue'd) result instead of the result itself, None if it cannot fuse that pool
+    pool: Callable[[Op, Op, Target], int | None] | None = None
 
     @property
     def name(self) -> str:
@@ -216,11 +222,13 @@ def kernel(
     constant: tuple[int, ...] = (),
     variant: Callable[[Target], str] | None = None,
     scales_in_data: bool = False,
+    pool: Callable[[Op, Op, Target], int | None] | None = None,
 ) -> Callable[[Callable[[KernelContext], None]], Callable[[KernelContext], None]]:
     """Decorator: register the decorated function as the generator of ``op`` for ``operands``
     and ``result`` patterns (see the module docstring); ``constant`` lists operand positions
     that must be compile-time constants, ``variant(target)`` names the code path a target gets,
-    ``scales_in_data`` promises that the code reads per-tensor scales only from packed constants."""
+    ``scales_in_data`` promises that the code reads per-tensor scales only from packed constants,
+    ``pool`` says whether (and with how much more scratch) it can fuse a following pooling op."""
 
     def deco(fn: Callable[[KernelContext], None]) -> Callable[[KernelContext], None]:
         for p in (*operands, result):
@@ -239,6 +247,7 @@ def kernel(
                 tuple(constant),
                 variant,
                 scales_in_data,
+                pool,
             )
         )
         return fn

@@ -20,6 +20,8 @@ import numpy as np
 
 from mcir.codegen.emit import F32, I1, I32, PTR, VOID, Emitter, const, i64, vec
 from mcir.codegen.kernels import KernelContext, kernel
+from mcir.codegen.kernels.conv_implicit import copies_bytes, emit_copies, emit_implicit_conv, implicit_ok, tap_range
+from mcir.codegen.kernels.conv_implicit import panel_count as implicit_panels
 from mcir.codegen.kernels.gemm_f32 import (
     HALF_STORAGE,
     GemmArgs,
@@ -33,6 +35,7 @@ from mcir.codegen.kernels.gemm_f32 import (
     pack_a,
     packed_b_bytes,
 )
+from mcir.codegen.kernels.pool import emit_pool_rows, row_poolable
 from mcir.codegen.memory_plan import view_root
 from mcir.codegen.parallel import parallel_for
 from mcir.codegen.target import Target
@@ -86,9 +89,18 @@ MAX_IMAGE_TASKS = 8
 IMAGE_SCRATCH_BUDGET = 8 << 20
 
 
-def _cols_bytes(op: Op, target: Target) -> int:
-    """Bytes of one image's (one group's) im2col panels, 64-byte aligned."""
+def _implicit(op: Op, target: Target) -> bool:
+    """True if this convolution reads its GEMM operand straight from the image (conv_implicit.py):
+    constant (pre-packed) weights and a shape ``implicit_ok`` accepts."""
+    return view_root(op.operands[1]).is_constant and implicit_ok(geometry(op), _tiling(op, target))
+
+
+def _slot_bytes(op: Op, target: Target) -> int:
+    """Bytes of one task's B buffer, 64-byte aligned: one image's (one group's) im2col panels, or
+    for the implicit GEMM the image's kw column-shifted copies."""
     g = geometry(op)
+    if _implicit(op, target):
+        return copies_bytes(g, _tiling(op, target))
     nbytes = packed_b_bytes(g["cg"] * g["kh"] * g["kw"], g["oh"] * g["ow"], _tiling(op, target).nr)
     return -(-nbytes // 64) * 64
 
@@ -97,13 +109,28 @@ def image_tasks(op: Op, target: Target) -> int:
     """Units a batched GEMM convolution is split into: groups of images, one im2col buffer each.
     1 for a single image (its GEMM is split by panels or row tiles instead)."""
     g = geometry(op)
-    return max(1, min(g["n"], MAX_IMAGE_TASKS, IMAGE_SCRATCH_BUDGET // _cols_bytes(op, target)))
+    return max(1, min(g["n"], MAX_IMAGE_TASKS, IMAGE_SCRATCH_BUDGET // _slot_bytes(op, target)))
 
 
 def _scratch(op: Op, target: Target) -> int:
     if not _uses_gemm(geometry(op)):
         return 0
-    return image_tasks(op, target) * _cols_bytes(op, target)
+    return image_tasks(op, target) * _slot_bytes(op, target)
+
+
+def _image_bytes(op: Op) -> int:
+    """Bytes of one image's unpooled result (all channels), 64-byte aligned."""
+    g = geometry(op)
+    return -(-(g["o"] * g["oh"] * g["ow"] * 4) // 64) * 64
+
+
+def _pool_scratch(op: Op, pool: Op, target: Target) -> int | None:
+    """Extra scratch to fuse ``pool`` (a row-poolable pooling of this conv's result): one image's
+    unpooled result per task, which the GEMMs write and the pool reads while it is in cache.
+    None (no fusion) for the direct grouped kernels, which write their result row by row."""
+    if not _uses_gemm(geometry(op)) or not row_poolable(pool):
+        return None
+    return image_tasks(op, target) * _image_bytes(op)
 
 
 def emit_im2col(em: Emitter, x: ir.Value, g: dict[str, int], nr: int, dst: ir.Value, lanes: int = 1) -> None:
@@ -284,13 +311,13 @@ def _conv_gemm(k: KernelContext) -> None:
     macs = g["n"] * g["groups"] * og * pix * ck
     has_bias = len(k.args) > 2
 
-    def group_gemm(tem: Emitter, p: list[ir.Value], n: ir.Value, gi: ir.Value, cols: ir.Value) -> GemmArgs:
-        """The GEMM of image n, group gi, with p = [weights, input, output, bias?] as ``tem`` sees them."""
+    def group_gemm(tem: Emitter, p: list[ir.Value], gi: ir.Value, cols: ir.Value) -> GemmArgs:
+        """The GEMM of group gi, with p = [weights, input, the image's output block, bias?] as ``tem``
+        sees them."""
         tb = tem.b
-        first = tb.add(tb.mul(n, i64(g["groups"])), gi)  # index of the group's first channel block
         return GemmArgs(
             og, pix, ck, tem.gep(p[0], tb.mul(gi, i64(a_group)), w_elem), ck, 1, cols,
-            tem.gep(p[2], tb.mul(first, i64(og * pix)), F32), pix,
+            tem.gep(p[2], tb.mul(gi, i64(og * pix)), F32), pix,
             tem.gep(p[3], tb.mul(gi, i64(og)), F32) if has_bias else None,
             bias_per_row=True, epilogue=k.epilogue, a_packed=packed, a_dtype=w_dtype,
         )  # fmt: skip
@@ -299,10 +326,36 @@ def _conv_gemm(k: KernelContext) -> None:
         first = tem.b.add(tem.b.mul(n, i64(g["groups"])), gi)
         emit_im2col(tem, tem.gep(x, tem.b.mul(first, i64(cg * plane)), F32), gg, t.nr, cols, vector_lanes)
 
-    operands = [k.args[1], k.args[0], k.out] + ([k.args[2]] if has_bias else [])
     tasks = image_tasks(k.op, k.target)
+    slot_floats = _slot_bytes(k.op, k.target) // 4
+    image_floats = _image_bytes(k.op) // 4
+    pool = k.pool
+    pooled = 0 if pool is None else g["o"] * math.prod(pool.result.type.shape[2:])  # floats per pooled image
+
+    def image_buffer(tem: Emitter, scratch: ir.Value, slot: ir.Value) -> ir.Value:
+        """A task's unpooled image (fused pool only): in the scratch after the im2col slots."""
+        return tem.gep(scratch, tem.b.add(i64(tasks * slot_floats), tem.b.mul(slot, i64(image_floats))), F32)
+
+    def gemm_out(tem: Emitter, p: list[ir.Value], n: ir.Value, slot: ir.Value) -> ir.Value:
+        """Where image n's GEMMs write: its block of the output, or with a fused pool the task's buffer."""
+        if pool is None:
+            return tem.gep(p[2], tem.b.mul(n, i64(g["o"] * pix)), F32)
+        return image_buffer(tem, p[-1], slot)
+
+    def pool_image(tem: Emitter, p: list[ir.Value], n: ir.Value, slot: ir.Value) -> None:
+        # the image's result is in cache (32-512 KiB): pooling it now saves a round trip through memory
+        out = tem.gep(p[2], tem.b.mul(n, i64(pooled)), F32)
+        emit_pool_rows(tem, pool, k.target, image_buffer(tem, p[-1], slot), out, g["o"])
+
+    implicit = _implicit(k.op, k.target)
+
+    def image_source(tem: Emitter, x: ir.Value, n: ir.Value, buf: ir.Value) -> ir.Value:
+        """The implicit GEMM's B for image n: its column-shifted copies, written to ``buf``."""
+        emit_copies(tem, g, tem.gep(x, tem.b.mul(n, i64(g["c"] * plane)), F32), buf)
+        return buf
+
+    operands = [k.args[1], k.args[0], k.out] + ([k.args[2]] if has_bias else [])
     if tasks > 1:
-        slot_floats = _cols_bytes(k.op, k.target) // 4
 
         def images(tem: Emitter, p: list[ir.Value], lo: ir.Value, hi: ir.Value) -> None:
             tb = tem.b
@@ -310,37 +363,54 @@ def _conv_gemm(k: KernelContext) -> None:
             # units are groups of images: unit u holds images [u*N/T, (u+1)*N/T)
             n0 = tb.sdiv(tb.mul(lo, i64(g["n"])), i64(tasks))
             n1 = tb.sdiv(tb.mul(hi, i64(g["n"])), i64(tasks))
-            with tem.loop(n1, name="img", start=n0) as n, tem.loop(g["groups"], name="grp") as gi:
-                im2col(tem, p[1], n, gi, cols)
-                emit_gemm(tem, group_gemm(tem, p[:-1], n, gi, cols), t)
+            with tem.loop(n1, name="img", start=n0) as n:
+                dst = [p[0], p[1], gemm_out(tem, p, n, lo)] + p[3:-1]
+                if implicit:
+                    xp = image_source(tem, p[1], n, cols)
+                    emit_implicit_conv(tem, g, t, p[0], w_dtype, xp, dst[2], dst[3] if has_bias else None, k.epilogue)
+                else:
+                    with tem.loop(g["groups"], name="grp") as gi:
+                        im2col(tem, p[1], n, gi, cols)
+                        emit_gemm(tem, group_gemm(tem, dst, gi, cols), t)
+                if pool is not None:
+                    pool_image(tem, p, n, lo)
 
         parallel_for(em, "conv_images", tasks, macs, [*operands, k.scratch], images)
         return
 
+    if implicit:
+        # one image at a time: its copies on the calling thread, then its panels split across threads
+        with em.loop(g["n"], name="img") as n:
+            dst = gemm_out(em, [*operands, k.scratch], n, i64(0))
+            xp = image_source(em, k.args[0], n, k.scratch)
+            pointers = [operands[0], xp, dst] + ([operands[3]] if has_bias else [])
+
+            def panels(tem: Emitter, p: list[ir.Value], lo: ir.Value, hi: ir.Value) -> None:
+                bias = p[3] if has_bias else None
+                emit_implicit_conv(tem, g, t, p[0], w_dtype, p[1], p[2], bias, k.epilogue, panels=(lo, hi))
+
+            parallel_for(em, "conv_implicit", implicit_panels(g, t), og * pix * ck, pointers, panels)
+            if pool is not None:
+                pool_image(em, [*operands, k.scratch], n, i64(0))
+        return
+
     split = choose_split(og, pix, t)
-    with em.loop(g["n"], name="img") as n, em.loop(g["groups"], name="grp") as gi:
-        im2col(em, k.args[0], n, gi, k.scratch)
-        one = group_gemm(em, operands, n, gi, k.scratch)  # the pointers of this image and group
-        pointers = [one.a, one.b_packed, one.c] + ([one.bias] if has_bias else [])
+    with em.loop(g["n"], name="img") as n:
+        dst = [operands[0], operands[1], gemm_out(em, [*operands, k.scratch], n, i64(0)), *operands[3:]]
+        with em.loop(g["groups"], name="grp") as gi:
+            im2col(em, k.args[0], n, gi, k.scratch)
+            one = group_gemm(em, dst, gi, k.scratch)  # the pointers of this image and group
+            pointers = [one.a, one.b_packed, one.c] + ([one.bias] if has_bias else [])
 
-        def body(tem: Emitter, p: list[ir.Value], lo: ir.Value, hi: ir.Value) -> None:
-            # the image's GEMM, its panels or row tiles split across threads
-            bias = p[3] if has_bias else None
-            args = dataclasses.replace(one, a=p[0], b_packed=p[1], c=p[2], bias=bias)
-            emit_split_gemm(tem, args, t, split, lo, hi)
+            def body(tem: Emitter, p: list[ir.Value], lo: ir.Value, hi: ir.Value) -> None:
+                # the image's GEMM, its panels or row tiles split across threads
+                bias = p[3] if has_bias else None
+                args = dataclasses.replace(one, a=p[0], b_packed=p[1], c=p[2], bias=bias)
+                emit_split_gemm(tem, args, t, split, lo, hi)
 
-        parallel_for(em, "conv_gemm", split.units, og * pix * ck, pointers, body)
-
-
-def tap_range(ow: int, sw: int, off: int, w: int) -> tuple[int, int]:
-    """[lo, hi): output columns ox whose input column ox*sw + off lies inside [0, w)."""
-    lo = 0
-    while lo < ow and lo * sw + off < 0:
-        lo += 1
-    hi = lo
-    while hi < ow and hi * sw + off < w:
-        hi += 1
-    return lo, hi
+            parallel_for(em, "conv_gemm", split.units, og * pix * ck, pointers, body)
+        if pool is not None:
+            pool_image(em, [*operands, k.scratch], n, i64(0))
 
 
 def _conv_direct(k: KernelContext) -> None:
@@ -400,6 +470,8 @@ def _conv(k: KernelContext) -> None:
         _conv_direct(k)
 
 
-kernel("conv2d", ("f32", "f32", "f32?"), pack=_pack_weights, scratch=_scratch, epilogue=True)(_conv)
+kernel("conv2d", ("f32", "f32", "f32?"), pack=_pack_weights, scratch=_scratch, epilogue=True, pool=_pool_scratch)(_conv)
 # 16-bit weights (the half pass): the same kernels, weights widened to f32 as they are loaded
-kernel("conv2d", ("f32", "f16|bf16", "f32?"), pack=_pack_weights, scratch=_scratch, epilogue=True)(_conv)
+kernel("conv2d", ("f32", "f16|bf16", "f32?"), pack=_pack_weights, scratch=_scratch, epilogue=True, pool=_pool_scratch)(
+    _conv
+)

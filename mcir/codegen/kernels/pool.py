@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import llvmlite.ir as ir
 
-from mcir.codegen.emit import F32, I64, const, i64, vec
+from mcir.codegen.emit import F32, I64, Emitter, const, i64, vec
 from mcir.codegen.kernels import KernelContext, kernel
+from mcir.codegen.target import Target
+from mcir.ir import Op
 from mcir.ops.nn import adaptive_bounds
 
 
@@ -26,9 +28,9 @@ def _pool(k: KernelContext) -> None:
     is_max = k.op.name == "max_pool2d"
     fill = const(F32, float("-inf") if is_max else 0.0)
     # every window inside the image (no padding, no ceil_mode overhang): no masking at all
-    inside = ph == pw == 0 and (oh - 1) * sh + (kh - 1) * dh < h and (ow - 1) * sw + (kw - 1) * dw < w
+    inside = _inside(k.op)
     if inside and sw <= 4:
-        _pool_rows(k, is_max)
+        emit_pool_rows(em, k.op, k.target, k.args[0], k.out, n * c)
         return
     if not is_max:
         # torch's divisor per output position: separable in rows and columns
@@ -74,44 +76,88 @@ def _pool(k: KernelContext) -> None:
             em.store(acc, k.out, b.add(dst, b.add(b.mul(oy, i64(ow)), ox)))
 
 
-def _pool_rows(k: KernelContext, is_max: bool) -> None:
-    """Pooling whose windows all lie inside the image, vectorised along output rows.
+def _inside(op: Op) -> bool:
+    """True if every window of pooling ``op`` lies inside its input (no padding, no ceil_mode overhang)."""
+    _, _, h, w = op.operands[0].type.shape
+    _, _, oh, ow = op.result.type.shape
+    a = op.attrs
+    (kh, kw), (sh, sw), (ph, pw) = a["kernel"], a["stride"], a["padding"]
+    dh, dw = a.get("dilation", (1, 1))
+    return ph == pw == 0 and (oh - 1) * sh + (kh - 1) * dh < h and (ow - 1) * sw + (kw - 1) * dw < w
+
+
+def row_poolable(op: Op) -> bool:
+    """True if ``emit_pool_rows`` computes pooling ``op`` (f32 max/avg, windows inside, stride <= 4):
+    a producer may then fuse it (the convolution pools each image from cache)."""
+    return (
+        op.name in ("max_pool2d", "avg_pool2d")
+        and op.operands[0].type.dtype.name == "f32"
+        and op.operands[0].type.encoding is None
+        and op.result.type.encoding is None
+        and _inside(op)
+        and op.attrs["stride"][1] <= 4
+    )
+
+
+def emit_pool_rows(em: Emitter, op: Op, target: Target, src: ir.Value, dst: ir.Value, planes: ir.Value | int) -> None:
+    """Pooling ``op`` (``row_poolable``) of ``planes`` planes at ``src`` into ``dst``, vectorised
+    along output rows.
 
     For each tap, ``lanes * stride`` contiguous inputs are loaded (masked at the row's end)
     and every stride-th lane is picked with a shuffle: lanes outputs per tap and vector op.
     """
-    em, b = k.em, k.em.b
-    n, c, h, w = k.operand_types[0].shape
-    _, _, oh, ow = k.result_type.shape
-    a = k.op.attrs
+    b = em.b
+    is_max = op.name == "max_pool2d"
+    _, _, h, w = op.operands[0].type.shape
+    _, _, oh, ow = op.result.type.shape
+    a = op.attrs
     (kh, kw), (sh, sw) = a["kernel"], a["stride"]
     dh, dw = a.get("dilation", (1, 1))
-    lanes = k.target.f32_lanes
+    lanes = target.f32_lanes
     wide = vec(F32, lanes * sw)
     pick = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [i * sw for i in range(lanes)])
     divisor = float(a["divisor"]) if not is_max and a.get("divisor") is not None else float(kh * kw)
 
+    def nan_max(x: ir.Value, y: ir.Value) -> ir.Value:
+        # x > y ? x : y is one vmaxps (y when either is NaN); then x where x is NaN: numpy's NaN-propagating
+        # maximum in 3 instructions (llvm.maximum also orders -0 < +0, which took about 7 on AVX-512)
+        return b.select(b.fcmp_unordered("uno", x, x), x, b.select(b.fcmp_ordered(">", x, y), x, y))
+
     def outputs(row0: ir.Value, ox0: ir.Value, count: int) -> ir.Value:
+        if is_max and (kw - 1) * dw < sw:
+            # every window's columns lie inside one stride's span: one load per window row covers all
+            # of a row's taps; the max over rows runs on the wide vectors, the taps are then picked out
+            acc = None
+            for i in range(kh):
+                start = b.add(row0, b.add(i64(i * dh * w), b.mul(ox0, i64(sw))))
+                v = em.masked_load(src, start, wide, (count - 1) * sw + (kw - 1) * dw + 1)
+                acc = v if acc is None else nan_max(acc, v)
+            out = None
+            for j in range(kw):
+                at = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [i * sw + j * dw for i in range(lanes)])
+                v = b.shuffle_vector(acc, acc, at) if sw > 1 or j else acc
+                out = v if out is None else nan_max(out, v)
+            return out
         acc = None
         for i in range(kh):
             for j in range(kw):
                 start = b.add(row0, b.add(i64(i * dh * w + j * dw), b.mul(ox0, i64(sw))))
-                v = em.masked_load(k.args[0], start, wide, (count - 1) * sw + 1)
+                v = em.masked_load(src, start, wide, (count - 1) * sw + 1)
                 v = b.shuffle_vector(v, v, pick) if sw > 1 else v
-                acc = v if acc is None else (em.fmax(acc, v) if is_max else b.fadd(acc, v))
+                acc = v if acc is None else (nan_max(acc, v) if is_max else b.fadd(acc, v))
         return acc if is_max else b.fdiv(acc, const(acc.type, divisor))
 
     full, tail = divmod(ow, lanes)
-    with em.loop(n * c, name="plane") as pl, em.loop(oh, name="oy") as oy:
+    with em.loop(planes, name="plane") as pl, em.loop(oh, name="oy") as oy:
         row0 = b.add(b.mul(pl, i64(h * w)), b.mul(oy, i64(sh * w)))
-        dst = b.add(b.mul(pl, i64(oh * ow)), b.mul(oy, i64(ow)))
+        at = b.add(b.mul(pl, i64(oh * ow)), b.mul(oy, i64(ow)))
         if full:
             with em.loop(full, name="ox") as q:
                 ox0 = b.mul(q, i64(lanes))
-                em.store(outputs(row0, ox0, lanes), k.out, b.add(dst, ox0))
+                em.store(outputs(row0, ox0, lanes), dst, b.add(at, ox0))
         if tail:
             ox0 = i64(full * lanes)
-            em.masked_store(outputs(row0, ox0, tail), k.out, b.add(dst, ox0), tail)
+            em.masked_store(outputs(row0, ox0, tail), dst, b.add(at, ox0), tail)
 
 
 kernel("max_pool2d", ("f32",))(_pool)
