@@ -1,0 +1,114 @@
+"""Packing A block by block in the single-threaded fp32 GEMM (``gemm_f32.packs_a``, docs/codegen.md "fp32 GEMM").
+
+Specification:
+
+* a product packs its strided A when several B panels reuse it, it has several row tiles and A is
+  larger than L1; a GEMV, a narrow N (fewer than ``PACK_A_MIN_PANELS`` panels) and a small A do not
+  (checked on the predicate and on the emitted IR, so the cases below really take the packed path);
+* packing is lossless: the packed single-threaded product is bit-identical to the threaded one,
+  whose tasks read A in place, for 1, 2 and 3 threads, and it matches the interpreter within
+  ``1e-5 x max |reference|``, at every edge of the blocking: M = MR + 1, a ragged last row tile,
+  several row blocks (M > MC) with and without a short tail tile, K in one chunk and in several
+  equal chunks, N a multiple of the panel width and N with a partial last panel, with bias and ReLU;
+* ``matmul`` packs alike: 2-D and batched A, against a constant B and a run-time B.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mcir.codegen.kernels.gemm_f32 import (
+    PACK_A_ABOVE_BYTES,
+    PACK_A_MIN_PANELS,
+    choose_tiling,
+    packed_a_bytes,
+    packs_a,
+)
+from mcir.codegen.lowering import lower
+from mcir.codegen.target import resolve
+from mcir.interp import interpret
+from mcir.ir import Graph
+from mcir.types import tensor
+
+from .helpers import assert_close, build, randn
+from .test_threads import outputs_for_each_thread_count
+
+NATIVE = resolve("native")
+
+
+def packed(m: int, n: int, k: int) -> bool:
+    return packs_a(m, n, k, choose_tiling(m, n, k, NATIVE))
+
+
+def linear_ir(m: int, n: int, k: int) -> str:
+    g = Graph("pa")
+    x = g.add_input("x", tensor([m, k]))
+    g.set_outputs([g.add("linear", [x, g.const("w", np.ones((n, k), np.float32))])])
+    return lower(g, NATIVE, "pa").ir_text
+
+
+def test_large_products_pack_a_and_small_ones_do_not():
+    t = choose_tiling(512, 2048, 2048, NATIVE)
+    assert packed(512, 2048, 2048) and packed(1024, 1024, 1024) and packed(32, 4096, 4096)
+    assert not packed(1, 4096, 4096)  # GEMV: one row, nothing to reuse
+    assert not packed(t.mr, 4096, 4096)  # a single row tile
+    assert not packed(512, (PACK_A_MIN_PANELS - 1) * t.nr, 2048)  # too few panels reuse A
+    assert not packed(64, 2048, PACK_A_ABOVE_BYTES // (64 * 4))  # A fits L1 as it is
+    assert "pack_a_k" in linear_ir(64, 1024, 256)
+    assert "pack_a_k" not in linear_ir(1, 1024, 256)
+    # the buffer holds one row block's K chunk: a KC x MR panel per tile, the tail tile included
+    assert packed_a_bytes(1024, t) == (t.mc // t.mr + 1) * t.kc * t.mr * 4
+    assert packed_a_bytes(7, t) == 2 * t.kc * t.mr * 4
+
+
+def test_packed_linear_is_exact_and_bit_identical_to_threads_at_every_edge(tmp_path, rng):
+    t = choose_tiling(1000, 1000, 1000, NATIVE)
+    mr, nr = t.mr, t.nr
+    k_blocks = 300  # 3 equal chunks; the row block is then MC rows
+    mc = choose_tiling(2000, 4 * nr, k_blocks, NATIVE).mc
+    shapes = [
+        (mr + 1, 4 * nr, 1200),  # one full tile and a 1-row tail tile, many K chunks
+        (47, 4 * nr + 17, 700),  # ragged tile, partial last panel, equal chunks
+        (100, 5 * nr, 100),  # K in a single chunk
+        (mc + 2 * mr + 1, 4 * nr + 3, k_blocks),  # two row blocks and a tail tile in a block of its own
+        (mc + 2 * mr, 4 * nr, k_blocks),  # two row blocks, no tail
+    ]
+    g = Graph("packa")
+    xs, outs = [], []
+    for i, (m, n, k) in enumerate(shapes):
+        assert packed(m, n, k), (m, n, k)
+        x = g.add_input(f"x{i}", tensor([m, k]))
+        w = g.const(f"w{i}", randn(rng, n, k, scale=k**-0.5))
+        outs.append(g.add("relu", [g.add("linear", [x, w, g.const(f"b{i}", randn(rng, n))])]))
+        xs.append(randn(rng, m, k))
+    g.set_outputs(outs)
+    assert shapes[3][0] > choose_tiling(*shapes[3], NATIVE).mc  # really several row blocks
+    lib = build(g, tmp_path)
+    results = outputs_for_each_thread_count(lib, *xs)  # 1 thread packs, 2 and 3 threads read A in place
+    refs = interpret(g, *xs)
+    for i, (m, n, k) in enumerate(shapes):
+        for res in results[1:]:
+            np.testing.assert_array_equal(res[i], results[0][i], err_msg=f"linear M={m} N={n} K={k}")
+        assert_close(results[0][i], refs[i], what=f"linear M={m} N={n} K={k}")
+
+
+def test_packed_matmul_matches_the_interpreter(tmp_path, rng):
+    """2-D and batched A against a constant shared B and a run-time (per-batch) B."""
+    t = choose_tiling(1000, 1000, 1000, NATIVE)
+    m, n, k = 5 * t.mr + 3, 4 * t.nr + 5, 333
+    assert packed(m, n, k)
+    g = Graph("packmm")
+    a2 = g.add_input("a2", tensor([m, k]))
+    a3 = g.add_input("a3", tensor([2, m, k]))
+    b3 = g.add_input("b3", tensor([2, k, n]))
+    w = g.const("w", randn(rng, k, n, scale=k**-0.5))
+    g.set_outputs([g.add("matmul", [a2, w]), g.add("matmul", [a3, w]), g.add("matmul", [a3, b3])])
+    xs = [randn(rng, m, k), randn(rng, 2, m, k), randn(rng, 2, k, n, scale=k**-0.5)]
+    lib = build(g, tmp_path)
+    assert "pack_a_k" in lib_ir(g)
+    for got, want, name in zip(lib(*xs), interpret(g, *xs), ("2-D", "batched, constant B", "batched, run-time B")):
+        assert_close(got, want, what=f"matmul {name}")
+
+
+def lib_ir(g: Graph) -> str:
+    return lower(g, NATIVE, g.name).ir_text
