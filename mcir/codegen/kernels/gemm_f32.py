@@ -23,7 +23,9 @@
 
 A is addressed with strides (``A[m,k] = a[m*a_rs + k*a_cs]``), or, when it is a
 constant (convolution weights), pre-packed in row panels ``[ceil(M/MR)][K][MR]`` so
-the MR broadcasts of one k come from one cache line (``pack_a``).
+the MR broadcasts of one k come from one cache line (``pack_a``). A large run-time A
+that many panels reuse is packed the same way block by block (``MC`` rows x ``KC``) into
+the op's scratch by a single-threaded product (``packs_a``, ``emit_gemm``).
 """
 
 from __future__ import annotations
