@@ -16,6 +16,7 @@ Specification:
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from mcir.codegen.kernels.gemm_f32 import (
     PACK_A_ABOVE_BYTES,
@@ -30,14 +31,14 @@ from mcir.interp import interpret
 from mcir.ir import Graph
 from mcir.types import tensor
 
-from .helpers import assert_close, build, randn
+from .helpers import assert_close, build, randn, runnable_targets
 from .test_threads import outputs_for_each_thread_count
 
 NATIVE = resolve("native")
 
 
-def packed(m: int, n: int, k: int) -> bool:
-    return packs_a(m, n, k, choose_tiling(m, n, k, NATIVE))
+def packed(m: int, n: int, k: int, target=NATIVE) -> bool:
+    return packs_a(m, n, k, choose_tiling(m, n, k, target))
 
 
 def linear_ir(m: int, n: int, k: int) -> str:
@@ -61,11 +62,15 @@ def test_large_products_pack_a_and_small_ones_do_not():
     assert packed_a_bytes(7, t) == 2 * t.kc * t.mr * 4
 
 
-def test_packed_linear_is_exact_and_bit_identical_to_threads_at_every_edge(tmp_path, rng):
-    t = choose_tiling(1000, 1000, 1000, NATIVE)
+@pytest.mark.parametrize(
+    "target", [t if t == "native" else pytest.param(t, marks=pytest.mark.slow) for t in runnable_targets()]
+)
+def test_packed_linear_is_exact_and_bit_identical_to_threads_at_every_edge(tmp_path, rng, target):
+    tgt = resolve(target)
+    t = choose_tiling(1000, 1000, 1000, tgt)
     mr, nr = t.mr, t.nr
-    k_blocks = 300  # 3 equal chunks; the row block is then MC rows
-    mc = choose_tiling(2000, 4 * nr, k_blocks, NATIVE).mc
+    k_blocks = 300  # several equal chunks; the row block is then MC rows
+    mc = choose_tiling(2000, 4 * nr, k_blocks, tgt).mc
     shapes = [
         (mr + 1, 4 * nr, 1200),  # one full tile and a 1-row tail tile, many K chunks
         (47, 4 * nr + 17, 700),  # ragged tile, partial last panel, equal chunks
@@ -76,14 +81,14 @@ def test_packed_linear_is_exact_and_bit_identical_to_threads_at_every_edge(tmp_p
     g = Graph("packa")
     xs, outs = [], []
     for i, (m, n, k) in enumerate(shapes):
-        assert packed(m, n, k), (m, n, k)
+        assert packed(m, n, k, tgt), (m, n, k)
         x = g.add_input(f"x{i}", tensor([m, k]))
         w = g.const(f"w{i}", randn(rng, n, k, scale=k**-0.5))
         outs.append(g.add("relu", [g.add("linear", [x, w, g.const(f"b{i}", randn(rng, n))])]))
         xs.append(randn(rng, m, k))
     g.set_outputs(outs)
-    assert shapes[3][0] > choose_tiling(*shapes[3], NATIVE).mc  # really several row blocks
-    lib = build(g, tmp_path)
+    assert shapes[3][0] > choose_tiling(*shapes[3], tgt).mc  # really several row blocks
+    lib = build(g, tmp_path, target=target)
     results = outputs_for_each_thread_count(lib, *xs)  # 1 thread packs, 2 and 3 threads read A in place
     refs = interpret(g, *xs)
     for i, (m, n, k) in enumerate(shapes):
