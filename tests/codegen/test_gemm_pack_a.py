@@ -10,7 +10,9 @@ Specification:
   ``1e-5 x max |reference|``, at every edge of the blocking: M = MR + 1, a ragged last row tile,
   several row blocks (M > MC) with and without a short tail tile, K in one chunk and in several
   equal chunks, N a multiple of the panel width and N with a partial last panel, with bias and ReLU;
-* ``matmul`` packs alike: 2-D and batched A, against a constant B and a run-time B.
+* ``matmul`` packs alike: 2-D and batched A, against a constant B and a run-time B;
+* a C larger than L2 updated over several K chunks is prefetched for writing (``prefetchw`` into L2)
+  before each tile's k loop; a small C, or a single K chunk, is not.
 """
 
 from __future__ import annotations
@@ -117,3 +119,10 @@ def test_packed_matmul_matches_the_interpreter(tmp_path, rng):
 
 def lib_ir(g: Graph) -> str:
     return lower(g, NATIVE, g.name).ir_text
+
+
+def test_large_c_is_prefetched_for_writing_before_each_chunk():
+    write_prefetch = "i32 1, i32 2, i32 1)"  # llvm.prefetch(ptr, rw = write, locality = L2, data)
+    assert write_prefetch in linear_ir(512, 1024, 1024)  # 2 MiB of C, 8 K chunks
+    assert write_prefetch not in linear_ir(64, 1024, 1024)  # 256 KiB of C stays in L2
+    assert write_prefetch not in linear_ir(512, 1024, 64)  # one K chunk: C is only written once

@@ -72,8 +72,8 @@ def panel_width(n: int, target: Target) -> tuple[int, int]:
 # L1: 32 KiB is the L1d of Zen 4 and two thirds of Sapphire Rapids' 48 KiB. (A 64 KiB chunk, the
 # previous KC = 256 at NR = 64, measured 5-10 % slower on Linear 4096 at batch 32, loaded machine.)
 PANEL_CHUNK_BYTES = 32 * 1024
-# Below this size B is expected in L2 already (im2col columns, small weights), where the hardware
-# prefetchers keep up and software prefetches would only cost issue slots.
+# Below this size B (or C) is expected in L2 already (im2col columns, small weights), where the
+# hardware prefetchers keep up and software prefetches would only cost issue slots.
 PREFETCH_ABOVE_BYTES = 1 << 20
 # An A block (MC x KC floats) reused by every panel should stay in L2 (1-2 MiB per core here).
 A_BLOCK_BYTES = 512 * 1024
@@ -81,6 +81,9 @@ A_BLOCK_BYTES = 512 * 1024
 # than this (a smaller one stays in L1 whatever its layout).
 PACK_A_MIN_PANELS = 4
 PACK_A_ABOVE_BYTES = 32 * 1024
+# A tile prefetches its C lines before a k loop of at least this many steps (a shorter one would not
+# hide the latency, and the prefetches would only cost issue slots).
+C_PREFETCH_MIN_K = 32
 
 
 def choose_tiling(m: int, n: int, k: int, target: Target) -> Tiling:
@@ -527,6 +530,19 @@ def _tile(
             line = b.urem(b.add(b.mul(tile_no, i64(per_tile)), i64(j)), i64(row_lines))
             pf_lines.append(em.gep(pf_base, b.mul(line, i64(64 // esize)), b_elem))
 
+    col0 = b.mul(panel, i64(t.nr))
+    width = (nv - 1) * t.lanes + last_lanes  # columns of C this tile owns
+    if not first and klen >= C_PREFETCH_MIN_K and g.m * g.n * 4 > PREFETCH_ABOVE_BYTES:
+        # the tile adds into C after its k loop; a C too large for L2 was last touched a whole K chunk
+        # ago and sits in L3, so ask for the tile's lines (owned, it will write them) now: they arrive
+        # in L2 during the k loop. One address per 16 floats of a row, and its last column (a row need
+        # not start on a cache line); none outside the tile.
+        offsets = sorted(set(range(0, width, 16)) | {width - 1})
+        for r in range(mr):
+            c_row = b.add(b.mul(b.add(row, i64(r)), i64(g.c_rs)), col0)
+            for o in offsets:
+                em.prefetch(em.gep(g.c, b.add(c_row, i64(o)), F32), level=2, write=True)
+
     def step(kk: ir.Value, accs: list[ir.Value]) -> list[ir.Value]:
         for pl in pf_lines:
             em.prefetch(em.gep(pl, b.mul(kk, i64(t.nr)), b_elem), level=2)
@@ -556,7 +572,6 @@ def _tile(
     for s in sets[1:]:
         acc = [b.fadd(x, y, flags=("reassoc", "contract")) for x, y in zip(acc, s)]
 
-    col0 = b.mul(panel, i64(t.nr))
     for r in range(mr):
         c_off = b.add(b.mul(b.add(row, i64(r)), i64(g.c_rs)), col0)
         for j in range(nv):
