@@ -3,6 +3,7 @@
     python benchmarks/bench_gemm.py                    # every shape below, markdown table
     python benchmarks/bench_gemm.py --shapes 512x2048x2048 1024x1024x1024 --rounds 9
     python benchmarks/bench_gemm.py --no-2048          # skip the 17 GFLOP 2048^3 product
+    python benchmarks/bench_gemm.py --baseline /work/main   # also time another checkout's mcir, interleaved
 
 Shapes are ``MxNxK``: ``C[M,N] = A[M,K] @ B[K,N]``. A plain shape is a Linear layer (``linear`` with a
 constant ``[N,K]`` weight, as a traced ``nn.Linear``): mcir compiles that op alone, torch runs
@@ -16,12 +17,16 @@ mcir's library has no hook installed (single-threaded), ``torch.set_num_threads(
 thread** (``time.thread_time``), which a loaded machine inflates far less than wall time; the table
 gives the best and the median sample of the rounds. GFLOP/s counts ``2 M N K`` (x B) flops;
 "% peak" divides by the fp32 FMA rate ``fma_peak.py`` measures on this core in the same run (turbo
-clock, 24 independent 16-lane FMA chains): the honest denominator.
+clock, 24 independent 16-lane FMA chains): the honest denominator. ``--baseline REPO`` compiles the
+same graphs with the mcir of another checkout (in a subprocess) and times that library as a fourth
+contender, ``mcir base``: before/after in one run, which a shared machine's load cannot skew.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,8 +46,10 @@ import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+import mcir  # noqa: E402
 from mcir.codegen import compile as compile_graph  # noqa: E402
 from mcir.ir import Graph  # noqa: E402
+from mcir.runtime import load  # noqa: E402
 from mcir.types import tensor  # noqa: E402
 
 SHAPES = [
@@ -55,7 +62,7 @@ SHAPES = [
     "48x128x128x64",  # attention scores Q K^T: batch x heads = 48, 128 tokens, head size 64
     "48x128x64x128",  # attention output P V
 ]
-CONTENDERS = ("mcir", "torch", "ORT")
+CONTENDERS = ["mcir", "torch", "ORT"]
 
 
 def parse(shape: str) -> tuple[int, int, int, int]:
@@ -79,7 +86,17 @@ def ort_session(model: onnx.ModelProto, path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def contenders(shape: str, build: Path, tmp: Path) -> tuple[dict, int, float]:
+def compile_with(repo: Path, g: Graph, path: Path):
+    """``g`` compiled by the mcir of checkout ``repo`` (a subprocess with it first on the path), loaded here."""
+    text = path.parent / f"{path.name}_model"
+    mcir.save(g, text)
+    code = f"import mcir; from mcir.codegen import compile; compile(mcir.load({str(text)!r}), {str(path)!r})"
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    subprocess.run([sys.executable, "-c", code], env=env, cwd=str(repo), check=True)
+    return load(path.with_suffix(".so"))
+
+
+def contenders(shape: str, build: Path, tmp: Path, baseline: Path | None) -> tuple[dict, int, float]:
     """The three callables of one shape, its flop count and the max relative disagreement of the results."""
     batch, m, n, k = parse(shape)
     rng = np.random.default_rng(0)
@@ -139,6 +156,11 @@ def contenders(shape: str, build: Path, tmp: Path) -> tuple[dict, int, float]:
     scale = float(np.abs(ref).max())
     err = max(float(np.abs(out - ref).max()), float(np.abs(got_ort - ref).max())) / scale
     fns = {"mcir": run, "torch": torch_fn, "ORT": lambda: sess.run(None, feeds)}
+    if baseline is not None:
+        base_out = np.empty_like(out)
+        fns["mcir base"] = compile_with(baseline, g, build / f"base_{shape}").bind(inputs, [base_out])
+        fns["mcir base"]()
+        err = max(err, float(np.abs(base_out - ref).max()) / scale)
     return fns, flops, err
 
 
@@ -148,7 +170,10 @@ def main() -> None:
     ap.add_argument("--no-2048", action="store_true", help="skip 2048x2048x2048 (about 0.1 s per call)")
     ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds (best and median reported)")
     ap.add_argument("--build", type=Path, default=Path("build/bench_gemm"))
+    ap.add_argument("--baseline", type=Path, help="another mcir checkout to time as 'mcir base'")
     args = ap.parse_args()
+    if args.baseline:
+        CONTENDERS.append("mcir base")
     shapes = [s for s in args.shapes if not (args.no_2048 and s == "2048x2048x2048")]
     args.build.mkdir(parents=True, exist_ok=True)
     print(machine_description())
@@ -162,7 +187,7 @@ def main() -> None:
     print("|" + "---|" * (3 + 2 * len(CONTENDERS)))
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         for shape in shapes:
-            fns, flops, err = contenders(shape, args.build, Path(tmp))
+            fns, flops, err = contenders(shape, args.build, Path(tmp), args.baseline)
             samples = interleaved(fns, rounds=args.rounds, target_s=0.1, clock=time.thread_time)
             cells = []
             for c in CONTENDERS:

@@ -2,14 +2,14 @@
 
 Specification:
 
-* a product packs its strided A when several B panels reuse it, it has several row tiles and A is
-  larger than L1; a GEMV, a narrow N (fewer than ``PACK_A_MIN_PANELS`` panels) and a small A do not
-  (checked on the predicate and on the emitted IR, so the cases below really take the packed path);
+* a product packs its strided A when many B panels reuse it (``PACK_A_MIN_PANELS``), its rows are a
+  page apart and a block's K chunk of it exceeds L1; a GEMV, a narrow N, a short K and a few-row A
+  do not (checked on the predicate and on the emitted IR, so the cases below take the packed path);
 * packing is lossless: the packed single-threaded product is bit-identical to the threaded one,
   whose tasks read A in place, for 1, 2 and 3 threads, and it matches the interpreter within
-  ``1e-5 x max |reference|``, at every edge of the blocking: M = MR + 1, a ragged last row tile,
-  several row blocks (M > MC) with and without a short tail tile, K in one chunk and in several
-  equal chunks, N a multiple of the panel width and N with a partial last panel, with bias and ReLU;
+  ``1e-5 x max |reference|``, at the edges of the blocking the packed path can meet: a ragged last
+  row tile, several row blocks (M > MC) with and without a short tail tile in a block of its own,
+  K in equal chunks, N a multiple of the panel width and N with a partial last panel, bias and ReLU;
 * ``matmul`` packs alike: 2-D and batched A, against a constant B and a run-time B;
 * a C larger than L2 updated over several K chunks is prefetched for writing (``prefetchw`` into L2)
   before each tile's k loop; a small C, or a single K chunk, is not.
@@ -20,13 +20,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mcir.codegen.kernels.gemm_f32 import (
-    PACK_A_ABOVE_BYTES,
-    PACK_A_MIN_PANELS,
-    choose_tiling,
-    packed_a_bytes,
-    packs_a,
-)
+from mcir.codegen.kernels.gemm_f32 import PACK_A_MIN_PANELS, choose_tiling, packed_a_bytes, packs_a
 from mcir.codegen.lowering import lower
 from mcir.codegen.target import resolve
 from mcir.interp import interpret
@@ -52,13 +46,14 @@ def linear_ir(m: int, n: int, k: int) -> str:
 
 def test_large_products_pack_a_and_small_ones_do_not():
     t = choose_tiling(512, 2048, 2048, NATIVE)
-    assert packed(512, 2048, 2048) and packed(1024, 1024, 1024) and packed(32, 4096, 4096)
+    assert packed(512, 2048, 2048) and packed(1024, 1024, 1024) and packed(2048, 2048, 2048)
     assert not packed(1, 4096, 4096)  # GEMV: one row, nothing to reuse
     assert not packed(t.mr, 4096, 4096)  # a single row tile
+    assert not packed(32, 4096, 4096)  # 32 rows x KC of A: 16 KiB, in L1 as it is
     assert not packed(512, (PACK_A_MIN_PANELS - 1) * t.nr, 2048)  # too few panels reuse A
-    assert not packed(64, 2048, PACK_A_ABOVE_BYTES // (64 * 4))  # A fits L1 as it is
-    assert "pack_a_k" in linear_ir(64, 1024, 256)
-    assert "pack_a_k" not in linear_ir(1, 1024, 256)
+    assert not packed(512, 2048, 512)  # rows 2 KiB apart: the hardware prefetchers cope
+    assert "pack_a_k" in linear_ir(256, 1024, 1024)
+    assert "pack_a_k" not in linear_ir(1, 1024, 1024)
     # the buffer holds one row block's K chunk: a KC x MR panel per tile, the tail tile included
     assert packed_a_bytes(1024, t) == (t.mc // t.mr + 1) * t.kc * t.mr * 4
     assert packed_a_bytes(7, t) == 2 * t.kc * t.mr * 4
@@ -71,14 +66,12 @@ def test_packed_linear_is_exact_and_bit_identical_to_threads_at_every_edge(tmp_p
     tgt = resolve(target)
     t = choose_tiling(1000, 1000, 1000, tgt)
     mr, nr = t.mr, t.nr
-    k_blocks = 300  # several equal chunks; the row block is then MC rows
-    mc = choose_tiling(2000, 4 * nr, k_blocks, tgt).mc
+    k_blocks = 1030  # equal chunks, none a multiple of 8 columns
+    mc = choose_tiling(2000, 16 * nr, k_blocks, tgt).mc
     shapes = [
-        (mr + 1, 4 * nr, 1200),  # one full tile and a 1-row tail tile, many K chunks
-        (47, 4 * nr + 17, 700),  # ragged tile, partial last panel, equal chunks
-        (100, 5 * nr, 100),  # K in a single chunk
-        (mc + 2 * mr + 1, 4 * nr + 3, k_blocks),  # two row blocks and a tail tile in a block of its own
-        (mc + 2 * mr, 4 * nr, k_blocks),  # two row blocks, no tail
+        (131, 16 * nr + 17, 1024),  # ragged last row tile, partial last panel
+        (mc + 2 * mr + 1, 16 * nr + 3, k_blocks),  # two row blocks and a tail tile in a block of its own
+        (mc + 2 * mr, 16 * nr, k_blocks),  # two row blocks, no tail
     ]
     g = Graph("packa")
     xs, outs = [], []
@@ -89,7 +82,7 @@ def test_packed_linear_is_exact_and_bit_identical_to_threads_at_every_edge(tmp_p
         outs.append(g.add("relu", [g.add("linear", [x, w, g.const(f"b{i}", randn(rng, n))])]))
         xs.append(randn(rng, m, k))
     g.set_outputs(outs)
-    assert shapes[3][0] > choose_tiling(*shapes[3], tgt).mc  # really several row blocks
+    assert shapes[1][0] > choose_tiling(*shapes[1], tgt).mc  # really several row blocks
     lib = build(g, tmp_path, target=target)
     results = outputs_for_each_thread_count(lib, *xs)  # 1 thread packs, 2 and 3 threads read A in place
     refs = interpret(g, *xs)
@@ -102,7 +95,7 @@ def test_packed_linear_is_exact_and_bit_identical_to_threads_at_every_edge(tmp_p
 def test_packed_matmul_matches_the_interpreter(tmp_path, rng):
     """2-D and batched A against a constant shared B and a run-time (per-batch) B."""
     t = choose_tiling(1000, 1000, 1000, NATIVE)
-    m, n, k = 5 * t.mr + 3, 4 * t.nr + 5, 333
+    m, n, k = 21 * t.mr + 3, 16 * t.nr + 5, 1024
     assert packed(m, n, k)
     g = Graph("packmm")
     a2 = g.add_input("a2", tensor([m, k]))

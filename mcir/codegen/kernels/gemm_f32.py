@@ -77,10 +77,13 @@ PANEL_CHUNK_BYTES = 32 * 1024
 PREFETCH_ABOVE_BYTES = 1 << 20
 # An A block (MC x KC floats) reused by every panel should stay in L2 (1-2 MiB per core here).
 A_BLOCK_BYTES = 512 * 1024
-# A strided A is packed into row panels when at least this many B panels reuse it and it is larger
-# than this (a smaller one stays in L1 whatever its layout).
-PACK_A_MIN_PANELS = 4
-PACK_A_ABOVE_BYTES = 32 * 1024
+# A strided A is packed into row panels when at least this many B panels reuse it, its rows are at
+# least a page apart and a block's K chunk of it is larger than L1 (measured, loaded machine: packing
+# cost 1-3 % on 256x512x256 and 32x1024x784, whose A is near or in L1, and gained 5-10 points of
+# peak on 512x2048x2048 and 1024^3).
+PACK_A_MIN_PANELS = 16
+PACK_A_MIN_ROW_BYTES = 4096
+PACK_A_ABOVE_BYTES = 64 * 1024
 # A tile prefetches its C lines before a k loop of at least this many steps (a shorter one would not
 # hide the latency, and the prefetches would only cost issue slots).
 C_PREFETCH_MIN_K = 32
@@ -149,9 +152,14 @@ def packs_a(m: int, n: int, k: int, t: Tiling) -> bool:
     Every row tile reads its ``MR x KC`` piece of A once per B panel; from row-major A those are MR
     runs a whole row apart (as many pages and prefetch streams per tile), from a packed panel one
     contiguous run in L2. Packing costs one pass over A (written to an L2-sized buffer, so it adds
-    no memory traffic), so it is done when several panels reuse A, there are several row tiles,
-    and A is too large to sit in L1 whatever its layout."""
-    return m > t.mr and panel_count(n, t) >= PACK_A_MIN_PANELS and m * k * 4 > PACK_A_ABOVE_BYTES
+    no memory traffic), so it is done only where the strided reads measurably cost more: many
+    panels reuse A, its rows are pages apart and a block's K chunk of it does not fit in L1."""
+    return (
+        m > t.mr
+        and panel_count(n, t) >= PACK_A_MIN_PANELS
+        and k * 4 >= PACK_A_MIN_ROW_BYTES
+        and min(m, t.mc) * t.kc * 4 > PACK_A_ABOVE_BYTES
+    )
 
 
 def packed_a_bytes(m: int, t: Tiling) -> int:
