@@ -650,11 +650,11 @@ def _a_buffer(k: KernelContext) -> ir.Value | None:
 
 @kernel("linear", ("f32", "f32", "f32?"), pack=_pack_linear, scratch=_linear_scratch, epilogue=True)
 def linear(k: KernelContext) -> None:
-    """y = x @ W^T + b: W pre-packed into panels at compile time (or at run time if not constant),
-    x packed into row panels at run time when it is large and reused by several panels.
+    """y = x @ W^T + b: W pre-packed into panels at compile time (or at run time if not constant);
+    a large x that many panels reuse is packed block by block into row panels (``packs_a``).
 
     Column panels are split across the host's threads when a parallel hook is installed (packing
-    a run-time W and x happens first, on the calling thread)."""
+    a run-time W happens first, on the calling thread; the tasks read x in place)."""
     m, n, kk = _linear_dims(k.op)
     t = choose_tiling(m, n, kk, k.target)
     w = k.args[1]
