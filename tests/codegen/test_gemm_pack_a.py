@@ -52,6 +52,9 @@ def test_large_products_pack_a_and_small_ones_do_not():
     assert not packed(32, 4096, 4096)  # 32 rows x KC of A: 16 KiB, in L1 as it is
     assert not packed(512, (PACK_A_MIN_PANELS - 1) * t.nr, 2048)  # too few panels reuse A
     assert not packed(512, 2048, 512)  # rows 2 KiB apart: the hardware prefetchers cope
+    big = choose_tiling(2048, 2048, 2048, NATIVE)  # several row blocks of nearly equal size, no sliver
+    blocks = -(-2048 // big.mc)
+    assert blocks > 1 and 2048 // big.mr * big.mr - (blocks - 1) * big.mc >= big.mc // 2
     assert "pack_a_k" in linear_ir(256, 1024, 1024)
     assert "pack_a_k" not in linear_ir(1, 1024, 1024)
     # the buffer holds one row block's K chunk: a KC x MR panel per tile, the tail tile included
@@ -67,10 +70,10 @@ def test_packed_linear_is_exact_and_bit_identical_to_threads_at_every_edge(tmp_p
     t = choose_tiling(1000, 1000, 1000, tgt)
     mr, nr = t.mr, t.nr
     k_blocks = 1030  # equal chunks, none a multiple of 8 columns
-    mc = choose_tiling(2000, 16 * nr, k_blocks, tgt).mc
+    mc = choose_tiling(2 * mr, 16 * nr, k_blocks, tgt).mc  # the most rows a block holds (one block)
     shapes = [
         (131, 16 * nr + 17, 1024),  # ragged last row tile, partial last panel
-        (mc + 2 * mr + 1, 16 * nr + 3, k_blocks),  # two row blocks and a tail tile in a block of its own
+        (mc + 2 * mr + 1, 16 * nr + 3, k_blocks),  # two row blocks, the short tail tile with the last
         (mc + 2 * mr, 16 * nr, k_blocks),  # two row blocks, no tail
     ]
     g = Graph("packa")

@@ -116,6 +116,12 @@ def choose_tiling(m: int, n: int, k: int, target: Target) -> Tiling:
         kc = max(64, PANEL_CHUNK_BYTES // (nr * 4))
         kc = math.ceil(k / math.ceil(k / kc))  # equal chunks: no short last chunk
     mc = max(mr, (A_BLOCK_BYTES // (kc * 4)) // mr * mr)
+    # equal row blocks (2046 rows as 684 + 684 + 678, not 1020 + 1020 + 6): every block streams all
+    # of B, so a sliver of a block would cost a whole pass over B for a few rows
+    tiles = m // mr
+    blocks = math.ceil(tiles * mr / mc)
+    if blocks > 1:
+        mc = math.ceil(tiles / blocks) * mr
     return Tiling(mr, nv, lanes, ku, kc, mc)
 
 
@@ -419,13 +425,12 @@ def emit_gemm(
         # the short tail tile rides along with the block's panels (each panel chunk read once)
         block(i64(0), i64(m_main), n_tiles, m_tail > 0)
         return
-    with em.loop(nblocks, name="mb") as mb:
+    # all blocks but the last in a loop; the last (up to MC rows) takes the short tail tile along
+    with em.loop(nblocks - 1, name="mb") as mb:
         r0 = b.mul(mb, i64(t.mc))
-        r1 = b.add(r0, i64(t.mc))
-        r1 = b.select(b.icmp_signed("<", r1, i64(m_main)), r1, i64(m_main))
-        block(r0, r1, t.mc // t.mr, False)
-    if m_tail:
-        block(i64(m_main), i64(m_main), 1, True)  # an empty main range: only the tail tile
+        block(r0, b.add(r0, i64(t.mc)), t.mc // t.mr, False)
+    r_last = (nblocks - 1) * t.mc
+    block(i64(r_last), i64(m_main), (m_main - r_last) // t.mr + (m_tail > 0), m_tail > 0)
 
 
 def emit_split_gemm(em: Emitter, g: GemmArgs, t: Tiling, split: Split, lo: ir.Value, hi: ir.Value) -> None:
