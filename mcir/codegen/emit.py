@@ -178,12 +178,13 @@ class Emitter:
         t = a.type
         return self.b.call(self.intrinsic("llvm.fmuladd", [t], t, [t, t, t]), [a, b, c])
 
-    def prefetch(self, ptr: ir.Value, level: int = 2) -> None:
-        """Prefetch the cache line at ``ptr`` for reading (``level`` 3: into L1, 2: L2, 1: L3).
+    def prefetch(self, ptr: ir.Value, level: int = 2, write: bool = False) -> None:
+        """Prefetch the cache line at ``ptr`` for reading (``level`` 3: into L1, 2: L2, 1: L3), or with
+        ``write`` for writing (``prefetchw`` on x86: the line arrives owned, ready for the store).
 
         A hint only: it never faults, but the kernels keep ``ptr`` inside their buffers anyway."""
         fn = self.intrinsic("llvm.prefetch", [PTR], VOID, [PTR, I32, I32, I32])
-        self.b.call(fn, [ptr, ir.Constant(I32, 0), ir.Constant(I32, level), ir.Constant(I32, 1)])
+        self.b.call(fn, [ptr, ir.Constant(I32, int(write)), ir.Constant(I32, level), ir.Constant(I32, 1)])
 
     def splat(self, x: ir.Value, lanes: int) -> ir.Value:
         """A vector with ``x`` in every lane."""

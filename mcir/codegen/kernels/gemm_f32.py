@@ -23,7 +23,9 @@
 
 A is addressed with strides (``A[m,k] = a[m*a_rs + k*a_cs]``), or, when it is a
 constant (convolution weights), pre-packed in row panels ``[ceil(M/MR)][K][MR]`` so
-the MR broadcasts of one k come from one cache line (``pack_a``).
+the MR broadcasts of one k come from one cache line (``pack_a``). A large run-time A
+that many panels reuse is packed the same way block by block (``MC`` rows x ``KC``) into
+the op's scratch by a single-threaded product (``packs_a``, ``emit_gemm``).
 """
 
 from __future__ import annotations
@@ -70,11 +72,21 @@ def panel_width(n: int, target: Target) -> tuple[int, int]:
 # L1: 32 KiB is the L1d of Zen 4 and two thirds of Sapphire Rapids' 48 KiB. (A 64 KiB chunk, the
 # previous KC = 256 at NR = 64, measured 5-10 % slower on Linear 4096 at batch 32, loaded machine.)
 PANEL_CHUNK_BYTES = 32 * 1024
-# Below this size B is expected in L2 already (im2col columns, small weights), where the hardware
-# prefetchers keep up and software prefetches would only cost issue slots.
+# Below this size B (or C) is expected in L2 already (im2col columns, small weights), where the
+# hardware prefetchers keep up and software prefetches would only cost issue slots.
 PREFETCH_ABOVE_BYTES = 1 << 20
 # An A block (MC x KC floats) reused by every panel should stay in L2 (1-2 MiB per core here).
 A_BLOCK_BYTES = 512 * 1024
+# A strided A is packed into row panels when at least this many B panels reuse it, its rows are at
+# least a page apart and a block's K chunk of it is larger than L1 (measured, loaded machine: packing
+# cost 1-3 % on 256x512x256 and 32x1024x784, whose A is near or in L1, and gained 5-10 points of
+# peak on 512x2048x2048 and 1024^3).
+PACK_A_MIN_PANELS = 16
+PACK_A_MIN_ROW_BYTES = 4096
+PACK_A_ABOVE_BYTES = 64 * 1024
+# A tile prefetches its C lines before a k loop of at least this many steps (a shorter one would not
+# hide the latency, and the prefetches would only cost issue slots).
+C_PREFETCH_MIN_K = 32
 
 
 def choose_tiling(m: int, n: int, k: int, target: Target) -> Tiling:
@@ -104,6 +116,12 @@ def choose_tiling(m: int, n: int, k: int, target: Target) -> Tiling:
         kc = max(64, PANEL_CHUNK_BYTES // (nr * 4))
         kc = math.ceil(k / math.ceil(k / kc))  # equal chunks: no short last chunk
     mc = max(mr, (A_BLOCK_BYTES // (kc * 4)) // mr * mr)
+    # equal row blocks (2046 rows as 684 + 684 + 678, not 1020 + 1020 + 6): every block streams all
+    # of B, so a sliver of a block would cost a whole pass over B for a few rows
+    tiles = m // mr
+    blocks = math.ceil(tiles * mr / mc)
+    if blocks > 1:
+        mc = math.ceil(tiles / blocks) * mr
     return Tiling(mr, nv, lanes, ku, kc, mc)
 
 
@@ -132,6 +150,29 @@ def pack_a(a_mk: np.ndarray, mr: int) -> np.ndarray:
 
 def packed_b_bytes(k: int, n: int, nr: int) -> int:
     return math.ceil(n / nr) * k * nr * 4
+
+
+def packs_a(m: int, n: int, k: int, t: Tiling) -> bool:
+    """Whether a single-threaded product packs its strided A, block by block, into row panels.
+
+    Every row tile reads its ``MR x KC`` piece of A once per B panel; from row-major A those are MR
+    runs a whole row apart (as many pages and prefetch streams per tile), from a packed panel one
+    contiguous run in L2. Packing costs one pass over A (written to an L2-sized buffer, so it adds
+    no memory traffic), so it is done only where the strided reads measurably cost more: many
+    panels reuse A, its rows are pages apart and a block's K chunk of it does not fit in L1."""
+    return (
+        m > t.mr
+        and panel_count(n, t) >= PACK_A_MIN_PANELS
+        and k * 4 >= PACK_A_MIN_ROW_BYTES
+        and min(m, t.mc) * t.kc * 4 > PACK_A_ABOVE_BYTES
+    )
+
+
+def packed_a_bytes(m: int, t: Tiling) -> int:
+    """Scratch for the packed A of one row block and K chunk: a ``KC x MR`` panel per row tile of
+    the block (the short last tile included), in whole cache lines."""
+    tiles = min(math.ceil(m / t.mr), t.mc // t.mr + 1)
+    return -(-tiles * t.kc * t.mr * 4 // 64) * 64
 
 
 def emit_pack_b(em: Emitter, src: ir.Value, b_rs: int, b_cs: int, k: int, n: int, nr: int, dst: ir.Value) -> None:
@@ -182,6 +223,9 @@ class GemmArgs:
     epilogue: object = None  # Callable[[Emitter, ir.Value], ir.Value] | None
     b_dtype: str = "f32"  # storage of the B panels: f32, or f16 / bf16 widened to f32 as they are loaded
     a_dtype: str = "f32"  # storage of A (convolution weights): f32, f16 or bf16
+    # scratch (``packed_a_bytes``) into which a single-threaded product packs each row block's K chunk
+    # of a strided f32 A (``packs_a``); a task of a threaded split reads A in place
+    a_buffer: ir.Value | None = None
 
 
 def panel_count(n: int, t: Tiling) -> int:
@@ -220,12 +264,16 @@ def emit_gemm(
 ) -> None:
     """Emit the blocked loops and micro-tiles of one GEMM.
 
-    Loop order (outer to inner): row blocks of ``MC`` -> K chunks of ``KC`` -> B panels -> row
-    tiles of ``MR`` -> k. A panel's K chunk (``KC x NR``, sized for L1) is read from memory once
-    per row block and then served from cache to every row tile of the block, while the tiles
-    prefetch the next panel's chunk into L2; the block of A (``MC x KC``) stays in L2 while all
-    panels pass over it. So a large constant B (the weights) is streamed once per row block, not
-    once per row tile.
+    Loop order (outer to inner): row blocks of ``MC`` -> K chunks of ``KC`` (-> pack A's block,
+    see below) -> B panels -> row tiles of ``MR`` -> k. A panel's K chunk (``KC x NR``, sized for
+    L1) is read from memory once per row block and then served from cache to every row tile of
+    the block, while the tiles prefetch the next panel's chunk into L2; the block of A
+    (``MC x KC``) stays in L2 while all panels pass over it. So a large constant B (the weights) is
+    streamed once per row block, not once per row tile.
+
+    With ``g.a_buffer`` (and no range: the single-threaded product) each row block's K chunk of A
+    is first copied into row panels there (``KC x MR`` per tile), and the tiles broadcast from that
+    contiguous copy; the FMAs are the same, so the results are bit-identical to reading A in place.
 
     ``panel_range`` = (lo, hi) restricts it to the columns of panels ``[lo, hi)``, ``row_range`` to
     the rows of row tiles ``[lo, hi)`` (one task of a threaded GEMM, see ``choose_split`` and
@@ -242,25 +290,24 @@ def emit_gemm(
     tail_lanes = n_tail - (nv_t - 1) * t.lanes
     n_panels = panel_count(g.n, t)
     b_bytes = n_panels * t.nr * g.k * (2 if g.b_dtype in HALF_STORAGE else 4)
-    last_panel = i64(n_panels - 1) if panel_range is None else b.sub(panel_range[1], i64(1))
 
-    def panels(tiles, kstart: ir.Value, klen: int, first: bool, last: bool) -> None:
-        """``tiles(panel, nv, last_lanes, ...)`` for every panel of the range over one K chunk."""
-        if panel_range is None:
+    def panels(tiles, lo: ir.Value, hi: ir.Value, kstart: ir.Value, klen: int, first: bool, last: bool) -> None:
+        """``tiles(panel, nv, last_lanes, ...)`` for the panels ``[lo, hi)`` over one K chunk (the
+        full ones in a loop, the partial last one, if the range reaches it, with its own masks)."""
+        if isinstance(lo, ir.Constant) and isinstance(hi, ir.Constant) and (lo.constant, hi.constant) == (0, n_panels):
             if p_full:
                 with em.loop(p_full, name="p") as p:
-                    tiles(p, t.nv, t.lanes, kstart, klen, first, last)
+                    tiles(p, t.nv, t.lanes, kstart, klen, first, last, hi)
             if n_tail:
-                tiles(i64(p_full), nv_t, tail_lanes, kstart, klen, first, last)
+                tiles(i64(p_full), nv_t, tail_lanes, kstart, klen, first, last, hi)
             return
-        lo, hi = panel_range
         if p_full:
             end = b.select(b.icmp_signed("<", hi, i64(p_full)), hi, i64(p_full))
             with em.loop(end, name="p", start=lo) as p:
-                tiles(p, t.nv, t.lanes, kstart, klen, first, last)
+                tiles(p, t.nv, t.lanes, kstart, klen, first, last, hi)
         if n_tail:
             with b.if_then(b.icmp_signed(">", hi, i64(p_full))):
-                tiles(i64(p_full), nv_t, tail_lanes, kstart, klen, first, last)
+                tiles(i64(p_full), nv_t, tail_lanes, kstart, klen, first, last, hi)
 
     def chunk_passes(body) -> None:
         """body(kstart, klen, first, last) for every K chunk: static first/last, a loop between."""
@@ -273,26 +320,83 @@ def emit_gemm(
                 body(b.mul(kb, i64(t.kc)), t.kc, False, False)
         body(i64((len(chunks) - 1) * t.kc), chunks[-1], False, True)
 
+    pack = g.a_buffer is not None and panel_range is None and row_range is None and not g.a_packed
+
+    def pack_a(r0: ir.Value, r1: ir.Value, n_tiles: int, tail: bool, kstart: ir.Value, klen: int) -> None:
+        """The block's rows [r0, r1) (and the tail rows) of A's K chunk into the buffer, one
+        ``klen x MR`` panel per row tile at ``tile_no * KC * MR``: ``A[row + r, kstart + k]`` at
+        ``[k * MR + r]`` of its tile's panel, so the tile's broadcasts walk one contiguous run."""
+
+        def panel(row: ir.Value, tile_no: ir.Value, rows: int) -> None:
+            dst = em.gep(g.a_buffer, b.mul(tile_no, i64(t.kc * t.mr)), F32)
+            src = em.gep(g.a, b.add(b.mul(row, i64(g.a_rs)), b.mul(kstart, i64(g.a_cs))), F32)
+            with em.loop(klen, name="pack_a_k") as kk:
+                col = b.mul(kk, i64(g.a_cs))
+                out = b.mul(kk, i64(t.mr))
+                for r in range(rows):
+                    em.store(em.load(src, b.add(col, i64(r * g.a_rs)), F32), dst, b.add(out, i64(r)))
+
+        if tiles_main:
+            with em.loop(r1, name="pack_a_row", start=r0, step=t.mr) as row:
+                panel(row, b.udiv(b.sub(row, r0), i64(t.mr)), t.mr)
+        if tail:
+            panel(i64(m_main), i64(n_tiles - 1), m_tail)
+
     def block(r0: ir.Value, r1: ir.Value, n_tiles: int, tail: ir.Value | bool) -> None:
         """Main row tiles at rows [r0, r1), then the short tail tile if ``tail`` (static or run-time)."""
 
-        def tiles(panel, nv, last_lanes, kstart, klen, first, last) -> None:
+        def a_panel(tile_no: ir.Value) -> ir.Value | None:
+            return em.gep(g.a_buffer, b.mul(tile_no, i64(t.kc * t.mr)), F32) if pack else None
+
+        def tiles(panel, nv, last_lanes, kstart, klen, first, last, end) -> None:
             pf = None
             if n_tiles >= 2 and b_bytes > PREFETCH_ABOVE_BYTES:
                 # while the row tiles reuse this panel's K chunk from cache, they prefetch the next
                 # panel's chunk into L2 (clamped to this panel at the end of the range: never past B)
                 nxt = b.add(panel, i64(1))
-                nxt = b.select(b.icmp_signed(">", nxt, last_panel), panel, nxt)
+                nxt = b.select(b.icmp_signed("<", nxt, end), nxt, panel)
                 pf = _Prefetch(nxt, n_tiles)
             if tiles_main:
                 with em.loop(r1, name="r", start=r0, step=t.mr) as row:
                     tile_no = b.udiv(b.sub(row, r0), i64(t.mr))
-                    _tile(em, g, t, row, t.mr, panel, nv, last_lanes, kstart, klen, first, last, pf, tile_no)
+                    _tile(
+                        em,
+                        g,
+                        t,
+                        row,
+                        t.mr,
+                        panel,
+                        nv,
+                        last_lanes,
+                        kstart,
+                        klen,
+                        first,
+                        last,
+                        pf,
+                        tile_no,
+                        a_panel(tile_no),
+                    )
             if tail is True or (tail is not False and m_tail):
                 tile_no = i64(n_tiles - 1)
 
                 def tail_tile() -> None:
-                    _tile(em, g, t, i64(m_main), m_tail, panel, nv, last_lanes, kstart, klen, first, last, pf, tile_no)
+                    _tile(
+                        em,
+                        g,
+                        t,
+                        i64(m_main),
+                        m_tail,
+                        panel,
+                        nv,
+                        last_lanes,
+                        kstart,
+                        klen,
+                        first,
+                        last,
+                        pf,
+                        tile_no,
+                        a_panel(tile_no),
+                    )
 
                 if tail is True:
                     tail_tile()
@@ -300,7 +404,13 @@ def emit_gemm(
                     with b.if_then(tail):
                         tail_tile()
 
-        chunk_passes(lambda ks, kl, f, la: panels(tiles, ks, kl, f, la))
+        def chunk(lo: ir.Value, hi: ir.Value, ks: ir.Value, kl: int, f: bool, la: bool) -> None:
+            if pack:
+                pack_a(r0, r1, n_tiles, tail is True and m_tail > 0, ks, kl)
+            panels(tiles, lo, hi, ks, kl, f, la)
+
+        all_panels = panel_range if panel_range is not None else (i64(0), i64(n_panels))
+        chunk_passes(lambda ks, kl, f, la: chunk(*all_panels, ks, kl, f, la))
 
     n_tiles = tiles_main + (m_tail > 0)
     if row_range is not None:
@@ -315,13 +425,12 @@ def emit_gemm(
         # the short tail tile rides along with the block's panels (each panel chunk read once)
         block(i64(0), i64(m_main), n_tiles, m_tail > 0)
         return
-    with em.loop(nblocks, name="mb") as mb:
+    # all blocks but the last in a loop; the last (up to MC rows) takes the short tail tile along
+    with em.loop(nblocks - 1, name="mb") as mb:
         r0 = b.mul(mb, i64(t.mc))
-        r1 = b.add(r0, i64(t.mc))
-        r1 = b.select(b.icmp_signed("<", r1, i64(m_main)), r1, i64(m_main))
-        block(r0, r1, t.mc // t.mr, False)
-    if m_tail:
-        block(i64(m_main), i64(m_main), 1, True)  # an empty main range: only the tail tile
+        block(r0, b.add(r0, i64(t.mc)), t.mc // t.mr, False)
+    r_last = (nblocks - 1) * t.mc
+    block(i64(r_last), i64(m_main), (m_main - r_last) // t.mr + (m_tail > 0), m_tail > 0)
 
 
 def emit_split_gemm(em: Emitter, g: GemmArgs, t: Tiling, split: Split, lo: ir.Value, hi: ir.Value) -> None:
@@ -401,6 +510,7 @@ def _tile(
     last: bool,
     prefetch: _Prefetch | None = None,
     tile_no: ir.Value | None = None,
+    a_panel: ir.Value | None = None,
 ) -> None:
     """One MR x (nv vectors) tile of C over K range [kstart, kstart + klen).
 
@@ -410,7 +520,9 @@ def _tile(
     vt = vec(F32, t.lanes)
     zero = const(vt, 0.0)
     a_elem = HALF_STORAGE.get(g.a_dtype, F32)
-    if g.a_packed:  # panel of the tile: A[row + r, k] at a[row * K + k * MR + r]
+    if a_panel is not None:  # this K chunk of the tile packed by emit_gemm: A[row + r, kstart + k] at [k * MR + r]
+        a_row, a_rs, a_cs = a_panel, 1, t.mr
+    elif g.a_packed:  # panel of the tile: A[row + r, k] at a[row * K + k * MR + r]
         a_row = em.gep(g.a, b.mul(row, i64(g.k)), a_elem)
         a_rs, a_cs = 1, t.mr
     else:
@@ -418,7 +530,7 @@ def _tile(
         a_rs, a_cs = g.a_rs, g.a_cs
     b_elem = HALF_STORAGE.get(g.b_dtype, F32)
     b_pan = em.gep(g.b_packed, b.add(b.mul(panel, i64(g.k * t.nr)), b.mul(kstart, i64(t.nr))), b_elem)
-    a_k0 = b.mul(kstart, i64(a_cs))
+    a_k0 = i64(0) if a_panel is not None else b.mul(kstart, i64(a_cs))
     ku = min(t.ku, max(1, klen))
 
     pf_lines: list[ir.Value] = []
@@ -430,6 +542,19 @@ def _tile(
         for j in range(per_tile):
             line = b.urem(b.add(b.mul(tile_no, i64(per_tile)), i64(j)), i64(row_lines))
             pf_lines.append(em.gep(pf_base, b.mul(line, i64(64 // esize)), b_elem))
+
+    col0 = b.mul(panel, i64(t.nr))
+    width = (nv - 1) * t.lanes + last_lanes  # columns of C this tile owns
+    if not first and klen >= C_PREFETCH_MIN_K and g.m * g.n * 4 > PREFETCH_ABOVE_BYTES:
+        # the tile adds into C after its k loop; a C too large for L2 was last touched a whole K chunk
+        # ago and sits in L3, so ask for the tile's lines (owned, it will write them) now: they arrive
+        # in L2 during the k loop. One address per 16 floats of a row, and its last column (a row need
+        # not start on a cache line); none outside the tile.
+        offsets = sorted(set(range(0, width, 16)) | {width - 1})
+        for r in range(mr):
+            c_row = b.add(b.mul(b.add(row, i64(r)), i64(g.c_rs)), col0)
+            for o in offsets:
+                em.prefetch(em.gep(g.c, b.add(c_row, i64(o)), F32), level=2, write=True)
 
     def step(kk: ir.Value, accs: list[ir.Value]) -> list[ir.Value]:
         for pl in pf_lines:
@@ -460,7 +585,6 @@ def _tile(
     for s in sets[1:]:
         acc = [b.fadd(x, y, flags=("reassoc", "contract")) for x, y in zip(acc, s)]
 
-    col0 = b.mul(panel, i64(t.nr))
     for r in range(mr):
         c_off = b.add(b.mul(b.add(row, i64(r)), i64(g.c_rs)), col0)
         for j in range(nv):
@@ -510,41 +634,52 @@ def _pack_linear(op: Op, index: int, data, target: Target):
     return f"gemm_b_t:{nv * lanes}:{dtype}", half_panels(panels, dtype)
 
 
+def _linear_scratch_parts(op: Op, target: Target) -> tuple[int, int]:
+    """Bytes of the op's scratch: a run-time W packed into panels, then the packed A of one block."""
+    m, n, k = _linear_dims(op)
+    t = choose_tiling(m, n, k, target)
+    b_bytes = 0 if view_root(op.operands[1]).is_constant else packed_b_bytes(k, n, t.nr)
+    a_bytes = packed_a_bytes(m, t) if packs_a(m, n, k, t) else 0
+    return -(-b_bytes // 64) * 64, a_bytes
+
+
 def _linear_scratch(op: Op, target: Target) -> int:
-    if view_root(op.operands[1]).is_constant:
-        return 0
-    _, n, k = _linear_dims(op)
-    nv, lanes = panel_width(n, target)
-    return packed_b_bytes(k, n, nv * lanes)
+    return sum(_linear_scratch_parts(op, target))
+
+
+def _a_buffer(k: KernelContext) -> ir.Value | None:
+    """Where the product packs blocks of x (after the packed W in the scratch), if it does."""
+    b_bytes, a_bytes = _linear_scratch_parts(k.op, k.target)
+    return k.em.gep(k.scratch, i64(b_bytes // 4), F32) if a_bytes else None
 
 
 @kernel("linear", ("f32", "f32", "f32?"), pack=_pack_linear, scratch=_linear_scratch, epilogue=True)
 def linear(k: KernelContext) -> None:
-    """y = x @ W^T + b: W pre-packed into panels at compile time (or at run time if not constant).
+    """y = x @ W^T + b: W pre-packed into panels at compile time (or at run time if not constant);
+    a large x that many panels reuse is packed block by block into row panels (``packs_a``).
 
     Column panels are split across the host's threads when a parallel hook is installed (packing
-    a run-time W happens first, on the calling thread)."""
+    a run-time W happens first, on the calling thread; the tasks read x in place)."""
     m, n, kk = _linear_dims(k.op)
     t = choose_tiling(m, n, kk, k.target)
     w = k.args[1]
     if not view_root(k.op.operands[1]).is_constant:
         emit_pack_b(k.em, w, 1, kk, kk, n, t.nr, k.scratch)  # B[k, n] = W[n, k]
         w = k.scratch
-    pointers = [k.args[0], w, k.out] + ([k.args[2]] if len(k.args) > 2 else [])
+    a_buf = _a_buffer(k)
+    has_bias = len(k.args) > 2
+    pointers = [k.args[0], w, k.out] + k.args[2:3] + ([a_buf] if a_buf else [])
     split = choose_split(m, n, t)
 
     def body(em: Emitter, p: list[ir.Value], lo: ir.Value, hi: ir.Value) -> None:
-        bias = p[3] if len(p) > 3 else None
-        emit_split_gemm(em, GemmArgs(m, n, kk, p[0], kk, 1, p[1], p[2], n, bias, epilogue=k.epilogue), t, split, lo, hi)
+        bias = p[3] if has_bias else None
+        g = GemmArgs(m, n, kk, p[0], kk, 1, p[1], p[2], n, bias, epilogue=k.epilogue, a_buffer=p[-1] if a_buf else None)
+        emit_split_gemm(em, g, t, split, lo, hi)
 
     parallel_for(k.em, f"linear{m}x{n}x{kk}", split.units, m * n * kk, pointers, body)
 
 
-def _linear_half_scratch(op: Op, target: Target) -> int:
-    return 0
-
-
-@kernel("linear", ("f32", "f16|bf16", "f32?"), pack=_pack_linear, scratch=_linear_half_scratch, epilogue=True)
+@kernel("linear", ("f32", "f16|bf16", "f32?"), pack=_pack_linear, scratch=_linear_scratch, epilogue=True)
 def linear_half(k: KernelContext) -> None:
     """y = x @ W^T + b with W stored in f16/bf16 panels (half the bytes), widened to f32 as it streams."""
     m, n, kk = _linear_dims(k.op)
@@ -555,15 +690,17 @@ def linear_half(k: KernelContext) -> None:
 
         raise CodegenError(f"{k.op.where()}: {dtype} weights computed at run time have no kernel; cast them to f32")
     t = choose_tiling(m, n, kk, k.target)
-
+    a_buf = _a_buffer(k)
     split = choose_split(m, n, t)
 
     def body(em: Emitter, p: list[ir.Value], lo: ir.Value, hi: ir.Value) -> None:
-        bias = p[3] if len(p) > 3 else None
+        bias = p[3] if has_bias else None
         g = GemmArgs(m, n, kk, p[0], kk, 1, p[1], p[2], n, bias, epilogue=k.epilogue, b_dtype=dtype)
+        g.a_buffer = p[-1] if a_buf else None
         emit_split_gemm(em, g, t, split, lo, hi)
 
-    pointers = [k.args[0], k.args[1], k.out] + ([k.args[2]] if len(k.args) > 2 else [])
+    has_bias = len(k.args) > 2
+    pointers = [k.args[0], k.args[1], k.out] + k.args[2:3] + ([a_buf] if a_buf else [])
     parallel_for(k.em, f"linear_{dtype}", split.units, m * n * kk, pointers, body)
 
 
@@ -606,12 +743,18 @@ def _pack_matmul(op: Op, index: int, data, target: Target):
     return f"gemm_b:{nv * lanes}", pack_b(np.asarray(data, np.float32).reshape(k, n), nv * lanes)
 
 
+def _matmul_scratch_parts(op: Op, target: Target) -> tuple[int, int]:
+    """Bytes of the op's scratch: B packed into panels (unless a shared constant), then the packed A
+    of one block."""
+    _, m, n, k = _matmul_dims(op)
+    t = choose_tiling(m, n, k, target)
+    b_bytes = 0 if view_root(op.operands[1]).is_constant and _b_is_shared(op) else packed_b_bytes(k, n, t.nr)
+    a_bytes = packed_a_bytes(m, t) if packs_a(m, n, k, t) else 0
+    return -(-b_bytes // 64) * 64, a_bytes
+
+
 def _matmul_scratch(op: Op, target: Target) -> int:
-    if view_root(op.operands[1]).is_constant and _b_is_shared(op):
-        return 0
-    _, _, n, k = _matmul_dims(op)
-    nv, lanes = panel_width(n, target)
-    return packed_b_bytes(k, n, nv * lanes)
+    return sum(_matmul_scratch_parts(op, target))
 
 
 @kernel("matmul", ("f32", "f32"), pack=_pack_matmul, scratch=_matmul_scratch, epilogue=True)
@@ -624,6 +767,8 @@ def matmul(k: KernelContext) -> None:
     sb = batch_strides(k.op.operands[1].type.shape, batch)
     b_const = view_root(k.op.operands[1]).is_constant and not any(sb)
     b_rs = n if len(k.op.operands[1].type.shape) >= 2 else 1
+    b_bytes, a_bytes = _matmul_scratch_parts(k.op, k.target)
+    a_buf = em.gep(k.scratch, i64(b_bytes // 4), F32) if a_bytes else None
 
     def one(a_off: ir.Value, b_off: ir.Value, c_off: ir.Value, pack: bool) -> None:
         packed = k.args[1]
@@ -644,6 +789,7 @@ def matmul(k: KernelContext) -> None:
                 em.gep(k.out, c_off, F32),
                 n,
                 epilogue=k.epilogue,
+                a_buffer=a_buf,
             ),
             t,
         )
