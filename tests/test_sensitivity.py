@@ -17,6 +17,7 @@ import mcir
 from mcir.analysis.layers import weighted_layers
 from mcir.analysis.sensitivity import layer_sensitivity, only, sqnr_db
 from mcir.cli import main
+from mcir.errors import McirError
 
 
 def batches(digits, n: int = 150):
@@ -103,3 +104,26 @@ def test_cli_errors_name_the_problem(capsys, saved):
     np.savez(saved / "wrong.npz", a=np.zeros((4, 64), np.float32))
     code = main(["analyze", str(saved / "digits"), "--data", str(saved / "wrong.npz")])
     assert code == 2 and "give 'x'" in capsys.readouterr().err
+
+
+def test_two_bits_are_measured_and_cost_more_than_four(digits):
+    inputs, targets = batches(digits, 60)
+    s = layer_sensitivity(digits["graph"], inputs, targets)
+    assert "int2" in s.techniques and "prune90ft" not in s.techniques  # no training data: no recovery measured
+    for r in s.rows:
+        assert r.cells["int4"].sqnr_db > r.cells["int2"].sqnr_db
+        assert r.cells["int2"].weight_bytes < r.cells["int4"].weight_bytes
+
+
+def test_pruning_with_recovery_is_measured_on_training_data_and_recovers(digits):
+    inputs, targets = batches(digits, 100)
+    with pytest.raises(McirError, match="prune90ft fine-tune after compressing: pass training data"):
+        layer_sensitivity(digits["graph"], inputs, targets, ["prune90ft"])
+    train = (digits["x_train"], digits["y_train"])
+    s = layer_sensitivity(digits["graph"], inputs, targets, ["prune90", "prune90ft"], train=train)
+    for r in s.rows:
+        # the same 90 % of the layer's weights removed; fine-tuning the rest wins back accuracy
+        assert r.cells["prune90ft"].weight_bytes == r.cells["prune90"].weight_bytes
+        assert r.cells["prune90ft"].accuracy >= r.cells["prune90"].accuracy
+    fc1 = s.rows[0].cells
+    assert fc1["prune90"].accuracy < s.accuracy - 0.05 < fc1["prune90ft"].accuracy  # fc1 alone: 16 pt lost, then not
