@@ -15,6 +15,10 @@ Prints the CPU, a markdown table (docs/benchmarks.md) and copies the Pareto plot
 ``docs/search/``::
 
     python benchmarks/search_digits.py [--trials 24] [--out /tmp/mcir-search-digits] [--skip-ray] [--skip-resume]
+                                       [--seed 0] [--objectives size,latency]
+
+``--seed N`` is the search's ``--seed`` (the sampler's; the seed trials and the model do not
+depend on it); plots of a seed other than 0 are copied as ``digits_<objective>_seed<N>``.
 """
 
 from __future__ import annotations
@@ -72,6 +76,8 @@ def main() -> None:
     parser.add_argument("--skip-resume", action="store_true")
     parser.add_argument("--skip-ray", action="store_true")
     parser.add_argument("--side-trials", type=int, default=6, help="trials of the Ray and the resume searches")
+    parser.add_argument("--seed", type=int, default=0, help="the searches' sampler seed")
+    parser.add_argument("--objectives", default="size,latency", help="comma list of the objectives to search")
     parser.add_argument(
         "--keep",
         action="store_true",
@@ -97,9 +103,10 @@ def main() -> None:
     common = [str(out / "model"), "--data", str(out / "train.npz"), "--eval", str(out / "test.npz")]
     common += ["--max-drop", "0.015", "--trials", str(args.trials)]
     rows = []
-    for objective in ("size", "latency"):
+    for objective in args.objectives.split(","):
         t0 = time.perf_counter()
-        rc = mcir_cli("search", *common, "--objective", objective, "-o", str(out / objective)).wait()
+        seed = ["--seed", str(args.seed)]
+        rc = mcir_cli("search", *common, *seed, "--objective", objective, "-o", str(out / objective)).wait()
         minutes = (time.perf_counter() - t0) / 60
         summary = json.loads((out / objective / "search.json").read_text())
         best = summary["best"]
@@ -122,7 +129,8 @@ def main() -> None:
         rows.append((objective, best, lib.weight_bytes, acc, us, minutes, summary))
         for ext in ("png", "svg"):
             (ROOT / "docs" / "search").mkdir(exist_ok=True)
-            shutil.copy(out / objective / f"pareto.{ext}", ROOT / "docs" / "search" / f"digits_{objective}.{ext}")
+            name = f"digits_{objective}" + (f"_seed{args.seed}" if args.seed else "")
+            shutil.copy(out / objective / f"pareto.{ext}", ROOT / "docs" / "search" / f"{name}.{ext}")
 
     print(f"CPU: {cpu_name()}; load average {os.getloadavg()}")
     print(f"latency: {time_library(base_lib, repeats=301).description}; and per Python call for comparison")
@@ -133,6 +141,9 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     for objective, best, nbytes, acc, us, minutes, summary in rows:
         t = summary["trials"]
+        winner = summary["best_trial"]
+        if winner is not None:  # a seed trial or the sampler's own: the docs say which found the best
+            print(f"{objective}: best is trial {winner['number']} ({winner['origin']})")
         counts = (
             f"{sum(r['status'] == 'ok' for r in t)} / {sum(r['status'] == 'fail' for r in t)} / "
             f"{sum(r['feasible'] for r in t)}"

@@ -513,7 +513,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.samples:
         inputs, targets = inputs[: args.samples], None if targets is None else targets[: args.samples]
     techniques = [t.strip() for t in args.techniques.split(",") if t.strip()] if args.techniques else None
-    result = layer_sensitivity(graph, inputs, targets, techniques)
+    result = layer_sensitivity(graph, inputs, targets, techniques, train=_dataset(args.train))
     print(json.dumps(result.to_json(), indent=2) if args.json else result.table())
     return 0
 
@@ -539,6 +539,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         latency_runs=args.latency_runs,
         timing=args.timing,
         narrow=not args.no_narrow,
+        seeds=not args.no_seeds,
         progress=args.progress,
     )
     base = result.baseline
@@ -653,7 +654,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DATA.npz",
         help="inputs 'x' (or x0, x1, ...) and, for accuracy, targets 'y'; without 'y' the SQNR is measured",
     )
-    p.add_argument("--techniques", help="comma-separated subset of prune50,prune90,int8,int4,cluster4,binarize")
+    p.add_argument(
+        "--techniques",
+        help="comma-separated subset of prune50,prune90,int8,int4,int2,cluster4,binarize (and prune90ft with --train)",
+    )
+    p.add_argument(
+        "--train",
+        metavar="TRAIN.npz",
+        help="training data: adds prune90ft (90 %% pruning of the layer, then finetune(epochs=10) of the graph)",
+    )
     p.add_argument("--samples", type=int, default=0, help="use at most this many batches (default: all)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.set_defaults(fn=cmd_analyze)
@@ -685,6 +694,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="latency: the entry point in a native C loop (auto when a C compiler exists) or per call from Python",
     )
     p.add_argument("--no-narrow", action="store_true", help="every per-layer option (no sensitivity narrowing)")
+    p.add_argument(
+        "--no-seeds",
+        action="store_true",
+        help="start from the sampler's own draws only, not from the space's principled starting points "
+        "(mildest, strongest bits, Deep Compression, neurons + int8; enqueued first in a new study)",
+    )
     p.add_argument("--progress", choices=("auto", "bar", "lines"), default="auto", help="a bar or a line per trial")
     p.set_defaults(fn=cmd_search)
 

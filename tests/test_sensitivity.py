@@ -15,8 +15,9 @@ import pytest
 
 import mcir
 from mcir.analysis.layers import weighted_layers
-from mcir.analysis.sensitivity import layer_sensitivity, only, sqnr_db
+from mcir.analysis.sensitivity import RECOVERED, TECHNIQUES, layer_sensitivity, only, sqnr_db
 from mcir.cli import main
+from mcir.errors import McirError
 
 
 def batches(digits, n: int = 150):
@@ -103,3 +104,41 @@ def test_cli_errors_name_the_problem(capsys, saved):
     np.savez(saved / "wrong.npz", a=np.zeros((4, 64), np.float32))
     code = main(["analyze", str(saved / "digits"), "--data", str(saved / "wrong.npz")])
     assert code == 2 and "give 'x'" in capsys.readouterr().err
+
+
+def test_two_bits_are_measured_and_cost_more_than_four(digits):
+    inputs, targets = batches(digits, 60)
+    # by default, without training data: every technique but the ones that fine-tune
+    default = layer_sensitivity(digits["graph"], inputs[:2], targets[:2])
+    assert default.techniques == list(TECHNIQUES) and "int2" in default.techniques
+    assert not set(default.techniques) & set(RECOVERED)
+    s = layer_sensitivity(digits["graph"], inputs, targets, ["int4", "int2"])
+    for r in s.rows:
+        assert r.cells["int4"].sqnr_db > r.cells["int2"].sqnr_db
+        assert r.cells["int2"].weight_bytes < r.cells["int4"].weight_bytes
+
+
+def test_pruning_with_recovery_is_measured_on_training_data_and_recovers(digits):
+    inputs, targets = batches(digits, 100)
+    with pytest.raises(McirError, match="prune90ft fine-tune after compressing: pass training data"):
+        layer_sensitivity(digits["graph"], inputs, targets, ["prune90ft"])
+    train = (digits["x_train"][:600], digits["y_train"][:600])
+    s = layer_sensitivity(digits["graph"], inputs, targets, ["prune90", "prune90ft"], train=train)
+    for r in s.rows:
+        # the same 90 % of the layer's weights removed; fine-tuning the rest wins back accuracy
+        assert r.cells["prune90ft"].weight_bytes == r.cells["prune90"].weight_bytes
+        assert r.cells["prune90ft"].accuracy >= r.cells["prune90"].accuracy
+    fc1 = s.rows[0].cells
+    assert fc1["prune90"].accuracy < s.accuracy - 0.05 < fc1["prune90ft"].accuracy  # fc1 alone: 16 pt lost, then not
+
+
+@pytest.mark.slow  # three fine-tunes behind the CLI; the API test above covers the measurement itself
+def test_cli_measures_pruning_with_recovery_given_training_data(capsys, saved, digits):
+    np.savez(saved / "train.npz", x=digits["x_train"][:300], y=digits["y_train"][:300])
+    model, test = str(saved / "digits"), str(saved / "test.npz")
+    code = main(["analyze", model, "--data", test, "--techniques", "prune90ft", "--json"])
+    assert code == 2 and "pass training data" in capsys.readouterr().err
+    code = main(["analyze", model, "--data", test, "--train", str(saved / "train.npz"), "--techniques", "prune90ft"])
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["layer", "params", "prune90ft"] and len(lines) == 5

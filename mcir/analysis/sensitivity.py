@@ -1,6 +1,6 @@
 """Per-layer sensitivity: how much each layer's compression alone costs, per technique.
 
-For every weighted layer ``L`` and technique ``T`` (prune 50 %/90 %, int8, int4, 4-bit
+For every weighted layer ``L`` and technique ``T`` (prune 50 %/90 %, int8, int4, int2, 4-bit
 codebook, binarize), the graph is compressed with ``T`` on ``L`` only (every other layer is
 named in the pass's ``skip``) and measured on the given data:
 
@@ -12,6 +12,11 @@ named in the pass's ``skip``) and measured on the given data:
 The result is what a mixed-precision search needs (``quantize(bits_for=...)`` consumes the
 per-layer choice); ``mcir analyze MODEL --data test.npz`` prints it as a table or ``--json``.
 A cell is ``None`` when the technique does not apply to that layer (the pass leaves it alone).
+
+Compress-then-recover techniques (``RECOVERED``: ``prune90ft`` is 90 % pruning of ``L`` followed
+by a short ``finetune`` of the whole graph) need training data (``train=``); they are measured
+only when it is given. They answer the question a search that fine-tunes asks: pruning alone
+costs a layer far more than pruning with recovery, which Deep Compression's recipe relies on.
 """
 
 from __future__ import annotations
@@ -33,8 +38,14 @@ TECHNIQUES: dict[str, str] = {
     "prune90": "prune(sparsity=0.9,skip='{skip}')",
     "int8": "quantize(bits=8,skip='{skip}')",
     "int4": "quantize(bits=4,skip='{skip}')",
+    "int2": "quantize(bits=2,skip='{skip}')",
     "cluster4": "cluster(bits=4,skip='{skip}')",
     "binarize": "binarize(skip='{skip}')",
+}
+#: techniques that fine-tune after compressing (on ``train=``): measured only when training data is given.
+#: 10 epochs is the recovery after pruning of the search's Deep Compression starting point (``space.seed_trials``)
+RECOVERED: dict[str, str] = {
+    "prune90ft": "prune(sparsity=0.9,skip='{skip}'),finetune(epochs=10)",
 }
 
 
@@ -143,21 +154,34 @@ def layer_sensitivity(
     inputs: list[tuple[np.ndarray, ...]],
     targets: list[np.ndarray] | None = None,
     techniques: list[str] | None = None,
+    train: Any = None,
 ) -> Sensitivity:
     """Measure every weighted layer of ``graph`` under each technique alone (see the module docstring).
 
     ``inputs`` are batches shaped like the graph's inputs (they also calibrate ``int8``);
-    ``targets`` (one array of class indices per batch) add the accuracy column.
+    ``targets`` (one array of class indices per batch) add the accuracy column. ``train``
+    (training data in any form ``finetune``'s ``data=`` takes) adds the ``RECOVERED`` techniques
+    to the default list and is required to ask for one of them.
     """
     # the modules themselves, not the facade: `mcir` imports mcir.search, which uses this module
     from mcir.instrument import run_passes
     from mcir.interp import interpret
     from mcir.stats import stats
 
-    chosen = list(TECHNIQUES) if techniques is None else techniques
-    unknown = [t for t in chosen if t not in TECHNIQUES]
+    known = {**TECHNIQUES, **RECOVERED}
+    if techniques is None:
+        chosen = list(TECHNIQUES) + (list(RECOVERED) if train is not None else [])
+    else:
+        chosen = techniques
+    unknown = [t for t in chosen if t not in known]
     if unknown:
-        raise McirError(f"unknown technique(s) {', '.join(unknown)}; choose from {', '.join(TECHNIQUES)}")
+        raise McirError(f"unknown technique(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    untrained = [t for t in chosen if t in RECOVERED and train is None]
+    if untrained:
+        raise McirError(
+            f"technique(s) {', '.join(untrained)} fine-tune after compressing: pass training data "
+            f"(train=, or --train TRAIN.npz on the command line)"
+        )
     if not inputs:
         raise McirError("sensitivity needs at least one batch of inputs")
     if targets is not None and len(targets) != len(inputs):
@@ -183,7 +207,10 @@ def layer_sensitivity(
         row = LayerRow(layer.loc.module or layer.result.name, weight.name, weight.type.numel)
         skip = only(layer, layers)
         for technique in chosen:
-            compressed = run_passes(graph, TECHNIQUES[technique].format(skip=skip), calibration=calibration)
+            context: dict[str, Any] = {"calibration": calibration}
+            if technique in RECOVERED:
+                context["data"] = train
+            compressed = run_passes(graph, known[technique].format(skip=skip), **context)
             if _untouched(graph, compressed, weight.name):
                 row.cells[technique] = None
                 continue

@@ -25,7 +25,7 @@ import numpy as np
 from mcir.errors import McirError
 from mcir.search.progress import Progress
 from mcir.search.report import plot, write_json
-from mcir.search.space import Space, suggest_pipeline
+from mcir.search.space import Space, seed_trials, suggest_pipeline
 from mcir.search.trial import graph_files, run_trial
 
 STUDY_NAME = "mcir-search"
@@ -88,7 +88,7 @@ def _constraints(m: dict[str, Any], base_acc: float, max_drop: float | None, max
 
 
 def _study_space(study: Any, graph: Any, samples: tuple[np.ndarray, ...], max_drop: float | None, narrow: bool,
-                 log: Any) -> Space:  # fmt: skip
+                 log: Any, train: bool = False) -> Space:  # fmt: skip
     """The study's space: made (and stored in the study) when it is new, read back when it is resumed,
     so that every trial of a study asks the same questions whatever the later run's options."""
     stored = study.user_attrs.get("space")
@@ -96,7 +96,7 @@ def _study_space(study: Any, graph: Any, samples: tuple[np.ndarray, ...], max_dr
         return Space.from_json(stored)
     if narrow:
         budget = max_drop if max_drop is not None else 0.01
-        space, sensitivity = narrowed_space(graph, samples, budget)
+        space, sensitivity = narrowed_space(graph, samples, budget, train=train)
         study.set_user_attr("sensitivity", sensitivity)
         print(f"space narrowed by per-layer sensitivity (budget {100 * budget:g} pt):\n{space.table()}", file=log)
     else:
@@ -114,7 +114,8 @@ def _requeue_interrupted(study: Any) -> int:
         study._storage.set_trial_user_attr(t._trial_id, "error", INTERRUPTED)
         study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
         if t.params:
-            study.enqueue_trial(t.params)
+            origin = t.user_attrs.get("origin")
+            study.enqueue_trial(t.params, user_attrs={"origin": origin} if origin else None)
         count += 1
     return count
 
@@ -133,6 +134,7 @@ def _trial_rows(study: Any) -> list[dict[str, Any]]:
             {
                 "number": t.number,
                 "pipeline": a.get("pipeline"),
+                "origin": a.get("origin", "sampler"),
                 "status": "ok" if t.state == optuna.trial.TrialState.COMPLETE else "fail",
                 "weight_bytes": a.get("weight_bytes"),
                 "latency_us": a.get("latency_us"),
@@ -159,10 +161,15 @@ def _best(rows: list[dict[str, Any]], objectives: list[str]) -> dict[str, Any] |
 
 
 def narrowed_space(
-    graph: Any, samples: tuple[np.ndarray, ...], budget: float, count: int = 256
+    graph: Any, samples: tuple[np.ndarray, ...], budget: float, count: int = 256, train: bool = False
 ) -> tuple[Space, dict[str, Any]]:
     """The space narrowed by the per-layer sensitivity of ``graph`` on the first ``count`` samples (x..., y),
-    and the analysis as data (for search.json)."""
+    and the analysis as data (for search.json).
+
+    ``train``: ``samples`` are training data, so the compress-then-recover techniques (``prune90ft``) are
+    measured too, fine-tuning on the samples after the first ``count`` (the measured ones are held out,
+    so recovery is not judged on the data it trained on); with too few samples left they are not measured.
+    """
     from mcir.analysis.sensitivity import layer_sensitivity
     from mcir.interp import check_input
 
@@ -172,8 +179,10 @@ def narrowed_space(
         for i in range(n)
     ]
     targets = [samples[-1][i : i + 1] for i in range(n)]
-    with contextlib.redirect_stderr(io.StringIO()):  # the passes' warnings (one per layer and technique)
-        sensitivity = layer_sensitivity(graph, inputs, targets)
+    rest = tuple(a[n:] for a in samples) if train and len(samples[0]) >= 2 * n else None
+    # the passes' warnings (one per layer and technique) and fine-tuning's progress
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        sensitivity = layer_sensitivity(graph, inputs, targets, train=rest)
     return Space.from_sensitivity(sensitivity, budget), sensitivity.to_json()
 
 
@@ -201,6 +210,7 @@ def search(
     latency_runs: int = 200,
     timing: str = "auto",
     narrow: bool = True,
+    seeds: bool = True,
     progress: str = "auto",
     log: Any = None,
 ) -> SearchResult:
@@ -219,7 +229,10 @@ def search(
     ``timing``: how latency is measured (``mcir.native_timer``): ``auto`` (the entry point in a native
     loop when a C compiler exists, else per call from Python), ``native`` or ``python``.
     ``narrow``: narrow the per-layer options by the sensitivity analysis (on ``data=``'s first 256
-    samples, else ``eval=``'s) when the study is created; a resumed study keeps its space.
+    samples, else ``eval=``'s; with ``data=`` pruning is also measured after fine-tuning on the rest)
+    when the study is created; a resumed study keeps its space.
+    ``seeds``: start a new study with the space's principled starting points (``space.seed_trials``:
+    mildest, strongest bits, Deep Compression, neurons + int8) before the sampler's own trials.
     ``progress``: ``bar`` (tqdm if installed, else an in-place bar), ``lines`` (a line per trial) or
     ``auto`` (a bar on a terminal, lines otherwise).
     """
@@ -269,7 +282,12 @@ def search(
             f"search: {out / 'study.db'} holds a study with objectives {[d.name.lower() for d in probe.directions]}; "
             f"objective {objective!r} needs {directions}: use another -o folder"
         )
-    space = _study_space(probe, graph, train if train is not None else test, max_drop, narrow, log)
+    new_study = not probe.trials
+    space = _study_space(probe, graph, train if train is not None else test, max_drop, narrow, log, train is not None)
+    if new_study and seeds:
+        # principled starting points first (space.seed_trials); a resumed study has them already
+        for name, params in seed_trials(space, train=train is not None):
+            probe.enqueue_trial(params, user_attrs={"origin": f"seed: {name}"})
     requeued = _requeue_interrupted(probe)
     recorded = len(_trial_rows(probe))
     if len(names) == 1:

@@ -4,7 +4,8 @@ A pipeline has up to four stages, each optional, always in this order::
 
     prune(...)            structure, per layer: single weights (#csr/#nm) or whole neurons (smaller shapes)
     lowrank(energy=E)     truncated SVD of the linear layers
-    finetune|distill(...) recovery on data= (after binarize/ternarize instead, whose signs need it most)
+    finetune|distill(...) recovery on data= (after binarize/ternarize instead, whose signs need it most;
+                          split in two halves around cluster: weights, then centroids, Deep Compression's recipe)
     storage, per layer:   quantize(bits=8,bits_for='L:4,...') | cluster(bits=B) | binarize/ternarize(skip=...)
 
 Per-layer options are real options of real passes, so the string runs as it is: a stage meant
@@ -17,9 +18,18 @@ The space is narrowed by the per-layer sensitivity analysis (``mcir.analysis.sen
 with ``budget`` the accuracy drop allowed (``max_drop``), a layer whose drop under a technique
 alone is at most ``budget`` is *robust* to it, up to ``FRAGILE x budget`` *sensitive*, beyond
 that *fragile*; robust layers get the full range, sensitive ones a milder option, fragile ones
-are left out of that technique (see ``LayerOptions.from_drops``). Parameter names carry the
-layer's name (``sparsity:fc1``), and the driver keeps the space in the study, so a resumed
-study asks the same questions.
+are left out of that technique (see ``LayerOptions.from_drops``). When the analysis had
+training data, pruning is judged by its drop *after recovery* (``prune90ft``), because every
+pruning pipeline of the space can fine-tune. Parameter names carry the layer's name
+(``sparsity:fc1``), and the driver keeps the space in the study, so a resumed study asks the
+same questions.
+
+A search starts from a few principled points derived from the space (``seed_trials``): the
+mildest uniform setting (int8 where allowed), the strongest bits the analysis allows per layer,
+Deep Compression (each layer pruned as far as the analysis measured it robust, fine-tuned,
+clustered at the 4 bits it measured, centroids fine-tuned), and each layer's largest neuron cut
+with int8. The driver enqueues them (``optuna.Study.enqueue_trial``) before the sampler's own
+trials, so the sampler starts from measured good regions rather than only from random draws.
 """
 
 from __future__ import annotations
@@ -65,23 +75,29 @@ class LayerOptions:
             return "robust" if d <= budget else "sensitive" if d <= FRAGILE * budget else "fragile"
 
         p50, p90 = tier("prune50"), tier("prune90")
+        if "prune90ft" in drops:
+            # measured with recovery, as the space's pruning pipelines can run: that tier decides
+            # (90 % robust after fine-tuning makes 50 % robust too)
+            p90 = tier("prune90ft")
+            p50 = "robust" if p90 == "robust" else p50
         # weight pruning: 90 % costs little -> up to 95 %; costs some -> up to 90 %; else what 50 % allows
         prune_max = 0.95 if p90 == "robust" else 0.9 if p90 == "sensitive" else 0.7 if p50 != "fragile" else 0.0
         # neurons are a coarser cut than weights: a step milder than the same tier
         neuron_max = 0.0 if last else 0.85 if p90 == "robust" else 0.6 if p50 == "robust" else 0.3
         if p50 == "fragile":
             neuron_max = 0.0
-        i8, i4 = tier("int8"), tier("int4")
+        i8, i4, i2 = tier("int8"), tier("int4"), tier("int2")
         bits = (
             (16,)
             + ((8,) if i8 != "fragile" else ())
             + ((4,) if i4 != "fragile" else ())
-            + ((2,) if i4 == "robust" else ())
+            + ((2,) if i2 == "robust" else ())  # measured (not guessed from int4); the strongest width: robust only
         )
         b = tier("binarize")
         binary = ("float",) + (("binary",) if b == "robust" else ()) + (("ternary",) if b != "fragile" else ())
         cluster = tier("cluster4") != "fragile"
-        why = ", ".join(f"{t} {tier(t)}" for t in ("prune50", "prune90", "int8", "int4", "cluster4", "binarize"))
+        measured = ("prune50", "prune90", "prune90ft", "int8", "int4", "int2", "cluster4", "binarize")
+        why = ", ".join(f"{t} {tier(t)}" for t in measured if t in drops)
         return cls(name, prune_max, neuron_max, bits, binary, cluster, why)
 
 
@@ -169,7 +185,8 @@ def suggest_pipeline(trial: Any, space: Space, *, train: bool = True) -> str:
     if trial.suggest_categorical("lowrank", (False, True)):
         stages.append(f"lowrank(energy={trial.suggest_float('lowrank_energy', 0.6, 0.98, step=0.02):g})")
     recovery = trial.suggest_categorical("recovery", RECOVERY) if train else "none"
-    recover = f"{recovery}(epochs={trial.suggest_categorical('epochs', EPOCHS)})" if recovery != "none" else ""
+    epochs = trial.suggest_categorical("epochs", EPOCHS) if recovery != "none" else 0
+    recover = f"{recovery}(epochs={epochs})" if recovery != "none" else ""
     storage = trial.suggest_categorical("storage", STORAGES)
     binary_stages: list[str] = []
     if storage == "binary":
@@ -181,7 +198,11 @@ def suggest_pipeline(trial: Any, space: Space, *, train: bool = True) -> str:
             chosen = [n for n, f in forms.items() if f == form]
             if chosen:
                 binary_stages.append(text.format(skip=skip_all_but(space, chosen)))
-    if recover and not binary_stages:
+    if recover and storage == "cluster":
+        # Deep Compression: retrain the weights before clustering, then the shared centroids after it
+        first = (epochs + 1) // 2
+        stages.append(f"{recovery}(epochs={first})")
+    elif recover and not binary_stages:
         stages.append(recover)
     if storage == "bits":
         bits = {o.name: _choice(trial, f"bits:{o.name}", o.bits) for o in space.layers}
@@ -190,6 +211,8 @@ def suggest_pipeline(trial: Any, space: Space, *, train: bool = True) -> str:
         width = trial.suggest_int("cluster_bits", 2, 6)
         kept = [o.name for o in space.layers if not o.cluster]
         stages.append(f"cluster(bits={width},skip='{name_regex(kept)}')" if kept else f"cluster(bits={width})")
+        if recover:
+            stages.append(f"{recovery}(epochs={epochs - (epochs + 1) // 2})")
     stages += binary_stages
     if recover and binary_stages:
         stages.append(recover)
@@ -208,3 +231,51 @@ def _bits_stage(bits: dict[str, int]) -> list[str]:
     common = Counter(b for b in bits.values() if b != 16).most_common(1)[0][0]
     rules = ",".join(f"{name_regex([n])}:{b}" for n, b in bits.items() if b != common)
     return [f"quantize(bits={common},bits_for='{rules}')" if rules else f"quantize(bits={common})"]
+
+
+#: the sparsity the sensitivity analysis measures (prune90/prune90ft): a seed prunes no further than measured
+MEASURED_SPARSITY = 0.9
+
+
+def seed_trials(space: Space, *, train: bool = True) -> list[tuple[str, dict[str, Any]]]:
+    """Starting points derived from the narrowed space, as (name, Optuna params) for ``enqueue_trial``.
+
+    Each gives every question its trial will ask (so the pipeline is fully determined), only values the
+    space offers, and is left out when the space cannot express it (e.g. no layer may be pruned):
+
+    - ``mildest``: int8 on every layer that allows it, nothing else: the safe end of the space.
+    - ``strongest-bits``: each layer at the fewest bits the analysis allows, then fine-tuned.
+    - ``deep-compression``: each layer weight-pruned as far as measured robust (at most 90 %),
+      fine-tuned, clustered at 4 bits (the width ``cluster4`` measured), centroids fine-tuned.
+    - ``neurons-int8``: each layer's largest neuron cut, fine-tuned, int8: the fewest MACs the space allows.
+
+    Without training data (``train=False``) the recovery questions are not asked and not given.
+    """
+    recovery = {"recovery": "finetune", "epochs": 20} if train else {}
+    asked = [o for o in space.layers if len(o.bits) > 1]
+    seeds: list[tuple[str, dict[str, Any]]] = []
+
+    def uniform(pick: Any) -> dict[str, Any]:
+        return {f"bits:{o.name}": pick(o.bits) for o in asked}
+
+    base = {"prune": "none", "lowrank": False}
+    if any(8 in o.bits for o in asked):
+        mild = uniform(lambda b: 8 if 8 in b else 16)
+        seeds.append(("mildest", {**base, **({"recovery": "none"} if train else {}), "storage": "bits", **mild}))
+    if asked:
+        seeds.append(("strongest-bits", {**base, **recovery, "storage": "bits", **uniform(min)}))
+    pruned = {f"sparsity:{o.name}": round(min(o.prune_max, MEASURED_SPARSITY), 2) for o in space.layers if o.prune_max}
+    if pruned and any(o.cluster for o in space.layers):
+        seeds.append(
+            (
+                "deep-compression",
+                {"prune": "weight", **pruned, "lowrank": False, **recovery, "storage": "cluster", "cluster_bits": 4},
+            )
+        )
+    cut = {f"neurons:{o.name}": round(o.neuron_max, 2) for o in space.layers if o.neuron_max}
+    if cut:
+        mild = uniform(lambda b: 8 if 8 in b else 16)
+        seeds.append(
+            ("neurons-int8", {"prune": "neuron", **cut, "lowrank": False, **recovery, "storage": "bits", **mild})
+        )
+    return seeds

@@ -25,7 +25,7 @@ from mcir.cli import load_calibration  # noqa: E402
 from mcir.errors import McirError  # noqa: E402
 from mcir.passes import build_pipeline  # noqa: E402
 from mcir.search.report import pareto_front  # noqa: E402
-from mcir.search.space import Space, suggest_pipeline  # noqa: E402
+from mcir.search.space import Space, seed_trials, suggest_pipeline  # noqa: E402
 from mcir.search.trial import graph_files, run_trial  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,6 +90,8 @@ def test_search_records_every_trial_and_recompiles_the_best(task, tmp_path):
     result = _search(task, out, trials=3, seed=3)
     summary = json.loads((out / "search.json").read_text())
     assert len(summary["trials"]) == 3
+    seeds = seed_trials(Space.from_json(summary["space"]["layers"]))
+    assert [t["origin"] for t in summary["trials"]] == [f"seed: {name}" for name, _ in seeds[:3]]
     for t in summary["trials"]:
         assert t["status"] == "ok", t["error"]
         assert t["weight_bytes"] > 0 and t["latency_us"] > 0 and 0 <= t["accuracy"] <= 1
@@ -112,10 +114,27 @@ def test_search_records_every_trial_and_recompiles_the_best(task, tmp_path):
     np.testing.assert_array_equal(batches[5][0], task["data"][0][5:6])
 
 
+def test_a_new_study_starts_from_the_seed_trials_and_records_their_origin(task, tmp_path):
+    out = tmp_path / "out"
+    result = _search(task, out, trials=1)
+    summary = json.loads((out / "search.json").read_text())
+    seeds = seed_trials(Space.from_json(summary["space"]["layers"]))
+    (row,) = summary["trials"]
+    assert row["origin"] == f"seed: {seeds[0][0]}" and row["status"] == "ok", row
+    assert result.trials == summary["trials"]
+    # the other seeds wait in the study, in order, for the next run (resuming asks them first)
+    study = optuna.load_study(study_name=driver.STUDY_NAME, storage=f"sqlite:///{out / 'study.db'}")
+    recorded = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert [t.params for t in recorded] == [seeds[0][1]]
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert [t.user_attrs["origin"] for t in waiting] == [f"seed: {name}" for name, _ in seeds[1:]]
+
+
 @pytest.mark.slow  # a worker process imports torch; minutes on a loaded 2-core machine
 def test_starting_again_continues_the_study_and_reruns_an_interrupted_trial(task, tmp_path):
     out = tmp_path / "out"
-    _search(task, out, trials=2, seed=5)
+    # no seed trials: an interrupted trial is queued behind any still waiting, and this test asks for one more
+    _search(task, out, trials=2, seed=5, seeds=False)
     first = json.loads((out / "search.json").read_text())["trials"]
 
     # a run killed during a trial leaves it RUNNING in the database, with its choices but no result
@@ -125,7 +144,7 @@ def test_starting_again_continues_the_study_and_reruns_an_interrupted_trial(task
     killed_pipeline = suggest_pipeline(killed, Space.from_json(study.user_attrs["space"]))
     killed.set_user_attr("pipeline", killed_pipeline)
 
-    _search(task, out, trials=3, seed=5)
+    _search(task, out, trials=3, seed=5, seeds=False)
     trials = json.loads((out / "search.json").read_text())["trials"]
     assert trials[:2] == first  # recorded trials are kept as they were
     assert len(trials) == 3

@@ -19,7 +19,14 @@ from mcir.analysis.sensitivity import Cell, LayerRow, Sensitivity  # noqa: E402
 from mcir.passes import build_pipeline  # noqa: E402
 from mcir.search import driver  # noqa: E402
 from mcir.search.progress import Progress  # noqa: E402
-from mcir.search.space import LayerOptions, Space, _bits_stage, skip_all_but, suggest_pipeline  # noqa: E402
+from mcir.search.space import (  # noqa: E402
+    LayerOptions,
+    Space,
+    _bits_stage,
+    seed_trials,
+    skip_all_but,
+    suggest_pipeline,
+)
 
 NAMES = ["fc1", "fc2", "fc3"]
 
@@ -68,13 +75,13 @@ def test_all_float_bits_add_no_stage_and_one_width_needs_no_bits_for():
 
 def test_narrowing_follows_the_tiers_robust_sensitive_fragile():
     budget = 0.01
-    robust = dict.fromkeys(["prune50", "prune90", "int8", "int4", "cluster4", "binarize"], 0.0)
+    robust = dict.fromkeys(["prune50", "prune90", "int8", "int4", "int2", "cluster4", "binarize"], 0.0)
     o = LayerOptions.from_drops("a", robust, budget, last=False)
     assert (o.prune_max, o.neuron_max, o.bits, o.binary, o.cluster) == (
         0.95, 0.85, (16, 8, 4, 2), ("float", "binary", "ternary"), True
     )  # fmt: skip
-    # 90 % pruning costs 3 pt (sensitive), int4 3 pt (sensitive), binarize 3 pt: milder options
-    sensitive = {**robust, "prune90": 0.03, "int4": 0.03, "binarize": 0.03}
+    # 90 % pruning costs 3 pt (sensitive), int4 and int2 3 pt (sensitive), binarize 3 pt: milder options
+    sensitive = {**robust, "prune90": 0.03, "int4": 0.03, "int2": 0.03, "binarize": 0.03}
     o = LayerOptions.from_drops("b", sensitive, budget, last=False)
     assert (o.prune_max, o.neuron_max, o.bits, o.binary) == (0.9, 0.6, (16, 8, 4), ("float", "ternary"))
     # 50 % pruning costs 10 pt, int8 6 pt, cluster 20 pt, binarize 30 pt: fragile, left out
@@ -176,3 +183,79 @@ def test_progress_bar_without_tqdm_is_drawn_in_place(monkeypatch):
     bar.close()
     text = log.getvalue()
     assert "\rsearch [" in text and "1/2 best: none feasible yet" in text and "[1/2] quant8" in text
+
+
+def test_two_bits_are_offered_only_where_int2_was_measured_robust():
+    budget = 0.01
+    robust = dict.fromkeys(["prune50", "prune90", "int8", "int4", "cluster4", "binarize"], 0.0)
+    assert LayerOptions.from_drops("a", {**robust, "int2": 0.0}, budget, last=False).bits == (16, 8, 4, 2)
+    # int4 costs nothing but int2 costs 3 pt (sensitive) or 40 pt: 2-bit is the strongest width, so not offered
+    assert LayerOptions.from_drops("b", {**robust, "int2": 0.03}, budget, last=False).bits == (16, 8, 4)
+    assert LayerOptions.from_drops("c", {**robust, "int2": 0.4}, budget, last=False).bits == (16, 8, 4)
+    # not measured (an analysis without int2) is not evidence: no 2-bit
+    assert LayerOptions.from_drops("d", robust, budget, last=False).bits == (16, 8, 4)
+
+
+def test_pruning_is_judged_after_recovery_when_that_was_measured():
+    budget = 0.01
+    # pruning 90 % alone costs 16 pt (fragile), 50 % costs 2 pt (sensitive): without recovery, at most 0.7
+    drops = dict.fromkeys(["int8", "int4", "int2", "cluster4", "binarize"], 0.0) | {"prune50": 0.02, "prune90": 0.16}
+    assert LayerOptions.from_drops("a", drops, budget, last=False).prune_max == 0.7
+    # fine-tuned after pruning 90 % the layer loses 0.5 pt: robust, the full range and neurons to 0.85
+    o = LayerOptions.from_drops("a", {**drops, "prune90ft": 0.005}, budget, last=False)
+    assert (o.prune_max, o.neuron_max) == (0.95, 0.85)
+    assert "prune90ft robust" in o.why
+    # and a layer still fragile after recovery keeps its unrecovered 50 % tier
+    o = LayerOptions.from_drops("a", {**drops, "prune90ft": 0.2}, budget, last=False)
+    assert o.prune_max == 0.7
+
+
+def _asked(space: Space, params: dict, origin: str, train: bool = True):
+    study = optuna.create_study()
+    study.enqueue_trial(params, user_attrs={"origin": origin})
+    trial = study.ask()
+    text = suggest_pipeline(trial, space, train=train)
+    assert trial.params == params  # the seed answers every question its trial asks, nothing else
+    assert trial.user_attrs["origin"] == origin
+    assert build_pipeline(text), text
+    return text
+
+
+def test_seed_trials_are_the_principled_corners_of_the_narrowed_space():
+    a = LayerOptions("fc1", prune_max=0.95, neuron_max=0.6, bits=(16, 8, 4, 2))
+    b = LayerOptions("fc2", prune_max=0.7, neuron_max=0.0, bits=(16, 8, 4), cluster=False)
+    c = LayerOptions("fc3", prune_max=0.0, neuron_max=0.0, bits=(16,), binary=("float",), cluster=False)
+    space = Space((a, b, c))
+    seeds = dict(seed_trials(space))
+    assert list(seeds) == ["mildest", "strongest-bits", "deep-compression", "neurons-int8"]
+    texts = {name: _asked(space, params, name) for name, params in seeds.items()}
+    # int8 where allowed; fc3 has one width (float): it is not asked and stays float
+    float_fc3 = r"^(?:fc3)(?!\S):16"
+    assert texts["mildest"] == f"quantize(bits=8,bits_for='{float_fc3}')"
+    assert texts["strongest-bits"] == rf"finetune(epochs=20),quantize(bits=2,bits_for='^(?:fc2)(?!\S):4,{float_fc3}')"
+    # pruned no further than measured (0.9 of fc1's 0.95), fc2 at its cap, fc3 not at all; clustering
+    # leaves the layers it may not touch, and recovery is split: weights before, centroids after
+    assert texts["deep-compression"] == (
+        r"prune(sparsity=0.7,skip='^(?:fc1|fc3)(?!\S)'),prune(sparsity=0.9,skip='^(?:fc2|fc3)(?!\S)'),"
+        r"finetune(epochs=10),cluster(bits=4,skip='^(?:fc2|fc3)(?!\S)'),finetune(epochs=10)"
+    )
+    assert texts["neurons-int8"] == (
+        r"prune(granularity=neuron,sparsity=0.6,skip='^(?:fc2|fc3)(?!\S)'),finetune(epochs=20),"
+        f"quantize(bits=8,bits_for='{float_fc3}')"
+    )
+    # without training data no recovery is given (the space does not ask for one)
+    for name, params in seed_trials(space, train=False):
+        assert "finetune" not in _asked(space, params, name, train=False)
+
+
+def test_a_space_that_cannot_prune_or_quantize_gets_no_such_seed():
+    only_float = Space((LayerOptions("fc1", prune_max=0.0, neuron_max=0.0, bits=(16,), cluster=False),))
+    assert seed_trials(only_float) == []
+
+
+def test_cluster_recovery_is_split_around_the_clustering():
+    study = optuna.create_study()
+    params = {"prune": "none", "lowrank": False, "recovery": "distill", "epochs": 5, "storage": "cluster"}
+    study.enqueue_trial({**params, "cluster_bits": 3})
+    text = suggest_pipeline(study.ask(), Space.unnarrowed(NAMES))
+    assert text == "distill(epochs=3),cluster(bits=3),distill(epochs=2)"
