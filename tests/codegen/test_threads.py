@@ -230,6 +230,31 @@ def test_attention_heads_are_bit_identical_for_1_2_3_threads(tmp_path, rng, mask
     assert_close(results[0][0], interpret(g, *data)[0])
 
 
+@pytest.mark.parametrize(("mask", "y_kind"), [("none", "u8"), ("padding", "u8"), ("causal", "f32")])
+def test_int8_attention_heads_are_bit_identical_for_1_2_3_threads(tmp_path, rng, mask, y_kind):
+    """The int8 attention splits its (batch, head) indices like the f32 one (6 heads: unequal counts per
+    task with 4 or 12 tasks), each task decoding, packing and scoring in its own scratch copy; the
+    broadcast padding mask is read by every task. Within 1 LSB (u8) / 1e-5 (f32) of the interpreter."""
+    from mcir.codegen.kernels.attention_i8 import _macs
+    from mcir.codegen.lowering import lower
+    from mcir.codegen.target import resolve
+
+    from .test_int8_transformer import _attention
+
+    g, inputs = _attention(rng, 64, 80, 32, mask, y_kind=y_kind, heads=6)
+    assert _macs(g.ops[-1]) >= MIN_PARALLEL_MACS
+    assert "attention_q.task" in lower(g, resolve("native"), "qsdpa").ir_text  # it really splits
+    lib = build(g, tmp_path)
+    results = outputs_for_each_thread_count(lib, *inputs)
+    for out in results[1:]:
+        np.testing.assert_array_equal(out[0], results[0][0])
+    ref = interpret(g, *inputs)[0]
+    if y_kind == "u8":
+        assert np.abs(results[0][0].astype(np.int32) - ref.astype(np.int32)).max() <= 1
+    else:
+        assert_close(results[0][0], ref, rtol=1e-5)
+
+
 @pytest.mark.parametrize(
     ("n", "c", "o", "hw", "groups", "padding", "target"),
     [
@@ -378,3 +403,33 @@ def test_small_elementwise_ops_stay_inline_and_nested_splits_are_inline():
     outer_body = str(module.get_global("outer.body"))  # the task's work (the task only loads and calls it)
     assert "inner" not in outer_body and "call" not in outer_body  # inside the task: inline, no hook call
     # (the kernel's own single-threaded branch may still split the inner loop: no hook is running there)
+
+
+def test_pool_counters_account_for_every_task_and_parallel_for():
+    """``ThreadPool.count()``/``stats()``: per thread the tasks run and time in them, one event per
+    parallel-for that went to the pool (task count, tasks the workers took), nothing before counting."""
+    from mcir.threadpool import ThreadPool
+
+    pool = ThreadPool(2)
+    task_fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
+    parallel_for = ctypes.CFUNCTYPE(None, ctypes.c_void_p, task_fn, ctypes.c_void_p, ctypes.c_int64)(pool.parallel_for)
+
+    @task_fn
+    def body(ctx, t):
+        pass
+
+    with pytest.raises(RuntimeCallError, match="not counting"):
+        pool.stats()
+    parallel_for(ctypes.c_void_p(pool.handle), body, None, 5)  # before counting: not counted
+    pool.count()
+    sizes = [3, 1, 8, 2]  # a single task runs inline on the caller: no parallel-for event
+    for n in sizes:
+        parallel_for(ctypes.c_void_p(pool.handle), body, None, n)
+    st = pool.stats()
+    pool.close()
+    assert len(st.tasks) == len(st.task_ns) == len(st.sleeps) == 2
+    assert sum(st.tasks) == 3 + 8 + 2
+    assert [e.n_tasks for e in st.events] == [3, 8, 2]
+    assert all(0 <= e.worker_tasks <= e.n_tasks and e.start_ns <= e.end_ns for e in st.events)
+    assert sum(e.worker_tasks for e in st.events) == st.tasks[1]
+    assert st.sleeps[0] == 0  # the calling thread never sleeps in the pool
