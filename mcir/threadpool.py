@@ -30,10 +30,14 @@ from mcir.errors import RuntimeCallError
 
 SOURCE = r"""
 /* mcir thread pool: the parallel-for of docs/abi.md (mcir_parallel_fn) on pthreads.
-   Workers spin briefly after each parallel-for before sleeping: a model's GEMMs follow each
-   other within microseconds, and waking a thread blocked on a condition variable costs tens of
-   microseconds under a hypervisor (measured: a 3-layer int8 MLP at batch 32 was slower on two
-   threads than on one). The caller waits for the last tasks by spinning too (they are running). */
+   Workers spin between parallel-fors instead of sleeping: waking a thread blocked on a condition
+   variable costs tens of microseconds under a hypervisor (measured: a 3-layer int8 MLP at batch 32
+   was slower on two threads than on one), and within one library run the next parallel-for comes
+   microseconds later, or up to one task's length later when the caller is still finishing its last
+   task (~0.3 ms in the int8 encoder). So a worker spins up to SPIN_IN_RUN_NS of wall time after
+   its last task while a run is in progress, and only SPIN_AFTER_RUN_NS once the library signalled
+   the end of its run (a parallel-for of 0 tasks, docs/abi.md): a core is burnt at most ~50 us
+   after a call returns. The caller waits for the last tasks by spinning too (they are running). */
 #include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
@@ -76,6 +80,7 @@ typedef struct mcir_pool {
   int64_t finished;          /* atomic: tasks completed in this generation */
   uint64_t next;             /* atomic: (generation << 32) | next task to claim */
   int64_t worker_done;       /* atomic: tasks of this generation run by workers (with stats) */
+  uint64_t runs_ended;       /* atomic: end-of-run notices (a parallel-for of 0 tasks) so far */
   mcir_pool_stats *stats;    /* NULL: no counting */
 } mcir_pool;
 
@@ -87,9 +92,10 @@ static uint64_t now_ns(void) {
 
 /* a task index no task count reaches: nothing can be claimed while a generation is set up */
 #define CLOSED 0xffffffffu
-/* iterations of `pause` a worker spins before it sleeps (about 40-60 us on current x86: longer than
-   the serial stretch between two split kernels, short enough not to steal a shared core for long) */
-#define SPIN 1000
+/* how long a worker spins for the next parallel-for before it sleeps, in wall-clock ns (not `pause`
+   counts: a `pause` takes ~140 cycles on recent Intel cores and a few on AMD ones) */
+#define SPIN_IN_RUN_NS 1000000u
+#define SPIN_AFTER_RUN_NS 50000u
 
 static inline void relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -142,10 +148,17 @@ static void *worker(void *arg) {
   uint64_t seen = 0;
   for (;;) {
     /* spinning, but yielding every 128 turns: on a machine shared with other processes (more runnable
-       threads than cores) a spinning worker must not hold a core someone else could use */
-    for (int i = 0; i < SPIN && __atomic_load_n(&p->generation, __ATOMIC_ACQUIRE) == seen
+       threads than cores) a spinning worker must not hold a core someone else could use. The clock
+       and the end-of-run count are read at the same points (every few microseconds). */
+    uint64_t runs = __atomic_load_n(&p->runs_ended, __ATOMIC_ACQUIRE);
+    uint64_t since = now_ns(), budget = SPIN_IN_RUN_NS;
+    for (int i = 0; __atomic_load_n(&p->generation, __ATOMIC_ACQUIRE) == seen
                     && !__atomic_load_n(&p->stop, __ATOMIC_ACQUIRE); i++) {
-      if ((i & 127) == 127) sched_yield(); else relax();
+      if ((i & 127) != 127) { relax(); continue; }
+      sched_yield();
+      uint64_t r = __atomic_load_n(&p->runs_ended, __ATOMIC_ACQUIRE);
+      if (r != runs) { runs = r; since = now_ns(); budget = SPIN_AFTER_RUN_NS; }
+      if (now_ns() - since > budget) break;
     }
     if (__atomic_load_n(&p->generation, __ATOMIC_ACQUIRE) == seen) {
       /* the generation is checked again under the lock: the dispatcher bumps it before it takes
@@ -167,6 +180,11 @@ static void *worker(void *arg) {
 
 void mcir_pool_parallel_for(void *ctx, mcir_task_fn body, void *body_ctx, int64_t n_tasks) {
   mcir_pool *p = (mcir_pool *)ctx;
+  if (p != NULL && n_tasks == 0 && !in_task) {
+    /* a library's end-of-run notice: workers may sleep soon */
+    __atomic_fetch_add(&p->runs_ended, 1, __ATOMIC_RELEASE);
+    return;
+  }
   if (p == NULL || p->n_workers == 0 || n_tasks <= 1 || in_task) {
     for (int64_t t = 0; t < n_tasks; t++) body(body_ctx, t);
     return;

@@ -126,7 +126,8 @@ def test_concurrent_callers_share_one_pool(tmp_path, rng):
 def test_hook_is_called_with_the_documented_signature(tmp_path, rng):
     """A host hook written against docs/abi.md (here in Python via ctypes, to observe it): it gets
     its own ctx back, ``min(TASKS_PER_THREAD * n_threads, panels, MACs / MIN_TASK_MACS)`` tasks
-    (here the work bounds it: 4 x 1000 x 300 MACs), and must run every task."""
+    (here the work bounds it: 4 x 1000 x 300 MACs), and must run every task. At the end of the run it
+    gets one end-of-run notice: a parallel-for of 0 tasks (with a NULL body)."""
     g = linear_graph(rng, (4,), 1000, 300, bias=False, act=None)
     lib = build(g, tmp_path)
     task_fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
@@ -135,6 +136,9 @@ def test_hook_is_called_with_the_documented_signature(tmp_path, rng):
     @ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
     def hook(ctx, body, body_ctx, n_tasks):
         seen.append((ctx, n_tasks))
+        if n_tasks == 0:
+            assert body is None  # the end-of-run notice: nothing to run
+            return
         run = task_fn(body)
         for t in reversed(range(n_tasks)):  # any order is allowed
             run(body_ctx, t)
@@ -146,11 +150,11 @@ def test_hook_is_called_with_the_documented_signature(tmp_path, rng):
     set_parallel(ctypes.cast(hook, ctypes.c_void_p), 1234, 3)
     np.testing.assert_array_equal(lib(x)[0], single)
     panels = math.ceil(1000 / 16)
-    assert seen == [(1234, min(TASKS_PER_THREAD * 3, panels, 4 * 1000 * 300 // MIN_TASK_MACS))]
+    assert seen == [(1234, min(TASKS_PER_THREAD * 3, panels, 4 * 1000 * 300 // MIN_TASK_MACS)), (1234, 0)]
     assert seen[0][1] == 4
     set_parallel(None, None, 0)  # NULL turns it off
     lib(x)
-    assert len(seen) == 1
+    assert len(seen) == 2
 
 
 def test_small_kernels_never_consult_the_hook(tmp_path, rng):
@@ -433,3 +437,33 @@ def test_pool_counters_account_for_every_task_and_parallel_for():
     assert all(0 <= e.worker_tasks <= e.n_tasks and e.start_ns <= e.end_ns for e in st.events)
     assert sum(e.worker_tasks for e in st.events) == st.tasks[1]
     assert st.sleeps[0] == 0  # the calling thread never sleeps in the pool
+
+
+@pytest.mark.parametrize("notice", [True, False])
+def test_idle_workers_go_to_sleep_after_a_bounded_spin(notice):
+    """Workers spin for the next parallel-for (up to 1 ms within a run, ~50 us after the library's
+    end-of-run notice, a parallel-for of 0 tasks) and then sleep: a pool never holds a core for long
+    after the work stops. Polled for up to 2 s (a loaded machine may not schedule the worker at once)."""
+    import time
+
+    from mcir.threadpool import ThreadPool
+
+    pool = ThreadPool(2)
+    task_fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
+    parallel_for = ctypes.CFUNCTYPE(None, ctypes.c_void_p, task_fn, ctypes.c_void_p, ctypes.c_int64)(pool.parallel_for)
+
+    @task_fn
+    def body(ctx, t):
+        pass
+
+    pool.count()
+    parallel_for(ctypes.c_void_p(pool.handle), body, None, 4)
+    if notice:
+        parallel_for(ctypes.c_void_p(pool.handle), task_fn(), None, 0)  # runs nothing
+    deadline = time.monotonic() + 2.0
+    while pool.stats().sleeps[1] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    st = pool.stats()
+    pool.close()
+    assert st.sleeps[1] >= 1
+    assert [e.n_tasks for e in st.events] == [4]  # the notice is no parallel-for
