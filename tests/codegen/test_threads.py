@@ -467,3 +467,85 @@ def test_idle_workers_go_to_sleep_after_a_bounded_spin(notice):
     pool.close()
     assert st.sleeps[1] >= 1
     assert [e.n_tasks for e in st.events] == [4]  # the notice is no parallel-for
+
+
+def _split_kernels_bit_identical(tmp_path, g: Graph, names: list[str], *inputs: np.ndarray, rtol: float = 1e-5) -> None:
+    """Each kernel in ``names`` really splits (a task function in the IR); 1, 2 and 3 threads give the same
+    bits for every output; the outputs match the interpreter within ``rtol``."""
+    from mcir.codegen.lowering import lower
+    from mcir.codegen.target import resolve
+
+    ir_text = lower(g, resolve("native"), g.name).ir_text
+    for name in names:
+        assert re.search(rf'define internal void @"?{name}\.task', ir_text), name
+    lib = build(g, tmp_path)
+    results = outputs_for_each_thread_count(lib, *inputs)
+    for out in results[1:]:
+        for got, want in zip(out, results[0]):
+            np.testing.assert_array_equal(got, want)
+    for got, want in zip(results[0], interpret(g, *inputs)):
+        assert_close(got, want, rtol=rtol)
+
+
+def test_f32_matmul_is_bit_identical_for_1_2_3_threads(tmp_path, rng):
+    """f32 matmul: a plain product splits like linear (a run-time B packed first, 200 columns: a ragged
+    last panel); batched with one B shared by the batch (packed once); batched with a B per index and
+    a B broadcast over the leading axis (each task packs into its own scratch copy, 6 indices over
+    4/8/12 tasks)."""
+    g = Graph("mmt")
+    x = g.add_input("x", tensor([64, 300]))
+    y = g.add_input("y", tensor([300, 200]))
+    a = g.add_input("a", tensor([2, 3, 40, 100]))
+    bb = g.add_input("bb", tensor([2, 3, 100, 50]))
+    bs = g.add_input("bs", tensor([100, 50]))
+    bc = g.add_input("bc", tensor([3, 100, 50]))
+    g.set_outputs(
+        [
+            g.add("matmul", [x, y]),
+            g.add("matmul", [x, g.const("w", randn(rng, 300, 70))]),
+            g.add("relu", [g.add("matmul", [a, bb])]),
+            g.add("matmul", [a, bs]),
+            g.add("matmul", [a, bc]),
+        ]
+    )
+    shapes = [(64, 300), (300, 200), (2, 3, 40, 100), (2, 3, 100, 50), (100, 50), (3, 100, 50)]
+    assert MIN_PARALLEL_MACS <= 6 * 40 * 100 * 50  # the smallest batched product splits
+    _split_kernels_bit_identical(tmp_path, g, ["matmul64x200x300", "matmul_f32"], *[randn(rng, *s) for s in shapes])
+
+
+def test_f32_softmax_is_bit_identical_for_1_2_3_threads(tmp_path, rng):
+    """softmax / log_softmax over the last axis (rows split; 250 is not a multiple of the vector width)
+    and over an outer axis (outer blocks split, running maxima and sums in a scratch copy per task)."""
+    from mcir.codegen.kernels.norm import SOFTMAX_WORK
+
+    g = Graph("smt")
+    x = g.add_input("x", tensor([3, 129, 250]))
+    z = g.add_input("z", tensor([7, 50, 300]))
+    assert 3 * 129 * 250 * SOFTMAX_WORK >= MIN_PARALLEL_MACS and 7 * 50 * 300 * SOFTMAX_WORK >= MIN_PARALLEL_MACS
+    g.set_outputs(
+        [
+            g.add("softmax", [x], {"axis": -1}),
+            g.add("log_softmax", [x], {"axis": -1}),
+            g.add("softmax", [z], {"axis": 1}),
+            g.add("log_softmax", [z], {"axis": 1}),
+        ]
+    )
+    _split_kernels_bit_identical(
+        tmp_path, g, ["softmax", "log_softmax"], randn(rng, 3, 129, 250), randn(rng, 7, 50, 300)
+    )
+
+
+def test_f32_pooling_is_bit_identical_for_1_2_3_threads(tmp_path, rng):
+    """Pooling splits (image, channel) planes: max with padding (masked taps), a 2x2 average whose
+    windows lie inside (the vectorised row path) and an adaptive average (31 planes: ragged splits)."""
+    g = Graph("poolt")
+    x = g.add_input("x", tensor([1, 31, 64, 64]))
+    g.set_outputs(
+        [
+            g.add("max_pool2d", [x], {"kernel": [3, 3], "stride": [2, 2], "padding": [1, 1]}),
+            g.add("avg_pool2d", [x], {"kernel": [2, 2], "stride": [2, 2]}),
+            g.add("adaptive_avg_pool2d", [x], {"output_size": [7, 7]}),
+        ]
+    )
+    names = ["max_pool2d", "avg_pool2d", "adaptive_avg_pool2d"]
+    _split_kernels_bit_identical(tmp_path, g, names, randn(rng, 1, 31, 64, 64))

@@ -36,8 +36,8 @@ import numpy as np
 
 from mcir.codegen.emit import F32, Emitter, const, i64, vec
 from mcir.codegen.kernels import KernelContext, kernel
-from mcir.codegen.memory_plan import view_root
-from mcir.codegen.parallel import parallel_for
+from mcir.codegen.memory_plan import align_up, view_root
+from mcir.codegen.parallel import MIN_PARALLEL_MACS, parallel_for
 from mcir.codegen.target import Target
 from mcir.ir import Op
 
@@ -606,55 +606,72 @@ def _pack_matmul(op: Op, index: int, data, target: Target):
     return f"gemm_b:{nv * lanes}", pack_b(np.asarray(data, np.float32).reshape(k, n), nv * lanes)
 
 
+# Scratch copies of a per-batch-index packed B: at most this many tasks run one matmul's batch indices
+MATMUL_SLOTS = 8
+
+
+def _matmul_slots(op: Op) -> int:
+    """Packed-B copies: one per task when B differs per batch index and the op splits, else one."""
+    batch, m, n, k = _matmul_dims(op)
+    total = math.prod(batch)
+    if _b_is_shared(op) or total < 2 or total * m * n * k < MIN_PARALLEL_MACS:
+        return 1
+    return min(MATMUL_SLOTS, total)
+
+
 def _matmul_scratch(op: Op, target: Target) -> int:
     if view_root(op.operands[1]).is_constant and _b_is_shared(op):
         return 0
     _, _, n, k = _matmul_dims(op)
     nv, lanes = panel_width(n, target)
-    return packed_b_bytes(k, n, nv * lanes)
+    return _matmul_slots(op) * align_up(packed_b_bytes(k, n, nv * lanes))
 
 
 @kernel("matmul", ("f32", "f32"), pack=_pack_matmul, scratch=_matmul_scratch, epilogue=True)
 def matmul(k: KernelContext) -> None:
-    """y = a @ b with batch broadcasting: one GEMM per batch index, B packed once when shared."""
-    em, b = k.em, k.em.b
+    """y = a @ b with batch broadcasting: one GEMM per batch index, B packed once when shared.
+
+    Threads: without batch axes the one GEMM splits like ``linear`` (B packed first, on the calling
+    thread); with them the batch indices split, each task packing its own B into its own scratch copy
+    when B differs per index."""
+    em = k.em
     batch, m, n, kk = _matmul_dims(k.op)
     t = choose_tiling(m, n, kk, k.target)
     sa = batch_strides(k.op.operands[0].type.shape, batch)
     sb = batch_strides(k.op.operands[1].type.shape, batch)
     b_const = view_root(k.op.operands[1]).is_constant and not any(sb)
     b_rs = n if len(k.op.operands[1].type.shape) >= 2 else 1
-
-    def one(a_off: ir.Value, b_off: ir.Value, c_off: ir.Value, pack: bool) -> None:
-        packed = k.args[1]
-        if not b_const:
-            if pack:
-                emit_pack_b(em, em.gep(k.args[1], b_off, F32), b_rs, 1, kk, n, t.nr, k.scratch)
-            packed = k.scratch
-        emit_gemm(
-            em,
-            GemmArgs(
-                m,
-                n,
-                kk,
-                em.gep(k.args[0], a_off, F32),
-                kk,
-                1,
-                packed,
-                em.gep(k.out, c_off, F32),
-                n,
-                epilogue=k.epilogue,
-            ),
-            t,
-        )
+    packed_bytes = align_up(packed_b_bytes(kk, n, t.nr))
+    if not b_const and not any(sb):
+        emit_pack_b(em, k.args[1], b_rs, 1, kk, n, t.nr, k.scratch)  # shared B: packed once, before any split
+    shared = k.args[1] if b_const else k.scratch
 
     if not batch:
-        one(i64(0), i64(0), i64(0), True)
+        split = choose_split(m, n, t)
+
+        def part(em: Emitter, p: list[ir.Value], lo: ir.Value, hi: ir.Value) -> None:
+            g = GemmArgs(m, n, kk, p[0], kk, 1, p[1], p[2], n, epilogue=k.epilogue)
+            emit_split_gemm(em, g, t, split, lo, hi)
+
+        parallel_for(em, f"matmul{m}x{n}x{kk}", split.units, m * n * kk, [k.args[0], shared, k.out], part)
         return
-    if not b_const and not any(sb):
-        emit_pack_b(em, k.args[1], b_rs, 1, kk, n, t.nr, k.scratch)
-    # one flat loop over the batch; each operand's offset from the unravelled index
+
+    def indices(em: Emitter, p: list[ir.Value], lo: ir.Value, hi: ir.Value, slot: ir.Value) -> None:
+        """Batch indices ``[lo, hi)``; a per-index B is packed into scratch copy ``slot``."""
+        b = em.b
+        a_ptr, b_ptr, out, scratch = p
+        packed = b_ptr if b_const else scratch
+        if any(sb):
+            packed = em.byte_offset(scratch, b.mul(slot, i64(packed_bytes)))
+        # one flat loop over the batch; each operand's offset from the unravelled index
+        with em.loop(hi, name="bt", start=lo) as i:
+            a_off, b_off = em.batch_offsets(i, batch, [sa, sb])
+            if any(sb):
+                emit_pack_b(em, em.gep(b_ptr, b_off, F32), b_rs, 1, kk, n, t.nr, packed)
+            c = em.gep(out, b.mul(i, i64(m * n)), F32)
+            emit_gemm(em, GemmArgs(m, n, kk, em.gep(a_ptr, a_off, F32), kk, 1, packed, c, n, epilogue=k.epilogue), t)
+
     total = math.prod(batch)
-    with em.loop(total, name="bt") as i:
-        a_off, b_off = em.batch_offsets(i, batch, [sa, sb])
-        one(a_off, b_off, b.mul(i, i64(m * n)), bool(any(sb)))
+    pointers = [k.args[0], k.args[1], k.out, k.scratch]  # a NULL scratch when B is a shared constant
+    slots = _matmul_slots(k.op)
+    parallel_for(em, "matmul_f32", total, total * m * n * kk, pointers, indices, slots=slots)
