@@ -165,6 +165,13 @@ def test_small_kernels_never_consult_the_hook(tmp_path, rng):
     small = lower(linear_graph(rng, (2,), 64, 64), resolve("native"), "small")
     large = lower(linear_graph(rng, (16,), 512, 256), resolve("native"), "large")
     assert not re.search(r"\.task", small.ir_text)
+
+    # the end-of-run notice goes only to a library that splits something
+    def run_body(lib, name):
+        return re.search(rf'define i32 @"?mcir_{name}_run"?\(.*?\n}}\n', lib.ir_text, re.S).group(0)
+
+    assert "mcir.parallel.fn" not in run_body(small, "small")
+    assert "mcir.parallel.fn" in run_body(large, "large")
     assert re.search(r"define internal void @\"?linear16x512x256\.task", large.ir_text)
     assert "mcir_small_set_parallel" in small.ir_text
 
