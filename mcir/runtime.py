@@ -207,6 +207,12 @@ class Library:
         if old is not None:
             old.close()
 
+    @property
+    def thread_pool(self) -> Any:
+        """The native pool ``set_threads`` installed for this loaded file (a ``mcir.threadpool.ThreadPool``,
+        whose ``count()``/``stats()`` measure how the work was shared), or None when single-threaded."""
+        return _POOLS.get(self._dll._handle)
+
     def _sym(self, symbol: str, restype: Any) -> Callable[[], Any]:
         fn = getattr(self._dll, symbol)
         fn.argtypes = []

@@ -42,7 +42,7 @@ from mcir.codegen.emit import I1, I8, I32, I64, PTR, Emitter, i64
 from mcir.codegen.kernels import KernelContext, KernelGen
 from mcir.codegen.kernels.elementwise import fusable_epilogue
 from mcir.codegen.memory_plan import ALIGN, MemoryPlan, Step, plan, view_offset, view_root, view_source
-from mcir.codegen.parallel import emit_set_parallel
+from mcir.codegen.parallel import emit_end_of_run, emit_set_parallel
 from mcir.codegen.target import Target
 from mcir.encodings import Quant
 from mcir.errors import CodegenError, UnsupportedError
@@ -420,6 +420,7 @@ class _Builder:
                 kernel_index += 1
             if gen.can_fail:
                 fail_if(b.icmp_unsigned("!=", status, ir.Constant(I32, OK)), status)
+        emit_end_of_run(em)
         if profile:
             # the whole run (checks, copies and calls included), then the number of runs
             self.count(em, counters, len(steps), b.sub(b.call(cycles, []), run_start))

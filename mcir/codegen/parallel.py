@@ -206,3 +206,21 @@ def parallel_for(
                 body(em, pointers, i64(0), i64(units), i64(0))
         with otherwise:
             b.call(hook, [b.load(hctx_g, typ=PTR), task, block, n])
+
+
+def emit_end_of_run(em: Emitter) -> None:
+    """At the end of ``mcir_NAME_run``: ``fn(ctx, NULL, NULL, 0)`` when a hook is installed, the notice
+    that this run will not call it again (a parallel-for of no tasks, which any conforming host runs as
+    a no-op). mcir's pool lets its workers spin for the next parallel-for throughout a run and sleep
+    soon after this notice. Emitted only in a library with a kernel that splits (one that never calls
+    the hook does not announce anything)."""
+    module = em.module
+    if _HOOK_FN not in module.globals:
+        return
+    fn_g, hctx_g, _ = hook_globals(module)
+    b = em.b
+    hook = b.load(fn_g, typ=PTR)
+    hook.__class__ = _HookLoad
+    with b.if_then(b.icmp_unsigned("!=", hook, ir.Constant(PTR, None))):
+        null = ir.Constant(PTR, None)
+        b.call(hook, [b.load(hctx_g, typ=PTR), null, null, i64(0)])

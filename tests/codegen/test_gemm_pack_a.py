@@ -95,22 +95,29 @@ def test_packed_linear_is_exact_and_bit_identical_to_threads_at_every_edge(tmp_p
         assert_close(results[0][i], refs[i], what=f"linear M={m} N={n} K={k}")
 
 
-def test_packed_matmul_matches_the_interpreter(tmp_path, rng):
-    """2-D and batched A against a constant shared B and a run-time (per-batch) B."""
+def test_packed_matmul_matches_the_interpreter_and_is_bit_identical_to_threads(tmp_path, rng):
+    """2-D and batched A against a constant shared B and a run-time (per-batch) B. The batch indices
+    split across threads, each task packing A (and a per-index B) into its own scratch slot: 1, 2
+    and 3 threads give the same bits."""
     t = choose_tiling(1000, 1000, 1000, NATIVE)
     m, n, k = 21 * t.mr + 3, 16 * t.nr + 5, 1024
     assert packed(m, n, k)
     g = Graph("packmm")
     a2 = g.add_input("a2", tensor([m, k]))
-    a3 = g.add_input("a3", tensor([2, m, k]))
-    b3 = g.add_input("b3", tensor([2, k, n]))
+    a3 = g.add_input("a3", tensor([3, m, k]))
+    b3 = g.add_input("b3", tensor([3, k, n]))
     w = g.const("w", randn(rng, k, n, scale=k**-0.5))
     g.set_outputs([g.add("matmul", [a2, w]), g.add("matmul", [a3, w]), g.add("matmul", [a3, b3])])
-    xs = [randn(rng, m, k), randn(rng, 2, m, k), randn(rng, 2, k, n, scale=k**-0.5)]
+    xs = [randn(rng, m, k), randn(rng, 3, m, k), randn(rng, 3, k, n, scale=k**-0.5)]
     lib = build(g, tmp_path)
     assert "pack_a_k" in lib_ir(g)
-    for got, want, name in zip(lib(*xs), interpret(g, *xs), ("2-D", "batched, constant B", "batched, run-time B")):
+    results = outputs_for_each_thread_count(lib, *xs)
+    names = ("2-D", "batched, constant B", "batched, run-time B")
+    for got, want, name in zip(results[0], interpret(g, *xs), names):
         assert_close(got, want, what=f"matmul {name}")
+    for res in results[1:]:
+        for got, first, name in zip(res, results[0], names):
+            np.testing.assert_array_equal(got, first, err_msg=f"matmul {name}")
 
 
 def lib_ir(g: Graph) -> str:

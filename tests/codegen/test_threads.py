@@ -126,7 +126,8 @@ def test_concurrent_callers_share_one_pool(tmp_path, rng):
 def test_hook_is_called_with_the_documented_signature(tmp_path, rng):
     """A host hook written against docs/abi.md (here in Python via ctypes, to observe it): it gets
     its own ctx back, ``min(TASKS_PER_THREAD * n_threads, panels, MACs / MIN_TASK_MACS)`` tasks
-    (here the work bounds it: 4 x 1000 x 300 MACs), and must run every task."""
+    (here the work bounds it: 4 x 1000 x 300 MACs), and must run every task. At the end of the run it
+    gets one end-of-run notice: a parallel-for of 0 tasks (with a NULL body)."""
     g = linear_graph(rng, (4,), 1000, 300, bias=False, act=None)
     lib = build(g, tmp_path)
     task_fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
@@ -135,6 +136,9 @@ def test_hook_is_called_with_the_documented_signature(tmp_path, rng):
     @ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
     def hook(ctx, body, body_ctx, n_tasks):
         seen.append((ctx, n_tasks))
+        if n_tasks == 0:
+            assert body is None  # the end-of-run notice: nothing to run
+            return
         run = task_fn(body)
         for t in reversed(range(n_tasks)):  # any order is allowed
             run(body_ctx, t)
@@ -146,11 +150,11 @@ def test_hook_is_called_with_the_documented_signature(tmp_path, rng):
     set_parallel(ctypes.cast(hook, ctypes.c_void_p), 1234, 3)
     np.testing.assert_array_equal(lib(x)[0], single)
     panels = math.ceil(1000 / 16)
-    assert seen == [(1234, min(TASKS_PER_THREAD * 3, panels, 4 * 1000 * 300 // MIN_TASK_MACS))]
+    assert seen == [(1234, min(TASKS_PER_THREAD * 3, panels, 4 * 1000 * 300 // MIN_TASK_MACS)), (1234, 0)]
     assert seen[0][1] == 4
     set_parallel(None, None, 0)  # NULL turns it off
     lib(x)
-    assert len(seen) == 1
+    assert len(seen) == 2
 
 
 def test_small_kernels_never_consult_the_hook(tmp_path, rng):
@@ -161,6 +165,13 @@ def test_small_kernels_never_consult_the_hook(tmp_path, rng):
     small = lower(linear_graph(rng, (2,), 64, 64), resolve("native"), "small")
     large = lower(linear_graph(rng, (16,), 512, 256), resolve("native"), "large")
     assert not re.search(r"\.task", small.ir_text)
+
+    # the end-of-run notice goes only to a library that splits something
+    def run_body(lib, name):
+        return re.search(rf'define i32 @"?mcir_{name}_run"?\(.*?\n}}\n', lib.ir_text, re.S).group(0)
+
+    assert "mcir.parallel.fn" not in run_body(small, "small")
+    assert "mcir.parallel.fn" in run_body(large, "large")
     assert re.search(r"define internal void @\"?linear16x512x256\.task", large.ir_text)
     assert "mcir_small_set_parallel" in small.ir_text
 
@@ -228,6 +239,31 @@ def test_attention_heads_are_bit_identical_for_1_2_3_threads(tmp_path, rng, mask
     for out in results[1:]:
         np.testing.assert_array_equal(out[0], results[0][0])
     assert_close(results[0][0], interpret(g, *data)[0])
+
+
+@pytest.mark.parametrize(("mask", "y_kind"), [("none", "u8"), ("padding", "u8"), ("causal", "f32")])
+def test_int8_attention_heads_are_bit_identical_for_1_2_3_threads(tmp_path, rng, mask, y_kind):
+    """The int8 attention splits its (batch, head) indices like the f32 one (6 heads: unequal counts per
+    task with 4 or 12 tasks), each task decoding, packing and scoring in its own scratch copy; the
+    broadcast padding mask is read by every task. Within 1 LSB (u8) / 1e-5 (f32) of the interpreter."""
+    from mcir.codegen.kernels.attention_i8 import _macs
+    from mcir.codegen.lowering import lower
+    from mcir.codegen.target import resolve
+
+    from .test_int8_transformer import _attention
+
+    g, inputs = _attention(rng, 64, 80, 32, mask, y_kind=y_kind, heads=6)
+    assert _macs(g.ops[-1]) >= MIN_PARALLEL_MACS
+    assert "attention_q.task" in lower(g, resolve("native"), "qsdpa").ir_text  # it really splits
+    lib = build(g, tmp_path)
+    results = outputs_for_each_thread_count(lib, *inputs)
+    for out in results[1:]:
+        np.testing.assert_array_equal(out[0], results[0][0])
+    ref = interpret(g, *inputs)[0]
+    if y_kind == "u8":
+        assert np.abs(results[0][0].astype(np.int32) - ref.astype(np.int32)).max() <= 1
+    else:
+        assert_close(results[0][0], ref, rtol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -378,3 +414,145 @@ def test_small_elementwise_ops_stay_inline_and_nested_splits_are_inline():
     outer_body = str(module.get_global("outer.body"))  # the task's work (the task only loads and calls it)
     assert "inner" not in outer_body and "call" not in outer_body  # inside the task: inline, no hook call
     # (the kernel's own single-threaded branch may still split the inner loop: no hook is running there)
+
+
+def test_pool_counters_account_for_every_task_and_parallel_for():
+    """``ThreadPool.count()``/``stats()``: per thread the tasks run and time in them, one event per
+    parallel-for that went to the pool (task count, tasks the workers took), nothing before counting."""
+    from mcir.threadpool import ThreadPool
+
+    pool = ThreadPool(2)
+    task_fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
+    parallel_for = ctypes.CFUNCTYPE(None, ctypes.c_void_p, task_fn, ctypes.c_void_p, ctypes.c_int64)(pool.parallel_for)
+
+    @task_fn
+    def body(ctx, t):
+        pass
+
+    with pytest.raises(RuntimeCallError, match="not counting"):
+        pool.stats()
+    parallel_for(ctypes.c_void_p(pool.handle), body, None, 5)  # before counting: not counted
+    pool.count()
+    sizes = [3, 1, 8, 2]  # a single task runs inline on the caller: no parallel-for event
+    for n in sizes:
+        parallel_for(ctypes.c_void_p(pool.handle), body, None, n)
+    st = pool.stats()
+    pool.close()
+    assert len(st.tasks) == len(st.task_ns) == len(st.sleeps) == 2
+    assert sum(st.tasks) == 3 + 8 + 2
+    assert [e.n_tasks for e in st.events] == [3, 8, 2]
+    assert all(0 <= e.worker_tasks <= e.n_tasks and e.start_ns <= e.end_ns for e in st.events)
+    assert sum(e.worker_tasks for e in st.events) == st.tasks[1]
+    assert st.sleeps[0] == 0  # the calling thread never sleeps in the pool
+
+
+@pytest.mark.parametrize("notice", [True, False])
+def test_idle_workers_go_to_sleep_after_a_bounded_spin(notice):
+    """Workers spin for the next parallel-for (up to 1 ms within a run, ~50 us after the library's
+    end-of-run notice, a parallel-for of 0 tasks) and then sleep: a pool never holds a core for long
+    after the work stops. Polled for up to 2 s (a loaded machine may not schedule the worker at once)."""
+    import time
+
+    from mcir.threadpool import ThreadPool
+
+    pool = ThreadPool(2)
+    task_fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
+    parallel_for = ctypes.CFUNCTYPE(None, ctypes.c_void_p, task_fn, ctypes.c_void_p, ctypes.c_int64)(pool.parallel_for)
+
+    @task_fn
+    def body(ctx, t):
+        pass
+
+    pool.count()
+    parallel_for(ctypes.c_void_p(pool.handle), body, None, 4)
+    if notice:
+        parallel_for(ctypes.c_void_p(pool.handle), task_fn(), None, 0)  # runs nothing
+    deadline = time.monotonic() + 2.0
+    while pool.stats().sleeps[1] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    st = pool.stats()
+    pool.close()
+    assert st.sleeps[1] >= 1
+    assert [e.n_tasks for e in st.events] == [4]  # the notice is no parallel-for
+
+
+def _split_kernels_bit_identical(tmp_path, g: Graph, names: list[str], *inputs: np.ndarray, rtol: float = 1e-5) -> None:
+    """Each kernel in ``names`` really splits (a task function in the IR); 1, 2 and 3 threads give the same
+    bits for every output; the outputs match the interpreter within ``rtol``."""
+    from mcir.codegen.lowering import lower
+    from mcir.codegen.target import resolve
+
+    ir_text = lower(g, resolve("native"), g.name).ir_text
+    for name in names:
+        assert re.search(rf'define internal void @"?{name}\.task', ir_text), name
+    lib = build(g, tmp_path)
+    results = outputs_for_each_thread_count(lib, *inputs)
+    for out in results[1:]:
+        for got, want in zip(out, results[0]):
+            np.testing.assert_array_equal(got, want)
+    for got, want in zip(results[0], interpret(g, *inputs)):
+        assert_close(got, want, rtol=rtol)
+
+
+def test_f32_matmul_is_bit_identical_for_1_2_3_threads(tmp_path, rng):
+    """f32 matmul: a plain product splits like linear (a run-time B packed first, 200 columns: a ragged
+    last panel); batched with one B shared by the batch (packed once); batched with a B per index and
+    a B broadcast over the leading axis (each task packs into its own scratch copy, 6 indices over
+    4/8/12 tasks)."""
+    g = Graph("mmt")
+    x = g.add_input("x", tensor([64, 300]))
+    y = g.add_input("y", tensor([300, 200]))
+    a = g.add_input("a", tensor([2, 3, 40, 100]))
+    bb = g.add_input("bb", tensor([2, 3, 100, 50]))
+    bs = g.add_input("bs", tensor([100, 50]))
+    bc = g.add_input("bc", tensor([3, 100, 50]))
+    g.set_outputs(
+        [
+            g.add("matmul", [x, y]),
+            g.add("matmul", [x, g.const("w", randn(rng, 300, 70))]),
+            g.add("relu", [g.add("matmul", [a, bb])]),
+            g.add("matmul", [a, bs]),
+            g.add("matmul", [a, bc]),
+        ]
+    )
+    shapes = [(64, 300), (300, 200), (2, 3, 40, 100), (2, 3, 100, 50), (100, 50), (3, 100, 50)]
+    assert MIN_PARALLEL_MACS <= 6 * 40 * 100 * 50  # the smallest batched product splits
+    _split_kernels_bit_identical(tmp_path, g, ["matmul64x200x300", "matmul_f32"], *[randn(rng, *s) for s in shapes])
+
+
+def test_f32_softmax_is_bit_identical_for_1_2_3_threads(tmp_path, rng):
+    """softmax / log_softmax over the last axis (rows split; 250 is not a multiple of the vector width)
+    and over an outer axis (outer blocks split, running maxima and sums in a scratch copy per task)."""
+    from mcir.codegen.kernels.norm import SOFTMAX_WORK
+
+    g = Graph("smt")
+    x = g.add_input("x", tensor([3, 129, 250]))
+    z = g.add_input("z", tensor([7, 50, 300]))
+    assert 3 * 129 * 250 * SOFTMAX_WORK >= MIN_PARALLEL_MACS and 7 * 50 * 300 * SOFTMAX_WORK >= MIN_PARALLEL_MACS
+    g.set_outputs(
+        [
+            g.add("softmax", [x], {"axis": -1}),
+            g.add("log_softmax", [x], {"axis": -1}),
+            g.add("softmax", [z], {"axis": 1}),
+            g.add("log_softmax", [z], {"axis": 1}),
+        ]
+    )
+    _split_kernels_bit_identical(
+        tmp_path, g, ["softmax", "log_softmax"], randn(rng, 3, 129, 250), randn(rng, 7, 50, 300)
+    )
+
+
+def test_f32_pooling_is_bit_identical_for_1_2_3_threads(tmp_path, rng):
+    """Pooling splits (image, channel) planes: max with padding (masked taps), a 2x2 average whose
+    windows lie inside (the vectorised row path) and an adaptive average (31 planes: ragged splits)."""
+    g = Graph("poolt")
+    x = g.add_input("x", tensor([1, 31, 64, 64]))
+    g.set_outputs(
+        [
+            g.add("max_pool2d", [x], {"kernel": [3, 3], "stride": [2, 2], "padding": [1, 1]}),
+            g.add("avg_pool2d", [x], {"kernel": [2, 2], "stride": [2, 2]}),
+            g.add("adaptive_avg_pool2d", [x], {"output_size": [7, 7]}),
+        ]
+    )
+    names = ["max_pool2d", "avg_pool2d", "adaptive_avg_pool2d"]
+    _split_kernels_bit_identical(tmp_path, g, names, randn(rng, 1, 31, 64, 64))

@@ -19,6 +19,12 @@ The centred operands and the score matrix live in the op's scratch; the result l
 Against the interpreter: the scores differ by f32 rounding of one multiply, the exp by its
 approximation; a probability at a rounding tie of ``255 p`` may flip by one step, which moves an
 output by at most ``|v| / 255``, about one LSB of the result.
+
+Threads: as the f32 attention, the (batch, head) indices split through the parallel hook, each
+task in its own copy of the scratch (``SLOTS`` copies when the op is large enough to split); an
+index is computed by the same instructions whatever the split (bit-identical for any thread count).
+Before it split, this op was 41 % of the int8 encoder's 2-thread wall time at batch 32, all of it
+on one core (docs/benchmarks.md, "Threads, part 3").
 """
 
 from __future__ import annotations
@@ -27,15 +33,16 @@ import math
 
 import llvmlite.ir as ir
 
-from mcir.codegen.emit import F32, const, i64, storage_type
+from mcir.codegen.emit import F32, Emitter, const, i64, storage_type
 from mcir.codegen.kernels import KernelContext, kernel, math_approx
-from mcir.codegen.kernels.attention import mask_row
+from mcir.codegen.kernels.attention import SLOTS, mask_row
 from mcir.codegen.kernels.gemm_f32 import GemmArgs, batch_strides, choose_tiling, emit_gemm, emit_pack_b, packed_b_bytes
 from mcir.codegen.kernels.norm import softmax_row
 from mcir.codegen.kernels.norm_i8 import decode_row, encode_row
 from mcir.codegen.kernels.quant import QUANT, QUANT_OR_F32, per_tensor
 from mcir.codegen.kernels.rows import map_row
 from mcir.codegen.memory_plan import align_up
+from mcir.codegen.parallel import MIN_PARALLEL_MACS, parallel_for
 from mcir.codegen.target import Target
 from mcir.encodings import Quant
 from mcir.ir import Op
@@ -60,8 +67,19 @@ def _layout(op: Op, target: Target) -> list[int]:
     return offsets
 
 
+def _macs(op: Op) -> int:
+    batch, L, S, E, Ev = _dims(op)
+    return math.prod(batch) * L * S * (E + Ev)
+
+
+def _slots(op: Op) -> int:
+    """Scratch copies: one per task when the op is large enough to split (as the f32 attention), else one."""
+    total = math.prod(_dims(op)[0])
+    return min(SLOTS, total) if total > 1 and _macs(op) >= MIN_PARALLEL_MACS else 1
+
+
 def _scratch(op: Op, target: Target) -> int:
-    return _layout(op, target)[-1]
+    return _slots(op) * _layout(op, target)[-1]
 
 
 def _centred(enc: Quant) -> Quant:
@@ -71,7 +89,7 @@ def _centred(enc: Quant) -> Quant:
 
 def _sdpa_q(k: KernelContext) -> None:
     """Attention on quantised q, k, v per batch index: integer QK^T, f32 softmax, u8 probabilities, integer PV."""
-    em, b = k.em, k.em.b
+    em = k.em
     op = k.op
     batch, L, S, E, Ev = _dims(op)
     where = op.where()
@@ -84,7 +102,7 @@ def _sdpa_q(k: KernelContext) -> None:
     causal = op.attrs["is_causal"]
     lanes = k.target.f32_lanes
     t1, t2 = choose_tiling(L, S, E, k.target), choose_tiling(L, Ev, S, k.target)
-    qf, kf, kpack, scores, vf, vpack, yf = (em.byte_offset(k.scratch, o) for o in _layout(op, k.target)[:-1])
+    layout = _layout(op, k.target)
     shapes = [o.type.shape for o in op.operands]
     strides = [batch_strides(s, batch) for s in shapes[:3]]
     mask_t = op.operands[3].type if len(op.operands) > 3 else None
@@ -99,41 +117,61 @@ def _sdpa_q(k: KernelContext) -> None:
     score_scale = encs[0].scale * encs[1].scale * scale
     # P = rint(255 p) carries the 1/255 of the u8 probabilities; without u8_probs P = p
     out_scale = encs[2].scale / 255.0 if u8_probs else encs[2].scale
-    with em.loop(math.prod(batch), name="bh") as bi:
-        *offs, moff = em.batch_offsets(bi, batch, [*strides, mst])
-        qp, kp, vp = (em.gep(a, o, storage_type(dt)) for a, o, dt in zip(k.args[:3], offs, dts))
-        decode_row(em, qp, qf, L * E, lanes, dts[0], _centred(encs[0]))
-        decode_row(em, kp, kf, S * E, lanes, dts[1], _centred(encs[1]))
-        emit_pack_b(em, kf, 1, E, E, S, t1.nr, kpack)
-        emit_gemm(
-            em,
-            GemmArgs(
-                L, S, E, qf, E, 1, kpack, scores, S, epilogue=lambda em, v: em.b.fmul(v, const(v.type, score_scale))
-            ),
-            t1,
-        )
-        with em.loop(L, name="qi") as qi:
-            row = em.gep(scores, b.mul(qi, i64(S)), F32)
-            if causal or mask_t is not None:
-                mask = k.args[3] if mask_t is not None else None
-                mask_row(k, em, row, qi, S, causal, mask_t, mask, moff, mst if mask_t is not None else None)
-            softmax_row(em, row, row, S, lanes, log=False, masked_rows_zero=True)
-            if u8_probs:
-                step = const(ir.VectorType(F32, lanes), 255.0)
-                map_row(em, row, row, S, lanes, lambda v, _: math_approx.rint(em, b.fmul(v, step)))
-        decode_row(em, vp, vf, S * Ev, lanes, dts[2], _centred(encs[2]))
-        emit_pack_b(em, vf, Ev, 1, S, Ev, t2.nr, vpack)
-        y_rows = em.gep(k.out, b.mul(bi, i64(L * Ev)), F32) if y_enc is None else yf
-        emit_gemm(
-            em,
-            GemmArgs(
-                L, Ev, S, scores, S, 1, vpack, y_rows, Ev, epilogue=lambda em, v: em.b.fmul(v, const(v.type, out_scale))
-            ),
-            t2,
-        )
-        if y_enc is not None:
-            dst = em.gep(k.out, b.mul(bi, i64(L * Ev)), storage_type(y_t.dtype))
-            encode_row(em, yf, dst, L * Ev, lanes, y_t.dtype, y_enc)
+    pointers = [*k.args[:3], k.out, k.scratch] + ([k.args[3]] if mask_t is not None else [])
+
+    def heads(em: Emitter, p: list[ir.Value], lo: ir.Value, hi: ir.Value, slot: ir.Value) -> None:
+        """(batch, head) indices ``[lo, hi)`` in scratch copy ``slot``."""
+        b = em.b
+        qa, ka, va, out, scratch = p[:5]
+        mask = p[5] if mask_t is not None else None
+        base = em.byte_offset(scratch, b.mul(slot, i64(layout[-1])))
+        qf, kf, kpack, scores, vf, vpack, yf = (em.byte_offset(base, o) for o in layout[:-1])
+        with em.loop(hi, name="bh", start=lo) as bi:
+            *offs, moff = em.batch_offsets(bi, batch, [*strides, mst])
+            qp, kp, vp = (em.gep(a, o, storage_type(dt)) for a, o, dt in zip((qa, ka, va), offs, dts))
+            decode_row(em, qp, qf, L * E, lanes, dts[0], _centred(encs[0]))
+            decode_row(em, kp, kf, S * E, lanes, dts[1], _centred(encs[1]))
+            emit_pack_b(em, kf, 1, E, E, S, t1.nr, kpack)
+            emit_gemm(
+                em,
+                GemmArgs(
+                    L, S, E, qf, E, 1, kpack, scores, S, epilogue=lambda em, v: em.b.fmul(v, const(v.type, score_scale))
+                ),
+                t1,
+            )
+            with em.loop(L, name="qi") as qi:
+                row = em.gep(scores, b.mul(qi, i64(S)), F32)
+                if causal or mask_t is not None:
+                    mask_row(k, em, row, qi, S, causal, mask_t, mask, moff, mst if mask_t is not None else None)
+                softmax_row(em, row, row, S, lanes, log=False, masked_rows_zero=True)
+                if u8_probs:
+                    step = const(ir.VectorType(F32, lanes), 255.0)
+                    map_row(em, row, row, S, lanes, lambda v, _: math_approx.rint(em, b.fmul(v, step)))
+            decode_row(em, vp, vf, S * Ev, lanes, dts[2], _centred(encs[2]))
+            emit_pack_b(em, vf, Ev, 1, S, Ev, t2.nr, vpack)
+            y_rows = em.gep(out, b.mul(bi, i64(L * Ev)), F32) if y_enc is None else yf
+            emit_gemm(
+                em,
+                GemmArgs(
+                    L,
+                    Ev,
+                    S,
+                    scores,
+                    S,
+                    1,
+                    vpack,
+                    y_rows,
+                    Ev,
+                    epilogue=lambda em, v: em.b.fmul(v, const(v.type, out_scale)),
+                ),
+                t2,
+            )
+            if y_enc is not None:
+                dst = em.gep(out, b.mul(bi, i64(L * Ev)), storage_type(y_t.dtype))
+                encode_row(em, yf, dst, L * Ev, lanes, y_t.dtype, y_enc)
+
+    # _slots is 1 exactly when parallel_for keeps the op inline (one index, or too little work)
+    parallel_for(em, "attention_q", math.prod(batch), _macs(op), pointers, heads, slots=_slots(op))
 
 
 kernel("scaled_dot_product_attention", (QUANT, QUANT, QUANT, "bool|f32?"), result=QUANT_OR_F32, scratch=_scratch)(

@@ -38,8 +38,8 @@ import numpy as np
 
 from mcir.codegen.emit import F32, Emitter, const, i64, vec
 from mcir.codegen.kernels import KernelContext, kernel
-from mcir.codegen.memory_plan import view_root
-from mcir.codegen.parallel import parallel_for
+from mcir.codegen.memory_plan import align_up, view_root
+from mcir.codegen.parallel import MIN_PARALLEL_MACS, parallel_for
 from mcir.codegen.target import Target
 from mcir.ir import Op
 
@@ -743,64 +743,91 @@ def _pack_matmul(op: Op, index: int, data, target: Target):
     return f"gemm_b:{nv * lanes}", pack_b(np.asarray(data, np.float32).reshape(k, n), nv * lanes)
 
 
-def _matmul_scratch_parts(op: Op, target: Target) -> tuple[int, int]:
-    """Bytes of the op's scratch: B packed into panels (unless a shared constant), then the packed A
-    of one block."""
+# Scratch copies of a per-batch-index packed B: at most this many tasks run one matmul's batch indices
+MATMUL_SLOTS = 8
+
+
+def _matmul_slots(op: Op) -> int:
+    """Private scratch copies: one per task when the batch indices split, else one."""
+    batch, m, n, k = _matmul_dims(op)
+    total = math.prod(batch)
+    if not batch or total < 2 or total * m * n * k < MIN_PARALLEL_MACS:
+        return 1
+    return min(MATMUL_SLOTS, total)
+
+
+def _matmul_scratch_parts(op: Op, target: Target) -> tuple[int, int, int]:
+    """(slots, packed-B bytes, packed-A bytes) of the op's scratch: each slot holds B packed into panels
+    (unless it is a shared constant, or a shared run-time B packed once into slot 0), then the packed A
+    of one block; a task of a batch split uses its own slot."""
     _, m, n, k = _matmul_dims(op)
     t = choose_tiling(m, n, k, target)
     b_bytes = 0 if view_root(op.operands[1]).is_constant and _b_is_shared(op) else packed_b_bytes(k, n, t.nr)
     a_bytes = packed_a_bytes(m, t) if packs_a(m, n, k, t) else 0
-    return -(-b_bytes // 64) * 64, a_bytes
+    return _matmul_slots(op), align_up(b_bytes), align_up(a_bytes)
 
 
 def _matmul_scratch(op: Op, target: Target) -> int:
-    return sum(_matmul_scratch_parts(op, target))
+    slots, b_bytes, a_bytes = _matmul_scratch_parts(op, target)
+    if not a_bytes and _b_is_shared(op):
+        return b_bytes  # a shared B is packed once, into slot 0, and nothing else is private
+    return slots * (b_bytes + a_bytes)
 
 
 @kernel("matmul", ("f32", "f32"), pack=_pack_matmul, scratch=_matmul_scratch, epilogue=True)
 def matmul(k: KernelContext) -> None:
-    """y = a @ b with batch broadcasting: one GEMM per batch index, B packed once when shared."""
-    em, b = k.em, k.em.b
+    """y = a @ b with batch broadcasting: one GEMM per batch index, B packed once when shared.
+
+    Threads: without batch axes the one GEMM splits like ``linear`` (B packed first, on the calling
+    thread); with them the batch indices split, each task packing its own B into its own scratch copy
+    when B differs per index."""
+    em = k.em
     batch, m, n, kk = _matmul_dims(k.op)
     t = choose_tiling(m, n, kk, k.target)
     sa = batch_strides(k.op.operands[0].type.shape, batch)
     sb = batch_strides(k.op.operands[1].type.shape, batch)
     b_const = view_root(k.op.operands[1]).is_constant and not any(sb)
     b_rs = n if len(k.op.operands[1].type.shape) >= 2 else 1
-    b_bytes, a_bytes = _matmul_scratch_parts(k.op, k.target)
-    a_buf = em.gep(k.scratch, i64(b_bytes // 4), F32) if a_bytes else None
-
-    def one(a_off: ir.Value, b_off: ir.Value, c_off: ir.Value, pack: bool) -> None:
-        packed = k.args[1]
-        if not b_const:
-            if pack:
-                emit_pack_b(em, em.gep(k.args[1], b_off, F32), b_rs, 1, kk, n, t.nr, k.scratch)
-            packed = k.scratch
-        emit_gemm(
-            em,
-            GemmArgs(
-                m,
-                n,
-                kk,
-                em.gep(k.args[0], a_off, F32),
-                kk,
-                1,
-                packed,
-                em.gep(k.out, c_off, F32),
-                n,
-                epilogue=k.epilogue,
-                a_buffer=a_buf,
-            ),
-            t,
-        )
+    _, b_bytes, a_bytes = _matmul_scratch_parts(k.op, k.target)
+    slot_bytes = b_bytes + a_bytes
+    if not b_const and not any(sb):
+        emit_pack_b(em, k.args[1], b_rs, 1, kk, n, t.nr, k.scratch)  # shared B: packed once, before any split
+    shared = k.args[1] if b_const else k.scratch
 
     if not batch:
-        one(i64(0), i64(0), i64(0), True)
+        split = choose_split(m, n, t)
+
+        a_buf = em.byte_offset(k.scratch, i64(b_bytes)) if a_bytes else None
+
+        def part(em: Emitter, p: list[ir.Value], lo: ir.Value, hi: ir.Value) -> None:
+            a_buffer = p[3] if a_buf else None  # used only when one task runs the whole product
+            g = GemmArgs(m, n, kk, p[0], kk, 1, p[1], p[2], n, epilogue=k.epilogue, a_buffer=a_buffer)
+            emit_split_gemm(em, g, t, split, lo, hi)
+
+        pointers = [k.args[0], shared, k.out] + ([a_buf] if a_buf else [])
+        parallel_for(em, f"matmul{m}x{n}x{kk}", split.units, m * n * kk, pointers, part)
         return
-    if not b_const and not any(sb):
-        emit_pack_b(em, k.args[1], b_rs, 1, kk, n, t.nr, k.scratch)
-    # one flat loop over the batch; each operand's offset from the unravelled index
+
+    def indices(em: Emitter, p: list[ir.Value], lo: ir.Value, hi: ir.Value, slot: ir.Value) -> None:
+        """Batch indices ``[lo, hi)``; a per-index B is packed into scratch copy ``slot``."""
+        b = em.b
+        a_ptr, b_ptr, out, scratch = p
+        packed = b_ptr if b_const else scratch
+        # this task's slot (no scratch at all for a shared constant B and an A read in place)
+        mine = em.byte_offset(scratch, b.mul(slot, i64(slot_bytes))) if any(sb) or a_bytes else None
+        if any(sb):
+            packed = mine
+        a_buffer = em.byte_offset(mine, i64(b_bytes)) if a_bytes else None
+        # one flat loop over the batch; each operand's offset from the unravelled index
+        with em.loop(hi, name="bt", start=lo) as i:
+            a_off, b_off = em.batch_offsets(i, batch, [sa, sb])
+            if any(sb):
+                emit_pack_b(em, em.gep(b_ptr, b_off, F32), b_rs, 1, kk, n, t.nr, packed)
+            c = em.gep(out, b.mul(i, i64(m * n)), F32)
+            a = em.gep(a_ptr, a_off, F32)
+            emit_gemm(em, GemmArgs(m, n, kk, a, kk, 1, packed, c, n, epilogue=k.epilogue, a_buffer=a_buffer), t)
+
     total = math.prod(batch)
-    with em.loop(total, name="bt") as i:
-        a_off, b_off = em.batch_offsets(i, batch, [sa, sb])
-        one(a_off, b_off, b.mul(i, i64(m * n)), bool(any(sb)))
+    pointers = [k.args[0], k.args[1], k.out, k.scratch]  # a NULL scratch when B is a shared constant
+    slots = _matmul_slots(k.op)
+    parallel_for(em, "matmul_f32", total, total * m * n * kk, pointers, indices, slots=slots)

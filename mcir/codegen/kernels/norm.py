@@ -15,10 +15,14 @@ import llvmlite.ir as ir
 from mcir.codegen.emit import F32, Emitter, const, i64
 from mcir.codegen.kernels import KernelContext, kernel, math_approx
 from mcir.codegen.kernels.rows import map_row, reduce_row
-from mcir.codegen.parallel import ELEMENT_WORK, parallel_for
+from mcir.codegen.memory_plan import align_up
+from mcir.codegen.parallel import ELEMENT_WORK, MIN_PARALLEL_MACS, parallel_for
 from mcir.codegen.target import Target
 from mcir.ir import Op
 from mcir.ops.registry import norm_axis
+
+# a softmax element costs an exp (twice on the row path) on top of the memory traffic of an element-wise op
+SOFTMAX_WORK = 2 * ELEMENT_WORK
 
 
 def _split(shape: tuple[int, ...], axis: int) -> tuple[int, int, int]:
@@ -57,50 +61,76 @@ def softmax_row(
     map_row(em, src, dst, n, lanes, lambda v, _: b.fmul(math_approx.exp(em, b.fsub(v, mxv)), inv))
 
 
+# Scratch copies (running maxima and sums) for concurrent tasks of a softmax along an outer axis
+SOFTMAX_SLOTS = 8
+
+
+def _softmax_slots(op: Op) -> int:
+    t = op.operands[0].type
+    outer, _, _ = _split(t.shape, norm_axis(op.attrs["axis"], t.rank))
+    return min(SOFTMAX_SLOTS, outer) if outer > 1 and t.numel * SOFTMAX_WORK >= MIN_PARALLEL_MACS else 1
+
+
 def _softmax_scratch(op: Op, target: Target) -> int:
     t = op.operands[0].type
     _, _, inner = _split(t.shape, norm_axis(op.attrs["axis"], t.rank))
-    return 0 if inner == 1 else 2 * inner * 4
+    return 0 if inner == 1 else _softmax_slots(op) * align_up(2 * inner * 4)
 
 
 def _softmax_gen(k: KernelContext) -> None:
-    """softmax / log_softmax along one axis."""
-    em, b = k.em, k.em.b
+    """softmax / log_softmax along one axis; rows (or outer blocks) split across threads, each computed by
+    one task exactly as on one thread."""
+    em = k.em
     t = k.operand_types[0]
     outer, n, inner = _split(t.shape, norm_axis(k.op.attrs["axis"], t.rank))
     log = k.op.name == "log_softmax"
     lanes = k.target.f32_lanes
+    work = t.numel * SOFTMAX_WORK
     if inner == 1:
-        with em.loop(outer, name="row") as r:
-            off = b.mul(r, i64(n))
-            softmax_row(em, em.gep(k.args[0], off, F32), em.gep(k.out, off, F32), n, lanes, log)
+
+        def rows(em: Emitter, p: list[ir.Value], lo: ir.Value, hi: ir.Value) -> None:
+            b = em.b
+            with em.loop(hi, name="row", start=lo) as r:
+                off = b.mul(r, i64(n))
+                softmax_row(em, em.gep(p[0], off, F32), em.gep(p[1], off, F32), n, lanes, log)
+
+        parallel_for(em, k.op.name, outer, work, [k.args[0], k.out], rows)
         return
-    mx, sm = k.scratch, em.gep(k.scratch, inner, F32)
-    x, y = k.args[0], k.out
-    with em.loop(outer, name="o") as o:
-        base = b.mul(o, i64(n * inner))
-        with em.loop(inner, name="i0") as i:
-            em.store(const(F32, float("-inf")), mx, i)
-            em.store(const(F32, 0.0), sm, i)
-        with em.loop(n, name="j") as j, em.loop(inner, name="i") as i:
-            em.store(em.fmax(em.load(mx, i, F32), em.load(x, b.add(base, b.add(b.mul(j, i64(inner)), i)), F32)), mx, i)
-        with em.loop(inner, name="i1") as i:
-            m = em.load(mx, i, F32)
-            em.store(b.select(b.fcmp_ordered("==", m, const(F32, float("-inf"))), const(F32, 0.0), m), mx, i)
-        with em.loop(n, name="j") as j, em.loop(inner, name="i") as i:
-            off = b.add(base, b.add(b.mul(j, i64(inner)), i))
-            e = math_approx.exp(em, b.fsub(em.load(x, off, F32), em.load(mx, i, F32)))
-            em.store(b.fadd(em.load(sm, i, F32), e), sm, i)
-            if not log:
-                em.store(e, y, off)
-        with em.loop(n, name="j") as j, em.loop(inner, name="i") as i:
-            off = b.add(base, b.add(b.mul(j, i64(inner)), i))
-            s = em.load(sm, i, F32)
-            if log:
-                v = b.fsub(b.fsub(em.load(x, off, F32), em.load(mx, i, F32)), math_approx.log(em, s))
-            else:
-                v = b.fdiv(em.load(y, off, F32), s)
-            em.store(v, y, off)
+    slot_bytes = align_up(2 * inner * 4)
+
+    def blocks(em: Emitter, p: list[ir.Value], lo: ir.Value, hi: ir.Value, slot: ir.Value) -> None:
+        """Outer blocks ``[lo, hi)``, with running maxima and sums in scratch copy ``slot``."""
+        b = em.b
+        x, y, scratch = p
+        mx = em.byte_offset(scratch, b.mul(slot, i64(slot_bytes)))
+        sm = em.gep(mx, inner, F32)
+        with em.loop(hi, name="o", start=lo) as o:
+            base = b.mul(o, i64(n * inner))
+            with em.loop(inner, name="i0") as i:
+                em.store(const(F32, float("-inf")), mx, i)
+                em.store(const(F32, 0.0), sm, i)
+            with em.loop(n, name="j") as j, em.loop(inner, name="i") as i:
+                v = em.load(x, b.add(base, b.add(b.mul(j, i64(inner)), i)), F32)
+                em.store(em.fmax(em.load(mx, i, F32), v), mx, i)
+            with em.loop(inner, name="i1") as i:
+                m = em.load(mx, i, F32)
+                em.store(b.select(b.fcmp_ordered("==", m, const(F32, float("-inf"))), const(F32, 0.0), m), mx, i)
+            with em.loop(n, name="j") as j, em.loop(inner, name="i") as i:
+                off = b.add(base, b.add(b.mul(j, i64(inner)), i))
+                e = math_approx.exp(em, b.fsub(em.load(x, off, F32), em.load(mx, i, F32)))
+                em.store(b.fadd(em.load(sm, i, F32), e), sm, i)
+                if not log:
+                    em.store(e, y, off)
+            with em.loop(n, name="j") as j, em.loop(inner, name="i") as i:
+                off = b.add(base, b.add(b.mul(j, i64(inner)), i))
+                s = em.load(sm, i, F32)
+                if log:
+                    v = b.fsub(b.fsub(em.load(x, off, F32), em.load(mx, i, F32)), math_approx.log(em, s))
+                else:
+                    v = b.fdiv(em.load(y, off, F32), s)
+                em.store(v, y, off)
+
+    parallel_for(em, k.op.name, outer, work, [k.args[0], k.out, k.scratch], blocks, slots=_softmax_slots(k.op))
 
 
 kernel("softmax", ("f32",), scratch=_softmax_scratch)(_softmax_gen)

@@ -4,23 +4,43 @@ and adaptive_avg_pool2d.
 Window taps are unrolled (windows are small); positions outside the input are masked
 with selects (-inf for max, 0 for average), so there are no branches in the loop body.
 Average divisors are computed at compile time per output row/column where they vary.
+
+Threads: the (image, channel) planes are independent; they split through the parallel hook
+(``_split_planes``), each plane computed by one task with the same instructions as on one thread.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import llvmlite.ir as ir
 
 from mcir.codegen.emit import F32, I64, Emitter, const, i64, vec
 from mcir.codegen.kernels import KernelContext, kernel
+from mcir.codegen.parallel import ELEMENT_WORK, parallel_for
 from mcir.codegen.target import Target
 from mcir.ir import Op
 from mcir.ops.nn import adaptive_bounds
 
 
+def _split_planes(k: KernelContext, taps: int, plane: Callable[[Emitter, ir.Value, ir.Value, ir.Value], None]) -> None:
+    """``plane(em, x, out, index)`` for every (image, channel) plane, split across the host's threads.
+    Work: every output reads ``taps`` inputs (``ELEMENT_WORK`` each), and every input is read at least once."""
+    n, c, h, w = k.operand_types[0].shape
+    _, _, oh, ow = k.result_type.shape
+    work = max(n * c * h * w, n * c * oh * ow * taps) * ELEMENT_WORK
+
+    def planes(em: Emitter, p: list[ir.Value], lo: ir.Value, hi: ir.Value) -> None:
+        with em.loop(hi, name="plane", start=lo) as pl:
+            plane(em, p[0], p[1], pl)
+
+    parallel_for(k.em, k.op.name, n * c, work, [k.args[0], k.out], planes)
+
+
 def _pool(k: KernelContext) -> None:
     """max / average over each (dilated) window."""
-    em, b = k.em, k.em.b
-    n, c, h, w = k.operand_types[0].shape
+    em = k.em
+    _, _, h, w = k.operand_types[0].shape
     _, _, oh, ow = k.result_type.shape
     a = k.op.attrs
     (kh, kw), (sh, sw), (ph, pw) = a["kernel"], a["stride"], a["padding"]
@@ -30,7 +50,16 @@ def _pool(k: KernelContext) -> None:
     # every window inside the image (no padding, no ceil_mode overhang): no masking at all
     inside = _inside(k.op)
     if inside and sw <= 4:
-        emit_pool_rows(em, k.op, k.target, k.args[0], k.out, n * c)
+
+        def rows(em: Emitter, p: list[ir.Value], lo: ir.Value, hi: ir.Value) -> None:
+            b = em.b
+            src = em.gep(p[0], b.mul(lo, i64(h * w)), F32)
+            dst = em.gep(p[1], b.mul(lo, i64(oh * ow)), F32)
+            emit_pool_rows(em, k.op, k.target, src, dst, b.sub(hi, lo))
+
+        n, c = k.operand_types[0].shape[:2]
+        work = max(n * c * h * w, n * c * oh * ow * kh * kw) * ELEMENT_WORK
+        parallel_for(k.em, k.op.name, n * c, work, [k.args[0], k.out], rows)
         return
     if not is_max:
         # torch's divisor per output position: separable in rows and columns
@@ -47,7 +76,9 @@ def _pool(k: KernelContext) -> None:
         rows = counts(h, oh, kh, sh, ph)
         cols = counts(w, ow, kw, sw, pw)
         rt, ct = em.i64_table(rows, "pool.rows"), em.i64_table(cols, "pool.cols")
-    with em.loop(n * c, name="plane") as pl:
+
+    def plane(em: Emitter, x: ir.Value, out: ir.Value, pl: ir.Value) -> None:
+        b = em.b
         src = b.mul(pl, i64(h * w))
         dst = b.mul(pl, i64(oh * ow))
         with em.loop(oh, name="oy") as oy, em.loop(ow, name="ox") as ox:
@@ -59,10 +90,10 @@ def _pool(k: KernelContext) -> None:
                     ix = b.add(b.mul(ox, i64(sw)), i64(j * dw - pw))
                     at = b.add(src, b.add(b.mul(iy, i64(w)), ix))
                     if inside:
-                        v = em.load(k.args[0], at, F32)
+                        v = em.load(x, at, F32)
                     else:
                         ok = b.and_(row_ok, em.in_range(ix, w))
-                        v = b.select(ok, em.load(k.args[0], b.select(ok, at, i64(0)), F32), fill)
+                        v = b.select(ok, em.load(x, b.select(ok, at, i64(0)), F32), fill)
                     acc = em.fmax(acc, v) if is_max else b.fadd(acc, v)
             if not is_max:
                 if a["divisor"] is not None:
@@ -73,7 +104,9 @@ def _pool(k: KernelContext) -> None:
                     cnt = b.mul(em.load(rt, oy, I64), em.load(ct, ox, I64))
                     div = b.sitofp(cnt, F32)
                 acc = b.fdiv(acc, div)
-            em.store(acc, k.out, b.add(dst, b.add(b.mul(oy, i64(ow)), ox)))
+            em.store(acc, out, b.add(dst, b.add(b.mul(oy, i64(ow)), ox)))
+
+    _split_planes(k, kh * kw, plane)
 
 
 def _inside(op: Op) -> bool:
@@ -167,15 +200,17 @@ kernel("avg_pool2d", ("f32",))(_pool)
 @kernel("adaptive_avg_pool2d", ("f32",))
 def adaptive_avg_pool2d(k: KernelContext) -> None:
     """Mean over torch's adaptive windows [floor(i*H/OH), ceil((i+1)*H/OH)), bounds from tables."""
-    em, b = k.em, k.em.b
-    n, c, h, w = k.operand_types[0].shape
+    em = k.em
+    _, _, h, w = k.operand_types[0].shape
     _, _, oh, ow = k.result_type.shape
     rows, cols = adaptive_bounds(h, oh), adaptive_bounds(w, ow)
     r0 = em.i64_table([r[0] for r in rows], "ap.r0")
     r1 = em.i64_table([r[1] for r in rows], "ap.r1")
     c0 = em.i64_table([x[0] for x in cols], "ap.c0")
     c1 = em.i64_table([x[1] for x in cols], "ap.c1")
-    with em.loop(n * c, name="plane") as pl:
+
+    def plane(em: Emitter, x: ir.Value, out: ir.Value, pl: ir.Value) -> None:
+        b = em.b
         src = b.mul(pl, i64(h * w))
         dst = b.mul(pl, i64(oh * ow))
         with em.loop(oh, name="oy") as oy, em.loop(ow, name="ox") as ox:
@@ -184,7 +219,10 @@ def adaptive_avg_pool2d(k: KernelContext) -> None:
             with em.loop_carried(y1, [const(F32, 0.0)], name="wy", start=y0) as ly:
                 row = b.add(src, b.mul(ly.index, i64(w)))
                 with em.loop_carried(x1, [ly.values[0]], name="wx", start=x0) as lx:
-                    lx.next([b.fadd(lx.values[0], em.load(k.args[0], b.add(row, lx.index), F32), flags=("reassoc",))])
+                    lx.next([b.fadd(lx.values[0], em.load(x, b.add(row, lx.index), F32), flags=("reassoc",))])
                 ly.next([lx.results[0]])
             cnt = b.sitofp(b.mul(b.sub(y1, y0), b.sub(x1, x0)), F32)
-            em.store(b.fdiv(ly.results[0], cnt), k.out, b.add(dst, b.add(b.mul(oy, i64(ow)), ox)))
+            em.store(b.fdiv(ly.results[0], cnt), out, b.add(dst, b.add(b.mul(oy, i64(ow)), ox)))
+
+    # an adaptive window covers about (H / OH) x (W / OW) inputs
+    _split_planes(k, max(1, (h // oh) * (w // ow)), plane)
