@@ -18,7 +18,13 @@ import re
 import numpy as np
 import pytest
 
-from mcir.codegen.kernels.gemm_f32 import PANEL_CHUNK_BYTES, choose_split, choose_tiling
+from mcir.codegen.kernels.gemm_f32 import (
+    LARGE_M_PANEL_CHUNK_BYTES,
+    LARGE_M_ROWS,
+    PANEL_CHUNK_BYTES,
+    choose_split,
+    choose_tiling,
+)
 from mcir.codegen.parallel import MIN_PARALLEL_MACS
 from mcir.codegen.target import resolve
 from mcir.interp import interpret
@@ -71,6 +77,22 @@ def test_linear_is_exact_at_every_blocking_edge(tmp_path, rng, target):
         lib = build(g, tmp_path, target=target)
         for got, want, x in zip(lib(*xs), interpret(g, *xs), xs):
             assert_close(got, want, what=f"{target} linear M={m} K={x.shape[1]} N={want.shape[1]}")
+
+
+def test_many_rows_take_longer_k_chunks_exactly_at_their_edges(tmp_path, rng):
+    """M >= LARGE_M_ROWS chunks K by LARGE_M_PANEL_CHUNK_BYTES (fewer passes over C), fewer rows by
+    PANEL_CHUNK_BYTES; the long chunks at K one above two of them and a ragged last row tile match the
+    interpreter, bit-identical for 1, 2 and 3 threads."""
+    few, many = choose_tiling(LARGE_M_ROWS - 1, 4096, 4096, NATIVE), choose_tiling(LARGE_M_ROWS, 4096, 4096, NATIVE)
+    assert few.kc * few.nr * 4 <= PANEL_CHUNK_BYTES < many.kc * many.nr * 4 <= LARGE_M_PANEL_CHUNK_BYTES
+    m, k = LARGE_M_ROWS + many.mr + 1, 2 * many.kc + 1
+    g, xs = many_linears(rng, m, [many.nr + 3], [k])
+    t = choose_tiling(m, many.nr + 3, k, NATIVE)
+    assert t.kc < k and t.kc * t.nr * 4 > PANEL_CHUNK_BYTES  # really several long chunks (equal: 3 x 683)
+    results = outputs_for_each_thread_count(build(g, tmp_path), *xs)
+    assert_close(results[0][0], interpret(g, *xs)[0], what=f"linear M={m} K={k}")
+    for res in results[1:]:
+        np.testing.assert_array_equal(res[0], results[0][0])
 
 
 def test_edge_shapes_take_the_paths_they_name():

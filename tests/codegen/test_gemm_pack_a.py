@@ -126,6 +126,8 @@ def lib_ir(g: Graph) -> str:
 
 def test_large_c_is_prefetched_for_writing_before_each_chunk():
     write_prefetch = "i32 1, i32 2, i32 1)"  # llvm.prefetch(ptr, rw = write, locality = L2, data)
-    assert write_prefetch in linear_ir(512, 1024, 1024)  # 2 MiB of C, 8 K chunks
+    assert write_prefetch in linear_ir(512, 1024, 4096)  # 2 MiB of C, 4 K chunks (of 1024: many rows)
+    assert write_prefetch in linear_ir(128, 4096, 1024)  # 2 MiB of C, 8 K chunks (of 128: few rows)
     assert write_prefetch not in linear_ir(64, 1024, 1024)  # 256 KiB of C stays in L2
     assert write_prefetch not in linear_ir(512, 1024, 64)  # one K chunk: C is only written once
+    assert write_prefetch not in linear_ir(512, 1024, 1024)  # many rows: K = 1024 is one long chunk

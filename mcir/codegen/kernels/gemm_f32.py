@@ -72,6 +72,14 @@ def panel_width(n: int, target: Target) -> tuple[int, int]:
 # L1: 32 KiB is the L1d of Zen 4 and two thirds of Sapphire Rapids' 48 KiB. (A 64 KiB chunk, the
 # previous KC = 256 at NR = 64, measured 5-10 % slower on Linear 4096 at batch 32, loaded machine.)
 PANEL_CHUNK_BYTES = 32 * 1024
+# With many rows (M >= LARGE_M_ROWS) every K chunk of a panel is re-read by many row tiles, from L2 just
+# as well as from L1 (a 6 x 4 tile needs a third of a cache line per cycle), and longer chunks cut the
+# read-modify-write of C between chunks 8-fold: 4096x1024x256 measured 61-64 % -> 74-76 % of the measured
+# FMA peak, 1024^3 65-74 % -> 76-77 %, 512x2048^2 67-74 % -> 74-76 % (interleaved runs, CPU time, quiet
+# machine; docs/benchmarks.md "Longer K chunks for many rows"). Few rows (M = 32-64: batch 32) stay at
+# 32 KiB: there B streams from memory once and longer chunks measured 5-13 % slower on Linear 4096.
+LARGE_M_PANEL_CHUNK_BYTES = 256 * 1024
+LARGE_M_ROWS = 256
 # Below this size B (or C) is expected in L2 already (im2col columns, small weights), where the
 # hardware prefetchers keep up and software prefetches would only cost issue slots.
 PREFETCH_ABOVE_BYTES = 1 << 20
@@ -110,10 +118,11 @@ def choose_tiling(m: int, n: int, k: int, target: Target) -> Tiling:
             lowest = min(mr, max(3, mr // 2))
             mr = min(range(mr, lowest - 1, -1), key=lambda r: (-(-m // r) * r - m, -r))
     nr = nv * lanes
-    if m <= mr or k * nr * 4 <= PANEL_CHUNK_BYTES:
-        kc = k  # no reuse of B across row tiles (GEMV), or the whole panel already fits in L1
+    chunk = LARGE_M_PANEL_CHUNK_BYTES if m >= LARGE_M_ROWS else PANEL_CHUNK_BYTES
+    if m <= mr or k * nr * 4 <= chunk:
+        kc = k  # no reuse of B across row tiles (GEMV), or the whole panel already fits the chunk
     else:
-        kc = max(64, PANEL_CHUNK_BYTES // (nr * 4))
+        kc = max(64, chunk // (nr * 4))
         kc = math.ceil(k / math.ceil(k / kc))  # equal chunks: no short last chunk
     mc = max(mr, (A_BLOCK_BYTES // (kc * 4)) // mr * mr)
     # equal row blocks (2046 rows as 684 + 684 + 678, not 1020 + 1020 + 6): every block streams all
@@ -121,7 +130,12 @@ def choose_tiling(m: int, n: int, k: int, target: Target) -> Tiling:
     tiles = m // mr
     blocks = math.ceil(tiles * mr / mc)
     if blocks > 1:
-        mc = math.ceil(tiles / blocks) * mr
+        per = math.ceil(tiles / blocks)
+        # ceil rounding can still leave a sliver (341 tiles in blocks of 21: 16 x 21 + 5): take fewer
+        # tiles per block until the last block holds at least half of one (341 = 17 x 19 + 18)
+        while per > 1 and 2 * (tiles - (math.ceil(tiles / per) - 1) * per) < per:
+            per -= 1
+        mc = per * mr
     return Tiling(mr, nv, lanes, ku, kc, mc)
 
 
