@@ -78,6 +78,8 @@ PANEL_CHUNK_BYTES = 32 * 1024
 # FMA peak, 1024^3 65-74 % -> 76-77 %, 512x2048^2 67-74 % -> 74-76 % (interleaved runs, CPU time, quiet
 # machine; docs/benchmarks.md "Longer K chunks for many rows"). Few rows (M = 32-64: batch 32) stay at
 # 32 KiB: there B streams from memory once and longer chunks measured 5-13 % slower on Linear 4096.
+# Below this many rows the row tile prefers a height that divides M (choose_tiling)
+FEW_ROWS = 24
 LARGE_M_PANEL_CHUNK_BYTES = 256 * 1024
 LARGE_M_ROWS = 256
 # Below this size B (or C) is expected in L2 already (im2col columns, small weights), where the
@@ -112,9 +114,11 @@ def choose_tiling(m: int, n: int, k: int, target: Target) -> Tiling:
     else:
         mr = max(1, min(m, budget // nv, 8))
         ku = 1
-        if m < 8 * mr:
-            # few row tiles: a ragged last tile costs a lot, so prefer a row count that divides M
-            # (4 x 4 zmm still keeps 16 FMAs in flight, enough to cover the FMA latency)
+        if m < FEW_ROWS:
+            # very few row tiles: a ragged last tile costs a lot, so prefer a row count that divides M
+            # (4 x 4 zmm still keeps 16 FMAs in flight, enough to cover the FMA latency). From 24 rows
+            # on the full tile wins even with a ragged tail: at M = 32, 6 + 6 + 6 + 6 + 6 + 2 rows ran
+            # 5-15 % faster than 8 x 4 rows (each tile re-reads the panel chunk; fewer tiles, fewer reads)
             lowest = min(mr, max(3, mr // 2))
             mr = min(range(mr, lowest - 1, -1), key=lambda r: (-(-m // r) * r - m, -r))
     nr = nv * lanes
