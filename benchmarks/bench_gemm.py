@@ -172,6 +172,7 @@ def main() -> None:
     ap.add_argument("--build", type=Path, default=Path("build/bench_gemm"))
     ap.add_argument("--baseline", type=Path, help="another mcir checkout to time as 'mcir base'")
     args = ap.parse_args()
+    args.build = args.build.resolve()  # the baseline's compile runs in its own checkout's directory
     if args.baseline:
         CONTENDERS.append("mcir base")
     shapes = [s for s in args.shapes if not (args.no_2048 and s == "2048x2048x2048")]
