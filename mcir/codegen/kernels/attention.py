@@ -15,6 +15,7 @@ split (bit-identical for any thread count).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import llvmlite.ir as ir
 
@@ -71,21 +72,13 @@ def _sdpa(k: KernelContext) -> None:
     op = k.op
     batch, L, S, E, Ev = _dims(op)
     scale = op.attrs["scale"] if op.attrs["scale"] is not None else 1.0 / math.sqrt(E)
-    causal = op.attrs["is_causal"]
-    lanes = k.target.f32_lanes
     t1 = choose_tiling(L, S, E, k.target)
     t2 = choose_tiling(L, Ev, S, k.target)
     ko, so, vo, _ = _layout(op, k.target)
     shapes = [o.type.shape for o in op.operands]
     strides = [batch_strides(s, batch) for s in shapes[:3]]
     mask_t = op.operands[3].type if len(op.operands) > 3 else None
-    if mask_t is not None:
-        full = broadcast_shapes(mask_t.shape, batch + (L, S))
-        mshape = (1,) * (len(full) - mask_t.rank) + mask_t.shape
-        mst, acc = [0] * len(full), 1
-        for d in range(len(full) - 1, -1, -1):
-            mst[d] = 0 if mshape[d] == 1 else acc
-            acc *= mshape[d]
+    mst = mask_strides(mask_t, batch, L, S)
     total = math.prod(batch)
     slot_bytes = _layout(op, k.target)[3]
     pointers = [*k.args[:3], k.out, k.scratch] + ([k.args[3]] if mask_t is not None else [])
@@ -98,27 +91,64 @@ def _sdpa(k: KernelContext) -> None:
         base = em.byte_offset(scratch, b.mul(slot, i64(slot_bytes)))
         kpack, scores, vpack = (em.byte_offset(base, o) for o in (ko, so, vo))
         with em.loop(hi, name="bh", start=lo) as bi:
-            *offs, moff = em.batch_offsets(bi, batch, [*strides, mst if mask_t is not None else [0] * len(batch)])
+            *offs, moff = em.batch_offsets(bi, batch, [*strides, mst])
             qp, kp, vp = (em.gep(a, o, F32) for a, o in zip((qa, ka, va), offs))
             # scores = q @ k^T * scale
             emit_pack_b(em, kp, 1, E, E, S, t1.nr, kpack)
-            emit_gemm(
-                em,
-                GemmArgs(
-                    L, S, E, qp, E, 1, kpack, scores, S, epilogue=lambda em, v: em.b.fmul(v, const(v.type, scale))
-                ),
-                t1,
-            )
-            with em.loop(L, name="qi") as qi:
-                row = em.gep(scores, b.mul(qi, i64(S)), F32)
-                if causal or mask_t is not None:
-                    mask_row(k, em, row, qi, S, causal, mask_t, mask, moff, mst if mask_t is not None else None)
-                softmax_row(em, row, row, S, lanes, log=False, masked_rows_zero=True)
+            emit_probabilities(k, em, qp, kpack, scores, t1, scale, mask_t, mask, moff, mst)
             emit_pack_b(em, vp, Ev, 1, S, Ev, t2.nr, vpack)
             emit_gemm(em, GemmArgs(L, Ev, S, scores, S, 1, vpack, em.gep(out, b.mul(bi, i64(L * Ev)), F32), Ev), t2)
 
     # _slots is 1 exactly when parallel_for keeps the op inline (one index, or too little work)
     parallel_for(em, "attention", total, _macs(op), pointers, heads, slots=_slots(op))
+
+
+def mask_strides(mask_t, batch: tuple[int, ...], L: int, S: int) -> list[int]:
+    """Element strides of a broadcast attention mask over ``batch + (L, S)`` (0 on broadcast axes);
+    all zeros over the batch axes when there is no mask."""
+    if mask_t is None:
+        return [0] * len(batch)
+    full = broadcast_shapes(mask_t.shape, batch + (L, S))
+    mshape = (1,) * (len(full) - mask_t.rank) + mask_t.shape
+    mst, acc = [0] * len(full), 1
+    for d in range(len(full) - 1, -1, -1):
+        mst[d] = 0 if mshape[d] == 1 else acc
+        acc *= mshape[d]
+    return mst
+
+
+def emit_probabilities(
+    k: KernelContext,
+    em: Emitter,
+    q: ir.Value,
+    kpack: ir.Value,
+    scores: ir.Value,
+    t1,
+    scale: float,
+    mask_t,
+    mask: ir.Value | None,
+    moff: ir.Value,
+    mst: list[int],
+    after_row: Callable[[Emitter, ir.Value], None] | None = None,
+) -> None:
+    """``scores[L, S] = softmax(mask(q @ K^T * scale))`` for one (batch, head): the f32 GEMM with the
+    scale in its epilogue, then per row the mask (causal and/or additive/boolean) and the softmax
+    (fully masked rows give zeros); ``after_row(em, row)`` runs on each finished row."""
+    _, L, S, E, _ = _dims(k.op)
+    causal = k.op.attrs["is_causal"]
+    lanes = k.target.f32_lanes
+    emit_gemm(
+        em,
+        GemmArgs(L, S, E, q, E, 1, kpack, scores, S, epilogue=lambda em, v: em.b.fmul(v, const(v.type, scale))),
+        t1,
+    )
+    with em.loop(L, name="qi") as qi:
+        row = em.gep(scores, em.b.mul(qi, i64(S)), F32)
+        if causal or mask_t is not None:
+            mask_row(k, em, row, qi, S, causal, mask_t, mask, moff, mst if mask_t is not None else None)
+        softmax_row(em, row, row, S, lanes, log=False, masked_rows_zero=True)
+        if after_row is not None:
+            after_row(em, row)
 
 
 def mask_row(k: KernelContext, em: Emitter, row: ir.Value, qi: ir.Value, S: int, causal: bool, mask_t, mask, moff, mst):

@@ -35,9 +35,8 @@ import llvmlite.ir as ir
 
 from mcir.codegen.emit import F32, Emitter, const, i64, storage_type
 from mcir.codegen.kernels import KernelContext, kernel, math_approx
-from mcir.codegen.kernels.attention import SLOTS, mask_row
+from mcir.codegen.kernels.attention import SLOTS, emit_probabilities, mask_strides
 from mcir.codegen.kernels.gemm_f32 import GemmArgs, batch_strides, choose_tiling, emit_gemm, emit_pack_b, packed_b_bytes
-from mcir.codegen.kernels.norm import softmax_row
 from mcir.codegen.kernels.norm_i8 import decode_row, encode_row
 from mcir.codegen.kernels.quant import QUANT, QUANT_OR_F32, per_tensor
 from mcir.codegen.kernels.rows import map_row
@@ -46,7 +45,6 @@ from mcir.codegen.parallel import MIN_PARALLEL_MACS, parallel_for
 from mcir.codegen.target import Target
 from mcir.encodings import Quant
 from mcir.ir import Op
-from mcir.ops.registry import broadcast_shapes
 
 
 def _dims(op: Op):
@@ -99,25 +97,22 @@ def _sdpa_q(k: KernelContext) -> None:
     y_enc = per_tensor(y_t, where) if y_t.encoding is not None else None
     scale = op.attrs["scale"] if op.attrs["scale"] is not None else 1.0 / math.sqrt(E)
     u8_probs = op.attrs["u8_probs"]
-    causal = op.attrs["is_causal"]
     lanes = k.target.f32_lanes
     t1, t2 = choose_tiling(L, S, E, k.target), choose_tiling(L, Ev, S, k.target)
     layout = _layout(op, k.target)
     shapes = [o.type.shape for o in op.operands]
     strides = [batch_strides(s, batch) for s in shapes[:3]]
     mask_t = op.operands[3].type if len(op.operands) > 3 else None
-    mst = [0] * len(batch)
-    if mask_t is not None:
-        full = broadcast_shapes(mask_t.shape, batch + (L, S))
-        mshape = (1,) * (len(full) - mask_t.rank) + mask_t.shape
-        mst, acc = [0] * len(full), 1
-        for d in range(len(full) - 1, -1, -1):
-            mst[d] = 0 if mshape[d] == 1 else acc
-            acc *= mshape[d]
+    mst = mask_strides(mask_t, batch, L, S)
     score_scale = encs[0].scale * encs[1].scale * scale
     # P = rint(255 p) carries the 1/255 of the u8 probabilities; without u8_probs P = p
     out_scale = encs[2].scale / 255.0 if u8_probs else encs[2].scale
     pointers = [*k.args[:3], k.out, k.scratch] + ([k.args[3]] if mask_t is not None else [])
+
+    def to_255(em: Emitter, row: ir.Value) -> None:
+        """A probability row as rint(255 p): the u8 probabilities' integer levels, still in f32."""
+        step = const(ir.VectorType(F32, lanes), 255.0)
+        map_row(em, row, row, S, lanes, lambda v, _: math_approx.rint(em, em.b.fmul(v, step)))
 
     def heads(em: Emitter, p: list[ir.Value], lo: ir.Value, hi: ir.Value, slot: ir.Value) -> None:
         """(batch, head) indices ``[lo, hi)`` in scratch copy ``slot``."""
@@ -132,21 +127,20 @@ def _sdpa_q(k: KernelContext) -> None:
             decode_row(em, qp, qf, L * E, lanes, dts[0], _centred(encs[0]))
             decode_row(em, kp, kf, S * E, lanes, dts[1], _centred(encs[1]))
             emit_pack_b(em, kf, 1, E, E, S, t1.nr, kpack)
-            emit_gemm(
+            emit_probabilities(
+                k,
                 em,
-                GemmArgs(
-                    L, S, E, qf, E, 1, kpack, scores, S, epilogue=lambda em, v: em.b.fmul(v, const(v.type, score_scale))
-                ),
+                qf,
+                kpack,
+                scores,
                 t1,
+                score_scale,
+                mask_t,
+                mask,
+                moff,
+                mst,
+                after_row=to_255 if u8_probs else None,
             )
-            with em.loop(L, name="qi") as qi:
-                row = em.gep(scores, b.mul(qi, i64(S)), F32)
-                if causal or mask_t is not None:
-                    mask_row(k, em, row, qi, S, causal, mask_t, mask, moff, mst if mask_t is not None else None)
-                softmax_row(em, row, row, S, lanes, log=False, masked_rows_zero=True)
-                if u8_probs:
-                    step = const(ir.VectorType(F32, lanes), 255.0)
-                    map_row(em, row, row, S, lanes, lambda v, _: math_approx.rint(em, b.fmul(v, step)))
             decode_row(em, vp, vf, S * Ev, lanes, dts[2], _centred(encs[2]))
             emit_pack_b(em, vf, Ev, 1, S, Ev, t2.nr, vpack)
             y_rows = em.gep(out, b.mul(bi, i64(L * Ev)), F32) if y_enc is None else yf

@@ -374,47 +374,19 @@ def emit_gemm(
                 nxt = b.add(panel, i64(1))
                 nxt = b.select(b.icmp_signed("<", nxt, end), nxt, panel)
                 pf = _Prefetch(nxt, n_tiles)
+
+            def tile(row: ir.Value, rows: int, tile_no: ir.Value) -> None:
+                _tile(
+                    em, g, t, row, rows, panel, nv, last_lanes, kstart, klen, first, last, pf, tile_no, a_panel(tile_no)
+                )
+
             if tiles_main:
                 with em.loop(r1, name="r", start=r0, step=t.mr) as row:
-                    tile_no = b.udiv(b.sub(row, r0), i64(t.mr))
-                    _tile(
-                        em,
-                        g,
-                        t,
-                        row,
-                        t.mr,
-                        panel,
-                        nv,
-                        last_lanes,
-                        kstart,
-                        klen,
-                        first,
-                        last,
-                        pf,
-                        tile_no,
-                        a_panel(tile_no),
-                    )
+                    tile(row, t.mr, b.udiv(b.sub(row, r0), i64(t.mr)))
             if tail is True or (tail is not False and m_tail):
-                tile_no = i64(n_tiles - 1)
 
                 def tail_tile() -> None:
-                    _tile(
-                        em,
-                        g,
-                        t,
-                        i64(m_main),
-                        m_tail,
-                        panel,
-                        nv,
-                        last_lanes,
-                        kstart,
-                        klen,
-                        first,
-                        last,
-                        pf,
-                        tile_no,
-                        a_panel(tile_no),
-                    )
+                    tile(i64(m_main), m_tail, i64(n_tiles - 1))
 
                 if tail is True:
                     tail_tile()
