@@ -152,6 +152,19 @@ def test_xnor_linear_general_scales_within_one_ulp(tmp_path_factory, shape, weig
     assert_ulps(native, mcir.interpret(g, xs)[0], 1)
 
 
+@pytest.mark.parametrize("weights", ["binary", "ternary"])
+@pytest.mark.parametrize("lead, k", [((2, 3), 1), ((2, 3), 65), ((1, 6), 1), ((1, 6), 3)])
+def test_xnor_linear_on_repacked_rows_within_one_ulp(tmp_path, lead, k, weights):
+    """Slices of several rows whose K is not a multiple of 64 are repacked into word-aligned rows
+    first; every row must then read its own bits (AVX-512 codegen once merged neighbouring rows,
+    seed 2 below: rows 4 and 5 of a [2, 3, 1] ternary product came out equal)."""
+    rng = np.random.default_rng(2)
+    g = linear_graph(rng, lead, 2, k, weights, act_binary=True, bias=False)
+    xs = randn(rng, *lead, k)
+    (native,) = build(g, tmp_path)(xs)
+    assert_ulps(native, mcir.interpret(g, xs)[0], 1)
+
+
 def test_xnor_linear_fused_activation(tmp_path, rng):
     g = linear_graph(rng, (4,), 33, 130, "binary", act_binary=True, bias=True, act="relu")
     native = check_native(g, tmp_path, randn(rng, 4, 130), rtol=0.0)

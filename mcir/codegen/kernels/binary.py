@@ -429,6 +429,12 @@ def _xnor_linear(k: KernelContext) -> None:
     x = k.args[0]
     if not rows.aligned:
         emit_repack_rows(em, x, rows, k.scratch)
+        # The rows are read back from memory, not forwarded from the repack's stores: with the stores
+        # forwarded, LLVM 22's AVX-512 lowering merged the splats of neighbouring rows (rows 4 and 5 of
+        # a [2, 3, 1] ternary product came out equal; x86-64-v3 was right). An empty asm that may read
+        # the scratch keeps the loads.
+        fence = ir.FunctionType(ir.VoidType(), [k.scratch.type])
+        b.asm(fence, "", "r,~{memory}", [k.scratch], side_effect=True)
         x_words, row_stride = k.scratch, None
     else:
         x_words, row_stride = x, rows
