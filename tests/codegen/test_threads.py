@@ -41,6 +41,17 @@ def outputs_for_each_thread_count(lib: Library, *inputs: np.ndarray) -> list[lis
     return results
 
 
+def assert_threads_identical_and_close(results: list, ref: np.ndarray, integer: bool) -> None:
+    """Every thread count's first output equals the 1-thread one bit for bit, and that one is within
+    1 LSB (integer results) or 1e-5 relative (f32) of the interpreter."""
+    for res in results[1:]:
+        np.testing.assert_array_equal(res[0], results[0][0])
+    if integer:
+        assert np.abs(results[0][0].astype(np.int32) - ref.astype(np.int32)).max() <= 1
+    else:
+        assert_close(results[0][0], ref, rtol=1e-5)
+
+
 @pytest.mark.parametrize(("m", "n", "k"), [(7, 300, 520), (32, 1000, 97), (1, 4100, 300)])
 def test_f32_linear_is_bit_identical_for_1_2_3_threads(tmp_path, rng, m, n, k):
     assert m * n * k >= MIN_PARALLEL_MACS
@@ -219,7 +230,7 @@ def test_two_libraries_on_one_file_share_the_hook_safely(tmp_path, rng):
 def test_attention_heads_are_bit_identical_for_1_2_3_threads(tmp_path, rng, mask, causal):
     """Attention splits its (batch, head) indices (6 here: tasks get unequal counts with 4 or 12
     tasks), each task in its own scratch copy; a broadcast mask is read by every task."""
-    from mcir.codegen.kernels.attention import SLOTS, _macs
+    from mcir.codegen.kernels.attention import SLOTS, sdpa_macs
     from mcir.codegen.lowering import lower
     from mcir.codegen.target import resolve
 
@@ -232,7 +243,7 @@ def test_attention_heads_are_bit_identical_for_1_2_3_threads(tmp_path, rng, mask
         data.append(rng.random((2, 1, 64, 80)) > 0.3 if mask == "bool" else randn(rng, 2, 1, 64, 80))
     op = g.add("scaled_dot_product_attention", ins, {"is_causal": causal})
     g.set_outputs([op])
-    assert _macs(g.ops[-1]) >= MIN_PARALLEL_MACS and SLOTS >= 2
+    assert sdpa_macs(g.ops[-1]) >= MIN_PARALLEL_MACS and SLOTS >= 2
     assert "attention.task" in lower(g, resolve("native"), "attn").ir_text  # it really splits
     lib = build(g, tmp_path)
     results = outputs_for_each_thread_count(lib, *data)
@@ -246,24 +257,19 @@ def test_int8_attention_heads_are_bit_identical_for_1_2_3_threads(tmp_path, rng,
     """The int8 attention splits its (batch, head) indices like the f32 one (6 heads: unequal counts per
     task with 4 or 12 tasks), each task decoding, packing and scoring in its own scratch copy; the
     broadcast padding mask is read by every task. Within 1 LSB (u8) / 1e-5 (f32) of the interpreter."""
-    from mcir.codegen.kernels.attention_i8 import _macs
+    from mcir.codegen.kernels.attention import sdpa_macs
     from mcir.codegen.lowering import lower
     from mcir.codegen.target import resolve
 
     from .test_int8_transformer import _attention
 
     g, inputs = _attention(rng, 64, 80, 32, mask, y_kind=y_kind, heads=6)
-    assert _macs(g.ops[-1]) >= MIN_PARALLEL_MACS
+    assert sdpa_macs(g.ops[-1]) >= MIN_PARALLEL_MACS
     assert "attention_q.task" in lower(g, resolve("native"), "qsdpa").ir_text  # it really splits
     lib = build(g, tmp_path)
-    results = outputs_for_each_thread_count(lib, *inputs)
-    for out in results[1:]:
-        np.testing.assert_array_equal(out[0], results[0][0])
-    ref = interpret(g, *inputs)[0]
-    if y_kind == "u8":
-        assert np.abs(results[0][0].astype(np.int32) - ref.astype(np.int32)).max() <= 1
-    else:
-        assert_close(results[0][0], ref, rtol=1e-5)
+    assert_threads_identical_and_close(
+        outputs_for_each_thread_count(lib, *inputs), interpret(g, *inputs)[0], y_kind == "u8"
+    )
 
 
 @pytest.mark.parametrize(
@@ -349,14 +355,7 @@ def test_int8_matmul_is_bit_identical_for_1_2_3_threads(tmp_path, rng, sa, sb, o
     assert math.prod(sa) * sb[-1] >= MIN_PARALLEL_MACS
     assert "matmul_u8.task" in lower(g, resolve("native"), "mm").ir_text  # it really splits
     lib = build(g, tmp_path)
-    results = outputs_for_each_thread_count(lib, *xs)
-    for res in results[1:]:
-        np.testing.assert_array_equal(res[0], results[0][0])
-    ref = interpret(g, *xs)[0]
-    if out == "u8":
-        assert np.abs(results[0][0].astype(np.int32) - ref.astype(np.int32)).max() <= 1
-    else:
-        assert_close(results[0][0], ref, rtol=1e-5)
+    assert_threads_identical_and_close(outputs_for_each_thread_count(lib, *xs), interpret(g, *xs)[0], out == "u8")
 
 
 def test_pool_runs_every_task_exactly_once_across_many_parallel_fors():

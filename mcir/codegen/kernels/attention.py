@@ -30,7 +30,8 @@ from mcir.ir import Op
 from mcir.ops.registry import broadcast_shapes
 
 
-def _dims(op: Op):
+def sdpa_dims(op: Op):
+    """(batch shape, L, S, E, Ev) of a scaled_dot_product_attention op."""
     q, k, v = (o.type.shape for o in op.operands[:3])
     batch = op.result.type.shape[:-2]
     return batch, q[-2], k[-2], q[-1], v[-1]
@@ -38,7 +39,7 @@ def _dims(op: Op):
 
 def _layout(op: Op, target: Target) -> tuple[int, int, int, int]:
     """Byte offsets of (packed k^T, scores, packed v) in the scratch, and its size."""
-    _, L, S, E, Ev = _dims(op)
+    _, L, S, E, Ev = sdpa_dims(op)
     t1 = choose_tiling(L, S, E, target)
     t2 = choose_tiling(L, Ev, S, target)
     kb = align_up(packed_b_bytes(E, S, t1.nr))
@@ -51,26 +52,27 @@ def _layout(op: Op, target: Target) -> tuple[int, int, int, int]:
 SLOTS = 8
 
 
-def _macs(op: Op) -> int:
-    batch, L, S, E, Ev = _dims(op)
+def sdpa_macs(op: Op) -> int:
+    """Multiply-adds of both products (q k^T and p v) over every (batch, head)."""
+    batch, L, S, E, Ev = sdpa_dims(op)
     return math.prod(batch) * L * S * (E + Ev)
 
 
-def _slots(op: Op) -> int:
+def sdpa_slots(op: Op) -> int:
     """Scratch copies: one per task when the op is large enough to split, else one."""
-    total = math.prod(_dims(op)[0])
-    return min(SLOTS, total) if total > 1 and _macs(op) >= MIN_PARALLEL_MACS else 1
+    total = math.prod(sdpa_dims(op)[0])
+    return min(SLOTS, total) if total > 1 and sdpa_macs(op) >= MIN_PARALLEL_MACS else 1
 
 
 def _scratch(op: Op, target: Target) -> int:
-    return _slots(op) * _layout(op, target)[3]
+    return sdpa_slots(op) * _layout(op, target)[3]
 
 
 def _sdpa(k: KernelContext) -> None:
     """Attention per batch index with GEMM micro-kernels and a vectorised row softmax."""
     em = k.em
     op = k.op
-    batch, L, S, E, Ev = _dims(op)
+    batch, L, S, E, Ev = sdpa_dims(op)
     scale = op.attrs["scale"] if op.attrs["scale"] is not None else 1.0 / math.sqrt(E)
     t1 = choose_tiling(L, S, E, k.target)
     t2 = choose_tiling(L, Ev, S, k.target)
@@ -99,8 +101,8 @@ def _sdpa(k: KernelContext) -> None:
             emit_pack_b(em, vp, Ev, 1, S, Ev, t2.nr, vpack)
             emit_gemm(em, GemmArgs(L, Ev, S, scores, S, 1, vpack, em.gep(out, b.mul(bi, i64(L * Ev)), F32), Ev), t2)
 
-    # _slots is 1 exactly when parallel_for keeps the op inline (one index, or too little work)
-    parallel_for(em, "attention", total, _macs(op), pointers, heads, slots=_slots(op))
+    # sdpa_slots is 1 exactly when parallel_for keeps the op inline (one index, or too little work)
+    parallel_for(em, "attention", total, sdpa_macs(op), pointers, heads, slots=sdpa_slots(op))
 
 
 def mask_strides(mask_t, batch: tuple[int, ...], L: int, S: int) -> list[int]:
@@ -134,7 +136,7 @@ def emit_probabilities(
     """``scores[L, S] = softmax(mask(q @ K^T * scale))`` for one (batch, head): the f32 GEMM with the
     scale in its epilogue, then per row the mask (causal and/or additive/boolean) and the softmax
     (fully masked rows give zeros); ``after_row(em, row)`` runs on each finished row."""
-    _, L, S, E, _ = _dims(k.op)
+    _, L, S, E, _ = sdpa_dims(k.op)
     causal = k.op.attrs["is_causal"]
     lanes = k.target.f32_lanes
     emit_gemm(

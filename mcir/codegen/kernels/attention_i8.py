@@ -35,27 +35,22 @@ import llvmlite.ir as ir
 
 from mcir.codegen.emit import F32, Emitter, const, i64, storage_type
 from mcir.codegen.kernels import KernelContext, kernel, math_approx
-from mcir.codegen.kernels.attention import SLOTS, emit_probabilities, mask_strides
+from mcir.codegen.kernels.attention import emit_probabilities, mask_strides, sdpa_dims, sdpa_macs, sdpa_slots
 from mcir.codegen.kernels.gemm_f32 import GemmArgs, batch_strides, choose_tiling, emit_gemm, emit_pack_b, packed_b_bytes
 from mcir.codegen.kernels.norm_i8 import decode_row, encode_row
 from mcir.codegen.kernels.quant import QUANT, QUANT_OR_F32, per_tensor
 from mcir.codegen.kernels.rows import map_row
 from mcir.codegen.memory_plan import align_up
-from mcir.codegen.parallel import MIN_PARALLEL_MACS, parallel_for
+from mcir.codegen.parallel import parallel_for
 from mcir.codegen.target import Target
 from mcir.encodings import Quant
 from mcir.ir import Op
 
 
-def _dims(op: Op):
-    q, k, v = (o.type.shape for o in op.operands[:3])
-    return op.result.type.shape[:-2], q[-2], k[-2], q[-1], v[-1]
-
-
 def _layout(op: Op, target: Target) -> list[int]:
     """Byte offsets in the scratch of: centred q, centred k, packed k^T, scores, centred v, packed v,
     the f32 result rows; the last entry is the total size."""
-    _, L, S, E, Ev = _dims(op)
+    _, L, S, E, Ev = sdpa_dims(op)
     t1, t2 = choose_tiling(L, S, E, target), choose_tiling(L, Ev, S, target)
     sizes = [L * E * 4, S * E * 4, packed_b_bytes(E, S, t1.nr), L * S * 4, S * Ev * 4, packed_b_bytes(S, Ev, t2.nr)]
     sizes.append(L * Ev * 4)
@@ -65,19 +60,8 @@ def _layout(op: Op, target: Target) -> list[int]:
     return offsets
 
 
-def _macs(op: Op) -> int:
-    batch, L, S, E, Ev = _dims(op)
-    return math.prod(batch) * L * S * (E + Ev)
-
-
-def _slots(op: Op) -> int:
-    """Scratch copies: one per task when the op is large enough to split (as the f32 attention), else one."""
-    total = math.prod(_dims(op)[0])
-    return min(SLOTS, total) if total > 1 and _macs(op) >= MIN_PARALLEL_MACS else 1
-
-
 def _scratch(op: Op, target: Target) -> int:
-    return _slots(op) * _layout(op, target)[-1]
+    return sdpa_slots(op) * _layout(op, target)[-1]
 
 
 def _centred(enc: Quant) -> Quant:
@@ -89,7 +73,7 @@ def _sdpa_q(k: KernelContext) -> None:
     """Attention on quantised q, k, v per batch index: integer QK^T, f32 softmax, u8 probabilities, integer PV."""
     em = k.em
     op = k.op
-    batch, L, S, E, Ev = _dims(op)
+    batch, L, S, E, Ev = sdpa_dims(op)
     where = op.where()
     encs = [per_tensor(t, where) for t in k.operand_types[:3]]
     dts = [t.dtype for t in k.operand_types[:3]]
@@ -164,8 +148,8 @@ def _sdpa_q(k: KernelContext) -> None:
                 dst = em.gep(out, b.mul(bi, i64(L * Ev)), storage_type(y_t.dtype))
                 encode_row(em, yf, dst, L * Ev, lanes, y_t.dtype, y_enc)
 
-    # _slots is 1 exactly when parallel_for keeps the op inline (one index, or too little work)
-    parallel_for(em, "attention_q", math.prod(batch), _macs(op), pointers, heads, slots=_slots(op))
+    # sdpa_slots is 1 exactly when parallel_for keeps the op inline (one index, or too little work)
+    parallel_for(em, "attention_q", math.prod(batch), sdpa_macs(op), pointers, heads, slots=sdpa_slots(op))
 
 
 kernel("scaled_dot_product_attention", (QUANT, QUANT, QUANT, "bool|f32?"), result=QUANT_OR_F32, scratch=_scratch)(
